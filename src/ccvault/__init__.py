@@ -1,0 +1,42 @@
+"""ccvault: contact-center customer data, encrypted at rest and erasable on demand.
+
+>>> from ccvault import Vault                                           # doctest: +SKIP
+>>> vault = Vault.from_settings()                                       # doctest: +SKIP
+>>> blob = vault.encrypt(customer_id, b"+44 20 7946 0000", context="customers.phone")  # doctest: +SKIP
+>>> receipt = vault.shred(customer_id)                                  # doctest: +SKIP
+"""
+
+from ._settings import CcvaultSettings
+from .audit import DestroyedKey, ErasureReceipt
+from .errors import (
+    CcvaultError,
+    ConfigurationError,
+    DecryptionError,
+    KeyStoreError,
+    KmsError,
+    KmsUnavailableError,
+    RetentionExpiredError,
+    SubjectShreddedError,
+)
+from .vault import NO_SUBJECT, DevelopmentDefaultWarning, RotationReport, Vault
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_SUBJECT",
+    "CcvaultError",
+    "CcvaultSettings",
+    "ConfigurationError",
+    "DecryptionError",
+    "DestroyedKey",
+    "DevelopmentDefaultWarning",
+    "ErasureReceipt",
+    "KeyStoreError",
+    "KmsError",
+    "KmsUnavailableError",
+    "RetentionExpiredError",
+    "RotationReport",
+    "SubjectShreddedError",
+    "Vault",
+    "__version__",
+]

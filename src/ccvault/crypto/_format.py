@@ -1,0 +1,154 @@
+"""Ciphertext format v1 for values (byte-by-byte description in docs/format.md).
+
+::
+
+    offset  size  field
+    0       1     version         0x01
+    1       1     suite           0x01 AES-256-GCM under the data key
+                                  0x02 AES-256-GCM under a per-retention-period derived key
+    2       16    key id          random 128-bit id of the data key's lineage
+    18      4     key version     big-endian u32, >= 1
+    [22     16    period id       suite 0x02 only]
+    22|38   12    nonce           random
+    34|50   n+16  ciphertext || GCM tag
+
+    associated data = lp("ccvault/value/v1", header, context label (UTF-8), subject ref)
+
+where ``header`` is every byte before the nonce and ``lp`` length-prefixes each part with a
+big-endian u32. A vault-wide key's subject ref is empty.
+
+Parsing is bounded and total: every malformed input raises :class:`FormatError`, which the
+vault maps to the one opaque :class:`~ccvault.errors.DecryptionError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ._encoding import U32
+from ._primitives import NONCE_BYTES, TAG_BYTES, Aead, AeadFailure, hkdf_sha256, random_bytes
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SUITE_AES256GCM",
+    "SUITE_AES256GCM_PERIOD",
+    "FormatError",
+    "Header",
+    "derive_period_key",
+    "open_value",
+    "parse",
+    "seal_value",
+    "value_associated_data",
+]
+
+FORMAT_VERSION = 1
+SUITE_AES256GCM = 1
+SUITE_AES256GCM_PERIOD = 2
+
+KEY_ID_BYTES = 16
+PERIOD_ID_BYTES = 16
+_HEAD = struct.Struct(">BB16sI")  # version, suite, key id, key version
+_HEADER_LEN = {SUITE_AES256GCM: _HEAD.size, SUITE_AES256GCM_PERIOD: _HEAD.size + PERIOD_ID_BYTES}
+_AD_LABEL = b"ccvault/value/v1"
+_AD_PREFIX = U32.pack(len(_AD_LABEL)) + _AD_LABEL
+_PERIOD_INFO = b"ccvault/v1/suite2/period-key"
+
+OVERHEAD = {suite: n + NONCE_BYTES + TAG_BYTES for suite, n in _HEADER_LEN.items()}
+
+
+class FormatError(Exception):
+    """Internal: the bytes are not a well-formed v1 ciphertext (or fail authentication)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    suite: int
+    key_id: bytes
+    key_version: int
+    period_id: bytes | None
+    raw: bytes
+
+
+def build_header(
+    suite: int, key_id: bytes, key_version: int, period_id: bytes | None = None
+) -> bytes:
+    if suite not in _HEADER_LEN:
+        raise ValueError("unknown suite")
+    if len(key_id) != KEY_ID_BYTES or not 1 <= key_version <= 0xFFFFFFFF:
+        raise ValueError("bad key reference")
+    head = _HEAD.pack(FORMAT_VERSION, suite, key_id, key_version)
+    if suite == SUITE_AES256GCM_PERIOD:
+        if period_id is None or len(period_id) != PERIOD_ID_BYTES:
+            raise ValueError("suite 2 needs a 16-byte period id")
+        return head + period_id
+    if period_id is not None:
+        raise ValueError("suite 1 has no period id")
+    return head
+
+
+def parse(blob: bytes) -> tuple[Header, bytes, bytes]:
+    """Split a ciphertext into (header, nonce, ciphertext||tag) without decrypting anything."""
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise FormatError
+    blob = bytes(blob)
+    if len(blob) < 2 or blob[0] != FORMAT_VERSION:
+        raise FormatError
+    suite = blob[1]
+    header_len = _HEADER_LEN.get(suite)
+    if header_len is None or len(blob) < header_len + NONCE_BYTES + TAG_BYTES:
+        raise FormatError
+    _, _, key_id, key_version = _HEAD.unpack_from(blob)
+    if key_version == 0:
+        raise FormatError
+    period_id = blob[_HEAD.size : header_len] if suite == SUITE_AES256GCM_PERIOD else None
+    header = Header(suite, key_id, key_version, period_id, blob[:header_len])
+    nonce = blob[header_len : header_len + NONCE_BYTES]
+    return header, nonce, blob[header_len + NONCE_BYTES :]
+
+
+def value_associated_data(header: bytes, context: bytes, subject_ref: bytes) -> bytes:
+    return b"".join(
+        (
+            _AD_PREFIX,
+            U32.pack(len(header)),
+            header,
+            U32.pack(len(context)),
+            context,
+            U32.pack(len(subject_ref)),
+            subject_ref,
+        )
+    )
+
+
+def seal_value(
+    aead: Aead,
+    header: bytes,
+    plaintext: bytes,
+    context: bytes,
+    subject_ref: bytes,
+    *,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Seal ``plaintext``. ``nonce`` is for known-answer vectors only; leave it None."""
+    if nonce is None:
+        nonce = random_bytes(NONCE_BYTES)
+    ad = value_associated_data(header, context, subject_ref)
+    return header + nonce + aead.seal(nonce, plaintext, ad)
+
+
+def open_value(
+    aead: Aead, header: Header, nonce: bytes, body: bytes, context: bytes, subject_ref: bytes
+) -> bytes:
+    try:
+        return aead.open(nonce, body, value_associated_data(header.raw, context, subject_ref))
+    except AeadFailure:
+        raise FormatError from None
+
+
+def derive_period_key(
+    data_key: bytes, period_secret: bytes, key_id: bytes, key_version: int, period_id: bytes
+) -> bytes:
+    """Suite 2: HKDF-SHA256(data key, salt=period secret, info=label||key id||version||period)."""
+    info = _PERIOD_INFO + key_id + U32.pack(key_version) + period_id
+    return hkdf_sha256(data_key, salt=period_secret, info=info)

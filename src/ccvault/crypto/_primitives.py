@@ -1,0 +1,100 @@
+"""The only module of ccvault that touches ``cryptography.hazmat``.
+
+Everything here is a thin, typed layer over audited primitives: AES-256-GCM, HMAC-SHA256,
+HKDF-SHA256 and Ed25519. No protocol decisions are made here; see :mod:`ccvault.crypto._format`
+and :mod:`ccvault.crypto._wrap` for those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "TAG_BYTES",
+    "Aead",
+    "AeadFailure",
+    "ed25519_public_key",
+    "ed25519_sign",
+    "ed25519_verify",
+    "hkdf_sha256",
+    "hmac_sha256",
+    "random_bytes",
+]
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+
+
+class AeadFailure(Exception):
+    """Authentication failed. Internal: callers map it to DecryptionError (or worse)."""
+
+
+def random_bytes(n: int) -> bytes:
+    """Bytes from the operating system's CSPRNG (fork-safe: nothing is pooled)."""
+    return os.urandom(n)
+
+
+class Aead:
+    """AES-256-GCM with one key; the cipher context is built once and reused."""
+
+    __slots__ = ("_aesgcm",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError("AES-256-GCM needs a 32-byte key")
+        self._aesgcm = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "Aead(<redacted>)"
+
+    def __reduce__(self) -> object:
+        raise TypeError("Aead cannot be pickled")
+
+    def seal(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Return ciphertext || tag."""
+        return self._aesgcm.encrypt(nonce, plaintext, associated_data)
+
+    def open(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+        try:
+            return self._aesgcm.decrypt(nonce, ciphertext, associated_data)
+        except InvalidTag:
+            raise AeadFailure from None
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def hkdf_sha256(key: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
+
+
+def ed25519_public_key(seed: bytes) -> bytes:
+    """The raw 32-byte public key of an Ed25519 private key given as its 32-byte seed."""
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+
+def ed25519_sign(seed: bytes, message: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(seed).sign(message)
+
+
+def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

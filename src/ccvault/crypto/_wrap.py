@@ -1,0 +1,77 @@
+"""Wrapping stored keys under an epoch key, with associated data and a key commitment.
+
+Every wrapped key (subject, vault-wide, long-lived) is sealed with AES-256-GCM under the epoch
+key, with associated data binding what the key is::
+
+    ad = lp("ccvault/wrap/v1", installation id, kind, key id, u32 version, epoch id, subject ref)
+
+and stores a commitment ``HMAC-SHA256(key, lp("ccvault/commit/v1", kind, key id, u32 version))``
+that is checked after every unwrap. A wrapped key copied onto another row fails the AEAD (its
+associated data differs) and, should an attacker manage to wrap a key of their own, the
+commitment of the row it is placed on.
+
+Wrapped form: nonce (12) || ciphertext (32) || tag (16).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from ._encoding import lp, u32
+from ._primitives import KEY_BYTES, NONCE_BYTES, Aead, AeadFailure, hmac_sha256, random_bytes
+
+__all__ = ["KeyBinding", "UnwrapError", "commitment", "unwrap_key", "wrap_key"]
+
+WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16
+
+
+class UnwrapError(Exception):
+    """Internal: a stored key failed its associated data or its commitment."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBinding:
+    """What a wrapped key is bound to."""
+
+    installation_id: bytes
+    kind: str
+    key_id: bytes
+    version: int
+    epoch_id: bytes
+    subject_ref: bytes = b""
+
+    def associated_data(self) -> bytes:
+        return lp(
+            b"ccvault/wrap/v1",
+            self.installation_id,
+            self.kind.encode("ascii"),
+            self.key_id,
+            u32(self.version),
+            self.epoch_id,
+            self.subject_ref,
+        )
+
+
+def commitment(key: bytes, kind: str, key_id: bytes, version: int) -> bytes:
+    return hmac_sha256(key, lp(b"ccvault/commit/v1", kind.encode("ascii"), key_id, u32(version)))
+
+
+def wrap_key(epoch: Aead, key: bytes, binding: KeyBinding) -> tuple[bytes, bytes]:
+    """Return (wrapped, commitment) for ``key`` under the epoch key."""
+    nonce = random_bytes(NONCE_BYTES)
+    wrapped = nonce + epoch.seal(nonce, key, binding.associated_data())
+    return wrapped, commitment(key, binding.kind, binding.key_id, binding.version)
+
+
+def unwrap_key(epoch: Aead, wrapped: bytes, stored_commitment: bytes, binding: KeyBinding) -> bytes:
+    if len(wrapped) != WRAPPED_BYTES:
+        raise UnwrapError
+    try:
+        key = epoch.open(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], binding.associated_data())
+    except AeadFailure:
+        raise UnwrapError from None
+    expected = commitment(key, binding.kind, binding.key_id, binding.version)
+    if not hmac.compare_digest(expected, stored_commitment):
+        raise UnwrapError
+    return key

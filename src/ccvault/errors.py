@@ -1,0 +1,76 @@
+"""ccvault's exception tree.
+
+Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
+
+    CcvaultError
+     ├── ConfigurationError        the installation, settings or key files are wrong
+     ├── DecryptionError           the one opaque failure for tampered, malformed or foreign data
+     ├── SubjectShreddedError      the subject was erased (a business state, not a crypto fault)
+     ├── RetentionExpiredError     the value's retention period expired (a business state)
+     ├── KeyStoreError             the key store is unreachable or inconsistent
+     └── KmsError                  a KMS backend refused or failed
+          └── KmsUnavailableError  the KMS could not be reached in time (fail closed)
+
+Wrong argument *types* (a subject that is not of the installation's subject type) raise the
+built-in :class:`TypeError`, as Python code does.
+
+No message carries plaintext, key material or a subject in clear: messages are fixed strings or
+name only identifiers that are safe to log.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CcvaultError",
+    "ConfigurationError",
+    "DecryptionError",
+    "KeyStoreError",
+    "KmsError",
+    "KmsUnavailableError",
+    "RetentionExpiredError",
+    "SubjectShreddedError",
+]
+
+
+class CcvaultError(Exception):
+    """Root of every error ccvault raises on purpose."""
+
+
+class ConfigurationError(CcvaultError):
+    """The installation, its settings or its key files are not usable as given."""
+
+
+class DecryptionError(CcvaultError):
+    """A ciphertext could not be opened.
+
+    Raised, always with the same message, for tampering, truncation, an unknown format version,
+    suite or key id, a wrong context label and a wrong subject, so that the error is no oracle.
+    """
+
+    MESSAGE = "ciphertext could not be decrypted"
+
+    def __init__(self, message: str = MESSAGE) -> None:
+        super().__init__(message)
+
+
+class SubjectShreddedError(CcvaultError):
+    """The data subject was shredded: its keys are destroyed and no new key will be made."""
+
+    def __init__(self, message: str = "the data subject has been shredded") -> None:
+        super().__init__(message)
+
+
+class RetentionExpiredError(CcvaultError):
+    """The value belongs to a retention period whose key material has expired."""
+
+
+class KeyStoreError(CcvaultError):
+    """The key store could not be read or written, or holds inconsistent rows."""
+
+
+class KmsError(CcvaultError):
+    """A KMS backend refused an operation (access denied, disabled or unknown root key...)."""
+
+
+class KmsUnavailableError(KmsError):
+    """The KMS could not be reached within the configured retries and timeouts."""

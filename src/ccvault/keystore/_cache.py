@@ -1,0 +1,72 @@
+"""A bounded, thread-safe cache with a maximum age per entry and an injectable clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["Clock", "TtlCache"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Clock = Callable[[], float]
+
+
+class TtlCache(Generic[K, V]):
+    """Least-recently-used eviction past ``max_entries``; entries older than ``max_age`` expire.
+
+    ``clock`` returns seconds (monotonic by default); tests pass a frozen clock instead of sleeping.
+    """
+
+    __slots__ = ("_clock", "_data", "_lock", "max_age", "max_entries")
+
+    def __init__(self, max_entries: int, max_age: float, clock: Clock = time.monotonic) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if max_age <= 0:
+            raise ValueError("max_age must be positive")
+        self.max_entries = max_entries
+        self.max_age = max_age
+        self._clock = clock
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TtlCache(entries={len(self._data)}, max_entries={self.max_entries}, max_age={self.max_age})"
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if self._clock() - item[0] >= self.max_age:
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return item[1]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = (self._clock(), value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def discard_where(self, predicate: Callable[[K, V], bool]) -> None:
+        with self._lock:
+            for key in [k for k, (_, v) in self._data.items() if predicate(k, v)]:
+                del self._data[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()

@@ -1,0 +1,87 @@
+"""The key-store protocol: durable rows of wrapped keys, epochs and subject heads.
+
+A key store never sees key material in clear and never sees a subject in clear (only its ref).
+Key creation and shred both go through the subject head so that a creation racing a shred never
+leaves a live key. :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from ..kms._protocol import WrappedKey
+from ._records import EpochRecord, HeadRecord, KeyRecord
+
+__all__ = ["KeyStore", "ReceiptFactory"]
+
+ReceiptFactory = Callable[[HeadRecord | None, Sequence[KeyRecord]], str]
+
+
+class KeyStore(Protocol):
+    def close(self) -> None:
+        """Release connections this store opened itself."""
+        ...
+
+    def ensure_installation(self, installation_id: str, subject_type: str) -> tuple[str, str]:
+        """Record (installation id, subject type) if absent; return the stored pair."""
+        ...
+
+    def active_epoch(self) -> EpochRecord | None: ...
+
+    def get_epoch(self, epoch_id: bytes) -> EpochRecord | None: ...
+
+    def epochs(self) -> list[EpochRecord]: ...
+
+    def add_epoch(
+        self,
+        epoch_id: bytes,
+        seq: int,
+        commitment: bytes,
+        wraps: Sequence[WrappedKey],
+        now: float,
+    ) -> EpochRecord:
+        """Insert epoch ``seq`` as the active one (retiring the previous active epoch).
+
+        If another process already created epoch ``seq``, nothing is written and the winner is
+        returned.
+        """
+        ...
+
+    def get_keys(self, refs: Iterable[tuple[bytes, int]]) -> dict[tuple[bytes, int], KeyRecord]:
+        """Fetch several keys by (key id, version) in as few round trips as possible."""
+        ...
+
+    def latest_key(self, kind: str, label: str) -> KeyRecord | None: ...
+
+    def insert_key_if_absent(self, record: KeyRecord) -> KeyRecord:
+        """Insert a labelled key unless (kind, label, version) exists; return the stored row."""
+        ...
+
+    def subject_head(self, ref: bytes) -> HeadRecord | None: ...
+
+    def subject_key(self, ref: bytes) -> tuple[HeadRecord, KeyRecord | None] | None:
+        """The head and current key of a subject, without locking."""
+        ...
+
+    def create_subject_key(self, candidate: KeyRecord, now: float) -> KeyRecord:
+        """Create the subject's head and first key unless they exist; return the current key.
+
+        Raises SubjectShreddedError if the subject is shredded.
+        """
+        ...
+
+    def shred(self, ref: bytes, now: float, make_receipt: ReceiptFactory) -> tuple[str, bool]:
+        """Fence the subject and destroy its key material, keeping tombstones.
+
+        Returns (receipt, newly_shredded). A repeat returns the stored receipt.
+        """
+        ...
+
+    def keys_outside_epoch(self, epoch_id: bytes, limit: int) -> list[KeyRecord]:
+        """Live keys wrapped under any epoch but ``epoch_id`` (for re-wrapping)."""
+        ...
+
+    def rewrap(self, updates: Sequence[tuple[KeyRecord, bytes, bytes]], epoch_id: bytes) -> int:
+        """Replace (record, wrapped, commitment) if still live and unchanged; return the count."""
+        ...

@@ -1,0 +1,75 @@
+"""Rows of the key store as frozen value objects. Wrapped keys only: no key here is in clear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..kms._protocol import WrappedKey
+
+__all__ = ["EpochRecord", "HeadRecord", "KeyRecord", "KeyKind", "State"]
+
+
+class KeyKind:
+    SUBJECT = "subject"
+    VAULTWIDE = "vaultwide"
+    SUBJECT_REF = "ref"
+    RECEIPT_SIGNING = "receipt"
+
+
+class State:
+    ACTIVE = "active"  # subject heads, epochs
+    SHREDDED = "shredded"  # subject heads
+    RETIRED = "retired"  # epochs
+    LIVE = "live"  # keys
+    DESTROYED = "destroyed"  # keys (tombstone) and epochs
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    epoch_id: bytes
+    seq: int
+    state: str
+    commitment: bytes
+    created_at: float
+    retired_at: float | None
+    wraps: tuple[WrappedKey, ...]
+
+    def __repr__(self) -> str:
+        return f"EpochRecord(seq={self.seq}, id={self.epoch_id.hex()}, state={self.state!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: bytes
+    version: int
+    kind: str
+    label: str | None
+    ref: bytes | None
+    epoch_id: bytes | None
+    wrapped: bytes | None
+    commitment: bytes | None
+    state: str
+    created_at: float
+
+    @property
+    def is_live(self) -> bool:
+        return self.state == State.LIVE and self.wrapped is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyRecord(kind={self.kind!r}, id={self.key_id.hex()}, v={self.version}, "
+            f"state={self.state!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRecord:
+    """The one row per data subject (by ref) through which key creation and shred both go."""
+
+    ref: bytes
+    key_id: bytes
+    state: str
+    current_version: int
+    created_at: float
+    shredded_at: float | None
+    receipt: str | None

@@ -1,0 +1,72 @@
+"""The SQL key store's tables (SQLAlchemy Core). The subject never appears in clear: only refs."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = ["build_metadata"]
+
+
+def _bin(n: int) -> sa.types.TypeEngine[bytes]:
+    # MariaDB/MySQL cannot index a BLOB without a prefix length: use VARBINARY there.
+    return sa.LargeBinary(n).with_variant(mysql.VARBINARY(n), "mysql", "mariadb")
+
+
+def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table(
+        f"{prefix}meta",
+        md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.String(255), nullable=False),
+    )
+    sa.Table(
+        f"{prefix}epochs",
+        md,
+        sa.Column("epoch_id", _bin(16), primary_key=True),
+        sa.Column("seq", sa.Integer, nullable=False, unique=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("commitment", _bin(32), nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("retired_at", sa.Double),
+        sa.Column("destroyed_at", sa.Double),
+    )
+    sa.Table(
+        f"{prefix}epoch_wraps",
+        md,
+        sa.Column("epoch_id", _bin(16), primary_key=True),
+        sa.Column("kms_id", sa.String(191), primary_key=True),
+        sa.Column("root_id", sa.String(512), nullable=False),
+        sa.Column("wrapped", _bin(4096), nullable=False),
+    )
+    sa.Table(
+        f"{prefix}keys",
+        md,
+        sa.Column("key_id", _bin(16), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("label", sa.String(191)),
+        sa.Column("ref", _bin(32)),
+        sa.Column("epoch_id", _bin(16)),
+        sa.Column("wrapped", _bin(128)),
+        sa.Column("commitment", _bin(32)),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("destroyed_at", sa.Double),
+        sa.UniqueConstraint("kind", "label", "version", name=f"{prefix}keys_label_uq"),
+        sa.Index(f"{prefix}keys_ref_ix", "ref"),
+        sa.Index(f"{prefix}keys_epoch_ix", "epoch_id"),
+    )
+    sa.Table(
+        f"{prefix}subject_heads",
+        md,
+        sa.Column("ref", _bin(32), primary_key=True),
+        sa.Column("key_id", _bin(16), nullable=False, unique=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("current_version", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("shredded_at", sa.Double),
+        sa.Column("receipt", sa.Text),
+    )
+    return md

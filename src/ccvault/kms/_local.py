@@ -1,0 +1,276 @@
+"""A KMS backed by master-key files on local disk, for development, tests and air-gapped sites.
+
+File format (text, UTF-8, one record per line)::
+
+    ccvault-local-kms v1 <file id: 32 hex>
+    key <root id: 32 hex> <created: unix seconds> <key: urlsafe base64 of 32 bytes>
+    ...
+
+Several keys may be present; the newest wraps, every listed key unwraps. The file is created
+with mode 0600 and a file readable or writable by group or others is refused. Destroying a root
+rewrites the file without it (write to a temporary file, fsync, rename).
+
+The master key must never be backed up together with the key store: whoever holds both holds
+every key. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._secret import SecretKey
+from ..crypto._encoding import lp
+from ..crypto._primitives import KEY_BYTES, NONCE_BYTES, Aead, AeadFailure, random_bytes
+from ..errors import ConfigurationError, DecryptionError, KmsError
+from ._protocol import RootState, WrappedKey, canonical_context
+
+__all__ = ["LocalKms"]
+
+_MAGIC = "ccvault-local-kms v1"
+_AD_LABEL = b"ccvault/local-kms/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class _Root:
+    root_id: str
+    created: int
+    material: SecretKey
+    aead: Aead
+
+    def __repr__(self) -> str:
+        return f"_Root({self.root_id!r})"
+
+
+class LocalKms:
+    """Master keys in a local file (or only in memory, for tests). Implements root lifecycle."""
+
+    def __init__(self, *, path: Path | None, file_id: str, roots: list[_Root]) -> None:
+        self._path = path
+        self._file_id = file_id
+        self._roots: dict[str, _Root] = {r.root_id: r for r in roots}
+        self._destroyed: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, create: bool = False) -> LocalKms:
+        """Open a master-key file; with ``create=True`` a missing file is generated (mode 0600)."""
+        p = Path(path)
+        if not p.exists():
+            if not create:
+                raise ConfigurationError(f"master key file {str(p)!r} does not exist")
+            return cls.generate(p)
+        file_id, roots = _read_file(p)
+        return cls(path=p, file_id=file_id, roots=roots)
+
+    @classmethod
+    def generate(cls, path: str | os.PathLike[str]) -> LocalKms:
+        """Create a new master-key file with one fresh key; refuses to overwrite a file."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kms = cls(path=p, file_id=random_bytes(16).hex(), roots=[_new_root()])
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigurationError(f"master key file {str(p)!r} already exists") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(kms._render())
+            f.flush()
+            os.fsync(f.fileno())
+        return kms
+
+    @classmethod
+    def ephemeral(cls) -> LocalKms:
+        """A LocalKms whose keys live only in memory (tests, benchmarks)."""
+        return cls(path=None, file_id=random_bytes(16).hex(), roots=[_new_root()])
+
+    def __repr__(self) -> str:
+        where = str(self._path) if self._path else "memory"
+        return f"LocalKms({where!r}, roots={len(self._roots)})"
+
+    def __reduce__(self) -> object:
+        raise TypeError("LocalKms cannot be pickled")
+
+    # -- the Kms protocol ---------------------------------------------------------------------
+
+    @property
+    def kms_id(self) -> str:
+        return f"local:{self._file_id}"
+
+    @property
+    def supports_root_lifecycle(self) -> bool:
+        return True
+
+    def current_root(self) -> str:
+        with self._lock:
+            if not self._roots:
+                raise KmsError("the local KMS has no master key left")
+            return max(self._roots.values(), key=lambda r: (r.created, r.root_id)).root_id
+
+    def wrap(
+        self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None
+    ) -> WrappedKey:
+        root = self._root(root_id or self.current_root())
+        nonce = random_bytes(NONCE_BYTES)
+        blob = nonce + root.aead.seal(nonce, key.reveal(), _ad(root.root_id, context))
+        return WrappedKey(self.kms_id, root.root_id, blob)
+
+    def unwrap(self, wrapped: WrappedKey, *, context: Mapping[str, str]) -> SecretKey:
+        if wrapped.kms_id != self.kms_id:
+            raise KmsError("the wrapped key belongs to another KMS")
+        root = self._root(wrapped.root_id)
+        blob = wrapped.blob
+        if len(blob) < NONCE_BYTES + 16:
+            raise DecryptionError
+        try:
+            key = root.aead.open(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _ad(root.root_id, context))
+        except AeadFailure:
+            raise DecryptionError from None
+        return SecretKey(key)
+
+    def new_root(self) -> str:
+        with self._lock, self._file_lock():
+            self._reload()
+            root = _new_root(after=max((r.created for r in self._roots.values()), default=0))
+            self._roots[root.root_id] = root
+            self._persist()
+            return root.root_id
+
+    def destroy_root(self, root_id: str) -> None:
+        with self._lock, self._file_lock():
+            self._reload()
+            if root_id in self._roots:
+                del self._roots[root_id]
+                self._persist()
+            self._destroyed.add(root_id)
+
+    def root_state(self, root_id: str) -> RootState:
+        with self._lock:
+            if root_id not in self._roots and root_id not in self._destroyed:
+                self._reload()
+            if root_id in self._roots:
+                return RootState.ENABLED
+            if root_id in self._destroyed:
+                return RootState.DESTROYED
+            return RootState.UNKNOWN
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _root(self, root_id: str) -> _Root:
+        with self._lock:
+            root = self._roots.get(root_id)
+            if root is None and root_id not in self._destroyed:
+                self._reload()  # another process may have added it
+                root = self._roots.get(root_id)
+            if root is None:
+                raise KmsError(f"local KMS root {root_id} is destroyed or unknown")
+            return root
+
+    def _reload(self) -> None:
+        if self._path is None or not self._path.exists():
+            return
+        file_id, roots = _read_file(self._path)
+        if file_id != self._file_id:
+            raise ConfigurationError("the master key file was replaced by another one")
+        now = {r.root_id for r in roots}
+        self._destroyed |= set(self._roots) - now
+        self._roots = {r.root_id: r for r in roots}
+
+    def _render(self) -> str:
+        lines = [f"{_MAGIC} {self._file_id}"]
+        for root in sorted(self._roots.values(), key=lambda r: (r.created, r.root_id)):
+            encoded = base64.urlsafe_b64encode(root.material.reveal()).decode("ascii")
+            lines.append(f"key {root.root_id} {root.created} {encoded}")
+        return "\n".join(lines) + "\n"
+
+    def _persist(self) -> None:
+        if self._path is None:
+            return
+        tmp = self._path.with_name(self._path.name + f".tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self._render())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        dir_fd = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @contextlib.contextmanager
+    def _file_lock(self):  # type: ignore[no-untyped-def]
+        if self._path is None:
+            yield
+            return
+        import fcntl
+
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _make_root(root_id: str, created: int, material: bytes) -> _Root:
+    return _Root(root_id, created, SecretKey(material), Aead(material))
+
+
+def _new_root(after: int = 0) -> _Root:
+    created = max(int(time.time()), after + 1)
+    return _make_root(random_bytes(16).hex(), created, random_bytes(KEY_BYTES))
+
+
+def _ad(root_id: str, context: Mapping[str, str]) -> bytes:
+    return lp(_AD_LABEL, root_id.encode("ascii"), canonical_context(context))
+
+
+def _read_file(path: Path) -> tuple[str, list[_Root]]:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigurationError(
+            f"master key file {str(path)!r} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    bad = ConfigurationError(f"{str(path)!r} is not a ccvault master key file")
+    if not lines or not lines[0].startswith(_MAGIC + " "):
+        raise bad
+    file_id = lines[0][len(_MAGIC) + 1 :]
+    if len(file_id) != 32:
+        raise bad
+    roots: list[_Root] = []
+    for line in lines[1:]:
+        fields = line.split(" ")
+        if len(fields) != 4 or fields[0] != "key":
+            raise bad
+        try:
+            material = base64.urlsafe_b64decode(fields[3])
+            created = int(fields[2])
+            bytes.fromhex(fields[1])
+        except ValueError:
+            raise bad from None
+        if len(material) != KEY_BYTES or len(fields[1]) != 32:
+            raise bad
+        roots.append(_make_root(fields[1], created, material))
+    return file_id, roots

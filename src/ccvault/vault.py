@@ -1,0 +1,543 @@
+"""The vault: envelope encryption per data subject over a KMS and a key store.
+
+Key hierarchy (see docs/design.md)::
+
+    KMS root key (never leaves the KMS)
+      └─ epoch key          random 256-bit, wrapped by the KMS, unwrapped once per process per
+         │                  cache period; one epoch is active, rotation re-wraps everything below
+         ├─ subject-ref key long-lived: ref = HMAC-SHA256(K_ref, canonical(subject))
+         ├─ receipt key     long-lived Ed25519 seed that signs erasure receipts
+         ├─ subject keys    one lineage per subject (random 128-bit key id, versions)
+         └─ vault-wide keys one lineage per context label, for data without a subject
+              └─ values     AES-256-GCM, format v1 (crypto/_format.py)
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy.engine import Engine
+
+from ._secret import SecretKey
+from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
+from .crypto import _format as fmt
+from .crypto._primitives import KEY_BYTES, Aead, ed25519_public_key, hmac_sha256, random_bytes
+from .crypto._subject import SubjectType
+from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
+from .errors import ConfigurationError, DecryptionError, KmsError, SubjectShreddedError
+from .keystore._cache import TtlCache
+from .keystore._protocol import KeyStore
+from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
+from .keystore._sql import SqlKeyStore
+from .kms._protocol import Kms
+
+if TYPE_CHECKING:
+    from ._settings import CcvaultSettings
+
+__all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "RotationReport", "Vault"]
+
+log = logging.getLogger("ccvault")
+
+
+class _NoSubject:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_SUBJECT"
+
+
+NO_SUBJECT: Final = _NoSubject()
+"""Pass as the subject to encrypt with the context's vault-wide key (data of no one customer)."""
+
+_REF_LABEL = "subject-ref"
+_RECEIPT_LABEL = "receipt-signing"
+_NO_REF = b""
+
+
+class DevelopmentDefaultWarning(UserWarning):
+    """The embedded default (local key file beside a SQLite key store) is for development only."""
+
+
+@dataclass(frozen=True, slots=True)
+class RotationReport:
+    epoch_seq: int
+    rewrapped: int
+
+
+@dataclass(frozen=True, slots=True)
+class _DataKey:
+    key_id: bytes
+    version: int
+    ref: bytes
+    aead: Aead
+
+    def __repr__(self) -> str:
+        return f"_DataKey(id={self.key_id.hex()}, v={self.version})"
+
+
+class _Shredded:
+    """Cached tombstone: the key id is known and its material destroyed by a shred."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<shredded>"
+
+
+_SHREDDED = _Shredded()
+
+
+class Vault:
+    """Encrypt, decrypt and shred per-subject data. Thread-safe; one per process is enough.
+
+    ``kms`` wraps epoch keys; ``keystore`` is a :class:`~ccvault.keystore.KeyStore`, an SQLAlchemy
+    ``Engine`` or a URL. ``subject_type`` declares the installation's subject type on first use
+    (``"uuid"`` when not given) and must match what the key store recorded afterwards.
+    ``cache_ttl`` bounds how long a process keeps unwrapped keys: it is the shred propagation
+    bound for other processes and the period between KMS unwraps of an epoch key.
+    """
+
+    def __init__(
+        self,
+        kms: Kms,
+        keystore: KeyStore | Engine | str,
+        *,
+        subject_type: object = None,
+        cache_ttl: float = 60.0,
+        cache_max_entries: int = 100_000,
+        epoch_rotation_period: timedelta = timedelta(days=30),
+        backup_retention: timedelta = timedelta(days=35),
+        per_epoch_roots: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if not isinstance(kms, Kms):
+            raise ConfigurationError("kms must implement ccvault.kms.Kms")
+        if cache_ttl <= 0 or cache_max_entries < 1:
+            raise ConfigurationError("cache_ttl and cache_max_entries must be positive")
+        if per_epoch_roots and not kms.supports_root_lifecycle:
+            raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
+        self._kms = kms
+        self._store: KeyStore = (
+            SqlKeyStore(keystore) if isinstance(keystore, Engine | str) else keystore
+        )
+        self._now = clock or time.time
+        monotonic = clock or time.monotonic
+        self.cache_ttl = float(cache_ttl)
+        self.epoch_rotation_period = epoch_rotation_period
+        self.backup_retention = backup_retention
+        self._per_epoch_roots = per_epoch_roots
+        self._epoch_keys: TtlCache[bytes, Aead] = TtlCache(64, cache_ttl, monotonic)
+        self._active: TtlCache[str, EpochRecord] = TtlCache(1, cache_ttl, monotonic)
+        self._refs: TtlCache[tuple[type, object], bytes] = TtlCache(
+            cache_max_entries, cache_ttl, monotonic
+        )
+        self._write_keys: TtlCache[bytes, _DataKey] = TtlCache(
+            cache_max_entries, cache_ttl, monotonic
+        )
+        self._read_keys: TtlCache[tuple[bytes, int], _DataKey | _Shredded] = TtlCache(
+            cache_max_entries, cache_ttl, monotonic
+        )
+        self._vaultwide: TtlCache[str, _DataKey] = TtlCache(1024, cache_ttl, monotonic)
+        self._lock = threading.Lock()
+
+        declared = SubjectType.parse(subject_type) if subject_type is not None else None
+        proposed = declared.spec if declared is not None else "uuid"
+        installation, stored_type = self._store.ensure_installation(uuid.uuid4().hex, proposed)
+        if declared is not None and stored_type != declared.spec:
+            raise ConfigurationError(
+                f"the key store records subject type {stored_type!r}, not {declared.spec!r}"
+            )
+        self.installation_id: str = installation
+        self._installation = bytes.fromhex(installation)
+        self.subject_type: SubjectType = SubjectType.parse(stored_type)
+        epoch = self._store.active_epoch() or self._create_epoch(1)
+        self._active.put("active", epoch)
+        self._ref_key = self._long_lived_key(KeyKind.SUBJECT_REF, _REF_LABEL)
+        self._receipt_seed = self._long_lived_key(KeyKind.RECEIPT_SIGNING, _RECEIPT_LABEL)
+
+    def __repr__(self) -> str:
+        return (
+            f"Vault(installation={self.installation_id}, kms={self._kms.kms_id!r}, "
+            f"subject_type={self.subject_type.spec!r})"
+        )
+
+    def __reduce__(self) -> object:
+        raise TypeError("Vault cannot be pickled: build one per process")
+
+    def close(self) -> None:
+        """Drop cached keys and release the key store's own connections."""
+        for cache in (self._epoch_keys, self._refs, self._write_keys, self._read_keys,
+                      self._vaultwide):
+            cache.clear()
+        self._store.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- construction from settings --------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: CcvaultSettings | None = None, **overrides: Any) -> Vault:
+        """Build a vault from ``CCVAULT_*`` environment variables (see :class:`CcvaultSettings`).
+
+        With no KMS URL and no key-store URL this is the embedded development default: a local
+        master key file and a SQLite key store under ``./.ccvault/``. It warns, because whoever
+        copies that folder copies every key with it.
+        """
+        from ._settings import CcvaultSettings, kms_from_url
+
+        s = settings or CcvaultSettings(**overrides)
+        home = Path(s.home)
+        embedded = s.kms_url is None
+        kms = (
+            kms_from_url(s.kms_url)
+            if s.kms_url is not None
+            else _embedded_kms(home)
+        )
+        keystore = s.keystore_url or f"sqlite:///{home / 'keys.db'}"
+        if embedded:
+            warnings.warn(
+                f"ccvault is using the embedded development default under {str(home)!r}: a local "
+                "master key file beside its key store. Use a KMS in production.",
+                DevelopmentDefaultWarning,
+                stacklevel=2,
+            )
+        return cls(
+            kms,
+            keystore,
+            subject_type=s.subject_type,
+            cache_ttl=s.cache_ttl_seconds,
+            cache_max_entries=s.cache_max_entries,
+            epoch_rotation_period=timedelta(days=s.epoch_rotation_days),
+            backup_retention=timedelta(days=s.backup_retention_days),
+        )
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def encrypt(self, subject: object, plaintext: bytes, *, context: str) -> bytes:
+        """Seal ``plaintext`` for ``subject`` under the context label ``context``.
+
+        Raises :class:`SubjectShreddedError` if the subject was shredded (the shred fence) and
+        :class:`TypeError` if the subject is not of the installation's subject type.
+        """
+        if not isinstance(plaintext, bytes | bytearray | memoryview):
+            raise TypeError("plaintext must be bytes")
+        ctx = _context_bytes(context)
+        if subject is NO_SUBJECT:
+            key = self._vaultwide_key(context)
+        else:
+            key = self._subject_write_key(self._ref(subject))
+        header = fmt.build_header(fmt.SUITE_AES256GCM, key.key_id, key.version)
+        return fmt.seal_value(key.aead, header, bytes(plaintext), ctx, key.ref)
+
+    def decrypt(self, blob: bytes, *, context: str, subject: object = None) -> bytes:
+        """Open a ciphertext made by :meth:`encrypt` with the same context label.
+
+        With ``subject=`` the ciphertext must also belong to that subject. Every failure of
+        integrity, format, context or subject raises the same :class:`DecryptionError`; a value
+        whose subject was shredded raises :class:`SubjectShreddedError`.
+        """
+        ctx = _context_bytes(context)
+        try:
+            header, nonce, body = fmt.parse(blob)
+        except fmt.FormatError:
+            raise DecryptionError from None
+        if header.suite != fmt.SUITE_AES256GCM:
+            # Suite 2 (retention periods) is reserved in v1; no period secrets exist yet.
+            raise DecryptionError
+        expected_ref = None
+        if subject is NO_SUBJECT:
+            expected_ref = _NO_REF
+        elif subject is not None:
+            expected_ref = self._ref(subject)
+        key = self._read_key(header.key_id, header.key_version)
+        if expected_ref is not None and not hmac.compare_digest(expected_ref, key.ref):
+            raise DecryptionError
+        try:
+            return fmt.open_value(key.aead, header, nonce, body, ctx, key.ref)
+        except fmt.FormatError:
+            raise DecryptionError from None
+
+    def shred(self, subject: object) -> ErasureReceipt:
+        """Erase ``subject``: fence it, destroy its keys (keeping tombstones), return a receipt.
+
+        Idempotent: a repeat returns the original receipt. A never-seen subject is fenced too.
+        """
+        ref = self._ref(subject)
+        now = self._now()
+        epoch = self._active_epoch()
+
+        def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
+            return self._receipt(ref, now, epoch, head, keys).model_dump_json()
+
+        receipt_json, newly = self._store.shred(ref, now, make_receipt)
+        self._forget_ref(ref)
+        if newly:
+            log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
+        return ErasureReceipt.model_validate_json(receipt_json)
+
+    def is_shredded(self, subject: object) -> bool:
+        head = self._store.subject_head(self._ref(subject))
+        return head is not None and head.state == State.SHREDDED
+
+    def subject_ref(self, subject: object) -> bytes:
+        """The pseudonymous 32-byte ref of ``subject`` (what the key store and receipts hold)."""
+        return self._ref(subject)
+
+    @property
+    def receipt_public_key(self) -> bytes:
+        """The Ed25519 public key that signs this installation's erasure receipts."""
+        return ed25519_public_key(self._receipt_seed.reveal())
+
+    def rotate_epoch(self) -> RotationReport:
+        """Start a new epoch and re-wrap every live key under it. No data is rewritten.
+
+        Wrapped keys are replaced in batches, each batch checked against concurrent changes, so a
+        shred running at the same time is never undone.
+        """
+        current = self._store.active_epoch()
+        seq = (current.seq if current else 0) + 1
+        epoch = self._create_epoch(seq)
+        self._active.put("active", epoch)
+        new_aead = self._epoch_aead(epoch)
+        total = 0
+        while True:
+            batch = self._store.keys_outside_epoch(epoch.epoch_id, 500)
+            if not batch:
+                break
+            updates = []
+            for rec in batch:
+                key = self._unwrap_record(rec)
+                binding = self._binding(rec, epoch.epoch_id)
+                wrapped, commit = wrap_key(new_aead, key.reveal(), binding)
+                updates.append((rec, wrapped, commit))
+            total += self._store.rewrap(updates, epoch.epoch_id)
+        log.info("epoch rotated", extra={"epoch_seq": epoch.seq, "rewrapped": total})
+        return RotationReport(epoch.seq, total)
+
+    def active_epoch_seq(self) -> int:
+        return self._active_epoch().seq
+
+    # -- subjects and refs -----------------------------------------------------------------------
+
+    def _ref(self, subject: object) -> bytes:
+        if subject is None or subject is NO_SUBJECT:
+            raise TypeError("a subject is required (use NO_SUBJECT for vault-wide data)")
+        try:
+            cache_key: tuple[type, object] | None = (type(subject), subject)
+            hash(cache_key)
+        except TypeError:
+            cache_key = None
+        if cache_key is not None:
+            ref = self._refs.get(cache_key)
+            if ref is not None:
+                return ref
+        ref = hmac_sha256(self._ref_key.reveal(), self.subject_type.canonical(subject))
+        if cache_key is not None:
+            self._refs.put(cache_key, ref)
+        return ref
+
+    def _forget_ref(self, ref: bytes) -> None:
+        self._write_keys.pop(ref)
+        self._read_keys.discard_where(lambda _k, v: isinstance(v, _DataKey) and v.ref == ref)
+
+    # -- epochs ----------------------------------------------------------------------------------
+
+    def _epoch_context(self, epoch_id: bytes) -> dict[str, str]:
+        return {
+            "ccvault:installation": self.installation_id,
+            "ccvault:purpose": "epoch-key",
+            "ccvault:epoch": epoch_id.hex(),
+        }
+
+    def _create_epoch(self, seq: int) -> EpochRecord:
+        epoch_id = random_bytes(16)
+        key = SecretKey(random_bytes(KEY_BYTES))
+        root = self._kms.new_root() if self._per_epoch_roots else None
+        wrapped = self._kms.wrap(key, context=self._epoch_context(epoch_id), root_id=root)
+        commit = commitment(key.reveal(), "epoch", epoch_id, 0)
+        record = self._store.add_epoch(epoch_id, seq, commit, [wrapped], self._now())
+        if record.epoch_id == epoch_id:
+            self._epoch_keys.put(epoch_id, Aead(key.reveal()))
+        return record
+
+    def _active_epoch(self) -> EpochRecord:
+        epoch = self._active.get("active")
+        if epoch is None:
+            epoch = self._store.active_epoch()
+            if epoch is None:
+                raise ConfigurationError("the key store has no active epoch")
+            self._active.put("active", epoch)
+        return epoch
+
+    def _epoch_aead(self, epoch: EpochRecord | bytes) -> Aead:
+        epoch_id = epoch if isinstance(epoch, bytes) else epoch.epoch_id
+        aead = self._epoch_keys.get(epoch_id)
+        if aead is not None:
+            return aead
+        record = epoch if isinstance(epoch, EpochRecord) else self._store.get_epoch(epoch_id)
+        if record is None:
+            raise DecryptionError
+        mine = [w for w in record.wraps if w.kms_id == self._kms.kms_id]
+        if not mine:
+            raise KmsError("no wrap of this epoch belongs to the configured KMS")
+        key = self._kms.unwrap(mine[0], context=self._epoch_context(epoch_id))
+        expected = commitment(key.reveal(), "epoch", epoch_id, 0)
+        if not hmac.compare_digest(expected, record.commitment):
+            raise DecryptionError
+        aead = Aead(key.reveal())
+        self._epoch_keys.put(epoch_id, aead)
+        return aead
+
+    # -- wrapped keys ----------------------------------------------------------------------------
+
+    def _binding(self, rec: KeyRecord, epoch_id: bytes) -> KeyBinding:
+        return KeyBinding(
+            self._installation, rec.kind, rec.key_id, rec.version, epoch_id, rec.ref or _NO_REF
+        )
+
+    def _unwrap_record(self, rec: KeyRecord) -> SecretKey:
+        if rec.wrapped is None or rec.commitment is None or rec.epoch_id is None:
+            raise DecryptionError
+        aead = self._epoch_aead(rec.epoch_id)
+        try:
+            return SecretKey(unwrap_key(aead, rec.wrapped, rec.commitment, self._binding(rec, rec.epoch_id)))
+        except UnwrapError:
+            raise DecryptionError from None
+
+    def _new_record(
+        self, kind: str, key_id: bytes, version: int, *, label: str | None = None,
+        ref: bytes | None = None, material: bytes | None = None,
+    ) -> tuple[KeyRecord, bytes]:
+        epoch = self._active_epoch()
+        key = material if material is not None else random_bytes(KEY_BYTES)
+        binding = KeyBinding(self._installation, kind, key_id, version, epoch.epoch_id, ref or _NO_REF)
+        wrapped, commit = wrap_key(self._epoch_aead(epoch), key, binding)
+        rec = KeyRecord(
+            key_id=key_id, version=version, kind=kind, label=label, ref=ref,
+            epoch_id=epoch.epoch_id, wrapped=wrapped, commitment=commit,
+            state=State.LIVE, created_at=self._now(),
+        )
+        return rec, key
+
+    def _long_lived_key(self, kind: str, label: str) -> SecretKey:
+        rec = self._store.latest_key(kind, label)
+        if rec is None:
+            candidate, _ = self._new_record(kind, random_bytes(16), 1, label=label)
+            rec = self._store.insert_key_if_absent(candidate)
+        return self._unwrap_record(rec)
+
+    def _subject_write_key(self, ref: bytes) -> _DataKey:
+        key = self._write_keys.get(ref)
+        if key is not None:
+            return key
+        found = self._store.subject_key(ref)
+        if found is not None:
+            head, rec = found
+            if head.state != State.ACTIVE:
+                raise SubjectShreddedError
+        else:
+            rec = None
+        if rec is None:
+            candidate, _ = self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)
+            rec = self._store.create_subject_key(candidate, self._now())
+        key = self._data_key(rec)
+        self._write_keys.put(ref, key)
+        return key
+
+    def _data_key(self, rec: KeyRecord) -> _DataKey:
+        cached = self._read_keys.get((rec.key_id, rec.version))
+        if isinstance(cached, _DataKey):
+            return cached
+        material = self._unwrap_record(rec)
+        key = _DataKey(rec.key_id, rec.version, rec.ref or _NO_REF, Aead(material.reveal()))
+        self._read_keys.put((rec.key_id, rec.version), key)
+        return key
+
+    def _read_key(self, key_id: bytes, version: int) -> _DataKey:
+        cached = self._read_keys.get((key_id, version))
+        if isinstance(cached, _DataKey):
+            return cached
+        if cached is _SHREDDED:
+            raise SubjectShreddedError
+        rec = self._store.get_keys([(key_id, version)]).get((key_id, version))
+        if rec is None:
+            raise DecryptionError
+        if not rec.is_live:
+            if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
+                self._read_keys.put((key_id, version), _SHREDDED)
+                raise SubjectShreddedError
+            raise DecryptionError
+        if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
+            raise DecryptionError  # a long-lived key id is never a value key
+        return self._data_key(rec)
+
+    def _vaultwide_key(self, context: str) -> _DataKey:
+        key = self._vaultwide.get(context)
+        if key is not None:
+            return key
+        rec = self._store.latest_key(KeyKind.VAULTWIDE, context)
+        if rec is None or not rec.is_live:
+            version = rec.version + 1 if rec is not None else 1
+            key_id = rec.key_id if rec is not None else random_bytes(16)
+            candidate, _ = self._new_record(KeyKind.VAULTWIDE, key_id, version, label=context)
+            rec = self._store.insert_key_if_absent(candidate)
+        key = self._data_key(rec)
+        self._vaultwide.put(context, key)
+        return key
+
+    # -- receipts --------------------------------------------------------------------------------
+
+    def _receipt(
+        self, ref: bytes, now: float, epoch: EpochRecord, head: HeadRecord | None,
+        keys: Sequence[KeyRecord],
+    ) -> ErasureReceipt:
+        shredded_at = datetime.fromtimestamp(now, tz=timezone.utc)
+        retires = max(
+            datetime.fromtimestamp(epoch.created_at, tz=timezone.utc) + self.epoch_rotation_period,
+            shredded_at,
+        )
+        receipt = ErasureReceipt(
+            receipt_id=uuid.uuid4().hex,
+            installation_id=self.installation_id,
+            subject_ref=ref.hex(),
+            shredded_at=shredded_at,
+            subject_was_known=head is not None,
+            destroyed_keys=tuple(
+                DestroyedKey(key_id=k.key_id.hex(), version=k.version)
+                for k in sorted(keys, key=lambda k: (k.key_id, k.version))
+                if k.state == State.LIVE
+            ),
+            epoch_seq=epoch.seq,
+            propagation_bound_seconds=self.cache_ttl,
+            erasure_horizon=retires + self.backup_retention,
+            signing_key="",
+        )
+        return sign_receipt(receipt, self._receipt_seed.reveal())
+
+
+def _context_bytes(context: str) -> bytes:
+    if not isinstance(context, str) or not context:
+        raise TypeError("context must be a non-empty str (e.g. 'customers.phone')")
+    return context.encode("utf-8")
+
+
+def _embedded_kms(home: Path) -> Kms:
+    from .kms._local import LocalKms
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return LocalKms.from_file(home / "master.key", create=True)
+

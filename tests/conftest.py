@@ -1,0 +1,104 @@
+"""Shared fixtures: key stores on SQLite, PostgreSQL and MariaDB, local KMS, vaults.
+
+PostgreSQL and MariaDB are the real servers this machine kind runs on 127.0.0.1. Without one, its
+tests skip with the reason; with ``CI=true`` they fail instead, because CI must exercise them.
+Each test gets its own schema (PostgreSQL) or database (MariaDB), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from ccvault import Vault
+from ccvault.kms import LocalKms
+
+CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("CCVAULT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("CCVAULT_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    reason = f"{what} is not reachable ({type(exc).__name__}); start it or set its URL"
+    if CI:
+        pytest.fail(f"CI=true requires {what}: {exc}")
+    pytest.skip(reason)
+
+
+def _server_db(backend: str) -> Iterator[str]:
+    name = f"ccv_{uuid.uuid4().hex[:12]}"
+    if backend == "postgresql":
+        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as c:
+                c.exec_driver_sql(f"CREATE SCHEMA {name}")
+        except sa.exc.OperationalError as exc:
+            admin.dispose()
+            _unavailable("PostgreSQL on 127.0.0.1:5432", exc)
+        url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={name}"})
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as c:
+                c.exec_driver_sql(f"DROP SCHEMA {name} CASCADE")
+            admin.dispose()
+    else:
+        admin = sa.create_engine(MARIADB_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as c:
+                c.exec_driver_sql(f"CREATE DATABASE {name}")
+        except sa.exc.OperationalError as exc:
+            admin.dispose()
+            _unavailable("MariaDB on 127.0.0.1:3306", exc)
+        url = sa.make_url(MARIADB_URL).set(database=name)
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as c:
+                c.exec_driver_sql(f"DROP DATABASE {name}")
+            admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'keys.db'}"
+    else:
+        yield from _server_db(request.param)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'keys.db'}"
+
+
+@pytest.fixture
+def key_path(tmp_path: Path) -> Path:
+    return tmp_path / "master.key"
+
+
+@pytest.fixture
+def kms(key_path: Path) -> LocalKms:
+    return LocalKms.from_file(key_path, create=True)
+
+
+@pytest.fixture
+def vault(kms: LocalKms, db_url: str) -> Iterator[Vault]:
+    v = Vault(kms, db_url, subject_type="uuid")
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def svault(kms: LocalKms, sqlite_url: str) -> Iterator[Vault]:
+    """A vault on SQLite only, for tests about crypto rather than the database."""
+    v = Vault(kms, sqlite_url, subject_type="uuid")
+    yield v
+    v.close()

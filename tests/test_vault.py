@@ -1,0 +1,233 @@
+"""The vault's public surface on every key-store backend."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from ccvault import (
+    NO_SUBJECT,
+    ConfigurationError,
+    DecryptionError,
+    ErasureReceipt,
+    SubjectShreddedError,
+    Vault,
+)
+from ccvault.kms import LocalKms
+
+CTX = "customers.phone"
+
+
+@pytest.mark.parametrize("size", [0, 1, 1024 * 1024])
+def test_round_trip_sizes(vault: Vault, size: int) -> None:
+    s = uuid.uuid4()
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    blob = vault.encrypt(s, data, context=CTX)
+    assert vault.decrypt(blob, context=CTX) == data
+    assert vault.decrypt(blob, context=CTX, subject=s) == data
+    assert len(blob) == size + 50
+
+
+@pytest.mark.parametrize(
+    ("subject_type", "subject", "same"),
+    [
+        ("str", "cust-Ünïcode-42", "cust-U\u0308ni\u0308code-42"),  # NFC: composed == decomposed
+        ("int", 123456789012, "123456789012"),
+        ("uuid", uuid.UUID("6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"), "6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"),
+        ("tuple[int,uuid]", (7, uuid.UUID(int=5)), ("7", str(uuid.UUID(int=5)))),
+    ],
+)
+def test_subject_types(kms: LocalKms, db_url: str, subject_type: str, subject: object, same: object) -> None:
+    with Vault(kms, db_url, subject_type=subject_type) as v:
+        blob = v.encrypt(subject, b"x", context=CTX)
+        assert v.decrypt(blob, context=CTX, subject=same) == b"x"
+        v.shred(same)
+        with pytest.raises(SubjectShreddedError):
+            v.decrypt(blob, context=CTX)
+        assert v.is_shredded(subject)
+
+
+def test_subject_type_is_recorded_and_enforced(kms: LocalKms, db_url: str) -> None:
+    with Vault(kms, db_url, subject_type="uuid") as v:
+        with pytest.raises(TypeError):
+            v.encrypt("not-a-uuid", b"x", context=CTX)
+        with pytest.raises(TypeError):
+            v.encrypt(42, b"x", context=CTX)
+        with pytest.raises(TypeError):
+            v.encrypt(None, b"x", context=CTX)
+    with Vault(kms, db_url) as again:  # no declaration: the recorded type applies
+        assert again.subject_type.spec == "uuid"
+    with pytest.raises(ConfigurationError):
+        Vault(kms, db_url, subject_type="str")
+
+
+def test_wrong_context_or_subject_is_one_opaque_error(vault: Vault) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    blob = vault.encrypt(a, b"+15551230000", context=CTX)
+    vault.encrypt(b, b"other", context=CTX)
+    errors = []
+    for kwargs in ({"context": "customers.email"}, {"context": CTX, "subject": b}):
+        with pytest.raises(DecryptionError) as info:
+            vault.decrypt(blob, **kwargs)
+        errors.append(str(info.value))
+    assert errors == [DecryptionError.MESSAGE] * 2
+
+
+def test_never_seen_key_id_is_decryption_error(vault: Vault) -> None:
+    blob = bytearray(vault.encrypt(uuid.uuid4(), b"v", context=CTX))
+    blob[2:18] = bytes(16)
+    with pytest.raises(DecryptionError):
+        vault.decrypt(bytes(blob), context=CTX)
+
+
+def test_shred_fences_and_returns_the_original_receipt(vault: Vault) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    blob_a = vault.encrypt(a, b"alice", context=CTX)
+    blob_b = vault.encrypt(b, b"bob", context=CTX)
+    receipt = vault.shred(a)
+    assert isinstance(receipt, ErasureReceipt)
+    assert receipt.verify(vault.receipt_public_key)
+    assert receipt.subject_was_known and len(receipt.destroyed_keys) == 1
+    assert receipt.erasure_horizon > receipt.shredded_at
+    with pytest.raises(SubjectShreddedError):
+        vault.decrypt(blob_a, context=CTX)
+    with pytest.raises(SubjectShreddedError):
+        vault.encrypt(a, b"again", context=CTX)
+    assert vault.decrypt(blob_b, context=CTX) == b"bob"
+    assert vault.shred(a) == receipt
+    assert vault.is_shredded(a) and not vault.is_shredded(b)
+
+
+def test_shred_is_seen_by_another_process_vault(kms: LocalKms, db_url: str) -> None:
+    """A second Vault (another process) never re-creates a key for a shredded subject."""
+    s = uuid.uuid4()
+    with Vault(kms, db_url) as one, Vault(kms, db_url) as two:
+        blob = one.encrypt(s, b"data", context=CTX)
+        two.shred(s)
+        with pytest.raises(SubjectShreddedError):
+            Vault(kms, db_url).encrypt(s, b"new", context=CTX)
+        with pytest.raises(SubjectShreddedError):
+            Vault(kms, db_url).decrypt(blob, context=CTX)
+
+
+def test_shred_of_never_seen_subject_still_fences(vault: Vault) -> None:
+    s = uuid.uuid4()
+    receipt = vault.shred(s)
+    assert not receipt.subject_was_known and receipt.destroyed_keys == ()
+    assert vault.is_shredded(s)
+    with pytest.raises(SubjectShreddedError):
+        vault.encrypt(s, b"x", context=CTX)
+
+
+def test_shred_uuid_string_erases_uuid_subject(vault: Vault) -> None:
+    u = uuid.uuid4()
+    blob = vault.encrypt(u, b"x", context=CTX)
+    vault.shred(str(u).upper())
+    with pytest.raises(SubjectShreddedError):
+        vault.decrypt(blob, context=CTX)
+    assert vault.is_shredded(u)
+
+
+def test_copied_wrapped_key_is_refused(vault: Vault, kms: LocalKms, db_url: str) -> None:
+    """Put A's wrapped key (and commitment) on B's row: B's values must never decrypt with it."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    vault.encrypt(a, b"a", context=CTX)
+    blob_b = vault.encrypt(b, b"b", context=CTX)
+    eng = sa.create_engine(db_url)
+    keys = sa.Table("ccvault_keys", sa.MetaData(), autoload_with=eng)
+    ref_a, ref_b = vault.subject_ref(a), vault.subject_ref(b)
+    with eng.begin() as c:
+        row_a = c.execute(sa.select(keys).where(keys.c.ref == ref_a)).one()
+        c.execute(
+            sa.update(keys).where(keys.c.ref == ref_b)
+            .values(wrapped=row_a.wrapped, commitment=row_a.commitment)
+        )
+    eng.dispose()
+    with Vault(kms, db_url) as fresh, pytest.raises(DecryptionError):
+        fresh.decrypt(blob_b, context=CTX)
+
+
+def test_epoch_rotation_rewraps_without_touching_data(vault: Vault, kms: LocalKms, db_url: str) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    blob_a = vault.encrypt(a, b"a", context=CTX)
+    blob_b = vault.encrypt(b, b"b", context=CTX)
+    wide = vault.encrypt(NO_SUBJECT, b"ivr-prompt", context="ivr.prompts")
+    ref_before = vault.subject_ref(a)
+    before = vault.active_epoch_seq()
+    report = vault.rotate_epoch()
+    assert report.epoch_seq == before + 1
+    assert report.rewrapped == 5  # 2 subject keys, 1 vault-wide key, ref key, receipt key
+    with Vault(kms, db_url) as fresh:  # nothing cached: everything unwraps via the new epoch
+        assert fresh.active_epoch_seq() == report.epoch_seq
+        assert fresh.subject_ref(a) == ref_before
+        assert fresh.decrypt(blob_a, context=CTX) == b"a"
+        assert fresh.decrypt(wide, context="ivr.prompts") == b"ivr-prompt"
+        c = uuid.uuid4()
+        fresh.encrypt(c, b"c", context=CTX)
+        fresh.shred(b)
+        with pytest.raises(SubjectShreddedError):
+            fresh.decrypt(blob_b, context=CTX)
+        with pytest.raises(SubjectShreddedError):
+            fresh.encrypt(b, b"b", context=CTX)
+    eng = sa.create_engine(db_url)
+    epochs = sa.Table("ccvault_epochs", sa.MetaData(), autoload_with=eng)
+    keys = sa.Table("ccvault_keys", sa.MetaData(), autoload_with=eng)
+    with eng.connect() as conn:
+        new_id = conn.execute(sa.select(epochs.c.epoch_id).where(epochs.c.seq == report.epoch_seq)).scalar_one()
+        live_epochs = set(conn.execute(sa.select(keys.c.epoch_id).where(keys.c.state == "live")).scalars())
+    eng.dispose()
+    assert live_epochs == {new_id}  # the new subject key too
+
+
+def test_vault_wide_keys(vault: Vault) -> None:
+    blob = vault.encrypt(NO_SUBJECT, b"", context="ivr.prompts")
+    assert vault.decrypt(blob, context="ivr.prompts") == b""
+    assert vault.decrypt(blob, context="ivr.prompts", subject=NO_SUBJECT) == b""
+    with pytest.raises(DecryptionError):
+        vault.decrypt(blob, context="ivr.prompts", subject=uuid.uuid4())
+    with pytest.raises(DecryptionError):
+        vault.decrypt(blob, context="other.label")
+    s = uuid.uuid4()
+    subject_blob = vault.encrypt(s, b"x", context=CTX)
+    with pytest.raises(DecryptionError):
+        vault.decrypt(subject_blob, context=CTX, subject=NO_SUBJECT)
+
+
+def test_bad_arguments(vault: Vault) -> None:
+    with pytest.raises(TypeError):
+        vault.encrypt(uuid.uuid4(), "text", context=CTX)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        vault.encrypt(uuid.uuid4(), b"x", context="")
+    for junk in (b"", b"\x01", "str", None, 5):
+        with pytest.raises(DecryptionError):
+            vault.decrypt(junk, context=CTX)  # type: ignore[arg-type]
+
+
+def test_no_secrets_in_reprs_errors_or_logs(
+    vault: Vault, kms: LocalKms, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    s = uuid.uuid4()
+    secret = b"SECRET-PLAINTEXT-4111111111111111"
+    blob = vault.encrypt(s, secret, context=CTX)
+    vault.shred(s)
+    texts = [repr(vault), repr(kms), str(vault._store), caplog.text]
+    for exc_type, call in (
+        (SubjectShreddedError, lambda: vault.decrypt(blob, context=CTX)),
+        (DecryptionError, lambda: vault.decrypt(blob[:20], context=CTX)),
+        (SubjectShreddedError, lambda: vault.encrypt(s, secret, context=CTX)),
+    ):
+        with pytest.raises(exc_type) as info:
+            call()
+        texts.append(str(info.value) + repr(info.value))
+    for text in texts:
+        assert "SECRET-PLAINTEXT" not in text
+        assert str(s) not in text and s.hex not in text
+    other = uuid.uuid4()
+    vault.encrypt(other, b"x", context=CTX)
+    key = vault._read_keys.get((vault._write_keys.get(vault.subject_ref(other)).key_id, 1))
+    assert repr(key.aead) == "Aead(<redacted>)"
+    assert "aead" not in repr(key).lower()
