@@ -36,11 +36,17 @@ def test_round_trip_sizes(vault: Vault, size: int) -> None:
     [
         ("str", "cust-Ünïcode-42", "cust-U\u0308ni\u0308code-42"),  # NFC: composed == decomposed
         ("int", 123456789012, "123456789012"),
-        ("uuid", uuid.UUID("6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"), "6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"),
+        (
+            "uuid",
+            uuid.UUID("6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"),
+            "6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b",
+        ),
         ("tuple[int,uuid]", (7, uuid.UUID(int=5)), ("7", str(uuid.UUID(int=5)))),
     ],
 )
-def test_subject_types(kms: LocalKms, db_url: str, subject_type: str, subject: object, same: object) -> None:
+def test_subject_types(
+    kms: LocalKms, db_url: str, subject_type: str, subject: object, same: object
+) -> None:
     with Vault(kms, db_url, subject_type=subject_type) as v:
         blob = v.encrypt(subject, b"x", context=CTX)
         assert v.decrypt(blob, context=CTX, subject=same) == b"x"
@@ -90,7 +96,8 @@ def test_shred_fences_and_returns_the_original_receipt(vault: Vault) -> None:
     receipt = vault.shred(a)
     assert isinstance(receipt, ErasureReceipt)
     assert receipt.verify(vault.receipt_public_key)
-    assert receipt.subject_was_known and len(receipt.destroyed_keys) == 1
+    assert receipt.subject_was_known
+    assert len(receipt.destroyed_keys) == 1
     assert receipt.erasure_horizon > receipt.shredded_at
     with pytest.raises(SubjectShreddedError):
         vault.decrypt(blob_a, context=CTX)
@@ -98,7 +105,8 @@ def test_shred_fences_and_returns_the_original_receipt(vault: Vault) -> None:
         vault.encrypt(a, b"again", context=CTX)
     assert vault.decrypt(blob_b, context=CTX) == b"bob"
     assert vault.shred(a) == receipt
-    assert vault.is_shredded(a) and not vault.is_shredded(b)
+    assert vault.is_shredded(a)
+    assert not vault.is_shredded(b)
 
 
 def test_shred_is_seen_by_another_process_vault(kms: LocalKms, db_url: str) -> None:
@@ -116,7 +124,8 @@ def test_shred_is_seen_by_another_process_vault(kms: LocalKms, db_url: str) -> N
 def test_shred_of_never_seen_subject_still_fences(vault: Vault) -> None:
     s = uuid.uuid4()
     receipt = vault.shred(s)
-    assert not receipt.subject_was_known and receipt.destroyed_keys == ()
+    assert not receipt.subject_was_known
+    assert receipt.destroyed_keys == ()
     assert vault.is_shredded(s)
     with pytest.raises(SubjectShreddedError):
         vault.encrypt(s, b"x", context=CTX)
@@ -142,7 +151,8 @@ def test_copied_wrapped_key_is_refused(vault: Vault, kms: LocalKms, db_url: str)
     with eng.begin() as c:
         row_a = c.execute(sa.select(keys).where(keys.c.ref == ref_a)).one()
         c.execute(
-            sa.update(keys).where(keys.c.ref == ref_b)
+            sa.update(keys)
+            .where(keys.c.ref == ref_b)
             .values(wrapped=row_a.wrapped, commitment=row_a.commitment)
         )
     eng.dispose()
@@ -150,7 +160,9 @@ def test_copied_wrapped_key_is_refused(vault: Vault, kms: LocalKms, db_url: str)
         fresh.decrypt(blob_b, context=CTX)
 
 
-def test_epoch_rotation_rewraps_without_touching_data(vault: Vault, kms: LocalKms, db_url: str) -> None:
+def test_epoch_rotation_rewraps_without_touching_data(
+    vault: Vault, kms: LocalKms, db_url: str
+) -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     blob_a = vault.encrypt(a, b"a", context=CTX)
     blob_b = vault.encrypt(b, b"b", context=CTX)
@@ -176,8 +188,12 @@ def test_epoch_rotation_rewraps_without_touching_data(vault: Vault, kms: LocalKm
     epochs = sa.Table("ccvault_epochs", sa.MetaData(), autoload_with=eng)
     keys = sa.Table("ccvault_keys", sa.MetaData(), autoload_with=eng)
     with eng.connect() as conn:
-        new_id = conn.execute(sa.select(epochs.c.epoch_id).where(epochs.c.seq == report.epoch_seq)).scalar_one()
-        live_epochs = set(conn.execute(sa.select(keys.c.epoch_id).where(keys.c.state == "live")).scalars())
+        new_id = conn.execute(
+            sa.select(epochs.c.epoch_id).where(epochs.c.seq == report.epoch_seq)
+        ).scalar_one()
+        live_epochs = set(
+            conn.execute(sa.select(keys.c.epoch_id).where(keys.c.state == "live")).scalars()
+        )
     eng.dispose()
     assert live_epochs == {new_id}  # the new subject key too
 
@@ -225,7 +241,8 @@ def test_no_secrets_in_reprs_errors_or_logs(
         texts.append(str(info.value) + repr(info.value))
     for text in texts:
         assert "SECRET-PLAINTEXT" not in text
-        assert str(s) not in text and s.hex not in text
+        assert str(s) not in text
+        assert s.hex not in text
     other = uuid.uuid4()
     vault.encrypt(other, b"x", context=CTX)
     key = vault._read_keys.get((vault._write_keys.get(vault.subject_ref(other)).key_id, 1))

@@ -2,7 +2,9 @@
 
 >>> from ccvault import Vault                                           # doctest: +SKIP
 >>> vault = Vault.from_settings()                                       # doctest: +SKIP
->>> blob = vault.encrypt(customer_id, b"+44 20 7946 0000", context="customers.phone")  # doctest: +SKIP
+>>> blob = vault.encrypt(                                               # doctest: +SKIP
+...     customer_id, b"+44 20 7946 0000", context="customers.phone"
+... )
 >>> receipt = vault.shred(customer_id)                                  # doctest: +SKIP
 """
 

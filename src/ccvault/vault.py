@@ -20,11 +20,11 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from sqlalchemy.engine import Engine
 
@@ -34,7 +34,13 @@ from .crypto import _format as fmt
 from .crypto._primitives import KEY_BYTES, Aead, ed25519_public_key, hmac_sha256, random_bytes
 from .crypto._subject import SubjectType
 from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
-from .errors import ConfigurationError, DecryptionError, KmsError, SubjectShreddedError
+from .errors import (
+    ConfigurationError,
+    DecryptionError,
+    KeyStoreError,
+    KmsError,
+    SubjectShreddedError,
+)
 from .keystore._cache import TtlCache
 from .keystore._protocol import KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
@@ -59,6 +65,11 @@ class _NoSubject:
 NO_SUBJECT: Final = _NoSubject()
 """Pass as the subject to encrypt with the context's vault-wide key (data of no one customer)."""
 
+VAULTWIDE_NONCE_BUDGET: Final = 2**31
+"""Values sealed under one vault-wide key version before the next version takes over (random
+96-bit nonces: collision probability below 2**-35). See docs/design.md, "Nonce budget"."""
+_USE_BLOCK = 4096
+_BATCH = 500
 _REF_LABEL = "subject-ref"
 _RECEIPT_LABEL = "receipt-signing"
 _NO_REF = b""
@@ -83,6 +94,19 @@ class _DataKey:
 
     def __repr__(self) -> str:
         return f"_DataKey(id={self.key_id.hex()}, v={self.version})"
+
+
+class _Lease:
+    """A block of a vault-wide key version's nonce budget reserved by this process."""
+
+    __slots__ = ("key", "remaining")
+
+    def __init__(self, key: _DataKey, remaining: int) -> None:
+        self.key = key
+        self.remaining = remaining
+
+    def __repr__(self) -> str:
+        return f"_Lease({self.key!r}, remaining={self.remaining})"
 
 
 class _Shredded:
@@ -119,6 +143,7 @@ class Vault:
         backup_retention: timedelta = timedelta(days=35),
         per_epoch_roots: bool = False,
         clock: Callable[[], float] | None = None,
+        nonce_budget: int = VAULTWIDE_NONCE_BUDGET,
     ) -> None:
         if not isinstance(kms, Kms):
             raise ConfigurationError("kms must implement ccvault.kms.Kms")
@@ -147,8 +172,13 @@ class Vault:
         self._read_keys: TtlCache[tuple[bytes, int], _DataKey | _Shredded] = TtlCache(
             cache_max_entries, cache_ttl, monotonic
         )
-        self._vaultwide: TtlCache[str, _DataKey] = TtlCache(1024, cache_ttl, monotonic)
+        self._vaultwide: dict[str, _Lease] = {}
+        self.nonce_budget = nonce_budget
         self._lock = threading.Lock()
+        # Refs shredded by this process: a key read that started before the shred committed must
+        # not put the key back into a cache after shred() cleared it.
+        self._fenced: TtlCache[bytes, bool] = TtlCache(cache_max_entries, cache_ttl, monotonic)
+        self._cache_lock = threading.Lock()
 
         declared = SubjectType.parse(subject_type) if subject_type is not None else None
         proposed = declared.spec if declared is not None else "uuid"
@@ -171,13 +201,13 @@ class Vault:
             f"subject_type={self.subject_type.spec!r})"
         )
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Vault cannot be pickled: build one per process")
 
     def close(self) -> None:
         """Drop cached keys and release the key store's own connections."""
-        for cache in (self._epoch_keys, self._refs, self._write_keys, self._read_keys,
-                      self._vaultwide):
+        self._vaultwide.clear()
+        for cache in (self._epoch_keys, self._refs, self._write_keys, self._read_keys):
             cache.clear()
         self._store.close()
 
@@ -202,11 +232,7 @@ class Vault:
         s = settings or CcvaultSettings(**overrides)
         home = Path(s.home)
         embedded = s.kms_url is None
-        kms = (
-            kms_from_url(s.kms_url)
-            if s.kms_url is not None
-            else _embedded_kms(home)
-        )
+        kms = kms_from_url(s.kms_url) if s.kms_url is not None else _embedded_kms(home)
         keystore = s.keystore_url or f"sqlite:///{home / 'keys.db'}"
         if embedded:
             warnings.warn(
@@ -283,8 +309,11 @@ class Vault:
         def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
             return self._receipt(ref, now, epoch, head, keys).model_dump_json()
 
+        with self._cache_lock:
+            self._fenced.put(ref, True)
         receipt_json, newly = self._store.shred(ref, now, make_receipt)
-        self._forget_ref(ref)
+        with self._cache_lock:
+            self._forget_ref(ref)
         if newly:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
         return ErasureReceipt.model_validate_json(receipt_json)
@@ -296,6 +325,25 @@ class Vault:
     def subject_ref(self, subject: object) -> bytes:
         """The pseudonymous 32-byte ref of ``subject`` (what the key store and receipts hold)."""
         return self._ref(subject)
+
+    def warm(self, subjects: Iterable[object]) -> int:
+        """Load the keys of many subjects in batches, creating missing ones, and cache them.
+
+        One key-store round trip per 500 subjects instead of one per subject: call it before
+        writing or reading many customers at once. Shredded subjects are skipped (encrypting for
+        them still raises). Returns how many subjects have a usable key.
+        """
+        refs = list(dict.fromkeys(self._ref(s) for s in subjects))
+        ready = 0
+        todo = []
+        for ref in refs:
+            if self._write_keys.get(ref) is not None:
+                ready += 1
+            else:
+                todo.append(ref)
+        for i in range(0, len(todo), _BATCH):
+            ready += len(self._load_or_create(todo[i : i + _BATCH]))
+        return ready
 
     @property
     def receipt_public_key(self) -> bytes:
@@ -414,22 +462,39 @@ class Vault:
             raise DecryptionError
         aead = self._epoch_aead(rec.epoch_id)
         try:
-            return SecretKey(unwrap_key(aead, rec.wrapped, rec.commitment, self._binding(rec, rec.epoch_id)))
+            return SecretKey(
+                unwrap_key(aead, rec.wrapped, rec.commitment, self._binding(rec, rec.epoch_id))
+            )
         except UnwrapError:
             raise DecryptionError from None
 
     def _new_record(
-        self, kind: str, key_id: bytes, version: int, *, label: str | None = None,
-        ref: bytes | None = None, material: bytes | None = None,
+        self,
+        kind: str,
+        key_id: bytes,
+        version: int,
+        *,
+        label: str | None = None,
+        ref: bytes | None = None,
+        material: bytes | None = None,
     ) -> tuple[KeyRecord, bytes]:
         epoch = self._active_epoch()
         key = material if material is not None else random_bytes(KEY_BYTES)
-        binding = KeyBinding(self._installation, kind, key_id, version, epoch.epoch_id, ref or _NO_REF)
+        binding = KeyBinding(
+            self._installation, kind, key_id, version, epoch.epoch_id, ref or _NO_REF
+        )
         wrapped, commit = wrap_key(self._epoch_aead(epoch), key, binding)
         rec = KeyRecord(
-            key_id=key_id, version=version, kind=kind, label=label, ref=ref,
-            epoch_id=epoch.epoch_id, wrapped=wrapped, commitment=commit,
-            state=State.LIVE, created_at=self._now(),
+            key_id=key_id,
+            version=version,
+            kind=kind,
+            label=label,
+            ref=ref,
+            epoch_id=epoch.epoch_id,
+            wrapped=wrapped,
+            commitment=commit,
+            state=State.LIVE,
+            created_at=self._now(),
         )
         return rec, key
 
@@ -444,19 +509,34 @@ class Vault:
         key = self._write_keys.get(ref)
         if key is not None:
             return key
-        found = self._store.subject_key(ref)
-        if found is not None:
-            head, rec = found
-            if head.state != State.ACTIVE:
-                raise SubjectShreddedError
-        else:
-            rec = None
-        if rec is None:
-            candidate, _ = self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)
-            rec = self._store.create_subject_key(candidate, self._now())
-        key = self._data_key(rec)
-        self._write_keys.put(ref, key)
-        return key
+        keys = self._load_or_create([ref])
+        if ref not in keys:
+            raise SubjectShreddedError
+        return keys[ref]
+
+    def _load_or_create(self, refs: Sequence[bytes]) -> dict[bytes, _DataKey]:
+        """Current keys of ``refs`` (creating missing ones); shredded subjects are left out."""
+        found = self._store.subject_keys(refs)
+        records = {
+            ref: rec
+            for ref, (head, rec) in found.items()
+            if head.state == State.ACTIVE and rec is not None
+        }
+        missing = [ref for ref in refs if ref not in found]
+        if missing:
+            candidates = [
+                self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0]
+                for ref in missing
+            ]
+            records.update(self._store.create_subject_keys(candidates, self._now()))
+        out = {}
+        for ref, rec in records.items():
+            key = self._data_key(rec)
+            with self._cache_lock:
+                if self._fenced.get(ref) is None:
+                    self._write_keys.put(ref, key)
+            out[ref] = key
+        return out
 
     def _data_key(self, rec: KeyRecord) -> _DataKey:
         cached = self._read_keys.get((rec.key_id, rec.version))
@@ -464,7 +544,9 @@ class Vault:
             return cached
         material = self._unwrap_record(rec)
         key = _DataKey(rec.key_id, rec.version, rec.ref or _NO_REF, Aead(material.reveal()))
-        self._read_keys.put((rec.key_id, rec.version), key)
+        with self._cache_lock:
+            if not key.ref or self._fenced.get(key.ref) is None:
+                self._read_keys.put((rec.key_id, rec.version), key)
         return key
 
     def _read_key(self, key_id: bytes, version: int) -> _DataKey:
@@ -486,23 +568,40 @@ class Vault:
         return self._data_key(rec)
 
     def _vaultwide_key(self, context: str) -> _DataKey:
-        key = self._vaultwide.get(context)
-        if key is not None:
-            return key
+        with self._lock:
+            lease = self._vaultwide.get(context)
+            if lease is None or lease.remaining <= 0:
+                lease = self._lease_vaultwide(context)
+                self._vaultwide[context] = lease
+            lease.remaining -= 1
+            return lease.key
+
+    def _lease_vaultwide(self, context: str) -> _Lease:
+        """Reserve a block of nonce budget on the context's current vault-wide key version,
+        moving to a new version when the current one has spent its budget."""
         rec = self._store.latest_key(KeyKind.VAULTWIDE, context)
-        if rec is None or not rec.is_live:
-            version = rec.version + 1 if rec is not None else 1
-            key_id = rec.key_id if rec is not None else random_bytes(16)
-            candidate, _ = self._new_record(KeyKind.VAULTWIDE, key_id, version, label=context)
+        for _ in range(8):
+            if rec is None or not rec.is_live:
+                version = rec.version + 1 if rec is not None else 1
+                key_id = rec.key_id if rec is not None else random_bytes(16)
+                candidate, _ = self._new_record(KeyKind.VAULTWIDE, key_id, version, label=context)
+                rec = self._store.insert_key_if_absent(candidate)
+            if self._store.reserve_uses(rec.key_id, rec.version, _USE_BLOCK, self.nonce_budget):
+                return _Lease(self._data_key(rec), _USE_BLOCK)
+            candidate, _ = self._new_record(
+                KeyKind.VAULTWIDE, rec.key_id, rec.version + 1, label=context
+            )
             rec = self._store.insert_key_if_absent(candidate)
-        key = self._data_key(rec)
-        self._vaultwide.put(context, key)
-        return key
+        raise KeyStoreError("could not reserve nonce budget for a vault-wide key")
 
     # -- receipts --------------------------------------------------------------------------------
 
     def _receipt(
-        self, ref: bytes, now: float, epoch: EpochRecord, head: HeadRecord | None,
+        self,
+        ref: bytes,
+        now: float,
+        epoch: EpochRecord,
+        head: HeadRecord | None,
         keys: Sequence[KeyRecord],
     ) -> ErasureReceipt:
         shredded_at = datetime.fromtimestamp(now, tz=timezone.utc)
@@ -540,4 +639,3 @@ def _embedded_kms(home: Path) -> Kms:
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     return LocalKms.from_file(home / "master.key", create=True)
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,7 @@ from ..crypto._primitives import ed25519_public_key, ed25519_sign, ed25519_verif
 
 __all__ = ["DestroyedKey", "ErasureReceipt", "sign_receipt"]
 
-RECEIPT_FORMAT = "ccvault-erasure-receipt/v1"
+RECEIPT_FORMAT: Final = "ccvault-erasure-receipt/v1"
 
 
 class DestroyedKey(BaseModel):
@@ -62,7 +62,10 @@ class ErasureReceipt(BaseModel):
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     def verify(self, public_key: bytes | str | None = None) -> bool:
-        """Check the signature, against ``public_key`` if given (recommended: pin the vault's key)."""
+        """Check the signature, against ``public_key`` if given.
+
+        Recommended: pin the vault's key.
+        """
         key_hex = self.signing_key
         if public_key is not None:
             expected = public_key.hex() if isinstance(public_key, bytes) else public_key
@@ -80,5 +83,6 @@ def sign_receipt(receipt: ErasureReceipt, seed: bytes) -> ErasureReceipt:
     unsigned = receipt.model_copy(
         update={"signing_key": ed25519_public_key(seed).hex(), "signature": ""}
     )
-    return unsigned.model_copy(update={"signature": ed25519_sign(seed, unsigned.signed_bytes()).hex()})
-
+    return unsigned.model_copy(
+        update={"signature": ed25519_sign(seed, unsigned.signed_bytes()).hex()}
+    )

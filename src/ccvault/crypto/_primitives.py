@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,7 +59,7 @@ class Aead:
     def __repr__(self) -> str:
         return "Aead(<redacted>)"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Aead cannot be pickled")
 
     def seal(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:

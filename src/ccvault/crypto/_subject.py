@@ -19,13 +19,12 @@ import struct
 import unicodedata
 import uuid
 from collections.abc import Sequence
-from typing import Union
 
 from ._encoding import U32
 
 __all__ = ["Subject", "SubjectType"]
 
-Subject = Union[str, int, uuid.UUID, tuple["Subject", ...]]
+Subject = str | int | uuid.UUID | tuple["Subject", ...]
 
 _SCALARS = ("str", "int", "uuid")
 _TAG = {"str": b"\x01", "int": b"\x02", "uuid": b"\x03"}

@@ -1,4 +1,7 @@
-"""Key stores: where wrapped keys, epochs and subject heads live (never a key or subject in clear)."""
+"""Key stores: where wrapped keys, epochs and subject heads live.
+
+Never a key or subject in clear.
+"""
 
 from ._cache import TtlCache
 from ._protocol import KeyStore

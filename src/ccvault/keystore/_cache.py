@@ -35,7 +35,10 @@ class TtlCache(Generic[K, V]):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"TtlCache(entries={len(self._data)}, max_entries={self.max_entries}, max_age={self.max_age})"
+        return (
+            f"TtlCache(entries={len(self._data)}, max_entries={self.max_entries}, "
+            f"max_age={self.max_age})"
+        )
 
     def __len__(self) -> int:
         return len(self._data)

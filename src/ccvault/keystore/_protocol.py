@@ -60,15 +60,23 @@ class KeyStore(Protocol):
 
     def subject_head(self, ref: bytes) -> HeadRecord | None: ...
 
-    def subject_key(self, ref: bytes) -> tuple[HeadRecord, KeyRecord | None] | None:
-        """The head and current key of a subject, without locking."""
+    def subject_keys(
+        self, refs: Sequence[bytes]
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        """Heads and current keys of subjects that have a head, in as few round trips as possible
+        (no locking)."""
         ...
 
-    def create_subject_key(self, candidate: KeyRecord, now: float) -> KeyRecord:
-        """Create the subject's head and first key unless they exist; return the current key.
+    def create_subject_keys(
+        self, candidates: Sequence[KeyRecord], now: float
+    ) -> dict[bytes, KeyRecord]:
+        """Create heads and first keys for subjects that have none; return the current key of
+        every active subject among the candidates (the existing one where another writer won).
+        Shredded subjects are left out: no key is ever created for them."""
+        ...
 
-        Raises SubjectShreddedError if the subject is shredded.
-        """
+    def reserve_uses(self, key_id: bytes, version: int, count: int, budget: int) -> bool:
+        """Atomically reserve ``count`` uses of a live key unless that passes ``budget``."""
         ...
 
     def shred(self, ref: bytes, now: float, make_receipt: ReceiptFactory) -> tuple[str, bool]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..kms._protocol import WrappedKey
 
-__all__ = ["EpochRecord", "HeadRecord", "KeyRecord", "KeyKind", "State"]
+__all__ = ["EpochRecord", "HeadRecord", "KeyKind", "KeyRecord", "State"]
 
 
 class KeyKind:

@@ -54,6 +54,7 @@ def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("created_at", sa.Double, nullable=False),
         sa.Column("destroyed_at", sa.Double),
+        sa.Column("uses_reserved", sa.BigInteger, nullable=False, server_default="0"),
         sa.UniqueConstraint("kind", "label", "version", name=f"{prefix}keys_label_uq"),
         sa.Index(f"{prefix}keys_ref_ix", "ref"),
         sa.Index(f"{prefix}keys_epoch_ix", "epoch_id"),

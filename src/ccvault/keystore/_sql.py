@@ -13,6 +13,7 @@ Races are settled by the database:
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ..crypto._primitives import random_bytes
-from ..errors import KeyStoreError, SubjectShreddedError
+from ..errors import KeyStoreError
 from ..kms._protocol import WrappedKey
 from ._protocol import ReceiptFactory
 from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
@@ -40,7 +41,9 @@ _RETRIES = 12
 class SqlKeyStore:
     """Key store tables in any database SQLAlchemy reaches (an engine or a URL)."""
 
-    def __init__(self, bind: Engine | str, *, prefix: str = "ccvault_", create: bool = True) -> None:
+    def __init__(
+        self, bind: Engine | str, *, prefix: str = "ccvault_", create: bool = True
+    ) -> None:
         self.engine = _make_engine(bind) if isinstance(bind, str) else bind
         self._owns_engine = isinstance(bind, str)
         self._dialect = self.engine.dialect.name
@@ -53,14 +56,17 @@ class SqlKeyStore:
         self._keys = t[f"{prefix}keys"]
         self._heads = t[f"{prefix}subject_heads"]
         if create:
-            try:
-                md.create_all(self.engine, checkfirst=True)
-            except sa.exc.SQLAlchemyError as exc:
-                # Two processes creating the tables at once: the loser re-checks.
+            # Processes creating the tables at once: a loser waits a little and re-checks. One
+            # re-check is not enough on MariaDB/MySQL, where DDL is not transactional and another
+            # process may still be half-way through its CREATE TABLE statements.
+            for attempt in range(_RETRIES):
                 try:
                     md.create_all(self.engine, checkfirst=True)
-                except sa.exc.SQLAlchemyError:
-                    raise KeyStoreError("cannot create the key store tables") from exc
+                    break
+                except sa.exc.SQLAlchemyError as exc:
+                    if attempt + 1 == _RETRIES:
+                        raise KeyStoreError("cannot create the key store tables") from exc
+                    time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
 
     def __repr__(self) -> str:
         return f"SqlKeyStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -75,6 +81,13 @@ class SqlKeyStore:
     def _read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
+                if self._dialect == "postgresql":
+                    # One snapshot per read. Under PostgreSQL's default READ COMMITTED each
+                    # statement sees the commits before it, so a subject head read just before a
+                    # shred commits and its key read just after pair an active head with a
+                    # destroyed key. (SQLite WAL reads and InnoDB REPEATABLE READ already use one
+                    # snapshot per transaction.)
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise KeyStoreError("the key store could not be read") from exc
@@ -117,11 +130,28 @@ class SqlKeyStore:
 
     def ensure_installation(self, installation_id: str, subject_type: str) -> tuple[str, str]:
         def run(conn: Connection) -> tuple[str, str]:
-            for name, value in (("installation_id", installation_id), ("subject_type", subject_type),
-                                ("schema_version", "1")):
-                if conn.execute(sa.select(self._meta.c.value).where(self._meta.c.name == name)).first() is None:
+            for name, value in (
+                ("installation_id", installation_id),
+                ("subject_type", subject_type),
+                ("schema_version", "1"),
+            ):
+                if (
+                    conn.execute(
+                        sa.select(self._meta.c.value).where(self._meta.c.name == name)
+                    ).first()
+                    is None
+                ):
                     self._insert_ignore(conn, self._meta, {"name": name, "value": value})
-            rows = dict(conn.execute(sa.select(self._meta.c.name, self._meta.c.value)).all())
+            # A locking read: under InnoDB REPEATABLE READ a plain SELECT reuses the snapshot of
+            # the first SELECT above and misses the rows of a concurrent installer whose insert
+            # made ours a no-op.
+            rows = dict(
+                conn.execute(
+                    sa.select(self._meta.c.name, self._meta.c.value).with_for_update()
+                ).all()
+            )
+            if "installation_id" not in rows or "subject_type" not in rows:
+                raise KeyStoreError("the key store has no installation record")
             return rows["installation_id"], rows["subject_type"]
 
         return self._write(run)
@@ -141,8 +171,13 @@ class SqlKeyStore:
             )
         return [
             EpochRecord(
-                bytes(r.epoch_id), r.seq, r.state, bytes(r.commitment), r.created_at,
-                r.retired_at, tuple(sorted(wraps.get(bytes(r.epoch_id), []), key=lambda x: x.kms_id)),
+                bytes(r.epoch_id),
+                r.seq,
+                r.state,
+                bytes(r.commitment),
+                r.created_at,
+                r.retired_at,
+                tuple(sorted(wraps.get(bytes(r.epoch_id), []), key=lambda x: x.kms_id)),
             )
             for r in rows
         ]
@@ -167,16 +202,27 @@ class SqlKeyStore:
         e = self._epochs
 
         def run(conn: Connection) -> EpochRecord:
-            inserted = self._insert_ignore(conn, e, {
-                "epoch_id": epoch_id, "seq": seq, "state": State.ACTIVE,
-                "commitment": commitment, "created_at": now,
-            })
+            inserted = self._insert_ignore(
+                conn,
+                e,
+                {
+                    "epoch_id": epoch_id,
+                    "seq": seq,
+                    "state": State.ACTIVE,
+                    "commitment": commitment,
+                    "created_at": now,
+                },
+            )
             if inserted:
                 for wk in wraps:
-                    conn.execute(sa.insert(self._wraps).values(
-                        epoch_id=epoch_id, kms_id=wk.kms_id, root_id=wk.root_id, wrapped=wk.blob))
+                    conn.execute(
+                        sa.insert(self._wraps).values(
+                            epoch_id=epoch_id, kms_id=wk.kms_id, root_id=wk.root_id, wrapped=wk.blob
+                        )
+                    )
                 conn.execute(
-                    sa.update(e).where(e.c.state == State.ACTIVE, e.c.seq < seq)
+                    sa.update(e)
+                    .where(e.c.state == State.ACTIVE, e.c.seq < seq)
                     .values(state=State.RETIRED, retired_at=now)
                 )
             rows = self._epoch_rows(conn, e.c.seq == seq)
@@ -191,19 +237,30 @@ class SqlKeyStore:
     @staticmethod
     def _key(row: Any) -> KeyRecord:
         return KeyRecord(
-            key_id=bytes(row.key_id), version=row.version, kind=row.kind, label=row.label,
+            key_id=bytes(row.key_id),
+            version=row.version,
+            kind=row.kind,
+            label=row.label,
             ref=bytes(row.ref) if row.ref is not None else None,
             epoch_id=bytes(row.epoch_id) if row.epoch_id is not None else None,
             wrapped=bytes(row.wrapped) if row.wrapped is not None else None,
             commitment=bytes(row.commitment) if row.commitment is not None else None,
-            state=row.state, created_at=row.created_at,
+            state=row.state,
+            created_at=row.created_at,
         )
 
     def _key_values(self, r: KeyRecord) -> dict[str, Any]:
         return {
-            "key_id": r.key_id, "version": r.version, "kind": r.kind, "label": r.label,
-            "ref": r.ref, "epoch_id": r.epoch_id, "wrapped": r.wrapped,
-            "commitment": r.commitment, "state": r.state, "created_at": r.created_at,
+            "key_id": r.key_id,
+            "version": r.version,
+            "kind": r.kind,
+            "label": r.label,
+            "ref": r.ref,
+            "epoch_id": r.epoch_id,
+            "wrapped": r.wrapped,
+            "commitment": r.commitment,
+            "state": r.state,
+            "created_at": r.created_at,
         }
 
     def get_keys(self, refs: Iterable[tuple[bytes, int]]) -> dict[tuple[bytes, int], KeyRecord]:
@@ -223,8 +280,10 @@ class SqlKeyStore:
         k = self._keys
         with self._read() as conn:
             row = conn.execute(
-                sa.select(k).where(k.c.kind == kind, k.c.label == label)
-                .order_by(k.c.version.desc()).limit(1)
+                sa.select(k)
+                .where(k.c.kind == kind, k.c.label == label)
+                .order_by(k.c.version.desc())
+                .limit(1)
             ).first()
         return self._key(row) if row is not None else None
 
@@ -234,8 +293,11 @@ class SqlKeyStore:
         def run(conn: Connection) -> KeyRecord:
             self._insert_ignore(conn, k, self._key_values(record))
             row = conn.execute(
-                sa.select(k).where(k.c.kind == record.kind, k.c.label == record.label,
-                                   k.c.version == record.version)
+                sa.select(k).where(
+                    k.c.kind == record.kind,
+                    k.c.label == record.label,
+                    k.c.version == record.version,
+                )
             ).first()
             if row is None:
                 raise KeyStoreError("a key could not be stored")
@@ -248,9 +310,13 @@ class SqlKeyStore:
     @staticmethod
     def _head(row: Any) -> HeadRecord:
         return HeadRecord(
-            ref=bytes(row.ref), key_id=bytes(row.key_id), state=row.state,
-            current_version=row.current_version, created_at=row.created_at,
-            shredded_at=row.shredded_at, receipt=row.receipt,
+            ref=bytes(row.ref),
+            key_id=bytes(row.key_id),
+            state=row.state,
+            current_version=row.current_version,
+            created_at=row.created_at,
+            shredded_at=row.shredded_at,
+            receipt=row.receipt,
         )
 
     def subject_head(self, ref: bytes) -> HeadRecord | None:
@@ -258,53 +324,11 @@ class SqlKeyStore:
             row = conn.execute(sa.select(self._heads).where(self._heads.c.ref == ref)).first()
         return self._head(row) if row is not None else None
 
-    def subject_key(self, ref: bytes) -> tuple[HeadRecord, KeyRecord | None] | None:
-        h, k = self._heads, self._keys
-        with self._read() as conn:
-            row = conn.execute(sa.select(h).where(h.c.ref == ref)).first()
-            if row is None:
-                return None
-            head = self._head(row)
-            krow = conn.execute(
-                sa.select(k).where(k.c.key_id == head.key_id, k.c.version == head.current_version)
-            ).first()
-        return head, (self._key(krow) if krow is not None else None)
-
     def _locked_head(self, conn: Connection, ref: bytes) -> HeadRecord | None:
         row = conn.execute(
             sa.select(self._heads).where(self._heads.c.ref == ref).with_for_update()
         ).first()
         return self._head(row) if row is not None else None
-
-    def create_subject_key(self, candidate: KeyRecord, now: float) -> KeyRecord:
-        if candidate.ref is None or candidate.kind != KeyKind.SUBJECT:
-            raise ValueError("not a subject key")
-        ref = candidate.ref
-        k = self._keys
-
-        def run(conn: Connection) -> KeyRecord:
-            head = self._locked_head(conn, ref)
-            if head is None:
-                inserted = self._insert_ignore(conn, self._heads, {
-                    "ref": ref, "key_id": candidate.key_id, "state": State.ACTIVE,
-                    "current_version": candidate.version, "created_at": now,
-                })
-                if inserted:
-                    conn.execute(sa.insert(k).values(**self._key_values(candidate)))
-                    return candidate
-                head = self._locked_head(conn, ref)
-                if head is None:
-                    raise KeyStoreError("subject head vanished")
-            if head.state != State.ACTIVE:
-                raise SubjectShreddedError
-            row = conn.execute(
-                sa.select(k).where(k.c.key_id == head.key_id, k.c.version == head.current_version)
-            ).first()
-            if row is None:
-                raise KeyStoreError("subject head without a key")
-            return self._key(row)
-
-        return self._write(run)
 
     def shred(self, ref: bytes, now: float, make_receipt: ReceiptFactory) -> tuple[str, bool]:
         h, k = self._heads, self._keys
@@ -313,10 +337,17 @@ class SqlKeyStore:
             head = self._locked_head(conn, ref)
             if head is None:
                 # Never seen: fence it anyway, so that no key is ever created for it.
-                self._insert_ignore(conn, h, {
-                    "ref": ref, "key_id": random_bytes(16), "state": State.ACTIVE,
-                    "current_version": 0, "created_at": now,
-                })
+                self._insert_ignore(
+                    conn,
+                    h,
+                    {
+                        "ref": ref,
+                        "key_id": random_bytes(16),
+                        "state": State.ACTIVE,
+                        "current_version": 0,
+                        "created_at": now,
+                    },
+                )
                 head = self._locked_head(conn, ref)
                 if head is None:
                     raise KeyStoreError("subject head vanished")
@@ -325,15 +356,150 @@ class SqlKeyStore:
             keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref)).all()]
             receipt = make_receipt(head if head.current_version else None, keys)
             conn.execute(
-                sa.update(k).where(k.c.ref == ref).values(
-                    wrapped=None, commitment=None, epoch_id=None,
-                    state=State.DESTROYED, destroyed_at=now)
+                sa.update(k)
+                .where(k.c.ref == ref)
+                .values(
+                    wrapped=None,
+                    commitment=None,
+                    epoch_id=None,
+                    state=State.DESTROYED,
+                    destroyed_at=now,
+                )
             )
             conn.execute(
-                sa.update(h).where(h.c.ref == ref).values(
-                    state=State.SHREDDED, shredded_at=now, receipt=receipt)
+                sa.update(h)
+                .where(h.c.ref == ref)
+                .values(state=State.SHREDDED, shredded_at=now, receipt=receipt)
             )
             return receipt, True
+
+        return self._write(run)
+
+    # -- batches of subjects -------------------------------------------------------------------
+
+    def subject_keys(
+        self, refs: Sequence[bytes]
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        h = self._heads
+        out: dict[bytes, tuple[HeadRecord, KeyRecord | None]] = {}
+        with self._read() as conn:
+            for i in range(0, len(refs), _BATCH):
+                heads = [
+                    self._head(r)
+                    for r in conn.execute(sa.select(h).where(h.c.ref.in_(refs[i : i + _BATCH])))
+                ]
+                keys = self._current_keys(conn, heads)
+                for head in heads:
+                    out[head.ref] = (head, keys.get(head.ref))
+        return out
+
+    def _current_keys(
+        self, conn: Connection, heads: Sequence[HeadRecord]
+    ) -> dict[bytes, KeyRecord]:
+        k = self._keys
+        wanted = {(hd.key_id, hd.current_version): hd.ref for hd in heads if hd.current_version}
+        if not wanted:
+            return {}
+        rows = conn.execute(sa.select(k).where(k.c.key_id.in_([kid for kid, _ in wanted])))
+        out = {}
+        for row in rows:
+            rec = self._key(row)
+            ref = wanted.get((rec.key_id, rec.version))
+            if ref is not None:
+                out[ref] = rec
+        return out
+
+    def create_subject_keys(
+        self, candidates: Sequence[KeyRecord], now: float
+    ) -> dict[bytes, KeyRecord]:
+        """Create heads and first keys for subjects that have none, in one transaction per batch.
+
+        Returns the current key of every candidate's subject that is active (the candidate where
+        it won, the existing key where another writer got there first); shredded subjects are
+        left out.
+        """
+        for c in candidates:
+            if c.ref is None or c.kind != KeyKind.SUBJECT:
+                raise ValueError("not a subject key")
+        ordered = sorted(candidates, key=lambda c: c.ref or b"")  # one lock order for everyone
+        out: dict[bytes, KeyRecord] = {}
+        for i in range(0, len(ordered), _BATCH):
+            batch = ordered[i : i + _BATCH]
+            out.update(self._write(functools.partial(self._create_batch, batch=batch, now=now)))
+        return out
+
+    def _create_batch(
+        self, conn: Connection, *, batch: Sequence[KeyRecord], now: float
+    ) -> dict[bytes, KeyRecord]:
+        h, k = self._heads, self._keys
+        refs = [c.ref for c in batch]
+
+        def locked_heads() -> dict[bytes, HeadRecord]:
+            rows = conn.execute(
+                sa.select(h).where(h.c.ref.in_(refs)).order_by(h.c.ref).with_for_update()
+            )
+            return {hd.ref: hd for hd in map(self._head, rows)}
+
+        heads = locked_heads()
+        missing = [c for c in batch if c.ref not in heads]
+        if missing:
+            self._insert_ignore_many(
+                conn,
+                h,
+                [
+                    {
+                        "ref": c.ref,
+                        "key_id": c.key_id,
+                        "state": State.ACTIVE,
+                        "current_version": c.version,
+                        "created_at": now,
+                    }
+                    for c in missing
+                ],
+            )
+            heads = locked_heads()
+            won = [c for c in missing if c.ref in heads and heads[c.ref].key_id == c.key_id]
+            if won:
+                conn.execute(sa.insert(k), [self._key_values(c) for c in won])
+        active = [hd for hd in heads.values() if hd.state == State.ACTIVE]
+        keys = self._current_keys(conn, active)
+        if len(keys) != len(active):
+            raise KeyStoreError("subject head without a key")
+        return keys
+
+    def _insert_ignore_many(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> None:
+        stmt: Any
+        if self._dialect == "postgresql":
+            stmt = pg_insert(table).on_conflict_do_nothing()
+        elif self._dialect == "sqlite":
+            stmt = sqlite_insert(table).on_conflict_do_nothing()
+        elif self._dialect in ("mysql", "mariadb"):
+            stmt = sa.insert(table).prefix_with("IGNORE")
+        else:
+            for row in rows:
+                self._insert_ignore(conn, table, row)
+            return
+        conn.execute(stmt, rows)
+
+    def reserve_uses(self, key_id: bytes, version: int, count: int, budget: int) -> bool:
+        """Atomically add ``count`` to a live key's reserved uses unless that passes ``budget``."""
+        k = self._keys
+
+        def run(conn: Connection) -> bool:
+            res = conn.execute(
+                sa.update(k)
+                .where(
+                    k.c.key_id == key_id,
+                    k.c.version == version,
+                    k.c.state == State.LIVE,
+                    k.c.uses_reserved + count <= budget,
+                )
+                .values(uses_reserved=k.c.uses_reserved + count),
+                execution_options={"preserve_rowcount": True},
+            )
+            return bool(res.rowcount == 1)
 
         return self._write(run)
 
@@ -343,8 +509,10 @@ class SqlKeyStore:
         k = self._keys
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(k).where(k.c.state == State.LIVE, k.c.epoch_id != epoch_id)
-                .order_by(k.c.key_id, k.c.version).limit(limit)
+                sa.select(k)
+                .where(k.c.state == State.LIVE, k.c.epoch_id != epoch_id)
+                .order_by(k.c.key_id, k.c.version)
+                .limit(limit)
             ).all()
         return [self._key(r) for r in rows]
 
@@ -355,10 +523,14 @@ class SqlKeyStore:
             done = 0
             for old, wrapped, commitment in updates:
                 res = conn.execute(
-                    sa.update(k).where(
-                        k.c.key_id == old.key_id, k.c.version == old.version,
-                        k.c.state == State.LIVE, k.c.epoch_id == old.epoch_id,
-                    ).values(epoch_id=epoch_id, wrapped=wrapped, commitment=commitment),
+                    sa.update(k)
+                    .where(
+                        k.c.key_id == old.key_id,
+                        k.c.version == old.version,
+                        k.c.state == State.LIVE,
+                        k.c.epoch_id == old.epoch_id,
+                    )
+                    .values(epoch_id=epoch_id, wrapped=wrapped, commitment=commitment),
                     execution_options={"preserve_rowcount": True},
                 )
                 done += res.rowcount

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .._secret import SecretKey
 from ..crypto._encoding import lp
@@ -57,6 +58,7 @@ class LocalKms:
         self._file_id = file_id
         self._roots: dict[str, _Root] = {r.root_id: r for r in roots}
         self._destroyed: set[str] = set()
+        self._signature: tuple[int, int, int] | None = None
         self._lock = threading.RLock()
 
     # -- construction -------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class LocalKms:
         where = str(self._path) if self._path else "memory"
         return f"LocalKms({where!r}, roots={len(self._roots)})"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("LocalKms cannot be pickled")
 
     # -- the Kms protocol ---------------------------------------------------------------------
@@ -155,8 +157,7 @@ class LocalKms:
 
     def root_state(self, root_id: str) -> RootState:
         with self._lock:
-            if root_id not in self._roots and root_id not in self._destroyed:
-                self._reload()
+            self._refresh()
             if root_id in self._roots:
                 return RootState.ENABLED
             if root_id in self._destroyed:
@@ -167,13 +168,24 @@ class LocalKms:
 
     def _root(self, root_id: str) -> _Root:
         with self._lock:
+            self._refresh()  # another process may have added or destroyed a root
             root = self._roots.get(root_id)
-            if root is None and root_id not in self._destroyed:
-                self._reload()  # another process may have added it
-                root = self._roots.get(root_id)
             if root is None:
                 raise KmsError(f"local KMS root {root_id} is destroyed or unknown")
             return root
+
+    def _refresh(self) -> None:
+        """Re-read the file when it changed, so a root destroyed elsewhere stops unwrapping."""
+        if self._path is None:
+            return
+        try:
+            st = os.stat(self._path)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read master key file {str(self._path)!r}") from exc
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if signature != self._signature:
+            self._reload()
+            self._signature = signature
 
     def _reload(self) -> None:
         if self._path is None or not self._path.exists():

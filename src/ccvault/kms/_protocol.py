@@ -43,7 +43,10 @@ class WrappedKey:
     blob: bytes
 
     def __repr__(self) -> str:
-        return f"WrappedKey(kms_id={self.kms_id!r}, root_id={self.root_id!r}, blob=<{len(self.blob)} bytes>)"
+        return (
+            f"WrappedKey(kms_id={self.kms_id!r}, root_id={self.root_id!r}, "
+            f"blob=<{len(self.blob)} bytes>)"
+        )
 
 
 @runtime_checkable
@@ -82,8 +85,7 @@ class Kms(Protocol):
         """Destroy a root so that nothing it wrapped can be unwrapped again (admin operation)."""
         ...
 
-    def root_state(self, root_id: str) -> RootState:
-        ...
+    def root_state(self, root_id: str) -> RootState: ...
 
 
 def canonical_context(context: Mapping[str, str]) -> bytes:

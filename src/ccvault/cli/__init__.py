@@ -1,0 +1,32 @@
+"""The ``ccvault`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ccvault", description="Encrypted, erasable contact-center customer data."
+    )
+    parser.add_argument("--version", action="version", version=f"ccvault {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the embedded demo in a temporary folder")
+    demo.add_argument("--customers", type=int, default=3000, help="synthetic customers (3000)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the synthetic data")
+    demo.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        if args.customers < 2:
+            parser.error("--customers must be at least 2")
+        return run_demo(customers=args.customers, seed=args.seed, keep=args.keep)
+    parser.print_help(sys.stderr)
+    return 2

@@ -1,0 +1,56 @@
+"""Key-material container and the bounded TTL cache."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+
+from ccvault._secret import SecretKey
+from ccvault.keystore import TtlCache
+from ccvault.testing import FrozenClock
+
+
+def test_secret_key_hides_material() -> None:
+    k = SecretKey(b"\x42" * 32)
+    assert "42" not in repr(k)
+    assert "B" * 4 not in repr(k)
+    assert repr(k) == str(k) == "SecretKey(<256-bit, redacted>)"
+    assert k == SecretKey(b"\x42" * 32)
+    assert k != SecretKey(b"\x43" * 32)
+    with pytest.raises(TypeError):
+        hash(k)
+    for attempt in (lambda: pickle.dumps(k), lambda: copy.copy(k), lambda: copy.deepcopy(k)):
+        with pytest.raises(TypeError):
+            attempt()
+    with pytest.raises(TypeError):
+        SecretKey("text")  # type: ignore[arg-type]
+
+
+def test_cache_expires_by_age_with_injected_clock() -> None:
+    clock = FrozenClock(1000.0)
+    cache: TtlCache[str, int] = TtlCache(10, 60, clock)
+    cache.put("a", 1)
+    clock.advance(59.9)
+    assert cache.get("a") == 1
+    clock.advance(0.1)
+    assert cache.get("a") is None
+    assert len(cache) == 0
+
+
+def test_cache_is_bounded_lru() -> None:
+    cache: TtlCache[int, int] = TtlCache(3, 60, FrozenClock())
+    for i in range(3):
+        cache.put(i, i)
+    cache.get(0)  # 0 is now most recent
+    cache.put(3, 3)
+    assert cache.get(1) is None
+    assert cache.get(0) == 0
+    assert len(cache) == 3
+    cache.discard_where(lambda k, _v: k == 0)
+    assert cache.get(0) is None
+    with pytest.raises(ValueError, match="max_entries"):
+        TtlCache(0, 1)
+    with pytest.raises(ValueError, match="max_age"):
+        TtlCache(1, 0)

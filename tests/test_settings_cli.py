@@ -1,0 +1,78 @@
+"""Vault.from_settings (CCVAULT_* and the embedded default) and the `ccvault` command."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ccvault import CcvaultSettings, ConfigurationError, DevelopmentDefaultWarning, Vault
+from ccvault.cli import main
+from ccvault.kms import LocalKms
+
+
+def test_embedded_default_warns_and_lives_in_dot_ccvault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("CCVAULT_KMS_URL", "CCVAULT_KEYSTORE_URL", "CCVAULT_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.warns(DevelopmentDefaultWarning, match="development"):
+        vault = Vault.from_settings()
+    with vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context="c.x")
+    key = tmp_path / ".ccvault" / "master.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert (tmp_path / ".ccvault" / "keys.db").exists()
+    with pytest.warns(DevelopmentDefaultWarning), Vault.from_settings() as again:
+        assert again.decrypt(blob, context="c.x") == b"x"
+
+
+def test_settings_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = tmp_path / "m.key"
+    LocalKms.generate(key)
+    monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{key}")
+    monkeypatch.setenv("CCVAULT_KEYSTORE_URL", f"sqlite:///{tmp_path / 'k.db'}")
+    monkeypatch.setenv("CCVAULT_SUBJECT_TYPE", "int")
+    monkeypatch.setenv("CCVAULT_CACHE_TTL_SECONDS", "5")
+    with Vault.from_settings() as vault:  # no warning: a KMS URL is configured
+        assert vault.subject_type.spec == "int"
+        assert vault.cache_ttl == 5
+        assert vault.decrypt(vault.encrypt("42", b"v", context="a.b"), context="a.b", subject=42)
+
+
+@pytest.mark.parametrize(
+    "url", ["aws-kms://alias/x", "vault://transit/k", "ftp://x", "local://host/path", "local://"]
+)
+def test_unsupported_kms_urls(url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        Vault.from_settings(CcvaultSettings(kms_url=url, keystore_url=f"sqlite:///{tmp_path}/k.db"))
+
+
+def test_settings_validation_and_repr() -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        CcvaultSettings(cache_ttl_seconds=0)
+    s = CcvaultSettings(keystore_url="postgresql+psycopg://app:hunter2@db/x")
+    assert "hunter2" not in repr(s)
+
+
+def test_cli_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--customers", "50", "--keep", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "[shredded]" in out
+    assert "signature valid: True" in out
+    assert "98 readable, 2 shredded" in out
+
+
+def test_cli_entry_point_and_usage() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ccvault", "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("ccvault ")
+    assert main([]) == 2

@@ -1,0 +1,168 @@
+"""Generate the golden vectors ONCE. Kept to document how they were made; tests never run it.
+
+Vectors are frozen: once committed, a change of format must still open them. Re-running this
+script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
+
+    python tests/vectors/make_vectors.py values refs store
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+from ccvault.crypto import _format as fmt
+from ccvault.crypto._primitives import Aead, hmac_sha256
+from ccvault.crypto._subject import SubjectType
+
+HERE = Path(__file__).parent
+
+
+def values() -> None:
+    key = bytes(range(32))
+    out = []
+    cases = [
+        ("empty", b"", "customers.phone", bytes(32)),
+        ("phone", b"+44 20 7946 0018", "customers.phone", bytes.fromhex("aa" * 32)),
+        ("unicode", "Zoë Ñúñez — 東京".encode(), "customers.name", bytes.fromhex("bb" * 32)),
+        ("vault-wide", b"welcome prompt", "ivr.prompts", b""),
+    ]
+    for i, (name, pt, ctx, ref) in enumerate(cases):
+        key_id = bytes([i + 1]) * 16
+        header = fmt.build_header(fmt.SUITE_AES256GCM, key_id, i + 1)
+        nonce = bytes([0xC0 + i]) * 12
+        blob = fmt.seal_value(Aead(key), header, pt, ctx.encode(), ref, nonce=nonce)
+        out.append(
+            {
+                "name": name,
+                "suite": 1,
+                "key": key.hex(),
+                "key_id": key_id.hex(),
+                "key_version": i + 1,
+                "context": ctx,
+                "subject_ref": ref.hex(),
+                "nonce": nonce.hex(),
+                "plaintext": pt.hex(),
+                "ciphertext": blob.hex(),
+            }
+        )
+    # Suite 2 (retention periods): value key derived from the data key and a period secret.
+    period_secret, period_id, key_id = bytes([0x5E]) * 32, bytes([0x9D]) * 16, bytes([0x77]) * 16
+    derived = fmt.derive_period_key(key, period_secret, key_id, 3, period_id)
+    header = fmt.build_header(fmt.SUITE_AES256GCM_PERIOD, key_id, 3, period_id)
+    nonce = bytes([0xD0]) * 12
+    blob = fmt.seal_value(
+        Aead(derived),
+        header,
+        b"call transcript",
+        b"interactions.transcript",
+        bytes.fromhex("cc" * 32),
+        nonce=nonce,
+    )
+    out.append(
+        {
+            "name": "suite2-period",
+            "suite": 2,
+            "key": key.hex(),
+            "key_id": key_id.hex(),
+            "key_version": 3,
+            "period_id": period_id.hex(),
+            "period_secret": period_secret.hex(),
+            "derived_key": derived.hex(),
+            "context": "interactions.transcript",
+            "subject_ref": "cc" * 32,
+            "nonce": nonce.hex(),
+            "plaintext": b"call transcript".hex(),
+            "ciphertext": blob.hex(),
+        }
+    )
+    (HERE / "values_v1.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+def refs() -> None:
+    k_ref = bytes.fromhex("0f" * 32)
+    cases: list[tuple[str, object, object]] = [
+        ("str", "cust-42", {"str": "cust-42"}),
+        ("str", "Zoe\u0308", {"str": "Zoe\u0308"}),  # NFC makes it "Zoë"
+        ("int", 0, {"int": "0"}),
+        ("int", -17, {"int": "-17"}),
+        ("int", 12345678901234567890, {"int": "12345678901234567890"}),
+        (
+            "uuid",
+            uuid.UUID("6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"),
+            {"uuid": "6f1c2a8e-3b7d-4e1f-9a2b-5c6d7e8f9a0b"},
+        ),
+        (
+            "tuple[uuid,str]",
+            (uuid.UUID(int=1), "c-9"),
+            {"tuple": [{"uuid": str(uuid.UUID(int=1))}, {"str": "c-9"}]},
+        ),
+        ("tuple[int,int]", (1, 23), {"tuple": [{"int": "1"}, {"int": "23"}]}),
+    ]
+    out = []
+    for spec, value, encoded in cases:
+        canon = SubjectType.parse(spec).canonical(value)
+        out.append(
+            {
+                "subject_type": spec,
+                "subject": encoded,
+                "canonical": canon.hex(),
+                "k_ref": k_ref.hex(),
+                "ref": hmac_sha256(k_ref, canon).hex(),
+            }
+        )
+    (HERE / "subject_refs.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+def store() -> None:
+    """A whole installation: master key file, SQLite key store, and values made through Vault."""
+    from ccvault import NO_SUBJECT, Vault
+    from ccvault.kms import LocalKms
+
+    target = HERE / "store_v1"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    kms = LocalKms.generate(target / "master.key")
+    vault = Vault(kms, f"sqlite:///{target / 'keys.db'}", subject_type="uuid")
+    alice, bob = uuid.UUID(int=0xA11CE), uuid.UUID(int=0xB0B)
+    rows = [
+        {
+            "subject": str(alice),
+            "context": "customers.phone",
+            "plaintext": "+1 555 0100",
+            "ciphertext": vault.encrypt(alice, b"+1 555 0100", context="customers.phone").hex(),
+        },
+        {
+            "subject": str(bob),
+            "context": "customers.email",
+            "plaintext": "bob@example.com",
+            "ciphertext": vault.encrypt(bob, b"bob@example.com", context="customers.email").hex(),
+        },
+        {
+            "subject": None,
+            "context": "ivr.prompts",
+            "plaintext": "welcome",
+            "ciphertext": vault.encrypt(NO_SUBJECT, b"welcome", context="ivr.prompts").hex(),
+        },
+    ]
+    vault.rotate_epoch()
+    rows.append(
+        {
+            "subject": str(alice),
+            "context": "customers.name",
+            "plaintext": "Alice",
+            "ciphertext": vault.encrypt(alice, b"Alice", context="customers.name").hex(),
+        }
+    )
+    receipt = vault.shred(bob)
+    vault.close()
+    doc = {"shredded": [str(bob)], "receipt": json.loads(receipt.model_dump_json()), "values": rows}
+    (target / "values.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    for what in sys.argv[1:]:
+        {"values": values, "refs": refs, "store": store}[what]()
