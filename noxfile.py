@@ -49,5 +49,6 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks (arguments after ``--`` go to ``python -m benchmarks``)."""
     if not (ROOT / "benchmarks" / "__main__.py").exists():
         session.error("benchmarks/__main__.py does not exist yet: nothing to run")
-    session.install(".[dev]")
+    # The peers and matplotlib are benchmark-only: never dependencies of ccvault itself.
+    session.install(".[dev]", "-r", "benchmarks/requirements.txt")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -52,6 +52,11 @@ def _ccvault_imports(path: Path) -> set[str]:
     return found
 
 
+# The one sanctioned upward reference: Vault.attach()/Vault.subject() are the documented entry
+# points of the SQLAlchemy integration and import it lazily, inside those methods.
+ALLOWED_UPWARD = {("vault.py", "sqlalchemy")}
+
+
 def test_lower_layers_never_import_higher_ones() -> None:
     problems = []
     for path in SRC.rglob("*.py"):
@@ -60,6 +65,8 @@ def test_lower_layers_never_import_higher_ones() -> None:
             continue
         for imported in _ccvault_imports(path):
             if imported == unit or imported not in LAYERS:
+                continue
+            if (str(path.relative_to(SRC)), imported) in ALLOWED_UPWARD:
                 continue
             if LAYERS[imported] > LAYERS[unit]:
                 problems.append(f"{path.relative_to(SRC)} imports {imported}")

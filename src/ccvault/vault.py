@@ -21,6 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -345,6 +346,20 @@ class Vault:
             ready += len(self._load_or_create(todo[i : i + _BATCH]))
         return ready
 
+    def attach(self, engine: Any, *, strict: bool = False) -> None:
+        """Make ``engine`` (sync or async) encrypt and decrypt :class:`ccvault.sqlalchemy.Encrypted`
+        columns with this vault. ``strict=True``: reads of shredded values raise instead of
+        returning ``SHREDDED``."""
+        from .sqlalchemy._attach import attach  # the one upward reference: the integration entry
+
+        attach(self, engine, strict=strict)
+
+    def subject(self, subject: object) -> AbstractContextManager[None]:
+        """``with vault.subject(x):`` — encrypt statements that cannot name their subject for x."""
+        from .sqlalchemy._write import scoped_subject
+
+        return scoped_subject(self, subject)
+
     @property
     def receipt_public_key(self) -> bytes:
         """The Ed25519 public key that signs this installation's erasure receipts."""
@@ -550,22 +565,43 @@ class Vault:
         return key
 
     def _read_key(self, key_id: bytes, version: int) -> _DataKey:
-        cached = self._read_keys.get((key_id, version))
-        if isinstance(cached, _DataKey):
-            return cached
-        if cached is _SHREDDED:
+        key = self._read_keys_batch([(key_id, version)]).get((key_id, version))
+        if key is None:
+            raise DecryptionError
+        if isinstance(key, _Shredded):
             raise SubjectShreddedError
-        rec = self._store.get_keys([(key_id, version)]).get((key_id, version))
-        if rec is None:
-            raise DecryptionError
-        if not rec.is_live:
-            if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
-                self._read_keys.put((key_id, version), _SHREDDED)
-                raise SubjectShreddedError
-            raise DecryptionError
-        if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
-            raise DecryptionError  # a long-lived key id is never a value key
-        return self._data_key(rec)
+        return key
+
+    def _read_keys_batch(
+        self, refs: Sequence[tuple[bytes, int]]
+    ) -> dict[tuple[bytes, int], _DataKey | _Shredded]:
+        """Resolve many (key id, version) references with one key-store query per 500 cold ones.
+
+        Unknown ids, non-value keys and keys that fail to unwrap are left out (the caller raises
+        DecryptionError for those values only); shredded ones map to the tombstone.
+        """
+        out: dict[tuple[bytes, int], _DataKey | _Shredded] = {}
+        missing = []
+        for ref in refs:
+            cached = self._read_keys.get(ref)
+            if cached is None:
+                missing.append(ref)
+            else:
+                out[ref] = cached
+        for i in range(0, len(missing), _BATCH):
+            for pair, rec in self._store.get_keys(missing[i : i + _BATCH]).items():
+                if not rec.is_live:
+                    if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
+                        self._read_keys.put(pair, _SHREDDED)
+                        out[pair] = _SHREDDED
+                    continue
+                if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
+                    continue  # a long-lived key id is never a value key
+                try:
+                    out[pair] = self._data_key(rec)
+                except DecryptionError:
+                    continue
+        return out
 
     def _vaultwide_key(self, context: str) -> _DataKey:
         with self._lock:

@@ -1,0 +1,191 @@
+"""The named figures of ``latest.json``: unit, which benchmark measures them, what they mean.
+
+``REQUIRED`` are the figures issue 5 names; every one of them is always present in the JSON, as
+``null`` when ccvault does not have the capability yet (with a ``<name>_note`` saying why) or when
+a peer or a database could not be reached. ``EXTRA`` figures give context next to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    unit: str
+    bench: str  # the --only name that measures it; "" for capabilities ccvault lacks
+    meaning: str
+    ratio: bool = False  # drawn on the chart
+
+
+def _f(name: str, unit: str, bench: str, meaning: str) -> Figure:
+    return Figure(name, unit, bench, meaning, ratio=unit == "x")
+
+
+REQUIRED: tuple[Figure, ...] = (
+    _f(
+        "field_roundtrip_ratio_vs_aesgcm",
+        "x",
+        "field",
+        "ccvault encrypt+decrypt of a 100-byte value, one warm subject, divided by raw AES-GCM",
+    ),
+    _f(
+        "field_roundtrip_ratio_vs_aesgcm_20k",
+        "x",
+        "field",
+        "the same over 20,000 warm subjects (cycling), divided by raw AES-GCM",
+    ),
+    _f("field_roundtrip_us", "µs", "field", "ccvault round trip, one warm subject"),
+    _f(
+        "peer_sqlalchemy_utils_roundtrip_us",
+        "µs",
+        "field",
+        "sqlalchemy-utils StringEncryptedType(AesGcmEngine): process_bind_param + "
+        "process_result_value",
+    ),
+    _f(
+        "peer_tink_envelope_roundtrip_us",
+        "µs",
+        "field",
+        "Tink KmsEnvelopeAead: a new AES256_GCM data key per value, wrapped by a KMS AEAD",
+    ),
+    _f(
+        "peer_esdk_roundtrip_us",
+        "µs",
+        "field",
+        "AWS Encryption SDK, raw AES wrapping key, committing suite without signing",
+    ),
+    _f("orm_insert_ratio_sqlite", "x", "", "ORM insert with ccvault columns vs plaintext (SQLite)"),
+    _f("orm_select_ratio_sqlite", "x", "", "ORM select with ccvault columns vs plaintext (SQLite)"),
+    _f(
+        "orm_first_write_ratio_sqlite",
+        "x",
+        "",
+        "first write for new subjects (key creation) vs plaintext (SQLite)",
+    ),
+    _f("orm_insert_ratio_postgres", "x", "", "ORM insert with ccvault columns vs plaintext (PG)"),
+    _f("orm_select_ratio_postgres", "x", "", "ORM select with ccvault columns vs plaintext (PG)"),
+    _f(
+        "peer_sqlalchemy_utils_select_ratio_postgres",
+        "x",
+        "orm",
+        "ORM select of all rows (orm_rows), 4 sqlalchemy-utils encrypted columns, vs the "
+        "same table in plaintext (PostgreSQL)",
+    ),
+    _f(
+        "kms_calls_cold_10k_rows",
+        "calls",
+        "cold",
+        "KMS wrap+unwrap calls of a fresh vault (construction included) reading back 10,000 "
+        "values of 2,000 customers",
+    ),
+    _f(
+        "keystore_roundtrips_cold_10k_rows",
+        "statements",
+        "cold",
+        "SQL statements the fresh vault sends to the key store during that cold read "
+        "(construction excluded)",
+    ),
+    _f(
+        "shred_ms_p50_1m",
+        "ms",
+        "shred",
+        "median vault.shred latency on a SQLite key store of 1,000,000 subjects "
+        "(see shred_ms_p50_1m_population)",
+    ),
+    _f(
+        "shred_ms_p50_10k",
+        "ms",
+        "shred",
+        "median vault.shred latency on a SQLite key store of 10,000 subjects",
+    ),
+    _f("blind_index_lookup_ratio", "x", "", "lookup by blind index vs plaintext index"),
+    _f("stream_encrypt_gbps", "GB/s", "", "streaming encryption throughput"),
+    _f("stream_rss_growth_mib", "MiB", "", "resident memory growth while streaming"),
+    _f("retention_expire_1m_s", "s", "", "expiring a retention period over 1,000,000 values"),
+)
+
+EXTRA: tuple[Figure, ...] = (
+    _f("aesgcm_roundtrip_us", "µs", "field", "baseline: raw AES-GCM round trip"),
+    _f("field_roundtrip_us_20k", "µs", "field", "ccvault round trip over 20,000 warm subjects"),
+    _f("peer_tink_aead_roundtrip_us", "µs", "field", "Tink AEAD from an AES256_GCM keyset"),
+    _f(
+        "peer_esdk_default_roundtrip_us",
+        "µs",
+        "field",
+        "AWS Encryption SDK, raw AES wrapping key, default suite (signed)",
+    ),
+    _f("peer_sqlalchemy_utils_ratio_vs_aesgcm", "x", "field", "sqlalchemy-utils vs raw AES-GCM"),
+    _f("peer_tink_aead_ratio_vs_aesgcm", "x", "field", "Tink AEAD vs raw AES-GCM"),
+    _f("peer_tink_envelope_ratio_vs_aesgcm", "x", "field", "Tink KmsEnvelopeAead vs raw AES-GCM"),
+    _f("peer_esdk_ratio_vs_aesgcm", "x", "field", "ESDK committing, unsigned vs raw AES-GCM"),
+    _f("peer_esdk_default_ratio_vs_aesgcm", "x", "field", "ESDK default suite vs raw AES-GCM"),
+    _f(
+        "peer_sqlalchemy_utils_insert_ratio_postgres",
+        "x",
+        "orm",
+        "ORM insert of all rows, sqlalchemy-utils columns vs plaintext (PostgreSQL)",
+    ),
+    _f(
+        "peer_sqlalchemy_utils_select_ratio_sqlite",
+        "x",
+        "orm",
+        "ORM select of all rows, sqlalchemy-utils columns vs plaintext (SQLite)",
+    ),
+    _f(
+        "peer_sqlalchemy_utils_insert_ratio_sqlite",
+        "x",
+        "orm",
+        "ORM insert of all rows, sqlalchemy-utils columns vs plaintext (SQLite)",
+    ),
+    _f("plaintext_select_ms_postgres", "ms", "orm", "baseline: plaintext ORM select (PG)"),
+    _f("plaintext_select_ms_sqlite", "ms", "orm", "baseline: plaintext ORM select (SQLite)"),
+    _f(
+        "cold_read_10k_rows_ms",
+        "ms",
+        "cold",
+        "wall time of the cold read (fresh vault, 10,000 decrypts of 2,000 customers)",
+    ),
+    _f(
+        "keystore_roundtrips_cold_10k_rows_after_warm",
+        "statements",
+        "cold",
+        "the same cold read preceded by vault.warm(customers) (batched key loads)",
+    ),
+    _f(
+        "keystore_write_txn_ms_p50_10k",
+        "ms",
+        "shred",
+        "baseline: a one-row UPDATE transaction on the same 10k key store",
+    ),
+    _f(
+        "keystore_write_txn_ms_p50_1m",
+        "ms",
+        "shred",
+        "baseline: a one-row UPDATE transaction on the same 1M key store",
+    ),
+    _f(
+        "shred_ms_p50_10k_warm_cache",
+        "ms",
+        "shred",
+        "vault.shred by a vault that holds all 10,000 subjects' keys in its cache",
+    ),
+)
+
+ALL: tuple[Figure, ...] = REQUIRED + EXTRA
+BY_NAME: dict[str, Figure] = {f.name: f for f in ALL}
+BENCHES: tuple[str, ...] = ("field", "cold", "shred", "orm")
+
+NOT_YET = {
+    "orm_insert_ratio_sqlite": "ccvault has no ORM column types yet",
+    "orm_select_ratio_sqlite": "ccvault has no ORM column types yet",
+    "orm_first_write_ratio_sqlite": "ccvault has no ORM column types yet",
+    "orm_insert_ratio_postgres": "ccvault has no ORM column types yet",
+    "orm_select_ratio_postgres": "ccvault has no ORM column types yet",
+    "blind_index_lookup_ratio": "ccvault has no blind index yet",
+    "stream_encrypt_gbps": "ccvault has no streaming encryption yet",
+    "stream_rss_growth_mib": "ccvault has no streaming encryption yet",
+    "retention_expire_1m_s": "ccvault has no retention periods yet (format suite 2 is reserved)",
+}
+"""Capabilities ccvault does not have: their figures are null, never an estimate."""

@@ -1,0 +1,118 @@
+"""Cold read: what a fresh process pays in KMS calls and key-store statements to read 10,000 rows.
+
+A writing vault encrypts 10,000 values for 2,000 customers (5 each) into a SQLite key store. Then,
+in each repeat, a fresh vault (empty caches, as in a new process) on the same key store and the
+same KMS reads all 10,000 values back. Counted:
+
+* KMS calls (wrap + unwrap, through ``ccvault.testing.CountingKms``) of the reading vault, from
+  its construction to its last decrypt;
+* SQL statements the reading vault sends to the key store during the read, counted with an
+  SQLAlchemy ``before_cursor_execute`` listener on its engine (``BEGIN`` included; commits and
+  rollbacks the driver issues itself are not statements and are not counted).
+
+Today each cold key is read on its own (one ``get_keys`` per customer), so the statement count
+grows with the number of customers; ``..._after_warm`` shows the same read after
+``vault.warm(customers)``, which loads keys 500 at a time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from benchmarks._config import CONTEXT, Config, Results, put
+from benchmarks._measure import Summary, no_gc
+from ccvault import Vault
+from ccvault.kms import LocalKms
+from ccvault.testing import CountingKms
+
+ROWS = 10_000
+CUSTOMERS = 2_000
+
+
+def _engine(vault: Vault) -> sa.Engine:
+    engine = vault._store.engine  # type: ignore[attr-defined]  # SqlKeyStore's engine
+    if not isinstance(engine, sa.Engine):
+        raise TypeError("expected a SQL key store")
+    return engine
+
+
+def _cold_read(
+    inner: LocalKms, url: str, rows: list[tuple[uuid.UUID, bytes, bytes]], *, warm: bool
+) -> dict[str, Any]:
+    kms = CountingKms(inner)
+    vault = Vault(kms, url)
+    construct_calls = kms.calls["wrap"] + kms.calls["unwrap"]
+    statements: Counter[str] = Counter()
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements[statement.split(None, 1)[0].upper()] += 1
+
+    engine = _engine(vault)
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with no_gc():
+            t0 = time.perf_counter()
+            if warm:
+                vault.warm(dict.fromkeys(subject for subject, _, _ in rows))
+            for subject, blob, expected in rows:
+                if vault.decrypt(blob, context=CONTEXT, subject=subject) != expected:
+                    raise RuntimeError("cold read returned a wrong value")
+            elapsed = time.perf_counter() - t0
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+        vault.close()
+    return {
+        "kms": kms.calls["wrap"] + kms.calls["unwrap"],
+        "kms_construct": construct_calls,
+        "kms_by_method": dict(kms.calls),
+        "statements": sum(statements.values()),
+        "by_kind": dict(statements),
+        "ms": elapsed * 1e3,
+    }
+
+
+def run(cfg: Config) -> Results:
+    out: Results = {}
+    inner = LocalKms.ephemeral()
+    url = f"sqlite:///{cfg.workdir / 'cold.db'}"
+    customers = [uuid.uuid4() for _ in range(CUSTOMERS)]
+    cfg.log(f"cold: writing {ROWS} values for {CUSTOMERS} customers")
+    with Vault(inner, url) as writer:
+        writer.warm(customers)
+        rows = []
+        for i in range(ROWS):
+            subject = customers[i % CUSTOMERS]
+            value = f"row {i:05d} of customer {subject}".encode()
+            rows.append((subject, writer.encrypt(subject, value, context=CONTEXT), value))
+
+    cold = [_cold_read(inner, url, rows, warm=False) for _ in range(cfg.repeats)]
+    warmed = [_cold_read(inner, url, rows, warm=True) for _ in range(cfg.repeats)]
+    cfg.log(f"cold: {cfg.repeats} cold reads, {cfg.repeats} warmed reads")
+
+    put(out, "kms_calls_cold_10k_rows", Summary.of([r["kms"] for r in cold]))
+    put(out, "keystore_roundtrips_cold_10k_rows", Summary.of([r["statements"] for r in cold]))
+    put(out, "cold_read_10k_rows_ms", Summary.of([r["ms"] for r in cold]))
+    put(
+        out,
+        "keystore_roundtrips_cold_10k_rows_after_warm",
+        Summary.of([r["statements"] for r in warmed]),
+    )
+    out["kms_calls_cold_10k_rows_note"] = (
+        f"construction {cold[0]['kms_construct']}, by method {cold[0]['kms_by_method']}; "
+        "LocalKms.ephemeral() behind ccvault.testing.CountingKms"
+    )
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(cold[0]["by_kind"].items()))
+    out["keystore_roundtrips_cold_10k_rows_note"] = (
+        f"{kinds}; reads are per cold key today (one key-store read per customer), "
+        "construction not counted"
+    )
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(warmed[0]["by_kind"].items()))
+    out["keystore_roundtrips_cold_10k_rows_after_warm_note"] = f"{kinds}; warm() included"
+    out["cold_rows"] = ROWS
+    out["cold_customers"] = CUSTOMERS
+    return out

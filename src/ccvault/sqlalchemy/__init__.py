@@ -1,0 +1,22 @@
+"""SQLAlchemy integration: transparent per-customer encryption of columns.
+
+.. code-block:: python
+
+    from ccvault import Vault
+    from ccvault.sqlalchemy import Encrypted
+
+    class Customer(Base):
+        __tablename__ = "customers"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+        phone: Mapped[str] = mapped_column(Encrypted(String(32), subject="id"))
+
+    vault = Vault.from_settings()
+    vault.attach(engine)
+
+See docs/sqlalchemy.md.
+"""
+
+from ._types import SHREDDED, Encrypted, Shredded
+from ._write import StatementRefused
+
+__all__ = ["SHREDDED", "Encrypted", "Shredded", "StatementRefused"]

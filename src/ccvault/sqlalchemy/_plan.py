@@ -1,0 +1,165 @@
+"""What ccvault needs to know about a table with encrypted columns, computed once per table."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..crypto._encoding import U32
+from ..crypto._subject import SubjectType
+from ..errors import ConfigurationError
+from ._codec import Codec
+from ._types import Encrypted
+
+__all__ = ["ColumnPlan", "TablePlan", "plan_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    column: sa.Column[Any]
+    key: str
+    label: str
+    ctx_lp: bytes  # u32(len(label)) || label, as it goes into the associated data
+    etype: Encrypted
+    codec: Codec
+    python_types: tuple[type, ...]
+    rejects_bool: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    table: sa.Table
+    subject: sa.Column[Any]
+    columns: tuple[ColumnPlan, ...]
+    by_key: dict[str, ColumnPlan]
+    default: Callable[[], Any] | None  # the subject column's client-side default
+    on_null_subject: str
+
+    def __repr__(self) -> str:
+        return f"TablePlan({self.table.name!r}, subject={self.subject.key!r})"
+
+
+_plans: weakref.WeakKeyDictionary[sa.Table, TablePlan | None] = weakref.WeakKeyDictionary()
+_labels: weakref.WeakKeyDictionary[sa.MetaData, dict[str, sa.Column[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def plan_for(table: Any) -> TablePlan | None:
+    """The plan of ``table`` (None when it has no encrypted column). Validates on first use."""
+    if not isinstance(table, sa.Table):
+        return None
+    try:
+        return _plans[table]
+    except KeyError:
+        pass
+    with _lock:
+        if table not in _plans:
+            _plans[table] = _build(table)
+        return _plans[table]
+
+
+def _build(table: sa.Table) -> TablePlan | None:
+    encrypted = [c for c in table.columns if isinstance(c.type, Encrypted)]
+    if not encrypted:
+        return None
+    subjects = {c.type.subject for c in encrypted}  # type: ignore[attr-defined]
+    if len(subjects) != 1:
+        raise ConfigurationError(
+            f"table {table.name!r}: every encrypted column must name the same subject column"
+        )
+    (subject_name,) = subjects
+    subject = table.columns.get(subject_name)
+    if subject is None:
+        raise ConfigurationError(f"table {table.name!r} has no subject column {subject_name!r}")
+    if isinstance(subject.type, Encrypted):
+        raise ConfigurationError(
+            f"{table.name}.{subject_name}: a subject column is never encrypted"
+        )
+    _require_client_generated(table, subject)
+    labels = _labels.setdefault(table.metadata, {})
+    columns = []
+    for col in encrypted:
+        etype: Encrypted = col.type  # type: ignore[assignment]
+        label = etype.context or f"{table.name}.{col.name}"
+        other = labels.get(label)
+        if other is not None and other is not col:
+            raise ConfigurationError(
+                f"context label {label!r} is used by two columns; pin distinct labels "
+                "with context=..."
+            )
+        labels[label] = col
+        ctx = label.encode("utf-8")
+        pytypes = etype.codec.python_types
+        columns.append(
+            ColumnPlan(
+                col,
+                col.key,
+                label,
+                U32.pack(len(ctx)) + ctx,
+                etype,
+                etype.codec,
+                pytypes,
+                bool not in pytypes and (int in pytypes or float in pytypes),
+            )
+        )
+    null_modes = {c.etype.on_null_subject for c in columns}
+    return TablePlan(
+        table,
+        subject,
+        tuple(columns),
+        {c.key: c for c in columns},
+        _client_default(subject),
+        "vaultwide" if null_modes == {"vaultwide"} else "error",
+    )
+
+
+def _require_client_generated(table: sa.Table, subject: sa.Column[Any]) -> None:
+    where = f"{table.name}.{subject.name}"
+    if subject.server_default is not None or isinstance(subject.default, sa.Sequence):
+        raise ConfigurationError(
+            f"{where} gets its value from the database; the subject of encrypted columns must be "
+            "known before INSERT (a client-side default such as uuid.uuid4, or set by the app)"
+        )
+    if isinstance(subject.default, sa.Identity) or subject.identity is not None:
+        raise ConfigurationError(
+            f"{where} is an identity column; the subject must be client-generated"
+        )
+    if table.autoincrement_column is subject and subject.default is None:
+        raise ConfigurationError(
+            f"{where} is an autoincrement key; the subject must be client-generated"
+        )
+
+
+def _client_default(subject: sa.Column[Any]) -> Callable[[], Any] | None:
+    default = subject.default
+    if default is None:
+        return None
+    if isinstance(default, sa.ColumnDefault):
+        if default.is_scalar:
+            value = default.arg
+            return lambda: value
+        if default.is_callable:
+            fn = default.arg
+            return lambda: fn(None)
+    raise ConfigurationError(
+        f"{subject.table.name}.{subject.name}: only scalar or zero-argument callable defaults "
+        "can produce a subject before INSERT"
+    )
+
+
+def check_subject_type(plan: TablePlan, subject_type: SubjectType) -> None:
+    """``attach()`` refuses a subject column whose type is not the installation's subject type."""
+    col = plan.subject
+    expected = {"uuid": sa.Uuid, "int": sa.Integer, "str": sa.String}.get(subject_type.spec)
+    if expected is None or not isinstance(col.type, expected):
+        raise ConfigurationError(
+            f"{plan.table.name}.{col.name} is {type(col.type).__name__}, but this installation's "
+            f"subject type is {subject_type.spec!r}"
+        )

@@ -1,0 +1,270 @@
+"""The read side: decrypt whole batches of rows before SQLAlchemy builds rows or instances.
+
+An engine-level ``after_cursor_execute`` hook gives every SELECT (and RETURNING) that returns an
+encrypted column a fetch strategy that wraps the DBAPI cursor. Each batch the cursor yields —
+``fetchall`` for ordinary results, each ``yield_per`` partition, or a read-ahead of 100 rows for
+row-by-row iteration — is decrypted in one pass: the cold keys of the batch are loaded with one
+key-store query per 500, and where the row also holds the value's subject column (every ORM
+entity load does), the value's key must belong to that subject.
+"""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import cursor as _cursor
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..crypto import _format as fmt
+from ..errors import DecryptionError, SubjectShreddedError
+from ._codec import CodecError
+from ._plan import ColumnPlan, plan_for
+from ._types import SHREDDED, Encrypted
+
+if TYPE_CHECKING:
+    from ..vault import Vault
+
+__all__ = ["after_cursor_execute"]
+
+_READ_AHEAD = 100
+_NO_SUBJECT_CHECK = object()
+_MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
+
+
+class _Slot:
+    __slots__ = ("col", "index", "strict", "subject_index")
+
+    def __init__(self, index: int, col: ColumnPlan, subject_index: int | None, strict: bool):
+        self.index = index
+        self.col = col
+        self.subject_index = subject_index
+        self.strict = strict
+
+
+class _Reader:
+    """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement."""
+
+    __slots__ = ("slots", "vault")
+
+    def __init__(self, vault: Vault, slots: list[_Slot]) -> None:
+        self.vault = vault
+        self.slots = slots
+
+    def process(self, rows: Any) -> list[Any]:
+        if not rows:
+            return list(rows) if rows is not None else []
+        slots = self.slots
+        refs = set()
+        for row in rows:
+            for slot in slots:
+                v = row[slot.index]
+                if v is not None and len(v) >= _MIN_LEN:
+                    refs.add(bytes(v[2:22]))
+        resolved = self.vault._read_keys_batch(
+            [(r[:16], int.from_bytes(r[16:], "big")) for r in refs]
+        )
+        local = {r: resolved.get((r[:16], int.from_bytes(r[16:], "big"))) for r in refs}
+        subject_ref = self.vault.subject_ref
+        out = []
+        for row in rows:
+            new = list(row)
+            for slot in slots:
+                v = row[slot.index]
+                if v is None:
+                    continue
+                if slot.subject_index is None:
+                    expected: Any = _NO_SUBJECT_CHECK
+                else:
+                    subject = row[slot.subject_index]
+                    expected = b"" if subject is None else subject_ref(subject)
+                new[slot.index] = _open(bytes(v), slot, expected, local)
+            out.append(tuple(new))
+        return out
+
+
+def _open(blob: bytes, slot: _Slot, expected_ref: Any, local: dict[bytes, Any]) -> Any:
+    if len(blob) < _MIN_LEN or blob[0] != fmt.FORMAT_VERSION or blob[1] != fmt.SUITE_AES256GCM:
+        raise DecryptionError
+    key = local.get(blob[2:22])
+    if key is None:
+        raise DecryptionError
+    if not hasattr(key, "aead"):  # the shredded tombstone
+        if slot.strict:
+            raise SubjectShreddedError
+        return SHREDDED
+    if expected_ref is not _NO_SUBJECT_CHECK and expected_ref != key.ref:
+        raise DecryptionError  # the value belongs to another customer than the row
+    try:
+        plaintext = fmt.open_suite1(key.aead, blob, slot.col.ctx_lp, key.ref)
+        return slot.col.codec.loads(plaintext)
+    except (fmt.FormatError, CodecError):
+        raise DecryptionError from None
+
+
+# -- building a reader for a compiled statement ------------------------------------------------
+
+_readers: weakref.WeakKeyDictionary[Any, tuple[int, _Reader | None]] = weakref.WeakKeyDictionary()
+
+
+def _reader_for(vault: Vault, compiled: Any, strict: bool) -> _Reader | None:
+    cached = _readers.get(compiled)
+    if cached is not None and cached[0] == id(vault):
+        return cached[1]
+    reader = _build_reader(vault, compiled, strict)
+    _readers[compiled] = (id(vault), reader)
+    return reader
+
+
+def _base(obj: Any) -> tuple[sa.Column[Any], Any] | None:
+    """The table column behind a selected column element, and the FROM object it comes from."""
+    if not isinstance(obj, ColumnElement):
+        return None
+    for candidate in obj.proxy_set:
+        if isinstance(candidate, sa.Column) and isinstance(candidate.table, sa.Table):
+            source = getattr(obj, "table", None)
+            if source is not None and hasattr(source, "_deannotate"):
+                source = source._deannotate()
+            return candidate, source
+    return None
+
+
+def _build_reader(vault: Vault, compiled: Any, strict: bool) -> _Reader | None:
+    entries = getattr(compiled, "_result_columns", None)
+    if not entries or not any(isinstance(e.type, Encrypted) for e in entries):
+        return None
+    bases: list[tuple[sa.Column[Any], Any] | None] = []
+    for entry in entries:
+        found = None
+        for obj in entry.objects:
+            found = _base(obj)
+            if found is not None:
+                break
+        bases.append(found)
+    slots = []
+    for i, (entry, base) in enumerate(zip(entries, bases, strict=True)):
+        if not isinstance(entry.type, Encrypted):
+            continue
+        if base is None:
+            raise DecryptionError  # an encrypted value with no column to give its context
+        column, source = base
+        plan = plan_for(column.table)
+        col = plan.by_key.get(column.key) if plan is not None else None
+        if plan is None or col is None:
+            raise DecryptionError
+        subject_index = None
+        for j, other in enumerate(bases):
+            if other is not None and other[0] is plan.subject and other[1] is source:
+                subject_index = j
+                break
+        slots.append(_Slot(i, col, subject_index, strict or col.etype.strict))
+    return _Reader(vault, slots)
+
+
+# -- the fetch strategy -------------------------------------------------------------------------
+
+
+class _DecryptingFetch(_cursor.CursorFetchStrategy):
+    __slots__ = (
+        "_buffer",
+        "_chunk",
+        "_exhausted",
+        "_inner",
+        "_reader",
+        "alternate_cursor_description",
+    )
+
+    def __init__(self, inner: Any, reader: _Reader) -> None:
+        self._inner = inner
+        self._reader = reader
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._exhausted = False
+        self._chunk = _READ_AHEAD
+        self.alternate_cursor_description = inner.alternate_cursor_description
+
+    def soft_close(self, result: Any, dbapi_cursor: Any) -> None:
+        self._exhausted = True
+        if not self._buffer:
+            result.cursor_strategy = _cursor._NO_CURSOR_DQL
+
+    def hard_close(self, result: Any, dbapi_cursor: Any) -> None:
+        self._exhausted = True
+        self._buffer.clear()
+        result.cursor_strategy = _cursor._NO_CURSOR_DQL
+
+    def handle_exception(self, result: Any, dbapi_cursor: Any, err: BaseException) -> Any:
+        return self._inner.handle_exception(result, dbapi_cursor, err)
+
+    def yield_per(self, result: Any, dbapi_cursor: Any, num: int) -> None:
+        # A buffered strategy may already hold rows it read ahead: carry them over.
+        pending = getattr(self._inner, "_rowbuffer", None)
+        self._inner = _cursor.BufferedRowCursorFetchStrategy(
+            dbapi_cursor,
+            {"max_row_buffer": num},
+            initial_buffer=collections.deque(pending or ()),
+            growth_factor=0,
+        )
+        self._chunk = num
+
+    def _pull(self, result: Any, dbapi_cursor: Any, size: int | None) -> list[Any]:
+        if self._exhausted:
+            return []
+        return self._reader.process(self._inner.fetchmany(result, dbapi_cursor, size))
+
+    def fetchone(self, result: Any, dbapi_cursor: Any, hard_close: bool = False) -> Any:
+        if not self._buffer:
+            self._buffer.extend(self._pull(result, dbapi_cursor, self._chunk))
+            if not self._buffer:
+                result._soft_close(hard=hard_close)
+                return None
+        row = self._buffer.popleft()
+        if self._exhausted and not self._buffer:
+            result.cursor_strategy = _cursor._NO_CURSOR_DQL
+        return row
+
+    def fetchmany(self, result: Any, dbapi_cursor: Any, size: int | None = None) -> Any:
+        if not self._buffer:
+            rows = self._pull(result, dbapi_cursor, size)
+            if not rows:
+                result._soft_close()
+            return rows
+        n = len(self._buffer) if size is None else min(size, len(self._buffer))
+        rows = [self._buffer.popleft() for _ in range(n)]
+        if self._exhausted and not self._buffer:
+            result.cursor_strategy = _cursor._NO_CURSOR_DQL
+        return rows
+
+    def fetchall(self, result: Any, dbapi_cursor: Any) -> Any:
+        rows = list(self._buffer)
+        self._buffer.clear()
+        if not self._exhausted:
+            rows.extend(self._reader.process(self._inner.fetchall(result, dbapi_cursor)))
+        result._soft_close()
+        result.cursor_strategy = _cursor._NO_CURSOR_DQL
+        return rows
+
+
+def after_cursor_execute(
+    vault: Vault,
+    strict: bool,
+    conn: Any,
+    cursor: Any,
+    statement: Any,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    compiled = getattr(context, "compiled", None)
+    if compiled is None or cursor.description is None:
+        return
+    reader = _reader_for(vault, compiled, strict)
+    if reader is None:
+        return
+    inner = context.cursor_fetch_strategy
+    if inner is _cursor._DEFAULT_FETCH and (
+        context._is_server_side or context.execution_options.get("stream_results", False)
+    ):
+        inner = _cursor.BufferedRowCursorFetchStrategy(cursor, context.execution_options)
+    context.cursor_fetch_strategy = _DecryptingFetch(inner, reader)

@@ -1,0 +1,217 @@
+"""The ``Encrypted`` column type and the shredded-value sentinel."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.operators import OperatorType
+from sqlalchemy.types import TypeDecorator
+
+from ..crypto._format import OVERHEAD, SUITE_AES256GCM
+from ..errors import ConfigurationError
+from ._codec import Codec, codec_for
+
+__all__ = ["ATTACHED", "SHREDDED", "Encrypted", "Sealed", "Shredded"]
+
+ATTACHED = "_ccvault_attached"  # set on an engine's dialect by attach()
+
+OnNullSubject = Literal["error", "vaultwide"]
+
+
+class Shredded:
+    """The value of an encrypted column whose data subject was shredded.
+
+    Reads return the one instance :data:`SHREDDED` (unless the column or attachment is strict,
+    then they raise :class:`~ccvault.errors.SubjectShreddedError`). It is falsy, prints as
+    ``[shredded]``, and binding it back to a column raises instead of writing anything.
+    """
+
+    __slots__ = ()
+    _instance: Shredded | None = None
+
+    def __new__(cls) -> Shredded:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SHREDDED"
+
+    def __str__(self) -> str:
+        return "[shredded]"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "SHREDDED"
+
+
+SHREDDED: Final = Shredded()
+
+
+class Sealed(bytes):
+    """A ciphertext produced by ccvault's statement hook: the only thing the bind step accepts."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<ciphertext {len(self)} bytes>"
+
+
+_ALLOWED_OPS = frozenset({"is_", "is_not", "isnot"})
+
+
+class Encrypted(TypeDecorator[Any]):
+    """An SQLAlchemy column type whose values are encrypted per data subject.
+
+    ``Encrypted(String(32), subject="customer_id")`` stores AES-256-GCM ciphertexts (bytes) under
+    the key of the row's subject, read from the column ``subject`` of the same row at write time.
+    The context label defaults to ``"table.column"``; pin it with ``context=`` when renaming.
+    ``on_null_subject="vaultwide"`` encrypts rows whose subject is NULL under the label's
+    vault-wide key instead of raising. ``strict=True`` raises SubjectShreddedError on reads of
+    shredded values instead of returning :data:`SHREDDED`.
+    """
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def __init__(
+        self,
+        type_: sa.types.TypeEngine[Any] | type[sa.types.TypeEngine[Any]],
+        *,
+        subject: str,
+        context: str | None = None,
+        on_null_subject: OnNullSubject = "error",
+        strict: bool = False,
+    ) -> None:
+        wrapped = type_() if isinstance(type_, type) else type_
+        if isinstance(wrapped, Encrypted):
+            raise ConfigurationError("Encrypted cannot wrap Encrypted")
+        if not isinstance(subject, str) or not subject:
+            raise ConfigurationError("subject= names the column holding the row's data subject")
+        if on_null_subject not in ("error", "vaultwide"):
+            raise ConfigurationError('on_null_subject is "error" or "vaultwide"')
+        if context is not None and (not isinstance(context, str) or not context):
+            raise ConfigurationError("context= must be a non-empty string")
+        self.wrapped = wrapped
+        self.codec: Codec = codec_for(wrapped)
+        self.subject = subject
+        self.context = context
+        self.on_null_subject = on_null_subject
+        self.strict = strict
+        super().__init__()
+
+    # -- identity, caching, migrations -----------------------------------------------------------
+
+    @property
+    def _static_cache_key(self) -> Any:
+        return (
+            type(self),
+            repr(self.wrapped),
+            self.subject,
+            self.context,
+            self.on_null_subject,
+            self.strict,
+        )
+
+    def __repr__(self) -> str:
+        args = [repr(self.wrapped), f"subject={self.subject!r}"]
+        if self.context is not None:
+            args.append(f"context={self.context!r}")
+        if self.on_null_subject != "error":
+            args.append(f"on_null_subject={self.on_null_subject!r}")
+        if self.strict:
+            args.append("strict=True")
+        return f"Encrypted({', '.join(args)})"
+
+    @property
+    def python_type(self) -> type[Any]:
+        return self.wrapped.python_type
+
+    def copy(self, **kw: Any) -> Encrypted:
+        return Encrypted(
+            self.wrapped,
+            subject=self.subject,
+            context=self.context,
+            on_null_subject=self.on_null_subject,
+            strict=self.strict,
+        )
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    def storage_length(self) -> int | None:
+        """Bytes a stored value can take, or None when unbounded (Text, JSON, LargeBinary)."""
+        length = getattr(self.wrapped, "length", None)
+        overhead = OVERHEAD[SUITE_AES256GCM] + 1  # + the codec tag
+        if self.codec.name == "str":
+            return None if length is None else 4 * length + overhead  # UTF-8: <= 4 bytes a char
+        if self.codec.name == "bytes":
+            return None if length is None else length + overhead
+        if self.codec.name in ("json",):
+            return None
+        if self.codec.name == "enum":
+            longest = max(
+                (len(e.encode()) for e in getattr(self.wrapped, "enums", ["x"])), default=1
+            )
+            return 4 * longest + overhead
+        return 64 + overhead  # numbers, dates, times, UUIDs, booleans
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            n = self.storage_length()
+            if n is None or n > 65_000:
+                return dialect.type_descriptor(mysql.LONGBLOB())
+            return dialect.type_descriptor(mysql.VARBINARY(n))
+        return dialect.type_descriptor(sa.LargeBinary())
+
+    # -- values ----------------------------------------------------------------------------------
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is Sealed:
+                return bytes(value)
+            if value is SHREDDED:
+                raise TypeError("a shredded value cannot be written back")
+            raise ConfigurationError(
+                "a value for an Encrypted column reached the database without being encrypted: "
+                "attach the vault to this engine (vault.attach(engine)), and write encrypted "
+                "columns through INSERT/UPDATE statements, not comparisons"
+            )
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # Values are decrypted by the attached engine's result hook (ccvault.sqlalchemy._read),
+        # which sees whole batches of rows and the row's subject; nothing is left to do here.
+        if getattr(dialect, ATTACHED, False):
+            return None
+
+        def refuse(value: Any) -> Any:
+            if value is None or getattr(dialect, ATTACHED, False):
+                return value  # attached after this processor was cached
+            raise ConfigurationError(
+                "an Encrypted column was read on an engine without the vault: "
+                "call vault.attach(engine)"
+            )
+
+        return refuse
+
+    # -- comparisons -----------------------------------------------------------------------------
+
+    class comparator_factory(TypeDecorator.Comparator[Any]):
+        def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
+            if getattr(op, "__name__", "") not in _ALLOWED_OPS:
+                raise TypeError(
+                    f"cannot use {getattr(op, '__name__', op)} on an encrypted column: the "
+                    "database holds only ciphertext (IS NULL / IS NOT NULL work)"
+                )
+            return super().operate(op, *other, **kwargs)
+
+        def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
+            raise TypeError("cannot compare an encrypted column")

@@ -1,0 +1,336 @@
+"""The write side: encrypt the values of INSERT and UPDATE statements row by row.
+
+An engine-level ``before_execute(retval=True)`` hook sees every statement with its parameter
+sets — ORM flushes, ORM bulk inserts, Core executemany and ``.values()`` — reads each row's
+subject from the same parameter dict, and returns copies with ciphertexts (``Sealed``) in place
+of plaintext. The caller's dicts are never mutated. A mapper ``before_update`` listener records
+the subject of each ORM-updated row (the ORM's UPDATE does not carry unchanged columns) and, when
+the subject itself changes, marks every encrypted attribute for re-encryption.
+
+Statements that cannot be encrypted per row raise before anything is sent to the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Mapper, attributes
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+
+from ..errors import ConfigurationError
+from ..vault import NO_SUBJECT
+from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
+from ._types import SHREDDED, Sealed
+
+if TYPE_CHECKING:
+    from ..vault import Vault
+
+__all__ = ["before_execute", "before_update", "scoped_subject"]
+
+_MISSING = object()
+_ORM_ROWS = "ccvault.orm_rows"  # conn.info key: (table, pk tuple) -> (subject, subject_changed)
+_scope: contextvars.ContextVar[tuple[int, object] | None] = contextvars.ContextVar(
+    "ccvault_subject", default=None
+)
+
+
+@contextmanager
+def scoped_subject(vault: Vault, subject: object) -> Iterator[None]:
+    """``with vault.subject(x):`` — statements that carry no subject encrypt for ``x``."""
+    vault.subject_ref(subject)  # validates the type now, not at the first statement
+    token = _scope.set((id(vault), subject))
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+class StatementRefused(ConfigurationError):
+    """A statement that cannot be encrypted row by row (raised before it runs)."""
+
+
+def before_execute(
+    vault: Vault,
+    conn: Connection,
+    clause: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+) -> tuple[Any, Any, Any]:
+    if not isinstance(clause, sa.Insert | sa.Update):
+        return clause, multiparams, params
+    plan = plan_for(clause.table)
+    if plan is None:
+        return clause, multiparams, params
+    _checked(vault, plan)
+    if isinstance(clause, sa.Insert):
+        return _insert(vault, plan, clause, multiparams, params)
+    return _update(vault, conn, plan, clause, multiparams, params)
+
+
+_checked_plans: set[tuple[int, int]] = set()
+
+
+def _checked(vault: Vault, plan: TablePlan) -> None:
+    key = (id(vault), id(plan))
+    if key not in _checked_plans:
+        check_subject_type(plan, vault.subject_type)
+        _checked_plans.add(key)
+
+
+# -- INSERT ------------------------------------------------------------------------------------
+
+
+def _insert(
+    vault: Vault, plan: TablePlan, stmt: sa.Insert, multiparams: Any, params: Any
+) -> tuple[Any, Any, Any]:
+    if stmt._select_names:  # insert().from_select(...)
+        raise StatementRefused(
+            f"INSERT ... FROM SELECT into {plan.table.name!r} cannot encrypt row by row"
+        )
+    _refuse_upsert(plan, stmt)
+    if stmt._multi_values:
+        rows = []
+        for values in stmt._multi_values:
+            for row in values:
+                if not isinstance(row, Mapping):
+                    raise StatementRefused("multi-row VALUES with positional rows: use dicts")
+                rows.append(_encrypt_row(vault, plan, _literal_row(plan, row), None, insert=True))
+        stmt = stmt._clone()
+        stmt._multi_values = ()
+        stmt = stmt.values(rows)
+    elif stmt._values:
+        single = _encrypt_row(vault, plan, _literal_row(plan, stmt._values), None, insert=True)
+        stmt = stmt.values(**single)
+    if multiparams:
+        if len(multiparams) > 1:  # create or load every row's key in batches first
+            vault.warm(
+                d[plan.subject.key] for d in multiparams if d.get(plan.subject.key) is not None
+            )
+        multiparams = [_encrypt_row(vault, plan, d, None, insert=True) for d in multiparams]
+    elif params or not (stmt._values or stmt._multi_values):
+        params = _encrypt_row(vault, plan, params or {}, None, insert=True)
+    return stmt, multiparams, params
+
+
+def _refuse_upsert(plan: TablePlan, stmt: sa.Insert) -> None:
+    """ON CONFLICT DO UPDATE / ON DUPLICATE KEY UPDATE setting encrypted columns: refused."""
+    clause = getattr(stmt, "_post_values_clause", None)
+    if clause is None:
+        return
+    sets = getattr(clause, "update_values_to_set", None)  # PostgreSQL, SQLite
+    if sets is None:
+        sets = getattr(clause, "update", None)  # MySQL/MariaDB
+    if not sets:
+        return  # DO NOTHING
+    items = sets.items() if isinstance(sets, Mapping) else sets
+    names = {k if isinstance(k, str) else getattr(k, "key", None) for k, _ in items}
+    if names & set(plan.by_key) or plan.subject.key in names:
+        raise StatementRefused(
+            f"an upsert that sets encrypted columns of {plan.table.name!r} cannot encrypt "
+            "them per row; insert, then update through the ORM"
+        )
+
+
+def _literal_row(plan: TablePlan, values: Mapping[Any, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for k, v in values.items():
+        key = k if isinstance(k, str) else getattr(k, "key", str(k))
+        if isinstance(v, BindParameter):
+            v = v.effective_value
+        elif isinstance(v, sa.ClauseElement) and (key in plan.by_key or key == plan.subject.key):
+            raise StatementRefused(
+                f"{plan.table.name}.{key} is set from an SQL expression; encrypted columns and "
+                "their subject need Python values"
+            )
+        row[key] = v
+    return row
+
+
+# -- UPDATE ------------------------------------------------------------------------------------
+
+
+def _update(
+    vault: Vault,
+    conn: Connection,
+    plan: TablePlan,
+    stmt: sa.Update,
+    multiparams: Any,
+    params: Any,
+) -> tuple[Any, Any, Any]:
+    criterion = _criterion_binds(stmt)
+    literal = _literal_row(plan, stmt._values) if stmt._values else {}
+    ordered = getattr(stmt, "_ordered_values", None)  # SQLAlchemy 2.0; 2.1 keeps them in _values
+    if ordered:
+        literal.update(_literal_row(plan, dict(ordered)))
+    sets = set(literal)
+    param_sets = list(multiparams) if multiparams else [params or {}]
+    for d in param_sets:
+        sets |= {k for k in d if k not in criterion.values()}
+    touched = sets & set(plan.by_key)
+    subject_set = plan.subject.key in sets
+    if not touched and not subject_set:
+        return stmt, multiparams, params
+    orm_rows = conn.info.get(_ORM_ROWS, {})
+    pk_binds = [criterion.get(c) for c in plan.table.primary_key.columns]
+
+    def subject_for(d: Mapping[str, Any]) -> tuple[object, bool]:
+        if all(b is not None for b in pk_binds):
+            pk = tuple(_bound(d, b) for b in pk_binds)  # type: ignore[arg-type]
+            found: tuple[object, bool] | None = orm_rows.pop((plan.table, pk), None)
+            if found is not None:
+                return found
+        if subject_set:
+            return _MISSING, True
+        bind = criterion.get(plan.subject)
+        if bind is not None:
+            return _bound(d, bind), False
+        scoped = _scope.get()
+        if scoped is not None and scoped[0] == id(vault):
+            return scoped[1], False
+        return _MISSING, False
+
+    def encrypt(d: Mapping[str, Any]) -> dict[str, Any]:
+        subject, changed = subject_for(d)
+        if subject_set and not changed:
+            raise StatementRefused(
+                f"this statement changes {plan.table.name}.{plan.subject.key}, the subject of "
+                "encrypted columns, without re-encrypting them (see the merge recipe in "
+                "docs/sqlalchemy.md)"
+            )
+        if subject_set and changed and touched != set(plan.by_key):
+            raise StatementRefused("a subject change must re-encrypt every encrypted column")
+        if subject is _MISSING:
+            raise StatementRefused(
+                f"UPDATE of encrypted columns of {plan.table.name!r} without their subject: "
+                f"filter on {plan.subject.key} ==, update through the ORM, or use "
+                "`with vault.subject(x):`"
+            )
+        return _encrypt_row(vault, plan, d, subject, insert=False)
+
+    if literal:
+        stmt = stmt.values(**encrypt(literal))
+    if multiparams:
+        multiparams = [encrypt(d) for d in multiparams]
+    elif params:
+        params = encrypt(params)
+    return stmt, multiparams, params
+
+
+def _criterion_binds(stmt: sa.Update) -> dict[Any, BindParameter[Any]]:
+    """``column == :bind`` terms of the WHERE clause (ANDed), by column."""
+    out: dict[Any, BindParameter[Any]] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, BooleanClauseList) and expr.operator is operators.and_:
+            for clause in expr.clauses:
+                visit(clause)
+        elif isinstance(expr, BinaryExpression) and expr.operator is operators.eq:
+            left, right = expr.left, expr.right
+            if isinstance(right, BindParameter) and isinstance(left, sa.Column):
+                out[left] = right
+            elif isinstance(left, BindParameter) and isinstance(right, sa.Column):
+                out[right] = left
+
+    for crit in stmt._where_criteria:
+        visit(crit)
+    return {k: v for k, v in out.items() if getattr(k, "table", None) is stmt.table}
+
+
+def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
+    if bind.key in d:
+        return d[bind.key]
+    return bind.effective_value
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+def _encrypt_row(
+    vault: Vault,
+    plan: TablePlan,
+    row: Mapping[str, Any],
+    subject: object,
+    *,
+    insert: bool,
+) -> dict[str, Any]:
+    out = dict(row)
+    if subject is None and insert:
+        subject = out.get(plan.subject.key, _MISSING)
+        if subject is _MISSING:
+            if plan.default is None:
+                raise StatementRefused(
+                    f"INSERT into {plan.table.name!r} without {plan.subject.key}, the subject of "
+                    "its encrypted columns"
+                )
+            subject = plan.default()
+            out[plan.subject.key] = subject
+    target: object = subject
+    if subject is None:
+        if plan.on_null_subject != "vaultwide":
+            if not any(out.get(c.key) is not None for c in plan.columns):
+                return out
+            raise StatementRefused(
+                f"{plan.table.name}.{plan.subject.key} is NULL; set on_null_subject='vaultwide' "
+                "to encrypt such rows under the vault-wide key"
+            )
+        target = NO_SUBJECT
+    for col in plan.columns:
+        value = out.get(col.key, _MISSING)
+        if value is _MISSING or value is None or type(value) is Sealed:
+            continue
+        out[col.key] = _seal(vault, col, target, value)
+    return out
+
+
+def _seal(vault: Vault, col: ColumnPlan, subject: object, value: Any) -> Sealed:
+    if value is SHREDDED:
+        raise TypeError(f"{col.label}: a shredded value cannot be written back")
+    if not isinstance(value, col.python_types) or (col.rejects_bool and isinstance(value, bool)):
+        raise TypeError(f"{col.label} takes {col.codec.name} values, not {type(value).__name__}")
+    try:
+        data = col.codec.dumps(value)
+    except (ValueError, TypeError, KeyError, OverflowError):
+        raise TypeError(f"{col.label}: the value cannot be stored as {col.codec.name}") from None
+    try:
+        return Sealed(vault.encrypt(subject, data, context=col.label))
+    except TypeError:
+        raise TypeError(
+            f"{col.label}: the row's subject is not of the installation's type"
+        ) from None
+
+
+# -- ORM ----------------------------------------------------------------------------------------
+
+
+def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """Record each ORM-updated row's subject; re-encrypt everything when the subject changes."""
+    state = attributes.instance_state(target)
+    for table in mapper.tables:
+        plan = plan_for(table)
+        if plan is None or state.key is None:
+            continue
+        subject_prop = mapper.get_property_by_column(plan.subject)
+        hist = state.attrs[subject_prop.key].history
+        changed = bool(hist.added) and list(hist.added) != list(hist.deleted)
+        if changed:
+            for col in plan.columns:
+                prop = mapper.get_property_by_column(col.column)
+                getattr(target, prop.key)  # load it if deferred or expired
+                attributes.flag_modified(target, prop.key)
+        pk = tuple(state.key[1])  # the identity: the primary key the UPDATE's WHERE names
+        rows = connection.info.setdefault(_ORM_ROWS, {})
+        rows[(table, pk)] = (getattr(target, subject_prop.key), changed)
+
+
+def after_flush(session: Any, _flush_context: Any) -> None:
+    """Forget rows an UPDATE did not consume (a flush that failed half-way)."""
+    with contextlib.suppress(sa.exc.SQLAlchemyError):
+        session.connection().info.pop(_ORM_ROWS, None)
