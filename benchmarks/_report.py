@@ -87,8 +87,12 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     path.write_text(markdown(results))
 
 
+def _label(v: float) -> str:
+    return f"{v:,.0f}x" if v >= 100 else f"{v:.3g}x"
+
+
 def write_chart(path: Path, results: dict[str, Any]) -> str | None:
-    """A horizontal bar chart of every measured ratio; returns why not, if it could not."""
+    """Bar charts of every measured ratio; returns why not, if it could not draw them."""
     try:
         import matplotlib
 
@@ -96,32 +100,55 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         return f"matplotlib is not installed ({exc})"
-    figs = [f for f in ALL if f.ratio and isinstance(results.get(f.name), int | float)]
-    if not figs:
+    measured = [f for f in ALL if f.ratio and isinstance(results.get(f.name), int | float)]
+    panels = [
+        (
+            "field round trip, 100-byte value: ratio to raw AES-GCM",
+            [f for f in measured if f.bench == "field"],
+        ),
+        (
+            "ORM workload: ratio to the same table in plaintext",
+            [f for f in measured if f.bench != "field"],
+        ),
+    ]
+    panels = [(title, figs) for title, figs in panels if figs]
+    if not panels:
         return "no ratio was measured"
-    names = [f.name for f in figs]
-    values = [float(results[n]) for n in names]
-    lows, highs = [], []
-    for n, v in zip(names, values, strict=True):
-        low, high = results.get(f"{n}_spread") or (v, v)
-        lows.append(max(v - low, 0.0))
-        highs.append(max(high - v, 0.0))
-    colors = ["#1f6f8b" if n.startswith(("field_", "orm_")) else "#b0b0b0" for n in names]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.6))
-    y = range(len(names))
-    ax.barh(list(y), values, xerr=[lows, highs], color=colors, capsize=3)
-    ax.set_yticks(list(y), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    for i, v in enumerate(values):
-        ax.text(v * 1.08, i, f"{v:.3g}x", va="center", fontsize=8)
-    ax.set_xlim(right=max(v + h for v, h in zip(values, highs, strict=True)) * 3)
-    ax.set_xlabel("ratio to baseline (log scale; 1 = raw AES-GCM, or plaintext for ORM figures)")
-    ax.set_title(
-        f"ccvault (blue) and peers (grey), median of {results.get('field_repeats', '≥5')} "
-        f"repeats, bars: lowest to highest repeat\n"
-        f"{results.get('machine')}, mode {results.get('mode')}",
+    heights = [len(figs) for _, figs in panels]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(9, 0.42 * sum(heights) + 1.4 * len(panels) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (title, figs) in zip(axes[:, 0], panels, strict=True):
+        names = [f.name for f in figs]
+        values = [float(results[n]) for n in names]
+        lows, highs = [], []
+        for n, v in zip(names, values, strict=True):
+            low, high = results.get(f"{n}_spread") or (v, v)
+            lows.append(max(v - low, 0.0))
+            highs.append(max(high - v, 0.0))
+        colors = ["#1f6f8b" if n.startswith(("field_", "orm_")) else "#b0b0b0" for n in names]
+        y = list(range(len(names)))
+        # Bars start at 0.5 (a log axis has no 0); the error bar sits at left + width = value.
+        widths = [v - 0.5 for v in values]
+        ax.barh(y, widths, xerr=[lows, highs], color=colors, capsize=3, left=0.5)
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        tops = [v + h for v, h in zip(values, highs, strict=True)]
+        for i, (v, top) in enumerate(zip(values, tops, strict=True)):
+            ax.text(top * 1.15, i, _label(v), va="center", fontsize=8)
+        ax.set_xlim(0.5, max(tops) * 4)
+        ax.set_title(title, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("ratio (log scale; 1 = the baseline)")
+    fig.suptitle(
+        f"ccvault (blue) and peers (grey): median of {results.get('field_repeats', 5)} repeats, "
+        f"bars from lowest to highest repeat\n{results.get('machine')}, mode "
+        f"{results.get('mode')}, {results.get('measured_at')}",
         fontsize=9,
     )
     fig.tight_layout()

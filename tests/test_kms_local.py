@@ -96,3 +96,45 @@ def test_reprs_hold_no_key_material(kms: LocalKms, key_path: Path) -> None:
     assert wrapped.blob.hex() not in repr(wrapped)
     with pytest.raises(TypeError):
         pickle.dumps(kms)
+
+
+def test_symlinked_key_file_is_refused(key_path: Path, tmp_path: Path) -> None:
+    LocalKms.generate(key_path)
+    link = tmp_path / "link.key"
+    link.symlink_to(key_path)
+    with pytest.raises(ConfigurationError):
+        LocalKms.from_file(link)
+
+
+def test_deleted_key_file_stays_deleted(kms: LocalKms, key_path: Path) -> None:
+    wrapped = kms.wrap(SecretKey(os.urandom(32)), context=CTX)
+    key_path.unlink()
+    with pytest.raises((KmsError, ConfigurationError)):
+        kms.new_root()
+    with pytest.raises((KmsError, ConfigurationError)):
+        kms.unwrap(wrapped, context=CTX)
+    assert not key_path.exists()
+
+
+def test_concurrent_creation_yields_one_key_file(key_path: Path) -> None:
+    import threading
+
+    ids: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            ids.append(LocalKms.from_file(key_path, create=True).kms_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(ids)) == 1
+    assert [p.name for p in key_path.parent.iterdir() if p.name.startswith(".master")] == []

@@ -59,6 +59,8 @@ def test_settings_validation_and_repr() -> None:
         CcvaultSettings(cache_ttl_seconds=0)
     s = CcvaultSettings(keystore_url="postgresql+psycopg://app:hunter2@db/x")
     assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s)
+    assert "hunter2" not in f"{s}"
 
 
 def test_cli_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -84,3 +84,9 @@ def test_oversized_subjects_are_refused() -> None:
         SubjectType.parse("str").canonical("x" * 2000)
     with pytest.raises(TypeError):
         SubjectType.parse("int").canonical(10**400)
+
+
+def test_lone_surrogates_are_type_errors() -> None:
+    with pytest.raises(TypeError) as info:
+        SubjectType.parse("str").canonical("cust-\udcff")
+    assert "cust" not in str(info.value)

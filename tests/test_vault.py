@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 
 import pytest
@@ -98,7 +99,7 @@ def test_shred_fences_and_returns_the_original_receipt(vault: Vault) -> None:
     assert receipt.verify(vault.receipt_public_key)
     assert receipt.subject_was_known
     assert len(receipt.destroyed_keys) == 1
-    assert receipt.erasure_horizon > receipt.shredded_at
+    assert receipt.erasure_horizon is None  # one KMS root for every epoch: no horizon promised
     with pytest.raises(SubjectShreddedError):
         vault.decrypt(blob_a, context=CTX)
     with pytest.raises(SubjectShreddedError):
@@ -248,3 +249,77 @@ def test_no_secrets_in_reprs_errors_or_logs(
     key = vault._read_keys.get((vault._write_keys.get(vault.subject_ref(other)).key_id, 1))
     assert repr(key.aead) == "Aead(<redacted>)"
     assert "aead" not in repr(key).lower()
+
+
+def test_erasure_horizon_only_with_per_epoch_roots(kms: LocalKms, db_url: str) -> None:
+    with Vault(kms, db_url, per_epoch_roots=True) as v:
+        root_before = kms.current_root()
+        v.rotate_epoch()
+        assert kms.current_root() != root_before  # the new epoch has a root of its own
+        receipt = v.shred(uuid.uuid4())
+        assert receipt.erasure_horizon is not None
+        assert receipt.erasure_horizon - receipt.shredded_at >= v.backup_retention
+        assert receipt.verify(v.receipt_public_key, installation_id=v.installation_id)
+        assert not receipt.verify(v.receipt_public_key, installation_id="0" * 32)
+
+
+def test_receipt_verification_needs_the_pinned_key(vault: Vault) -> None:
+    from ccvault.audit._receipt import sign_receipt
+
+    receipt = vault.shred(uuid.uuid4())
+    forged = sign_receipt(receipt.model_copy(update={"destroyed_keys": ()}), os.urandom(32))
+    assert not forged.verify(vault.receipt_public_key)
+    assert forged.verify(forged.signing_key)  # valid only against its own key: pin yours
+    tampered = receipt.model_copy(update={"epoch_seq": receipt.epoch_seq + 1})
+    assert not tampered.verify(vault.receipt_public_key)
+
+
+def test_decrypt_subject_none_is_refused_and_moves_are_not_shreds(vault: Vault) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    blob_b = vault.encrypt(b, b"b", context=CTX)
+    vault.encrypt(a, b"a", context=CTX)
+    with pytest.raises(TypeError):
+        vault.decrypt(blob_b, context=CTX, subject=None)
+    vault.shred(b)
+    with pytest.raises(DecryptionError):  # B's value checked against A: wrong owner, not "shredded"
+        vault.decrypt(blob_b, context=CTX, subject=a)
+    with pytest.raises(SubjectShreddedError):
+        vault.decrypt(blob_b, context=CTX, subject=b)
+
+
+def test_overlapping_rotations_never_move_keys_back(kms: LocalKms, db_url: str) -> None:
+    with Vault(kms, db_url) as a, Vault(kms, db_url) as b:
+        for _ in range(3):
+            a.encrypt(uuid.uuid4(), b"x", context=CTX)
+        seen: list[int] = []
+        real = a._store.keys_before_epoch
+
+        def interleaved(seq: int, limit: int) -> list[object]:
+            batch = real(seq, limit)
+            if not seen:
+                seen.append(b.rotate_epoch().epoch_seq)  # B rotates while A is half-way
+            return batch  # type: ignore[return-value]
+
+        a._store.keys_before_epoch = interleaved  # type: ignore[method-assign]
+        a.rotate_epoch()
+        eng = sa.create_engine(db_url)
+        keys = sa.Table("ccvault_keys", sa.MetaData(), autoload_with=eng)
+        epochs = sa.Table("ccvault_epochs", sa.MetaData(), autoload_with=eng)
+        with eng.connect() as conn:
+            live = set(
+                conn.execute(
+                    sa.select(epochs.c.seq)
+                    .join(keys, keys.c.epoch_id == epochs.c.epoch_id)
+                    .where(keys.c.state == "live")
+                ).scalars()
+            )
+        eng.dispose()
+        assert live == {seen[0]}  # every live key under B's newer epoch
+
+
+def test_tuple_subject_cache_respects_element_types(kms: LocalKms, sqlite_url: str) -> None:
+    with Vault(kms, sqlite_url, subject_type="tuple[int,str]") as v:
+        v.encrypt((1, "acme"), b"x", context=CTX)  # (1, "acme") is now cached
+        for lookalike in ((True, "acme"), (1.0, "acme")):
+            with pytest.raises(TypeError):
+                v.encrypt(lookalike, b"x", context=CTX)

@@ -34,6 +34,12 @@ class CcvaultSettings(BaseSettings):
     cache_max_entries: int = Field(default=100_000, ge=1)
     epoch_rotation_days: float = Field(default=30.0, gt=0)
     backup_retention_days: float = Field(default=35.0, ge=0)
+    per_epoch_roots: bool = Field(
+        default=False, description="a new KMS root per epoch (needed for an erasure horizon)"
+    )
+
+    def __str__(self) -> str:
+        return self.__repr__()
 
     def __repr__(self) -> str:
         return (

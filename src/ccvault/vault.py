@@ -70,6 +70,7 @@ VAULTWIDE_NONCE_BUDGET: Final = 2**31
 """Values sealed under one vault-wide key version before the next version takes over (random
 96-bit nonces: collision probability below 2**-35). See docs/design.md, "Nonce budget"."""
 _USE_BLOCK = 4096
+_FENCE_SECONDS = 86_400.0
 _BATCH = 500
 _REF_LABEL = "subject-ref"
 _RECEIPT_LABEL = "receipt-signing"
@@ -113,13 +114,20 @@ class _Lease:
 class _Shredded:
     """Cached tombstone: the key id is known and its material destroyed by a shred."""
 
-    __slots__ = ()
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: bytes) -> None:
+        self.ref = ref
 
     def __repr__(self) -> str:
         return "<shredded>"
 
 
-_SHREDDED = _Shredded()
+class _Unchecked:
+    __slots__ = ()
+
+
+_UNCHECKED: Final = _Unchecked()
 
 
 class Vault:
@@ -178,7 +186,11 @@ class Vault:
         self._lock = threading.Lock()
         # Refs shredded by this process: a key read that started before the shred committed must
         # not put the key back into a cache after shred() cleared it.
-        self._fenced: TtlCache[bytes, bool] = TtlCache(cache_max_entries, cache_ttl, monotonic)
+        # Kept far longer than any cached key, so a read stalled in the KMS past cache_ttl
+        # still cannot re-cache a key shredded meanwhile.
+        self._fenced: TtlCache[bytes, bool] = TtlCache(
+            cache_max_entries, max(cache_ttl, _FENCE_SECONDS), monotonic
+        )
         self._cache_lock = threading.Lock()
 
         declared = SubjectType.parse(subject_type) if subject_type is not None else None
@@ -250,6 +262,7 @@ class Vault:
             cache_max_entries=s.cache_max_entries,
             epoch_rotation_period=timedelta(days=s.epoch_rotation_days),
             backup_retention=timedelta(days=s.backup_retention_days),
+            per_epoch_roots=s.per_epoch_roots,
         )
 
     # -- public API ------------------------------------------------------------------------------
@@ -270,7 +283,7 @@ class Vault:
         header = fmt.build_header(fmt.SUITE_AES256GCM, key.key_id, key.version)
         return fmt.seal_value(key.aead, header, bytes(plaintext), ctx, key.ref)
 
-    def decrypt(self, blob: bytes, *, context: str, subject: object = None) -> bytes:
+    def decrypt(self, blob: bytes, *, context: str, subject: object = _UNCHECKED) -> bytes:
         """Open a ciphertext made by :meth:`encrypt` with the same context label.
 
         With ``subject=`` the ciphertext must also belong to that subject. Every failure of
@@ -288,11 +301,17 @@ class Vault:
         expected_ref = None
         if subject is NO_SUBJECT:
             expected_ref = _NO_REF
-        elif subject is not None:
-            expected_ref = self._ref(subject)
-        key = self._read_key(header.key_id, header.key_version)
-        if expected_ref is not None and not hmac.compare_digest(expected_ref, key.ref):
+        elif subject is not _UNCHECKED:
+            expected_ref = self._ref(subject)  # None raises TypeError: never a silent skip
+        key = self._read_keys_batch([(header.key_id, header.key_version)]).get(
+            (header.key_id, header.key_version)
+        )
+        if key is None:
             raise DecryptionError
+        if expected_ref is not None and not hmac.compare_digest(expected_ref, key.ref):
+            raise DecryptionError  # checked before the shred state: a moved value is no erasure
+        if isinstance(key, _Shredded):
+            raise SubjectShreddedError
         try:
             return fmt.open_value(key.aead, header, nonce, body, ctx, key.ref)
         except fmt.FormatError:
@@ -305,7 +324,7 @@ class Vault:
         """
         ref = self._ref(subject)
         now = self._now()
-        epoch = self._active_epoch()
+        epoch = self._store.active_epoch() or self._active_epoch()  # fresh, not the cached one
 
         def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
             return self._receipt(ref, now, epoch, head, keys).model_dump_json()
@@ -378,7 +397,10 @@ class Vault:
         new_aead = self._epoch_aead(epoch)
         total = 0
         while True:
-            batch = self._store.keys_outside_epoch(epoch.epoch_id, 500)
+            active = self._store.active_epoch()
+            if active is None or active.epoch_id != epoch.epoch_id:
+                break  # a newer rotation took over; it re-wraps whatever is left
+            batch = self._store.keys_before_epoch(epoch.seq, 500)
             if not batch:
                 break
             updates = []
@@ -400,7 +422,12 @@ class Vault:
         if subject is None or subject is NO_SUBJECT:
             raise TypeError("a subject is required (use NO_SUBJECT for vault-wide data)")
         try:
-            cache_key: tuple[type, object] | None = (type(subject), subject)
+            # Element types too: (1, "a") and (True, "a") are equal and hash alike in Python.
+            cache_key: tuple[type, object] | None = (
+                (type(subject), (tuple(map(type, subject)), subject))
+                if isinstance(subject, tuple | list)
+                else (type(subject), subject)
+            )
             hash(cache_key)
         except TypeError:
             cache_key = None
@@ -546,6 +573,10 @@ class Vault:
             records.update(self._store.create_subject_keys(candidates, self._now()))
         out = {}
         for ref, rec in records.items():
+            # The head names its key by id; make sure the row it points to really is this
+            # subject's live key (the wrap's associated data authenticates rec.ref).
+            if rec.kind != KeyKind.SUBJECT or rec.ref != ref or not rec.is_live:
+                raise KeyStoreError("a subject head points at a key that is not its own")
             key = self._data_key(rec)
             with self._cache_lock:
                 if self._fenced.get(ref) is None:
@@ -562,14 +593,6 @@ class Vault:
         with self._cache_lock:
             if not key.ref or self._fenced.get(key.ref) is None:
                 self._read_keys.put((rec.key_id, rec.version), key)
-        return key
-
-    def _read_key(self, key_id: bytes, version: int) -> _DataKey:
-        key = self._read_keys_batch([(key_id, version)]).get((key_id, version))
-        if key is None:
-            raise DecryptionError
-        if isinstance(key, _Shredded):
-            raise SubjectShreddedError
         return key
 
     def _read_keys_batch(
@@ -592,8 +615,9 @@ class Vault:
             for pair, rec in self._store.get_keys(missing[i : i + _BATCH]).items():
                 if not rec.is_live:
                     if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
-                        self._read_keys.put(pair, _SHREDDED)
-                        out[pair] = _SHREDDED
+                        tombstone = _Shredded(rec.ref or _NO_REF)
+                        self._read_keys.put(pair, tombstone)
+                        out[pair] = tombstone
                     continue
                 if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
                     continue  # a long-lived key id is never a value key
@@ -641,10 +665,14 @@ class Vault:
         keys: Sequence[KeyRecord],
     ) -> ErasureReceipt:
         shredded_at = datetime.fromtimestamp(now, tz=timezone.utc)
-        retires = max(
-            datetime.fromtimestamp(epoch.created_at, tz=timezone.utc) + self.epoch_rotation_period,
-            shredded_at,
-        )
+        horizon = None
+        if self._per_epoch_roots:
+            retires = max(
+                datetime.fromtimestamp(epoch.created_at, tz=timezone.utc)
+                + self.epoch_rotation_period,
+                shredded_at,
+            )
+            horizon = retires + self.backup_retention
         receipt = ErasureReceipt(
             receipt_id=uuid.uuid4().hex,
             installation_id=self.installation_id,
@@ -658,7 +686,7 @@ class Vault:
             ),
             epoch_seq=epoch.seq,
             propagation_bound_seconds=self.cache_ttl,
-            erasure_horizon=retires + self.backup_retention,
+            erasure_horizon=horizon,
             signing_key="",
         )
         return sign_receipt(receipt, self._receipt_seed.reveal())

@@ -46,9 +46,11 @@ class ErasureReceipt(BaseModel):
     propagation_bound_seconds: float = Field(
         description="other processes stop serving cached keys of this subject within this bound"
     )
-    erasure_horizon: datetime = Field(
-        description="projected date after which no backup can recover the destroyed keys: "
-        "retirement of the epoch active at shred time plus the backup-retention window"
+    erasure_horizon: datetime | None = Field(
+        description="projected date after which no backup of the key store can recover the "
+        "destroyed keys: retirement of the epoch active at shred time plus the backup-retention "
+        "window, provided that epoch's KMS root is destroyed then. None when epochs share one KMS "
+        "root (per_epoch_roots=False): old backups stay decryptable while that root exists"
     )
     blind_index_horizon: datetime | None = Field(
         default=None, description="when old blind-index keys are gone too (None: no blind indexes)"
@@ -61,18 +63,19 @@ class ErasureReceipt(BaseModel):
         data = self.model_dump(mode="json", exclude={"signature"})
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
-    def verify(self, public_key: bytes | str | None = None) -> bool:
-        """Check the signature, against ``public_key`` if given.
+    def verify(self, public_key: bytes | str, *, installation_id: str | None = None) -> bool:
+        """Check the signature against the vault's pinned key (``vault.receipt_public_key``).
 
-        Recommended: pin the vault's key.
+        The key is required: a receipt carries its own ``signing_key``, and checking a receipt
+        against the key it brings would accept any re-signed forgery.
         """
-        key_hex = self.signing_key
-        if public_key is not None:
-            expected = public_key.hex() if isinstance(public_key, bytes) else public_key
-            if expected.lower() != key_hex.lower():
-                return False
+        expected = public_key.hex() if isinstance(public_key, bytes) else public_key
+        if expected.lower() != self.signing_key.lower():
+            return False
+        if installation_id is not None and installation_id != self.installation_id:
+            return False
         try:
-            key = bytes.fromhex(key_hex)
+            key = bytes.fromhex(self.signing_key)
             sig = bytes.fromhex(self.signature)
         except ValueError:
             return False

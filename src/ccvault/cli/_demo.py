@@ -227,10 +227,17 @@ def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -
         print("   " + receipt.model_dump_json(indent=2).replace("\n", "\n   "))
         ok = receipt.verify(vault.receipt_public_key) and vault.shred(victim) == receipt
         print(f"\n   signature valid: {ok}")
-        print(
-            f"   backups that still hold today's key store stop mattering after "
-            f"{receipt.erasure_horizon:%Y-%m-%d} (the erasure horizon)."
-        )
+        if receipt.erasure_horizon is not None:
+            print(
+                f"   backups that still hold today's key store stop mattering after "
+                f"{receipt.erasure_horizon:%Y-%m-%d} (the erasure horizon)."
+            )
+        else:
+            print(
+                "   the embedded default wraps every epoch with one master key, so a backup of "
+                "today's key store\n   stays decryptable while that key exists: no erasure "
+                "horizon is promised (see docs/security.md)."
+            )
         vault.close()
         app.dispose()
     return 0 if ok else 1

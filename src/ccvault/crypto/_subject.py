@@ -140,4 +140,7 @@ def _encode_scalar(part: str, value: Subject) -> bytes:
         assert isinstance(value, int)
         return _TAG["int"] + str(value).encode("ascii")
     assert isinstance(value, str)
-    return _TAG["str"] + value.encode("utf-8")
+    try:
+        return _TAG["str"] + value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError("subject is not valid Unicode text (lone surrogate)") from None

@@ -86,8 +86,8 @@ class KeyStore(Protocol):
         """
         ...
 
-    def keys_outside_epoch(self, epoch_id: bytes, limit: int) -> list[KeyRecord]:
-        """Live keys wrapped under any epoch but ``epoch_id`` (for re-wrapping)."""
+    def keys_before_epoch(self, seq: int, limit: int) -> list[KeyRecord]:
+        """Live keys wrapped under an epoch older than epoch ``seq`` (for re-wrapping)."""
         ...
 
     def rewrap(self, updates: Sequence[tuple[KeyRecord, bytes, bytes]], epoch_id: bytes) -> int:

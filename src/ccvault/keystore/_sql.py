@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ..crypto._primitives import random_bytes
-from ..errors import KeyStoreError
+from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
 from ._protocol import ReceiptFactory
 from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
@@ -44,6 +44,16 @@ class SqlKeyStore:
     def __init__(
         self, bind: Engine | str, *, prefix: str = "ccvault_", create: bool = True
     ) -> None:
+        if isinstance(bind, Engine) and bind.dialect.name == "sqlite":
+            # SQLite needs connection settings of our own (BEGIN IMMEDIATE, WAL, FULL sync):
+            # open our own engine on the same file rather than change the application's.
+            bind = bind.url.render_as_string(hide_password=False)
+        if isinstance(bind, str):
+            url = sa.make_url(bind)
+            if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+                raise ConfigurationError(
+                    "an in-memory SQLite key store would be lost with its connection: use a file"
+                )
         self.engine = _make_engine(bind) if isinstance(bind, str) else bind
         self._owns_engine = isinstance(bind, str)
         self._dialect = self.engine.dialect.name
@@ -100,8 +110,12 @@ class SqlKeyStore:
                     conn = conn.execution_options(ccvault_write=True)
                     with conn.begin():
                         return fn(conn)
-            except sa.exc.DBAPIError as exc:
-                if attempt + 1 < _RETRIES and _is_transient(exc):
+            except sa.exc.SQLAlchemyError as exc:
+                if (
+                    attempt + 1 < _RETRIES
+                    and isinstance(exc, sa.exc.DBAPIError)
+                    and _is_transient(exc)
+                ):
                     time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))  # noqa: S311
                     continue
                 raise KeyStoreError("the key store could not be written") from exc
@@ -505,12 +519,13 @@ class SqlKeyStore:
 
     # -- rotation ------------------------------------------------------------------------------
 
-    def keys_outside_epoch(self, epoch_id: bytes, limit: int) -> list[KeyRecord]:
-        k = self._keys
+    def keys_before_epoch(self, seq: int, limit: int) -> list[KeyRecord]:
+        k, e = self._keys, self._epochs
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(k)
-                .where(k.c.state == State.LIVE, k.c.epoch_id != epoch_id)
+                .join(e, e.c.epoch_id == k.c.epoch_id)
+                .where(k.c.state == State.LIVE, e.c.seq < seq)
                 .order_by(k.c.key_id, k.c.version)
                 .limit(limit)
             ).all()
@@ -559,7 +574,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         if engine.url.database not in (None, "", ":memory:"):
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA synchronous=FULL")  # a committed shred survives a power cut
         cur.close()
 
     @sa.event.listens_for(engine, "begin")

@@ -20,6 +20,7 @@ import base64
 import contextlib
 import os
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -70,7 +71,12 @@ class LocalKms:
         if not p.exists():
             if not create:
                 raise ConfigurationError(f"master key file {str(p)!r} does not exist")
-            return cls.generate(p)
+            try:
+                return cls.generate(p)
+            except ConfigurationError:
+                if not p.exists():
+                    raise
+                # Another process created it first: use theirs.
         file_id, roots = _read_file(p)
         return cls(path=p, file_id=file_id, roots=roots)
 
@@ -80,14 +86,16 @@ class LocalKms:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         kms = cls(path=p, file_id=random_bytes(16).hex(), roots=[_new_root()])
+        # Write a complete file under a private name, then link it into place: a process that
+        # races us sees either no file or a whole one, never a half-written file.
+        tmp = _write_private(p, kms._render())
         try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(tmp, p)
         except FileExistsError:
             raise ConfigurationError(f"master key file {str(p)!r} already exists") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(kms._render())
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(p.parent)
         return kms
 
     @classmethod
@@ -188,8 +196,11 @@ class LocalKms:
             self._signature = signature
 
     def _reload(self) -> None:
-        if self._path is None or not self._path.exists():
+        if self._path is None:
             return
+        if not self._path.exists():
+            # A deleted master key file is a destroyed key: never write it back from memory.
+            raise KmsError("the master key file is gone: its keys are destroyed")
         file_id, roots = _read_file(self._path)
         if file_id != self._file_id:
             raise ConfigurationError("the master key file was replaced by another one")
@@ -207,18 +218,13 @@ class LocalKms:
     def _persist(self) -> None:
         if self._path is None:
             return
-        tmp = self._path.with_name(self._path.name + f".tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self._render())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        dir_fd = os.open(self._path.parent, os.O_RDONLY)
+        tmp = _write_private(self._path, self._render())
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            os.replace(tmp, self._path)
+        except OSError:
+            os.unlink(tmp)
+            raise
+        _fsync_dir(self._path.parent)
 
     @contextlib.contextmanager
     def _file_lock(self):  # type: ignore[no-untyped-def]
@@ -250,20 +256,48 @@ def _ad(root_id: str, context: Mapping[str, str]) -> bytes:
     return lp(_AD_LABEL, root_id.encode("ascii"), canonical_context(context))
 
 
-def _read_file(path: Path) -> tuple[str, list[_Root]]:
+def _write_private(target: Path, text: str) -> str:
+    """Write ``text`` to a new 0600 file (unpredictable name, O_EXCL) beside ``target``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        st = os.stat(path)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_file(path: Path) -> tuple[str, list[_Root]]:
+    # Open without following symlinks, then check the descriptor we read from (no TOCTOU).
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigurationError(
-            f"master key file {str(path)!r} is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigurationError(
+                f"master key file {str(path)!r} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+            )
+        if st.st_uid != os.geteuid():
+            raise ConfigurationError(f"master key file {str(path)!r} is owned by another user")
+        try:
+            text = f.read(1 << 20).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     bad = ConfigurationError(f"{str(path)!r} is not a ccvault master key file")
     if not lines or not lines[0].startswith(_MAGIC + " "):

@@ -91,12 +91,12 @@ def _open(blob: bytes, slot: _Slot, expected_ref: Any, local: dict[bytes, Any]) 
     key = local.get(blob[2:22])
     if key is None:
         raise DecryptionError
+    if expected_ref is not _NO_SUBJECT_CHECK and expected_ref != key.ref:
+        raise DecryptionError  # the value belongs to another customer than the row
     if not hasattr(key, "aead"):  # the shredded tombstone
         if slot.strict:
             raise SubjectShreddedError
         return SHREDDED
-    if expected_ref is not _NO_SUBJECT_CHECK and expected_ref != key.ref:
-        raise DecryptionError  # the value belongs to another customer than the row
     try:
         plaintext = fmt.open_suite1(key.aead, blob, slot.col.ctx_lp, key.ref)
         return slot.col.codec.loads(plaintext)
