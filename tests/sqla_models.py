@@ -28,8 +28,10 @@ class Customer(Base):
     __tablename__ = "customers"
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(Encrypted(String(100), subject="id"))
-    phone: Mapped[str] = mapped_column(Encrypted(String(32), subject="id"))
-    email: Mapped[str | None] = mapped_column(Encrypted(String(254), subject="id"), nullable=True)
+    phone: Mapped[str] = mapped_column(Encrypted(String(32), subject="id", searchable="phone:1"))
+    email: Mapped[str | None] = mapped_column(
+        Encrypted(String(254), subject="id", searchable="email"), nullable=True
+    )
     interactions: Mapped[list[Interaction]] = relationship(back_populates="customer")
 
 

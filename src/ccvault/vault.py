@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
 from .crypto import _format as fmt
+from .crypto._blind import Normalizer, blind_index, column_key
 from .crypto._primitives import KEY_BYTES, Aead, ed25519_public_key, hmac_sha256, random_bytes
 from .crypto._subject import SubjectType
 from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
@@ -73,6 +74,7 @@ _USE_BLOCK = 4096
 _FENCE_SECONDS = 86_400.0
 _BATCH = 500
 _REF_LABEL = "subject-ref"
+_BIDX_LABEL = "blind-index"
 _RECEIPT_LABEL = "receipt-signing"
 _NO_REF = b""
 
@@ -207,6 +209,10 @@ class Vault:
         self._active.put("active", epoch)
         self._ref_key = self._long_lived_key(KeyKind.SUBJECT_REF, _REF_LABEL)
         self._receipt_seed = self._long_lived_key(KeyKind.RECEIPT_SIGNING, _RECEIPT_LABEL)
+        self._bidx_root: SecretKey | None = None  # created on first use
+        # Integrations (vault.attach) clear what they derived from the subject after a shred.
+        self._after_shred: list[Callable[[Vault, object], None]] = []
+        self._bidx_keys: dict[tuple[str, Normalizer], bytes] = {}
 
     def __repr__(self) -> str:
         return (
@@ -334,6 +340,8 @@ class Vault:
         receipt_json, newly = self._store.shred(ref, now, make_receipt)
         with self._cache_lock:
             self._forget_ref(ref)
+        for hook in self._after_shred:
+            hook(self, subject)
         if newly:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
         return ErasureReceipt.model_validate_json(receipt_json)
@@ -345,6 +353,17 @@ class Vault:
     def subject_ref(self, subject: object) -> bytes:
         """The pseudonymous 32-byte ref of ``subject`` (what the key store and receipts hold)."""
         return self._ref(subject)
+
+    def blind_index(self, label: str, normalizer: Normalizer, value: str, length: int) -> bytes:
+        """The blind index of ``value`` for the column labelled ``label`` (keyed, truncated)."""
+        key = self._bidx_keys.get((label, normalizer))
+        if key is None:
+            with self._lock:
+                if self._bidx_root is None:
+                    self._bidx_root = self._long_lived_key(KeyKind.BLIND_INDEX, _BIDX_LABEL)
+                key = column_key(self._bidx_root.reveal(), normalizer, label)
+                self._bidx_keys[(label, normalizer)] = key
+        return blind_index(key, normalizer(value), length)
 
     def warm(self, subjects: Iterable[object]) -> int:
         """Load the keys of many subjects in batches, creating missing ones, and cache them.

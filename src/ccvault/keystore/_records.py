@@ -14,6 +14,7 @@ class KeyKind:
     VAULTWIDE = "vaultwide"
     SUBJECT_REF = "ref"
     RECEIPT_SIGNING = "receipt"
+    BLIND_INDEX = "bidx"
 
 
 class State:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, Session
 
 from ..errors import ConfigurationError
 from . import _read, _write
-from ._types import ATTACHED
+from ._plan import plan_for
+from ._types import ATTACHED, VAULT, searchable_tables
 
 if TYPE_CHECKING:
     from ..vault import Vault
 
 __all__ = ["attach"]
+
+log = logging.getLogger("ccvault")
 
 _orm_lock = threading.Lock()
 _orm_installed = False
@@ -55,7 +60,28 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
         sync, "after_cursor_execute", functools.partial(_read.after_cursor_execute, vault, strict)
     )
     sync._ccvault_vault = vault  # type: ignore[attr-defined]
+    setattr(sync.dialect, VAULT, vault)
     setattr(sync.dialect, ATTACHED, True)
+    vault._after_shred.append(functools.partial(_clear_blind_indexes, sync))
+
+
+def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> None:
+    """After a shred: NULL the customer's blind-index values in every searchable table."""
+    value = vault.subject_type.coerce(subject)
+    for table in list(searchable_tables):
+        plan = plan_for(table)
+        if plan is None:
+            continue
+        keys = [c.index_key for c in plan.columns if c.index_key is not None]
+        stmt = (
+            sa.update(table).where(plan.subject == value).values({table.c[k]: None for k in keys})
+        )
+        try:
+            with engine.begin() as conn:
+                conn.execute(stmt)
+        except sa.exc.SQLAlchemyError:
+            # A table this engine's database does not have (another app's model): skip it.
+            log.debug("blind-index sweep skipped a table", extra={"table": table.name})
 
 
 def attached_vault(engine: Any) -> Vault | None:

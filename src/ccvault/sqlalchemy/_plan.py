@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..crypto._blind import Normalizer, normalizer
 from ..crypto._encoding import U32
 from ..crypto._subject import SubjectType
 from ..errors import ConfigurationError
@@ -29,6 +30,8 @@ class ColumnPlan:
     codec: Codec
     python_types: tuple[type, ...]
     rejects_bool: bool
+    index_key: str | None  # the blind-index companion column's key, when searchable
+    normalizer: Normalizer | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,9 @@ def _build(table: sa.Table) -> TablePlan | None:
         labels[label] = col
         ctx = label.encode("utf-8")
         pytypes = etype.codec.python_types
+        index_key = f"{col.key}_bidx" if etype.searchable is not None else None
+        if index_key is not None and index_key not in table.c:
+            raise ConfigurationError(f"{table.name}.{col.name}: its blind-index column is missing")
         columns.append(
             ColumnPlan(
                 col,
@@ -107,6 +113,8 @@ def _build(table: sa.Table) -> TablePlan | None:
                 etype.codec,
                 pytypes,
                 bool not in pytypes and (int in pytypes or float in pytypes),
+                index_key,
+                normalizer(etype.searchable) if etype.searchable is not None else None,
             )
         )
     null_modes = {c.etype.on_null_subject for c in columns}

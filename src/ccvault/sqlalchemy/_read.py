@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import collections
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import cursor as _cursor
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ColumnElement,
+)
 
 from ..crypto import _format as fmt
+from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, SubjectShreddedError
 from ._codec import CodecError
 from ._plan import ColumnPlan, plan_for
-from ._types import SHREDDED, Encrypted
+from ._types import SHREDDED, BlindIndex, Encrypted
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -44,16 +51,48 @@ class _Slot:
         self.strict = strict
 
 
+class _IndexTerm:
+    """``companion == :x`` / ``companion IN (...)`` in the WHERE clause of an entity select."""
+
+    __slots__ = ("bind_name", "index", "normalizer")
+
+    def __init__(self, index: int, normalizer: Normalizer, bind_name: str) -> None:
+        self.index = index
+        self.normalizer = normalizer
+        self.bind_name = bind_name
+
+
+Filters = list[tuple[int, Normalizer, frozenset[str]]]
+
+
 class _Reader:
     """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement."""
 
-    __slots__ = ("slots", "vault")
+    __slots__ = ("slots", "terms", "vault")
 
-    def __init__(self, vault: Vault, slots: list[_Slot]) -> None:
+    def __init__(self, vault: Vault, slots: list[_Slot], terms: list[_IndexTerm]) -> None:
         self.vault = vault
         self.slots = slots
+        self.terms = terms
 
-    def process(self, rows: Any) -> list[Any]:
+    def filters(self, context: Any) -> Filters:
+        """The search arguments of this execution, normalised, for the post-filter."""
+        if not self.terms:
+            return []
+        params = context.compiled_parameters[0] if context.compiled_parameters else {}
+        expanded = getattr(context, "_expanded_parameters", {})
+        out: Filters = []
+        for term in self.terms:
+            names = expanded.get(term.bind_name, [term.bind_name])
+            values: list[Any] = []
+            for name in names:
+                v = params.get(name)
+                values.extend(v if isinstance(v, list | tuple) else [v])
+            allowed = frozenset(term.normalizer(v) for v in values if isinstance(v, str))
+            out.append((term.index, term.normalizer, allowed))
+        return out
+
+    def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
         if not rows:
             return list(rows) if rows is not None else []
         slots = self.slots
@@ -81,8 +120,18 @@ class _Reader:
                     subject = row[slot.subject_index]
                     expected = b"" if subject is None else subject_ref(subject)
                 new[slot.index] = _open(bytes(v), slot, expected, local)
+            if filters and not _matches(new, filters):
+                continue  # a truncated-index collision: another customer's value
             out.append(tuple(new))
         return out
+
+
+def _matches(row: list[Any], filters: Filters) -> bool:
+    for index, norm, allowed in filters:
+        value = row[index]
+        if not isinstance(value, str) or norm(value) not in allowed:
+            return False
+    return True
 
 
 def _open(blob: bytes, slot: _Slot, expected_ref: Any, local: dict[bytes, Any]) -> Any:
@@ -160,7 +209,59 @@ def _build_reader(vault: Vault, compiled: Any, strict: bool) -> _Reader | None:
                 subject_index = j
                 break
         slots.append(_Slot(i, col, subject_index, strict or col.etype.strict))
-    return _Reader(vault, slots)
+    return _Reader(vault, slots, _index_terms(compiled, bases, slots))
+
+
+def _index_terms(
+    compiled: Any, bases: list[tuple[sa.Column[Any], Any] | None], slots: list[_Slot]
+) -> list[_IndexTerm]:
+    """Blind-index terms a post-filter can check: ANDed ``==``/``IN`` of a plain entity select
+    (no LIMIT/OFFSET, no GROUP BY) whose encrypted column is selected from the same table."""
+    stmt = getattr(compiled, "statement", None)
+    if not isinstance(stmt, sa.Select):
+        return []
+    if stmt._limit_clause is not None or stmt._offset_clause is not None:
+        return []
+    if stmt._group_by_clauses:
+        return []
+    terms = []
+    for crit in _conjuncts(stmt._where_criteria):
+        if not isinstance(crit, BinaryExpression) or crit.operator not in (
+            operators.eq,
+            operators.in_op,
+        ):
+            continue
+        left, right = crit.left, crit.right
+        if not isinstance(right, BindParameter) or not isinstance(
+            getattr(left, "type", None), BlindIndex
+        ):
+            continue
+        base = _base(left)
+        if base is None:
+            continue
+        index_col, source = base
+        for slot in slots:
+            if (
+                slot.col.index_key == index_col.key
+                and slot.col.column.table is index_col.table
+                and bases[slot.index] is not None
+                and bases[slot.index][1] is source  # type: ignore[index]
+            ):
+                name = compiled.bind_names.get(right)
+                if name is not None:
+                    index_type = cast(BlindIndex, left.type)
+                    terms.append(_IndexTerm(slot.index, index_type.norm, name))
+    return terms
+
+
+def _conjuncts(criteria: Any) -> list[Any]:
+    out: list[Any] = []
+    for crit in criteria:
+        if isinstance(crit, BooleanClauseList) and crit.operator is operators.and_:
+            out.extend(_conjuncts(crit.clauses))
+        else:
+            out.append(crit)
+    return out
 
 
 # -- the fetch strategy -------------------------------------------------------------------------
@@ -171,14 +272,16 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
         "_buffer",
         "_chunk",
         "_exhausted",
+        "_filters",
         "_inner",
         "_reader",
         "alternate_cursor_description",
     )
 
-    def __init__(self, inner: Any, reader: _Reader) -> None:
+    def __init__(self, inner: Any, reader: _Reader, filters: Filters) -> None:
         self._inner = inner
         self._reader = reader
+        self._filters = filters
         self._buffer: collections.deque[Any] = collections.deque()
         self._exhausted = False
         self._chunk = _READ_AHEAD
@@ -209,9 +312,13 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
         self._chunk = num
 
     def _pull(self, result: Any, dbapi_cursor: Any, size: int | None) -> list[Any]:
-        if self._exhausted:
-            return []
-        return self._reader.process(self._inner.fetchmany(result, dbapi_cursor, size))
+        while not self._exhausted:
+            raw = self._inner.fetchmany(result, dbapi_cursor, size)
+            rows = self._reader.process(raw, self._filters)
+            if rows or not raw:
+                return rows
+            # every row of this batch was a filtered-out collision: read on
+        return []
 
     def fetchone(self, result: Any, dbapi_cursor: Any, hard_close: bool = False) -> Any:
         if not self._buffer:
@@ -240,7 +347,8 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
         rows = list(self._buffer)
         self._buffer.clear()
         if not self._exhausted:
-            rows.extend(self._reader.process(self._inner.fetchall(result, dbapi_cursor)))
+            raw = self._inner.fetchall(result, dbapi_cursor)
+            rows.extend(self._reader.process(raw, self._filters))
         result._soft_close()
         result.cursor_strategy = _cursor._NO_CURSOR_DQL
         return rows
@@ -267,4 +375,4 @@ def after_cursor_execute(
         context._is_server_side or context.execution_options.get("stream_results", False)
     ):
         inner = _cursor.BufferedRowCursorFetchStrategy(cursor, context.execution_options)
-    context.cursor_fetch_strategy = _DecryptingFetch(inner, reader)
+    context.cursor_fetch_strategy = _DecryptingFetch(inner, reader, reader.filters(context))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
@@ -10,13 +11,24 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
+from ..crypto._blind import normalizer as _normalizer
 from ..crypto._format import OVERHEAD, SUITE_AES256GCM
 from ..errors import ConfigurationError
 from ._codec import Codec, codec_for
 
-__all__ = ["ATTACHED", "SHREDDED", "Encrypted", "Sealed", "Shredded"]
+__all__ = [
+    "ATTACHED",
+    "SHREDDED",
+    "VAULT",
+    "BlindIndex",
+    "Encrypted",
+    "IndexValue",
+    "Sealed",
+    "Shredded",
+]
 
 ATTACHED = "_ccvault_attached"  # set on an engine's dialect by attach()
+VAULT = "_ccvault_vault"  # the attached vault, on the dialect
 
 OnNullSubject = Literal["error", "vaultwide"]
 
@@ -87,6 +99,8 @@ class Encrypted(TypeDecorator[Any]):
         context: str | None = None,
         on_null_subject: OnNullSubject = "error",
         strict: bool = False,
+        searchable: str | None = None,
+        index_bytes: int = 8,
     ) -> None:
         wrapped = type_() if isinstance(type_, type) else type_
         if isinstance(wrapped, Encrypted):
@@ -99,6 +113,17 @@ class Encrypted(TypeDecorator[Any]):
             raise ConfigurationError("context= must be a non-empty string")
         self.wrapped = wrapped
         self.codec: Codec = codec_for(wrapped)
+        if searchable is not None:
+            if self.codec.name != "str":
+                raise ConfigurationError("searchable= needs a String or Text column")
+            try:
+                _normalizer(searchable)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+            if not 4 <= index_bytes <= 32:
+                raise ConfigurationError("index_bytes is between 4 and 32")
+        self.searchable = searchable
+        self.index_bytes = index_bytes
         self.subject = subject
         self.context = context
         self.on_null_subject = on_null_subject
@@ -116,6 +141,8 @@ class Encrypted(TypeDecorator[Any]):
             self.context,
             self.on_null_subject,
             self.strict,
+            self.searchable,
+            self.index_bytes,
         )
 
     def __repr__(self) -> str:
@@ -126,6 +153,10 @@ class Encrypted(TypeDecorator[Any]):
             args.append(f"on_null_subject={self.on_null_subject!r}")
         if self.strict:
             args.append("strict=True")
+        if self.searchable is not None:
+            args.append(f"searchable={self.searchable!r}")
+            if self.index_bytes != 8:
+                args.append(f"index_bytes={self.index_bytes}")
         return f"Encrypted({', '.join(args)})"
 
     @property
@@ -139,6 +170,8 @@ class Encrypted(TypeDecorator[Any]):
             context=self.context,
             on_null_subject=self.on_null_subject,
             strict=self.strict,
+            searchable=self.searchable,
+            index_bytes=self.index_bytes,
         )
 
     # -- storage ---------------------------------------------------------------------------------
@@ -206,12 +239,111 @@ class Encrypted(TypeDecorator[Any]):
 
     class comparator_factory(TypeDecorator.Comparator[Any]):
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
-            if getattr(op, "__name__", "") not in _ALLOWED_OPS:
+            name = getattr(op, "__name__", "")
+            etype = self.type
+            if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
+                index = _companion(self.expr)
+                if name == "eq":
+                    return index == other[0]
+                return index.in_(other[0])
+            if name not in _ALLOWED_OPS:
+                hint = " (declare searchable= for == and in_)" if name in ("eq", "in_op") else ""
                 raise TypeError(
-                    f"cannot use {getattr(op, '__name__', op)} on an encrypted column: the "
-                    "database holds only ciphertext (IS NULL / IS NOT NULL work)"
+                    f"cannot use {name or op} on an encrypted column: the database holds only "
+                    f"ciphertext{hint}; IS NULL / IS NOT NULL work"
                 )
             return super().operate(op, *other, **kwargs)
 
         def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
             raise TypeError("cannot compare an encrypted column")
+
+
+def _companion(expr: Any) -> Any:
+    """The blind-index column beside an encrypted column, from the same table or alias."""
+    table = getattr(expr, "table", None)
+    key = f"{expr.key}_bidx"
+    if table is None or key not in table.c:
+        raise ConfigurationError(f"no blind-index column {key!r} beside {expr.key!r}")
+    return table.c[key]
+
+
+class IndexValue(bytes):
+    """A blind-index value computed by the statement hook (passes the bind step as is)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<blind index {len(self)} bytes>"
+
+
+class BlindIndex(TypeDecorator[bytes]):
+    """The companion column of a ``searchable=`` encrypted column: a keyed, truncated HMAC.
+
+    Bound plain strings (``Customer.phone == "+44 20 7946 0018"``, or through ``bindparam``) are
+    normalised and hashed at bind time with the vault attached to the engine.
+    """
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def __init__(self, normalizer: str, *, context: str, length: int = 8) -> None:
+        self.normalizer = normalizer
+        self.context = context
+        self.length = length
+        self.norm = _normalizer(normalizer)
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return f"BlindIndex({self.normalizer!r}, context={self.context!r}, length={self.length})"
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARBINARY(self.length))
+        return dialect.type_descriptor(sa.LargeBinary())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        norm, label, length = self.norm, self.context, self.length
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is IndexValue:
+                return bytes(value)
+            if not isinstance(value, str):
+                raise TypeError(f"{label}: search values are str")
+            vault = getattr(dialect, VAULT, None)
+            if vault is None:
+                raise ConfigurationError("blind-index search needs vault.attach(engine)")
+            return vault.blind_index(label, norm, value, length)
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        return None
+
+
+# -- the companion column ------------------------------------------------------------------------
+
+searchable_tables: weakref.WeakSet[sa.Table] = weakref.WeakSet()
+
+
+@sa.event.listens_for(sa.Column, "after_parent_attach")
+def _add_companion(column: sa.Column[Any], table: Any) -> None:
+    etype = column.type
+    if not isinstance(etype, Encrypted) or etype.searchable is None:
+        return
+    if not isinstance(table, sa.Table):
+        return
+    name = f"{column.name}_bidx"
+    if name not in table.c:
+        label = etype.context or f"{table.name}.{column.name}"
+        table.append_column(
+            sa.Column(
+                name,
+                BlindIndex(etype.searchable, context=label, length=etype.index_bytes),
+                key=f"{column.key}_bidx",
+                nullable=True,
+                index=True,
+            )
+        )
+    searchable_tables.add(table)

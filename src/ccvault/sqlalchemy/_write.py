@@ -27,7 +27,7 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 from ..errors import ConfigurationError
 from ..vault import NO_SUBJECT
 from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
-from ._types import SHREDDED, Sealed
+from ._types import SHREDDED, IndexValue, Sealed
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -284,10 +284,20 @@ def _encrypt_row(
         target = NO_SUBJECT
     for col in plan.columns:
         value = out.get(col.key, _MISSING)
-        if value is _MISSING or value is None or type(value) is Sealed:
+        if value is _MISSING or type(value) is Sealed:
             continue
-        out[col.key] = _seal(vault, col, target, value)
+        if col.index_key is not None:
+            out[col.index_key] = _index(vault, col, value)
+        if value is not None:
+            out[col.key] = _seal(vault, col, target, value)
     return out
+
+
+def _index(vault: Vault, col: ColumnPlan, value: Any) -> IndexValue | None:
+    if value is None or value is SHREDDED or not isinstance(value, str):
+        return None  # _seal raises for the wrong types
+    assert col.normalizer is not None
+    return IndexValue(vault.blind_index(col.label, col.normalizer, value, col.etype.index_bytes))
 
 
 def _seal(vault: Vault, col: ColumnPlan, subject: object, value: Any) -> Sealed:

@@ -1,0 +1,80 @@
+"""Blind indexes: normalisers and the keyed, truncated HMAC of a normalised value.
+
+Part of the format (vectors in tests/vectors/blind_index_v1.json)::
+
+    column key = HKDF-SHA256(ikm = K_bidx, salt = "ccvault/bidx/v1",
+                             info = lp(normaliser id, u32(normaliser version), parameters,
+                                       context label))
+    index      = HMAC-SHA256(column key, UTF-8(normalise(value)))[:length]
+
+``K_bidx`` is a long-lived random key (kind ``bidx``). A change of normaliser version or
+parameters gives other keys, so old and new indexes never compare equal by accident.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from ._encoding import lp, u32
+from ._primitives import hkdf_sha256, hmac_sha256
+
+__all__ = ["Normalizer", "blind_index", "column_key", "normalizer"]
+
+_SALT = b"ccvault/bidx/v1"
+_PHONE_JUNK = re.compile(r"[\s().\-/]")
+
+
+@dataclass(frozen=True, slots=True)
+class Normalizer:
+    """How a value is normalised before indexing: id, version and parameters are in the key."""
+
+    id: str
+    version: int
+    params: str = ""
+
+    @property
+    def spec(self) -> str:
+        return f"{self.id}:{self.params}" if self.params else self.id
+
+    def __call__(self, value: str) -> str:
+        if not isinstance(value, str):
+            raise TypeError("blind indexes take str values")
+        if self.id == "exact":
+            return unicodedata.normalize("NFC", value)
+        if self.id == "email":
+            return unicodedata.normalize("NFKC", value).strip().casefold()
+        return _phone(value, self.params)
+
+
+def _phone(value: str, country_code: str) -> str:
+    """E.164-like: '+' and digits only; 00 means +; a national number gets the default code."""
+    v = _PHONE_JUNK.sub("", unicodedata.normalize("NFKC", value).strip())
+    if v.startswith("00"):
+        v = "+" + v[2:]
+    if not v.startswith("+") and country_code:
+        v = "+" + country_code + (v[1:] if v.startswith("0") else v)
+    digits = "".join(ch for ch in v if ch.isdigit())
+    return ("+" if v.startswith("+") else "") + digits
+
+
+def normalizer(spec: str) -> Normalizer:
+    """``"phone"`` (no default country code), ``"phone:44"``, ``"email"`` or ``"exact"``."""
+    name, _, params = spec.partition(":")
+    if name == "phone":
+        if params and not params.isdigit():
+            raise ValueError("phone:<country code>, digits only (e.g. phone:44)")
+        return Normalizer("phone", 1, params)
+    if name in ("email", "exact") and not params:
+        return Normalizer(name, 1)
+    raise ValueError(f"unknown normaliser {spec!r}: use phone, phone:<cc>, email or exact")
+
+
+def column_key(root: bytes, norm: Normalizer, label: str) -> bytes:
+    info = lp(norm.id.encode(), u32(norm.version), norm.params.encode(), label.encode("utf-8"))
+    return hkdf_sha256(root, salt=_SALT, info=info)
+
+
+def blind_index(key: bytes, normalized: str, length: int) -> bytes:
+    return hmac_sha256(key, normalized.encode("utf-8"))[:length]
