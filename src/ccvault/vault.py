@@ -25,9 +25,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "RotationReport", "Vault"]
 
 log = logging.getLogger("ccvault")
+T = TypeVar("T")
 
 
 class _NoSubject:
@@ -145,7 +148,7 @@ class Vault:
     def __init__(
         self,
         kms: Kms,
-        keystore: KeyStore | Engine | str,
+        keystore: KeyStore | Engine | AsyncEngine | str,
         *,
         subject_type: object = None,
         cache_ttl: float = 60.0,
@@ -164,7 +167,7 @@ class Vault:
             raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
         self._kms = kms
         self._store: KeyStore = (
-            SqlKeyStore(keystore) if isinstance(keystore, Engine | str) else keystore
+            SqlKeyStore(keystore) if isinstance(keystore, Engine | AsyncEngine | str) else keystore
         )
         self._now = clock or time.time
         monotonic = clock or time.monotonic
@@ -229,6 +232,29 @@ class Vault:
         for cache in (self._epoch_keys, self._refs, self._write_keys, self._read_keys):
             cache.clear()
         self._store.close()
+
+    # -- asyncio ---------------------------------------------------------------------------------
+
+    @classmethod
+    async def open_async(
+        cls, kms: Kms, keystore: KeyStore | AsyncEngine | str, **options: Any
+    ) -> Vault:
+        """Build a vault from a coroutine, on an async key store (``AsyncEngine`` or an async
+        URL such as ``postgresql+asyncpg://…``): key-store I/O runs on the async driver."""
+        vault: Vault = await greenlet_spawn(cls, kms, keystore, **options)
+        return vault
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a vault method from a coroutine: ``await vault.run(vault.shred, customer_id)``.
+
+        Inside an ``AsyncSession`` the column types need nothing of this: SQLAlchemy already
+        runs them where the async key store can be reached without blocking.
+        """
+        result: T = await greenlet_spawn(fn, *args, **kwargs)
+        return result
+
+    async def aclose(self) -> None:
+        await greenlet_spawn(self.close)
 
     def __enter__(self) -> Vault:
         return self

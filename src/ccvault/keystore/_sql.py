@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
@@ -42,8 +43,13 @@ class SqlKeyStore:
     """Key store tables in any database SQLAlchemy reaches (an engine or a URL)."""
 
     def __init__(
-        self, bind: Engine | str, *, prefix: str = "ccvault_", create: bool = True
+        self, bind: Engine | AsyncEngine | str, *, prefix: str = "ccvault_", create: bool = True
     ) -> None:
+        if isinstance(bind, AsyncEngine):
+            # Under asyncio the store runs on the async driver through the engine's sync facade:
+            # called from inside SQLAlchemy's greenlet (AsyncSession, Vault.run), it never blocks
+            # the event loop.
+            bind = bind.sync_engine
         if isinstance(bind, Engine) and bind.dialect.name == "sqlite":
             # SQLite needs connection settings of our own (BEGIN IMMEDIATE, WAL, FULL sync):
             # open our own engine on the same file rather than change the application's.
@@ -559,6 +565,8 @@ def _make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if u.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    if u.get_dialect().is_async:
+        return create_async_engine(u, **kwargs).sync_engine
     return sa.create_engine(u, **kwargs)
 
 
