@@ -7,13 +7,13 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from sqla_models import Base, Customer, Interaction
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from ccvault import SubjectShreddedError, Vault
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED
+from sqla_models import Base, Customer, Interaction
 
 ASYNC_DRIVERS = {
     "sqlite": ("sqlite://", "sqlite+aiosqlite://"),
