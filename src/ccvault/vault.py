@@ -92,15 +92,7 @@ class RotationReport:
     rewrapped: int
 
 
-@dataclass(frozen=True, slots=True)
-class _DataKey:
-    key_id: bytes
-    version: int
-    ref: bytes
-    aead: Aead
-
-    def __repr__(self) -> str:
-        return f"_DataKey(id={self.key_id.hex()}, v={self.version})"
+_DataKey = fmt.ValueKey
 
 
 class _Lease:
@@ -215,7 +207,7 @@ class Vault:
         self._bidx_root: SecretKey | None = None  # created on first use
         # Integrations (vault.attach) clear what they derived from the subject after a shred.
         self._after_shred: list[Callable[[Vault, object], None]] = []
-        self._bidx_keys: dict[tuple[str, Normalizer], bytes] = {}
+        self._bidx_keys: dict[tuple[str, str, int, str], bytes] = {}
 
     def __repr__(self) -> str:
         return (
@@ -312,8 +304,36 @@ class Vault:
             key = self._vaultwide_key(context)
         else:
             key = self._subject_write_key(self._ref(subject))
-        header = fmt.build_header(fmt.SUITE_AES256GCM, key.key_id, key.version)
-        return fmt.seal_value(key.aead, header, bytes(plaintext), ctx, key.ref)
+        return key.seal(bytes(plaintext), fmt.context_lp(ctx))
+
+    def _keys_for_write(self, subjects: Iterable[object]) -> dict[object, fmt.ValueKey]:
+        """Write keys of many subjects (creating missing ones in batches), by subject value.
+
+        Shredded subjects are left out; wrong subject types raise TypeError."""
+        by_ref: dict[bytes, list[object]] = {}
+        out: dict[object, fmt.ValueKey] = {}
+        for subject in subjects:
+            if subject in out:
+                continue
+            ref = self._ref(subject)
+            key = self._write_keys.get(ref)
+            if key is not None:
+                out[subject] = key
+            else:
+                by_ref.setdefault(ref, []).append(subject)
+        refs = list(by_ref)
+        for i in range(0, len(refs), _BATCH):
+            for ref, key in self._load_or_create(refs[i : i + _BATCH]).items():
+                for subject in by_ref[ref]:
+                    out[subject] = key
+        return out
+
+    def _key_for_write(self, subject: object, context: str) -> fmt.ValueKey:
+        """The key that seals ``subject``'s values (for integrations that seal many columns of a
+        row: look the key up once, then ``key.seal(data, context_lp)`` per column)."""
+        if subject is NO_SUBJECT:
+            return self._vaultwide_key(context)
+        return self._subject_write_key(self._ref(subject))
 
     def decrypt(self, blob: bytes, *, context: str, subject: object = _UNCHECKED) -> bytes:
         """Open a ciphertext made by :meth:`encrypt` with the same context label.
@@ -382,13 +402,14 @@ class Vault:
 
     def blind_index(self, label: str, normalizer: Normalizer, value: str, length: int) -> bytes:
         """The blind index of ``value`` for the column labelled ``label`` (keyed, truncated)."""
-        key = self._bidx_keys.get((label, normalizer))
+        cache_key = (label, normalizer.id, normalizer.version, normalizer.params)
+        key = self._bidx_keys.get(cache_key)
         if key is None:
             with self._lock:
                 if self._bidx_root is None:
                     self._bidx_root = self._long_lived_key(KeyKind.BLIND_INDEX, _BIDX_LABEL)
                 key = column_key(self._bidx_root.reveal(), normalizer, label)
-                self._bidx_keys[(label, normalizer)] = key
+                self._bidx_keys[cache_key] = key
         return blind_index(key, normalizer(value), length)
 
     def warm(self, subjects: Iterable[object]) -> int:
@@ -634,7 +655,7 @@ class Vault:
         if isinstance(cached, _DataKey):
             return cached
         material = self._unwrap_record(rec)
-        key = _DataKey(rec.key_id, rec.version, rec.ref or _NO_REF, Aead(material.reveal()))
+        key = _DataKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or _NO_REF)
         with self._cache_lock:
             if not key.ref or self._fenced.get(key.ref) is None:
                 self._read_keys.put((rec.key_id, rec.version), key)

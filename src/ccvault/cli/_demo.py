@@ -1,12 +1,14 @@
 """``ccvault demo``: a contact center's customers and calls, encrypted, read back and shredded.
 
 Runs on the embedded default (local master key + SQLite key store) in a temporary folder. The
-application tables are plain SQLAlchemy Core tables holding ``vault.encrypt`` output.
+application is two SQLAlchemy ORM models with :class:`~ccvault.sqlalchemy.Encrypted` columns on an
+engine the vault is attached to: the code below never calls encrypt or decrypt itself.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import tempfile
 import time
 import uuid
@@ -16,8 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy import ForeignKey, String, Text, insert, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .. import CcvaultSettings, DevelopmentDefaultWarning, SubjectShreddedError, Vault
+from ..sqlalchemy import SHREDDED, Encrypted
 
 _FIRST = [
     "Ada",
@@ -69,25 +74,24 @@ _TOPICS = [
 ]
 
 
-def _tables() -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    md = sa.MetaData()
-    customers = sa.Table(
-        "customers",
-        md,
-        sa.Column("id", sa.Uuid, primary_key=True),
-        sa.Column("name", sa.LargeBinary, nullable=False),
-        sa.Column("phone", sa.LargeBinary, nullable=False),
-        sa.Column("email", sa.LargeBinary, nullable=False),
-    )
-    interactions = sa.Table(
-        "interactions",
-        md,
-        sa.Column("id", sa.Uuid, primary_key=True),
-        sa.Column("customer_id", sa.Uuid, sa.ForeignKey("customers.id"), index=True),
-        sa.Column("channel", sa.String(8), nullable=False),
-        sa.Column("transcript", sa.LargeBinary, nullable=False),
-    )
-    return md, customers, interactions
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(Encrypted(String(100), subject="id"))
+    phone: Mapped[str] = mapped_column(Encrypted(String(32), subject="id"))
+    email: Mapped[str] = mapped_column(Encrypted(String(254), subject="id"))
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    customer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("customers.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    transcript: Mapped[str] = mapped_column(Encrypted(Text, subject="customer_id"))
 
 
 @contextmanager
@@ -108,6 +112,12 @@ def _show(label: str, value: object) -> None:
 def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -> int:
     rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
     with _workdir(keep) as work:
+        if (work / "contact_center.db").exists():
+            print(
+                f"ccvault demo: {work} already holds a demo; --keep an empty or new folder",
+                file=sys.stderr,
+            )
+            return 2
         print(f"ccvault demo — working in {work}\n")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DevelopmentDefaultWarning)
@@ -115,27 +125,26 @@ def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -
         for w in caught:
             print(f"note: {w.message}\n")
         app = sa.create_engine(f"sqlite:///{work / 'contact_center.db'}")
-        md, t_cust, t_int = _tables()
-        md.create_all(app)
+        Base.metadata.create_all(app)
+        vault.attach(app)  # from here on the ORM encrypts every write and decrypts every read
 
-        # 1. Write: every value sealed under its customer's own key.
+        # 1. Write: ORM bulk inserts; each value is sealed under its customer's own key.
         started = time.perf_counter()
         ids = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(customers)]
         vault.warm(ids)  # create the customers' keys in batches, not one transaction each
-        people = []
-        cust_rows, int_rows = [], []
+        people: list[tuple[uuid.UUID, str]] = []
+        cust_rows: list[dict[str, object]] = []
+        int_rows: list[dict[str, object]] = []
         for cid in ids:
             first, last = rng.choice(_FIRST), rng.choice(_LAST)
             name = f"{first} {last}"
-            phone = f"+1 555 01{rng.randrange(100):02d} {rng.randrange(10000):04d}"
-            email = f"{first.lower()}.{last.lower()}{rng.randrange(100)}@example.com"
             people.append((cid, name))
             cust_rows.append(
                 {
                     "id": cid,
-                    "name": vault.encrypt(cid, name.encode(), context="customers.name"),
-                    "phone": vault.encrypt(cid, phone.encode(), context="customers.phone"),
-                    "email": vault.encrypt(cid, email.encode(), context="customers.email"),
+                    "name": name,
+                    "phone": f"+1 555 01{rng.randrange(100):02d} {rng.randrange(10000):04d}",
+                    "email": f"{first.lower()}.{last.lower()}{rng.randrange(100)}@example.com",
                 }
             )
             for _ in range(2):
@@ -147,37 +156,40 @@ def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -
                         "id": uuid.UUID(int=rng.getrandbits(128), version=4),
                         "customer_id": cid,
                         "channel": rng.choice(["voice", "chat"]),
-                        "transcript": vault.encrypt(
-                            cid, text.encode(), context="interactions.transcript"
-                        ),
+                        "transcript": text,
                     }
                 )
-        with app.begin() as conn:
-            conn.execute(sa.insert(t_cust), cust_rows)
-            conn.execute(sa.insert(t_int), int_rows)
+        with Session(app) as session:
+            session.execute(insert(Customer), cust_rows)
+            session.execute(insert(Interaction), int_rows)
+            session.commit()
         elapsed = time.perf_counter() - started
         print(
-            f"1. Stored {customers} customers and {len(int_rows)} interactions, each value "
-            f"encrypted under its customer's key ({elapsed:.2f} s, {customers} keys created).\n"
+            f"1. Stored {customers} customers and {len(int_rows)} interactions through the ORM, "
+            f"each value encrypted\n   under its customer's key ({elapsed:.2f} s, "
+            f"{customers} keys created)."
         )
 
         victim, victim_name = people[0]
         neighbour, neighbour_name = people[1]
 
-        # 2. What the database holds.
+        # 2. What the database holds: a raw SQL query, past the ORM.
+        query = "SELECT id, name, phone, email FROM customers WHERE id = :id"
         with app.connect() as conn:
-            row = conn.execute(sa.select(t_cust).where(t_cust.c.id == victim)).one()
-        print("2. What the database holds for one customer (ciphertext, 50 bytes of overhead):")
-        _show("id", row.id)
+            raw = conn.execute(sa.text(query), {"id": victim.hex}).one()
+        print("\n2. What the database holds for one customer (raw SQL, past the ORM):")
+        print(f"   {query}")
+        _show("id", raw.id)
         for col in ("name", "phone", "email"):
-            blob = getattr(row, col)
-            _show(col, f"{blob[:24].hex()}… ({len(blob)} bytes)")
+            blob = bytes(getattr(raw, col))
+            _show(col, f"{blob[:24].hex()}… ({len(blob)} bytes of ciphertext)")
 
-        # 3. Read back through the vault.
-        print("\n3. Read back through the vault (context and customer checked):")
-        for col in ("name", "phone", "email"):
-            clear = vault.decrypt(getattr(row, col), context=f"customers.{col}", subject=row.id)
-            _show(col, clear.decode())
+        # 3. Read back through the ORM.
+        print("\n3. Read back through the ORM (each value checked against its row's customer):")
+        with Session(app) as session:
+            customer = session.get_one(Customer, victim)
+            for col in ("name", "phone", "email"):
+                _show(col, getattr(customer, col))
 
         # 4. Erase the customer: one call, no table is touched.
         print(f"\n4. GDPR Art. 17 request from {victim_name}: vault.shred({victim})")
@@ -187,46 +199,42 @@ def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -
             f"   shredded in {(time.perf_counter() - started) * 1000:.1f} ms; "
             "the rows are still there, but unreadable:"
         )
-        with app.connect() as conn:
-            row = conn.execute(sa.select(t_cust).where(t_cust.c.id == victim)).one()
-            calls = conn.execute(sa.select(t_int).where(t_int.c.customer_id == victim)).all()
-            everyone = conn.execute(sa.select(t_int.c.customer_id, t_int.c.transcript)).all()
-        for col in ("name", "phone"):
-            try:
-                vault.decrypt(getattr(row, col), context=f"customers.{col}")
-            except SubjectShreddedError:
-                _show(col, "[shredded]")
-        for call in calls:
-            try:
-                vault.decrypt(call.transcript, context="interactions.transcript")
-            except SubjectShreddedError:
-                _show(f"{call.channel} call", "[shredded]")
-        readable = shredded = 0
-        for cid, blob in everyone:
-            try:
-                vault.decrypt(blob, context="interactions.transcript", subject=cid)
-                readable += 1
-            except SubjectShreddedError:
-                shredded += 1
-        print(
-            f"   all interactions: {readable} readable, {shredded} shredded "
-            f"(only {victim_name}'s); {neighbour_name} still reads fine:"
-        )
-        with app.connect() as conn:
-            other = conn.execute(sa.select(t_cust).where(t_cust.c.id == neighbour)).one()
-        _show(
-            "name", vault.decrypt(other.name, context="customers.name", subject=neighbour).decode()
-        )
+        with Session(app) as session:
+            customer = session.get_one(Customer, victim)
+            for col in ("name", "phone"):
+                _show(col, getattr(customer, col))
+            calls = session.scalars(select(Interaction).where(Interaction.customer_id == victim))
+            for call in calls:
+                _show(f"{call.channel} call", call.transcript)
+            everyone = session.execute(select(Interaction.customer_id, Interaction.transcript))
+            transcripts = [row.transcript for row in everyone]
+            shredded = sum(1 for t in transcripts if t is SHREDDED)
+            readable = len(transcripts) - shredded
+            print(
+                f"   all interactions: {readable} readable, {shredded} shredded "
+                f"(only {victim_name}'s); {neighbour_name} still reads fine:"
+            )
+            _show("name", session.get_one(Customer, neighbour).name)
+        refused = False
         try:
-            vault.encrypt(victim, b"new data", context="customers.phone")
+            with Session(app) as session:
+                session.add(
+                    Interaction(
+                        customer_id=victim, channel="voice", transcript="Agent: Hello again"
+                    )
+                )
+                session.commit()
         except SubjectShreddedError:
-            print("   writing new data for the erased customer is refused (SubjectShreddedError).")
+            refused = True
+            print("   a new call for the erased customer is refused (SubjectShreddedError).")
+        else:
+            print("   error: a new call for the erased customer was written.")
 
         # 5. The receipt.
         print("\n5. Signed erasure receipt (a repeat shred returns this same receipt):")
         print("   " + receipt.model_dump_json(indent=2).replace("\n", "\n   "))
-        ok = receipt.verify(vault.receipt_public_key) and vault.shred(victim) == receipt
-        print(f"\n   signature valid: {ok}")
+        valid = receipt.verify(vault.receipt_public_key) and vault.shred(victim) == receipt
+        print(f"\n   signature valid: {valid}")
         if receipt.erasure_horizon is not None:
             print(
                 f"   backups that still hold today's key store stop mattering after "
@@ -240,4 +248,4 @@ def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -
             )
         vault.close()
         app.dispose()
-    return 0 if ok else 1
+    return 0 if valid and refused and shredded == 2 else 1

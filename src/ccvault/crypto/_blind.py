@@ -24,6 +24,7 @@ __all__ = ["Normalizer", "blind_index", "column_key", "normalizer"]
 
 _SALT = b"ccvault/bidx/v1"
 _PHONE_JUNK = re.compile(r"[\s().\-/]")
+_NOT_DIGIT = re.compile(r"[^0-9]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,7 @@ def _phone(value: str, country_code: str) -> str:
         v = "+" + v[2:]
     if not v.startswith("+") and country_code:
         v = "+" + country_code + (v[1:] if v.startswith("0") else v)
-    digits = "".join(ch for ch in v if ch.isdigit())
-    return ("+" if v.startswith("+") else "") + digits
+    return ("+" if v.startswith("+") else "") + _NOT_DIGIT.sub("", v)
 
 
 def normalizer(spec: str) -> Normalizer:

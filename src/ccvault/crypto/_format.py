@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ._encoding import U32
 from ._primitives import NONCE_BYTES, TAG_BYTES, Aead, AeadFailure, hkdf_sha256, random_bytes
@@ -171,6 +172,51 @@ def open_suite1(aead: Aead, blob: bytes, context_lp: bytes, subject_ref: bytes) 
         return aead.open(blob[_HEAD.size : _SUITE1_BODY], blob[_SUITE1_BODY:], ad)
     except AeadFailure:
         raise FormatError from None
+
+
+class ValueKey:
+    """A data key ready to seal and open suite-1 values, with its header and the fixed parts of
+    the associated data computed once (they depend only on the key and its subject ref)."""
+
+    __slots__ = ("_ad_head", "_ref_lp", "aead", "checked", "header", "key_id", "ref", "version")
+
+    def __init__(self, aead: Aead, key_id: bytes, version: int, ref: bytes) -> None:
+        self.aead = aead
+        self.key_id = key_id
+        self.version = version
+        self.ref = ref
+        self.header = build_header(SUITE_AES256GCM, key_id, version)
+        self._ad_head = _AD_PREFIX + U32.pack(len(self.header)) + self.header
+        self._ref_lp = U32.pack(len(ref)) + ref
+        # The last subject value whose ref was found equal to ``ref`` (a cache for callers that
+        # check many rows of the same subject: equality instead of an HMAC per row).
+        self.checked: object = None
+
+    def __repr__(self) -> str:
+        return f"ValueKey(id={self.key_id.hex()}, v={self.version})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("ValueKey cannot be pickled")
+
+    def seal(self, plaintext: bytes, context_lp: bytes) -> bytes:
+        """``context_lp`` is ``u32(len(context)) || context``."""
+        nonce = random_bytes(NONCE_BYTES)
+        ad = self._ad_head + context_lp + self._ref_lp
+        return self.header + nonce + self.aead.seal(nonce, plaintext, ad)
+
+    def open(self, blob: bytes, context_lp: bytes) -> bytes:
+        """Open a suite-1 value whose header names this key (the caller looked it up by it)."""
+        ad = self._ad_head + context_lp + self._ref_lp
+        try:
+            return self.aead.open(
+                blob[_SUITE1_BODY - NONCE_BYTES : _SUITE1_BODY], blob[_SUITE1_BODY:], ad
+            )
+        except AeadFailure:
+            raise FormatError from None
+
+
+def context_lp(context: bytes) -> bytes:
+    return U32.pack(len(context)) + context
 
 
 def derive_period_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -44,15 +45,18 @@ class TtlCache(Generic[K, V]):
         return len(self._data)
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return None
-            if self._clock() - item[0] >= self.max_age:
-                del self._data[key]
-                return None
+        # No lock on the hit path: dict.get and move_to_end are single C calls, atomic under
+        # the GIL; writers (put, pop, discard_where) take the lock among themselves.
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if self._clock() - item[0] >= self.max_age:
+            with self._lock:
+                self._data.pop(key, None)
+            return None
+        with contextlib.suppress(KeyError):  # evicted by another thread in between
             self._data.move_to_end(key)
-            return item[1]
+        return item[1]
 
     def put(self, key: K, value: V) -> None:
         with self._lock:
@@ -67,7 +71,7 @@ class TtlCache(Generic[K, V]):
 
     def discard_where(self, predicate: Callable[[K, V], bool]) -> None:
         with self._lock:
-            for key in [k for k, (_, v) in self._data.items() if predicate(k, v)]:
+            for key in [k for k, (_, v) in list(self._data.items()) if predicate(k, v)]:
                 del self._data[key]
 
     def clear(self) -> None:

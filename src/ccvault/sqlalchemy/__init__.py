@@ -16,7 +16,7 @@
 See docs/sqlalchemy.md.
 """
 
-from ._types import SHREDDED, Encrypted, Shredded
+from ._types import SHREDDED, BlindIndex, Encrypted, Shredded
 from ._write import StatementRefused
 
-__all__ = ["SHREDDED", "Encrypted", "Shredded", "StatementRefused"]
+__all__ = ["SHREDDED", "BlindIndex", "Encrypted", "Shredded", "StatementRefused"]

@@ -39,6 +39,8 @@ __all__ = ["after_cursor_execute"]
 _READ_AHEAD = 100
 _NO_SUBJECT_CHECK = object()
 _MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
+_VERSION = fmt.FORMAT_VERSION
+_SUITE = fmt.SUITE_AES256GCM
 
 
 class _Slot:
@@ -105,8 +107,11 @@ class _Reader:
         resolved = self.vault._read_keys_batch(
             [(r[:16], int.from_bytes(r[16:], "big")) for r in refs]
         )
-        local = {r: resolved.get((r[:16], int.from_bytes(r[16:], "big"))) for r in refs}
+        local: dict[bytes, Any] = {
+            r: resolved.get((r[:16], int.from_bytes(r[16:], "big"))) for r in refs
+        }
         subject_ref = self.vault.subject_ref
+        refs_of: dict[Any, bytes] = {}  # this batch's subjects, each hashed at most once
         out = []
         for row in rows:
             new = list(row)
@@ -114,12 +119,35 @@ class _Reader:
                 v = row[slot.index]
                 if v is None:
                     continue
-                if slot.subject_index is None:
-                    expected: Any = _NO_SUBJECT_CHECK
-                else:
+                blob = v if type(v) is bytes else bytes(v)
+                if len(blob) < _MIN_LEN or blob[0] != _VERSION or blob[1] != _SUITE:
+                    raise DecryptionError
+                key = local.get(blob[2:22])
+                if key is None:
+                    raise DecryptionError
+                if slot.subject_index is not None:
                     subject = row[slot.subject_index]
-                    expected = b"" if subject is None else subject_ref(subject)
-                new[slot.index] = _open(bytes(v), slot, expected, local)
+                    if subject is None:
+                        if key.ref != b"":
+                            raise DecryptionError
+                    elif getattr(key, "checked", None) != subject:
+                        ref = refs_of.get(subject)
+                        if ref is None:
+                            ref = refs_of[subject] = subject_ref(subject)
+                        if ref != key.ref:
+                            raise DecryptionError  # another customer's value in this row
+                        if hasattr(key, "checked"):
+                            key.checked = subject
+                if not hasattr(key, "aead"):  # the shredded tombstone
+                    if slot.strict:
+                        raise SubjectShreddedError
+                    new[slot.index] = SHREDDED
+                    continue
+                col = slot.col
+                try:
+                    new[slot.index] = col.codec.loads(key.open(blob, col.ctx_lp))
+                except (fmt.FormatError, CodecError):
+                    raise DecryptionError from None
             if filters and not _matches(new, filters):
                 continue  # a truncated-index collision: another customer's value
             out.append(tuple(new))
@@ -132,25 +160,6 @@ def _matches(row: list[Any], filters: Filters) -> bool:
         if not isinstance(value, str) or norm(value) not in allowed:
             return False
     return True
-
-
-def _open(blob: bytes, slot: _Slot, expected_ref: Any, local: dict[bytes, Any]) -> Any:
-    if len(blob) < _MIN_LEN or blob[0] != fmt.FORMAT_VERSION or blob[1] != fmt.SUITE_AES256GCM:
-        raise DecryptionError
-    key = local.get(blob[2:22])
-    if key is None:
-        raise DecryptionError
-    if expected_ref is not _NO_SUBJECT_CHECK and expected_ref != key.ref:
-        raise DecryptionError  # the value belongs to another customer than the row
-    if not hasattr(key, "aead"):  # the shredded tombstone
-        if slot.strict:
-            raise SubjectShreddedError
-        return SHREDDED
-    try:
-        plaintext = fmt.open_suite1(key.aead, blob, slot.col.ctx_lp, key.ref)
-        return slot.col.codec.loads(plaintext)
-    except (fmt.FormatError, CodecError):
-        raise DecryptionError from None
 
 
 # -- building a reader for a compiled statement ------------------------------------------------

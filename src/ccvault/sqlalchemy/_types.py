@@ -325,6 +325,7 @@ class BlindIndex(TypeDecorator[bytes]):
 # -- the companion column ------------------------------------------------------------------------
 
 searchable_tables: weakref.WeakSet[sa.Table] = weakref.WeakSet()
+_AUTO = "ccvault.companion"
 
 
 @sa.event.listens_for(sa.Column, "after_parent_attach")
@@ -344,6 +345,21 @@ def _add_companion(column: sa.Column[Any], table: Any) -> None:
                 key=f"{column.key}_bidx",
                 nullable=True,
                 index=True,
+                info={_AUTO: True},
             )
         )
     searchable_tables.add(table)
+
+
+@sa.event.listens_for(sa.Column, "before_parent_attach")
+def _explicit_companion_wins(column: sa.Column[Any], table: Any) -> None:
+    """A companion column given explicitly (an Alembic migration renders one) replaces the one
+    added automatically when its encrypted column arrived first."""
+    if not isinstance(table, sa.Table) or not isinstance(column.type, BlindIndex):
+        return
+    existing = table.c.get(column.key)
+    if existing is None or existing is column or not existing.info.get(_AUTO):
+        return
+    for index in [ix for ix in table.indexes if existing in ix.columns.values()]:
+        table.indexes.discard(index)
+    table._columns.remove(existing)

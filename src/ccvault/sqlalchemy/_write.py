@@ -110,11 +110,17 @@ def _insert(
         single = _encrypt_row(vault, plan, _literal_row(plan, stmt._values), None, insert=True)
         stmt = stmt.values(**single)
     if multiparams:
-        if len(multiparams) > 1:  # create or load every row's key in batches first
-            vault.warm(
-                d[plan.subject.key] for d in multiparams if d.get(plan.subject.key) is not None
-            )
-        multiparams = [_encrypt_row(vault, plan, d, None, insert=True) for d in multiparams]
+        keys = None
+        if len(multiparams) > 1:  # every row's key, created or loaded in batches, up front
+            try:
+                keys = vault._keys_for_write(
+                    s for d in multiparams if (s := d.get(plan.subject.key)) is not None
+                )
+            except TypeError:
+                keys = None  # a wrong subject type: let the row loop name the column
+        multiparams = [
+            _encrypt_row(vault, plan, d, None, insert=True, keys=keys) for d in multiparams
+        ]
     elif params or not (stmt._values or stmt._multi_values):
         params = _encrypt_row(vault, plan, params or {}, None, insert=True)
     return stmt, multiparams, params
@@ -260,6 +266,7 @@ def _encrypt_row(
     subject: object,
     *,
     insert: bool,
+    keys: Mapping[object, Any] | None = None,
 ) -> dict[str, Any]:
     out = dict(row)
     if subject is None and insert:
@@ -282,39 +289,44 @@ def _encrypt_row(
                 "to encrypt such rows under the vault-wide key"
             )
         target = NO_SUBJECT
+    # the row's key, looked up once for all its columns
+    key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
     for col in plan.columns:
         value = out.get(col.key, _MISSING)
         if value is _MISSING or type(value) is Sealed:
             continue
         if col.index_key is not None:
             out[col.index_key] = _index(vault, col, value)
-        if value is not None:
-            out[col.key] = _seal(vault, col, target, value)
+        if value is None:
+            continue
+        data = _dumps(col, value)
+        if key is None or target is NO_SUBJECT:
+            try:
+                key = vault._key_for_write(target, col.label)
+            except TypeError:
+                raise TypeError(
+                    f"{col.label}: the row's subject is not of the installation's type"
+                ) from None
+        out[col.key] = Sealed(key.seal(data, col.ctx_lp))
     return out
 
 
 def _index(vault: Vault, col: ColumnPlan, value: Any) -> IndexValue | None:
     if value is None or value is SHREDDED or not isinstance(value, str):
-        return None  # _seal raises for the wrong types
+        return None  # _dumps raises for the wrong types
     assert col.normalizer is not None
     return IndexValue(vault.blind_index(col.label, col.normalizer, value, col.etype.index_bytes))
 
 
-def _seal(vault: Vault, col: ColumnPlan, subject: object, value: Any) -> Sealed:
+def _dumps(col: ColumnPlan, value: Any) -> bytes:
     if value is SHREDDED:
         raise TypeError(f"{col.label}: a shredded value cannot be written back")
     if not isinstance(value, col.python_types) or (col.rejects_bool and isinstance(value, bool)):
         raise TypeError(f"{col.label} takes {col.codec.name} values, not {type(value).__name__}")
     try:
-        data = col.codec.dumps(value)
+        return col.codec.dumps(value)
     except (ValueError, TypeError, KeyError, OverflowError):
         raise TypeError(f"{col.label}: the value cannot be stored as {col.codec.name}") from None
-    try:
-        return Sealed(vault.encrypt(subject, data, context=col.label))
-    except TypeError:
-        raise TypeError(
-            f"{col.label}: the row's subject is not of the installation's type"
-        ) from None
 
 
 # -- ORM ----------------------------------------------------------------------------------------
