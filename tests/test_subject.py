@@ -90,3 +90,12 @@ def test_lone_surrogates_are_type_errors() -> None:
     with pytest.raises(TypeError) as info:
         SubjectType.parse("str").canonical("cust-\udcff")
     assert "cust" not in str(info.value)
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 32, 64, 65, 200])
+def test_prepared_hmac_is_hmac_sha256(key_len: int) -> None:
+    from ccvault.crypto._primitives import HmacSha256
+
+    key = bytes(range(256))[:key_len] * 1
+    for msg in (b"", b"x", b"\x03" + bytes(16), b"m" * 1000):
+        assert HmacSha256(key)(msg) == hmac_sha256(key, msg)

@@ -35,7 +35,7 @@ from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
 from .crypto import _format as fmt
 from .crypto._blind import Normalizer, blind_index, column_key
-from .crypto._primitives import KEY_BYTES, Aead, ed25519_public_key, hmac_sha256, random_bytes
+from .crypto._primitives import KEY_BYTES, Aead, HmacSha256, ed25519_public_key, random_bytes
 from .crypto._subject import SubjectType
 from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
 from .errors import (
@@ -203,11 +203,12 @@ class Vault:
         epoch = self._store.active_epoch() or self._create_epoch(1)
         self._active.put("active", epoch)
         self._ref_key = self._long_lived_key(KeyKind.SUBJECT_REF, _REF_LABEL)
+        self._ref_mac = HmacSha256(self._ref_key.reveal())
         self._receipt_seed = self._long_lived_key(KeyKind.RECEIPT_SIGNING, _RECEIPT_LABEL)
         self._bidx_root: SecretKey | None = None  # created on first use
         # Integrations (vault.attach) clear what they derived from the subject after a shred.
         self._after_shred: list[Callable[[Vault, object], None]] = []
-        self._bidx_keys: dict[tuple[str, str, int, str], bytes] = {}
+        self._bidx_keys: dict[tuple[str, str, int, str], HmacSha256] = {}
 
     def __repr__(self) -> str:
         return (
@@ -408,7 +409,7 @@ class Vault:
             with self._lock:
                 if self._bidx_root is None:
                     self._bidx_root = self._long_lived_key(KeyKind.BLIND_INDEX, _BIDX_LABEL)
-                key = column_key(self._bidx_root.reveal(), normalizer, label)
+                key = HmacSha256(column_key(self._bidx_root.reveal(), normalizer, label))
                 self._bidx_keys[cache_key] = key
         return blind_index(key, normalizer(value), length)
 
@@ -501,7 +502,7 @@ class Vault:
             ref = self._refs.get(cache_key)
             if ref is not None:
                 return ref
-        ref = hmac_sha256(self._ref_key.reveal(), self.subject_type.canonical(subject))
+        ref = self._ref_mac(self.subject_type.canonical(subject))
         if cache_key is not None:
             self._refs.put(cache_key, ref)
         return ref

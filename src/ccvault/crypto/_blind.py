@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from ._encoding import lp, u32
-from ._primitives import hkdf_sha256, hmac_sha256
+from ._primitives import HmacSha256, hkdf_sha256
 
 __all__ = ["Normalizer", "blind_index", "column_key", "normalizer"]
 
@@ -76,5 +76,6 @@ def column_key(root: bytes, norm: Normalizer, label: str) -> bytes:
     return hkdf_sha256(root, salt=_SALT, info=info)
 
 
-def blind_index(key: bytes, normalized: str, length: int) -> bytes:
-    return hmac_sha256(key, normalized.encode("utf-8"))[:length]
+def blind_index(key: bytes | HmacSha256, normalized: str, length: int) -> bytes:
+    mac = key if isinstance(key, HmacSha256) else HmacSha256(key)
+    return mac(normalized.encode("utf-8"))[:length]

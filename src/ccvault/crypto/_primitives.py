@@ -24,6 +24,7 @@ __all__ = [
     "TAG_BYTES",
     "Aead",
     "AeadFailure",
+    "HmacSha256",
     "ed25519_public_key",
     "ed25519_sign",
     "ed25519_verify",
@@ -74,6 +75,34 @@ class Aead:
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
     return hmac.digest(key, message, hashlib.sha256)
+
+
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one fixed key, with the keyed inner and outer SHA-256 states
+    computed once: each MAC then costs two hash-state copies instead of a full HMAC setup (about
+    half the time for the short messages blind indexes and subject refs hash)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(64, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def __repr__(self) -> str:
+        return "HmacSha256(<redacted>)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("HmacSha256 cannot be pickled")
+
+    def __call__(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def hkdf_sha256(key: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
