@@ -397,7 +397,7 @@ def test_comparisons_on_encrypted_columns_raise(app: sa.Engine) -> None:
 def test_cold_reads_load_keys_in_batches(
     vault: Vault, kms: LocalKms, db_url: str, app: sa.Engine
 ) -> None:
-    n = 2000
+    n = 10_000  # rows of as many customers: the figure is at most 100 round trips
     with Session(app) as s:
         s.execute(insert(Customer), [{"name": f"c{i}", "phone": str(i)} for i in range(n)])
         s.commit()
@@ -412,7 +412,7 @@ def test_cold_reads_load_keys_in_batches(
     )
     with Session(engine) as s:
         assert len(s.scalars(select(Customer)).all()) == n
-    assert len(statements) <= n // 500 + 2, len(statements)
+    assert len(statements) <= n // 500 + 2, len(statements)  # 22, well under 100
     cold.close()
     cold = Vault(kms, db_url)
     engine2 = sa.create_engine(app.url)
@@ -426,7 +426,7 @@ def test_cold_reads_load_keys_in_batches(
     with Session(engine2) as s:
         seen = sum(1 for _ in s.scalars(select(Customer).execution_options(yield_per=300)))
         assert seen == n
-    assert len(statements) <= n // 300 + 3, len(statements)
+    assert len(statements) <= min(100, n // 300 + 3), len(statements)
     cold.close()
     engine.dispose()
     engine2.dispose()

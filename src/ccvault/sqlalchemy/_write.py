@@ -112,6 +112,11 @@ def _insert(
     if multiparams:
         keys = None
         if len(multiparams) > 1:  # every row's key, created or loaded in batches, up front
+            if plan.default is not None:  # subjects from the column default: generate them now
+                multiparams = [
+                    d if plan.subject.key in d else {**d, plan.subject.key: plan.default()}
+                    for d in multiparams
+                ]
             try:
                 keys = vault._keys_for_write(
                     s for d in multiparams if (s := d.get(plan.subject.key)) is not None
