@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from ._encoding import U32
-from ._primitives import NONCE_BYTES, TAG_BYTES, Aead, AeadFailure, hkdf_sha256, random_bytes
+from ._primitives import (
+    NONCE_BYTES,
+    TAG_BYTES,
+    Aead,
+    AeadFailure,
+    InvalidTag,
+    hkdf_sha256,
+    random_bytes,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -178,7 +186,17 @@ class ValueKey:
     """A data key ready to seal and open suite-1 values, with its header and the fixed parts of
     the associated data computed once (they depend only on the key and its subject ref)."""
 
-    __slots__ = ("_ad_head", "_ref_lp", "aead", "checked", "header", "key_id", "ref", "version")
+    __slots__ = (
+        "_ad_head",
+        "_open",
+        "_ref_lp",
+        "aead",
+        "checked",
+        "header",
+        "key_id",
+        "ref",
+        "version",
+    )
 
     def __init__(self, aead: Aead, key_id: bytes, version: int, ref: bytes) -> None:
         self.aead = aead
@@ -188,6 +206,7 @@ class ValueKey:
         self.header = build_header(SUITE_AES256GCM, key_id, version)
         self._ad_head = _AD_PREFIX + U32.pack(len(self.header)) + self.header
         self._ref_lp = U32.pack(len(ref)) + ref
+        self._open = aead.open_raw
         # The last subject value whose ref was found equal to ``ref`` (a cache for callers that
         # check many rows of the same subject: equality instead of an HMAC per row).
         self.checked: object = None
@@ -206,12 +225,13 @@ class ValueKey:
 
     def open(self, blob: bytes, context_lp: bytes) -> bytes:
         """Open a suite-1 value whose header names this key (the caller looked it up by it)."""
-        ad = self._ad_head + context_lp + self._ref_lp
         try:
-            return self.aead.open(
-                blob[_SUITE1_BODY - NONCE_BYTES : _SUITE1_BODY], blob[_SUITE1_BODY:], ad
+            return self._open(
+                blob[_HEAD.size : _SUITE1_BODY],
+                blob[_SUITE1_BODY:],
+                self._ad_head + context_lp + self._ref_lp,
             )
-        except AeadFailure:
+        except InvalidTag:
             raise FormatError from None
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Aead",
     "AeadFailure",
     "HmacSha256",
+    "InvalidTag",
     "ed25519_public_key",
     "ed25519_sign",
     "ed25519_verify",
@@ -50,7 +51,7 @@ def random_bytes(n: int) -> bytes:
 class Aead:
     """AES-256-GCM with one key; the cipher context is built once and reused."""
 
-    __slots__ = ("_aesgcm", "seal")
+    __slots__ = ("_aesgcm", "open_raw", "seal")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
@@ -59,6 +60,8 @@ class Aead:
         # seal(nonce, plaintext, associated_data) -> ciphertext || tag: the C call itself, no
         # Python frame in between (it is on every write's hot path).
         self.seal = self._aesgcm.encrypt
+        # open_raw(nonce, ciphertext, associated_data): raises InvalidTag (re-exported here).
+        self.open_raw = self._aesgcm.decrypt
 
     def __repr__(self) -> str:
         return "Aead(<redacted>)"
