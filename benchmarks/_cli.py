@@ -84,15 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     context: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
-        "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python -m benchmarks", shlex.join(sys.argv[1:] if argv is None else argv)]
+        ).strip(),
         "benchmarks_run": only,
         "driver": "benchmarks/ (python -m benchmarks), same process for every figure",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+    context.update(_context.collect())  # before the run: the commit and versions measured
     with tempfile.TemporaryDirectory(prefix="ccvault-bench-") as tmp:
         cfg = Config.make(quick=args.quick, workdir=Path(tmp), repeats=args.repeats)
         results = run(cfg, only)
-    context.update(_context.collect())
+    context["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     context["total_seconds"] = round(time.monotonic() - started, 1)
     results.update(context)
     chart_problem = _report.write_chart(output / "latest.png", results)

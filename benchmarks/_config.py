@@ -29,6 +29,10 @@ class Config:
     shred_populate_budget_s: float
     """Stop growing the large key store after this long and report the population reached."""
     orm_rows: int
+    orm_repeats: int
+    orm_lookups: int
+    budget_s: float
+    """The whole run; the shred benchmark, last, grows its key store only while time is left."""
     started: float
 
     @classmethod
@@ -42,7 +46,10 @@ class Config:
                 shred_samples=25,
                 shred_large_population=30_000,
                 shred_populate_budget_s=40.0,
-                orm_rows=2_000,
+                orm_rows=1_000,
+                orm_repeats=repeats or 5,
+                orm_lookups=50,
+                budget_s=110.0,
                 started=time.monotonic(),
             )
         return cls(
@@ -54,8 +61,14 @@ class Config:
             shred_large_population=1_000_000,
             shred_populate_budget_s=720.0,
             orm_rows=20_000,
+            orm_repeats=repeats or 5,
+            orm_lookups=500,
+            budget_s=19 * 60.0,
             started=time.monotonic(),
         )
+
+    def remaining_s(self) -> float:
+        return self.budget_s - (time.monotonic() - self.started)
 
     def log(self, message: str) -> None:
         elapsed = time.monotonic() - self.started

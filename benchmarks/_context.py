@@ -69,9 +69,9 @@ def _openssl() -> str | None:
 def collect() -> dict[str, Any]:
     """Flat context keys for ``latest.json``."""
     commit = _git("rev-parse", "--short", "HEAD")
-    dirty = _git("status", "--porcelain", "--", "src")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "src")
     out: dict[str, Any] = {
-        "measured_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "started_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "git_commit": commit,
         "git_src_dirty": bool(dirty) if dirty is not None else None,
         "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {_memory_gib()} GiB",
@@ -79,7 +79,6 @@ def collect() -> dict[str, Any]:
         "machine_cores": os.cpu_count(),
         "machine_memory_gib": _memory_gib(),
         "os": platform.platform(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "python_executable": sys.executable,
         "openssl": _openssl(),

@@ -39,12 +39,37 @@ def _spread(results: dict[str, Any], fig: Figure) -> str:
     return _num(low) if low == high else f"{_num(low)} \u2013 {_num(high)}"
 
 
+def _workloads(results: dict[str, Any]) -> str:
+    parts = []
+    if "field_repeats" in results:
+        parts.append(f"field: {results['field_repeats']} repeats")
+    if "cold_rows" in results:
+        parts.append(
+            f"cold read: {results['cold_rows']:,} rows of {results['cold_customers']:,} customers"
+        )
+    if "orm_rows" in results:
+        parts.append(
+            f"ORM: {results['orm_rows']:,} rows, {results.get('orm_repeats')} repeats, "
+            f"{results.get('orm_lookups_per_repeat')} lookups a repeat"
+        )
+    if "shred_samples" in results:
+        parts.append(
+            f"shred: {results['shred_samples']} shreds per key store, large key store of "
+            f"{results.get('shred_ms_p50_1m_population', 0):,} subjects"
+        )
+    return ("Workloads: " + "; ".join(parts) + ".") if parts else ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"Measured {results.get('measured_at')} on {results.get('machine')}, "
+        f"Run started {results.get('started_at')} on {results.get('machine')}, "
         f"{results.get('python')}, ccvault {results.get('version_ccvault')} "
-        f"(commit {results.get('git_commit')}), mode `{results.get('mode')}`, "
-        f"`{results.get('command')}`.",
+        f"(commit {results.get('git_commit')}"
+        f"{', with uncommitted changes in src/' if results.get('git_src_dirty') else ''}), "
+        f"mode `{results.get('mode')}`, `{results.get('command')}`, "
+        f"{results.get('total_seconds')} s in all.",
+        "",
+        _workloads(results),
         "",
         "Spread: lowest to highest repeat; for `shred_*` and `keystore_write_txn_*` latencies, "
         "the interquartile range of the samples. `null`: not measured (see the note).",
@@ -91,6 +116,13 @@ def _label(v: float) -> str:
     return f"{v:,.0f}x" if v >= 100 else f"{v:.3g}x"
 
 
+def _chart_order(fig: Figure) -> tuple[int, int, int]:
+    """ORM bars grouped by operation, then database, ccvault before its peer."""
+    ops = ("first_write", "insert", "select", "lookup")
+    op = next((i for i, o in enumerate(ops) if o in fig.name), len(ops))
+    return (op, "postgres" in fig.name, fig.name.startswith("peer_"))
+
+
 def write_chart(path: Path, results: dict[str, Any]) -> str | None:
     """Bar charts of every measured ratio; returns why not, if it could not draw them."""
     try:
@@ -111,7 +143,7 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
             [f for f in measured if f.bench != "field"],
         ),
     ]
-    panels = [(title, figs) for title, figs in panels if figs]
+    panels = [(title, sorted(figs, key=_chart_order)) for title, figs in panels if figs]
     if not panels:
         return "no ratio was measured"
     heights = [len(figs) for _, figs in panels]
@@ -130,7 +162,7 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
             low, high = results.get(f"{n}_spread") or (v, v)
             lows.append(max(v - low, 0.0))
             highs.append(max(high - v, 0.0))
-        colors = ["#1f6f8b" if n.startswith(("field_", "orm_")) else "#b0b0b0" for n in names]
+        colors = ["#b0b0b0" if n.startswith("peer_") else "#1f6f8b" for n in names]
         y = list(range(len(names)))
         # Bars start at 0.5 (a log axis has no 0); the error bar sits at left + width = value.
         widths = [v - 0.5 for v in values]
@@ -146,9 +178,10 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
         ax.set_title(title, fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("ratio (log scale; 1 = the baseline)")
     fig.suptitle(
-        f"ccvault (blue) and peers (grey): median of {results.get('field_repeats', 5)} repeats, "
-        f"bars from lowest to highest repeat\n{results.get('machine')}, mode "
-        f"{results.get('mode')}, {results.get('measured_at')}",
+        f"ccvault (blue) and peers (grey): median of the repeats (field "
+        f"{results.get('field_repeats', '-')}, ORM {results.get('orm_repeats', '-')}), bars from "
+        f"lowest to highest repeat\n{results.get('machine')}, mode "
+        f"{results.get('mode')}, {results.get('started_at')}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -1,23 +1,35 @@
-"""ORM workload for the peer: 20,000 rows with 4 encrypted columns, of which 2 searchable.
+"""ORM workload: 20,000 customer rows with 4 encrypted columns, of which 2 searchable.
 
-ccvault has no ORM column types yet, so its ``orm_*`` figures are null; this measures the peer
-users pick today, sqlalchemy-utils, against the same table in plaintext, in the same run:
+Three tables of the same shape, timed in the same repeats (order rotated each repeat):
 
-* searchable columns (``phone``, ``email``): ``StringEncryptedType(String, key, AesEngine)``,
-  sqlalchemy-utils' deterministic engine, the one its documentation says to use for lookups;
-* other columns (``name``, ``note``): ``StringEncryptedType(String, key, AesGcmEngine)``.
+* ``plain``: the baseline, four ``String`` columns, ``phone`` and ``email`` indexed;
+* ``ccvault``: ``Encrypted(String(n), subject="id")`` columns, ``phone`` and ``email`` with
+  ``searchable="phone"`` / ``"email"`` (an indexed blind-index companion column each), the vault
+  attached to the engine with ``vault.attach``; the key store is a separate SQLite file for the
+  SQLite runs (one writer per SQLite file) and prefixed tables in the same database for
+  PostgreSQL;
+* ``peer``: sqlalchemy-utils ``StringEncryptedType``; ``phone`` and ``email`` use its
+  deterministic ``AesEngine`` (the engine its documentation says to use for lookups), ``name`` and
+  ``note`` its ``AesGcmEngine``.
 
-Each repeat inserts all rows through an ORM session (``add_all`` + ``commit``) into an emptied
-table, then selects them all back with a fresh session; plaintext and encrypted tables alternate
-in order. PostgreSQL is reached at ``CCVAULT_BENCH_PG`` (else ``CCVAULT_TEST_PG``, else the local
-test server); if it cannot be reached its figures are null with the error as the note.
+Each repeat inserts all rows with new customer ids through an ORM session (``add_all`` +
+``commit``) into each emptied table: for ccvault this is the *first write*, which creates a key
+per customer. ccvault's table is then emptied and the same rows inserted again, their keys now
+existing and cached: the *insert* figure. Then every table is read back whole with a fresh
+session (*select*), then looked up by e-mail, one row at a time (*lookup*). Ratios are taken to
+the plaintext table of the same repeat.
+
+PostgreSQL is reached at ``CCVAULT_BENCH_PG`` (else ``CCVAULT_TEST_PG``, else the local test
+server); if it cannot be reached its figures are null, with the error as the note.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,115 +40,205 @@ from benchmarks._config import Config, Results, missing, put
 from benchmarks._measure import Summary, no_gc
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+KINDS = ("plain", "ccvault", "peer")
+
+# (figure, (operation, candidate), (operation, baseline)); "{db}" is sqlite or postgres, "{sfx}" is
+# "" for SQLite and "_postgres" for PostgreSQL (issue 5 names the SQLite lookup figure alone).
+RATIOS = (
+    ("orm_insert_ratio_{db}", ("insert", "ccvault"), ("insert", "plain")),
+    ("orm_select_ratio_{db}", ("select", "ccvault"), ("select", "plain")),
+    ("orm_first_write_ratio_{db}", ("first_write", "ccvault"), ("insert", "plain")),
+    ("blind_index_lookup_ratio{sfx}", ("lookup", "ccvault"), ("lookup", "plain")),
+    ("peer_sqlalchemy_utils_insert_ratio_{db}", ("insert", "peer"), ("insert", "plain")),
+    ("peer_sqlalchemy_utils_select_ratio_{db}", ("select", "peer"), ("select", "plain")),
+    ("peer_sqlalchemy_utils_lookup_ratio_{db}", ("lookup", "peer"), ("lookup", "plain")),
+)
+ABSOLUTE = (
+    ("plaintext_insert_ms_{db}", "insert", "plain"),
+    ("plaintext_select_ms_{db}", "select", "plain"),
+    ("orm_insert_ms_{db}", "insert", "ccvault"),
+    ("orm_first_write_ms_{db}", "first_write", "ccvault"),
+    ("orm_select_ms_{db}", "select", "ccvault"),
+    ("peer_sqlalchemy_utils_insert_ms_{db}", "insert", "peer"),
+    ("peer_sqlalchemy_utils_select_ms_{db}", "select", "peer"),
+)
 
 
 def _pg_url() -> str:
     return os.environ.get("CCVAULT_BENCH_PG") or os.environ.get("CCVAULT_TEST_PG") or DEFAULT_PG
 
 
-def _models(suffix: str, key: str) -> tuple[type[Any], type[Any], sa.MetaData]:
+def _models(suffix: str, peer_key: str) -> tuple[dict[str, type[Any]], sa.MetaData]:
     from sqlalchemy_utils import StringEncryptedType
     from sqlalchemy_utils.types.encrypted.encrypted_type import AesEngine, AesGcmEngine
+
+    from ccvault.sqlalchemy import Encrypted
 
     class Base(DeclarativeBase):
         pass
 
     class Plain(Base):
         __tablename__ = f"bench_plain_{suffix}"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        customer: Mapped[str] = mapped_column(sa.String(36))
-        phone: Mapped[str] = mapped_column(sa.String(255), index=True)
-        email: Mapped[str] = mapped_column(sa.String(255), index=True)
-        name: Mapped[str] = mapped_column(sa.String(255))
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+        phone: Mapped[str] = mapped_column(sa.String(32), index=True)
+        email: Mapped[str] = mapped_column(sa.String(254), index=True)
+        name: Mapped[str] = mapped_column(sa.String(100))
         note: Mapped[str] = mapped_column(sa.String(255))
 
-    def searchable() -> Any:
-        return StringEncryptedType(sa.String(255), key, AesEngine, "pkcs5")
-
-    def sealed() -> Any:
-        return StringEncryptedType(sa.String(255), key, AesGcmEngine)
-
-    class Encrypted(Base):
-        __tablename__ = f"bench_sqlau_{suffix}"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        customer: Mapped[str] = mapped_column(sa.String(36))
-        phone: Mapped[str] = mapped_column(searchable(), index=True)
-        email: Mapped[str] = mapped_column(searchable(), index=True)
-        name: Mapped[str] = mapped_column(sealed())
-        note: Mapped[str] = mapped_column(sealed())
-
-    return Plain, Encrypted, Base.metadata
-
-
-def _rows(n: int) -> list[dict[str, str]]:
-    rows = []
-    for i in range(n):
-        customer = str(uuid.UUID(int=i + 1))
-        rows.append(
-            {
-                "customer": customer,
-                "phone": f"+44 20 7946 {i % 10_000:04d}",
-                "email": f"customer{i}@example.com",
-                "name": f"Customer Number {i}",
-                "note": f"called about order {i:06d}; prefers e-mail; account in good standing",
-            }
+    class Sealed(Base):
+        __tablename__ = f"bench_ccvault_{suffix}"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+        phone: Mapped[str] = mapped_column(
+            Encrypted(sa.String(32), subject="id", searchable="phone")
         )
-    return rows
+        email: Mapped[str] = mapped_column(
+            Encrypted(sa.String(254), subject="id", searchable="email")
+        )
+        name: Mapped[str] = mapped_column(Encrypted(sa.String(100), subject="id"))
+        note: Mapped[str] = mapped_column(Encrypted(sa.String(255), subject="id"))
+
+    def deterministic(n: int) -> Any:
+        return StringEncryptedType(sa.String(n), peer_key, AesEngine, "pkcs5")
+
+    def sealed(n: int) -> Any:
+        return StringEncryptedType(sa.String(n), peer_key, AesGcmEngine)
+
+    class Peer(Base):
+        __tablename__ = f"bench_sqlau_{suffix}"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+        phone: Mapped[str] = mapped_column(deterministic(32), index=True)
+        email: Mapped[str] = mapped_column(deterministic(254), index=True)
+        name: Mapped[str] = mapped_column(sealed(100))
+        note: Mapped[str] = mapped_column(sealed(255))
+
+    return {"plain": Plain, "ccvault": Sealed, "peer": Peer}, Base.metadata
 
 
-def _time_insert(engine: sa.Engine, model: type[Any], rows: list[dict[str, str]]) -> float:
-    with Session(engine) as session:
-        session.execute(sa.delete(model))
-        session.commit()
-    with no_gc(), Session(engine) as session:
+def rows(n: int) -> list[dict[str, Any]]:
+    """``n`` customers with new ids; the same values in every repeat."""
+    return [
+        {
+            "id": uuid.uuid4(),
+            "phone": f"+44 20 7946 {i % 10_000:04d}",
+            "email": f"customer{i}@example.com",
+            "name": f"Customer Number {i}",
+            "note": f"called about order {i:06d}; prefers e-mail; account in good standing",
+        }
+        for i in range(n)
+    ]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    with no_gc():
         t0 = time.perf_counter()
-        session.add_all([model(**row) for row in rows])
-        session.commit()
+        fn()
         return time.perf_counter() - t0
 
 
-def _time_select(engine: sa.Engine, model: type[Any], expected: int) -> float:
-    with no_gc(), Session(engine) as session:
-        t0 = time.perf_counter()
-        found = session.scalars(sa.select(model)).all()
-        elapsed = time.perf_counter() - t0
-    if len(found) != expected or not found[-1].note.startswith("called about"):
-        raise RuntimeError("select did not return the rows")
+def _empty(engine: sa.Engine, model: type[Any]) -> None:
+    with Session(engine) as session:
+        session.execute(sa.delete(model))
+        session.commit()
+
+
+def _insert(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> float:
+    _empty(engine, model)
+
+    def run() -> None:
+        with Session(engine) as session:
+            session.add_all([model(**row) for row in data])
+            session.commit()
+
+    return _timed(run)
+
+
+def _select(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> float:
+    found: list[Any] = []
+
+    def run() -> None:
+        with Session(engine) as session:
+            found.extend(session.scalars(sa.select(model)).all())
+
+    elapsed = _timed(run)
+    if len(found) != len(data) or {r.note for r in found[:50]} - {d["note"] for d in data}:
+        raise RuntimeError(f"{model.__tablename__}: select did not return the rows")
     return elapsed
 
 
-def _backend(cfg: Config, out: Results, label: str, engine: sa.Engine) -> None:
-    Plain, Encrypted, metadata = _models(uuid.uuid4().hex[:8], os.urandom(32).hex())
-    rows = _rows(cfg.orm_rows)
+def _lookup(engine: sa.Engine, model: type[Any], emails: list[str]) -> float:
+    got: list[Any] = []
+
+    def run() -> None:
+        with Session(engine) as session:
+            for email in emails:
+                got.append(session.scalars(sa.select(model).where(model.email == email)).one())
+
+    elapsed = _timed(run)
+    if [r.email for r in got] != emails:
+        raise RuntimeError(f"{model.__tablename__}: lookup returned other rows")
+    return elapsed / len(emails)
+
+
+def _keystore(label: str, cfg: Config, app_url: str, prefix: str) -> tuple[Any, Callable[[], None]]:
+    """A key store beside the application database, and how to remove it afterwards."""
+    from ccvault.keystore import SqlKeyStore
+
+    if label == "sqlite":  # one writer per SQLite file: keys in their own file
+        return f"sqlite:///{cfg.workdir / 'orm-keys.db'}", lambda: None
+    engine = sa.create_engine(app_url)
+
+    def drop() -> None:
+        md = sa.MetaData()
+        md.reflect(engine, only=lambda name, _md: name.startswith(prefix))
+        md.drop_all(engine)
+        engine.dispose()
+
+    return SqlKeyStore(engine, prefix=prefix), drop
+
+
+def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
+    from ccvault import Vault
+    from ccvault.kms import LocalKms
+
+    suffix = uuid.uuid4().hex[:8]
+    models, metadata = _models(suffix, os.urandom(32).hex())
+    engine = sa.create_engine(url)
+    keystore, drop_keystore = _keystore(label, cfg, url, f"bench_ccv_{suffix}_")
+    vault = Vault(LocalKms.ephemeral(), keystore, cache_ttl=86_400)
+    vault.attach(engine)
     metadata.create_all(engine)
+    times: dict[tuple[str, str], list[float]] = {}
+
+    def record(op: str, kind: str, seconds: float) -> None:
+        times.setdefault((op, kind), []).append(seconds)
+
+    rng = random.Random(5)
     try:
-        times: dict[tuple[str, str], list[float]] = {}
-        for r in range(cfg.repeats):
-            order = (Plain, Encrypted) if r % 2 == 0 else (Encrypted, Plain)
-            for model in order:
-                kind = "plain" if model is Plain else "peer"
-                times.setdefault(("insert", kind), []).append(_time_insert(engine, model, rows))
-                times.setdefault(("select", kind), []).append(
-                    _time_select(engine, model, len(rows))
-                )
+        for r in range(cfg.orm_repeats):
+            data = rows(cfg.orm_rows)
+            emails = [d["email"] for d in rng.sample(data, cfg.orm_lookups)]
+            order = KINDS[r % 3 :] + KINDS[: r % 3]
+            for kind in order:
+                op = "first_write" if kind == "ccvault" else "insert"
+                record(op, kind, _insert(engine, models[kind], data))
+            record("insert", "ccvault", _insert(engine, models["ccvault"], data))
+            for kind in order:
+                record("select", kind, _select(engine, models[kind], data))
+            for kind in order:
+                record("lookup", kind, _lookup(engine, models[kind], emails))
     finally:
         metadata.drop_all(engine)
-    for op in ("insert", "select"):
-        peer, plain = times[(op, "peer")], times[(op, "plain")]
-        ratio = Summary.of([p / b for p, b in zip(peer, plain, strict=True)])
-        put(out, f"peer_sqlalchemy_utils_{op}_ratio_{label}", ratio)
-    put(out, f"plaintext_select_ms_{label}", Summary.of(times[("select", "plain")]).scaled(1e3))
-    put(
-        out,
-        f"peer_sqlalchemy_utils_select_ms_{label}",
-        Summary.of(times[("select", "peer")]).scaled(1e3),
-    )
-    put(out, f"plaintext_insert_ms_{label}", Summary.of(times[("insert", "plain")]).scaled(1e3))
-    put(
-        out,
-        f"peer_sqlalchemy_utils_insert_ms_{label}",
-        Summary.of(times[("insert", "peer")]).scaled(1e3),
-    )
+        vault.close()
+        engine.dispose()
+        drop_keystore()
+
+    for name, candidate, baseline in RATIOS:
+        ratio = Summary.of([c / b for c, b in zip(times[candidate], times[baseline], strict=True)])
+        put(out, _name(name, label), ratio)
+    for name, op, kind in ABSOLUTE:
+        put(out, name.format(db=label), Summary.of(times[(op, kind)]).scaled(1e3))
+    put(out, f"orm_lookup_us_{label}", Summary.of(times[("lookup", "ccvault")]).scaled(1e6))
+    put(out, f"plaintext_lookup_us_{label}", Summary.of(times[("lookup", "plain")]).scaled(1e6))
     version = ".".join(str(v) for v in engine.dialect.server_version_info or ())
     driver = engine.dialect.driver
     out[f"orm_{label}_driver"] = f"{engine.dialect.name}+{driver} ({_driver_version(driver)})"
@@ -151,41 +253,50 @@ def _driver_version(driver: str) -> str:
     return f"{driver} {_peers.version(driver) or '?'}"
 
 
-FIGURES = (
-    "peer_sqlalchemy_utils_select_ratio_postgres",
-    "peer_sqlalchemy_utils_insert_ratio_postgres",
-    "peer_sqlalchemy_utils_select_ratio_sqlite",
-    "peer_sqlalchemy_utils_insert_ratio_sqlite",
-    "plaintext_select_ms_postgres",
-    "plaintext_select_ms_sqlite",
-)
+def _name(template: str, label: str) -> str:
+    return template.format(db=label, sfx="" if label == "sqlite" else f"_{label}")
+
+
+def _figures(label: str) -> list[str]:
+    return [_name(name, label) for name, *_ in RATIOS]
 
 
 def run(cfg: Config) -> Results:
     out: Results = {}
+    try:
+        import ccvault.sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        for label in ("sqlite", "postgres"):
+            for name in _figures(label):
+                missing(out, name, f"ccvault.sqlalchemy cannot be imported ({exc})")
+        return out
     if _peers.version("sqlalchemy-utils") is None:
-        for name in FIGURES:
-            missing(out, name, "sqlalchemy-utils is not installed")
+        for label in ("sqlite", "postgres"):
+            for name in _figures(label):
+                missing(out, name, "sqlalchemy-utils is not installed (the ORM peer)")
         return out
     out["orm_rows"] = cfg.orm_rows
-    out["orm_columns"] = "4 encrypted: phone, email (AesEngine, searchable), name, note (AesGcm)"
-    sqlite_engine = sa.create_engine(f"sqlite:///{cfg.workdir / 'orm.db'}")
-    cfg.log(f"orm: sqlite, {cfg.orm_rows} rows")
-    _backend(cfg, out, "sqlite", sqlite_engine)
-    sqlite_engine.dispose()
+    out["orm_repeats"] = cfg.orm_repeats
+    out["orm_lookups_per_repeat"] = cfg.orm_lookups
+    out["orm_columns"] = (
+        "4 encrypted: phone, email searchable (ccvault blind index; sqlalchemy-utils AesEngine), "
+        "name, note (ccvault Encrypted; sqlalchemy-utils AesGcmEngine)"
+    )
+    cfg.log(f"orm: sqlite, {cfg.orm_rows} rows, {cfg.orm_repeats} repeats")
+    _backend(cfg, out, "sqlite", f"sqlite:///{cfg.workdir / 'orm.db'}")
 
-    pg_engine = sa.create_engine(_pg_url())
+    url = _pg_url()
+    probe = sa.create_engine(url)
     try:
-        with pg_engine.connect() as conn:
+        with probe.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:  # any failure to connect: "not measured here"
-        reason = f"PostgreSQL not reachable at {pg_engine.url!r}: {type(exc).__name__}"
-        for name in FIGURES:
-            if name.endswith("_postgres"):
-                missing(out, name, reason)
+        reason = f"PostgreSQL not reachable at {probe.url!r}: {type(exc).__name__}"
+        for name in _figures("postgres"):
+            missing(out, name, reason)
     else:
-        cfg.log(f"orm: postgres, {cfg.orm_rows} rows")
-        _backend(cfg, out, "postgres", pg_engine)
+        cfg.log(f"orm: postgres, {cfg.orm_rows} rows, {cfg.orm_repeats} repeats")
+        _backend(cfg, out, "postgres", url)
     finally:
-        pg_engine.dispose()
+        probe.dispose()
     return out

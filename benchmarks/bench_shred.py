@@ -27,6 +27,7 @@ from ccvault import Vault
 from ccvault.kms import LocalKms
 
 SMALL = 10_000
+RESERVE_S = 30.0
 BATCH = 10_000
 
 
@@ -112,7 +113,10 @@ def run(cfg: Config) -> Results:
     target = cfg.shred_large_population
     keep = math.ceil(4 * n * BATCH / target) + 1
     candidates = rest[:keep]
-    deadline = time.monotonic() + cfg.shred_populate_budget_s
+    # Stop at the population budget or when the run's time budget is nearly spent, whichever
+    # comes first (RESERVE_S keeps time for the measurement and the report).
+    budget = max(0.0, min(cfg.shred_populate_budget_s, cfg.remaining_s() - RESERVE_S))
+    deadline = time.monotonic() + budget
     while population < target and time.monotonic() < deadline:
         batch = [uuid.uuid4() for _ in range(min(BATCH, target - population))]
         populator.warm(batch)
@@ -133,8 +137,8 @@ def run(cfg: Config) -> Results:
         why = (
             "--quick mode uses a smaller population"
             if cfg.quick and population >= target
-            else f"the population stopped at {population:,} when the "
-            f"{cfg.shred_populate_budget_s:.0f} s population budget ran out"
+            else f"the population stopped at {population:,} when its time budget "
+            f"({budget:.0f} s of the run's {cfg.budget_s:.0f} s) ran out"
         )
         out["shred_ms_p50_1m_note"] = (
             f"measured on {population:,} subjects, not 1,000,000: {why}; not extrapolated"

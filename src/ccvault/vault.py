@@ -109,12 +109,17 @@ class _Lease:
 
 
 class _Shredded:
-    """Cached tombstone: the key id is known and its material destroyed by a shred."""
+    """Cached tombstone: the key id is known and its material destroyed by a shred.
 
-    __slots__ = ("ref",)
+    It has a key's ``ref`` and ``checked`` attributes and ``aead = None``, so readers handle it
+    like a key until the point where a key would decrypt."""
+
+    __slots__ = ("checked", "ref")
+    aead = None
 
     def __init__(self, ref: bytes) -> None:
         self.ref = ref
+        self.checked: object = None
 
     def __repr__(self) -> str:
         return "<shredded>"

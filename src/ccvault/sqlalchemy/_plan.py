@@ -32,6 +32,7 @@ class ColumnPlan:
     rejects_bool: bool
     index_key: str | None  # the blind-index companion column's key, when searchable
     normalizer: Normalizer | None
+    is_str: bool  # the str codec (inlined on the read path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ def _build(table: sa.Table) -> TablePlan | None:
                 bool not in pytypes and (int in pytypes or float in pytypes),
                 index_key,
                 normalizer(etype.searchable) if etype.searchable is not None else None,
+                etype.codec.name == "str",
             )
         )
     null_modes = {c.etype.on_null_subject for c in columns}

@@ -40,6 +40,7 @@ _READ_AHEAD = 100
 _NO_SUBJECT_CHECK = object()
 _MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
 _VERSION = fmt.FORMAT_VERSION
+_HEADER = 22  # suite 1: version, suite, key id, key version
 _SUITE = fmt.SUITE_AES256GCM
 
 
@@ -98,18 +99,21 @@ class _Reader:
         if not rows:
             return list(rows) if rows is not None else []
         slots = self.slots
-        refs = set()
+        headers = set()
         for row in rows:
             for slot in slots:
                 v = row[slot.index]
-                if v is not None and len(v) >= _MIN_LEN:
-                    refs.add(bytes(v[2:22]))
-        resolved = self.vault._read_keys_batch(
-            [(r[:16], int.from_bytes(r[16:], "big")) for r in refs]
-        )
-        local: dict[bytes, Any] = {
-            r: resolved.get((r[:16], int.from_bytes(r[16:], "big"))) for r in refs
+                if v is not None:
+                    headers.add(bytes(v[:_HEADER]))
+        wanted = {
+            h: (h[2:18], int.from_bytes(h[18:_HEADER], "big"))
+            for h in headers
+            if len(h) == _HEADER and h[0] == _VERSION and h[1] == _SUITE
         }
+        resolved = self.vault._read_keys_batch(list(wanted.values()))
+        # header (version, suite, key id, key version) -> key; a header that is not here is an
+        # unknown version, suite or key id.
+        local: dict[bytes, Any] = {h: resolved.get(ref) for h, ref in wanted.items()}
         subject_ref = self.vault.subject_ref
         refs_of: dict[Any, bytes] = {}  # this batch's subjects, each hashed at most once
         out = []
@@ -120,33 +124,35 @@ class _Reader:
                 if v is None:
                     continue
                 blob = v if type(v) is bytes else bytes(v)
-                if len(blob) < _MIN_LEN or blob[0] != _VERSION or blob[1] != _SUITE:
+                key = local.get(blob[:_HEADER])
+                if key is None or len(blob) < _MIN_LEN:
                     raise DecryptionError
-                key = local.get(blob[2:22])
-                if key is None:
-                    raise DecryptionError
-                if slot.subject_index is not None:
-                    subject = row[slot.subject_index]
+                subject_index = slot.subject_index
+                if subject_index is not None:
+                    subject = row[subject_index]
                     if subject is None:
-                        if key.ref != b"":
+                        if key.ref:
                             raise DecryptionError
-                    elif getattr(key, "checked", None) != subject:
+                    elif key.checked != subject:
                         ref = refs_of.get(subject)
                         if ref is None:
                             ref = refs_of[subject] = subject_ref(subject)
                         if ref != key.ref:
                             raise DecryptionError  # another customer's value in this row
-                        if hasattr(key, "checked"):
-                            key.checked = subject
-                if not hasattr(key, "aead"):  # the shredded tombstone
+                        key.checked = subject
+                if key.aead is None:  # the shredded tombstone
                     if slot.strict:
                         raise SubjectShreddedError
                     new[slot.index] = SHREDDED
                     continue
                 col = slot.col
                 try:
-                    new[slot.index] = col.codec.loads(key.open(blob, col.ctx_lp))
-                except (fmt.FormatError, CodecError):
+                    plaintext = key.open(blob, col.ctx_lp)
+                    if col.is_str and plaintext[:1] == b"\x01":
+                        new[slot.index] = plaintext[1:].decode()
+                    else:
+                        new[slot.index] = col.codec.loads(plaintext)
+                except (fmt.FormatError, CodecError, UnicodeDecodeError):
                     raise DecryptionError from None
             if filters and not _matches(new, filters):
                 continue  # a truncated-index collision: another customer's value
