@@ -390,13 +390,16 @@ class Vault:
         with self._cache_lock:
             self._fenced.put(ref, True)
         receipt_json, newly = self._store.shred(ref, now, make_receipt)
+        receipt = ErasureReceipt.model_validate_json(receipt_json)
         with self._cache_lock:
-            self._forget_ref(ref)
+            self._forget_ref(
+                ref, [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
+            )
         for hook in self._after_shred:
             hook(self, subject)
         if newly:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
-        return ErasureReceipt.model_validate_json(receipt_json)
+        return receipt
 
     def is_shredded(self, subject: object) -> bool:
         head = self._store.subject_head(self._ref(subject))
@@ -512,9 +515,12 @@ class Vault:
             self._refs.put(cache_key, ref)
         return ref
 
-    def _forget_ref(self, ref: bytes) -> None:
+    def _forget_ref(self, ref: bytes, keys: Sequence[tuple[bytes, int]]) -> None:
+        """Evict a shredded subject's keys: its write key, and the read keys the shred destroyed
+        (the receipt lists them), without scanning the cache."""
         self._write_keys.pop(ref)
-        self._read_keys.discard_where(lambda _k, v: isinstance(v, _DataKey) and v.ref == ref)
+        for pair in keys:
+            self._read_keys.pop(pair)
 
     # -- epochs ----------------------------------------------------------------------------------
 
