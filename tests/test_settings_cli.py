@@ -78,3 +78,19 @@ def test_cli_entry_point_and_usage() -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("ccvault ")
     assert main([]) == 2
+
+
+def test_core_works_without_the_asyncio_extra(tmp_path: Path) -> None:
+    """`pip install ccvault` has no greenlet: importing and using the vault must not need it."""
+    code = (
+        "import sys, uuid; sys.modules['greenlet'] = None\n"
+        "from ccvault import Vault\n"
+        "from ccvault.kms import LocalKms\n"
+        "import ccvault.sqlalchemy\n"
+        f"v = Vault(LocalKms.ephemeral(), 'sqlite:///{tmp_path}/k.db')\n"
+        "u = uuid.uuid4()\n"
+        "assert v.decrypt(v.encrypt(u, b'x', context='a.b'), context='a.b', subject=u) == b'x'\n"
+        "assert 'sqlalchemy.ext.asyncio' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -25,11 +25,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, cast
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
@@ -52,6 +50,8 @@ from .keystore._sql import SqlKeyStore
 from .kms._protocol import Kms
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
+
     from ._settings import CcvaultSettings
 
 __all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "RotationReport", "Vault"]
@@ -163,9 +163,10 @@ class Vault:
         if per_epoch_roots and not kms.supports_root_lifecycle:
             raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
         self._kms = kms
-        self._store: KeyStore = (
-            SqlKeyStore(keystore) if isinstance(keystore, Engine | AsyncEngine | str) else keystore
-        )
+        if isinstance(keystore, Engine | str) or _is_async_engine(keystore):
+            self._store: KeyStore = SqlKeyStore(keystore)  # type: ignore[arg-type]
+        else:
+            self._store = cast(KeyStore, keystore)
         self._now = clock or time.time
         monotonic = clock or time.monotonic
         self.cache_ttl = float(cache_ttl)
@@ -239,6 +240,8 @@ class Vault:
     ) -> Vault:
         """Build a vault from a coroutine, on an async key store (``AsyncEngine`` or an async
         URL such as ``postgresql+asyncpg://…``): key-store I/O runs on the async driver."""
+        from sqlalchemy.util import greenlet_spawn
+
         vault: Vault = await greenlet_spawn(cls, kms, keystore, **options)
         return vault
 
@@ -248,10 +251,14 @@ class Vault:
         Inside an ``AsyncSession`` the column types need nothing of this: SQLAlchemy already
         runs them where the async key store can be reached without blocking.
         """
+        from sqlalchemy.util import greenlet_spawn
+
         result: T = await greenlet_spawn(fn, *args, **kwargs)
         return result
 
     async def aclose(self) -> None:
+        from sqlalchemy.util import greenlet_spawn
+
         await greenlet_spawn(self.close)
 
     def __enter__(self) -> Vault:
@@ -768,6 +775,12 @@ class Vault:
             signing_key="",
         )
         return sign_receipt(receipt, self._receipt_seed.reveal())
+
+
+def _is_async_engine(obj: object) -> bool:
+    """An SQLAlchemy AsyncEngine, recognised without importing the asyncio extension (which needs
+    greenlet, an optional dependency)."""
+    return isinstance(getattr(obj, "sync_engine", None), Engine)
 
 
 def _context_bytes(context: str) -> bytes:

@@ -17,13 +17,12 @@ import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
@@ -31,6 +30,9 @@ from ..kms._protocol import WrappedKey
 from ._protocol import ReceiptFactory
 from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from ._schema import build_metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
 __all__ = ["SqlKeyStore"]
 
@@ -45,11 +47,14 @@ class SqlKeyStore:
     def __init__(
         self, bind: Engine | AsyncEngine | str, *, prefix: str = "ccvault_", create: bool = True
     ) -> None:
-        if isinstance(bind, AsyncEngine):
-            # Under asyncio the store runs on the async driver through the engine's sync facade:
-            # called from inside SQLAlchemy's greenlet (AsyncSession, Vault.run), it never blocks
-            # the event loop.
-            bind = bind.sync_engine
+        if not isinstance(bind, Engine | str):
+            # An AsyncEngine: under asyncio the store runs on the async driver through the
+            # engine's sync facade. Called from inside SQLAlchemy's greenlet (AsyncSession,
+            # Vault.run) it never blocks the event loop.
+            sync = getattr(bind, "sync_engine", None)
+            if not isinstance(sync, Engine):
+                raise ConfigurationError("a key store binds to an Engine, AsyncEngine or URL")
+            bind = sync
         if isinstance(bind, Engine) and bind.dialect.name == "sqlite":
             # SQLite needs connection settings of our own (BEGIN IMMEDIATE, WAL, FULL sync):
             # open our own engine on the same file rather than change the application's.
@@ -566,6 +571,8 @@ def _make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     if u.get_dialect().is_async:
+        from sqlalchemy.ext.asyncio import create_async_engine  # the asyncio extra
+
         return create_async_engine(u, **kwargs).sync_engine
     return sa.create_engine(u, **kwargs)
 
