@@ -102,3 +102,17 @@ def svault(kms: LocalKms, sqlite_url: str) -> Iterator[Vault]:
     v = Vault(kms, sqlite_url, subject_type="uuid")
     yield v
     v.close()
+
+
+@pytest.fixture
+def app(vault: Vault, db_url: str) -> Iterator[sa.Engine]:
+    """An application database with the test models (tests/sqla_models.py), attached to `vault`.
+    On SQLite it is a file of its own beside the key store; on the servers, the same schema."""
+    from sqla_models import Base
+
+    url = db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url
+    engine = sa.create_engine(url)
+    Base.metadata.create_all(engine)
+    vault.attach(engine)
+    yield engine
+    engine.dispose()

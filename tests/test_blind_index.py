@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,9 @@ from sqlalchemy.orm import Session
 
 from ccvault import Vault
 from ccvault.crypto._blind import blind_index, column_key, normalizer
-from sqla_models import Base, Customer
+from sqla_models import Customer
 
 VECTORS = Path(__file__).parent / "vectors" / "blind_index_v1.json"
-
-
-@pytest.fixture
-def app(vault: Vault, db_url: str) -> Iterator[sa.Engine]:
-    url = db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url
-    engine = sa.create_engine(url)
-    Base.metadata.create_all(engine)
-    vault.attach(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.mark.parametrize(

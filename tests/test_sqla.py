@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -15,17 +14,7 @@ from sqlalchemy.orm import Session
 from ccvault import DecryptionError, SubjectShreddedError, Vault
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED, StatementRefused
-from sqla_models import Base, Customer, Everything, Interaction, Tier
-
-
-@pytest.fixture
-def app(vault: Vault, db_url: str, tmp_path: object) -> Iterator[sa.Engine]:
-    url = db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url
-    engine = sa.create_engine(url)
-    Base.metadata.create_all(engine)
-    vault.attach(engine)
-    yield engine
-    engine.dispose()
+from sqla_models import Customer, Everything, Interaction, Tier
 
 
 def _raw(engine: sa.Engine, sql: str) -> list[tuple[object, ...]]:
