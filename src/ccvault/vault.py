@@ -313,11 +313,7 @@ class Vault:
         if not isinstance(plaintext, bytes | bytearray | memoryview):
             raise TypeError("plaintext must be bytes")
         ctx = _context_bytes(context)
-        if subject is NO_SUBJECT:
-            key = self._vaultwide_key(context)
-        else:
-            key = self._subject_write_key(self._ref(subject))
-        return key.seal(bytes(plaintext), fmt.context_lp(ctx))
+        return self._key_for_write(subject, context).seal(bytes(plaintext), fmt.context_lp(ctx))
 
     def _keys_for_write(self, subjects: Iterable[object]) -> dict[object, fmt.ValueKey]:
         """Write keys of many subjects (creating missing ones in batches), by subject value.

@@ -45,7 +45,6 @@ __all__ = [
     "FormatError",
     "Header",
     "derive_period_key",
-    "open_suite1",
     "open_value",
     "parse",
     "seal_value",
@@ -156,30 +155,7 @@ def open_value(
         raise FormatError from None
 
 
-_SUITE1_HEADER_LP = U32.pack(_HEAD.size)
 _SUITE1_BODY = _HEAD.size + NONCE_BYTES
-
-
-def open_suite1(aead: Aead, blob: bytes, context_lp: bytes, subject_ref: bytes) -> bytes:
-    """Fast path for a suite-1 value whose key is already resolved from its header.
-
-    ``context_lp`` is ``u32(len(context)) || context``. The caller has checked the version and
-    suite bytes and the minimum length.
-    """
-    ad = b"".join(
-        (
-            _AD_PREFIX,
-            _SUITE1_HEADER_LP,
-            blob[: _HEAD.size],
-            context_lp,
-            U32.pack(len(subject_ref)),
-            subject_ref,
-        )
-    )
-    try:
-        return aead.open(blob[_HEAD.size : _SUITE1_BODY], blob[_SUITE1_BODY:], ad)
-    except AeadFailure:
-        raise FormatError from None
 
 
 class ValueKey:
