@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -20,8 +21,10 @@ class CcvaultSettings(BaseSettings):
 
     kms_url: str | None = Field(
         default=None,
-        description="local:///path/to/master.key (aws-kms:// and vault:// arrive with their "
-        "backends); unset: the embedded development default under `home`",
+        description="local:///path/to/master.key, aws-kms://<arn-or-alias>?region=..., "
+        "vault://<mount>/<key>?addr=https://... (token from VAULT_TOKEN); several URLs separated "
+        "by commas make a MultiKms, the first one primary; unset: the embedded development "
+        "default under `home`",
     )
     keystore_url: str | None = Field(
         default=None, description="any SQLAlchemy URL; unset: sqlite under `home`"
@@ -31,6 +34,9 @@ class CcvaultSettings(BaseSettings):
         default=None, description="str, int, uuid or tuple[...]; unset: what the store records"
     )
     cache_ttl_seconds: float = Field(default=60.0, gt=0)
+    kms_grace_seconds: float = Field(
+        default=300.0, ge=0, description="cached epoch keys keep serving this long in a KMS outage"
+    )
     cache_max_entries: int = Field(default=100_000, ge=1)
     epoch_rotation_days: float = Field(default=30.0, gt=0)
     backup_retention_days: float = Field(default=35.0, ge=0)
@@ -48,26 +54,45 @@ class CcvaultSettings(BaseSettings):
         )
 
 
+_SECRET_PARAMS = re.compile(r"((?:token|secret|secret_id|password|access_key|key)=)[^&,]*", re.I)
+
+
 def _redact(url: str | None) -> str | None:
+    """The URL(s) with passwords and secret-looking query parameters masked."""
     if url is None:
         return None
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(parts.password, "***")
-    return url
+    out = []
+    for one in url.split(","):
+        parts = urlsplit(one)
+        if parts.password:
+            one = one.replace(parts.password, "***")
+        out.append(_SECRET_PARAMS.sub(r"\1***", one))
+    return ",".join(out)
 
 
 def kms_from_url(url: str) -> Kms:
-    """Build a KMS backend from its URL. Credentials never go in the URL."""
-    parts = urlsplit(url)
-    if parts.scheme == "local":
+    """Build a KMS backend from its URL; comma-separated URLs build a MultiKms (first = primary).
+
+    Credentials never go in the URL: AWS credentials come from the usual boto3 chain, a Vault
+    token from ``VAULT_TOKEN`` (or AppRole ids from ``CCVAULT_VAULT_ROLE_ID``/``_SECRET_ID``).
+    """
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if len(urls) > 1:
+        from .kms._multi import MultiKms
+
+        first, *others = (kms_from_url(u) for u in urls)
+        return MultiKms(first, *others)
+    if not urls:
+        raise ConfigurationError("the KMS URL is empty")
+    url = urls[0]
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "local":
         from .kms._local import LocalKms
 
+        parts = urlsplit(url)
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError("a local KMS URL looks like local:///absolute/path/master.key")
         return LocalKms.from_file(parts.path, create=False)
-    if parts.scheme in ("aws-kms", "vault"):
-        raise ConfigurationError(
-            f"the {parts.scheme}:// KMS backend is not available in this release of ccvault"
-        )
-    raise ConfigurationError(f"unknown KMS URL scheme {parts.scheme!r}")
+    if scheme in ("aws-kms", "vault"):
+        raise ConfigurationError(f"the {scheme}:// KMS backend is not available yet")
+    raise ConfigurationError(f"unknown KMS URL scheme {scheme!r}")

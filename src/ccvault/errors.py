@@ -9,7 +9,13 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
      ├── RetentionExpiredError     the value's retention period expired (a business state)
      ├── KeyStoreError             the key store is unreachable or inconsistent
      └── KmsError                  a KMS backend refused or failed
-          └── KmsUnavailableError  the KMS could not be reached in time (fail closed)
+          ├── KmsUnavailableError  the KMS could not be reached in time (fail closed; retried
+          │                        with backoff before it is raised)
+          ├── KmsAccessDeniedError the credentials may not use the key (never retried)
+          ├── KmsKeyNotFoundError  the root key does not exist (never retried)
+          ├── KmsKeyDisabledError  the root key is disabled (never retried)
+          └── KmsKeyPendingDeletionError
+                                   the root key is scheduled for deletion or destroyed
 
 Wrong argument *types* (a subject that is not of the installation's subject type) raise the
 built-in :class:`TypeError`, as Python code does.
@@ -25,7 +31,11 @@ __all__ = [
     "ConfigurationError",
     "DecryptionError",
     "KeyStoreError",
+    "KmsAccessDeniedError",
     "KmsError",
+    "KmsKeyDisabledError",
+    "KmsKeyNotFoundError",
+    "KmsKeyPendingDeletionError",
     "KmsUnavailableError",
     "RetentionExpiredError",
     "SubjectShreddedError",
@@ -74,3 +84,20 @@ class KmsError(CcvaultError):
 
 class KmsUnavailableError(KmsError):
     """The KMS could not be reached within the configured retries and timeouts."""
+
+
+class KmsAccessDeniedError(KmsError):
+    """The KMS refused the credentials: missing permission, bad or expired token."""
+
+
+class KmsKeyNotFoundError(KmsError):
+    """The root key named by the configuration or by a wrapped key does not exist."""
+
+
+class KmsKeyDisabledError(KmsError):
+    """The root key exists but is disabled; an administrator can enable it again."""
+
+
+class KmsKeyPendingDeletionError(KmsError):
+    """The root key is scheduled for deletion (or already destroyed): what it wrapped is gone
+    once the deletion completes. This is how an epoch's erasure horizon is reached."""

@@ -40,13 +40,14 @@ from .errors import (
     ConfigurationError,
     DecryptionError,
     KeyStoreError,
-    KmsError,
+    KmsUnavailableError,
     SubjectShreddedError,
 )
 from .keystore._cache import TtlCache
 from .keystore._protocol import KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from .keystore._sql import SqlKeyStore
+from .kms._multi import MultiKms, unwrap_epoch_key, wrap_epoch_key
 from .kms._protocol import Kms
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ class Vault:
     (``"uuid"`` when not given) and must match what the key store recorded afterwards.
     ``cache_ttl`` bounds how long a process keeps unwrapped keys: it is the shred propagation
     bound for other processes and the period between KMS unwraps of an epoch key.
+    ``kms_grace_period`` (seconds) lets a cached *epoch* key keep serving that much longer while
+    the KMS is unavailable (an outage, not a refusal); subject keys and shred fences still expire
+    after ``cache_ttl``, so a shred elsewhere is honoured within the same bound during an outage.
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class Vault:
         *,
         subject_type: object = None,
         cache_ttl: float = 60.0,
+        kms_grace_period: float = 300.0,
         cache_max_entries: int = 100_000,
         epoch_rotation_period: timedelta = timedelta(days=30),
         backup_retention: timedelta = timedelta(days=35),
@@ -160,6 +165,8 @@ class Vault:
             raise ConfigurationError("kms must implement ccvault.kms.Kms")
         if cache_ttl <= 0 or cache_max_entries < 1:
             raise ConfigurationError("cache_ttl and cache_max_entries must be positive")
+        if kms_grace_period < 0:
+            raise ConfigurationError("kms_grace_period must not be negative")
         if per_epoch_roots and not kms.supports_root_lifecycle:
             raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
         self._kms = kms
@@ -173,7 +180,13 @@ class Vault:
         self.epoch_rotation_period = epoch_rotation_period
         self.backup_retention = backup_retention
         self._per_epoch_roots = per_epoch_roots
-        self._epoch_keys: TtlCache[bytes, Aead] = TtlCache(64, cache_ttl, monotonic)
+        self.kms_grace_period = float(kms_grace_period)
+        self._monotonic = monotonic
+        # Epoch keys are fresh for cache_ttl and kept kms_grace_period longer for KMS outages.
+        self._epoch_keys: TtlCache[bytes, Aead] = TtlCache(
+            64, cache_ttl + kms_grace_period, monotonic
+        )
+        self._kms_down_until = 0.0
         self._active: TtlCache[str, EpochRecord] = TtlCache(1, cache_ttl, monotonic)
         self._refs: TtlCache[tuple[type, object], bytes] = TtlCache(
             cache_max_entries, cache_ttl, monotonic
@@ -296,6 +309,7 @@ class Vault:
             keystore,
             subject_type=s.subject_type,
             cache_ttl=s.cache_ttl_seconds,
+            kms_grace_period=s.kms_grace_seconds,
             cache_max_entries=s.cache_max_entries,
             epoch_rotation_period=timedelta(days=s.epoch_rotation_days),
             backup_retention=timedelta(days=s.backup_retention_days),
@@ -538,9 +552,9 @@ class Vault:
         epoch_id = random_bytes(16)
         key = SecretKey(random_bytes(KEY_BYTES))
         root = self._kms.new_root() if self._per_epoch_roots else None
-        wrapped = self._kms.wrap(key, context=self._epoch_context(epoch_id), root_id=root)
+        wraps = wrap_epoch_key(self._kms, key, context=self._epoch_context(epoch_id), root_id=root)
         commit = commitment(key.reveal(), "epoch", epoch_id, 0)
-        record = self._store.add_epoch(epoch_id, seq, commit, [wrapped], self._now())
+        record = self._store.add_epoch(epoch_id, seq, commit, wraps, self._now())
         if record.epoch_id == epoch_id:
             self._epoch_keys.put(epoch_id, Aead(key.reveal()))
         return record
@@ -556,22 +570,58 @@ class Vault:
 
     def _epoch_aead(self, epoch: EpochRecord | bytes) -> Aead:
         epoch_id = epoch if isinstance(epoch, bytes) else epoch.epoch_id
-        aead = self._epoch_keys.get(epoch_id)
-        if aead is not None:
-            return aead
+        cached = self._epoch_keys.peek(epoch_id)
+        if cached is not None and cached[0] < self.cache_ttl:
+            return cached[1]
+        if cached is not None and self._monotonic() < self._kms_down_until:
+            return cached[1]  # in the grace period, and the KMS failed moments ago
         record = epoch if isinstance(epoch, EpochRecord) else self._store.get_epoch(epoch_id)
         if record is None:
             raise DecryptionError
-        mine = [w for w in record.wraps if w.kms_id == self._kms.kms_id]
-        if not mine:
-            raise KmsError("no wrap of this epoch belongs to the configured KMS")
-        key = self._kms.unwrap(mine[0], context=self._epoch_context(epoch_id))
-        expected = commitment(key.reveal(), "epoch", epoch_id, 0)
-        if not hmac.compare_digest(expected, record.commitment):
-            raise DecryptionError
+        try:
+            key = self._unwrap_epoch(record)
+        except KmsUnavailableError:
+            if cached is None:
+                raise
+            # Serve the stale epoch key until the grace period ends (the cache drops it then);
+            # ask the KMS again at most once a second meanwhile.
+            self._kms_down_until = self._monotonic() + 1.0
+            log.warning("KMS unavailable: serving a cached epoch key in its grace period")
+            return cached[1]
         aead = Aead(key.reveal())
         self._epoch_keys.put(epoch_id, aead)
         return aead
+
+    def _unwrap_epoch(self, record: EpochRecord) -> SecretKey:
+        epoch_id = record.epoch_id
+
+        def verify(key: SecretKey) -> bool:
+            expected = commitment(key.reveal(), "epoch", epoch_id, 0)
+            return hmac.compare_digest(expected, record.commitment)
+
+        return unwrap_epoch_key(
+            self._kms, record.wraps, context=self._epoch_context(epoch_id), verify=verify
+        )
+
+    def add_kms_wraps(self) -> int:
+        """Wrap every live epoch under the members of a :class:`~ccvault.kms.MultiKms` that do
+        not hold a wrap of it yet (admin operation: adding a DR KMS, migrating between KMS).
+        Returns the number of wraps added."""
+        if not isinstance(self._kms, MultiKms):
+            raise ConfigurationError("add_kms_wraps needs a MultiKms")
+        added = 0
+        for record in self._store.epochs():
+            if record.state == State.DESTROYED:
+                continue
+            missing = self._kms.missing(record.wraps)
+            if not missing:
+                continue
+            key = self._unwrap_epoch(record)
+            context = self._epoch_context(record.epoch_id)
+            wraps = [m.wrap(key, context=context) for m in missing]
+            self._store.add_epoch_wraps(record.epoch_id, wraps)
+            added += len(wraps)
+        return added
 
     # -- wrapped keys ----------------------------------------------------------------------------
 

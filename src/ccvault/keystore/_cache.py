@@ -58,6 +58,19 @@ class TtlCache(Generic[K, V]):
             self._data.move_to_end(key)
         return item[1]
 
+    def peek(self, key: K) -> tuple[float, V] | None:
+        """(age in seconds, value) of an unexpired entry, for callers with their own freshness
+        rule inside ``max_age`` (the vault's epoch keys and their KMS grace period)."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        age = self._clock() - item[0]
+        if age >= self.max_age:
+            with self._lock:
+                self._data.pop(key, None)
+            return None
+        return age, item[1]
+
     def put(self, key: K, value: V) -> None:
         with self._lock:
             self._data[key] = (self._clock(), value)

@@ -48,6 +48,11 @@ class KeyStore(Protocol):
         """
         ...
 
+    def add_epoch_wraps(self, epoch_id: bytes, wraps: Sequence[WrappedKey]) -> None:
+        """Store further wraps of an existing epoch key (one per KMS; an existing wrap of the
+        same KMS is kept)."""
+        ...
+
     def get_keys(self, refs: Iterable[tuple[bytes, int]]) -> dict[tuple[bytes, int], KeyRecord]:
         """Fetch several keys by (key id, version) in as few round trips as possible."""
         ...

@@ -257,6 +257,22 @@ class SqlKeyStore:
 
         return self._write(run)
 
+    def add_epoch_wraps(self, epoch_id: bytes, wraps: Sequence[WrappedKey]) -> None:
+        def run(conn: Connection) -> None:
+            for wk in wraps:
+                self._insert_ignore(
+                    conn,
+                    self._wraps,
+                    {
+                        "epoch_id": epoch_id,
+                        "kms_id": wk.kms_id,
+                        "root_id": wk.root_id,
+                        "wrapped": wk.blob,
+                    },
+                )
+
+        self._write(run)
+
     # -- keys ----------------------------------------------------------------------------------
 
     @staticmethod

@@ -5,6 +5,8 @@ need an extra: ``pip install 'ccvault[aws]'`` or ``'ccvault[vault]'``.
 """
 
 from ._local import LocalKms
+from ._multi import MultiKms
 from ._protocol import Kms, RootState, WrappedKey
+from ._retry import RetryPolicy
 
-__all__ = ["Kms", "LocalKms", "RootState", "WrappedKey"]
+__all__ = ["Kms", "LocalKms", "MultiKms", "RetryPolicy", "RootState", "WrappedKey"]

@@ -31,7 +31,7 @@ from typing import NoReturn
 from .._secret import SecretKey
 from ..crypto._encoding import lp
 from ..crypto._primitives import KEY_BYTES, NONCE_BYTES, Aead, AeadFailure, random_bytes
-from ..errors import ConfigurationError, DecryptionError, KmsError
+from ..errors import ConfigurationError, DecryptionError, KmsError, KmsKeyNotFoundError
 from ._protocol import RootState, WrappedKey, canonical_context
 
 __all__ = ["LocalKms"]
@@ -123,7 +123,7 @@ class LocalKms:
     def current_root(self) -> str:
         with self._lock:
             if not self._roots:
-                raise KmsError("the local KMS has no master key left")
+                raise KmsKeyNotFoundError("the local KMS has no master key left")
             return max(self._roots.values(), key=lambda r: (r.created, r.root_id)).root_id
 
     def wrap(
@@ -179,7 +179,7 @@ class LocalKms:
             self._refresh()  # another process may have added or destroyed a root
             root = self._roots.get(root_id)
             if root is None:
-                raise KmsError(f"local KMS root {root_id} is destroyed or unknown")
+                raise KmsKeyNotFoundError(f"local KMS root {root_id} is destroyed or unknown")
             return root
 
     def _refresh(self) -> None:
@@ -200,7 +200,7 @@ class LocalKms:
             return
         if not self._path.exists():
             # A deleted master key file is a destroyed key: never write it back from memory.
-            raise KmsError("the master key file is gone: its keys are destroyed")
+            raise KmsKeyNotFoundError("the master key file is gone: its keys are destroyed")
         file_id, roots = _read_file(self._path)
         if file_id != self._file_id:
             raise ConfigurationError("the master key file was replaced by another one")

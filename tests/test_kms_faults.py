@@ -1,0 +1,209 @@
+"""KMS faults: bounded jittered retries, fail closed, and the epoch-key grace period."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ccvault import (
+    ConfigurationError,
+    KmsKeyNotFoundError,
+    KmsUnavailableError,
+    SubjectShreddedError,
+    Vault,
+)
+from ccvault._secret import SecretKey
+from ccvault.kms import LocalKms, RetryPolicy
+from ccvault.kms._protocol import WrappedKey
+from ccvault.kms._retry import call_with_retries
+from ccvault.testing import FaultyKms, FrozenClock
+
+CTX = "chats.transcript"
+CONTEXT = {"ccvault:purpose": "test"}
+
+
+def _wrapped(kms: FaultyKms) -> WrappedKey:
+    return kms.wrap(SecretKey(b"k" * 32), context=CONTEXT)
+
+
+def test_retry_policy_is_bounded_and_jittered() -> None:
+    policy = RetryPolicy(max_attempts=5, base_delay=0.1, max_delay=0.5)
+    delays = [policy.delay(n) for n in range(8) for _ in range(50)]
+    assert all(0 <= d <= 0.5 for d in delays)
+    assert len(set(delays)) > 100  # jittered, not a fixed schedule
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+
+
+def test_call_with_retries_retries_only_unavailability() -> None:
+    attempts: list[str] = []
+    slept: list[float] = []
+
+    def flaky() -> str:
+        attempts.append("x")
+        if len(attempts) < 3:
+            raise TimeoutError("read timed out")
+        return "ok"
+
+    def translate(exc: Exception) -> KmsUnavailableError | None:
+        return KmsUnavailableError("timeout") if isinstance(exc, TimeoutError) else None
+
+    assert (
+        call_with_retries(flaky, translate=translate, policy=RetryPolicy(), sleep=slept.append)
+        == "ok"
+    )
+    assert len(attempts) == 3
+    assert len(slept) == 2
+
+    def refused() -> None:
+        attempts.append("refused")
+        raise PermissionError("denied")
+
+    attempts.clear()
+    with pytest.raises(ConfigurationError):
+        call_with_retries(
+            refused,
+            translate=lambda exc: ConfigurationError("denied"),
+            policy=RetryPolicy(),
+            sleep=slept.append,
+        )
+    assert attempts == ["refused"]  # a refusal is never retried
+
+    attempts.clear()  # untranslated: a programming error passes through
+    with pytest.raises(ValueError, match="invalid literal"):
+        call_with_retries(
+            lambda: attempts.append("bug") or int("x"),
+            translate=lambda exc: None,
+            policy=RetryPolicy(),
+        )
+    assert attempts == ["bug"]
+
+
+def test_short_throttling_is_absorbed_long_throttling_fails_closed() -> None:
+    clock = FrozenClock()
+    kms = FaultyKms(LocalKms.ephemeral(), clock=clock, policy=RetryPolicy(max_attempts=4))
+    wrapped = _wrapped(kms)
+    kms.throttle(3)
+    start = clock()
+    assert kms.unwrap(wrapped, context=CONTEXT).reveal() == b"k" * 32
+    assert kms.calls["unwrap"] == 4
+    assert kms.delegated["unwrap"] == 1
+    assert clock() >= start  # the backoff waited on the injected clock, not the wall clock
+    kms.throttle(4)
+    with pytest.raises(KmsUnavailableError, match="gave up after 4 attempts"):
+        kms.unwrap(wrapped, context=CONTEXT)
+    assert kms.delegated["unwrap"] == 1
+
+
+def test_hang_times_out_on_the_injected_clock() -> None:
+    clock = FrozenClock()
+    kms = FaultyKms(LocalKms.ephemeral(), clock=clock, timeout=5.0, policy=RetryPolicy(2))
+    wrapped = _wrapped(kms)
+    kms.hang()
+    start = clock()
+    with pytest.raises(KmsUnavailableError):
+        kms.unwrap(wrapped, context=CONTEXT)
+    assert clock() - start >= 10.0  # two attempts, each ran into the 5 s timeout
+    kms.heal()
+    kms.latency(1.5)
+    start = clock()
+    assert kms.unwrap(wrapped, context=CONTEXT).reveal() == b"k" * 32
+    assert clock() - start == pytest.approx(1.5)
+
+
+def test_inner_errors_pass_through_unretried() -> None:
+    inner = LocalKms.ephemeral()
+    kms = FaultyKms(inner, clock=FrozenClock())
+    wrapped = _wrapped(kms)
+    inner.destroy_root(wrapped.root_id)
+    with pytest.raises(KmsKeyNotFoundError):
+        kms.unwrap(wrapped, context=CONTEXT)
+    assert kms.calls["unwrap"] == 1
+
+
+def _vault(kms: FaultyKms, url: str, clock: FrozenClock, grace: float = 300.0) -> Vault:
+    return Vault(kms, url, cache_ttl=60, kms_grace_period=grace, clock=clock)
+
+
+def test_cached_epoch_key_serves_through_an_outage_for_the_grace_period(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    kms = FaultyKms(LocalKms.ephemeral(), clock=clock, policy=RetryPolicy(2, 0.0, 0.0))
+    subjects = [uuid.uuid4() for _ in range(50)]
+    with _vault(kms, sqlite_url, clock) as vault:
+        blobs = [vault.encrypt(s, b"call notes", context=CTX) for s in subjects]
+        kms.outage()
+        clock.advance(61)  # past the cache period: the epoch key is stale, the KMS is down
+        assert vault.decrypt(blobs[0], context=CTX, subject=subjects[0]) == b"call notes"
+        # The vault created the epoch (a wrap, no unwrap); now one failed call of two tries.
+        assert kms.calls["unwrap"] == 2
+        # Every other subject key is unwrapped with the stale epoch key; the KMS is asked at
+        # most about once a second meanwhile, not once per key.
+        for s, blob in zip(subjects, blobs, strict=True):
+            assert vault.decrypt(blob, context=CTX, subject=s) == b"call notes"
+        vault.encrypt(uuid.uuid4(), b"new customer during the outage", context=CTX)
+        assert kms.calls["unwrap"] == 2
+        clock.advance(2)
+        vault.decrypt(blobs[1], context=CTX)  # cached subject key: no epoch key needed
+        vault.encrypt(uuid.uuid4(), b"another new customer", context=CTX)
+        assert kms.calls["unwrap"] == 4  # a second later the KMS is asked again
+        clock.advance(300)  # 363 s after the unwrap: past cache period + grace
+        with pytest.raises(KmsUnavailableError):
+            vault.decrypt(blobs[0], context=CTX)
+        kms.heal()
+        assert vault.decrypt(blobs[0], context=CTX) == b"call notes"
+
+
+def test_no_grace_period_fails_closed_at_once(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    kms = FaultyKms(LocalKms.ephemeral(), clock=clock, policy=RetryPolicy(1))
+    with _vault(kms, sqlite_url, clock, grace=0) as vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+        kms.outage()
+        clock.advance(61)
+        with pytest.raises(KmsUnavailableError):
+            vault.decrypt(blob, context=CTX)
+
+
+def test_a_cold_process_gets_no_grace(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    kms = FaultyKms(LocalKms.ephemeral(), clock=clock, policy=RetryPolicy(1))
+    with _vault(kms, sqlite_url, clock):
+        pass
+    kms.outage()
+    with pytest.raises(KmsUnavailableError):
+        _vault(kms, sqlite_url, clock)
+
+
+def test_a_refusal_is_not_covered_by_the_grace_period(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    inner = LocalKms.ephemeral()
+    kms = FaultyKms(inner, clock=clock)
+    with _vault(kms, sqlite_url, clock) as vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+        inner.destroy_root(inner.current_root())  # the epoch's root is destroyed, not unreachable
+        clock.advance(61)
+        with pytest.raises(KmsKeyNotFoundError):
+            vault.decrypt(blob, context=CTX)
+
+
+def test_shred_elsewhere_is_honoured_during_an_outage(sqlite_url: str) -> None:
+    """The grace period covers epoch keys only: subject keys still expire after cache_ttl, so a
+    shred by another process reaches this one within the same bound while the KMS is down."""
+    inner = LocalKms.ephemeral()
+    clock = FrozenClock()
+    kms = FaultyKms(inner, clock=clock, policy=RetryPolicy(1))
+    subject = uuid.uuid4()
+    with _vault(kms, sqlite_url, clock) as reader, Vault(inner, sqlite_url) as admin:
+        blob = reader.encrypt(subject, b"erase me", context=CTX)
+        assert reader.decrypt(blob, context=CTX) == b"erase me"
+        kms.outage()
+        admin.shred(subject)
+        clock.advance(61)
+        with pytest.raises(SubjectShreddedError):
+            reader.decrypt(blob, context=CTX)
+
+
+def test_grace_period_must_not_be_negative(sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Vault(LocalKms.ephemeral(), sqlite_url, kms_grace_period=-1)

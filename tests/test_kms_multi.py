@@ -1,0 +1,164 @@
+"""MultiKms: an epoch key wrapped under several KMS (disaster recovery, migration)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ccvault import (
+    ConfigurationError,
+    DecryptionError,
+    KmsError,
+    KmsUnavailableError,
+    Vault,
+)
+from ccvault._secret import SecretKey
+from ccvault.crypto._primitives import random_bytes
+from ccvault.crypto._wrap import commitment
+from ccvault.keystore._sql import SqlKeyStore
+from ccvault.kms import Kms, LocalKms, MultiKms
+from ccvault.testing import FaultyKms, FrozenClock, KmsContract
+
+CTX = "customers.phone"
+
+
+class TestMultiKmsContract(KmsContract):
+    def make_kms(self) -> Kms:
+        return MultiKms(LocalKms.ephemeral(), LocalKms.ephemeral())
+
+
+def _faulty(kms: Kms) -> FaultyKms:
+    return FaultyKms(kms, clock=FrozenClock())
+
+
+def test_needs_two_distinct_members() -> None:
+    a = LocalKms.ephemeral()
+    with pytest.raises(ConfigurationError):
+        MultiKms(a)
+    with pytest.raises(ConfigurationError):
+        MultiKms(a, a)
+    with pytest.raises(ConfigurationError):
+        MultiKms(a, object())  # type: ignore[arg-type]
+
+
+def test_every_epoch_is_wrapped_by_every_member(sqlite_url: str) -> None:
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    subject = uuid.uuid4()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        blob = vault.encrypt(subject, b"+44 20 7946 0000", context=CTX)
+        vault.rotate_epoch()
+        newer = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+    store = SqlKeyStore(sqlite_url)
+    try:
+        for epoch in store.epochs():
+            assert {w.kms_id for w in epoch.wraps} == {primary.kms_id, dr.kms_id}
+    finally:
+        store.close()
+    # Either member alone opens everything: the DR KMS during an outage of the primary.
+    for alone in (primary, dr):
+        with Vault(alone, sqlite_url) as vault:
+            assert vault.decrypt(blob, context=CTX, subject=subject) == b"+44 20 7946 0000"
+            assert vault.decrypt(newer, context=CTX) == b"x"
+
+
+def test_unwrap_succeeds_with_any_one_member_reachable(sqlite_url: str) -> None:
+    primary, dr = _faulty(LocalKms.ephemeral()), _faulty(LocalKms.ephemeral())
+    subject = uuid.uuid4()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        blob = vault.encrypt(subject, b"hello", context=CTX)
+    primary.outage()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        assert vault.decrypt(blob, context=CTX) == b"hello"
+    primary.heal()
+    dr.outage()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        assert vault.decrypt(blob, context=CTX) == b"hello"
+    primary.outage()
+    with pytest.raises(KmsUnavailableError):
+        Vault(MultiKms(primary, dr), sqlite_url)
+
+
+def _insert_epoch(
+    url: str, vault: Vault, wraps_by: list[tuple[Kms, bytes]], committed: bytes
+) -> None:
+    """Write an epoch into the key store as an attacker with database access and Encrypt
+    permission on some KMS would: each KMS wraps a key of the attacker's choice."""
+    store = SqlKeyStore(url)
+    try:
+        seq = max(e.seq for e in store.epochs()) + 1
+        epoch_id = random_bytes(16)
+        context = vault._epoch_context(epoch_id)
+        wraps = [kms.wrap(SecretKey(key), context=context) for kms, key in wraps_by]
+        store.add_epoch(epoch_id, seq, commitment(committed, "epoch", epoch_id, 0), wraps, 0.0)
+    finally:
+        store.close()
+
+
+def test_epoch_wrapped_only_by_the_dr_kms_is_refused(sqlite_url: str) -> None:
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        old = vault.encrypt(uuid.uuid4(), b"before", context=CTX)
+        forged = random_bytes(32)
+        _insert_epoch(sqlite_url, vault, [(dr, forged)], forged)
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        assert vault.decrypt(old, context=CTX) == b"before"  # older epochs still open
+        with pytest.raises(DecryptionError):
+            vault.encrypt(uuid.uuid4(), b"would be readable with the forged key", context=CTX)
+
+
+@pytest.mark.parametrize("committed_to", ["primary", "dr"])
+def test_members_that_disagree_are_refused(sqlite_url: str, committed_to: str) -> None:
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        k1, k2 = random_bytes(32), random_bytes(32)
+        _insert_epoch(
+            sqlite_url, vault, [(primary, k1), (dr, k2)], k1 if committed_to == "primary" else k2
+        )
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault, pytest.raises(DecryptionError):
+        vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+
+
+def test_add_kms_wraps_migrates_to_a_new_kms(sqlite_url: str) -> None:
+    old, new = LocalKms.ephemeral(), LocalKms.ephemeral()
+    subject = uuid.uuid4()
+    with Vault(old, sqlite_url) as vault:
+        blob = vault.encrypt(subject, b"keep me", context=CTX)
+        vault.rotate_epoch()
+        with pytest.raises(ConfigurationError):
+            vault.add_kms_wraps()
+    with Vault(MultiKms(old, new), sqlite_url) as vault:
+        assert vault.add_kms_wraps() == 2  # two epochs, one new wrap each
+        assert vault.add_kms_wraps() == 0  # idempotent
+    with Vault(MultiKms(new, old), sqlite_url) as vault:  # the new KMS is primary now
+        assert vault.decrypt(blob, context=CTX, subject=subject) == b"keep me"
+    with Vault(new, sqlite_url) as vault:  # and finally alone
+        assert vault.decrypt(blob, context=CTX, subject=subject) == b"keep me"
+
+
+def test_a_new_primary_without_wraps_is_refused_until_migrated(sqlite_url: str) -> None:
+    old, new = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(old, sqlite_url) as vault:
+        vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+    with pytest.raises((DecryptionError, KmsError)):
+        Vault(MultiKms(new, old), sqlite_url)
+
+
+def test_epoch_creation_needs_every_member(sqlite_url: str) -> None:
+    primary, dr = LocalKms.ephemeral(), _faulty(LocalKms.ephemeral())
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        dr.outage()
+        with pytest.raises(KmsUnavailableError):
+            vault.rotate_epoch()
+        assert vault.active_epoch_seq() == 1
+
+
+def test_per_epoch_roots_on_every_member(sqlite_url: str) -> None:
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    multi = MultiKms(primary, dr)
+    with Vault(multi, sqlite_url, per_epoch_roots=True) as vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+        vault.rotate_epoch()
+        assert vault.decrypt(blob, context=CTX) == b"x"
+    assert len(primary._roots) == 3
+    assert len(dr._roots) == 3
