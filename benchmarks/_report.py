@@ -92,7 +92,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {shown} | {_spread(results, fig)} | {fig.unit} | {what} |")
     lines.append("")
     lines.append(
-        "Bold: the figures issue 5 asks for. Versions: "
+        "Bold: the figures the issues ask for. Versions: "
         + ", ".join(
             f"{k.removeprefix('version_').replace('_', '-')} {v}"
             for k, v in results.items()

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -116,3 +117,40 @@ def app(vault: Vault, db_url: str) -> Iterator[sa.Engine]:
     vault.attach(engine)
     yield engine
     engine.dispose()
+
+
+# -- real KMS servers on loopback (session-scoped: each test uses its own key) -----------------
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Any]:
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        if CI:
+            pytest.fail(f"CI=true requires moto[server] and boto3 for the AWS KMS tests: {exc}")
+        pytest.skip(f"moto[server] or boto3 is not installed ({exc.name}): pip install -e .[dev]")
+    from aws_server import moto_kms
+
+    with moto_kms() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bao() -> Iterator[Any]:
+    """An OpenBao dev server (tests/bao_server.py) with Transit enabled."""
+    try:
+        from bao_server import bao_dev_server, require_bao
+    except ImportError as exc:
+        if CI:
+            pytest.fail(f"CI=true requires hvac for the Vault KMS tests: {exc}")
+        pytest.skip(f"hvac is not installed ({exc.name}): pip install -e .[dev]")
+    binary = require_bao()
+    try:
+        with bao_dev_server(binary) as server:
+            yield server
+    except (RuntimeError, TimeoutError) as exc:  # pragma: no cover - a broken installation
+        if CI:
+            pytest.fail(f"CI=true requires a working OpenBao server: {exc}")
+        pytest.skip(f"OpenBao dev server did not start: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from ccvault._secret import SecretKey
 from ccvault.crypto._primitives import random_bytes
 from ccvault.crypto._wrap import commitment
 from ccvault.keystore._sql import SqlKeyStore
-from ccvault.kms import Kms, LocalKms, MultiKms
+from ccvault.kms import Kms, LocalKms, MultiKms, RetryPolicy
 from ccvault.testing import FaultyKms, FrozenClock, KmsContract
 
 CTX = "customers.phone"
@@ -162,3 +163,73 @@ def test_per_epoch_roots_on_every_member(sqlite_url: str) -> None:
         assert vault.decrypt(blob, context=CTX) == b"x"
     assert len(primary._roots) == 3
     assert len(dr._roots) == 3
+
+
+# -- over the real servers: AWS KMS (moto) primary, OpenBao Transit for disaster recovery ------
+
+
+def _aws(moto_server: Any) -> Kms:
+    from ccvault.kms import AwsKms
+
+    client = moto_server.client(max_attempts=2, connect_timeout=1, read_timeout=2)
+    return AwsKms(moto_server.create_key(client), client=client, max_attempts=2)
+
+
+def _openbao(bao: Any) -> Kms:
+    from ccvault.kms import VaultTransitKms
+
+    kms = VaultTransitKms(
+        bao.addr,
+        f"dr-{uuid.uuid4().hex[:12]}",
+        token=bao.root_token,
+        allow_insecure_http=True,
+        policy=RetryPolicy(2, 0.0, 0.0),
+    )
+    kms.ensure_key()
+    return kms
+
+
+class TestMultiKmsOverRealServers(KmsContract):
+    @pytest.fixture(autouse=True)
+    def _servers(self, moto_server: Any, bao: Any) -> None:
+        self.moto, self.bao = moto_server, bao
+
+    def make_kms(self) -> Kms:
+        return MultiKms(_aws(self.moto), _openbao(self.bao))
+
+
+def test_dr_kms_serves_while_the_primary_is_down(
+    moto_server: Any, bao: Any, sqlite_url: str
+) -> None:
+    primary, dr = _aws(moto_server), _openbao(bao)
+    subject = uuid.uuid4()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        blob = vault.encrypt(subject, b"+1 555 0100", context=CTX)
+    moto_server.faults.clear()
+    moto_server.faults.fail("Decrypt", "ServiceUnavailableException", times=10, status=503)
+    try:
+        with Vault(MultiKms(primary, dr), sqlite_url) as vault:  # a fresh process, AWS down
+            assert vault.decrypt(blob, context=CTX, subject=subject) == b"+1 555 0100"
+    finally:
+        moto_server.faults.clear()
+    bao.seal()
+    try:
+        with Vault(MultiKms(primary, dr), sqlite_url) as vault:  # OpenBao sealed, AWS back
+            assert vault.decrypt(blob, context=CTX, subject=subject) == b"+1 555 0100"
+        moto_server.faults.fail("Decrypt", "ServiceUnavailableException", times=10, status=503)
+        with pytest.raises(KmsUnavailableError):  # both down: fail closed
+            Vault(MultiKms(primary, dr), sqlite_url)
+    finally:
+        moto_server.faults.clear()
+        bao.unseal()
+
+
+def test_forged_dr_only_epoch_is_refused_over_real_servers(
+    moto_server: Any, bao: Any, sqlite_url: str
+) -> None:
+    primary, dr = _aws(moto_server), _openbao(bao)
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        forged = random_bytes(32)
+        _insert_epoch(sqlite_url, vault, [(dr, forged)], forged)
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault, pytest.raises(DecryptionError):
+        vault.encrypt(uuid.uuid4(), b"x", context=CTX)

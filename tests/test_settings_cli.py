@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from ccvault import CcvaultSettings, ConfigurationError, DevelopmentDefaultWarning, Vault
+from ccvault._settings import kms_from_url
 from ccvault.cli import main
-from ccvault.kms import LocalKms
+from ccvault.kms import AwsKms, LocalKms, MultiKms, VaultTransitKms
 
 
 def test_embedded_default_warns_and_lives_in_dot_ccvault(
@@ -47,11 +48,40 @@ def test_settings_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(
-    "url", ["aws-kms://alias/x", "vault://transit/k", "ftp://x", "local://host/path", "local://"]
+    "url",
+    [
+        "ftp://x",
+        "local://host/path",
+        "local://",
+        "",
+        "aws-kms://",
+        "aws-kms://alias/x?region=eu-west-1&secret_access_key=zzz",
+        "vault://transit",
+        "vault://transit/k?addr=https://v:8200&token=s.abc",
+    ],
 )
-def test_unsupported_kms_urls(url: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError):
+def test_bad_kms_urls(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError) as caught:
         Vault.from_settings(CcvaultSettings(kms_url=url, keystore_url=f"sqlite:///{tmp_path}/k.db"))
+    assert "zzz" not in str(caught.value)
+    assert "s.abc" not in str(caught.value)
+
+
+def test_kms_urls_build_each_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAULT_TOKEN", "s.not-a-real-token")
+    aws = kms_from_url("aws-kms://arn:aws:kms:eu-west-1:111122223333:key/1234abcd?region=eu-west-1")
+    assert isinstance(aws, AwsKms)
+    assert "1234abcd" in aws.kms_id
+    vault = kms_from_url("vault://transit/ccvault?addr=https://vault.internal:8200")
+    assert isinstance(vault, VaultTransitKms)
+    assert "s.not-a-real-token" not in repr(vault)
+    first, second = (LocalKms.generate(tmp_path / n) for n in ("a.key", "b.key"))
+    multi = kms_from_url(f"local://{tmp_path / 'a.key'}, local://{tmp_path / 'b.key'}")
+    assert isinstance(multi, MultiKms)
+    assert [m.kms_id for m in multi.members] == [first.kms_id, second.kms_id]
+    settings = CcvaultSettings(kms_url="vault://transit/k?addr=https://v:8200&token=s.abc")
+    assert "s.abc" not in repr(settings)
 
 
 def test_settings_validation_and_repr() -> None:

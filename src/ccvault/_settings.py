@@ -93,6 +93,12 @@ def kms_from_url(url: str) -> Kms:
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError("a local KMS URL looks like local:///absolute/path/master.key")
         return LocalKms.from_file(parts.path, create=False)
-    if scheme in ("aws-kms", "vault"):
-        raise ConfigurationError(f"the {scheme}:// KMS backend is not available yet")
+    if scheme == "aws-kms":
+        from .kms._aws import AwsKms
+
+        return AwsKms.from_url(url)
+    if scheme == "vault":
+        from .kms._vault_transit import VaultTransitKms
+
+        return VaultTransitKms.from_url(url)
     raise ConfigurationError(f"unknown KMS URL scheme {scheme!r}")

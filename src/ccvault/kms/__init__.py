@@ -1,12 +1,24 @@
-"""KMS backends: the :class:`Kms` protocol and its implementations.
+"""KMS backends: the :class:`Kms` protocol and its implementations (see docs/kms.md).
 
-``LocalKms`` (master-key files) ships with the core. Cloud backends live in their own modules and
-need an extra: ``pip install 'ccvault[aws]'`` or ``'ccvault[vault]'``.
+``LocalKms`` (master-key files) and ``MultiKms`` need nothing more. ``AwsKms`` needs boto3 and
+``VaultTransitKms`` hvac, imported when one is built: ``pip install 'ccvault[aws]'`` or
+``'ccvault[vault]'``.
 """
 
+from ._aws import AwsKms
 from ._local import LocalKms
 from ._multi import MultiKms
 from ._protocol import Kms, RootState, WrappedKey
 from ._retry import RetryPolicy
+from ._vault_transit import VaultTransitKms
 
-__all__ = ["Kms", "LocalKms", "MultiKms", "RetryPolicy", "RootState", "WrappedKey"]
+__all__ = [
+    "AwsKms",
+    "Kms",
+    "LocalKms",
+    "MultiKms",
+    "RetryPolicy",
+    "RootState",
+    "VaultTransitKms",
+    "WrappedKey",
+]
