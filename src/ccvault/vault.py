@@ -40,6 +40,7 @@ from .errors import (
     ConfigurationError,
     DecryptionError,
     KeyStoreError,
+    KmsKeyNotFoundError,
     KmsUnavailableError,
     SubjectShreddedError,
 )
@@ -47,8 +48,8 @@ from .keystore._cache import TtlCache
 from .keystore._protocol import KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from .keystore._sql import SqlKeyStore
-from .kms._multi import MultiKms, unwrap_epoch_key, wrap_epoch_key
-from .kms._protocol import Kms
+from .kms._multi import MultiKms, kms_by_id, unwrap_epoch_key, wrap_epoch_key
+from .kms._protocol import Kms, RootState
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
@@ -486,6 +487,12 @@ class Vault:
         seq = (current.seq if current else 0) + 1
         epoch = self._create_epoch(seq)
         self._active.put("active", epoch)
+        total = self._rewrap_under(epoch)
+        log.info("epoch rotated", extra={"epoch_seq": epoch.seq, "rewrapped": total})
+        return RotationReport(epoch.seq, total)
+
+    def _rewrap_under(self, epoch: EpochRecord) -> int:
+        """Re-wrap every live key of an older epoch under ``epoch`` (while it stays active)."""
         new_aead = self._epoch_aead(epoch)
         total = 0
         while True:
@@ -502,8 +509,63 @@ class Vault:
                 wrapped, commit = wrap_key(new_aead, key.reveal(), binding)
                 updates.append((rec, wrapped, commit))
             total += self._store.rewrap(updates, epoch.epoch_id)
-        log.info("epoch rotated", extra={"epoch_seq": epoch.seq, "rewrapped": total})
-        return RotationReport(epoch.seq, total)
+        return total
+
+    def destroy_epochs(self) -> list[int]:
+        """Destroy the epochs retired longer than ``backup_retention`` (admin operation, run it
+        daily). Returns the sequence numbers destroyed by this call.
+
+        First any key still wrapped under such an epoch (written by a process that had not yet
+        seen the rotation) is re-wrapped under the active epoch; then the epoch is marked destroyed
+        in the same transaction that checks no live key is left under it. With
+        ``per_epoch_roots`` its KMS root(s) are then scheduled for deletion (AWS), deleted
+        (Transit) or removed from the key file (local): from then on no backup of the key store
+        can unwrap that epoch, which is the *erasure horizon* of everything shredded while it was
+        active. A root another live epoch still uses is never destroyed. Roots whose destruction
+        failed are retried by the next call.
+        """
+        now = self._now()
+        horizon = self.backup_retention.total_seconds()
+        epochs = self._store.epochs()
+        active = next((e for e in epochs if e.state == State.ACTIVE), None)
+        if active is not None and any(
+            e.state == State.RETIRED and e.retired_at is not None and now - e.retired_at >= horizon
+            for e in epochs
+        ):
+            self._rewrap_under(active)
+        destroyed: list[int] = []
+        for record in epochs:
+            if record.state != State.RETIRED or record.retired_at is None:
+                continue
+            if now - record.retired_at < horizon:
+                continue
+            if self._store.destroy_epoch(record.epoch_id, now):
+                self._epoch_keys.pop(record.epoch_id)
+                destroyed.append(record.seq)
+                log.info("epoch destroyed", extra={"epoch_seq": record.seq})
+            else:
+                log.warning("epoch %d still wraps live keys; not destroyed", record.seq)
+        if self._per_epoch_roots:
+            self._destroy_dead_roots()
+        return destroyed
+
+    def _destroy_dead_roots(self) -> None:
+        """Destroy the KMS roots of destroyed epochs that no live epoch shares."""
+        epochs = self._store.epochs()
+        alive = {
+            (w.kms_id, w.root_id) for e in epochs if e.state != State.DESTROYED for w in e.wraps
+        }
+        backends = kms_by_id(self._kms)
+        for record in epochs:
+            if record.state != State.DESTROYED:
+                continue
+            for w in record.wraps:
+                backend = backends.get(w.kms_id)
+                if backend is None or (w.kms_id, w.root_id) in alive:
+                    continue
+                if backend.root_state(w.root_id) in _GONE:
+                    continue
+                backend.destroy_root(w.root_id)
 
     def active_epoch_seq(self) -> int:
         return self._active_epoch().seq
@@ -578,6 +640,8 @@ class Vault:
         record = epoch if isinstance(epoch, EpochRecord) else self._store.get_epoch(epoch_id)
         if record is None:
             raise DecryptionError
+        if record.state == State.DESTROYED:
+            raise KmsKeyNotFoundError(f"epoch {record.seq} was destroyed")
         try:
             key = self._unwrap_epoch(record)
         except KmsUnavailableError:
@@ -821,6 +885,9 @@ class Vault:
             signing_key="",
         )
         return sign_receipt(receipt, self._receipt_seed.reveal())
+
+
+_GONE = (RootState.PENDING_DELETION, RootState.DESTROYED, RootState.UNKNOWN)
 
 
 def _is_async_engine(obj: object) -> bool:

@@ -48,6 +48,11 @@ class KeyStore(Protocol):
         """
         ...
 
+    def destroy_epoch(self, epoch_id: bytes, now: float) -> bool:
+        """Mark a retired epoch destroyed, in one transaction with the check that no live key is
+        wrapped under it; False (and nothing written) when one is, or when it is not retired."""
+        ...
+
     def add_epoch_wraps(self, epoch_id: bytes, wraps: Sequence[WrappedKey]) -> None:
         """Store further wraps of an existing epoch key (one per KMS; an existing wrap of the
         same KMS is kept)."""

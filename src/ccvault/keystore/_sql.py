@@ -257,6 +257,27 @@ class SqlKeyStore:
 
         return self._write(run)
 
+    def destroy_epoch(self, epoch_id: bytes, now: float) -> bool:
+        e, k = self._epochs, self._keys
+
+        def run(conn: Connection) -> bool:
+            live = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(k)
+                .where(k.c.epoch_id == epoch_id, k.c.state == State.LIVE)
+            ).scalar_one()
+            if live:
+                return False
+            res = conn.execute(
+                sa.update(e)
+                .where(e.c.epoch_id == epoch_id, e.c.state == State.RETIRED)
+                .values(state=State.DESTROYED, destroyed_at=now),
+                execution_options={"preserve_rowcount": True},
+            )
+            return bool(res.rowcount == 1)
+
+        return self._write(run)
+
     def add_epoch_wraps(self, epoch_id: bytes, wraps: Sequence[WrappedKey]) -> None:
         def run(conn: Connection) -> None:
             for wk in wraps:

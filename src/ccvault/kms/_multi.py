@@ -27,7 +27,7 @@ from .._secret import SecretKey
 from ..errors import ConfigurationError, DecryptionError, KmsError, KmsUnavailableError
 from ._protocol import Kms, RootState, WrappedKey
 
-__all__ = ["MultiKms", "unwrap_epoch_key", "wrap_epoch_key"]
+__all__ = ["MultiKms", "kms_by_id", "unwrap_epoch_key", "wrap_epoch_key"]
 
 # Most alive first: a composite root is as alive as its most alive member.
 _ALIVENESS = (
@@ -191,3 +191,10 @@ def unwrap_epoch_key(
     if not verify(key):
         raise DecryptionError
     return key
+
+
+def kms_by_id(kms: Kms) -> dict[str, Kms]:
+    """The backends behind ``kms`` by their ``kms_id``: the members of a MultiKms, or itself."""
+    if isinstance(kms, MultiKms):
+        return {m.kms_id: m for m in kms.members}
+    return {kms.kms_id: kms}
