@@ -124,3 +124,38 @@ def test_core_works_without_the_asyncio_extra(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_admin_commands_run_on_the_configured_vault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    first = LocalKms.generate(tmp_path / "a.key")
+    monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{tmp_path / 'a.key'}")
+    monkeypatch.setenv("CCVAULT_KEYSTORE_URL", f"sqlite:///{tmp_path / 'k.db'}")
+    monkeypatch.setenv("CCVAULT_PER_EPOCH_ROOTS", "true")
+    monkeypatch.setenv("CCVAULT_BACKUP_RETENTION_DAYS", "0")
+
+    def run(*argv: str) -> dict[str, object]:
+        assert main(list(argv)) == 0
+        result: dict[str, object] = json.loads(capsys.readouterr().out)
+        return result
+
+    status = run("status")
+    epochs = status["epochs"]
+    assert isinstance(epochs, list)
+    assert [(e["seq"], e["state"]) for e in epochs] == [(1, "active")]
+    assert epochs[0]["kms"][0]["kms_id"] == first.kms_id
+    assert run("rotate-epoch") == {"epoch_seq": 2, "rewrapped": 2}  # K_ref and receipt key
+    assert run("destroy-epochs") == {"destroyed_epochs": [1]}
+    states = [(e["seq"], e["state"]) for e in run("status")["epochs"]]  # type: ignore[union-attr]
+    assert states == [(1, "destroyed"), (2, "active")]
+    # add-kms-wraps needs a MultiKms: a clear error and exit status 1, no traceback.
+    assert main(["add-kms-wraps"]) == 1
+    assert "ConfigurationError" in capsys.readouterr().err
+    LocalKms.generate(tmp_path / "b.key")
+    monkeypatch.setenv(
+        "CCVAULT_KMS_URL", f"local://{tmp_path / 'a.key'},local://{tmp_path / 'b.key'}"
+    )
+    assert run("add-kms-wraps") == {"wraps_added": 1}  # the one live epoch

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from ._settings import CcvaultSettings
 
-__all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "RotationReport", "Vault"]
+__all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "EpochInfo", "RotationReport", "Vault"]
 
 log = logging.getLogger("ccvault")
 T = TypeVar("T")
@@ -86,6 +86,17 @@ _NO_REF = b""
 
 class DevelopmentDefaultWarning(UserWarning):
     """The embedded default (local key file beside a SQLite key store) is for development only."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochInfo:
+    """An epoch as :meth:`Vault.epochs` reports it (no key material)."""
+
+    seq: int
+    state: str  # "active", "retired" or "destroyed"
+    created_at: float
+    retired_at: float | None
+    roots: tuple[tuple[str, str], ...]  # (kms_id, root_id) of each wrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,6 +580,19 @@ class Vault:
 
     def active_epoch_seq(self) -> int:
         return self._active_epoch().seq
+
+    def epochs(self) -> list[EpochInfo]:
+        """Every epoch of the installation, oldest first."""
+        return [
+            EpochInfo(
+                e.seq,
+                e.state,
+                e.created_at,
+                e.retired_at,
+                tuple((w.kms_id, w.root_id) for w in e.wraps),
+            )
+            for e in self._store.epochs()
+        ]
 
     # -- subjects and refs -----------------------------------------------------------------------
 

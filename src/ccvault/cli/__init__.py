@@ -21,7 +21,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--customers", type=int, default=3000, help="synthetic customers (3000)")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the synthetic data")
     demo.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+    for name, text in (
+        ("status", "list the epochs of the configured vault and the KMS roots that wrap them"),
+        ("rotate-epoch", "start a new epoch and re-wrap every live key under it (admin)"),
+        (
+            "destroy-epochs",
+            "destroy epochs retired past the backup window, and their roots (admin)",
+        ),
+        ("add-kms-wraps", "wrap every live epoch under MultiKms members lacking a wrap (admin)"),
+    ):
+        sub.add_parser(name, help=text, description=f"{text}. Configured by CCVAULT_* variables.")
     args = parser.parse_args(argv)
+    if args.command in ("status", "rotate-epoch", "destroy-epochs", "add-kms-wraps"):
+        from ._admin import run_admin
+
+        return run_admin(args.command)
     if args.command == "demo":
         from ._demo import run_demo
 
