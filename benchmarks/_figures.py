@@ -138,12 +138,13 @@ REQUIRED: tuple[Figure, ...] = (
     ),
     *(
         Figure(  # not charted: a throughput ratio below 1, not an overhead
-            f"rows_per_s_read_ratio_{backend}_vs_local",
+            f"rows_per_s_{phase}_ratio_{backend}_vs_local",
             "x",
             "kms",
-            f"rows/s of that fresh reading process, {label}, divided by the local backend's",
+            f"rows/s of that fresh {doing} process, {label}, divided by the local backend's",
         )
         for backend, label in _KMS_BACKENDS[1:]
+        for phase, doing in (("read", "reading"), ("write", "writing"))
     ),
     _f("stream_encrypt_gbps", "GB/s", "", "streaming encryption throughput"),
     _f("stream_rss_growth_mib", "MiB", "", "resident memory growth while streaming"),

@@ -97,7 +97,7 @@ def run(cfg: Config) -> Results:
     out["kms_bench_rows"] = rows
     out["kms_bench_customers"] = customers
     out["kms_bench_naive_rows"] = naive_rows
-    rates: dict[str, list[float]] = {}
+    rates: dict[str, dict[str, list[float]]] = {"read": {}, "write": {}}
     with _backends(cfg) as backends:
         for name, backend in backends.items():
             if isinstance(backend, str):
@@ -119,18 +119,14 @@ def run(cfg: Config) -> Results:
                 )
                 reads.append(_worker(["read", *common], env))
                 naive.append(_worker(["naive", "--kms-url", url, "--rows", str(naive_rows)], env))
-            rates[name] = [rows / r["seconds"] for r in reads]
+            rates["read"][name] = [rows / r["seconds"] for r in reads]
+            rates["write"][name] = [rows / w["seconds"] for w in writes]
             put(
                 out, f"kms_calls_write_{name}", Summary.of([sum(w["kms"].values()) for w in writes])
             )
             put(out, f"kms_calls_read_{name}", Summary.of([sum(r["kms"].values()) for r in reads]))
-            put(
-                out,
-                f"rows_per_s_write_{name}",
-                Summary.of([rows / w["seconds"] for w in writes]),
-                digits=0,
-            )
-            put(out, f"rows_per_s_read_{name}", Summary.of(rates[name]), digits=0)
+            put(out, f"rows_per_s_write_{name}", Summary.of(rates["write"][name]), digits=0)
+            put(out, f"rows_per_s_read_{name}", Summary.of(rates["read"][name]), digits=0)
             put(
                 out,
                 f"naive_rows_per_s_{name}",
@@ -144,13 +140,15 @@ def run(cfg: Config) -> Results:
             )
             out[f"kms_calls_write_{name}_note"] = f"by method {writes[0]['kms']}"
             out[f"kms_calls_read_{name}_note"] = f"by method {reads[0]['kms']}"
-    if "local" in rates:
-        local = sorted(rates["local"])[len(rates["local"]) // 2]
-        for name, values in rates.items():
+    for phase, by_backend in rates.items():
+        if "local" not in by_backend:
+            continue
+        local = sorted(by_backend["local"])[len(by_backend["local"]) // 2]
+        for name, values in by_backend.items():
             if name != "local":
                 put(
                     out,
-                    f"rows_per_s_read_ratio_{name}_vs_local",
+                    f"rows_per_s_{phase}_ratio_{name}_vs_local",
                     Summary.of([v / local for v in values]),
                 )
     return out

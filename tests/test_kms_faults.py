@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -18,7 +21,9 @@ from ccvault.kms import LocalKms, RetryPolicy
 from ccvault.kms._protocol import WrappedKey
 from ccvault.kms._retry import call_with_retries
 from ccvault.testing import FaultyKms, FrozenClock
+from ccvault.testing._basics import KmsWrapper
 
+T = TypeVar("T")
 CTX = "chats.transcript"
 CONTEXT = {"ccvault:purpose": "test"}
 
@@ -207,3 +212,74 @@ def test_shred_elsewhere_is_honoured_during_an_outage(sqlite_url: str) -> None:
 def test_grace_period_must_not_be_negative(sqlite_url: str) -> None:
     with pytest.raises(ConfigurationError):
         Vault(LocalKms.ephemeral(), sqlite_url, kms_grace_period=-1)
+
+
+class _GatedKms(KmsWrapper):
+    """Unwraps wait until the test opens the gate: a KMS that hangs for as long as we like."""
+
+    def __init__(self, inner: LocalKms) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def _call(self, name: str, op: Callable[[], T]) -> T:
+        if name == "unwrap" and not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(timeout=30)
+        return op()
+
+
+def test_a_slow_refresh_blocks_one_thread_not_all(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    kms = _GatedKms(LocalKms.ephemeral())
+    subjects = [uuid.uuid4() for _ in range(2)]
+    with _vault(kms, sqlite_url, clock) as vault:  # type: ignore[arg-type]
+        blobs = [vault.encrypt(s, b"v", context=CTX) for s in subjects]
+        clock.advance(61)  # epoch and subject keys stale: each decrypt needs the epoch key
+        kms.gate.clear()
+        refresher = threading.Thread(target=lambda: vault.decrypt(blobs[0], context=CTX))
+        refresher.start()
+        assert kms.waiting.wait(timeout=10)  # the refresh is stuck in the KMS
+        other: list[bytes] = []
+        reader = threading.Thread(target=lambda: other.append(vault.decrypt(blobs[1], context=CTX)))
+        reader.start()
+        reader.join(timeout=10)
+        assert other == [b"v"]  # served from the cached epoch key while the refresh hangs
+        assert refresher.is_alive()
+        kms.gate.set()
+        refresher.join(timeout=10)
+        assert not refresher.is_alive()
+
+
+def test_backoff_between_attempts_grows_during_an_outage(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    kms = FaultyKms(LocalKms.ephemeral(), clock=clock, policy=RetryPolicy(1))
+    subjects = [uuid.uuid4() for _ in range(40)]
+    with _vault(kms, sqlite_url, clock) as vault:
+        blobs = [vault.encrypt(s, b"v", context=CTX) for s in subjects]
+        kms.outage()
+        clock.advance(61)
+        asked = []
+        for blob in blobs:  # one decrypt per simulated second, each needing the epoch key
+            vault.decrypt(blob, context=CTX)
+            asked.append(kms.calls["unwrap"])
+            clock.advance(1)
+        # Attempts after 0, 1, 3, 7, 15, 31 s: backoff 1, 2, 4, 8, 16 s (capped at 60 s).
+        assert asked[-1] == 6
+        assert [i for i in range(1, len(asked)) if asked[i] != asked[i - 1]] == [1, 3, 7, 15, 31]
+
+
+def test_a_refusal_ends_the_cached_key_even_if_an_outage_follows(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    inner = LocalKms.ephemeral()
+    kms = FaultyKms(inner, clock=clock, policy=RetryPolicy(1))
+    with _vault(kms, sqlite_url, clock) as vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+        inner.destroy_root(inner.current_root())  # the admin revokes the root...
+        clock.advance(61)
+        with pytest.raises(KmsKeyNotFoundError):
+            vault.decrypt(blob, context=CTX)
+        kms.outage()  # ...and then the KMS becomes unreachable: nothing stale is served
+        with pytest.raises(KmsUnavailableError):
+            vault.decrypt(blob, context=CTX)

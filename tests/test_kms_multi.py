@@ -11,6 +11,7 @@ from ccvault import (
     ConfigurationError,
     DecryptionError,
     KmsError,
+    KmsKeyNotFoundError,
     KmsUnavailableError,
     Vault,
 )
@@ -18,8 +19,8 @@ from ccvault._secret import SecretKey
 from ccvault.crypto._primitives import random_bytes
 from ccvault.crypto._wrap import commitment
 from ccvault.keystore._sql import SqlKeyStore
-from ccvault.kms import Kms, LocalKms, MultiKms, RetryPolicy
-from ccvault.testing import FaultyKms, FrozenClock, KmsContract
+from ccvault.kms import Kms, LocalKms, MultiKms, RetryPolicy, WrappedKey
+from ccvault.testing import CountingKms, FaultyKms, FrozenClock, KmsContract
 
 CTX = "customers.phone"
 
@@ -233,3 +234,55 @@ def test_forged_dr_only_epoch_is_refused_over_real_servers(
         _insert_epoch(sqlite_url, vault, [(dr, forged)], forged)
     with Vault(MultiKms(primary, dr), sqlite_url) as vault, pytest.raises(DecryptionError):
         vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+
+
+def test_a_refusing_primary_is_never_outvoted_by_the_dr_kms(sqlite_url: str) -> None:
+    """A forged primary wrap that names a root the primary refuses (unknown, disabled...) must
+    not hand the decision to the DR KMS: only an outage lets the other members decide."""
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        forged = random_bytes(32)
+        store = SqlKeyStore(sqlite_url)
+        try:
+            seq = max(e.seq for e in store.epochs()) + 1
+            epoch_id = random_bytes(16)
+            context = vault._epoch_context(epoch_id)
+            wraps = [
+                WrappedKey(primary.kms_id, "00" * 16, random_bytes(60)),  # a root it never had
+                dr.wrap(SecretKey(forged), context=context),
+            ]
+            store.add_epoch(epoch_id, seq, commitment(forged, "epoch", epoch_id, 0), wraps, 0.0)
+        finally:
+            store.close()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault, pytest.raises(KmsKeyNotFoundError):
+        vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+
+
+def test_disabling_the_primary_root_stops_every_process(sqlite_url: str) -> None:
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(MultiKms(primary, dr), sqlite_url) as vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+    primary.destroy_root(primary.current_root())  # the admin's kill switch
+    with pytest.raises(KmsKeyNotFoundError):
+        Vault(MultiKms(primary, dr), sqlite_url).decrypt(blob, context=CTX)
+
+
+def test_add_kms_wraps_gives_each_epoch_its_own_root_on_the_new_kms(sqlite_url: str) -> None:
+    old, new = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(old, sqlite_url, per_epoch_roots=True) as vault:
+        vault.rotate_epoch()
+    with Vault(MultiKms(old, new), sqlite_url, per_epoch_roots=True) as vault:
+        assert vault.add_kms_wraps() == 2
+        roots = [dict(e.roots)[new.kms_id] for e in vault.epochs()]
+    assert len(set(roots)) == 2  # never one shared root: each epoch stays destroyable
+
+
+@pytest.mark.parametrize("wrapper", [CountingKms, _faulty])
+def test_a_wrapped_multikms_keeps_every_wrap(sqlite_url: str, wrapper: Any) -> None:
+    primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
+    with Vault(wrapper(MultiKms(primary, dr)), sqlite_url) as vault:
+        blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+        assert {k for e in vault.epochs() for k, _ in e.roots} == {primary.kms_id, dr.kms_id}
+        assert vault.add_kms_wraps() == 0
+    with Vault(dr, sqlite_url) as vault:
+        assert vault.decrypt(blob, context=CTX) == b"x"

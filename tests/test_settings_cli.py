@@ -80,8 +80,13 @@ def test_kms_urls_build_each_backend(tmp_path: Path, monkeypatch: pytest.MonkeyP
     multi = kms_from_url(f"local://{tmp_path / 'a.key'}, local://{tmp_path / 'b.key'}")
     assert isinstance(multi, MultiKms)
     assert [m.kms_id for m in multi.members] == [first.kms_id, second.kms_id]
-    settings = CcvaultSettings(kms_url="vault://transit/k?addr=https://v:8200&token=s.abc")
-    assert "s.abc" not in repr(settings)
+    for leaky, secret in (
+        ("vault://transit/k?addr=https://v:8200&token=s.abc", "s.abc"),
+        ("vault://hvs.CAES123@transit/k", "hvs.CAES123"),
+        ("aws-kms://alias/x?endpoint_url=https://AKIAX:wJalr@kms.internal", "wJalr"),
+        ("local:///k.key,vault://transit/k?secret_id=abc-123", "abc-123"),
+    ):
+        assert secret not in repr(CcvaultSettings(kms_url=leaky))
 
 
 def test_settings_validation_and_repr() -> None:

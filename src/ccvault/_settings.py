@@ -54,6 +54,7 @@ class CcvaultSettings(BaseSettings):
         )
 
 
+_USERINFO = re.compile(r"(://|%3A%2F%2F)[^/@?&#,]*@", re.I)
 _SECRET_PARAMS = re.compile(r"((?:token|secret|secret_id|password|access_key|key)=)[^&,]*", re.I)
 
 
@@ -63,9 +64,9 @@ def _redact(url: str | None) -> str | None:
         return None
     out = []
     for one in url.split(","):
-        parts = urlsplit(one)
-        if parts.password:
-            one = one.replace(parts.password, "***")
+        # Userinfo anywhere (also inside a query value such as endpoint_url=https://id:secret@h)
+        # and secret-looking parameters.
+        one = _USERINFO.sub(r"\1***@", one)
         out.append(_SECRET_PARAMS.sub(r"\1***", one))
     return ",".join(out)
 

@@ -40,6 +40,7 @@ from .errors import (
     ConfigurationError,
     DecryptionError,
     KeyStoreError,
+    KmsError,
     KmsKeyNotFoundError,
     KmsUnavailableError,
     SubjectShreddedError,
@@ -48,7 +49,7 @@ from .keystore._cache import TtlCache
 from .keystore._protocol import KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from .keystore._sql import SqlKeyStore
-from .kms._multi import MultiKms, kms_by_id, unwrap_epoch_key, wrap_epoch_key
+from .kms._multi import kms_by_id, unwrap_epoch_key, wrap_epoch_key
 from .kms._protocol import Kms, RootState
 
 if TYPE_CHECKING:
@@ -199,6 +200,8 @@ class Vault:
             64, cache_ttl + kms_grace_period, monotonic
         )
         self._kms_down_until = 0.0
+        self._kms_backoff = 0.0
+        self._epoch_refresh = threading.Lock()
         self._active: TtlCache[str, EpochRecord] = TtlCache(1, cache_ttl, monotonic)
         self._refs: TtlCache[tuple[type, object], bytes] = TtlCache(
             cache_max_entries, cache_ttl, monotonic
@@ -659,23 +662,51 @@ class Vault:
         cached = self._epoch_keys.peek(epoch_id)
         if cached is not None and cached[0] < self.cache_ttl:
             return cached[1]
-        if cached is not None and self._monotonic() < self._kms_down_until:
-            return cached[1]  # in the grace period, and the KMS failed moments ago
+        if cached is not None:
+            # Stale but within the grace period: one thread refreshes it, the others keep
+            # serving the cached key meanwhile (a slow or hanging KMS blocks one thread, not all),
+            # and after a failed refresh nobody asks the KMS again before the backoff ends.
+            if self._monotonic() < self._kms_down_until:
+                return cached[1]
+            if not self._epoch_refresh.acquire(blocking=False):
+                return cached[1]
+        else:
+            self._epoch_refresh.acquire()  # cold: one unwrap, the other threads wait for it
+            fresh = self._epoch_keys.peek(epoch_id)
+            if fresh is not None and fresh[0] < self.cache_ttl:
+                self._epoch_refresh.release()
+                return fresh[1]
+        try:
+            return self._refresh_epoch(epoch, epoch_id, cached)
+        finally:
+            self._epoch_refresh.release()
+
+    def _refresh_epoch(
+        self, epoch: EpochRecord | bytes, epoch_id: bytes, stale: tuple[float, Aead] | None
+    ) -> Aead:
         record = epoch if isinstance(epoch, EpochRecord) else self._store.get_epoch(epoch_id)
         if record is None:
             raise DecryptionError
         if record.state == State.DESTROYED:
+            self._epoch_keys.pop(epoch_id)
             raise KmsKeyNotFoundError(f"epoch {record.seq} was destroyed")
         try:
             key = self._unwrap_epoch(record)
         except KmsUnavailableError:
-            if cached is None:
+            if stale is None:
                 raise
-            # Serve the stale epoch key until the grace period ends (the cache drops it then);
-            # ask the KMS again at most once a second meanwhile.
-            self._kms_down_until = self._monotonic() + 1.0
+            # An outage, not a refusal: serve the stale key until the grace period ends (the
+            # cache drops it then), asking the KMS again after a growing backoff.
+            self._kms_backoff = min(max(1.0, self._kms_backoff * 2), _MAX_KMS_BACKOFF)
+            self._kms_down_until = self._monotonic() + self._kms_backoff
             log.warning("KMS unavailable: serving a cached epoch key in its grace period")
-            return cached[1]
+            return stale[1]
+        except (KmsError, DecryptionError):
+            # A refusal (root disabled, destroyed, access revoked) ends the cached key at once:
+            # it is not served again, even if the KMS becomes unreachable afterwards.
+            self._epoch_keys.pop(epoch_id)
+            raise
+        self._kms_backoff = 0.0
         aead = Aead(key.reveal())
         self._epoch_keys.put(epoch_id, aead)
         return aead
@@ -694,19 +725,27 @@ class Vault:
     def add_kms_wraps(self) -> int:
         """Wrap every live epoch under the members of a :class:`~ccvault.kms.MultiKms` that do
         not hold a wrap of it yet (admin operation: adding a DR KMS, migrating between KMS).
-        Returns the number of wraps added."""
-        if not isinstance(self._kms, MultiKms):
+        With ``per_epoch_roots`` each such wrap gets a new root of its own on that member, so
+        the epoch can still be destroyed there. Returns the number of wraps added."""
+        backends = kms_by_id(self._kms)
+        if len(backends) < 2:
             raise ConfigurationError("add_kms_wraps needs a MultiKms")
         added = 0
         for record in self._store.epochs():
             if record.state == State.DESTROYED:
                 continue
-            missing = self._kms.missing(record.wraps)
+            present = {w.kms_id for w in record.wraps}
+            missing = [b for kms_id, b in backends.items() if kms_id not in present]
             if not missing:
                 continue
             key = self._unwrap_epoch(record)
             context = self._epoch_context(record.epoch_id)
-            wraps = [m.wrap(key, context=context) for m in missing]
+            wraps = [
+                m.wrap(
+                    key, context=context, root_id=m.new_root() if self._per_epoch_roots else None
+                )
+                for m in missing
+            ]
             self._store.add_epoch_wraps(record.epoch_id, wraps)
             added += len(wraps)
         return added
@@ -910,6 +949,9 @@ class Vault:
         )
         return sign_receipt(receipt, self._receipt_seed.reveal())
 
+
+_MAX_KMS_BACKOFF: Final = 60.0
+"""Longest pause between two KMS attempts while a cached epoch key serves an outage."""
 
 _GONE = (RootState.PENDING_DELETION, RootState.DESTROYED, RootState.UNKNOWN)
 

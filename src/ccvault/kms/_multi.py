@@ -6,6 +6,10 @@ the epoch; it succeeds while any one of them answers, and it is refused when
 
 * the epoch carries no wrap of the primary (an epoch inserted with only a secondary's wrap is
   never trusted: the secondary may be easier for an attacker to wrap under), or
+* a member that holds a wrap *refuses* it (root unknown, disabled, pending deletion, access
+  denied, wrap that does not authenticate): only an *outage* (KmsUnavailableError) lets the other
+  members decide, so disabling the primary's root stops every process, and a forged primary wrap
+  naming some other root does not hand the decision to the DR KMS, or
 * the members that answer do not all unwrap to the same key, or one of them fails the epoch's key
   commitment.
 
@@ -22,12 +26,34 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from .._secret import SecretKey
 from ..errors import ConfigurationError, DecryptionError, KmsError, KmsUnavailableError
 from ._protocol import Kms, RootState, WrappedKey
 
-__all__ = ["MultiKms", "kms_by_id", "unwrap_epoch_key", "wrap_epoch_key"]
+__all__ = ["EpochKeyring", "MultiKms", "kms_by_id", "unwrap_epoch_key", "wrap_epoch_key"]
+
+
+@runtime_checkable
+class EpochKeyring(Protocol):
+    """A KMS that stores one wrap per backend: MultiKms, and wrappers around any KMS (the
+    testing wrappers implement it so that a wrapped MultiKms keeps all of its wraps)."""
+
+    def wrap_all(
+        self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None
+    ) -> list[WrappedKey]: ...
+
+    def unwrap_agreeing(
+        self,
+        wraps: Sequence[WrappedKey],
+        *,
+        context: Mapping[str, str],
+        verify: Callable[[SecretKey], bool],
+    ) -> SecretKey: ...
+
+    def backends(self) -> dict[str, Kms]: ...
+
 
 # Most alive first: a composite root is as alive as its most alive member.
 _ALIVENESS = (
@@ -122,17 +148,19 @@ class MultiKms:
         if self.primary.kms_id not in by_kms:
             raise DecryptionError
         agreed: SecretKey | None = None
-        failure: KmsError | None = None
+        unavailable: KmsUnavailableError | None = None
         for member in self.members:
             wrapped = by_kms.get(member.kms_id)
             if wrapped is None:
                 continue  # a secondary added after this epoch: add_kms_wraps() fills it in
             try:
                 key = member.unwrap(wrapped, context=context)
-            except KmsError as exc:  # unreachable, or this member's root is disabled
-                if failure is None or isinstance(failure, KmsUnavailableError):
-                    failure = exc
+            except KmsUnavailableError as exc:  # only an outage lets the others decide
+                unavailable = unavailable or exc
                 continue
+            # Any refusal (root disabled, pending deletion, unknown, access denied) or integrity
+            # failure propagates: a primary root an admin disabled is a kill switch, and a wrap
+            # naming a root this KMS refuses must not let another member vouch for the epoch.
             if not verify(key):
                 raise DecryptionError
             if agreed is None:
@@ -140,13 +168,12 @@ class MultiKms:
             elif not hmac.compare_digest(agreed.reveal(), key.reveal()):
                 raise DecryptionError
         if agreed is None:
-            raise failure or KmsUnavailableError("no member of the MultiKms could unwrap")
+            raise unavailable or KmsUnavailableError("no member of the MultiKms could unwrap")
         return agreed
 
-    def missing(self, wraps: Sequence[WrappedKey]) -> list[Kms]:
-        """The members that hold no wrap among ``wraps``."""
-        present = {w.kms_id for w in wraps}
-        return [m for m in self.members if m.kms_id not in present]
+    def backends(self) -> dict[str, Kms]:
+        """The members by their ``kms_id``."""
+        return dict(self._by_id)
 
     # -- composite root ids ----------------------------------------------------------------------
 
@@ -169,7 +196,7 @@ def wrap_epoch_key(
     kms: Kms, key: SecretKey, *, context: Mapping[str, str], root_id: str | None
 ) -> list[WrappedKey]:
     """The wraps to store for a new epoch key: one per KMS."""
-    if isinstance(kms, MultiKms):
+    if isinstance(kms, EpochKeyring):
         return kms.wrap_all(key, context=context, root_id=root_id)
     return [kms.wrap(key, context=context, root_id=root_id)]
 
@@ -182,7 +209,7 @@ def unwrap_epoch_key(
     verify: Callable[[SecretKey], bool],
 ) -> SecretKey:
     """Unwrap an epoch key from its stored wraps; ``verify`` checks the key commitment."""
-    if isinstance(kms, MultiKms):
+    if isinstance(kms, EpochKeyring):
         return kms.unwrap_agreeing(wraps, context=context, verify=verify)
     mine = [w for w in wraps if w.kms_id == kms.kms_id]
     if not mine:
@@ -195,6 +222,6 @@ def unwrap_epoch_key(
 
 def kms_by_id(kms: Kms) -> dict[str, Kms]:
     """The backends behind ``kms`` by their ``kms_id``: the members of a MultiKms, or itself."""
-    if isinstance(kms, MultiKms):
-        return {m.kms_id: m for m in kms.members}
+    if isinstance(kms, EpochKeyring):
+        return kms.backends()
     return {kms.kms_id: kms}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .._secret import SecretKey
 from ..kms._local import LocalKms
+from ..kms._multi import kms_by_id, unwrap_epoch_key, wrap_epoch_key
 from ..kms._protocol import Kms, RootState, WrappedKey
 from ..vault import Vault
 
@@ -76,6 +77,30 @@ class KmsWrapper:
 
     def root_state(self, root_id: str) -> RootState:
         return self._call("root_state", lambda: self.inner.root_state(root_id))
+
+    # A wrapped MultiKms keeps one wrap per member (ccvault.kms._multi.EpochKeyring).
+
+    def wrap_all(
+        self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None
+    ) -> list[WrappedKey]:
+        return self._call(
+            "wrap", lambda: wrap_epoch_key(self.inner, key, context=context, root_id=root_id)
+        )
+
+    def unwrap_agreeing(
+        self,
+        wraps: Sequence[WrappedKey],
+        *,
+        context: Mapping[str, str],
+        verify: Callable[[SecretKey], bool],
+    ) -> SecretKey:
+        return self._call(
+            "unwrap",
+            lambda: unwrap_epoch_key(self.inner, wraps, context=context, verify=verify),
+        )
+
+    def backends(self) -> dict[str, Kms]:
+        return kms_by_id(self.inner)
 
     def _call(self, name: str, op: Callable[[], T]) -> T:
         return op()
