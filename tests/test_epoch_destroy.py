@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ccvault import KmsKeyNotFoundError, SubjectShreddedError, Vault
+from ccvault import KmsError, KmsKeyNotFoundError, SubjectShreddedError, Vault
 from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms, MultiKms, RootState
 from ccvault.testing import FrozenClock
+from ccvault.testing._basics import KmsWrapper
 
 CTX = "calls.recording_notes"
 DAY = 86_400.0
@@ -137,3 +138,36 @@ def test_custom_backup_retention_and_active_epoch_untouched(db_url: str) -> None
         assert vault.destroy_epochs() == [1, 2]
         assert vault.encrypt(uuid.uuid4(), b"x", context=CTX)
     assert _states(db_url) == {1: "destroyed", 2: "destroyed", 3: "active"}
+
+
+def test_a_root_the_backend_refuses_to_destroy_is_skipped_with_a_warning(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Epochs made before per_epoch_roots was turned on share the configured root; backends
+    refuse to destroy it, and destroy_epochs() goes on with the other epochs."""
+    kms, clock = _RefusingKms(LocalKms.ephemeral()), FrozenClock()
+    with Vault(kms, sqlite_url, clock=clock) as vault:  # epoch 1 under the shared root
+        vault.rotate_epoch()
+    with Vault(kms, sqlite_url, per_epoch_roots=True, clock=clock) as vault:
+        vault.rotate_epoch()  # epoch 3 has a root of its own
+        vault.rotate_epoch()
+        clock.advance(36 * DAY)
+        with caplog.at_level("WARNING", logger="ccvault"):
+            assert vault.destroy_epochs() == [1, 2, 3]
+    assert "not destroyed" in caplog.text
+    roots = _epoch_roots(sqlite_url)
+    assert kms.inner.root_state(roots[3][0]) is RootState.DESTROYED
+    assert kms.inner.root_state(roots[1][0]) is RootState.ENABLED
+
+
+class _RefusingKms(KmsWrapper):
+    """Refuses to destroy its original root, as AwsKms and VaultTransitKms do."""
+
+    def __init__(self, inner: LocalKms) -> None:
+        super().__init__(inner)
+        self.protected = inner.current_root()
+
+    def destroy_root(self, root_id: str) -> None:
+        if root_id == self.protected:
+            raise KmsError("refusing to destroy the configured root")
+        self.inner.destroy_root(root_id)

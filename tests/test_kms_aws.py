@@ -7,6 +7,7 @@ Without moto[server] the tests that need the server skip; with CI=true they fail
 
 from __future__ import annotations
 
+import base64
 import os
 import pickle
 import shutil
@@ -110,6 +111,81 @@ def _counted(server: Any, **config: Any) -> tuple[Any, Any]:
     return client, count_requests(client)
 
 
+def _key_ids_sent(client: Any) -> list[tuple[str, str]]:
+    """(operation, KeyId) of every call ``client`` makes, recorded before it is sent."""
+    sent: list[tuple[str, str]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent.append((model.name, str(params.get("KeyId"))))
+
+    client.meta.events.register("before-parameter-build.kms", record)
+    return sent
+
+
+def _secrets_in(exc: BaseException, secret: bytes) -> list[str]:
+    """Where ``secret`` (raw, hex or base64, also inside a repr) is reachable from ``exc``: its
+    arguments, the locals of every frame of its traceback, and the same for its
+    ``__context__``/``__cause__`` chain: what an error reporter capturing locals would send."""
+    raw = [secret, secret.hex().encode(), base64.b64encode(secret)]
+    text = [
+        secret.hex(),
+        secret.hex().upper(),
+        base64.b64encode(secret).decode(),
+        base64.urlsafe_b64encode(secret).decode(),
+        repr(secret)[2:-1],
+    ]
+    found: list[str] = []
+
+    def check(where: str, value: object, depth: int = 0) -> None:
+        if isinstance(value, bytes | bytearray | memoryview):
+            hit = any(n in bytes(value) for n in raw)
+        elif isinstance(value, str):
+            hit = any(n in value for n in text)
+        elif isinstance(value, dict) and depth < 5:
+            for k, v in value.items():
+                check(f"{where}[{k!r}]", k, depth + 1)
+                check(f"{where}[{k!r}]", v, depth + 1)
+            return
+        elif isinstance(value, list | tuple | set | frozenset) and depth < 5:
+            for v in value:
+                check(where, v, depth + 1)
+            return
+        else:
+            try:
+                shown = repr(value)
+            except Exception:
+                return
+            hit = any(n in shown for n in text)
+        if hit:
+            found.append(where)
+
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        check(f"{type(error).__name__}.args", error.args)
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            for name, value in frame.f_locals.items():
+                check(f"{frame.f_code.co_name}:{name}", value)
+            tb = tb.tb_next
+        pending += [error.__context__, error.__cause__]
+    return found
+
+
+def _failure(call: Any) -> BaseException:
+    """The exception ``call()`` raises (the traceback then starts in this frame, not the test's)."""
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("the call did not fail")
+
+
 # -- the contract ----------------------------------------------------------------------------------
 
 
@@ -208,6 +284,71 @@ def test_foreign_or_malformed_root_ids_are_refused_before_any_call(server: Any, 
     assert sum(sent.values()) == 0
 
 
+@pytest.mark.parametrize("configured", ["alias", "key id"])
+def test_alias_or_key_id_configuration_pins_the_account(
+    server: Any, arn: str, configured: str
+) -> None:
+    """A process configured by ``alias/<name>`` or bare key id learns its account from
+    DescribeKey of that key (once) and refuses roots of other accounts before any call names them
+    (a key-store writer controls root ids)."""
+    client, sent = _counted(server)
+    key_ids = _key_ids_sent(client)
+    if configured == "alias":
+        key_id = f"alias/ccvault-{uuid.uuid4().hex[:8]}"
+        client.create_alias(AliasName=key_id, TargetKeyId=arn)
+    else:
+        key_id = arn.rsplit("/", 1)[1]
+    wrapped = AwsKms(arn, client=client).wrap(_key(), context=CTX)
+    sent.clear()
+    key_ids.clear()
+
+    kms = AwsKms(key_id, client=client)
+    foreign_root = WrappedKey(kms.kms_id, FOREIGN_ARN, wrapped.blob)  # account 9999…, us-east-1
+    with pytest.raises(KmsError, match="outside") as caught:
+        kms.unwrap(foreign_root, context=CTX)
+    assert type(caught.value) is KmsError
+    assert key_ids == [("DescribeKey", key_id)]  # only the configured key was ever named
+    for refused in (
+        lambda: kms.wrap(_key(), context=CTX, root_id=FOREIGN_ARN),
+        lambda: kms.destroy_root(FOREIGN_ARN),
+        lambda: kms.root_state(FOREIGN_ARN),
+        lambda: kms.unwrap(foreign_root, context=CTX),
+    ):
+        with pytest.raises(KmsError, match="outside"):
+            refused()
+    assert key_ids == [("DescribeKey", key_id)]
+    # Roots of the pinned account still work, and the account is not looked up again.
+    mine = WrappedKey(kms.kms_id, arn, wrapped.blob)
+    assert kms.unwrap(mine, context=CTX).reveal()
+    assert kms.current_root() == arn
+    assert sent == {"DescribeKey": 1, "Decrypt": 1}
+
+    # Malformed root ids and other regions need no account: refused without any call at all.
+    fresh_client, fresh_sent = _counted(server)
+    fresh = AwsKms(key_id, client=fresh_client)
+    for root, error in (
+        ("alias/x", DecryptionError),
+        ("", DecryptionError),
+        (arn + "\n", DecryptionError),
+        (arn.replace("us-east-1", "eu-west-1"), KmsError),
+    ):
+        with pytest.raises(error):
+            fresh.unwrap(WrappedKey(fresh.kms_id, root, wrapped.blob), context=CTX)
+    assert sum(fresh_sent.values()) == 0
+
+
+def test_wrap_refuses_a_malformed_or_foreign_root_before_any_call(server: Any, arn: str) -> None:
+    client, sent = _counted(server)
+    kms = AwsKms(arn, client=client)
+    for root in ("alias/x", "", arn + "\n"):
+        with pytest.raises(ConfigurationError):
+            kms.wrap(_key(), context=CTX, root_id=root)
+    for root in (FOREIGN_ARN, arn.replace("us-east-1", "eu-west-1")):
+        with pytest.raises(KmsError, match="outside"):
+            kms.wrap(_key(), context=CTX, root_id=root)
+    assert sum(sent.values()) == 0
+
+
 def test_unwrapped_key_must_be_32_bytes(client: Any, kms: AwsKms, arn: str) -> None:
     short = client.encrypt(KeyId=arn, Plaintext=b"k" * 16, EncryptionContext=CTX)
     with pytest.raises(DecryptionError):
@@ -219,6 +360,65 @@ def test_wrap_refuses_keys_that_are_not_32_bytes_and_bad_contexts(kms: AwsKms) -
         kms.wrap(SecretKey(b"k" * 16), context=CTX)
     with pytest.raises(TypeError):
         kms.wrap(_key(), context={"a": 1})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("failure", ["disabled", "pending deletion", "throttled", "unreachable"])
+def test_a_failed_wrap_leaves_no_key_material_in_the_traceback(
+    server: Any, arn: str, backoff: Any, failure: str
+) -> None:
+    """Error reporters (Sentry...) capture the locals of every frame of a traceback: none may
+    hold the epoch key being wrapped, nor may the chained botocore exception."""
+    from aws_server import closed_port
+
+    if failure == "unreachable":
+        kms = AwsKms(arn, endpoint_url=f"http://127.0.0.1:{closed_port()}", max_attempts=2)
+    else:
+        kms = AwsKms(arn, client=server.client(max_attempts=2))
+    if failure == "disabled":
+        kms._client.disable_key(KeyId=arn)
+    elif failure == "pending deletion":  # KMSInvalidStateException, then a DescribeKey
+        kms._client.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+    elif failure == "throttled":
+        server.faults.fail("Encrypt", "ThrottlingException", times=2)
+    key = _key()
+    exc = _failure(lambda: kms.wrap(key, context=CTX))
+    assert isinstance(exc, KmsError)
+    assert exc.__context__ is None
+    assert exc.__cause__ is None
+    assert _secrets_in(exc, key.reveal()) == []
+    assert "botocore" not in {tb.tb_frame.f_globals.get("__package__") for tb in _tbs(exc)}
+    kms.close()
+
+
+def _tbs(exc: BaseException) -> list[Any]:
+    tbs, tb = [], exc.__traceback__
+    while tb is not None:
+        tbs.append(tb)
+        tb = tb.tb_next
+    return tbs
+
+
+def test_a_refused_unwrap_leaves_no_plaintext_in_the_traceback(
+    client: Any, kms: AwsKms, arn: str
+) -> None:
+    """What KMS decrypted but ccvault refuses (here: not 32 bytes) is not in a frame either."""
+    plaintext = os.urandom(16)
+    short = client.encrypt(KeyId=arn, Plaintext=plaintext, EncryptionContext=CTX)
+    wrapped = WrappedKey(kms.kms_id, arn, short["CiphertextBlob"])
+    exc = _failure(lambda: kms.unwrap(wrapped, context=CTX))
+    assert isinstance(exc, DecryptionError)
+    assert _secrets_in(exc, plaintext) == []
+
+
+def test_the_traceback_check_finds_key_material() -> None:
+    """_secrets_in is not vacuous: a frame holding the key, its hex or base64 is reported."""
+    secret = os.urandom(32)
+
+    def leaky(held: object) -> None:
+        raise KmsError("boom")
+
+    for held in (secret, {"Plaintext": secret}, secret.hex(), base64.b64encode(secret)):
+        assert _secrets_in(_failure(lambda held=held: leaky(held)), secret) != []
 
 
 # -- key states ------------------------------------------------------------------------------------
@@ -367,6 +567,78 @@ def test_hung_server_times_out_as_unavailable(arn: str) -> None:
         kms.close()
 
 
+def test_tls_verification_failure_is_a_kms_error_and_not_retried(arn: str) -> None:
+    """An untrusted certificate (wrong CA bundle, TLS interception) is a configuration or
+    security problem: KmsError, never KmsUnavailableError (which the vault's outage grace period
+    would cover), and the client AwsKms builds does not retry it."""
+    import boto3
+    from botocore.config import Config
+
+    from aws_server import count_requests, untrusted_tls_server
+
+    with untrusted_tls_server() as (url, accepted):
+        kms = AwsKms(arn, endpoint_url=url, max_attempts=4, connect_timeout=1, read_timeout=1)
+        sent = count_requests(kms._client)
+        with pytest.raises(KmsError, match="SSLError") as caught:
+            kms.unwrap(WrappedKey(kms.kms_id, arn, b"x" * 64), context=CTX)
+        assert type(caught.value) is KmsError
+        assert caught.value.__context__ is None
+        assert sent == {"Decrypt": 1}
+        assert accepted["connections"] == 1
+        kms.close()
+
+        # An injected client retries as it was configured to; the error is a KmsError still.
+        accepted.clear()
+        injected = boto3.session.Session().client(
+            "kms",
+            region_name="us-east-1",
+            endpoint_url=url,
+            config=Config(retries={"mode": "standard", "total_max_attempts": 2}),
+        )
+        with pytest.raises(KmsError, match="SSLError") as caught:
+            AwsKms(arn, client=injected).wrap(_key(), context=CTX)
+        assert type(caught.value) is KmsError
+        assert accepted["connections"] == 2
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://kms.internal", "http://10.1.2.3:4566", "http://[2001:db8::1]:80", "http://0.0.0.0:1"],
+)
+def test_plain_http_endpoints_are_refused_unless_loopback(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    with pytest.raises(ConfigurationError, match="https"):
+        AwsKms("alias/k", region="us-east-1", endpoint_url=endpoint)
+    with pytest.raises(ConfigurationError, match="https"):
+        AwsKms.from_url(f"aws-kms://alias/k?region=us-east-1&endpoint_url={endpoint}")
+    injected = boto3.session.Session().client("kms", region_name="us-east-1", endpoint_url=endpoint)
+    with pytest.raises(ConfigurationError, match="https"):
+        AwsKms("alias/k", client=injected)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", endpoint)  # boto3 takes it from the environment
+    with pytest.raises(ConfigurationError, match="https"):
+        AwsKms("alias/k", region="us-east-1")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:1",
+        "http://127.0.0.2:1",
+        "http://localhost:1",
+        "http://[::1]:1",
+        "https://kms.internal",
+        "https://10.1.2.3:4566",
+    ],
+)
+def test_https_or_loopback_endpoints_are_accepted(endpoint: str) -> None:
+    kms = AwsKms("alias/k", region="us-east-1", endpoint_url=endpoint)
+    assert kms._client.meta.endpoint_url == endpoint
+    kms.close()
+
+
 # -- access control (moto enforcing signatures and IAM identity policies) --------------------------
 
 ADMIN_ACTIONS = [
@@ -398,6 +670,27 @@ def test_application_principal_may_only_decrypt(server: Any, kms: AwsKms, arn: s
         assert as_admin.root_state(root) is RootState.PENDING_DELETION
         with pytest.raises(KmsAccessDeniedError):
             as_app.destroy_root(root)  # DescribeKey is not the application's either
+
+
+def test_application_principal_configured_by_alias_needs_describe_key(
+    server: Any, kms: AwsKms, arn: str, client: Any
+) -> None:
+    """By alias name the account is resolved with DescribeKey before the first Decrypt: without
+    that permission the application fails closed rather than unwrapping unpinned."""
+    alias = f"alias/ccvault-{uuid.uuid4().hex[:8]}"
+    client.create_alias(AliasName=alias, TargetKeyId=arn)
+    wrapped = AwsKms(alias, client=client).wrap(_key(), context=CTX)
+    decrypt_only = server.principal(f"app-{uuid.uuid4().hex[:8]}", ["kms:Decrypt"])
+    with_describe = server.principal(
+        f"app-{uuid.uuid4().hex[:8]}", ["kms:Decrypt", "kms:DescribeKey"]
+    )
+    with server.enforce_iam():
+        with pytest.raises(KmsAccessDeniedError, match="DescribeKey"):
+            AwsKms(alias, client=server.client(credentials=decrypt_only)).unwrap(
+                wrapped, context=CTX
+            )
+        as_app = AwsKms(alias, client=server.client(credentials=with_describe))
+        assert as_app.unwrap(wrapped, context=CTX).reveal()
 
 
 def test_bad_credentials_are_access_denied(server: Any, kms: AwsKms, arn: str) -> None:
@@ -485,6 +778,16 @@ def test_translation_of_botocore_errors() -> None:
         assert type(error) is expected, exc
         assert "secret-echo" not in str(error)
     assert _translate(ValueError("bug"), operation="Decrypt", key="k", attempts=1) is None
+
+
+def test_translation_of_tls_errors() -> None:
+    from botocore import exceptions as bx
+
+    exc = bx.SSLError(endpoint_url="https://h", error="CERTIFICATE_VERIFY_FAILED secret-echo")
+    error = _translate(exc, operation="Decrypt", key="k", attempts=4)
+    assert type(error) is KmsError  # not KmsUnavailableError: no grace period, no retry
+    assert "SSLError" in str(error)
+    assert "secret-echo" not in str(error)
 
 
 # -- root lifecycle --------------------------------------------------------------------------------
@@ -715,6 +1018,7 @@ def test_from_url_refuses_credentials(query: str) -> None:
         "aws-kms://alias/k#frag",
         "aws-kms://alias/k?region=us-east-1&endpoint_url=http://user:pw@127.0.0.1:1",
         "aws-kms://alias/k?endpoint_url=ftp://127.0.0.1",
+        "aws-kms://alias/k?region=us-east-1&endpoint_url=http://kms.internal",
         "aws-kms://not a key",
         "aws-kms://key/1234",
         "aws-kms://arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"

@@ -11,6 +11,8 @@ import pytest
 
 from ccvault import (
     ConfigurationError,
+    KmsAccessDeniedError,
+    KmsError,
     KmsKeyNotFoundError,
     KmsUnavailableError,
     SubjectShreddedError,
@@ -83,6 +85,48 @@ def test_call_with_retries_retries_only_unavailability() -> None:
             policy=RetryPolicy(),
         )
     assert attempts == ["bug"]
+
+
+def test_translated_errors_keep_no_trace_of_the_sdk_exception() -> None:
+    """The SDK's exception (request URL, server text, frames holding request data) is neither
+    the __cause__ nor the __context__ of the error raised, whether refused or given up on."""
+
+    class SdkError(Exception):
+        pass
+
+    def failing() -> None:
+        request = {"plaintext": "c2VjcmV0LWtleS1tYXRlcmlhbA=="}  # noqa: F841 - a frame local
+        raise SdkError("POST https://kms.example/v1/encrypt: denied")
+
+    def refused(exc: Exception) -> KmsError:
+        return KmsAccessDeniedError("denied")
+
+    for translate, error in (
+        (refused, KmsAccessDeniedError),
+        (lambda exc: KmsUnavailableError("down"), KmsUnavailableError),
+    ):
+        with pytest.raises(error) as info:
+            call_with_retries(
+                failing, translate=translate, policy=RetryPolicy(2, 0.0, 0.0), sleep=lambda s: None
+            )
+        assert info.value.__cause__ is None
+        assert info.value.__context__ is None
+        assert info.value.__suppress_context__
+        tb = info.value.__traceback__
+        while tb is not None:
+            assert tb.tb_frame.f_code.co_name != "failing"
+            tb = tb.tb_next
+
+    # A ccvault error raised by the operation itself passes through as the same object.
+    own = KmsAccessDeniedError("own")
+
+    def raising_own() -> None:
+        raise own
+
+    with pytest.raises(KmsAccessDeniedError) as info:
+        call_with_retries(raising_own, translate=refused, policy=RetryPolicy())
+    assert info.value is own
+    assert own.__context__ is None
 
 
 def test_short_throttling_is_absorbed_long_throttling_fails_closed() -> None:

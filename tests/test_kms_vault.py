@@ -7,13 +7,15 @@ failure Vault cannot produce on demand (429, 500, timeouts, TLS) inject a small 
 from __future__ import annotations
 
 import base64
+import contextlib
 import pickle
 import secrets
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hvac
 import pytest
@@ -175,8 +177,9 @@ def test_wrong_context_is_a_decryption_error_and_not_retried(bao: BaoServer) -> 
 )
 def test_malformed_blobs_fail_before_any_request(bao: BaoServer, blob: bytes) -> None:
     kms = _kms(bao, token="never-used")
+    # The root is the configured key, so only the blob itself can be what is refused.
     with pytest.raises(DecryptionError):
-        kms.unwrap(WrappedKey(kms.kms_id, "k", blob), context=CTX)
+        kms.unwrap(WrappedKey(kms.kms_id, kms.key_name, blob), context=CTX)
 
 
 def test_empty_context_is_refused(bao: BaoServer) -> None:
@@ -188,14 +191,17 @@ def test_empty_context_is_refused(bao: BaoServer) -> None:
 def test_unknown_key_and_mount_are_key_not_found(bao: BaoServer) -> None:
     kms = _ready(bao)
     wrapped = kms.wrap(_key(), context=CTX)
-    missing = WrappedKey(kms.kms_id, _name("missing"), wrapped.blob)
+    missing = WrappedKey(kms.kms_id, f"{kms.key_name}-{secrets.token_hex(16)}", wrapped.blob)
     with pytest.raises(KmsKeyNotFoundError):
         kms.unwrap(missing, context=CTX)
     elsewhere = _kms(bao, kms.key_name, mount="no-such-mount")
     with pytest.raises(KmsKeyNotFoundError):
         elsewhere.ensure_key()
-    with pytest.raises(KmsKeyNotFoundError, match="not a Transit key name"):
-        kms.unwrap(WrappedKey(kms.kms_id, "../sys/seal", wrapped.blob), context=CTX)
+    # A root id that is not one of this backend's names is refused before any request, opaquely.
+    for root in ("../sys/seal", _name("missing")):
+        with pytest.raises(DecryptionError) as info:
+            kms.unwrap(WrappedKey(kms.kms_id, root, wrapped.blob), context=CTX)
+        assert str(info.value) == DecryptionError.MESSAGE
 
 
 # -- root lifecycle ------------------------------------------------------------------------------
@@ -226,7 +232,10 @@ def test_root_lifecycle(bao: BaoServer) -> None:
     assert kms.root_state(root) is RootState.DESTROYED
     # Another process knows a root it did not destroy is destroyed from its name alone.
     assert _kms(bao, kms.key_name).root_state(root) is RootState.DESTROYED
-    assert kms.root_state(_name("never")) is RootState.UNKNOWN
+    never = _name("never")
+    assert _kms(bao, never).root_state(never) is RootState.UNKNOWN  # a missing configured key
+    with pytest.raises(KmsError, match="not a root of this backend"):
+        kms.root_state(never)  # another backend's name: not asked about
     with pytest.raises(KmsKeyNotFoundError):
         kms.unwrap(wrapped, context=CTX)
     # Transit would re-create a key of that name on encrypt ("upsert"): refused here.
@@ -308,7 +317,13 @@ def test_application_policy_is_limited_to_its_keys(bao: BaoServer) -> None:
     key = _key()
     assert app.unwrap(app.wrap(key, context=CTX), context=CTX) == key
     assert app.unwrap(kms.wrap(key, context=CTX), context=CTX) == key
+    # The policy refuses another key (a backend configured for it, with the app's token) ...
     with pytest.raises(KmsAccessDeniedError):
+        _kms(bao, other.key_name, token=auth["client_token"]).unwrap(
+            other.wrap(key, context=CTX), context=CTX
+        )
+    # ... and the app's backend refuses another key's wraps before asking Vault at all.
+    with pytest.raises(DecryptionError):
         app.unwrap(other.wrap(key, context=CTX), context=CTX)
     with pytest.raises(KmsAccessDeniedError):
         app.new_root()  # creating keys is an admin operation
@@ -603,21 +618,43 @@ def test_from_url_refuses(url: str, environ: dict[str, str], match: str) -> None
 # -- error translation with an injected client -------------------------------------------------
 
 
+def _http_error(status: int, message: str) -> Callable[[], NoReturn]:
+    """Raise an hvac error the way hvac does for an HTTP ``status`` (via utils.raise_for_error,
+    whose frame is the only place hvac keeps the status of an UnexpectedError)."""
+
+    def fail() -> NoReturn:
+        hvac.utils.raise_for_error(
+            "post", "https://vault.example:8200/v1/transit/x", status, errors=[message]
+        )
+        raise AssertionError("unreachable")
+
+    return fail
+
+
+Failure = Exception | Callable[[], NoReturn]
+
+
+def _fail(failure: Failure) -> NoReturn:
+    if isinstance(failure, Exception):
+        raise failure
+    failure()
+
+
 class _FakeTransit:
-    def __init__(self, failures: list[Exception]) -> None:
+    def __init__(self, failures: list[Failure]) -> None:
         self.failures = failures
         self.calls = 0
 
     def encrypt_data(self, name: str, **kw: Any) -> dict[str, Any]:
         self.calls += 1
         if self.failures:
-            raise self.failures.pop(0)
+            _fail(self.failures.pop(0))
         return {"data": {"ciphertext": "vault:v1:" + kw["plaintext"]}}
 
     def decrypt_data(self, name: str, **kw: Any) -> dict[str, Any]:
         self.calls += 1
         if self.failures:
-            raise self.failures.pop(0)
+            _fail(self.failures.pop(0))
         if kw["context"] != self.context:
             raise hvac.exceptions.InvalidRequest(errors=["cipher: message authentication failed"])
         return {"data": {"plaintext": kw["ciphertext"][len("vault:v1:") :]}}
@@ -626,7 +663,7 @@ class _FakeTransit:
 
 
 class _FakeClient:
-    def __init__(self, failures: list[Exception]) -> None:
+    def __init__(self, failures: list[Failure]) -> None:
         self.token = "fake-token"
         self.transit = _FakeTransit(failures)
         self.secrets = type("S", (), {"transit": self.transit})()
@@ -636,7 +673,7 @@ class _FakeClient:
         return {"data": {"ttl": 0}}
 
 
-def _fake_kms(failures: list[Exception], sleeps: Sleeps) -> tuple[VaultTransitKms, _FakeTransit]:
+def _fake_kms(failures: list[Failure], sleeps: Sleeps) -> tuple[VaultTransitKms, _FakeTransit]:
     client = _FakeClient(failures)
     kms = VaultTransitKms(
         "https://vault.example:8200", "k", client=client, policy=FAST, sleep=sleeps
@@ -654,13 +691,14 @@ def _fake_kms(failures: list[Exception], sleeps: Sleeps) -> tuple[VaultTransitKm
         hvac.exceptions.InternalServerError(errors=["boom"]),
         hvac.exceptions.BadGateway(errors=["bad gateway"]),
         hvac.exceptions.VaultDown(errors=["Vault is sealed"]),
-        hvac.exceptions.UnexpectedError(errors=["504"]),
+        _http_error(504, "gateway timeout"),  # UnexpectedError: hvac has no class for 504
+        _http_error(429, "rate limited"),
         requests.exceptions.ConnectTimeout("slow"),
         requests.exceptions.ReadTimeout("slow"),
         requests.exceptions.ConnectionError("refused"),
     ],
 )
-def test_transient_failures_are_retried(failure: Exception) -> None:
+def test_transient_failures_are_retried(failure: Failure) -> None:
     sleeps = Sleeps()
     kms, transit = _fake_kms([failure, failure], sleeps)
     key = _key()
@@ -686,9 +724,17 @@ def test_transient_failures_are_retried(failure: Exception) -> None:
         ),
         (hvac.exceptions.InvalidRequest(errors=["invalid ciphertext length"]), DecryptionError),
         (requests.exceptions.SSLError("certificate verify failed"), KmsError),
+        (_http_error(409, "conflict"), KmsError),
+        (_http_error(413, "request too large"), KmsError),
+        (_http_error(412, "precondition failed"), KmsError),
+        (hvac.exceptions.UnexpectedError(errors=["no status known"]), KmsError),
+        (
+            hvac.exceptions.InvalidRequest(errors=["invalid ciphertext: version is too new"]),
+            DecryptionError,
+        ),
     ],
 )
-def test_permanent_failures_are_not_retried(failure: Exception, error: type[Exception]) -> None:
+def test_permanent_failures_are_not_retried(failure: Failure, error: type[Exception]) -> None:
     sleeps = Sleeps()
     kms, transit = _fake_kms([failure], sleeps)
     with pytest.raises(error) as info:
@@ -772,3 +818,508 @@ def test_missing_bao_binary_skips_or_fails_on_ci(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true requires"):
         bao_server.require_bao()
+
+
+# -- review findings: root names, destroy_root, key material in tracebacks, errors, AppRole ------
+
+
+def _plain_blob(bao: BaoServer, name: str) -> bytes:
+    """A wrap made under ``name`` without any context (as someone with encrypt rights could)."""
+    response = bao.client().secrets.transit.encrypt_data(
+        name, plaintext=base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+    return str(response["data"]["ciphertext"]).encode()
+
+
+def test_foreign_root_ids_are_refused_before_any_request(bao: BaoServer) -> None:
+    kms = _ready(bao)
+    # A non-derived key in the same mount: a database writer names it as a wrap's root.
+    plain = _name("plain")
+    bao.client().secrets.transit.create_key(plain)
+    forged = WrappedKey(kms.kms_id, plain, _plain_blob(bao, plain))
+    with pytest.raises(DecryptionError) as info:
+        kms.unwrap(forged, context=CTX)  # would open under any context: Transit ignores it
+    assert str(info.value) == DecryptionError.MESSAGE
+    assert info.value.__context__ is None
+
+    # Without a usable token: a refusal that is not KmsAccessDeniedError made no request.
+    blind = _kms(bao, kms.key_name, token="never-used")
+    hexpart = secrets.token_hex(16)
+    for root in (
+        plain,
+        f"{plain}-{hexpart}",  # another key's per-epoch root
+        f"{kms.key_name}x",
+        f"{kms.key_name}-{hexpart[:-1]}",
+        f"{kms.key_name}-{hexpart.upper()}",
+        f"{kms.key_name}-{hexpart}-x",
+        "../sys/seal",
+        "",
+    ):
+        with pytest.raises(DecryptionError):
+            blind.unwrap(WrappedKey(kms.kms_id, root, forged.blob), context=CTX)
+        for call in (
+            lambda root=root: blind.wrap(_key(), context=CTX, root_id=root),
+            lambda root=root: blind.root_state(root),
+        ):
+            with pytest.raises(KmsError) as refused:
+                call()
+            assert type(refused.value) is KmsError
+    # The backend's own names still reach Vault (and this token is refused there).
+    for root in (kms.key_name, f"{kms.key_name}-{hexpart}"):
+        with pytest.raises(KmsAccessDeniedError):
+            blind.wrap(_key(), context=CTX, root_id=root)
+
+
+def test_unwrap_checks_once_per_root_that_it_is_derived(bao: BaoServer) -> None:
+    # A configured key created outside ccvault without derived=true: unwrap must not accept
+    # wraps from it (they open under any context), even in a process that never wrapped.
+    plain = _name("plain")
+    bao.client().secrets.transit.create_key(plain)
+    kms = _kms(bao, plain)
+    with pytest.raises(ConfigurationError, match="not a derived key"):
+        kms.unwrap(WrappedKey(kms.kms_id, plain, _plain_blob(bao, plain)), context=CTX)
+
+    # A derived key: one probe on the first unwrap per root and process, none afterwards.
+    wrapped = _ready(bao).wrap(_key(), context=CTX)
+    fresh = _kms(bao, wrapped.root_id)
+    requests_made: list[str] = []
+    original = fresh._transit.decrypt_data
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        requests_made.append(kw["context"])
+        return original(*args, **kw)
+
+    fresh._transit.decrypt_data = counting
+    fresh.unwrap(wrapped, context=CTX)
+    assert len(requests_made) == 2
+    assert requests_made[0] != requests_made[1]
+    fresh.unwrap(wrapped, context=CTX)
+    assert len(requests_made) == 3
+
+
+def test_destroy_root_only_deletes_per_epoch_roots(bao: BaoServer) -> None:
+    kms = _ready(bao)
+    other = _name("otherapp")
+    bao.client().secrets.transit.create_key(other, derived=True)
+    other_root = f"{other}-{secrets.token_hex(16)}"
+    bao.client().secrets.transit.create_key(other_root, derived=True)
+    blind = _kms(bao, kms.key_name, token="never-used")
+    for victim in (kms.key_name, other, other_root, f"{kms.key_name}-{'g' * 32}", "../x"):
+        for backend in (kms, blind):
+            with pytest.raises(KmsError, match="refusing to destroy") as info:
+                backend.destroy_root(victim)
+            assert type(info.value) is KmsError  # refused here, not by Vault
+    transit = bao.client().secrets.transit
+    for name in (kms.key_name, other, other_root):
+        assert transit.read_key(name)["data"]["name"] == name  # all still there
+    key = _key()
+    assert kms.unwrap(kms.wrap(key, context=CTX), context=CTX) == key
+    root = kms.new_root()
+    kms.destroy_root(root)
+    assert kms.root_state(root) is RootState.DESTROYED
+
+
+_SCALARS = (str, bytes, bytearray, int, float, bool, type(None))
+
+
+def _secret_forms(raw: bytes) -> list[str]:
+    return [
+        raw.hex(),
+        raw.hex().upper(),
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+        base64.b64encode(raw).decode().rstrip("="),
+        repr(raw),
+    ]
+
+
+def _leaks(exc: BaseException, raw: bytes) -> list[str]:
+    """Where key material is reachable from ``exc``: its text, the locals (and closure cells)
+    of every frame of its traceback, and the same for its __context__ and __cause__ chain."""
+    forms = _secret_forms(raw)
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def check(where: str, value: object, depth: int = 0) -> None:
+        if id(value) in seen or depth > 3:
+            return
+        seen.add(id(value))
+        if isinstance(value, bytes | bytearray):
+            if raw in value or any(f.encode() in value for f in forms):
+                found.append(where)
+            return
+        text = value if isinstance(value, str) else None
+        if text is None and not isinstance(value, _SCALARS):
+            try:
+                text = repr(value)
+            except Exception:
+                text = ""
+        if text is not None and any(f in text for f in forms):
+            found.append(where)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                check(f"{where}[{k!r}]", v, depth + 1)
+        elif isinstance(value, list | tuple | set):
+            for i, v in enumerate(value):
+                check(f"{where}[{i}]", v, depth + 1)
+        cells = getattr(value, "__closure__", None) or ()
+        for cell in cells:
+            with contextlib.suppress(ValueError):  # an empty cell
+                check(f"{where}.<closure>", cell.cell_contents, depth + 1)
+
+    chain: list[BaseException] = [exc]
+    while chain:
+        error = chain.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        check(f"{type(error).__name__} text", str(error))
+        check(f"{type(error).__name__} args", error.args)
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            for name, value in frame.f_locals.items():
+                check(f"{type(error).__name__}: {frame.f_code.co_name}.{name}", value)
+            tb = tb.tb_next
+        chain.extend(e for e in (error.__context__, error.__cause__) if e is not None)
+    return found
+
+
+def _raised(call: Callable[[], object]) -> BaseException:
+    """The exception ``call`` raises (caught here, so no test frame joins its traceback)."""
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("no exception raised")
+
+
+def test_wrap_failures_leave_no_key_material_in_tracebacks(bao: BaoServer) -> None:
+    name = _name("leak")
+    kms = _ready(bao, name)
+    ro = create_app_token(bao, name + "-ro", transit_policy(name, encrypt=False))
+    role_id, secret_id = enable_approle(bao, name, name, transit_policy(name, encrypt=False))
+    backends = [
+        _kms(bao, name, token="s." + secrets.token_hex(12)),  # Vault refuses the token
+        _kms(bao, name, token=ro["client_token"]),  # the policy refuses encrypt
+        _kms(bao, name, token=None, approle=(role_id, secret_id)),  # the same, under AppRole
+        VaultTransitKms(  # nothing listens: requests' own exception, translated
+            f"http://127.0.0.1:{free_port()}",
+            name,
+            token="t",
+            allow_insecure_http=True,
+            policy=FAST,
+            sleep=Sleeps(),
+        ),
+    ]
+    key = _key()
+    for backend in backends:
+        exc = _raised(lambda backend=backend: backend.wrap(key, context=CTX))
+        assert isinstance(exc, KmsError)
+        assert exc.__context__ is None
+        assert exc.__cause__ is None
+        assert _leaks(exc, key.reveal()) == []
+    # The check itself finds key material where it is.
+    probe = _raised(lambda: kms.wrap(key, context=CTX, root_id="x" + key.reveal().hex()))
+    assert _leaks(probe, key.reveal())
+
+
+def test_unwrap_failure_after_decrypting_leaves_no_key_material(bao: BaoServer) -> None:
+    # The answer held the key but is refused (not valid base64 here): the error is raised from
+    # a frame that never held the plaintext.
+    plain = "!!" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+    class Transit:
+        def decrypt_data(self, name: str, **kw: Any) -> dict[str, Any]:
+            return {"data": {"plaintext": plain}}
+
+    client = _FakeClient([])
+    client.secrets = type("S", (), {"transit": Transit()})()
+    kms = VaultTransitKms("https://vault.example:8200", "k", client=client, policy=FAST)
+    exc = _raised(
+        lambda: kms.unwrap(WrappedKey(kms.kms_id, "k", b"vault:v1:" + b"A" * 80), context=CTX)
+    )
+    assert isinstance(exc, DecryptionError)
+    assert exc.__context__ is None
+    assert _leaks(exc, base64.b64decode(plain[2:])) == []
+
+
+@pytest.mark.parametrize(
+    "version", [b"v0", b"v-1", b"v01", b"v99999999999", b"v", b"V1", b"v1:v1", b"v+1"]
+)
+def test_malformed_versions_are_decryption_errors_before_any_request(
+    bao: BaoServer, version: bytes
+) -> None:
+    kms = _ready(bao)
+    wrapped = kms.wrap(_key(), context=CTX)
+    payload = wrapped.blob.split(b":", 2)[2]
+    forged = WrappedKey(kms.kms_id, kms.key_name, b"vault:" + version + b":" + payload)
+    sleeps = Sleeps()
+    for backend in (_kms(bao, kms.key_name, sleep=sleeps), _kms(bao, token="never-used")):
+        with pytest.raises(DecryptionError) as info:
+            backend.unwrap(WrappedKey(backend.kms_id, backend.key_name, forged.blob), context=CTX)
+        assert str(info.value) == DecryptionError.MESSAGE
+    assert sleeps.calls == []
+
+
+@pytest.mark.parametrize(
+    "payload", [b"", b"!!!!", b"AAA", b"AAAA\n", b"A===", b"AAAA AAAA", b"AA=A"]
+)
+def test_malformed_payloads_fail_before_any_request(bao: BaoServer, payload: bytes) -> None:
+    kms = _kms(bao, token="never-used")
+    with pytest.raises(DecryptionError):
+        kms.unwrap(WrappedKey(kms.kms_id, kms.key_name, b"vault:v1:" + payload), context=CTX)
+
+
+def test_retired_and_trimmed_versions_are_key_disabled(bao: BaoServer) -> None:
+    kms = _ready(bao)
+    key = _key()
+    old = kms.wrap(key, context=CTX)
+    kms.rotate()
+    kms.rotate()
+    transit = bao.client().secrets.transit
+    transit.update_key_configuration(kms.key_name, min_decryption_version=3)
+    with pytest.raises(KmsKeyDisabledError, match="min_decryption_version") as info:
+        kms.unwrap(old, context=CTX)
+    assert "trimmed" in str(info.value)
+    _no_chain(info.value)
+    assert info.value.__context__ is None
+    # Retired only: lowering min_decryption_version brings it back ...
+    transit.update_key_configuration(kms.key_name, min_decryption_version=1)
+    assert kms.unwrap(old, context=CTX) == key
+    # ... trimmed: the same error, and now for good.
+    transit.update_key_configuration(kms.key_name, min_decryption_version=3)
+    transit.update_key_configuration(kms.key_name, min_encryption_version=3)
+    transit.trim_key(kms.key_name, min_version=3)
+    with pytest.raises(KmsKeyDisabledError):
+        kms.unwrap(old, context=CTX)
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        transit.update_key_configuration(kms.key_name, min_decryption_version=1)
+
+
+# A tiny HTTP server answering Transit requests with a chosen status (statuses OpenBao does not
+# produce on demand), spoken to by a real hvac client.
+
+
+class _StatusServer:
+    def __init__(self, status: int, *, tls: tuple[Path, Path] | None = None) -> None:
+        import http.server
+        import ssl
+        import threading
+
+        self.status = status
+        self.posts = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = __import__("json").dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # lookup-self: a token without a TTL
+                self._answer(200, {"data": {"ttl": 0}})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.posts += 1
+                self._answer(server.status, {"errors": [f"status {server.status}"]})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.addr = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "retried"),
+    [
+        (409, KmsError, False),
+        (413, KmsError, False),
+        (412, KmsError, False),
+        (418, KmsError, False),
+        (429, KmsUnavailableError, True),
+        (504, KmsUnavailableError, True),
+        (507, KmsUnavailableError, True),
+    ],
+)
+def test_unexpected_statuses_through_hvac(
+    status: int, error: type[KmsError], retried: bool
+) -> None:
+    server = _StatusServer(status)
+    try:
+        sleeps = Sleeps()
+        kms = VaultTransitKms(
+            server.addr, "k", token="t", allow_insecure_http=True, policy=FAST, sleep=sleeps
+        )
+        with pytest.raises(KmsError) as info:
+            kms.wrap(_key(), context=CTX)
+        assert type(info.value) is error
+        assert str(status) in str(info.value)
+        assert info.value.__context__ is None
+        assert server.posts == (FAST.max_attempts if retried else 1)
+        assert len(sleeps.calls) == (FAST.max_attempts - 1 if retried else 0)
+    finally:
+        server.close()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_verification_failure_is_kms_error_not_retried(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = _StatusServer(200, tls=(cert, key))
+    try:
+        sleeps = Sleeps()
+        kms = VaultTransitKms(server.addr, "k", token="t", policy=FAST, sleep=sleeps)
+        with pytest.raises(KmsError, match="TLS verification failed") as info:
+            kms.wrap(_key(), context=CTX)
+        assert type(info.value) is KmsError
+        assert sleeps.calls == []
+        assert info.value.__context__ is None
+        assert server.posts == 0
+        # With the right CA bundle the same server is trusted (and answers 200 without data).
+        trusted = VaultTransitKms(server.addr, "k", token="t", verify=str(cert), policy=FAST)
+        with pytest.raises(KmsError, match="no ciphertext"):
+            trusted.wrap(_key(), context=CTX)
+    finally:
+        server.close()
+
+
+def _count_logins(kms: VaultTransitKms) -> list[str]:
+    logins: list[str] = []
+    approle = kms._client.auth.approle
+    original = approle.login
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        response = original(*args, **kw)
+        logins.append(response["auth"]["accessor"])
+        return response
+
+    approle.login = counting
+    return logins
+
+
+def _token_alive(bao: BaoServer, token: str) -> bool:
+    try:
+        bao.client(token=token).auth.token.lookup_self()
+    except hvac.exceptions.Forbidden:
+        return False
+    return True
+
+
+def test_approle_policy_denials_do_not_log_in_again(bao: BaoServer) -> None:
+    name = _name("deny")
+    _ready(bao, name)
+    role_id, secret_id = enable_approle(bao, name, name, transit_policy(name, encrypt=False))
+    clock = FrozenClock(1000.0)
+    sleeps = Sleeps()
+    kms = _kms(bao, name, token=None, approle=(role_id, secret_id), clock=clock, sleep=sleeps)
+    logins = _count_logins(kms)
+    lookups: list[int] = []
+    token_api = kms._client.auth.token
+    original_lookup = token_api.lookup_self
+
+    def counting_lookup(*args: Any, **kw: Any) -> Any:
+        lookups.append(1)
+        return original_lookup(*args, **kw)
+
+    token_api.lookup_self = counting_lookup
+    for _ in range(20):  # a denial storm: encrypt is not in the policy
+        with pytest.raises(KmsAccessDeniedError) as info:
+            kms.wrap(_key(), context=CTX)
+        _no_chain(info.value)
+        assert info.value.__context__ is None
+        clock.advance(5)
+    assert len(logins) == 1  # the first login only
+    assert len(lookups) <= 4  # at most one token check per 30 s (100 s passed)
+    token = kms._client.token
+    assert _token_alive(bao, token)
+    assert sleeps.calls == []
+
+
+def test_approle_relogin_is_rate_limited_and_replaced_tokens_are_revoked(
+    bao: BaoServer,
+) -> None:
+    name = _name("relog")
+    _ready(bao, name)
+    role_id, secret_id = enable_approle(bao, name, name, transit_policy(name))
+    clock = FrozenClock(1000.0)
+    kms = _kms(bao, name, token=None, approle=(role_id, secret_id), clock=clock)
+    logins = _count_logins(kms)
+    key = _key()
+    wrapped = kms.wrap(key, context=CTX)
+    first = kms._client.token
+    assert len(logins) == 1
+    # Revoked seconds after the login: no new login within the interval ...
+    bao.client().auth.token.revoke(first)
+    with pytest.raises(KmsAccessDeniedError):
+        kms.unwrap(wrapped, context=CTX)
+    assert len(logins) == 1
+    # ... and one once it has passed.
+    clock.advance(31)
+    assert kms.unwrap(wrapped, context=CTX) == key
+    assert len(logins) == 2
+    second = kms._client.token
+    assert second != first
+    # A token replaced while still valid (it can no longer be renewed) is revoked.
+    assert kms._token is not None
+    kms._token.renewable = False
+    clock.advance(3600)  # past two thirds of its TTL
+    assert kms.unwrap(wrapped, context=CTX) == key
+    assert len(logins) == 3
+    assert kms._client.token != second
+    assert not _token_alive(bao, second)
+    assert _token_alive(bao, kms._client.token)

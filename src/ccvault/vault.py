@@ -577,9 +577,15 @@ class Vault:
                 backend = backends.get(w.kms_id)
                 if backend is None or (w.kms_id, w.root_id) in alive:
                     continue
-                if backend.root_state(w.root_id) in _GONE:
-                    continue
-                backend.destroy_root(w.root_id)
+                try:
+                    if backend.root_state(w.root_id) not in _GONE:
+                        backend.destroy_root(w.root_id)
+                except KmsUnavailableError:
+                    raise  # the next run retries
+                except KmsError as exc:
+                    # A root the backend will not destroy: the configured key of an epoch made
+                    # before per_epoch_roots was turned on, or a root id it does not own.
+                    log.warning("root of destroyed epoch %d not destroyed: %s", record.seq, exc)
 
     def active_epoch_seq(self) -> int:
         return self._active_epoch().seq

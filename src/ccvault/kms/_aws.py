@@ -7,18 +7,27 @@ lazily, so ``import ccvault.kms`` works without the extra.
   installation, purpose and epoch id), so a wrapped key only unwraps for the purpose and id it was
   made for. ``WrappedKey.root_id`` is the ARN of the key KMS actually used.
 * ``unwrap`` calls ``Decrypt`` naming ``KeyId=root_id``: a blob cannot be redirected to another key.
+  Root ids come from the key store, whose writers must not be able to point this process at a key
+  of theirs: every root id is checked against the region and account of the configured key (the
+  account is resolved once with ``DescribeKey`` when the key is configured by alias name or bare
+  key id) before any call names it.
 * Per-epoch roots: ``new_root`` creates a symmetric KMS key tagged ``ccvault:role=epoch-root``,
   ``destroy_root`` schedules its deletion (7 to 30 days); both are admin operations.
 * Retries are botocore's "standard" mode (bounded attempts, jittered exponential backoff on
-  throttling, 5xx and connection errors) with connect/read timeouts; every botocore failure is
-  translated once, by :func:`_translate`, into the ccvault error tree, never chained (botocore's
-  text can echo request data) and described by identifiers only.
+  throttling, 5xx and connection errors) with connect/read timeouts; a TLS failure is not retried
+  (a configuration or interception problem, not an outage). Every botocore failure is translated
+  once, by :func:`_translate`, into the ccvault error tree, raised outside the ``except`` block
+  (no chaining, no botocore frames: botocore's text and locals can echo request data) and described
+  by identifiers only. Key material is never bound to a local that outlives the SDK call, so the
+  frames of a traceback (which error reporters may capture with their locals) do not hold it.
+* ``endpoint_url`` must be ``https://``, except on a loopback host (a local test server).
 
 See docs/kms-aws.md for the IAM policies and the error table.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 from collections.abc import Mapping
@@ -150,6 +159,11 @@ class AwsKms:
             )
             region = client.meta.region_name
             self._owns_client = True
+        # The endpoint the client really uses: also one from AWS_ENDPOINT_URL(_KMS) or a profile,
+        # or the injected client's.
+        actual_endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+        if isinstance(actual_endpoint, str):
+            _check_endpoint(actual_endpoint)
         if arn is not None and arn["region"] != region:
             raise ConfigurationError(
                 f"the key {key_id} is in region {arn['region']}, the client in {region}"
@@ -157,6 +171,9 @@ class AwsKms:
         self._client = client
         self._key_id = key_id
         self._region: str = region
+        # The account whose keys this installation uses: from the ARN, else (alias name or bare
+        # key id) resolved once by DescribeKey of the configured key, before any call that names
+        # a root id read from the key store.
         self._account: str | None = arn["account"] if arn is not None else None
         # For messages only: an injected client retries as it was configured to.
         self._max_attempts = _configured_attempts(client) or max_attempts
@@ -193,9 +210,12 @@ class AwsKms:
                 raise ConfigurationError(
                     "no AWS region: pass region=, use a key ARN or set AWS_REGION"
                 )
-            return session.client("kms", endpoint_url=endpoint_url, config=config)
+            client = session.client("kms", endpoint_url=endpoint_url, config=config)
         except BotoCoreError as exc:
             error = ConfigurationError(f"cannot build the AWS KMS client ({type(exc).__name__})")
+        else:
+            client.meta.events.register_first("needs-retry.kms", _no_retry_on_tls_failure)
+            return client
         raise error
 
     @classmethod
@@ -299,17 +319,25 @@ class AwsKms:
     def wrap(
         self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None
     ) -> WrappedKey:
-        material = key.reveal()
-        if len(material) != KEY_BYTES:
+        # The key's bytes go straight into the call, never into a local of this frame: a
+        # traceback of a failed wrap must not carry them (see _call).
+        if len(key) != KEY_BYTES:
             raise ValueError(f"AwsKms wraps {KEY_BYTES}-byte keys")
+        encryption_context = _encryption_context(context)
+        if root_id is not None:
+            if not isinstance(root_id, str) or not _KEY_ARN.fullmatch(root_id):
+                raise ConfigurationError("AwsKms wraps under the key ARN of a root")
+            self._check_root(root_id, "the requested root")
+        else:
+            self._account_id()  # the answer's KeyId is checked against it
         with self._lock:
             target = root_id or self._current or self._configured_arn or self._key_id
         response = self._call(
             "Encrypt",
             target,
             KeyId=target,
-            Plaintext=material,
-            EncryptionContext=_encryption_context(context),
+            Plaintext=key.reveal(),
+            EncryptionContext=encryption_context,
             EncryptionAlgorithm="SYMMETRIC_DEFAULT",
         )
         used = self._own_key_arn(response.get("KeyId"), "Encrypt")
@@ -323,11 +351,9 @@ class AwsKms:
             raise KmsError("the wrapped key belongs to another KMS")
         if not 0 < len(wrapped.blob) <= MAX_CIPHERTEXT:
             raise DecryptionError
-        root = _KEY_ARN.fullmatch(wrapped.root_id)
-        if root is None:
+        if not isinstance(wrapped.root_id, str) or not _KEY_ARN.fullmatch(wrapped.root_id):
             raise DecryptionError
-        if root["region"] != self._region or self._account not in (None, root["account"]):
-            raise KmsError(f"the wrapped key names a root outside this KMS: {wrapped.root_id}")
+        self._check_root(wrapped.root_id, "the wrapped key")
         response = self._call(
             "Decrypt",
             wrapped.root_id,
@@ -336,15 +362,16 @@ class AwsKms:
             EncryptionContext=_encryption_context(context),
             EncryptionAlgorithm="SYMMETRIC_DEFAULT",
         )
-        plaintext = response.get("Plaintext")
-        if response.get("KeyId") != wrapped.root_id or not isinstance(plaintext, bytes):
+        # Taken out of the response in a helper, so no frame that raises DecryptionError below
+        # holds what KMS decrypted.
+        key = _take_key(response, wrapped.root_id)
+        if key is None:
             raise DecryptionError
-        if len(plaintext) != KEY_BYTES:
-            raise DecryptionError
-        return SecretKey(plaintext)
+        return key
 
     def new_root(self) -> str:
         """Create a symmetric KMS key for a new epoch and make it current (admin principal)."""
+        self._account_id()  # the new key must be in the configured key's account
         tags = {**self._root_tags, ROOT_TAG[0]: ROOT_TAG[1]}
         params: dict[str, Any] = {
             "Description": ROOT_DESCRIPTION,
@@ -385,6 +412,7 @@ class AwsKms:
         """
         if not isinstance(root_id, str) or not _KEY_ARN.fullmatch(root_id):
             raise ConfigurationError("destroy_root takes the key ARN of an epoch root")
+        self._check_root(root_id, "destroy_root")
         state = self.root_state(root_id)
         if state in (RootState.PENDING_DELETION, RootState.DESTROYED):
             return
@@ -412,7 +440,11 @@ class AwsKms:
                 self._current = None
 
     def root_state(self, root_id: str) -> RootState:
-        """The KMS key state; a key ARN that KMS no longer knows is DESTROYED (deletion done)."""
+        """The KMS key state; a key ARN that KMS no longer knows is DESTROYED (deletion done).
+
+        A key ARN of another region or account is refused (KmsError) without a call."""
+        if isinstance(root_id, str) and _KEY_ARN.fullmatch(root_id):
+            self._check_root(root_id, "root_state")
         try:
             meta = self._call("DescribeKey", root_id, KeyId=root_id)["KeyMetadata"]
         except KmsKeyNotFoundError:
@@ -426,21 +458,56 @@ class AwsKms:
             if self._configured_arn is not None:
                 return self._configured_arn
         meta = self._call("DescribeKey", self._key_id, KeyId=self._key_id)["KeyMetadata"]
-        arn = self._own_key_arn(meta.get("Arn"), "DescribeKey")
+        arn = meta.get("Arn")
+        match = _KEY_ARN.fullmatch(arn) if isinstance(arn, str) else None
+        if match is None or match["region"] != self._region:
+            raise KmsError("AWS KMS DescribeKey answered with an unexpected key id")
         with self._lock:
-            self._configured_arn = arn
-        return arn
+            if self._account is None:
+                # An alias name or bare key id names a key of the caller's account: pin it.
+                self._account = match["account"]
+            if match["account"] != self._account:
+                raise KmsError("AWS KMS DescribeKey answered with a key of another account")
+            self._configured_arn = str(arn)
+            return self._configured_arn
+
+    def _account_id(self) -> str:
+        """The account of the configured key (one DescribeKey, once, when it is not in its ARN)."""
+        with self._lock:
+            if self._account is not None:
+                return self._account
+        self._configured()
+        with self._lock:
+            assert self._account is not None
+            return self._account
+
+    def _check_root(self, root_id: str, what: str) -> None:
+        """Refuse a key ARN outside the configured key's region and account, before any call
+        names it: root ids come from the key store, and its writers must not choose the key."""
+        match = _KEY_ARN.fullmatch(root_id)
+        if match is None:  # pragma: no cover - callers check the format first
+            raise KmsError(f"{what} is not a key ARN")
+        if match["region"] != self._region or match["account"] != self._account_id():
+            raise KmsError(f"{what} names a root outside this KMS's region and account: {root_id}")
 
     def _own_key_arn(self, arn: object, operation: str) -> str:
-        """Check that KMS answered with a key ARN of this region (and account, when known)."""
+        """Check that KMS answered with a key ARN of this region and account."""
         match = _KEY_ARN.fullmatch(arn) if isinstance(arn, str) else None
         if match is None or match["region"] != self._region:
             raise KmsError(f"AWS KMS {operation} answered with an unexpected key id")
-        if self._account not in (None, match["account"]):
+        if match["account"] != self._account_id():
             raise KmsError(f"AWS KMS {operation} answered with a key of another account")
         return str(arn)
 
     def _call(self, operation: str, key: str, **params: Any) -> dict[str, Any]:
+        """Call ``operation``; translate a botocore failure into the ccvault error tree.
+
+        The ccvault error is raised outside the ``except`` block, so neither the botocore
+        exception (``__context__``) nor its frames (which hold the request) are in its traceback;
+        and ``Plaintext`` is dropped from ``params`` once the call is over, so this frame does not
+        hold the key being wrapped either. Error reporters that capture frame locals (Sentry and
+        the like) then see identifiers only.
+        """
         method = getattr(self._client, _snake(operation))
         try:
             response: dict[str, Any] = method(**params)
@@ -450,6 +517,8 @@ class AwsKms:
             if error is None:
                 raise
             invalid_state = _error_code(exc) == "KMSInvalidStateException"
+        finally:
+            params.pop("Plaintext", None)
         if invalid_state and operation != "DescribeKey":
             error = self._refine_invalid_state(error, operation, key)
         raise error
@@ -482,11 +551,52 @@ def _is_key_identifier(key_id: str) -> bool:
 
 
 def _check_endpoint(endpoint_url: str) -> None:
-    parts = urlsplit(endpoint_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(endpoint_url)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigurationError("endpoint_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError("endpoint_url must be an http(s) URL")
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError("endpoint_url must not carry credentials")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigurationError(
+            "endpoint_url must be https:// (plain http:// only on a loopback host, for a local "
+            "test server): the epoch keys and the credentials' signatures travel over it"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_retry_on_tls_failure(caught_exception: object = None, **_: Any) -> None:
+    """A ``needs-retry`` handler (registered first) that stops botocore retrying a TLS failure.
+
+    An untrusted or mismatched certificate is a configuration or interception problem that no
+    retry fixes; raising the exception here ends the attempt loop before the standard retry
+    handler runs (so it takes no retry quota either). :func:`_translate` makes it a KmsError.
+    """
+    from botocore.exceptions import SSLError
+
+    if isinstance(caught_exception, SSLError):
+        raise caught_exception
+
+
+def _take_key(response: dict[str, Any], root_id: str) -> SecretKey | None:
+    """The unwrapped epoch key of a Decrypt answer, popped out of it; None if it is not one."""
+    plaintext = response.pop("Plaintext", None)
+    if response.get("KeyId") != root_id or not isinstance(plaintext, bytes):
+        return None
+    if len(plaintext) != KEY_BYTES:
+        return None
+    return SecretKey(plaintext)
 
 
 def _encryption_context(context: Mapping[str, str]) -> dict[str, str]:
@@ -586,6 +696,14 @@ def _translate(
                 return DecryptionError()
             return KmsError(f"AWS KMS key {key} cannot be used for {operation} ({code})")
         return KmsError(f"AWS KMS refused {operation} on {key} ({code or status})")
+    if isinstance(exc, bx.SSLError):
+        # Certificate verification (untrusted CA, wrong host name, interception) or a TLS
+        # protocol failure: a configuration or security problem, not an outage. Not retried, and
+        # not a KmsUnavailableError, so the vault's outage grace period never covers it.
+        return KmsError(
+            f"AWS KMS TLS connection failed for {operation} on {key} ({type(exc).__name__}): "
+            "check the endpoint, its certificate and the CA bundle"
+        )
     if isinstance(exc, bx.ConnectionError | bx.HTTPClientError):
         return KmsUnavailableError(
             f"AWS KMS is unreachable for {operation} on {key} ({type(exc).__name__}; "

@@ -56,21 +56,30 @@ def call_with_retries(
     ``translate`` returns the ccvault error to raise for an SDK exception, or None to let the
     exception through unchanged (a programming error); ccvault errors raised by ``op`` pass
     through as they are, except KmsUnavailableError, which is retried. The SDK exception is not
-    chained: its text can echo request data, and ccvault's messages carry identifiers only.
+    chained, neither as ``__cause__`` nor as ``__context__``: its text can echo request data and
+    its traceback's frames hold request arguments, and ccvault's messages carry identifiers only.
     """
     last: KmsUnavailableError | None = None
     for attempt in range(policy.max_attempts):
+        error: CcvaultError | None = None
+        translated = False
         try:
             return op()
         except Exception as exc:
-            error = exc if isinstance(exc, CcvaultError) else translate(exc)
-            if error is None:
-                raise
-            if error is exc and not isinstance(exc, KmsUnavailableError):
-                raise
-            if not isinstance(error, KmsUnavailableError):
+            if isinstance(exc, CcvaultError):
+                error = exc
+            else:
+                error = translate(exc)
+                if error is None:
+                    raise
+                translated = True
+        # Raised here, outside the except block: raising inside it would keep the SDK exception
+        # (request URL, server message, frames holding request data) as ``__context__``.
+        if not isinstance(error, KmsUnavailableError):
+            if translated:
                 raise error from None
-            last = error
+            raise error
+        last = error
         if attempt + 1 < policy.max_attempts:
             sleep(policy.delay(attempt))
     assert last is not None

@@ -7,18 +7,30 @@ The wrapped bytes are Transit's own ciphertext (``vault:v<N>:<base64>``), so ``r
 key version) keeps old wraps readable, and trimming or deleting the key makes them unreadable:
 that is how an epoch reaches its erasure horizon.
 
+Root ids come from the key store, which someone with write access to the database controls, so
+only this backend's own names are accepted: the configured ``key_name`` and per-epoch roots
+``<key_name>-<32 hex>``. Anything else is refused before any request (``unwrap`` with the
+opaque :class:`~ccvault.errors.DecryptionError`), and :meth:`VaultTransitKms.destroy_root` deletes
+per-epoch roots only, never ``key_name`` itself. The first wrap or unwrap under a root in each
+process checks that the Transit key is derived (a different context must be refused).
+
 Authentication is a token or an AppRole. The token's TTL is looked up on first use and the token
 renewed (``renew-self``) once less than a third of its TTL remains; with AppRole the backend logs
-in again when the token cannot be renewed. Tokens never appear in ``repr``, logs or error text.
+in again when the token cannot be renewed (revoking the token it replaces), or after a 403 when
+``lookup-self`` shows the token itself is dead, at most once per 30 s. Tokens never appear in
+``repr``, logs or error text.
 
 Failures go through one translation (:func:`_translate`) and the shared bounded retry loop
-(:func:`~ccvault.kms._retry.call_with_retries`): a sealed or overloaded server (503, 500, 502,
-429), a timeout or a refused connection is retried with jittered backoff and ends as
+(:func:`~ccvault.kms._retry.call_with_retries`): a sealed or overloaded server (any 5xx, 429), a
+timeout or a refused connection is retried with jittered backoff and ends as
 :class:`~ccvault.errors.KmsUnavailableError`; a refused token or policy is
 :class:`~ccvault.errors.KmsAccessDeniedError`; an unknown key is
-:class:`~ccvault.errors.KmsKeyNotFoundError`; a ciphertext that does not authenticate (tampered,
-wrong context) is the opaque :class:`~ccvault.errors.DecryptionError`. Only unavailability is
-retried. hvac's exceptions are never chained: their text names request URLs and server messages.
+:class:`~ccvault.errors.KmsKeyNotFoundError`; a TLS verification failure or any other unexpected
+status is a plain :class:`~ccvault.errors.KmsError`; a ciphertext that does not authenticate
+(tampered, wrong context, malformed) is the opaque :class:`~ccvault.errors.DecryptionError`. Only
+unavailability is retried. hvac's exceptions are never chained, not even as ``__context__``: their
+text names request URLs and server messages. Key material is never held in a local variable of a
+frame that can end up in a traceback (error reporters capture frame locals).
 
 hvac is imported lazily; without it, construction raises
 :class:`~ccvault.errors.ConfigurationError` naming the extra: ``pip install 'ccvault[vault]'``.
@@ -27,6 +39,7 @@ hvac is imported lazily; without it, construction raises
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -67,8 +80,15 @@ _MAX_KEY_NAME = 128  # leaves room for the "-<32 hex>" of per-epoch roots
 _MOUNT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
 _NAMESPACE = _MOUNT
 _MAX_BLOB = 8192  # a wrapped 32-byte key is ~70 bytes; anything far larger is not ours
+# A Transit ciphertext: "vault:v<version>:<standard base64>"; versions start at 1 (Transit would
+# read v0 as v1 and answers "disallowed by policy" for a negative one, so both are refused here).
+_BLOB = re.compile(
+    rb"vault:v[1-9][0-9]{0,9}:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})"
+)
 # The fraction of a token's TTL left when it is renewed.
 _RENEW_FRACTION = 1 / 3
+# After a 403, AppRole checks its token (lookup-self) and logs in again at most this often (s).
+_RELOGIN_INTERVAL = 30.0
 # Query parameters that would put a secret into a URL (and so into settings files and logs).
 _SECRET_PARAMS = frozenset({"token", "vault_token", "secret_id", "role_id", "password"})
 _URL_PARAMS = frozenset({"addr", "namespace", "allow_insecure_http", "ca_cert", "timeout"})
@@ -112,12 +132,16 @@ class VaultTransitKms:
     certificates are always verified: ``verify`` is ``True`` (system CAs) or the path of a CA
     bundle. Authenticate with ``token`` or ``approle=(role_id, secret_id)``, or inject a
     configured ``hvac.Client`` as ``client`` (its token is used as it is unless one is given).
-    ``policy`` bounds the retries of unavailable-server failures; ``timeout`` is the per-request
-    connect/read timeout in seconds; ``clock`` (monotonic seconds) drives token renewal and
-    ``sleep`` the pauses between retries, both injectable for tests.
+    ``policy`` bounds the retries of unavailable-server failures; ``timeout`` (seconds) bounds
+    each connection attempt and each socket read, not a whole request: a server that trickles
+    its answer is not cut off, and one attempt may make several requests (token upkeep, the
+    operation, a login), so there is no overall deadline. ``clock`` (monotonic seconds) drives
+    token renewal and the AppRole re-login interval, ``sleep`` the pauses between retries, both
+    injectable for tests.
 
     Root lifecycle: :meth:`new_root` creates a Transit key ``<key_name>-<32 hex>`` and makes it
-    current in this process; :meth:`destroy_root` allows deletion and deletes it. Both are admin
+    current in this process; :meth:`destroy_root` allows deletion and deletes it (only keys of that
+    form: never ``key_name`` itself, never another application's key). Both are admin
     operations, as are :meth:`ensure_key` and :meth:`rotate`; the application's token needs only
     ``update`` on ``<mount>/decrypt/<key_name>*`` (and on ``<mount>/encrypt/<key_name>*`` if it
     wraps new epochs). See docs/kms-vault.md.
@@ -195,6 +219,8 @@ class VaultTransitKms:
         self._verified: set[str] = set()  # roots known to be derived keys
         self._token: _TokenState | None = None
         self._needs_login = role is not None
+        self._token_is_ours = False  # the client's token came from our own AppRole login
+        self._last_reauth: float | None = None  # clock of the last login or post-403 check
 
         hvac = _hvac()
         if client is None:
@@ -254,10 +280,12 @@ class VaultTransitKms:
         mount, key_name = "/".join(segments[:-1]), segments[-1]
 
         params: dict[str, str] = {}
-        try:
+        pairs: list[tuple[str, str]] | None = None
+        # The ValueError's message quotes the URL, which may hold a secret: it is not chained.
+        with contextlib.suppress(ValueError):
             pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-        except ValueError:
-            raise ConfigurationError("malformed query string in the vault:// URL") from None
+        if pairs is None:
+            raise ConfigurationError("malformed query string in the vault:// URL")
         for name, value in pairs:
             if name.lower() in _SECRET_PARAMS:
                 raise ConfigurationError(
@@ -355,17 +383,26 @@ class VaultTransitKms:
     def wrap(
         self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None
     ) -> WrappedKey:
-        root = self._root_name(root_id if root_id is not None else self.current_root())
+        root = self._own_root(root_id if root_id is not None else self.current_root())
+        if root is None:
+            raise KmsError(
+                f"root id {root_id!r} is not a root of this backend "
+                f"({self._key_name!r} or {self._key_name!r}-<32 hex>)"
+            )
         with self._lock:
             if root in self._destroyed:
                 # Transit would silently create a fresh key of that name on encrypt ("upsert").
                 raise KmsKeyNotFoundError(f"Transit key {root!r} was destroyed")
         derivation = _derivation(context)
-        plaintext = base64.b64encode(key.reveal()).decode("ascii")
 
         def encrypt() -> str:
+            # The base64 key is built inside the call expression, never bound to a name: a frame
+            # of this function (or of wrap) in a traceback must not hold key material.
             response = self._transit.encrypt_data(
-                root, plaintext=plaintext, context=derivation, mount_point=self._mount
+                root,
+                plaintext=base64.b64encode(key.reveal()).decode("ascii"),
+                context=derivation,
+                mount_point=self._mount,
             )
             return _field(response, "ciphertext")
 
@@ -379,21 +416,26 @@ class VaultTransitKms:
     def unwrap(self, wrapped: WrappedKey, *, context: Mapping[str, str]) -> SecretKey:
         if wrapped.kms_id != self.kms_id:
             raise KmsError("the wrapped key belongs to another KMS")
-        root = self._root_name(wrapped.root_id)
+        root = self._own_root(wrapped.root_id)
+        if root is None:
+            # A root id from the key store that is not one of ours (a database writer could name
+            # any Transit key, e.g. a non-derived one that ignores the context): opaque refusal.
+            raise DecryptionError
         ciphertext = _ciphertext(wrapped.blob)
         derivation = _derivation(context)
 
-        def decrypt() -> str:
-            response = self._transit.decrypt_data(
-                root, ciphertext=ciphertext, context=derivation, mount_point=self._mount
+        def decrypt() -> SecretKey | CcvaultError:
+            return _plain_key(
+                self._transit.decrypt_data(
+                    root, ciphertext=ciphertext, context=derivation, mount_point=self._mount
+                )
             )
-            return _field(response, "plaintext")
 
-        encoded = self._call(decrypt, "decrypt", root)
-        try:
-            return SecretKey(base64.b64decode(encoded, validate=True))
-        except ValueError:
-            raise DecryptionError from None
+        result = self._call(decrypt, "decrypt", root)
+        if isinstance(result, CcvaultError):
+            raise result
+        self._check_derived(root, wrapped.blob, context)
+        return result
 
     def new_root(self) -> str:
         """Create a derived Transit key ``<key_name>-<32 hex>`` and make it current (admin)."""
@@ -405,8 +447,18 @@ class VaultTransitKms:
         return root
 
     def destroy_root(self, root_id: str) -> None:
-        """Allow deletion of the Transit key and delete it; deleting a missing key is a no-op."""
-        root = self._root_name(root_id)
+        """Allow deletion of the Transit key and delete it; deleting a missing key is a no-op.
+
+        Only per-epoch roots ``<key_name>-<32 hex>`` are ever deleted: deletion in Transit is
+        immediate and irreversible, and root ids come from the key store. ``key_name`` itself,
+        and any other name, is refused with :class:`~ccvault.errors.KmsError` before any request.
+        """
+        if not isinstance(root_id, str) or not _is_root_name(self._key_name, root_id):
+            raise KmsError(
+                f"refusing to destroy {root_id!r}: only per-epoch roots "
+                f"{self._key_name!r}-<32 hex> are ever deleted"
+            )
+        root = root_id
 
         def delete() -> None:
             try:
@@ -428,7 +480,9 @@ class VaultTransitKms:
 
     def root_state(self, root_id: str) -> RootState:
         """ENABLED while the Transit key exists; DESTROYED once a root made here is gone."""
-        root = self._root_name(root_id)
+        root = self._own_root(root_id)
+        if root is None:
+            raise KmsError(f"root id {root_id!r} is not a root of this backend")
         exists = self._call(lambda: self._read(root) is not None, "read", root)
         if exists:
             return RootState.ENABLED
@@ -468,10 +522,13 @@ class VaultTransitKms:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _root_name(self, root_id: str) -> str:
-        if not isinstance(root_id, str) or not _NAME.fullmatch(root_id):
-            raise KmsKeyNotFoundError("the root id is not a Transit key name")
-        return root_id
+    def _own_root(self, root_id: object) -> str | None:
+        """``root_id`` if it names a root of this backend (``key_name`` or a per-epoch root)."""
+        if not isinstance(root_id, str):
+            return None
+        if root_id == self._key_name or _is_root_name(self._key_name, root_id):
+            return root_id
+        return None
 
     def _read(self, name: str) -> dict[str, Any] | None:
         try:
@@ -498,7 +555,8 @@ class VaultTransitKms:
     def _check_derived(self, root: str, blob: bytes, context: Mapping[str, str]) -> None:
         """Once per root and process: refuse a non-derived key, which would ignore the context.
 
-        The probe decrypts the fresh wrap under a different context; a derived key must refuse.
+        The probe decrypts ``blob`` (a fresh wrap, or a wrap that just unwrapped with ``context``)
+        under a different context; a derived key must refuse. Nothing the probe returns is kept.
         """
         with self._lock:
             if root in self._verified:
@@ -532,13 +590,20 @@ class VaultTransitKms:
 
         def attempt() -> T:
             self._ensure_token()
+            token = self._client.token
             try:
                 return op()
             except _hvac().exceptions.Forbidden:
                 if self._approle is None:
                     raise
-            # The token may have been revoked or expired early: one fresh login, one more try.
-            self._login()
+            # Outside the except block: nothing raised from here chains hvac's exception.
+            # A 403 is a policy denial or a dead token (revoked, expired early); only the latter
+            # is helped by a new login, and a denial storm must not become a login storm.
+            if not self._relogin_after_denial(token):
+                raise KmsAccessDeniedError(
+                    f"Transit {what} with key {key!r} at {self._addr}: "
+                    "permission denied (token or policy)"
+                ) from None
             return op()
 
         return call_with_retries(
@@ -553,7 +618,7 @@ class VaultTransitKms:
     def _ensure_token(self) -> None:
         with self._lock:
             if self._needs_login:
-                self._login()
+                self._login(revoke_old=False)
                 return
             if self._token is None:
                 self._token = self._lookup()
@@ -566,7 +631,7 @@ class VaultTransitKms:
             if state.renewable and self._renew(state):
                 return
             if self._approle is not None:
-                self._login()
+                self._login(revoke_old=True)  # the old token still works until it expires
 
     def _lookup(self) -> _TokenState:
         hvac = _hvac()
@@ -613,33 +678,86 @@ class VaultTransitKms:
         log.info("renewed the Vault token (ttl %ds)", int(lease))
         return True
 
-    def _login(self) -> None:
+    def _relogin_after_denial(self, token_before: object) -> bool:
+        """After a 403 under AppRole: True when a fresh token is in place and the call may run
+        once more. Logs in again only when ``lookup-self`` shows the token itself is no longer
+        valid, and checks at most once per ``_RELOGIN_INTERVAL`` on the injected clock."""
+        with self._lock:
+            if self._client.token != token_before:
+                return True  # another thread logged in meanwhile: try with its token
+            now = self._clock()
+            if self._last_reauth is not None and now - self._last_reauth < _RELOGIN_INTERVAL:
+                return False
+            self._last_reauth = now
+            if self._token_is_valid():
+                return False  # the token is fine: the policy refused this request
+            log.warning("the Vault token is no longer valid; logging in again with AppRole")
+            self._login(revoke_old=False)  # a dead token has nothing left to revoke
+            return True
+
+    def _token_is_valid(self) -> bool:
+        ex = _hvac().exceptions
+        try:
+            self._client.auth.token.lookup_self()
+        except (ex.Forbidden, ex.Unauthorized, ex.InvalidRequest):
+            # Vault answers 403 for a revoked or expired token. A live token whose policy lacks
+            # lookup-self (it is in Vault's default policy) also lands here: the login is then
+            # merely unnecessary, and rate-limited.
+            return False
+        return True
+
+    def _revoke_current(self) -> None:
+        """Best effort: revoke the client's current token (``revoke-self``) before replacing it."""
+        ex = _hvac().exceptions
+        import requests
+
+        failed = False
+        try:
+            self._client.auth.token.revoke_self()
+        except (ex.VaultError, requests.exceptions.RequestException):
+            failed = True
+        if failed:
+            log.info("could not revoke the replaced Vault token; it expires with its TTL")
+
+    def _login(self, *, revoke_old: bool) -> None:
         role = self._approle
         assert role is not None
         ex = _hvac().exceptions
         with self._lock:
+            refused = False
+            response: object = None
             try:
                 response = self._client.auth.approle.login(
                     role_id=role.role_id,
                     secret_id=role.secret_id,
-                    use_token=True,
                     mount_point=role.mount,
+                    use_token=False,
                 )
             except (ex.InvalidRequest, ex.Forbidden, ex.Unauthorized, ex.InvalidPath):
                 # 400 "invalid role or secret ID", or no AppRole at that mount.
+                refused = True
+            if refused:  # raised outside the except block: hvac's exception is not chained
                 raise KmsAccessDeniedError(
                     f"AppRole login at {self._addr} (auth/{role.mount}) was refused"
-                ) from None
+                )
             auth = response.get("auth") if isinstance(response, dict) else None
+            del response
             if not isinstance(auth, dict) or not auth.get("client_token"):
                 raise KmsAccessDeniedError("AppRole login returned no token")
+            if revoke_old and self._token_is_ours:
+                self._revoke_current()
             self._client.token = auth["client_token"]
+            self._token_is_ours = True
             lease = float(auth.get("lease_duration") or 0)
+            renewable = bool(auth.get("renewable"))
+            del auth
+            now = self._clock()
             if lease > 0:
-                self._token = _TokenState(self._clock() + lease, lease, bool(auth.get("renewable")))
+                self._token = _TokenState(now + lease, lease, renewable)
             else:
                 self._token = _TokenState(expires_at=None, period=0.0, renewable=False)
             self._needs_login = False
+            self._last_reauth = now
             log.info("logged in to Vault with AppRole (ttl %ds)", int(lease))
 
 
@@ -676,13 +794,27 @@ def _derivation(context: Mapping[str, str]) -> str:
 
 
 def _ciphertext(blob: bytes) -> str:
-    """The Transit ciphertext in a wrapped blob, checked locally before any request."""
-    if not isinstance(blob, bytes) or not blob.startswith(b"vault:v") or len(blob) > _MAX_BLOB:
+    """The Transit ciphertext in a wrapped blob, checked locally before any request.
+
+    Only ``vault:v<N>:<base64>`` with N ≥ 1 is sent: a malformed version would otherwise come back
+    as "disallowed by policy" (read as a retired key version) or be read as another version.
+    """
+    if not isinstance(blob, bytes) or len(blob) > _MAX_BLOB or not _BLOB.fullmatch(blob):
         raise DecryptionError
+    return blob.decode("ascii")
+
+
+def _plain_key(response: object) -> SecretKey | CcvaultError:
+    """The unwrapped key in a decrypt answer, or the error to raise (returned, not raised, so
+    that no frame holding the answer's plaintext ends up in a traceback)."""
+    data = response.get("data") if isinstance(response, dict) else None
+    value = data.get("plaintext") if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        return KmsError("unexpected answer from Transit (no plaintext)")
     try:
-        return blob.decode("ascii")
-    except UnicodeDecodeError:
-        raise DecryptionError from None
+        return SecretKey(base64.b64decode(value, validate=True))
+    except ValueError:
+        return DecryptionError()
 
 
 def _field(response: object, name: str) -> str:
@@ -708,6 +840,23 @@ def _messages(exc: BaseException) -> str:
     if isinstance(errors, list | tuple):
         return " ".join(str(e) for e in errors).lower()
     return str(exc.args[0] if exc.args else "").lower()
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status behind an hvac exception (hvac keeps it only in its raising frames)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    tb = exc.__traceback__
+    while tb is not None:
+        names = tb.tb_frame.f_locals
+        status = names.get("status_code")
+        if not isinstance(status, int):
+            status = getattr(names.get("response"), "status_code", None)
+        if isinstance(status, int):
+            return status
+        tb = tb.tb_next
+    return None
 
 
 def _is_missing(exc: BaseException) -> bool:
@@ -744,7 +893,12 @@ def _translate(exc: Exception, *, what: str, key: str, addr: str) -> CcvaultErro
     if isinstance(exc, ex.InternalServerError | ex.BadGateway | ex.VaultNotInitialized):
         return KmsUnavailableError(f"{where}: server error")
     if isinstance(exc, ex.PreconditionFailed | ex.UnexpectedError):
-        return KmsUnavailableError(f"{where}: server not ready")
+        # Statuses hvac has no class for (409, 413, 504, ...): only a 5xx or 429 is transient.
+        status = _status(exc)
+        if status is not None and (status >= 500 or status == 429):
+            return KmsUnavailableError(f"{where}: server error ({status})")
+        shown = status if status is not None else "unknown"
+        return KmsError(f"{where}: unexpected answer (HTTP status {shown})")
     if isinstance(exc, ex.Unauthorized | ex.Forbidden):
         return KmsAccessDeniedError(f"{where}: permission denied (token or policy)")
     if isinstance(exc, ex.InvalidPath):
@@ -754,8 +908,11 @@ def _translate(exc: Exception, *, what: str, key: str, addr: str) -> CcvaultErro
         if "not found" in text or "no existing key" in text:
             return KmsKeyNotFoundError(f"{where}: key not found")
         if "disallowed by policy" in text:
+            # Malformed versions (v0, v-1) never get here: _ciphertext refuses them locally.
             return KmsKeyDisabledError(
-                f"{where}: key version retired (below min_decryption_version) or trimmed"
+                f"{where}: the wrap's key version is below the key's min_decryption_version; "
+                "lowering it again restores access unless the version was trimmed, in which "
+                "case it is gone for good"
             )
         if what == "decrypt":
             return DecryptionError()

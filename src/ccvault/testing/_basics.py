@@ -100,7 +100,9 @@ class KmsWrapper:
         )
 
     def backends(self) -> dict[str, Kms]:
-        return kms_by_id(self.inner)
+        inner = kms_by_id(self.inner)
+        # A single backend is reached through this wrapper; a MultiKms' members directly.
+        return {self.kms_id: self} if len(inner) == 1 else inner
 
     def _call(self, name: str, op: Callable[[], T]) -> T:
         return op()
