@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import urllib.request
 from collections import Counter
@@ -90,87 +89,6 @@ def silent_server() -> Iterator[str]:
         thread.join()
         for conn in held:
             conn.close()
-        listener.close()
-
-
-def _self_signed_certificate(directory: str) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 that no CA vouches for; returns (cert file, key file)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ccvault untrusted test endpoint")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    with open(cert_file, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_file, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_file, key_file
-
-
-@contextlib.contextmanager
-def untrusted_tls_server() -> Iterator[tuple[str, Counter[str]]]:
-    """An HTTPS endpoint on 127.0.0.1 with a self-signed certificate, as a wrong CA bundle or a
-    TLS-intercepting proxy looks to a client; yields its URL and a counter whose "connections"
-    is the number of TCP connections (one per attempt) the endpoint accepted."""
-    import ssl
-
-    accepted: Counter[str] = Counter()
-    with tempfile.TemporaryDirectory() as directory:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*_self_signed_certificate(directory))
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            accepted["connections"] += 1
-            conn.settimeout(2)
-            # The client refuses the certificate during the handshake; nothing else happens.
-            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
-                pass
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{listener.getsockname()[1]}", accepted
-    finally:
-        stop.set()
-        thread.join()
         listener.close()
 
 

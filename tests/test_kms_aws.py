@@ -37,6 +37,7 @@ from ccvault.errors import (
 from ccvault.kms import Kms, RootState, WrappedKey
 from ccvault.kms._aws import ROOT_TAG, AwsKms, _translate
 from ccvault.testing import CountingKms, KmsContract
+from leaks import raised, secrets_in
 
 CI = os.environ.get("CI", "").lower() == "true"
 CTX = {"ccvault:installation": "ab" * 16, "ccvault:purpose": "epoch-key", "ccvault:epoch": "01"}
@@ -120,70 +121,6 @@ def _key_ids_sent(client: Any) -> list[tuple[str, str]]:
 
     client.meta.events.register("before-parameter-build.kms", record)
     return sent
-
-
-def _secrets_in(exc: BaseException, secret: bytes) -> list[str]:
-    """Where ``secret`` (raw, hex or base64, also inside a repr) is reachable from ``exc``: its
-    arguments, the locals of every frame of its traceback, and the same for its
-    ``__context__``/``__cause__`` chain: what an error reporter capturing locals would send."""
-    raw = [secret, secret.hex().encode(), base64.b64encode(secret)]
-    text = [
-        secret.hex(),
-        secret.hex().upper(),
-        base64.b64encode(secret).decode(),
-        base64.urlsafe_b64encode(secret).decode(),
-        repr(secret)[2:-1],
-    ]
-    found: list[str] = []
-
-    def check(where: str, value: object, depth: int = 0) -> None:
-        if isinstance(value, bytes | bytearray | memoryview):
-            hit = any(n in bytes(value) for n in raw)
-        elif isinstance(value, str):
-            hit = any(n in value for n in text)
-        elif isinstance(value, dict) and depth < 5:
-            for k, v in value.items():
-                check(f"{where}[{k!r}]", k, depth + 1)
-                check(f"{where}[{k!r}]", v, depth + 1)
-            return
-        elif isinstance(value, list | tuple | set | frozenset) and depth < 5:
-            for v in value:
-                check(where, v, depth + 1)
-            return
-        else:
-            try:
-                shown = repr(value)
-            except Exception:
-                return
-            hit = any(n in shown for n in text)
-        if hit:
-            found.append(where)
-
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        error = pending.pop()
-        if error is None or id(error) in seen:
-            continue
-        seen.add(id(error))
-        check(f"{type(error).__name__}.args", error.args)
-        tb = error.__traceback__
-        while tb is not None:
-            frame = tb.tb_frame
-            for name, value in frame.f_locals.items():
-                check(f"{frame.f_code.co_name}:{name}", value)
-            tb = tb.tb_next
-        pending += [error.__context__, error.__cause__]
-    return found
-
-
-def _failure(call: Any) -> BaseException:
-    """The exception ``call()`` raises (the traceback then starts in this frame, not the test's)."""
-    try:
-        call()
-    except Exception as exc:
-        return exc
-    raise AssertionError("the call did not fail")
 
 
 # -- the contract ----------------------------------------------------------------------------------
@@ -381,11 +318,11 @@ def test_a_failed_wrap_leaves_no_key_material_in_the_traceback(
     elif failure == "throttled":
         server.faults.fail("Encrypt", "ThrottlingException", times=2)
     key = _key()
-    exc = _failure(lambda: kms.wrap(key, context=CTX))
+    exc = raised(lambda: kms.wrap(key, context=CTX))
     assert isinstance(exc, KmsError)
     assert exc.__context__ is None
     assert exc.__cause__ is None
-    assert _secrets_in(exc, key.reveal()) == []
+    assert secrets_in(exc, key.reveal()) == []
     assert "botocore" not in {tb.tb_frame.f_globals.get("__package__") for tb in _tbs(exc)}
     kms.close()
 
@@ -405,20 +342,20 @@ def test_a_refused_unwrap_leaves_no_plaintext_in_the_traceback(
     plaintext = os.urandom(16)
     short = client.encrypt(KeyId=arn, Plaintext=plaintext, EncryptionContext=CTX)
     wrapped = WrappedKey(kms.kms_id, arn, short["CiphertextBlob"])
-    exc = _failure(lambda: kms.unwrap(wrapped, context=CTX))
+    exc = raised(lambda: kms.unwrap(wrapped, context=CTX))
     assert isinstance(exc, DecryptionError)
-    assert _secrets_in(exc, plaintext) == []
+    assert secrets_in(exc, plaintext) == []
 
 
 def test_the_traceback_check_finds_key_material() -> None:
-    """_secrets_in is not vacuous: a frame holding the key, its hex or base64 is reported."""
+    """secrets_in is not vacuous: a frame holding the key, its hex or base64 is reported."""
     secret = os.urandom(32)
 
     def leaky(held: object) -> None:
         raise KmsError("boom")
 
     for held in (secret, {"Plaintext": secret}, secret.hex(), base64.b64encode(secret)):
-        assert _secrets_in(_failure(lambda held=held: leaky(held)), secret) != []
+        assert secrets_in(raised(lambda held=held: leaky(held)), secret) != []
 
 
 # -- key states ------------------------------------------------------------------------------------
@@ -574,7 +511,8 @@ def test_tls_verification_failure_is_a_kms_error_and_not_retried(arn: str) -> No
     import boto3
     from botocore.config import Config
 
-    from aws_server import count_requests, untrusted_tls_server
+    from aws_server import count_requests
+    from tls_server import untrusted_tls_server
 
     with untrusted_tls_server() as (url, accepted):
         kms = AwsKms(arn, endpoint_url=url, max_attempts=4, connect_timeout=1, read_timeout=1)

@@ -7,7 +7,6 @@ failure Vault cannot produce on demand (429, 500, timeouts, TLS) inject a small 
 from __future__ import annotations
 
 import base64
-import contextlib
 import pickle
 import secrets
 import sys
@@ -44,6 +43,8 @@ from ccvault.kms import Kms, RootState, WrappedKey
 from ccvault.kms._retry import RetryPolicy
 from ccvault.kms._vault_transit import VaultTransitKms
 from ccvault.testing import CountingKms, FrozenClock, KmsContract
+from leaks import raised, secrets_in
+from tls_server import self_signed_certificate
 
 CTX = {"ccvault:installation": "ab" * 16, "ccvault:purpose": "epoch-key", "ccvault:epoch": "7"}
 FAST = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)
@@ -919,81 +920,6 @@ def test_destroy_root_only_deletes_per_epoch_roots(bao: BaoServer) -> None:
     assert kms.root_state(root) is RootState.DESTROYED
 
 
-_SCALARS = (str, bytes, bytearray, int, float, bool, type(None))
-
-
-def _secret_forms(raw: bytes) -> list[str]:
-    return [
-        raw.hex(),
-        raw.hex().upper(),
-        base64.b64encode(raw).decode(),
-        base64.urlsafe_b64encode(raw).decode(),
-        base64.b64encode(raw).decode().rstrip("="),
-        repr(raw),
-    ]
-
-
-def _leaks(exc: BaseException, raw: bytes) -> list[str]:
-    """Where key material is reachable from ``exc``: its text, the locals (and closure cells)
-    of every frame of its traceback, and the same for its __context__ and __cause__ chain."""
-    forms = _secret_forms(raw)
-    found: list[str] = []
-    seen: set[int] = set()
-
-    def check(where: str, value: object, depth: int = 0) -> None:
-        if id(value) in seen or depth > 3:
-            return
-        seen.add(id(value))
-        if isinstance(value, bytes | bytearray):
-            if raw in value or any(f.encode() in value for f in forms):
-                found.append(where)
-            return
-        text = value if isinstance(value, str) else None
-        if text is None and not isinstance(value, _SCALARS):
-            try:
-                text = repr(value)
-            except Exception:
-                text = ""
-        if text is not None and any(f in text for f in forms):
-            found.append(where)
-        if isinstance(value, dict):
-            for k, v in value.items():
-                check(f"{where}[{k!r}]", v, depth + 1)
-        elif isinstance(value, list | tuple | set):
-            for i, v in enumerate(value):
-                check(f"{where}[{i}]", v, depth + 1)
-        cells = getattr(value, "__closure__", None) or ()
-        for cell in cells:
-            with contextlib.suppress(ValueError):  # an empty cell
-                check(f"{where}.<closure>", cell.cell_contents, depth + 1)
-
-    chain: list[BaseException] = [exc]
-    while chain:
-        error = chain.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        check(f"{type(error).__name__} text", str(error))
-        check(f"{type(error).__name__} args", error.args)
-        tb = error.__traceback__
-        while tb is not None:
-            frame = tb.tb_frame
-            for name, value in frame.f_locals.items():
-                check(f"{type(error).__name__}: {frame.f_code.co_name}.{name}", value)
-            tb = tb.tb_next
-        chain.extend(e for e in (error.__context__, error.__cause__) if e is not None)
-    return found
-
-
-def _raised(call: Callable[[], object]) -> BaseException:
-    """The exception ``call`` raises (caught here, so no test frame joins its traceback)."""
-    try:
-        call()
-    except Exception as exc:
-        return exc
-    raise AssertionError("no exception raised")
-
-
 def test_wrap_failures_leave_no_key_material_in_tracebacks(bao: BaoServer) -> None:
     name = _name("leak")
     kms = _ready(bao, name)
@@ -1014,14 +940,14 @@ def test_wrap_failures_leave_no_key_material_in_tracebacks(bao: BaoServer) -> No
     ]
     key = _key()
     for backend in backends:
-        exc = _raised(lambda backend=backend: backend.wrap(key, context=CTX))
+        exc = raised(lambda backend=backend: backend.wrap(key, context=CTX))
         assert isinstance(exc, KmsError)
         assert exc.__context__ is None
         assert exc.__cause__ is None
-        assert _leaks(exc, key.reveal()) == []
+        assert secrets_in(exc, key.reveal()) == []
     # The check itself finds key material where it is.
-    probe = _raised(lambda: kms.wrap(key, context=CTX, root_id="x" + key.reveal().hex()))
-    assert _leaks(probe, key.reveal())
+    probe = raised(lambda: kms.wrap(key, context=CTX, root_id="x" + key.reveal().hex()))
+    assert secrets_in(probe, key.reveal())
 
 
 def test_unwrap_failure_after_decrypting_leaves_no_key_material(bao: BaoServer) -> None:
@@ -1036,12 +962,12 @@ def test_unwrap_failure_after_decrypting_leaves_no_key_material(bao: BaoServer) 
     client = _FakeClient([])
     client.secrets = type("S", (), {"transit": Transit()})()
     kms = VaultTransitKms("https://vault.example:8200", "k", client=client, policy=FAST)
-    exc = _raised(
+    exc = raised(
         lambda: kms.unwrap(WrappedKey(kms.kms_id, "k", b"vault:v1:" + b"A" * 80), context=CTX)
     )
     assert isinstance(exc, DecryptionError)
     assert exc.__context__ is None
-    assert _leaks(exc, base64.b64decode(plain[2:])) == []
+    assert secrets_in(exc, base64.b64decode(plain[2:])) == []
 
 
 @pytest.mark.parametrize(
@@ -1179,47 +1105,8 @@ def test_unexpected_statuses_through_hvac(
         server.close()
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_verification_failure_is_kms_error_not_retried(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     server = _StatusServer(200, tls=(cert, key))
     try:
         sleeps = Sleeps()
