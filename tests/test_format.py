@@ -148,3 +148,34 @@ def test_value_moved_between_subjects_fails(svault: Vault) -> None:
     spliced = blob_a[:22] + blob_b[22:]
     with pytest.raises(DecryptionError):
         svault.decrypt(spliced, context=CTX)
+
+
+def test_nonce_batch_hands_out_each_nonce_once() -> None:
+    nonces = fmt.nonce_batch(1_000)
+    drawn = [nonces() for _ in range(1_500)]  # 1,000 from the pool, then one CSPRNG call each
+    assert all(type(n) is bytes and len(n) == 12 for n in drawn)
+    assert len(set(drawn)) == len(drawn)
+    assert len({fmt.nonce_batch(1)() for _ in range(100)}) == 100  # no pool shared by batches
+
+
+def test_value_key_seals_with_a_nonce_batch_and_opens_inline() -> None:
+    key = fmt.ValueKey(Aead(bytes(range(32))), bytes(16), 1, b"r" * 32)
+    ctx = fmt.context_lp(CTX.encode())
+    nonces = fmt.nonce_batch(2)
+    first, second = key.seal(b"v", ctx, nonces), key.seal(b"v", ctx, nonces)
+    assert (
+        first[fmt.SUITE1_HEADER_BYTES : fmt.SUITE1_BODY_OFFSET]
+        != second[fmt.SUITE1_HEADER_BYTES : fmt.SUITE1_BODY_OFFSET]
+    )
+    for blob in (first, second, key.seal(b"v", ctx)):
+        assert key.open(blob, ctx) == b"v"
+        assert (
+            key.decrypt(
+                blob[fmt.SUITE1_HEADER_BYTES : fmt.SUITE1_BODY_OFFSET],
+                blob[fmt.SUITE1_BODY_OFFSET :],
+                key.ad_prefix + ctx + key.ad_suffix,
+            )
+            == b"v"
+        )
+    with pytest.raises(fmt.FormatError):
+        key.open(first, fmt.context_lp(b"customers.email"))

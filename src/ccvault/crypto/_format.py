@@ -34,17 +34,27 @@ from ._primitives import (
     Aead,
     AeadFailure,
     InvalidTag,
+    NonceSource,
+    fresh_nonce,
     hkdf_sha256,
+    nonce_batch,
     random_bytes,
 )
 
 __all__ = [
     "FORMAT_VERSION",
+    "SUITE1_BODY_OFFSET",
+    "SUITE1_HEADER_BYTES",
     "SUITE_AES256GCM",
     "SUITE_AES256GCM_PERIOD",
     "FormatError",
     "Header",
+    "InvalidTag",
+    "NonceSource",
+    "ValueKey",
     "derive_period_key",
+    "fresh_nonce",
+    "nonce_batch",
     "open_value",
     "parse",
     "seal_value",
@@ -155,19 +165,28 @@ def open_value(
         raise FormatError from None
 
 
-_SUITE1_BODY = _HEAD.size + NONCE_BYTES
+SUITE1_HEADER_BYTES = _HEAD.size  # version, suite, key id, key version
+SUITE1_BODY_OFFSET = _HEAD.size + NONCE_BYTES  # where ciphertext || tag starts
 
 
 class ValueKey:
     """A data key ready to seal and open suite-1 values, with its header and the fixed parts of
-    the associated data computed once (they depend only on the key and its subject ref)."""
+    the associated data computed once (they depend only on the key and its subject ref).
+
+    A reader that opens many values in one loop may inline :meth:`open`::
+
+        key.decrypt(blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET], blob[SUITE1_BODY_OFFSET:],
+                    key.ad_prefix + context_lp + key.ad_suffix)
+
+    which raises :class:`InvalidTag` where :meth:`open` raises :class:`FormatError`.
+    """
 
     __slots__ = (
-        "_ad_head",
-        "_open",
-        "_ref_lp",
+        "ad_prefix",
+        "ad_suffix",
         "aead",
         "checked",
+        "decrypt",
         "header",
         "key_id",
         "ref",
@@ -180,9 +199,10 @@ class ValueKey:
         self.version = version
         self.ref = ref
         self.header = build_header(SUITE_AES256GCM, key_id, version)
-        self._ad_head = _AD_PREFIX + U32.pack(len(self.header)) + self.header
-        self._ref_lp = U32.pack(len(ref)) + ref
-        self._open = aead.open_raw
+        # associated data = ad_prefix || u32(len(context)) || context || ad_suffix
+        self.ad_prefix = _AD_PREFIX + U32.pack(len(self.header)) + self.header
+        self.ad_suffix = U32.pack(len(ref)) + ref
+        self.decrypt = aead.open_raw
         # The last subject value whose ref was found equal to ``ref`` (a cache for callers that
         # check many rows of the same subject: equality instead of an HMAC per row).
         self.checked: object = None
@@ -193,19 +213,19 @@ class ValueKey:
     def __reduce__(self) -> NoReturn:
         raise TypeError("ValueKey cannot be pickled")
 
-    def seal(self, plaintext: bytes, context_lp: bytes) -> bytes:
-        """``context_lp`` is ``u32(len(context)) || context``."""
-        nonce = random_bytes(NONCE_BYTES)
-        ad = self._ad_head + context_lp + self._ref_lp
+    def seal(self, plaintext: bytes, context_lp: bytes, nonces: NonceSource = fresh_nonce) -> bytes:
+        """``context_lp`` is ``u32(len(context)) || context``; ``nonces`` gives the nonce."""
+        nonce = nonces()
+        ad = self.ad_prefix + context_lp + self.ad_suffix
         return self.header + nonce + self.aead.seal(nonce, plaintext, ad)
 
     def open(self, blob: bytes, context_lp: bytes) -> bytes:
         """Open a suite-1 value whose header names this key (the caller looked it up by it)."""
         try:
-            return self._open(
-                blob[_HEAD.size : _SUITE1_BODY],
-                blob[_SUITE1_BODY:],
-                self._ad_head + context_lp + self._ref_lp,
+            return self.decrypt(
+                blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET],
+                blob[SUITE1_BODY_OFFSET:],
+                self.ad_prefix + context_lp + self.ad_suffix,
             )
         except InvalidTag:
             raise FormatError from None

@@ -7,9 +7,12 @@ and :mod:`ccvault.crypto._wrap` for those.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import itertools
 import os
+from collections.abc import Callable
 from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -26,11 +29,14 @@ __all__ = [
     "AeadFailure",
     "HmacSha256",
     "InvalidTag",
+    "NonceSource",
     "ed25519_public_key",
     "ed25519_sign",
     "ed25519_verify",
+    "fresh_nonce",
     "hkdf_sha256",
     "hmac_sha256",
+    "nonce_batch",
     "random_bytes",
 ]
 
@@ -46,6 +52,25 @@ class AeadFailure(Exception):
 def random_bytes(n: int) -> bytes:
     """Bytes from the operating system's CSPRNG (fork-safe: nothing is pooled)."""
     return os.urandom(n)
+
+
+NonceSource = Callable[[], bytes]
+"""Returns a fresh random 12-byte nonce on each call, never the same one twice."""
+
+fresh_nonce: NonceSource = functools.partial(os.urandom, NONCE_BYTES)
+"""One nonce from the operating system's CSPRNG (a C call: it is on every seal's path)."""
+
+
+def nonce_batch(count: int) -> NonceSource:
+    """A source of fresh random nonces for one batch of seals (a statement's rows): the first
+    ``count`` are drawn with one CSPRNG call, any further ones one call each.
+
+    Each nonce is handed out once, and the pool lives only as long as the caller keeps the
+    source: never keep one beyond the batch, so that nothing is pooled across calls and a forked
+    process never shares a nonce with its parent."""
+    pool = os.urandom(NONCE_BYTES * count)
+    nonces = [pool[i : i + NONCE_BYTES] for i in range(0, len(pool), NONCE_BYTES)]
+    return itertools.chain(nonces, iter(fresh_nonce, b"")).__next__
 
 
 class Aead:

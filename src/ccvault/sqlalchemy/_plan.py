@@ -14,7 +14,7 @@ from ..crypto._blind import Normalizer, normalizer
 from ..crypto._encoding import U32
 from ..crypto._subject import SubjectType
 from ..errors import ConfigurationError
-from ._codec import Codec
+from ._codec import STR, Codec
 from ._types import Encrypted
 
 __all__ = ["ColumnPlan", "TablePlan", "plan_for"]
@@ -32,7 +32,8 @@ class ColumnPlan:
     rejects_bool: bool
     index_key: str | None  # the blind-index companion column's key, when searchable
     normalizer: Normalizer | None
-    is_str: bool  # the str codec (inlined on the read path)
+    index_bytes: int
+    is_str: bool  # the str codec (inlined on the read and write paths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,8 @@ def _build(table: sa.Table) -> TablePlan | None:
                 bool not in pytypes and (int in pytypes or float in pytypes),
                 index_key,
                 normalizer(etype.searchable) if etype.searchable is not None else None,
-                etype.codec.name == "str",
+                etype.index_bytes,
+                etype.codec is STR,
             )
         )
     null_modes = {c.etype.on_null_subject for c in columns}

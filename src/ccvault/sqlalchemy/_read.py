@@ -11,7 +11,9 @@ entity load does), the value's key must belong to that subject.
 from __future__ import annotations
 
 import collections
+import struct
 import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
@@ -37,11 +39,11 @@ if TYPE_CHECKING:
 __all__ = ["after_cursor_execute"]
 
 _READ_AHEAD = 100
-_NO_SUBJECT_CHECK = object()
 _MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
-_VERSION = fmt.FORMAT_VERSION
-_HEADER = 22  # suite 1: version, suite, key id, key version
-_SUITE = fmt.SUITE_AES256GCM
+_HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
+_BODY = fmt.SUITE1_BODY_OFFSET
+_VERSION_SUITE = bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM))
+_KEY_REF = struct.Struct(">2x16sI").unpack  # a suite-1 header -> (key id, key version)
 
 
 class _Slot:
@@ -52,6 +54,13 @@ class _Slot:
         self.col = col
         self.subject_index = subject_index
         self.strict = strict
+
+
+# What the row loop needs of one encrypted column, unpacked in one step: its index in the row,
+# u32(len(label)) || label, the codec's loads (None for str, decoded inline) and strictness.
+_Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool]
+# The encrypted columns whose subject is at one index of the row (None: not selected).
+_Group = tuple[int | None, tuple[_Column, ...]]
 
 
 class _IndexTerm:
@@ -66,97 +75,127 @@ class _IndexTerm:
 
 
 Filters = list[tuple[int, Normalizer, frozenset[str]]]
+_NO_FILTERS: Filters = []  # never mutated
 
 
 class _Reader:
     """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement."""
 
-    __slots__ = ("slots", "terms", "vault")
+    __slots__ = ("groups", "positions", "slots", "terms", "vault")
 
     def __init__(self, vault: Vault, slots: list[_Slot], terms: list[_IndexTerm]) -> None:
         self.vault = vault
         self.slots = slots
         self.terms = terms
+        self.positions = tuple(slot.index for slot in slots)
+        by_subject: dict[int | None, list[_Column]] = {}
+        for slot in slots:
+            col = slot.col
+            loads = None if col.is_str else col.codec.loads
+            by_subject.setdefault(slot.subject_index, []).append(
+                (slot.index, col.ctx_lp, loads, slot.strict)
+            )
+        self.groups: tuple[_Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
 
     def filters(self, context: Any) -> Filters:
         """The search arguments of this execution, normalised, for the post-filter."""
         if not self.terms:
-            return []
-        params = context.compiled_parameters[0] if context.compiled_parameters else {}
-        expanded = getattr(context, "_expanded_parameters", {})
+            return _NO_FILTERS
+        compiled_parameters = context.compiled_parameters
+        params = compiled_parameters[0] if compiled_parameters else {}
+        expanded = getattr(context, "_expanded_parameters", None)
         out: Filters = []
         for term in self.terms:
-            names = expanded.get(term.bind_name, [term.bind_name])
-            values: list[Any] = []
-            for name in names:
-                v = params.get(name)
-                values.extend(v if isinstance(v, list | tuple) else [v])
-            allowed = frozenset(term.normalizer(v) for v in values if isinstance(v, str))
-            out.append((term.index, term.normalizer, allowed))
+            norm = term.normalizer
+            names = expanded.get(term.bind_name) if expanded else None
+            if names is None:  # one bound value (``==``), or a list for a non-expanded IN
+                value = params.get(term.bind_name)
+                values = value if isinstance(value, list | tuple) else (value,)
+            else:  # an expanding IN: one bound parameter per value
+                values = []
+                for name in names:
+                    v = params.get(name)
+                    values.extend(v if isinstance(v, list | tuple) else (v,))
+            allowed = frozenset([norm(v) for v in values if isinstance(v, str)])
+            out.append((term.index, norm, allowed))
         return out
+
+    def _keys(self, rows: Sequence[Any]) -> dict[bytes, Any | None]:
+        """The keys of this batch's values, by value header, resolved together (one key-store
+        query per 500 cold keys). A header that is not here names an unknown version, suite or
+        key: its values do not decrypt."""
+        positions = self.positions
+        headers: set[bytes] = set()
+        add = headers.add
+        for row in rows:
+            for i in positions:
+                v = row[i]
+                if v is not None:
+                    add(v[:_HEADER] if type(v) is bytes else bytes(v[:_HEADER]))
+        refs: dict[bytes, tuple[bytes, int]] = {}
+        for h in headers:
+            if len(h) == _HEADER and h[:2] == _VERSION_SUITE:
+                refs[h] = _KEY_REF(h)
+        resolved = self.vault._read_keys_batch(list(refs.values()))
+        return dict(zip(refs, map(resolved.get, refs.values()), strict=True))
 
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
         if not rows:
-            return list(rows) if rows is not None else []
-        slots = self.slots
-        headers = set()
-        for row in rows:
-            for slot in slots:
-                v = row[slot.index]
-                if v is not None:
-                    headers.add(bytes(v[:_HEADER]))
-        wanted = {
-            h: (h[2:18], int.from_bytes(h[18:_HEADER], "big"))
-            for h in headers
-            if len(h) == _HEADER and h[0] == _VERSION and h[1] == _SUITE
-        }
-        resolved = self.vault._read_keys_batch(list(wanted.values()))
-        # header (version, suite, key id, key version) -> key; a header that is not here is an
-        # unknown version, suite or key id.
-        local: dict[bytes, Any] = {h: resolved.get(ref) for h, ref in wanted.items()}
+            return []
+        keys = self._keys(rows).get
         subject_ref = self.vault.subject_ref
-        refs_of: dict[Any, bytes] = {}  # this batch's subjects, each hashed at most once
-        out = []
-        for row in rows:
-            new = list(row)
-            for slot in slots:
-                v = row[slot.index]
-                if v is None:
-                    continue
-                blob = v if type(v) is bytes else bytes(v)
-                key = local.get(blob[:_HEADER])
-                if key is None or len(blob) < _MIN_LEN:
-                    raise DecryptionError
-                subject_index = slot.subject_index
-                if subject_index is not None:
-                    subject = row[subject_index]
-                    if subject is None:
-                        if key.ref:
+        groups = self.groups
+        out: list[tuple[Any, ...]] = []
+        append = out.append
+        try:
+            for row in rows:
+                new = list(row)
+                for subject_index, columns in groups:
+                    subject = None if subject_index is None else row[subject_index]
+                    verified = None  # the last key found to belong to this row's subject
+                    for index, ctx_lp, loads, strict in columns:
+                        blob = row[index]
+                        if blob is None:
+                            continue
+                        if type(blob) is not bytes:
+                            blob = bytes(blob)
+                        key = keys(blob[:_HEADER])
+                        if key is None or len(blob) < _MIN_LEN:
                             raise DecryptionError
-                    elif key.checked != subject:
-                        ref = refs_of.get(subject)
-                        if ref is None:
-                            ref = refs_of[subject] = subject_ref(subject)
-                        if ref != key.ref:
-                            raise DecryptionError  # another customer's value in this row
-                        key.checked = subject
-                if key.aead is None:  # the shredded tombstone
-                    if slot.strict:
-                        raise SubjectShreddedError
-                    new[slot.index] = SHREDDED
-                    continue
-                col = slot.col
-                try:
-                    plaintext = key.open(blob, col.ctx_lp)
-                    if col.is_str and plaintext[:1] == b"\x01":
-                        new[slot.index] = plaintext[1:].decode()
-                    else:
-                        new[slot.index] = col.codec.loads(plaintext)
-                except (fmt.FormatError, CodecError, UnicodeDecodeError):
-                    raise DecryptionError from None
-            if filters and not _matches(new, filters):
-                continue  # a truncated-index collision: another customer's value
-            out.append(tuple(new))
+                        if key is not verified and subject_index is not None:
+                            # Each value must belong to the row's subject (checked before the
+                            # shred state: a moved value is no erasure).
+                            if subject is None:
+                                if key.ref:
+                                    raise DecryptionError
+                            else:
+                                checked = key.checked
+                                if checked is None or checked != subject:
+                                    if subject_ref(subject) != key.ref:
+                                        raise DecryptionError  # another customer's value
+                                    key.checked = subject
+                            verified = key
+                        if key.aead is None:  # the shredded tombstone
+                            if strict:
+                                raise SubjectShreddedError
+                            new[index] = SHREDDED
+                            continue
+                        plaintext = key.decrypt(
+                            blob[_HEADER:_BODY],
+                            blob[_BODY:],
+                            key.ad_prefix + ctx_lp + key.ad_suffix,
+                        )
+                        if loads is not None:
+                            new[index] = loads(plaintext)
+                        elif plaintext[:1] == b"\x01":  # the str codec's tag, decoded inline
+                            new[index] = plaintext.decode()[1:]
+                        else:
+                            raise CodecError
+                if filters and not _matches(new, filters):
+                    continue  # a truncated-index collision: another customer's value
+                append(tuple(new))
+        except (fmt.InvalidTag, CodecError, UnicodeDecodeError):
+            raise DecryptionError from None
         return out
 
 

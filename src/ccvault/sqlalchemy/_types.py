@@ -262,9 +262,10 @@ def _companion(expr: Any) -> Any:
     """The blind-index column beside an encrypted column, from the same table or alias."""
     table = getattr(expr, "table", None)
     key = f"{expr.key}_bidx"
-    if table is None or key not in table.c:
+    companion = table.c.get(key) if table is not None else None
+    if companion is None:
         raise ConfigurationError(f"no blind-index column {key!r} beside {expr.key!r}")
-    return table.c[key]
+    return companion
 
 
 class IndexValue(bytes):

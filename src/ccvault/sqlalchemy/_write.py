@@ -24,8 +24,10 @@ from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
+from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError
 from ..vault import NO_SUBJECT
+from ._codec import STR
 from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
 from ._types import SHREDDED, IndexValue, Sealed
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["before_execute", "before_update", "scoped_subject"]
 
 _MISSING = object()
+_STR_TAG = bytes((STR.tag,))
 _ORM_ROWS = "ccvault.orm_rows"  # conn.info key: (table, pk tuple) -> (subject, subject_changed)
 _scope: contextvars.ContextVar[tuple[int, object] | None] = contextvars.ContextVar(
     "ccvault_subject", default=None
@@ -123,8 +126,11 @@ def _insert(
                 )
             except TypeError:
                 keys = None  # a wrong subject type: let the row loop name the column
+        # one CSPRNG call for the nonces of the whole statement
+        nonces = nonce_batch(len(multiparams) * len(plan.columns))
         multiparams = [
-            _encrypt_row(vault, plan, d, None, insert=True, keys=keys) for d in multiparams
+            _encrypt_row(vault, plan, d, None, insert=True, keys=keys, nonces=nonces)
+            for d in multiparams
         ]
     elif params or not (stmt._values or stmt._multi_values):
         params = _encrypt_row(vault, plan, params or {}, None, insert=True)
@@ -272,6 +278,7 @@ def _encrypt_row(
     *,
     insert: bool,
     keys: Mapping[object, Any] | None = None,
+    nonces: NonceSource = fresh_nonce,
 ) -> dict[str, Any]:
     out = dict(row)
     if subject is None and insert:
@@ -300,11 +307,22 @@ def _encrypt_row(
         value = out.get(col.key, _MISSING)
         if value is _MISSING or type(value) is Sealed:
             continue
-        if col.index_key is not None:
-            out[col.index_key] = _index(vault, col, value)
-        if value is None:
-            continue
-        data = _dumps(col, value)
+        if type(value) is str and col.is_str:  # the common case, without _dumps' checks
+            if col.index_key is not None:
+                assert col.normalizer is not None
+                out[col.index_key] = IndexValue(
+                    vault.blind_index(col.label, col.normalizer, value, col.index_bytes)
+                )
+            try:
+                data = _STR_TAG + value.encode()
+            except UnicodeEncodeError:  # lone surrogates: _dumps raises the TypeError
+                data = _dumps(col, value)
+        else:
+            if col.index_key is not None:
+                out[col.index_key] = _index(vault, col, value)
+            if value is None:
+                continue
+            data = _dumps(col, value)
         if key is None or target is NO_SUBJECT:
             try:
                 key = vault._key_for_write(target, col.label)
@@ -312,7 +330,7 @@ def _encrypt_row(
                 raise TypeError(
                     f"{col.label}: the row's subject is not of the installation's type"
                 ) from None
-        out[col.key] = Sealed(key.seal(data, col.ctx_lp))
+        out[col.key] = Sealed(key.seal(data, col.ctx_lp, nonces))
     return out
 
 
@@ -320,7 +338,7 @@ def _index(vault: Vault, col: ColumnPlan, value: Any) -> IndexValue | None:
     if value is None or value is SHREDDED or not isinstance(value, str):
         return None  # _dumps raises for the wrong types
     assert col.normalizer is not None
-    return IndexValue(vault.blind_index(col.label, col.normalizer, value, col.etype.index_bytes))
+    return IndexValue(vault.blind_index(col.label, col.normalizer, value, col.index_bytes))
 
 
 def _dumps(col: ColumnPlan, value: Any) -> bytes:
