@@ -63,7 +63,7 @@ class Config:
             orm_rows=20_000,
             orm_repeats=repeats or 5,
             orm_lookups=500,
-            budget_s=19 * 60.0,
+            budget_s=24 * 60.0,
             started=time.monotonic(),
         )
 
