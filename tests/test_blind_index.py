@@ -12,7 +12,8 @@ from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from ccvault import Vault
-from ccvault.crypto._blind import blind_index, column_key, normalizer
+from ccvault.crypto._blind import BlindIndexer, blind_index, column_key, normalizer
+from ccvault.crypto._primitives import HmacSha256
 from sqla_models import Customer
 
 VECTORS = Path(__file__).parent / "vectors" / "blind_index_v1.json"
@@ -46,6 +47,36 @@ def test_golden_vectors() -> None:
         assert key.hex() == vec["column_key"]
         got = blind_index(key, norm(vec["value"]), vec["length"])
         assert got.hex() == vec["index"], vec
+
+
+def test_blind_indexer_matches_the_golden_vectors() -> None:
+    import pickle
+
+    for vec in json.loads(VECTORS.read_text()):
+        norm = normalizer(vec["normalizer"])
+        key = column_key(bytes.fromhex(vec["root"]), norm, vec["label"])
+        indexer = BlindIndexer(HmacSha256(key), norm, vec["length"])
+        assert indexer(vec["value"]).hex() == vec["index"], vec
+        assert key.hex() not in repr(indexer)
+        with pytest.raises(TypeError):
+            pickle.dumps(indexer)
+
+
+def test_vault_blind_indexer_is_blind_index(vault: Vault) -> None:
+    phone, email = normalizer("phone:44"), normalizer("email")
+    for label, norm, value in (
+        ("customers.phone", phone, "020 7946 0018"),
+        ("customers.email", email, " Ada@Example.com"),
+        ("leads.phone", phone, "020 7946 0018"),
+    ):
+        for length in (8, 16):
+            got = vault.blind_indexer(label, norm, length)(value)
+            assert got == vault.blind_index(label, norm, value, length)
+            assert len(got) == length
+    # one key per column and normaliser: another label gives another index
+    assert vault.blind_index("customers.phone", phone, "020 7946 0018", 16) != vault.blind_index(
+        "leads.phone", phone, "020 7946 0018", 16
+    )
 
 
 def _add(session: Session, n: int, **kw: str) -> list[uuid.UUID]:

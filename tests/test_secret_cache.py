@@ -39,6 +39,23 @@ def test_cache_expires_by_age_with_injected_clock() -> None:
     assert len(cache) == 0
 
 
+def test_cache_get_many_is_get_of_each_key() -> None:
+    clock = FrozenClock(1000.0)
+    cache: TtlCache[str, int] = TtlCache(3, 60, clock)
+    cache.put("old", 0)
+    clock.advance(30)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    clock.advance(30)  # "old" has reached max_age, "a" and "b" have not
+    assert cache.get_many(["a", "missing", "old", "b", "a"]) == [1, None, None, 2, 1]
+    assert len(cache) == 2  # the expired entry is dropped, as get() drops it
+    cache.put("c", 3)
+    cache.get_many(["a"])  # a hit counts as a use: "b" is now the least recent
+    cache.put("d", 4)
+    assert cache.get("b") is None
+    assert cache.get_many(["a", "c", "d"]) == [1, 3, 4]
+
+
 def test_cache_is_bounded_lru() -> None:
     cache: TtlCache[int, int] = TtlCache(3, 60, FrozenClock())
     for i in range(3):

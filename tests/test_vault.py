@@ -323,3 +323,37 @@ def test_tuple_subject_cache_respects_element_types(kms: LocalKms, sqlite_url: s
         for lookalike in ((True, "acme"), (1.0, "acme")):
             with pytest.raises(TypeError):
                 v.encrypt(lookalike, b"x", context=CTX)
+
+
+def test_ref_cache_keeps_types_apart(kms: LocalKms, sqlite_url: str) -> None:
+    # UUIDs and str subjects take a cheaper cache key than a tuple: an int of the same value, or
+    # a UUID on a str installation, must still not hit another subject's cached ref.
+    u = uuid.UUID(int=5)
+    with Vault(kms, sqlite_url, subject_type="int") as v:
+        v.encrypt(5, b"x", context=CTX)  # 5 is now cached
+        for lookalike in (u, True, 5.0, "5x"):
+            with pytest.raises(TypeError):
+                v.encrypt(lookalike, b"x", context=CTX)
+        assert v.subject_ref("5") == v.subject_ref(5)
+    with Vault(kms, sqlite_url.replace(".db", "_str.db"), subject_type="str") as v:
+        v.encrypt(str(u), b"x", context=CTX)
+        with pytest.raises(TypeError):
+            v.encrypt(u, b"x", context=CTX)
+    with Vault(kms, sqlite_url.replace(".db", "_uuid.db")) as v:
+        refs = v.subject_refs([u, str(u), uuid.UUID(int=6), u])
+        assert refs[0] == refs[1] == refs[3] != refs[2]
+        assert refs == [v.subject_ref(s) for s in (u, str(u), uuid.UUID(int=6), u)]
+        for bad in (None, NO_SUBJECT, 5, "nope"):
+            with pytest.raises(TypeError):
+                v.subject_refs([u, bad])
+
+
+def test_batched_write_keys_never_let_an_equal_value_of_another_type_through(
+    kms: LocalKms, sqlite_url: str
+) -> None:
+    with Vault(kms, sqlite_url, subject_type="int") as vault:
+        assert set(vault._keys_for_write([1, 2, 1])) == {1, 2}
+        with pytest.raises(TypeError):
+            vault._keys_for_write([1, True])  # True == 1, but True is not an int subject
+        with pytest.raises(TypeError):
+            vault._keys_for_write([True])

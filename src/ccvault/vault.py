@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
 from .crypto import _format as fmt
-from .crypto._blind import Normalizer, blind_index, column_key
+from .crypto._blind import BlindIndexer, Normalizer, column_key
 from .crypto._primitives import KEY_BYTES, Aead, HmacSha256, ed25519_public_key, random_bytes
 from .crypto._subject import SubjectType
 from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
@@ -203,9 +203,7 @@ class Vault:
         self._kms_backoff = 0.0
         self._epoch_refresh = threading.Lock()
         self._active: TtlCache[str, EpochRecord] = TtlCache(1, cache_ttl, monotonic)
-        self._refs: TtlCache[tuple[type, object], bytes] = TtlCache(
-            cache_max_entries, cache_ttl, monotonic
-        )
+        self._refs: TtlCache[Hashable, bytes] = TtlCache(cache_max_entries, cache_ttl, monotonic)
         self._write_keys: TtlCache[bytes, _DataKey] = TtlCache(
             cache_max_entries, cache_ttl, monotonic
         )
@@ -243,6 +241,7 @@ class Vault:
         # Integrations (vault.attach) clear what they derived from the subject after a shred.
         self._after_shred: list[Callable[[Vault, object], None]] = []
         self._bidx_keys: dict[tuple[str, str, int, str], HmacSha256] = {}
+        self._indexers: dict[tuple[str, str, int, str], BlindIndexer] = {}
 
     def __repr__(self) -> str:
         return (
@@ -348,20 +347,20 @@ class Vault:
         """Write keys of many subjects (creating missing ones in batches), by subject value.
 
         Shredded subjects are left out; wrong subject types raise TypeError."""
-        by_ref: dict[bytes, list[object]] = {}
+        # Deduplicated by type and value: True == 1 in Python, yet True is no int subject and
+        # must reach the type check instead of sharing 1's key.
+        unique = list({(type(s), s): s for s in subjects}.values())
+        refs = self.subject_refs(unique)
         out: dict[object, fmt.ValueKey] = {}
-        for subject in subjects:
-            if subject in out:
-                continue
-            ref = self._ref(subject)
-            key = self._write_keys.get(ref)
+        by_ref: dict[bytes, list[object]] = {}
+        for subject, ref, key in zip(unique, refs, self._write_keys.get_many(refs), strict=True):
             if key is not None:
                 out[subject] = key
             else:
                 by_ref.setdefault(ref, []).append(subject)
-        refs = list(by_ref)
-        for i in range(0, len(refs), _BATCH):
-            for ref, key in self._load_or_create(refs[i : i + _BATCH]).items():
+        cold = list(by_ref)
+        for i in range(0, len(cold), _BATCH):
+            for ref, key in self._load_or_create(cold[i : i + _BATCH]).items():
                 for subject in by_ref[ref]:
                     out[subject] = key
         return out
@@ -441,8 +440,30 @@ class Vault:
         """The pseudonymous 32-byte ref of ``subject`` (what the key store and receipts hold)."""
         return self._ref(subject)
 
+    def subject_refs(self, subjects: Iterable[object]) -> list[bytes]:
+        """:meth:`subject_ref` of each subject, in order, through one pass over the cache."""
+        subjects = list(subjects)
+        cache_keys = [_ref_cache_key(s) for s in subjects]
+        cached = self._refs.get_many([_UNCACHEABLE if k is None else k for k in cache_keys])
+        out: list[bytes] = []
+        for subject, cache_key, ref in zip(subjects, cache_keys, cached, strict=True):
+            if ref is None:
+                ref = self._ref_mac(self.subject_type.canonical(subject))
+                if cache_key is not None:
+                    self._refs.put(cache_key, ref)
+            out.append(ref)
+        return out
+
     def blind_index(self, label: str, normalizer: Normalizer, value: str, length: int) -> bytes:
         """The blind index of ``value`` for the column labelled ``label`` (keyed, truncated)."""
+        indexer = self._indexers.get((label, normalizer.id, normalizer.version, normalizer.params))
+        if indexer is None or indexer.length != length:
+            indexer = self.blind_indexer(label, normalizer, length)
+        return indexer(value)
+
+    def blind_indexer(self, label: str, normalizer: Normalizer, length: int) -> BlindIndexer:
+        """The blind index of one column as a callable, its key derived once: for callers that
+        index many values of a column (the column types resolve it once per column)."""
         cache_key = (label, normalizer.id, normalizer.version, normalizer.params)
         key = self._bidx_keys.get(cache_key)
         if key is None:
@@ -451,7 +472,9 @@ class Vault:
                     self._bidx_root = self._long_lived_key(KeyKind.BLIND_INDEX, _BIDX_LABEL)
                 key = HmacSha256(column_key(self._bidx_root.reveal(), normalizer, label))
                 self._bidx_keys[cache_key] = key
-        return blind_index(key, normalizer(value), length)
+        indexer = BlindIndexer(key, normalizer, length)
+        self._indexers[cache_key] = indexer
+        return indexer
 
     def warm(self, subjects: Iterable[object]) -> int:
         """Load the keys of many subjects in batches, creating missing ones, and cache them.
@@ -460,7 +483,7 @@ class Vault:
         writing or reading many customers at once. Shredded subjects are skipped (encrypting for
         them still raises). Returns how many subjects have a usable key.
         """
-        refs = list(dict.fromkeys(self._ref(s) for s in subjects))
+        refs = list(dict.fromkeys(self.subject_refs(subjects)))
         ready = 0
         todo = []
         for ref in refs:
@@ -606,18 +629,7 @@ class Vault:
     # -- subjects and refs -----------------------------------------------------------------------
 
     def _ref(self, subject: object) -> bytes:
-        if subject is None or subject is NO_SUBJECT:
-            raise TypeError("a subject is required (use NO_SUBJECT for vault-wide data)")
-        try:
-            # Element types too: (1, "a") and (True, "a") are equal and hash alike in Python.
-            cache_key: tuple[type, object] | None = (
-                (type(subject), (tuple(map(type, subject)), subject))
-                if isinstance(subject, tuple | list)
-                else (type(subject), subject)
-            )
-            hash(cache_key)
-        except TypeError:
-            cache_key = None
+        cache_key = _ref_cache_key(subject)
         if cache_key is not None:
             ref = self._refs.get(cache_key)
             if ref is not None:
@@ -869,8 +881,7 @@ class Vault:
         """
         out: dict[tuple[bytes, int], _DataKey | _Shredded] = {}
         missing = []
-        for ref in refs:
-            cached = self._read_keys.get(ref)
+        for ref, cached in zip(refs, self._read_keys.get_many(refs), strict=True):
             if cached is None:
                 missing.append(ref)
             else:
@@ -966,6 +977,39 @@ def _is_async_engine(obj: object) -> bool:
     """An SQLAlchemy AsyncEngine, recognised without importing the asyncio extension (which needs
     greenlet, an optional dependency)."""
     return isinstance(getattr(obj, "sync_engine", None), Engine)
+
+
+_UNCACHEABLE: Final = object()
+"""Looked up in place of a subject that has no cache key: never in the cache."""
+
+
+def _ref_cache_key(subject: object) -> Hashable | None:
+    """The key of ``subject``'s ref in the ref cache, or None for a subject that cannot be one
+    (unhashable). Different Python types never share a key: ``1``, ``True`` and ``1.0`` are equal
+    and hash alike in Python, and so are (1, "a") and (True, "a"), yet they are different subjects
+    (or a TypeError) for the installation's subject type.
+
+    The common types skip the tuple and UUID's Python-level ``__hash__``/``__eq__``: a UUID is
+    keyed by its 128-bit int, a str by itself; every other key is a tuple, so the three kinds
+    never compare equal (and only exact types: a subclass takes the tuple)."""
+    kind = type(subject)
+    if kind is uuid.UUID:
+        return cast(uuid.UUID, subject).int
+    if kind is str:
+        return subject
+    if subject is None or subject is NO_SUBJECT:
+        raise TypeError("a subject is required (use NO_SUBJECT for vault-wide data)")
+    # Element types too: (1, "a") and (True, "a") are equal and hash alike in Python.
+    cache_key = (
+        (kind, (tuple(map(type, subject)), subject))
+        if isinstance(subject, tuple | list)
+        else (kind, subject)
+    )
+    try:
+        hash(cache_key)
+    except TypeError:
+        return None
+    return cache_key
 
 
 def _context_bytes(context: str) -> bytes:

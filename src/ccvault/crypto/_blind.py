@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ._encoding import lp, u32
 from ._primitives import HmacSha256, hkdf_sha256
 
-__all__ = ["Normalizer", "blind_index", "column_key", "normalizer"]
+__all__ = ["BlindIndexer", "Normalizer", "blind_index", "column_key", "normalizer"]
 
 _SALT = b"ccvault/bidx/v1"
 _PHONE_JUNK = re.compile(r"[\s().\-/]")
@@ -93,3 +94,24 @@ def column_key(root: bytes, norm: Normalizer, label: str) -> bytes:
 def blind_index(key: bytes | HmacSha256, normalized: str, length: int) -> bytes:
     mac = key if isinstance(key, HmacSha256) else HmacSha256(key)
     return mac(normalized.encode("utf-8"))[:length]
+
+
+class BlindIndexer:
+    """One column's blind index as a callable: normalise, HMAC under the column key, truncate
+    (the same bytes as :func:`blind_index`). Holds the column key: no pickling, no key in repr."""
+
+    __slots__ = ("_mac", "_normalizer", "length")
+
+    def __init__(self, key: HmacSha256, normalizer: Normalizer, length: int) -> None:
+        self._mac = key
+        self._normalizer = normalizer
+        self.length = length
+
+    def __repr__(self) -> str:
+        return f"BlindIndexer({self._normalizer.spec!r}, length={self.length})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("BlindIndexer cannot be pickled")
+
+    def __call__(self, value: str) -> bytes:
+        return self._mac(self._normalizer(value).encode("utf-8"))[: self.length]

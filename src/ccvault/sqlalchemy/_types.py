@@ -11,6 +11,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
+from ..crypto._blind import BlindIndexer
 from ..crypto._blind import normalizer as _normalizer
 from ..crypto._format import OVERHEAD, SUITE_AES256GCM
 from ..errors import ConfigurationError
@@ -304,6 +305,8 @@ class BlindIndex(TypeDecorator[bytes]):
 
     def bind_processor(self, dialect: Dialect) -> Any:
         norm, label, length = self.norm, self.context, self.length
+        # (vault, its blind indexer of this column), replaced as one tuple: thread-safe
+        resolved: list[tuple[Any, BlindIndexer] | None] = [None]
 
         def process(value: Any) -> Any:
             if value is None:
@@ -315,7 +318,10 @@ class BlindIndex(TypeDecorator[bytes]):
             vault = getattr(dialect, VAULT, None)
             if vault is None:
                 raise ConfigurationError("blind-index search needs vault.attach(engine)")
-            return vault.blind_index(label, norm, value, length)
+            pair = resolved[0]
+            if pair is None or pair[0] is not vault:
+                pair = resolved[0] = (vault, vault.blind_indexer(label, norm, length))
+            return pair[1](value)
 
         return process
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
+from ..crypto._blind import BlindIndexer
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError
 from ..vault import NO_SUBJECT
@@ -128,8 +129,16 @@ def _insert(
                 keys = None  # a wrong subject type: let the row loop name the column
         # one CSPRNG call for the nonces of the whole statement
         nonces = nonce_batch(len(multiparams) * len(plan.columns))
+        # each searchable column's blind indexer, its key resolved once for the statement
+        indexers = {
+            c.key: vault.blind_indexer(c.label, c.normalizer, c.index_bytes)
+            for c in plan.columns
+            if c.index_key is not None and c.normalizer is not None
+        }
         multiparams = [
-            _encrypt_row(vault, plan, d, None, insert=True, keys=keys, nonces=nonces)
+            _encrypt_row(
+                vault, plan, d, None, insert=True, keys=keys, nonces=nonces, indexers=indexers
+            )
             for d in multiparams
         ]
     elif params or not (stmt._values or stmt._multi_values):
@@ -279,6 +288,7 @@ def _encrypt_row(
     insert: bool,
     keys: Mapping[object, Any] | None = None,
     nonces: NonceSource = fresh_nonce,
+    indexers: Mapping[str, BlindIndexer] | None = None,
 ) -> dict[str, Any]:
     out = dict(row)
     if subject is None and insert:
@@ -311,7 +321,9 @@ def _encrypt_row(
             if col.index_key is not None:
                 assert col.normalizer is not None
                 out[col.index_key] = IndexValue(
-                    vault.blind_index(col.label, col.normalizer, value, col.index_bytes)
+                    indexers[col.key](value)
+                    if indexers is not None
+                    else vault.blind_index(col.label, col.normalizer, value, col.index_bytes)
                 )
             try:
                 data = _STR_TAG + value.encode()
