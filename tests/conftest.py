@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -25,11 +25,15 @@ MARIADB_URL = os.environ.get("CCVAULT_TEST_MARIADB", "mysql+pymysql://root@127.0
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
 
-def _unavailable(what: str, exc: BaseException) -> None:
-    reason = f"{what} is not reachable ({type(exc).__name__}); start it or set its URL"
+def _required(what: str, why: str, hint: str) -> NoReturn:
+    """A server or package a test needs is missing: skip with the reason, fail when CI=true."""
     if CI:
-        pytest.fail(f"CI=true requires {what}: {exc}")
-    pytest.skip(reason)
+        pytest.fail(f"CI=true requires {what}: {why}")
+    pytest.skip(f"{what}: {why}; {hint}")
+
+
+def _unavailable(what: str, exc: BaseException) -> NoReturn:
+    _required(what, f"not reachable ({type(exc).__name__}: {exc})", "start it or set its URL")
 
 
 def _server_db(backend: str) -> Iterator[str]:
@@ -128,9 +132,7 @@ def moto_server() -> Iterator[Any]:
         import boto3  # noqa: F401
         import moto.server  # noqa: F401
     except ImportError as exc:
-        if CI:
-            pytest.fail(f"CI=true requires moto[server] and boto3 for the AWS KMS tests: {exc}")
-        pytest.skip(f"moto[server] or boto3 is not installed ({exc.name}): pip install -e .[dev]")
+        _required("moto[server] and boto3", f"{exc.name} is not installed", "pip install -e .[dev]")
     from aws_server import moto_kms
 
     with moto_kms() as server:
@@ -143,14 +145,10 @@ def bao() -> Iterator[Any]:
     try:
         from bao_server import bao_dev_server, require_bao
     except ImportError as exc:
-        if CI:
-            pytest.fail(f"CI=true requires hvac for the Vault KMS tests: {exc}")
-        pytest.skip(f"hvac is not installed ({exc.name}): pip install -e .[dev]")
-    binary = require_bao()
+        _required("hvac", f"{exc.name} is not installed", "pip install -e .[dev]")
+    binary = require_bao()  # skips, or fails when CI=true, without the binary
     try:
         with bao_dev_server(binary) as server:
             yield server
     except (RuntimeError, TimeoutError) as exc:  # pragma: no cover - a broken installation
-        if CI:
-            pytest.fail(f"CI=true requires a working OpenBao server: {exc}")
-        pytest.skip(f"OpenBao dev server did not start: {exc}")
+        _required("an OpenBao dev server", f"it did not start: {exc}", "check the bao binary")

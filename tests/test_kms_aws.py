@@ -39,7 +39,6 @@ from ccvault.kms._aws import ROOT_TAG, AwsKms, _translate
 from ccvault.testing import CountingKms, KmsContract
 from leaks import raised, secrets_in
 
-CI = os.environ.get("CI", "").lower() == "true"
 CTX = {"ccvault:installation": "ab" * 16, "ccvault:purpose": "epoch-key", "ccvault:epoch": "01"}
 FOREIGN_ARN = "arn:aws:kms:us-east-1:999999999999:key/11111111-2222-3333-4444-555555555555"
 MISSING_ARN = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -82,16 +83,21 @@ def test_unwrap_succeeds_with_any_one_member_reachable(sqlite_url: str) -> None:
 
 
 def _insert_epoch(
-    url: str, vault: Vault, wraps_by: list[tuple[Kms, bytes]], committed: bytes
+    url: str,
+    vault: Vault,
+    wraps_by: list[tuple[Kms, bytes]],
+    committed: bytes,
+    extra: Sequence[WrappedKey] = (),
 ) -> None:
     """Write an epoch into the key store as an attacker with database access and Encrypt
-    permission on some KMS would: each KMS wraps a key of the attacker's choice."""
+    permission on some KMS would: each KMS wraps a key of the attacker's choice (``extra``:
+    forged wraps stored as they are)."""
     store = SqlKeyStore(url)
     try:
         seq = max(e.seq for e in store.epochs()) + 1
         epoch_id = random_bytes(16)
         context = vault._epoch_context(epoch_id)
-        wraps = [kms.wrap(SecretKey(key), context=context) for kms, key in wraps_by]
+        wraps = [*extra, *(kms.wrap(SecretKey(key), context=context) for kms, key in wraps_by)]
         store.add_epoch(epoch_id, seq, commitment(committed, "epoch", epoch_id, 0), wraps, 0.0)
     finally:
         store.close()
@@ -242,18 +248,8 @@ def test_a_refusing_primary_is_never_outvoted_by_the_dr_kms(sqlite_url: str) -> 
     primary, dr = LocalKms.ephemeral(), LocalKms.ephemeral()
     with Vault(MultiKms(primary, dr), sqlite_url) as vault:
         forged = random_bytes(32)
-        store = SqlKeyStore(sqlite_url)
-        try:
-            seq = max(e.seq for e in store.epochs()) + 1
-            epoch_id = random_bytes(16)
-            context = vault._epoch_context(epoch_id)
-            wraps = [
-                WrappedKey(primary.kms_id, "00" * 16, random_bytes(60)),  # a root it never had
-                dr.wrap(SecretKey(forged), context=context),
-            ]
-            store.add_epoch(epoch_id, seq, commitment(forged, "epoch", epoch_id, 0), wraps, 0.0)
-        finally:
-            store.close()
+        never_had = WrappedKey(primary.kms_id, "00" * 16, random_bytes(60))  # an unknown root
+        _insert_epoch(sqlite_url, vault, [(dr, forged)], forged, extra=[never_had])
     with Vault(MultiKms(primary, dr), sqlite_url) as vault, pytest.raises(KmsKeyNotFoundError):
         vault.encrypt(uuid.uuid4(), b"x", context=CTX)
 

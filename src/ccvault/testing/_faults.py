@@ -126,7 +126,3 @@ class _FromInner(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(type(error).__name__)
         self.error = error
-
-
-def _check(kms: FaultyKms) -> Kms:
-    return kms  # FaultyKms implements the protocol (checked by mypy here)
