@@ -31,6 +31,8 @@ class Config:
     orm_rows: int
     orm_repeats: int
     orm_lookups: int
+    orm_lookup_population: int
+    """Customers in each table when the lookups run (the issue: among 100,000)."""
     budget_s: float
     """The whole run; the shred benchmark, last, grows its key store only while time is left."""
     started: float
@@ -49,6 +51,7 @@ class Config:
                 orm_rows=1_000,
                 orm_repeats=repeats or 5,
                 orm_lookups=50,
+                orm_lookup_population=3_000,
                 budget_s=110.0,
                 started=time.monotonic(),
             )
@@ -63,6 +66,7 @@ class Config:
             orm_rows=20_000,
             orm_repeats=repeats or 5,
             orm_lookups=500,
+            orm_lookup_population=100_000,
             budget_s=24 * 60.0,
             started=time.monotonic(),
         )

@@ -207,7 +207,8 @@ class Vault:
         self._write_keys: TtlCache[bytes, _DataKey] = TtlCache(
             cache_max_entries, cache_ttl, monotonic
         )
-        self._read_keys: TtlCache[tuple[bytes, int], _DataKey | _Shredded] = TtlCache(
+        # value keys (and tombstones) by suite-1 value header: what a reader slices off a value
+        self._read_keys: TtlCache[bytes, _DataKey | _Shredded] = TtlCache(
             cache_max_entries, cache_ttl, monotonic
         )
         self._vaultwide: dict[str, _Lease] = {}
@@ -392,9 +393,7 @@ class Vault:
             expected_ref = _NO_REF
         elif subject is not _UNCHECKED:
             expected_ref = self._ref(subject)  # None raises TypeError: never a silent skip
-        key = self._read_keys_batch([(header.key_id, header.key_version)]).get(
-            (header.key_id, header.key_version)
-        )
+        key = self._read_keys_batch([header.raw]).get(header.raw)
         if key is None:
             raise DecryptionError
         if expected_ref is not None and not hmac.compare_digest(expected_ref, key.ref):
@@ -643,8 +642,8 @@ class Vault:
         """Evict a shredded subject's keys: its write key, and the read keys the shred destroyed
         (the receipt lists them), without scanning the cache."""
         self._write_keys.pop(ref)
-        for pair in keys:
-            self._read_keys.pop(pair)
+        for key_id, version in keys:
+            self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -861,46 +860,57 @@ class Vault:
         return out
 
     def _data_key(self, rec: KeyRecord) -> _DataKey:
-        cached = self._read_keys.get((rec.key_id, rec.version))
+        header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
+        cached = self._read_keys.get(header)
         if isinstance(cached, _DataKey):
             return cached
         material = self._unwrap_record(rec)
         key = _DataKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or _NO_REF)
         with self._cache_lock:
             if not key.ref or self._fenced.get(key.ref) is None:
-                self._read_keys.put((rec.key_id, rec.version), key)
+                self._read_keys.put(header, key)
         return key
 
-    def _read_keys_batch(
-        self, refs: Sequence[tuple[bytes, int]]
-    ) -> dict[tuple[bytes, int], _DataKey | _Shredded]:
-        """Resolve many (key id, version) references with one key-store query per 500 cold ones.
+    def _read_keys_batch(self, headers: Iterable[bytes]) -> dict[bytes, _DataKey | _Shredded]:
+        """The keys of many suite-1 value headers, with one key-store query per 500 cold ones.
 
-        Unknown ids, non-value keys and keys that fail to unwrap are left out (the caller raises
-        DecryptionError for those values only); shredded ones map to the tombstone.
+        Headers that are not suite-1, unknown ids, non-value keys and keys that fail to unwrap
+        are left out (the caller raises DecryptionError for those values only); shredded ones
+        map to the tombstone.
         """
-        out: dict[tuple[bytes, int], _DataKey | _Shredded] = {}
-        missing = []
-        for ref, cached in zip(refs, self._read_keys.get_many(refs), strict=True):
-            if cached is None:
-                missing.append(ref)
-            else:
-                out[ref] = cached
-        for i in range(0, len(missing), _BATCH):
-            for pair, rec in self._store.get_keys(missing[i : i + _BATCH]).items():
+        out: dict[bytes, _DataKey | _Shredded] = {}
+        lookup = self._read_keys.getter()
+        missing: dict[tuple[bytes, int], bytes] = {}
+        for header in headers:
+            cached = lookup(header)
+            if cached is not None:
+                out[header] = cached
+                continue
+            pair = fmt.suite1_key_ref(header)
+            if pair is not None:
+                missing[pair] = header
+        pairs = list(missing)
+        for i in range(0, len(pairs), _BATCH):
+            for pair, rec in self._store.get_keys(pairs[i : i + _BATCH]).items():
+                header = missing[pair]
                 if not rec.is_live:
                     if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
                         tombstone = _Shredded(rec.ref or _NO_REF)
-                        self._read_keys.put(pair, tombstone)
-                        out[pair] = tombstone
+                        self._read_keys.put(header, tombstone)
+                        out[header] = tombstone
                     continue
                 if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
                     continue  # a long-lived key id is never a value key
                 try:
-                    out[pair] = self._data_key(rec)
+                    out[header] = self._data_key(rec)
                 except DecryptionError:
                     continue
         return out
+
+    def _read_key_lookup(self) -> Callable[[bytes], _DataKey | _Shredded | None]:
+        """Cached keys by suite-1 value header, for one batch of rows (one clock reading); a
+        miss (cold, expired or unknown) is for :meth:`_read_keys_batch`."""
+        return self._read_keys.getter()
 
     def _vaultwide_key(self, context: str) -> _DataKey:
         with self._lock:

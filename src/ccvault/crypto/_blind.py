@@ -13,8 +13,10 @@ parameters gives other keys, so old and new indexes never compare equal by accid
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -43,16 +45,35 @@ class Normalizer:
     def __call__(self, value: str) -> str:
         if not isinstance(value, str):
             raise TypeError("blind indexes take str values")
-        if self.id == "exact":
-            return unicodedata.normalize("NFC", value)
-        if self.id == "email":
-            if value.isascii():  # NFKC is the identity on ASCII, and casefold() is lower()
-                return value.strip().lower()
-            return unicodedata.normalize("NFKC", value).strip().casefold()
-        return _phone(value, self.params)
+        return self.function()(value)
+
+    def function(self) -> Callable[[str], str]:
+        """The normalisation as a plain function of a str (the caller checks the type)."""
+        return _function(self.id, self.params)
 
 
-def _phone(value: str, country_code: str) -> str:
+@functools.cache
+def _function(kind: str, params: str) -> Callable[[str], str]:
+    if kind == "exact":
+        return _exact
+    if kind == "email":
+        return _email
+    return functools.partial(_phone, country_code=params)
+
+
+def _exact(value: str) -> str:
+    if value.isascii():  # NFC is the identity on ASCII
+        return value
+    return unicodedata.normalize("NFC", value)
+
+
+def _email(value: str) -> str:
+    if value.isascii():  # NFKC is the identity on ASCII, and casefold() is lower()
+        return value.strip().lower()
+    return unicodedata.normalize("NFKC", value).strip().casefold()
+
+
+def _phone(value: str, country_code: str = "") -> str:
     """E.164-like: '+' and digits only; 00 means +; a national number gets the default code."""
     if value.isascii():
         # The same result without the regular expressions (it is on every write and lookup):
@@ -98,14 +119,22 @@ def blind_index(key: bytes | HmacSha256, normalized: str, length: int) -> bytes:
 
 class BlindIndexer:
     """One column's blind index as a callable: normalise, HMAC under the column key, truncate
-    (the same bytes as :func:`blind_index`). Holds the column key: no pickling, no key in repr."""
+    (the same bytes as :func:`blind_index`). Holds the column key: no pickling, no key in repr.
 
-    __slots__ = ("_mac", "_normalizer", "length")
+    :attr:`index` is the same without the type check, for callers that checked ``str``."""
+
+    __slots__ = ("_normalizer", "index", "length")
 
     def __init__(self, key: HmacSha256, normalizer: Normalizer, length: int) -> None:
-        self._mac = key
         self._normalizer = normalizer
         self.length = length
+        mac = key.function(length)
+        normalize = normalizer.function()
+
+        def index(value: str) -> bytes:
+            return mac(normalize(value).encode("utf-8"))
+
+        self.index: Callable[[str], bytes] = index
 
     def __repr__(self) -> str:
         return f"BlindIndexer({self._normalizer.spec!r}, length={self.length})"
@@ -114,4 +143,6 @@ class BlindIndexer:
         raise TypeError("BlindIndexer cannot be pickled")
 
     def __call__(self, value: str) -> bytes:
-        return self._mac(self._normalizer(value).encode("utf-8"))[: self.length]
+        if not isinstance(value, str):
+            raise TypeError("blind indexes take str values")
+        return self.index(value)

@@ -167,6 +167,19 @@ def open_value(
 
 SUITE1_HEADER_BYTES = _HEAD.size  # version, suite, key id, key version
 SUITE1_BODY_OFFSET = _HEAD.size + NONCE_BYTES  # where ciphertext || tag starts
+_SUITE1_PREFIX = bytes((FORMAT_VERSION, SUITE_AES256GCM))
+_SUITE1_REF = struct.Struct(">2x16sI").unpack
+
+
+def suite1_key_ref(header: bytes) -> tuple[bytes, int] | None:
+    """(key id, key version) of a suite-1 value header, or None when it is not one."""
+    if len(header) != SUITE1_HEADER_BYTES or header[:2] != _SUITE1_PREFIX:
+        return None
+    key_id, version = _SUITE1_REF(header)
+    return key_id, version
+
+
+_MAX_ADS = 64  # context labels whose associated data a ValueKey keeps
 
 
 class ValueKey:
@@ -176,7 +189,7 @@ class ValueKey:
     A reader that opens many values in one loop may inline :meth:`open`::
 
         key.decrypt(blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET], blob[SUITE1_BODY_OFFSET:],
-                    key.ad_prefix + context_lp + key.ad_suffix)
+                    key.ads.get(context_lp) or key.associated_data(context_lp))
 
     which raises :class:`InvalidTag` where :meth:`open` raises :class:`FormatError`.
     """
@@ -184,6 +197,7 @@ class ValueKey:
     __slots__ = (
         "ad_prefix",
         "ad_suffix",
+        "ads",
         "aead",
         "checked",
         "decrypt",
@@ -202,6 +216,8 @@ class ValueKey:
         # associated data = ad_prefix || u32(len(context)) || context || ad_suffix
         self.ad_prefix = _AD_PREFIX + U32.pack(len(self.header)) + self.header
         self.ad_suffix = U32.pack(len(ref)) + ref
+        # whole associated data by context_lp, for the few labels a key is used with
+        self.ads: dict[bytes, bytes] = {}
         self.decrypt = aead.open_raw
         # The last subject value whose ref was found equal to ``ref`` (a cache for callers that
         # check many rows of the same subject: equality instead of an HMAC per row).
@@ -213,10 +229,19 @@ class ValueKey:
     def __reduce__(self) -> NoReturn:
         raise TypeError("ValueKey cannot be pickled")
 
+    def associated_data(self, context_lp: bytes) -> bytes:
+        """The associated data of this key's values under ``context_lp``, kept for reuse."""
+        ad = self.ads.get(context_lp)
+        if ad is None:
+            ad = self.ad_prefix + context_lp + self.ad_suffix
+            if len(self.ads) < _MAX_ADS:
+                self.ads[context_lp] = ad
+        return ad
+
     def seal(self, plaintext: bytes, context_lp: bytes, nonces: NonceSource = fresh_nonce) -> bytes:
         """``context_lp`` is ``u32(len(context)) || context``; ``nonces`` gives the nonce."""
         nonce = nonces()
-        ad = self.ad_prefix + context_lp + self.ad_suffix
+        ad = self.ads.get(context_lp) or self.associated_data(context_lp)
         return self.header + nonce + self.aead.seal(nonce, plaintext, ad)
 
     def open(self, blob: bytes, context_lp: bytes) -> bytes:
@@ -225,7 +250,7 @@ class ValueKey:
             return self.decrypt(
                 blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET],
                 blob[SUITE1_BODY_OFFSET:],
-                self.ad_prefix + context_lp + self.ad_suffix,
+                self.ads.get(context_lp) or self.associated_data(context_lp),
             )
         except InvalidTag:
             raise FormatError from None

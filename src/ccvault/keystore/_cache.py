@@ -87,6 +87,28 @@ class TtlCache(Generic[K, V]):
                 append(item[1])
         return out
 
+    def getter(self) -> Callable[[K], V | None]:
+        """A :meth:`get` for one batch of lookups: one clock reading for all of them, and no
+        method call per lookup beyond the returned function (the column types' read loop calls
+        it once per key of a batch of rows). Expired entries read as missing."""
+        data = self._data
+        get = data.get
+        move_to_end = data.move_to_end
+        now = self._clock()
+        max_age = self.max_age
+
+        def lookup(key: K) -> V | None:
+            item = get(key)
+            if item is None or now - item[0] >= max_age:
+                return None
+            try:  # noqa: SIM105
+                move_to_end(key)
+            except KeyError:  # evicted by another thread in between
+                pass
+            return item[1]
+
+        return lookup
+
     def peek(self, key: K) -> tuple[float, V] | None:
         """(age in seconds, value) of an unexpired entry, for callers with their own freshness
         rule inside ``max_age`` (the vault's epoch keys and their KMS grace period)."""

@@ -11,7 +11,6 @@ entity load does), the value's key must belong to that subject.
 from __future__ import annotations
 
 import collections
-import struct
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -29,7 +28,7 @@ from sqlalchemy.sql.elements import (
 from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, SubjectShreddedError
-from ._codec import CodecError
+from ._codec import STR, CodecError
 from ._plan import ColumnPlan, plan_for
 from ._types import SHREDDED, BlindIndex, Encrypted
 
@@ -39,11 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["after_cursor_execute"]
 
 _READ_AHEAD = 100
-_MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
 _HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
 _BODY = fmt.SUITE1_BODY_OFFSET
-_VERSION_SUITE = bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM))
-_KEY_REF = struct.Struct(">2x16sI").unpack  # a suite-1 header -> (key id, key version)
+_STR_TAG = STR.tag
 
 
 class _Slot:
@@ -120,10 +117,8 @@ class _Reader:
             out.append((term.index, norm, allowed))
         return out
 
-    def _keys(self, rows: Sequence[Any]) -> dict[bytes, Any | None]:
-        """The keys of this batch's values, by value header, resolved together (one key-store
-        query per 500 cold keys). A header that is not here names an unknown version, suite or
-        key: its values do not decrypt."""
+    def _headers(self, rows: Sequence[Any]) -> set[bytes]:
+        """The value headers of a batch of rows (the keys its values name)."""
         positions = self.positions
         headers: set[bytes] = set()
         add = headers.add
@@ -132,18 +127,17 @@ class _Reader:
                 v = row[i]
                 if v is not None:
                     add(v[:_HEADER] if type(v) is bytes else bytes(v[:_HEADER]))
-        refs: dict[bytes, tuple[bytes, int]] = {}
-        for h in headers:
-            if len(h) == _HEADER and h[:2] == _VERSION_SUITE:
-                refs[h] = _KEY_REF(h)
-        resolved = self.vault._read_keys_batch(list(refs.values()))
-        return dict(zip(refs, map(resolved.get, refs.values()), strict=True))
+        return headers
 
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
         if not rows:
             return []
-        keys = self._keys(rows).get
-        subject_ref = self.vault.subject_ref
+        vault = self.vault
+        cached = vault._read_key_lookup()  # warm keys by header
+        known: dict[bytes, Any] = {}  # the keys this batch has met, by header
+        known_get = known.get
+        batch_loaded = False
+        subject_ref = vault.subject_ref
         groups = self.groups
         out: list[tuple[Any, ...]] = []
         append = out.append
@@ -159,9 +153,19 @@ class _Reader:
                             continue
                         if type(blob) is not bytes:
                             blob = bytes(blob)
-                        key = keys(blob[:_HEADER])
-                        if key is None or len(blob) < _MIN_LEN:
-                            raise DecryptionError
+                        header = blob[:_HEADER]
+                        key: Any = known_get(header)
+                        if key is None:
+                            key = cached(header)
+                            if key is None and not batch_loaded:
+                                # A cold key: resolve every key of the batch together (one
+                                # key-store query per 500 cold ones), not one query per key.
+                                known.update(vault._read_keys_batch(self._headers(rows)))
+                                batch_loaded = True
+                                key = known_get(header)
+                            if key is None:
+                                raise DecryptionError  # an unknown key, version or suite
+                            known[header] = key
                         if key is not verified and subject_index is not None:
                             # Each value must belong to the row's subject (checked before the
                             # shred state: a moved value is no erasure).
@@ -180,21 +184,23 @@ class _Reader:
                                 raise SubjectShreddedError
                             new[index] = SHREDDED
                             continue
+                        # (a value too short for its nonce and tag fails here too: ValueError
+                        # for the nonce, InvalidTag for the tag)
                         plaintext = key.decrypt(
                             blob[_HEADER:_BODY],
                             blob[_BODY:],
-                            key.ad_prefix + ctx_lp + key.ad_suffix,
+                            key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
                         )
                         if loads is not None:
                             new[index] = loads(plaintext)
-                        elif plaintext[:1] == b"\x01":  # the str codec's tag, decoded inline
+                        elif plaintext and plaintext[0] == _STR_TAG:  # the str codec, inline
                             new[index] = plaintext.decode()[1:]
                         else:
                             raise CodecError
                 if filters and not _matches(new, filters):
                     continue  # a truncated-index collision: another customer's value
                 append(tuple(new))
-        except (fmt.InvalidTag, CodecError, UnicodeDecodeError):
+        except (fmt.InvalidTag, CodecError, UnicodeDecodeError, ValueError):
             raise DecryptionError from None
         return out
 

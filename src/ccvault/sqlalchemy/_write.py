@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,6 @@ from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
-from ..crypto._blind import BlindIndexer
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError
 from ..vault import NO_SUBJECT
@@ -129,15 +128,10 @@ def _insert(
                 keys = None  # a wrong subject type: let the row loop name the column
         # one CSPRNG call for the nonces of the whole statement
         nonces = nonce_batch(len(multiparams) * len(plan.columns))
-        # each searchable column's blind indexer, its key resolved once for the statement
-        indexers = {
-            c.key: vault.blind_indexer(c.label, c.normalizer, c.index_bytes)
-            for c in plan.columns
-            if c.index_key is not None and c.normalizer is not None
-        }
+        columns = _columns(vault, plan)
         multiparams = [
             _encrypt_row(
-                vault, plan, d, None, insert=True, keys=keys, nonces=nonces, indexers=indexers
+                vault, plan, d, None, insert=True, keys=keys, nonces=nonces, columns=columns
             )
             for d in multiparams
         ]
@@ -279,6 +273,23 @@ def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
 # -- rows ----------------------------------------------------------------------------------------
 
 
+# What the row loop needs of one encrypted column, unpacked in one step: its key in the
+# parameters, u32(len(label)) || label, its blind-index column's key and indexer (None when not
+# searchable; the indexer None too when resolved per value), whether it takes str, its plan.
+_Column = tuple[str, bytes, str | None, Callable[[str], bytes] | None, bool, ColumnPlan]
+
+
+def _columns(vault: Vault, plan: TablePlan) -> tuple[_Column, ...]:
+    """The plan's columns for a batch of rows: each blind indexer's key resolved once."""
+    out = []
+    for c in plan.columns:
+        index = None
+        if c.index_key is not None and c.normalizer is not None:
+            index = vault.blind_indexer(c.label, c.normalizer, c.index_bytes).index
+        out.append((c.key, c.ctx_lp, c.index_key, index, c.is_str, c))
+    return tuple(out)
+
+
 def _encrypt_row(
     vault: Vault,
     plan: TablePlan,
@@ -288,7 +299,7 @@ def _encrypt_row(
     insert: bool,
     keys: Mapping[object, Any] | None = None,
     nonces: NonceSource = fresh_nonce,
-    indexers: Mapping[str, BlindIndexer] | None = None,
+    columns: tuple[_Column, ...] | None = None,
 ) -> dict[str, Any]:
     out = dict(row)
     if subject is None and insert:
@@ -311,27 +322,26 @@ def _encrypt_row(
                 "to encrypt such rows under the vault-wide key"
             )
         target = NO_SUBJECT
-    # the row's key, looked up once for all its columns
+    if columns is None:
+        columns = tuple((c.key, c.ctx_lp, c.index_key, None, c.is_str, c) for c in plan.columns)
+    # the row's key, looked up once for all its columns (vault-wide keys are per column)
     key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
-    for col in plan.columns:
-        value = out.get(col.key, _MISSING)
+    for name, ctx_lp, index_key, index, is_str, col in columns:
+        value = out.get(name, _MISSING)
         if value is _MISSING or type(value) is Sealed:
             continue
-        if type(value) is str and col.is_str:  # the common case, without _dumps' checks
-            if col.index_key is not None:
-                assert col.normalizer is not None
-                out[col.index_key] = IndexValue(
-                    indexers[col.key](value)
-                    if indexers is not None
-                    else vault.blind_index(col.label, col.normalizer, value, col.index_bytes)
+        if type(value) is str and is_str:  # the common case, without _dumps' checks
+            if index_key is not None:
+                out[index_key] = (
+                    IndexValue(index(value)) if index is not None else _index(vault, col, value)
                 )
             try:
                 data = _STR_TAG + value.encode()
             except UnicodeEncodeError:  # lone surrogates: _dumps raises the TypeError
                 data = _dumps(col, value)
         else:
-            if col.index_key is not None:
-                out[col.index_key] = _index(vault, col, value)
+            if index_key is not None:
+                out[index_key] = _index(vault, col, value)
             if value is None:
                 continue
             data = _dumps(col, value)
@@ -342,7 +352,13 @@ def _encrypt_row(
                 raise TypeError(
                     f"{col.label}: the row's subject is not of the installation's type"
                 ) from None
-        out[col.key] = Sealed(key.seal(data, col.ctx_lp, nonces))
+        # key.seal(data, ctx_lp, nonces), inlined: this runs for every value written
+        nonce = nonces()
+        out[name] = Sealed(
+            key.header
+            + nonce
+            + key.aead.seal(nonce, data, key.ads.get(ctx_lp) or key.associated_data(ctx_lp))
+        )
     return out
 
 
