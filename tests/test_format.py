@@ -179,3 +179,22 @@ def test_value_key_seals_with_a_nonce_batch_and_opens_inline() -> None:
         )
     with pytest.raises(fmt.FormatError):
         key.open(first, fmt.context_lp(b"customers.email"))
+
+
+def test_value_key_associated_data_is_the_format_and_keeps_few_labels() -> None:
+    ref = b"r" * 32
+    key = fmt.ValueKey(Aead(bytes(range(32))), bytes(16), 1, ref)
+    for i in range(100):
+        label = f"t.c{i}".encode()
+        expected = fmt.value_associated_data(key.header, label, ref)
+        assert key.associated_data(fmt.context_lp(label)) == expected
+        assert key.associated_data(fmt.context_lp(label)) == expected  # kept or rebuilt alike
+    assert len(key.ads) == 64  # bounded: a vault-wide key may serve many labels
+
+
+def test_suite1_key_ref_reads_only_suite1_headers() -> None:
+    key = fmt.ValueKey(Aead(bytes(range(32))), bytes(range(16)), 7, b"r" * 32)
+    assert fmt.suite1_key_ref(key.header) == (bytes(range(16)), 7)
+    assert fmt.suite1_key_ref(key.header[:-1]) is None
+    assert fmt.suite1_key_ref(bytes([1, 2]) + key.header[2:]) is None  # suite 2
+    assert fmt.suite1_key_ref(bytes([2, 1]) + key.header[2:]) is None  # format version 2

@@ -56,6 +56,25 @@ def test_cache_get_many_is_get_of_each_key() -> None:
     assert cache.get_many(["a", "c", "d"]) == [1, 3, 4]
 
 
+def test_cache_getter_reads_the_clock_once_and_counts_hits_as_uses() -> None:
+    clock = FrozenClock(1000.0)
+    cache: TtlCache[str, int] = TtlCache(3, 60, clock)
+    cache.put("old", 0)
+    clock.advance(30)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    lookup = cache.getter()  # the clock is read now: 30 s after "old" was put
+    clock.advance(30)
+    assert [lookup(k) for k in ("a", "b", "old", "missing")] == [1, 2, 0, None]
+    later = cache.getter()  # 60 s after "old": expired for this batch, as get() would say
+    assert later("old") is None
+    assert later("a") == 1  # a hit counts as a use: "b" is now the least recent
+    cache.put("c", 3)
+    cache.put("d", 4)
+    assert cache.get("b") is None
+    assert cache.get("a") == 1
+
+
 def test_cache_is_bounded_lru() -> None:
     cache: TtlCache[int, int] = TtlCache(3, 60, FrozenClock())
     for i in range(3):
