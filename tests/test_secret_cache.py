@@ -39,13 +39,19 @@ def test_cache_expires_by_age_with_injected_clock() -> None:
     assert len(cache) == 0
 
 
-def test_cache_get_many_is_get_of_each_key() -> None:
+def _three_entries() -> tuple[TtlCache[str, int], FrozenClock]:
+    """A full cache of 3 with a 60 s age: "old" put 30 s before "a" and "b"."""
     clock = FrozenClock(1000.0)
     cache: TtlCache[str, int] = TtlCache(3, 60, clock)
     cache.put("old", 0)
     clock.advance(30)
     cache.put("a", 1)
     cache.put("b", 2)
+    return cache, clock
+
+
+def test_cache_get_many_is_get_of_each_key() -> None:
+    cache, clock = _three_entries()
     clock.advance(30)  # "old" has reached max_age, "a" and "b" have not
     assert cache.get_many(["a", "missing", "old", "b", "a"]) == [1, None, None, 2, 1]
     assert len(cache) == 2  # the expired entry is dropped, as get() drops it
@@ -57,12 +63,7 @@ def test_cache_get_many_is_get_of_each_key() -> None:
 
 
 def test_cache_getter_reads_the_clock_once_and_counts_hits_as_uses() -> None:
-    clock = FrozenClock(1000.0)
-    cache: TtlCache[str, int] = TtlCache(3, 60, clock)
-    cache.put("old", 0)
-    clock.advance(30)
-    cache.put("a", 1)
-    cache.put("b", 2)
+    cache, clock = _three_entries()
     lookup = cache.getter()  # the clock is read now: 30 s after "old" was put
     clock.advance(30)
     assert [lookup(k) for k in ("a", "b", "old", "missing")] == [1, 2, 0, None]
