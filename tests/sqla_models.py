@@ -44,6 +44,22 @@ class Interaction(Base):
     customer: Mapped[Customer] = relationship(back_populates="interactions")
 
 
+class Migrating(Base):
+    """A table whose columns held plaintext before they were encrypted: the migration flag."""
+
+    __tablename__ = "migrating"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    phone: Mapped[str | None] = mapped_column(
+        Encrypted(String(32), subject="id", searchable="phone", legacy_plaintext=True)
+    )
+    note: Mapped[bytes | None] = mapped_column(
+        Encrypted(sa.LargeBinary, subject="id", legacy_plaintext=True)
+    )
+    visits: Mapped[int | None] = mapped_column(
+        Encrypted(sa.Integer, subject="id", legacy_plaintext=True)
+    )
+
+
 class Everything(Base):
     """One encrypted column of every supported type."""
 

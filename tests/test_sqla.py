@@ -10,11 +10,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from ccvault import DecryptionError, SubjectShreddedError, Vault
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED, StatementRefused
-from sqla_models import Customer, Everything, Interaction, Tier
+from sqla_models import Customer, Everything, Interaction, Migrating, Tier
 
 
 def _raw(engine: sa.Engine, sql: str) -> list[tuple[object, ...]]:
@@ -312,6 +313,81 @@ def test_legacy_plaintext_is_decryption_error(app: sa.Engine) -> None:
     with Session(app) as s, pytest.raises(DecryptionError) as info:
         s.get(Customer, cid)
     assert "555" not in str(info.value)
+
+
+def test_legacy_text_in_a_blob_column_is_decryption_error_too(app: sa.Engine) -> None:
+    if app.dialect.name != "sqlite":
+        pytest.skip("only SQLite keeps text in a BLOB column (servers convert or refuse it)")
+    with Session(app) as s:
+        cid = _customer(s).id
+        s.commit()
+    with app.begin() as conn:  # a column that was TEXT before: its old rows stay text
+        conn.execute(sa.text("UPDATE customers SET phone = :p"), {"p": "+1 555 0100"})
+    with Session(app) as s, pytest.raises(DecryptionError) as info:
+        s.get(Customer, cid)
+    assert "555" not in str(info.value)
+
+
+def test_legacy_plaintext_flag_reads_old_rows_until_rewritten(app: sa.Engine, vault: Vault) -> None:
+    old_phone, old_note = "+44 20 7946 0000", b"\x00binary note"
+    sqlite = app.dialect.name == "sqlite"
+    cid, other = uuid.uuid4(), uuid.uuid4()
+    with app.begin() as conn:  # rows written before the columns were encrypted
+        conn.execute(
+            sa.text("INSERT INTO migrating (id, phone, note, visits) VALUES (:i, :p, :n, :v)"),
+            [
+                {
+                    "i": _uuid_param(app, cid),
+                    "p": old_phone if sqlite else old_phone.encode(),
+                    "n": old_note,
+                    "v": 7 if sqlite else None,  # SQLite keeps the old INTEGER as it was
+                },
+                {"i": _uuid_param(app, other), "p": None, "n": None, "v": None},
+            ],
+        )
+    with Session(app) as s:
+        row = s.get(Migrating, cid)
+        assert row is not None
+        assert (row.phone, row.note, row.visits) == (old_phone, old_note, 7 if sqlite else None)
+        # the backfill: rewrite every flagged attribute; the hook encrypts and indexes it
+        for attr in ("phone", "note", "visits"):
+            flag_modified(row, attr)
+        s.commit()
+    stored = _raw(app, "SELECT phone, note FROM migrating WHERE phone IS NOT NULL")
+    assert len(stored) == 1
+    for value, plain in zip(stored[0], (old_phone.encode(), old_note), strict=True):
+        sealed = bytes(value)  # type: ignore[arg-type]
+        assert sealed[:2] == b"\x01\x01"
+        assert plain not in sealed
+    with Session(app) as s:  # now found through the blind index and read as ciphertext
+        found = s.scalars(select(Migrating).where(Migrating.phone == old_phone)).one()
+        assert (found.id, found.phone, found.visits) == (cid, old_phone, 7 if sqlite else None)
+
+
+def test_legacy_plaintext_flag_never_accepts_a_bad_ciphertext(app: sa.Engine) -> None:
+    cid = uuid.uuid4()
+    with Session(app) as s:
+        s.add(Migrating(id=cid, phone="+44 20 7946 0001", note=b"n", visits=3))
+        s.commit()
+    (blob,) = _raw(app, "SELECT phone FROM migrating")[0]
+    tampered = bytearray(bytes(blob))  # type: ignore[arg-type]
+    tampered[-1] ^= 1
+    unknown = bytes(bytes(blob)[:2]) + bytes(20) + bytes(bytes(blob)[22:])  # type: ignore[arg-type]
+    for bad in (bytes(tampered), unknown):
+        with app.begin() as conn:
+            conn.execute(sa.text("UPDATE migrating SET phone = :p"), {"p": bad})
+        with Session(app) as s, pytest.raises(DecryptionError):
+            s.get(Migrating, cid)
+    with app.begin() as conn:  # text that is not UTF-8 is no plaintext of a text column
+        conn.execute(sa.text("UPDATE migrating SET phone = :p"), {"p": b"\xff\xfe"})
+    with Session(app) as s, pytest.raises(DecryptionError):
+        s.get(Migrating, cid)
+
+
+def test_legacy_plaintext_is_not_in_the_migration_repr() -> None:
+    etype = Migrating.__table__.c.phone.type
+    assert "legacy" not in repr(etype)
+    assert etype.copy().legacy_plaintext is True  # type: ignore[attr-defined]
 
 
 def test_no_plaintext_in_error_text(app: sa.Engine) -> None:

@@ -11,6 +11,7 @@ entity load does), the value's key must belong to that subject.
 from __future__ import annotations
 
 import collections
+import json
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["after_cursor_execute"]
 
 _READ_AHEAD = 100
+_MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
 _HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
 _BODY = fmt.SUITE1_BODY_OFFSET
 _STR_TAG = STR.tag
@@ -54,8 +56,9 @@ class _Slot:
 
 
 # What the row loop needs of one encrypted column, unpacked in one step: its index in the row,
-# u32(len(label)) || label, the codec's loads (None for str, decoded inline) and strictness.
-_Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool]
+# u32(len(label)) || label, the codec's loads (None for str, decoded inline), strictness, and
+# what to do with a stored value that is no ciphertext (raise, or the legacy_plaintext reader).
+_Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool, Callable[[Any], Any]]
 # The encrypted columns whose subject is at one index of the row (None: not selected).
 _Group = tuple[int | None, tuple[_Column, ...]]
 
@@ -89,8 +92,9 @@ class _Reader:
         for slot in slots:
             col = slot.col
             loads = None if col.is_str else col.codec.loads
+            unsealed = _legacy_reader(col) if col.etype.legacy_plaintext else _refuse
             by_subject.setdefault(slot.subject_index, []).append(
-                (slot.index, col.ctx_lp, loads, slot.strict)
+                (slot.index, col.ctx_lp, loads, slot.strict, unsealed)
             )
         self.groups: tuple[_Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
 
@@ -125,8 +129,10 @@ class _Reader:
         for row in rows:
             for i in positions:
                 v = row[i]
-                if v is not None:
-                    add(v[:_HEADER] if type(v) is bytes else bytes(v[:_HEADER]))
+                if type(v) is bytes:
+                    add(v[:_HEADER])
+                elif isinstance(v, bytearray | memoryview):
+                    add(bytes(v[:_HEADER]))
         return headers
 
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
@@ -147,11 +153,14 @@ class _Reader:
                 for subject_index, columns in groups:
                     subject = None if subject_index is None else row[subject_index]
                     verified = None  # the last key found to belong to this row's subject
-                    for index, ctx_lp, loads, strict in columns:
+                    for index, ctx_lp, loads, strict, unsealed in columns:
                         blob = row[index]
                         if blob is None:
                             continue
                         if type(blob) is not bytes:
+                            if not isinstance(blob, bytearray | memoryview):
+                                new[index] = unsealed(blob)  # text, a number: no ciphertext
+                                continue
                             blob = bytes(blob)
                         header = blob[:_HEADER]
                         key: Any = known_get(header)
@@ -163,8 +172,9 @@ class _Reader:
                                 known.update(vault._read_keys_batch(self._headers(rows)))
                                 batch_loaded = True
                                 key = known_get(header)
-                            if key is None:
-                                raise DecryptionError  # an unknown key, version or suite
+                            if key is None:  # an unknown key, version or suite
+                                new[index] = unsealed(blob)
+                                continue
                             known[header] = key
                         if key is not verified and subject_index is not None:
                             # Each value must belong to the row's subject (checked before the
@@ -203,6 +213,48 @@ class _Reader:
         except (fmt.InvalidTag, CodecError, UnicodeDecodeError, ValueError):
             raise DecryptionError from None
         return out
+
+
+def _refuse(value: Any) -> Any:
+    raise DecryptionError
+
+
+_SEALED_PREFIXES = (
+    bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM)),
+    bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM_PERIOD)),
+)
+
+
+def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
+    """How a ``legacy_plaintext=True`` column reads a stored value that is no ciphertext of a
+    known key: as the plaintext the column held before it was encrypted. Text columns take
+    UTF-8 bytes or text, binary columns bytes, JSON columns JSON text, other types a value the
+    driver already returns as the column's Python type (SQLite keeps an old INTEGER). Anything
+    else, and
+    any value that begins like a ccvault value (a ciphertext of an unknown or destroyed key, or
+    a tampered one), is still a DecryptionError."""
+
+    def read(value: Any) -> Any:
+        if isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(value)
+            if len(raw) >= _MIN_LEN and raw[:2] in _SEALED_PREFIXES:
+                raise DecryptionError
+            if col.is_str:
+                return raw.decode("utf-8")  # UnicodeDecodeError: DecryptionError
+            if col.codec.name == "bytes":
+                return raw
+            if col.codec.name == "json":
+                return json.loads(raw)  # a ValueError: DecryptionError
+            raise DecryptionError
+        if col.codec.name == "json" and isinstance(value, str):
+            return json.loads(value)
+        if isinstance(value, col.python_types) and not (
+            col.rejects_bool and isinstance(value, bool)
+        ):
+            return value
+        raise DecryptionError
+
+    return read
 
 
 def _matches(row: list[Any], filters: Filters) -> bool:

@@ -87,6 +87,12 @@ class Encrypted(TypeDecorator[Any]):
     ``on_null_subject="vaultwide"`` encrypts rows whose subject is NULL under the label's
     vault-wide key instead of raising. ``strict=True`` raises SubjectShreddedError on reads of
     shredded values instead of returning :data:`SHREDDED`.
+
+    ``legacy_plaintext=True`` is the migration flag for a column whose existing rows still hold
+    plaintext (docs/sqlalchemy.md, "Encrypting an existing column"): reads return a stored value
+    that is not a ccvault ciphertext as it is, instead of raising DecryptionError. Writes always
+    encrypt. Turn it off once every row is rewritten: while it is on, anyone who can write to
+    the table can plant unauthenticated values in it.
     """
 
     impl = sa.LargeBinary
@@ -102,6 +108,7 @@ class Encrypted(TypeDecorator[Any]):
         strict: bool = False,
         searchable: str | None = None,
         index_bytes: int = 8,
+        legacy_plaintext: bool = False,
     ) -> None:
         wrapped = type_() if isinstance(type_, type) else type_
         if isinstance(wrapped, Encrypted):
@@ -129,6 +136,7 @@ class Encrypted(TypeDecorator[Any]):
         self.context = context
         self.on_null_subject = on_null_subject
         self.strict = strict
+        self.legacy_plaintext = bool(legacy_plaintext)
         super().__init__()
 
     # -- identity, caching, migrations -----------------------------------------------------------
@@ -144,9 +152,12 @@ class Encrypted(TypeDecorator[Any]):
             self.strict,
             self.searchable,
             self.index_bytes,
+            self.legacy_plaintext,
         )
 
     def __repr__(self) -> str:
+        # legacy_plaintext is left out: a read-time migration aid, not part of the schema, and
+        # not to be frozen into migration files
         args = [repr(self.wrapped), f"subject={self.subject!r}"]
         if self.context is not None:
             args.append(f"context={self.context!r}")
@@ -173,6 +184,7 @@ class Encrypted(TypeDecorator[Any]):
             strict=self.strict,
             searchable=self.searchable,
             index_bytes=self.index_bytes,
+            legacy_plaintext=self.legacy_plaintext,
         )
 
     # -- storage ---------------------------------------------------------------------------------
