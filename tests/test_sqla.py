@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.orm.attributes import flag_modified
 
-from ccvault import DecryptionError, SubjectShreddedError, Vault
+from ccvault import ConfigurationError, DecryptionError, SubjectShreddedError, Vault
 from ccvault.kms import LocalKms
-from ccvault.sqlalchemy import SHREDDED, StatementRefused
+from ccvault.sqlalchemy import SHREDDED, Encrypted, StatementRefused
+from ccvault.testing import ephemeral_vault
 from sqla_models import Customer, Everything, Interaction, Migrating, Tier
 
 
@@ -495,3 +498,126 @@ def test_cold_reads_load_keys_in_batches(
     cold.close()
     engine.dispose()
     engine2.dispose()
+
+
+# -- model set-up checks, renames ------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_tables() -> Iterator[list[sa.Table]]:
+    """Tables a test defines to be refused: forgotten afterwards, so that later attach() calls
+    in this process do not meet them."""
+    from ccvault.sqlalchemy._types import encrypted_tables
+
+    made: list[sa.Table] = []
+    yield made
+    for table in made:
+        encrypted_tables.discard(table)
+
+
+def _attach_fresh(tmp_path: Path) -> None:
+    vault = ephemeral_vault(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db")
+    try:
+        vault.attach(sa.create_engine("sqlite://"))
+    finally:
+        vault.close()
+
+
+def test_attach_refuses_two_columns_with_one_context_label(
+    tmp_path: Path, broken_tables: list[sa.Table]
+) -> None:
+    md = sa.MetaData()
+    for name in ("calls", "chats"):
+        broken_tables.append(
+            sa.Table(
+                name,
+                md,
+                sa.Column("id", sa.Uuid, primary_key=True),
+                sa.Column("body", Encrypted(sa.Text, subject="id", context="transcripts")),
+            )
+        )
+    with pytest.raises(ConfigurationError, match="context label 'transcripts'"):
+        _attach_fresh(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        lambda: sa.Column("id", sa.Integer, primary_key=True),  # autoincrement
+        lambda: sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+        lambda: sa.Column(
+            "id", sa.Uuid, primary_key=True, server_default=sa.text("gen_random_uuid()")
+        ),
+    ],
+    ids=["autoincrement", "identity", "server_default"],
+)
+def test_a_subject_the_database_generates_is_refused_at_set_up(
+    tmp_path: Path, broken_tables: list[sa.Table], subject: Callable[[], sa.Column[object]]
+) -> None:
+    md = sa.MetaData()
+    table = sa.Table("tickets", md, subject(), sa.Column("body", Encrypted(sa.Text, subject="id")))
+    broken_tables.append(table)
+    with pytest.raises(ConfigurationError, match="subject"):
+        _attach_fresh(tmp_path)
+    # and a model mapped after attach() is refused when SQLAlchemy configures it
+    from ccvault.sqlalchemy._types import encrypted_tables
+
+    encrypted_tables.discard(table)
+    _attach_fresh(tmp_path)
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Ticket(Base):
+        __table__ = sa.Table(
+            "tickets",
+            Base.metadata,
+            subject(),
+            sa.Column("body", Encrypted(sa.Text, subject="id")),
+        )
+
+    broken_tables.append(Ticket.__table__)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ConfigurationError, match="subject"):
+            sa.orm.configure_mappers()
+    finally:
+        Base.registry.dispose()  # or every later configure_mappers() would meet it again
+
+
+def test_rename_keeps_old_values_readable_with_the_label_pinned(app: sa.Engine) -> None:
+    cid = uuid.uuid4()
+    old_md = sa.MetaData()
+    old = sa.Table(
+        "contacts_old",
+        old_md,
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("phone", Encrypted(sa.String(32), subject="id")),
+    )
+    old_md.drop_all(app)
+    for leftover in ("contacts_new",):
+        with app.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {leftover}"))
+    old_md.create_all(app)
+    with app.begin() as conn:
+        conn.execute(old.insert(), {"id": cid, "phone": "+44 20 7946 0002"})
+    with app.begin() as conn:  # what the migration does: rename the table and the column
+        conn.execute(sa.text("ALTER TABLE contacts_old RENAME TO contacts_new"))
+        conn.execute(sa.text("ALTER TABLE contacts_new RENAME COLUMN phone TO phone_number"))
+    try:
+
+        def table(context: str | None) -> sa.Table:
+            return sa.Table(
+                "contacts_new",
+                sa.MetaData(),
+                sa.Column("id", sa.Uuid, primary_key=True),
+                sa.Column("phone_number", Encrypted(sa.String(32), subject="id", context=context)),
+            )
+
+        pinned, unpinned = table("contacts_old.phone"), table(None)
+        with app.connect() as conn:
+            assert conn.execute(sa.select(pinned)).one() == (cid, "+44 20 7946 0002")
+            with pytest.raises(DecryptionError):
+                conn.execute(sa.select(unpinned)).all()
+    finally:
+        with app.begin() as conn:
+            conn.execute(sa.text("DROP TABLE contacts_new"))

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Mapper, Session
 from ..errors import ConfigurationError
 from . import _read, _write
 from ._plan import plan_for
-from ._types import ATTACHED, VAULT, searchable_tables
+from ._types import ATTACHED, VAULT, encrypted_tables, searchable_tables
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -34,8 +34,23 @@ def _install_orm_listeners() -> None:
         if _orm_installed:
             return
         event.listen(Mapper, "before_update", _write.before_update)
+        event.listen(Mapper, "mapper_configured", _check_mapper)
         event.listen(Session, "after_flush", _write.after_flush)
         _orm_installed = True
+
+
+def _check_mapper(mapper: Mapper[Any], _class: type[Any]) -> None:
+    """Models mapped after attach() are checked when SQLAlchemy configures them."""
+    for table in mapper.tables:
+        plan_for(table)
+
+
+def check_tables() -> None:
+    """Raise ConfigurationError for any table with encrypted columns that cannot work: two
+    columns with one context label, a subject column missing, encrypted, or filled in by the
+    database (autoincrement, identity, server default)."""
+    for table in list(encrypted_tables):
+        plan_for(table)
 
 
 def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
@@ -43,6 +58,9 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
 
     ``engine`` is an :class:`~sqlalchemy.engine.Engine` or an ``AsyncEngine``. ``strict=True``
     makes reads of shredded values raise SubjectShreddedError instead of returning SHREDDED.
+    Every table with encrypted columns defined so far is checked first (ConfigurationError for
+    duplicate context labels or a subject the database generates); models defined later are
+    checked when SQLAlchemy configures their mappers, Core tables at their first statement.
     """
     sync = getattr(engine, "sync_engine", engine)
     if not isinstance(sync, Engine):
@@ -52,6 +70,7 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
         return
     if current is not None:
         raise ConfigurationError("this engine is already attached to another vault")
+    check_tables()
     _install_orm_listeners()
     event.listen(
         sync, "before_execute", functools.partial(_write.before_execute, vault), retval=True

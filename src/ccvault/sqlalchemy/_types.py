@@ -347,12 +347,17 @@ searchable_tables: weakref.WeakSet[sa.Table] = weakref.WeakSet()
 _AUTO = "ccvault.companion"
 
 
+# Every table with an encrypted column (attach() checks them all: labels, subject column).
+encrypted_tables: weakref.WeakSet[sa.Table] = weakref.WeakSet()
+
+
 @sa.event.listens_for(sa.Column, "after_parent_attach")
 def _add_companion(column: sa.Column[Any], table: Any) -> None:
     etype = column.type
-    if not isinstance(etype, Encrypted) or etype.searchable is None:
+    if not isinstance(etype, Encrypted) or not isinstance(table, sa.Table):
         return
-    if not isinstance(table, sa.Table):
+    encrypted_tables.add(table)
+    if etype.searchable is None:
         return
     name = f"{column.name}_bidx"
     if name not in table.c:
