@@ -1,0 +1,103 @@
+"""Instructions per row of the column types' hot paths, counted by valgrind's callgrind.
+
+Times on a shared machine move by 30 % and more from one minute to the next; instruction counts
+do not. This counts the instructions of the write hook (``_write._insert`` on a batch of 1,000
+rows with four encrypted columns, two searchable, keys cached) and of the read loop
+(``_Reader.process`` on the same rows as the driver returns them), for the tree this file is in::
+
+    python -m benchmarks.instructions          # needs valgrind; about 6 minutes
+
+Each path runs in a child process under callgrind once with 1 batch and once with 3; the
+difference divided by 2,000 rows is the cost of a row, start-up excluded. Not part of
+``python -m benchmarks`` (valgrind makes it slow) and not a timing: an instruction is not a
+nanosecond (cache misses of 20,000 keys do not show), but fewer is less work.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROWS = 1_000
+
+
+def _child(op: str, batches: int) -> None:
+    import sqlalchemy as sa
+
+    from benchmarks.bench_orm import _models, rows
+    from ccvault import Vault
+    from ccvault.kms import LocalKms
+    from ccvault.sqlalchemy import _read, _write
+    from ccvault.sqlalchemy._plan import plan_for
+
+    models, md = _models(uuid.uuid4().hex[:8], "00" * 32)
+    table = models["ccvault"].__table__
+    plan = plan_for(table)
+    assert plan is not None
+    keys = Path(tempfile.mkdtemp()) / "keys.db"
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{keys}", cache_ttl=86_400)
+    data = rows(ROWS)
+    vault.warm(d["id"] for d in data)
+    insert = sa.insert(table)
+    _write._insert(vault, plan, insert, data, None)  # warm: blind-index keys, code paths
+    if op == "write":
+        for _ in range(batches):
+            _write._insert(vault, plan, insert, data, None)
+        return
+    engine = sa.create_engine("sqlite://")
+    vault.attach(engine)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert, data)
+    reader = _read._build_reader(vault, sa.select(table).compile(engine), False)
+    assert reader is not None
+    names = ", ".join(c.name for c in table.columns)
+    with engine.connect() as conn:
+        raw = [tuple(r) for r in conn.exec_driver_sql(f"SELECT {names} FROM {table.name}")]
+    reader.process(raw)
+    for _ in range(batches):
+        reader.process(raw)
+
+
+def _count(op: str, batches: int) -> int:
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "benchmarks.instructions",
+            "--child",
+            op,
+            str(batches),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise RuntimeError(f"callgrind printed no total:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]))
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt install valgrind)")
+    for op in ("write", "read"):
+        per_row = (_count(op, 3) - _count(op, 1)) / (2 * ROWS)
+        print(f"{op}: {per_row:,.0f} instructions a row", flush=True)
+
+
+if __name__ == "__main__":
+    main()
