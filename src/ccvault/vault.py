@@ -242,7 +242,7 @@ class Vault:
         # Integrations (vault.attach) clear what they derived from the subject after a shred.
         self._after_shred: list[Callable[[Vault, object], None]] = []
         self._bidx_keys: dict[tuple[str, str, int, str], HmacSha256] = {}
-        self._indexers: dict[tuple[str, str, int, str], BlindIndexer] = {}
+        self._indexers: dict[tuple[str, Normalizer, int], BlindIndexer] = {}
 
     def __repr__(self) -> str:
         return (
@@ -455,14 +455,14 @@ class Vault:
 
     def blind_index(self, label: str, normalizer: Normalizer, value: str, length: int) -> bytes:
         """The blind index of ``value`` for the column labelled ``label`` (keyed, truncated)."""
-        indexer = self._indexers.get((label, normalizer.id, normalizer.version, normalizer.params))
-        if indexer is None or indexer.length != length:
-            indexer = self.blind_indexer(label, normalizer, length)
-        return indexer(value)
+        return self.blind_indexer(label, normalizer, length)(value)
 
     def blind_indexer(self, label: str, normalizer: Normalizer, length: int) -> BlindIndexer:
         """The blind index of one column as a callable, its key derived once: for callers that
         index many values of a column (the column types resolve it once per column)."""
+        indexer = self._indexers.get((label, normalizer, length))
+        if indexer is not None:
+            return indexer
         cache_key = (label, normalizer.id, normalizer.version, normalizer.params)
         key = self._bidx_keys.get(cache_key)
         if key is None:
@@ -472,7 +472,7 @@ class Vault:
                 key = HmacSha256(column_key(self._bidx_root.reveal(), normalizer, label))
                 self._bidx_keys[cache_key] = key
         indexer = BlindIndexer(key, normalizer, length)
-        self._indexers[cache_key] = indexer
+        self._indexers[(label, normalizer, length)] = indexer
         return indexer
 
     def warm(self, subjects: Iterable[object]) -> int:

@@ -241,7 +241,7 @@ class ValueKey:
     def seal(self, plaintext: bytes, context_lp: bytes, nonces: NonceSource = fresh_nonce) -> bytes:
         """``context_lp`` is ``u32(len(context)) || context``; ``nonces`` gives the nonce."""
         nonce = nonces()
-        ad = self.ads.get(context_lp) or self.associated_data(context_lp)
+        ad = self.associated_data(context_lp)
         return self.header + nonce + self.aead.seal(nonce, plaintext, ad)
 
     def open(self, blob: bytes, context_lp: bytes) -> bytes:
@@ -250,7 +250,7 @@ class ValueKey:
             return self.decrypt(
                 blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET],
                 blob[SUITE1_BODY_OFFSET:],
-                self.ads.get(context_lp) or self.associated_data(context_lp),
+                self.associated_data(context_lp),
             )
         except InvalidTag:
             raise FormatError from None

@@ -62,44 +62,29 @@ class TtlCache(Generic[K, V]):
         return item[1]
 
     def get_many(self, keys: Iterable[K]) -> list[V | None]:
-        """:meth:`get` of each key, in order, with one clock reading for the whole batch (the
-        column types' read hook resolves every key of a batch of rows at once)."""
-        data = self._data
-        get = data.get
-        move_to_end = data.move_to_end
-        now = self._clock()
-        max_age = self.max_age
-        out: list[V | None] = []
-        append = out.append
-        for key in keys:
-            item = get(key)
-            if item is None:
-                append(None)
-            elif now - item[0] >= max_age:  # expired, as in get()
-                with self._lock:
-                    data.pop(key, None)
-                append(None)
-            else:
-                try:  # noqa: SIM105
-                    move_to_end(key)
-                except KeyError:  # evicted by another thread in between
-                    pass
-                append(item[1])
-        return out
+        """:meth:`get` of each key, in order, with one clock reading for the whole batch."""
+        lookup = self.getter()
+        return [lookup(key) for key in keys]
 
     def getter(self) -> Callable[[K], V | None]:
         """A :meth:`get` for one batch of lookups: one clock reading for all of them, and no
         method call per lookup beyond the returned function (the column types' read loop calls
-        it once per key of a batch of rows). Expired entries read as missing."""
+        it once per key of a batch of rows). Expired entries read as missing and are dropped,
+        as :meth:`get` drops them."""
         data = self._data
         get = data.get
         move_to_end = data.move_to_end
         now = self._clock()
         max_age = self.max_age
+        lock = self._lock
 
         def lookup(key: K) -> V | None:
             item = get(key)
-            if item is None or now - item[0] >= max_age:
+            if item is None:
+                return None
+            if now - item[0] >= max_age:
+                with lock:
+                    data.pop(key, None)
                 return None
             try:  # noqa: SIM105
                 move_to_end(key)

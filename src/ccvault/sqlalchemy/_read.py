@@ -74,7 +74,8 @@ class _IndexTerm:
         self.bind_name = bind_name
 
 
-Filters = list[tuple[int, Normalizer, frozenset[str]]]
+# (row index of the encrypted column, its normalisation of a str, the normalised arguments)
+Filters = list[tuple[int, Callable[[str], str], frozenset[str]]]
 _NO_FILTERS: Filters = []  # never mutated
 
 
@@ -107,7 +108,7 @@ class _Reader:
         expanded = getattr(context, "_expanded_parameters", None)
         out: Filters = []
         for term in self.terms:
-            norm = term.normalizer
+            norm = term.normalizer.function()
             names = expanded.get(term.bind_name) if expanded else None
             if names is None:  # one bound value (``==``), or a list for a non-expanded IN
                 value = params.get(term.bind_name)
@@ -230,9 +231,8 @@ def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
     known key: as the plaintext the column held before it was encrypted. Text columns take
     UTF-8 bytes or text, binary columns bytes, JSON columns JSON text, other types a value the
     driver already returns as the column's Python type (SQLite keeps an old INTEGER). Anything
-    else, and
-    any value that begins like a ccvault value (a ciphertext of an unknown or destroyed key, or
-    a tampered one), is still a DecryptionError."""
+    else, and any value that begins like a ccvault value (a ciphertext of an unknown or destroyed
+    key, or a tampered one), is still a DecryptionError."""
 
     def read(value: Any) -> Any:
         if isinstance(value, bytes | bytearray | memoryview):

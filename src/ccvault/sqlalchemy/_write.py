@@ -274,19 +274,20 @@ def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
 
 
 # What the row loop needs of one encrypted column, unpacked in one step: its key in the
-# parameters, u32(len(label)) || label, its blind-index column's key and indexer (None when not
-# searchable; the indexer None too when resolved per value), whether it takes str, its plan.
-_Column = tuple[str, bytes, str | None, Callable[[str], bytes] | None, bool, ColumnPlan]
+# parameters, u32(len(label)) || label, its blind-index column's key and indexer ("" and None
+# when not searchable), whether it takes str, its plan.
+_Column = tuple[str, bytes, str, Callable[[str], bytes] | None, bool, ColumnPlan]
 
 
 def _columns(vault: Vault, plan: TablePlan) -> tuple[_Column, ...]:
-    """The plan's columns for a batch of rows: each blind indexer's key resolved once."""
+    """The plan's columns for a statement: each blind indexer resolved once."""
     out = []
     for c in plan.columns:
-        index = None
+        index_key, index = "", None
         if c.index_key is not None and c.normalizer is not None:
+            index_key = c.index_key
             index = vault.blind_indexer(c.label, c.normalizer, c.index_bytes).index
-        out.append((c.key, c.ctx_lp, c.index_key, index, c.is_str, c))
+        out.append((c.key, c.ctx_lp, index_key, index, c.is_str, c))
     return tuple(out)
 
 
@@ -323,7 +324,7 @@ def _encrypt_row(
             )
         target = NO_SUBJECT
     if columns is None:
-        columns = tuple((c.key, c.ctx_lp, c.index_key, None, c.is_str, c) for c in plan.columns)
+        columns = _columns(vault, plan)
     # the row's key, looked up once for all its columns (vault-wide keys are per column)
     key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
     for name, ctx_lp, index_key, index, is_str, col in columns:
@@ -331,17 +332,15 @@ def _encrypt_row(
         if value is _MISSING or type(value) is Sealed:
             continue
         if type(value) is str and is_str:  # the common case, without _dumps' checks
-            if index_key is not None:
-                out[index_key] = (
-                    IndexValue(index(value)) if index is not None else _index(vault, col, value)
-                )
+            if index is not None:
+                out[index_key] = IndexValue(index(value))
             try:
                 data = _STR_TAG + value.encode()
             except UnicodeEncodeError:  # lone surrogates: _dumps raises the TypeError
                 data = _dumps(col, value)
         else:
-            if index_key is not None:
-                out[index_key] = _index(vault, col, value)
+            if index is not None:  # searchable columns are str columns: no index of the rest
+                out[index_key] = None
             if value is None:
                 continue
             data = _dumps(col, value)
@@ -360,13 +359,6 @@ def _encrypt_row(
             + key.aead.seal(nonce, data, key.ads.get(ctx_lp) or key.associated_data(ctx_lp))
         )
     return out
-
-
-def _index(vault: Vault, col: ColumnPlan, value: Any) -> IndexValue | None:
-    if value is None or value is SHREDDED or not isinstance(value, str):
-        return None  # _dumps raises for the wrong types
-    assert col.normalizer is not None
-    return IndexValue(vault.blind_index(col.label, col.normalizer, value, col.index_bytes))
 
 
 def _dumps(col: ColumnPlan, value: Any) -> bytes:
