@@ -177,3 +177,40 @@ def test_shred_clears_the_customer_s_blind_indexes(app: sa.Engine, vault: Vault)
         t = Customer.__table__
         row = conn.execute(select(t.c.phone_bidx, t.c.email_bidx).where(t.c.id == a)).one()
     assert tuple(row) == (None, None)
+
+
+def test_a_shred_that_cannot_sweep_says_what_it_left(
+    app: sa.Engine, vault: Vault, kms: object, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A GDPR worker that never imported the searchable models (no engine attached) shreds: the
+    values are unreadable at once, the blind indexes it could not reach are named in a warning,
+    and a repeated shred where the models are attached sweeps them (issue 10, item 11)."""
+    with Session(app) as s:
+        (a,) = _add(s, 1, email="left@example.com")
+        s.commit()
+    worker = Vault(kms, db_url)  # type: ignore[arg-type]
+    try:
+        with caplog.at_level("WARNING", logger="ccvault"):
+            receipt = worker.shred(a)
+    finally:
+        worker.close()
+    (record,) = [r for r in caplog.records if "left blind indexes" in r.getMessage()]
+    message = record.getMessage()
+    assert "customers.email" in message
+    assert "customers.phone" in message
+    assert str(a) not in message
+    assert "left@example.com" not in message
+    assert receipt.subject_ref[:16] in message
+    t = Customer.__table__
+    with app.connect() as conn:
+        row = conn.execute(select(t.c.phone_bidx, t.c.email_bidx).where(t.c.id == a)).one()
+    assert None not in tuple(row)  # still there: nothing in that process knew the tables
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ccvault"):
+        again = vault.shred(a)  # the app process, engine attached: sweeps, same receipt
+    assert again == receipt
+    assert not [r for r in caplog.records if "left blind indexes" in r.getMessage()]
+    with app.connect() as conn:
+        row = conn.execute(select(t.c.phone_bidx, t.c.email_bidx).where(t.c.id == a)).one()
+    assert tuple(row) == (None, None)

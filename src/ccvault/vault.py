@@ -14,6 +14,7 @@ Key hierarchy (see docs/design.md)::
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import threading
@@ -82,6 +83,7 @@ _BATCH = 500
 _REF_LABEL = "subject-ref"
 _BIDX_LABEL = "blind-index"
 _RECEIPT_LABEL = "receipt-signing"
+_SEARCHABLE_META = "searchable:"  # ccvault_meta rows: one per column label with blind indexes
 _NO_REF = b""
 
 
@@ -239,8 +241,10 @@ class Vault:
         self._ref_mac = HmacSha256(self._ref_key.reveal())
         self._receipt_seed = self._long_lived_key(KeyKind.RECEIPT_SIGNING, _RECEIPT_LABEL)
         self._bidx_root: SecretKey | None = None  # created on first use
-        # Integrations (vault.attach) clear what they derived from the subject after a shred.
-        self._after_shred: list[Callable[[Vault, object], None]] = []
+        # Integrations (vault.attach) clear what they derived from the subject after a shred,
+        # and return the context labels of the blind indexes they cleared.
+        self._after_shred: list[Callable[[Vault, object], Iterable[str]]] = []
+        self._searchable: tuple[float, frozenset[str]] | None = None  # (read at, labels)
         self._bidx_keys: dict[tuple[str, str, int, str], HmacSha256] = {}
         self._indexers: dict[tuple[str, Normalizer, int], BlindIndexer] = {}
 
@@ -425,8 +429,20 @@ class Vault:
             self._forget_ref(
                 ref, [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
             )
+        swept: set[str] = set()
         for hook in self._after_shred:
-            hook(self, subject)
+            swept.update(hook(self, subject))
+        unswept = sorted(self._searchable_labels() - swept)
+        if unswept:
+            # The receipt (v1, frozen) cannot say it: the values are unreadable, but their blind
+            # indexes stay until a process that knows these columns shreds the subject again.
+            log.warning(
+                "shred of subject ref %s left blind indexes in place: no engine attached in this "
+                "process sweeps %s. Repeat vault.shred() for this subject where the models are "
+                "imported and the engine attached (docs/sqlalchemy.md, 'Shredding').",
+                ref.hex()[:16],
+                ", ".join(unswept),
+            )
         if newly:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
         return receipt
@@ -472,8 +488,28 @@ class Vault:
                 key = HmacSha256(column_key(self._bidx_root.reveal(), normalizer, label))
                 self._bidx_keys[cache_key] = key
         indexer = BlindIndexer(key, normalizer, length)
+        if label not in self._searchable_labels():
+            self._record_searchable(label)
         self._indexers[(label, normalizer, length)] = indexer
         return indexer
+
+    def _record_searchable(self, label: str) -> None:
+        """Note in the key store that blind indexes exist for the column labelled ``label``, so
+        that a shred from a process that never imported that model can say what it left."""
+        digest = hashlib.sha256(label.encode("utf-8")).hexdigest()[:40]
+        self._store.put_meta_if_absent(_SEARCHABLE_META + digest, label[:255])
+        self._searchable = None
+
+    def _searchable_labels(self) -> frozenset[str]:
+        """Context labels of every column with blind indexes in this installation (re-read
+        after ``cache_ttl``: other processes add to them)."""
+        cached = self._searchable
+        now = self._monotonic()
+        if cached is not None and now - cached[0] < self.cache_ttl:
+            return cached[1]
+        labels = frozenset(self._store.meta(_SEARCHABLE_META).values())
+        self._searchable = (now, labels)
+        return labels
 
     def warm(self, subjects: Iterable[object]) -> int:
         """Load the keys of many subjects in batches, creating missing ones, and cache them.

@@ -53,7 +53,12 @@ class ErasureReceipt(BaseModel):
         "root (per_epoch_roots=False): old backups stay decryptable while that root exists"
     )
     blind_index_horizon: datetime | None = Field(
-        default=None, description="when old blind-index keys are gone too (None: no blind indexes)"
+        default=None,
+        description="when the blind-index key that indexed this subject's values is destroyed, so "
+        "that blind indexes in backups of the application database match nothing any more. None: "
+        "no such date is scheduled (blind-index keys are not rotated yet), whether or not the "
+        "installation has blind indexes. The live indexes are cleared by the shred itself in every "
+        "table the shredding process has imported and attached (a warning names the others).",
     )
     signing_key: str = Field(description="hex of the Ed25519 public key that signed this receipt")
     signature: str = ""

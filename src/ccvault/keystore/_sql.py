@@ -181,6 +181,19 @@ class SqlKeyStore:
 
         return self._write(run)
 
+    def put_meta_if_absent(self, name: str, value: str) -> bool:
+        return self._write(
+            lambda conn: self._insert_ignore(conn, self._meta, {"name": name, "value": value})
+        )
+
+    def meta(self, prefix: str) -> dict[str, str]:
+        m = self._meta
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(m.c.name, m.c.value).where(m.c.name.startswith(prefix, autoescape=True))
+            ).all()
+        return {name: value for name, value in rows}
+
     # -- epochs --------------------------------------------------------------------------------
 
     def _epoch_rows(self, conn: Connection, where: Any) -> list[EpochRecord]:

@@ -84,9 +84,11 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
     vault._after_shred.append(functools.partial(_clear_blind_indexes, sync))
 
 
-def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> None:
-    """After a shred: NULL the customer's blind-index values in every searchable table."""
+def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[str]:
+    """After a shred: NULL the customer's blind-index values in every searchable table. Returns
+    the context labels of the columns swept."""
     value = vault.subject_type.coerce(subject)
+    swept: list[str] = []
     for table in list(searchable_tables):
         plan = plan_for(table)
         if plan is None:
@@ -101,6 +103,9 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> None:
         except sa.exc.SQLAlchemyError:
             # A table this engine's database does not have (another app's model): skip it.
             log.debug("blind-index sweep skipped a table", extra={"table": table.name})
+            continue
+        swept.extend(c.label for c in plan.columns if c.index_key is not None)
+    return swept
 
 
 def attached_vault(engine: Any) -> Vault | None:
