@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigurationError
 from .kms._protocol import Kms
 
-__all__ = ["CcvaultSettings", "kms_from_url"]
+__all__ = ["CcvaultSettings", "kms_from_url", "settings_table"]
 
 
 class CcvaultSettings(BaseSettings):
@@ -29,17 +29,37 @@ class CcvaultSettings(BaseSettings):
     keystore_url: str | None = Field(
         default=None, description="any SQLAlchemy URL; unset: sqlite under `home`"
     )
-    home: str = Field(default=".ccvault", description="folder of the embedded default")
+    home: str = Field(
+        default=".ccvault",
+        description="folder of the embedded development default (master.key and keys.db)",
+    )
     subject_type: str | None = Field(
         default=None, description="str, int, uuid or tuple[...]; unset: what the store records"
     )
-    cache_ttl_seconds: float = Field(default=60.0, gt=0)
+    cache_ttl_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long a process keeps unwrapped keys: the shred propagation bound for "
+        "other processes and the period between KMS unwraps of an epoch key",
+    )
     kms_grace_seconds: float = Field(
         default=300.0, ge=0, description="cached epoch keys keep serving this long in a KMS outage"
     )
-    cache_max_entries: int = Field(default=100_000, ge=1)
-    epoch_rotation_days: float = Field(default=30.0, gt=0)
-    backup_retention_days: float = Field(default=35.0, ge=0)
+    cache_max_entries: int = Field(
+        default=100_000, ge=1, description="entries of each key cache (subject refs, keys)"
+    )
+    epoch_rotation_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="planned epoch lifetime: `ccvault status` reports a rotation overdue after "
+        "it, and receipts project the erasure horizon from it",
+    )
+    backup_retention_days: float = Field(
+        default=35.0,
+        ge=0,
+        description="how long key-store backups are kept: an epoch is destroyed this long after "
+        "it was retired (the erasure horizon)",
+    )
     per_epoch_roots: bool = Field(
         default=False, description="a new KMS root per epoch (needed for an erasure horizon)"
     )
@@ -52,6 +72,19 @@ class CcvaultSettings(BaseSettings):
             f"CcvaultSettings(kms_url={_redact(self.kms_url)!r}, "
             f"keystore_url={_redact(self.keystore_url)!r}, home={self.home!r})"
         )
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (docs/operations.md holds it; a test keeps it in sync)."""
+    rows = [
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in CcvaultSettings.model_fields.items():
+        default = "unset" if field.default is None else f"`{field.default!r}`"
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `CCVAULT_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows)
 
 
 _USERINFO = re.compile(r"(://|%3A%2F%2F)[^/@?&#,]*@", re.I)

@@ -439,7 +439,8 @@ class Vault:
             log.warning(
                 "shred of subject ref %s left blind indexes in place: no engine attached in this "
                 "process sweeps %s. Repeat vault.shred() for this subject where the models are "
-                "imported and the engine attached (docs/sqlalchemy.md, 'Shredding').",
+                "imported and the engine attached "
+                "(docs/sqlalchemy.md, 'Shredding from a process without the models').",
                 ref.hex()[:16],
                 ", ".join(unswept),
             )
