@@ -512,3 +512,11 @@ def test_a_key_store_of_another_kms_says_which_and_how_to_migrate(sqlite_url: st
     assert f"no wrap of the primary KMS {new.kms_id!r}" in message
     assert f"the key store's wraps: {old.kms_id!r}" in message
     assert "add-kms-wraps" in message
+
+
+def test_readonly_open_through_a_sqlite_file_uri(kms: LocalKms, tmp_path: object) -> None:
+    path = f"{tmp_path}/keys.db"
+    with Vault(kms, f"sqlite:///{path}") as rw:
+        blob = rw.encrypt(uuid.uuid4(), b"x", context=CTX)
+    with Vault(kms, f"sqlite:///file:{path}?mode=ro&uri=true", readonly=True) as ro:
+        assert ro.decrypt(blob, context=CTX) == b"x"

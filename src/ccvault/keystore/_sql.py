@@ -213,7 +213,11 @@ class SqlKeyStore:
         """The stored (installation id, subject type), or None for an empty store; creates
         nothing (not even the SQLite file)."""
         u = self.engine.url
-        if u.get_backend_name() == "sqlite" and not Path(u.database or "").is_file():
+        if (
+            u.get_backend_name() == "sqlite"
+            and not u.query.get("uri")  # a file: URI is sqlite3's to resolve
+            and not Path(u.database or "").is_file()
+        ):
             return None
         with self._read() as conn:
             if not sa.inspect(conn).has_table(self._meta.name):
