@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ccvault import KmsError, KmsKeyNotFoundError, SubjectShreddedError, Vault
+from ccvault import (
+    KmsError,
+    KmsKeyNotFoundError,
+    KmsUnavailableError,
+    RotationReport,
+    SubjectShreddedError,
+    Vault,
+)
 from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms, MultiKms, RootState
 from ccvault.testing import FrozenClock
@@ -171,3 +178,146 @@ class _RefusingKms(KmsWrapper):
         if root_id == self.protected:
             raise KmsError("refusing to destroy the configured root")
         self.inner.destroy_root(root_id)
+
+
+# -- issue 10: progress, interruption, dry run and what status reports -------------------------
+
+
+def _keys_per_epoch(vault: Vault) -> list[tuple[int, str, int]]:
+    return [(e.seq, e.state, e.live_keys) for e in vault.epochs()]
+
+
+def test_an_interrupted_rotation_is_finished_by_the_next_one(db_url: str) -> None:
+    """Ctrl-C after the first batch: the next rotate_epoch() finishes the re-wrapping under the
+    epoch the interrupted one started, and starts no third epoch; the one after rotates."""
+    kms = LocalKms.ephemeral()
+    subjects = [uuid.uuid4() for _ in range(1100)]
+    with Vault(kms, db_url) as vault:
+        vault.warm(subjects)  # 1100 subject keys, plus K_ref and the receipt key: 1102
+        blob = vault.encrypt(subjects[-1], b"still readable", context=CTX)
+        seen: list[tuple[int, int]] = []
+
+        def interrupt(done: int, total: int) -> None:
+            seen.append((done, total))
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            vault.rotate_epoch(progress=interrupt)
+        assert seen == [(500, 1102)]
+        assert _keys_per_epoch(vault) == [(1, "retired", 602), (2, "active", 500)]
+    with Vault(kms, db_url) as fresh:  # the next run, in another process
+        assert fresh.decrypt(blob, context=CTX) == b"still readable"
+        progress: list[tuple[int, int]] = []
+        report = fresh.rotate_epoch(progress=lambda done, total: progress.append((done, total)))
+        assert report == RotationReport(2, 602, resumed=True)
+        assert progress == [(500, 602), (602, 602)]
+        assert _keys_per_epoch(fresh) == [(1, "retired", 0), (2, "active", 1102)]
+        assert fresh.rotate_epoch() == RotationReport(3, 1102)  # finished: this one rotates
+        assert fresh.decrypt(blob, context=CTX, subject=subjects[-1]) == b"still readable"
+
+
+def test_keys_a_stale_writer_leaves_behind_do_not_hold_up_the_next_rotation(
+    sqlite_url: str,
+) -> None:
+    kms = LocalKms.ephemeral()
+    with Vault(kms, sqlite_url) as stale, Vault(kms, sqlite_url) as admin:
+        assert admin.rotate_epoch() == RotationReport(2, 2)
+        late = uuid.uuid4()
+        blob = stale.encrypt(late, b"late", context=CTX)  # still wraps under epoch 1
+        assert _keys_per_epoch(admin) == [(1, "retired", 1), (2, "active", 2)]
+        assert admin.rotate_epoch() == RotationReport(3, 3)  # a new epoch, the late key too
+        assert admin.decrypt(blob, context=CTX, subject=late) == b"late"
+
+
+def test_destroy_epochs_dry_run_changes_nothing_then_the_run_reports_progress(
+    db_url: str,
+) -> None:
+    kms, clock = LocalKms.ephemeral(), FrozenClock()
+    with (
+        Vault(kms, db_url, per_epoch_roots=True, clock=clock) as stale,
+        Vault(kms, db_url, per_epoch_roots=True, clock=clock) as admin,
+    ):
+        admin.rotate_epoch()
+        stale.encrypt(uuid.uuid4(), b"late", context=CTX)  # one key left under epoch 1
+        clock.advance(36 * DAY)
+        before = admin.epochs(check_roots=True)
+        root1 = before[0].roots[0][1]
+        assert admin.destroy_epochs(dry_run=True) == [1]
+        assert admin.epochs(check_roots=True) == before
+        assert kms.root_state(root1) is RootState.ENABLED
+        with Vault(kms, db_url, readonly=True, per_epoch_roots=True, clock=clock) as ro:
+            assert ro.destroy_epochs(dry_run=True) == [1]
+        progress: list[tuple[int, int]] = []
+        assert admin.destroy_epochs(progress=lambda d, t: progress.append((d, t))) == [1]
+        assert progress == [(1, 1)]
+        assert kms.root_state(root1) is RootState.DESTROYED
+
+
+def test_epochs_report_keys_due_dates_and_what_became_of_each_root(sqlite_url: str) -> None:
+    clock = FrozenClock()
+    kms = _SchedulingKms(LocalKms.ephemeral())
+    t0 = clock()
+    with Vault(kms, sqlite_url, clock=clock) as shared:  # epochs 1 and 2 share the first root
+        shared.encrypt(uuid.uuid4(), b"x", context=CTX)
+        clock.advance(DAY)
+        shared.rotate_epoch()
+    with Vault(kms, sqlite_url, per_epoch_roots=True, clock=clock) as vault:
+        clock.advance(DAY)
+        vault.rotate_epoch()  # epoch 3: a root of its own
+        clock.advance(DAY)
+        vault.rotate_epoch()  # epoch 4
+        e1, e2, e3, e4 = vault.epochs()
+        assert [e.live_keys for e in (e1, e2, e3, e4)] == [0, 0, 0, 3]
+        assert (e1.destroyable_at, e2.destroyable_at) == (t0 + 36 * DAY, t0 + 37 * DAY)
+        assert (e3.destroyable_at, e4.destroyable_at) == (t0 + 38 * DAY, None)
+        assert e4.rotation_due_at == t0 + 33 * DAY
+        assert e1.rotation_due_at is None
+        clock.advance(34 * DAY)  # t0 + 37 days: epochs 1 and 2 are due, 3 is not
+        assert vault.destroy_epochs() == [1, 2]
+        kms.outage_on_destroy = True
+        clock.advance(DAY)
+        with pytest.raises(KmsUnavailableError):  # epoch 3 is destroyed, its root is not
+            vault.destroy_epochs()
+        fates = {e.seq: e.root_destruction for e in vault.epochs(check_roots=True)}
+        assert fates == {1: ("pending",), 2: ("pending",), 3: ("failed",), 4: ()}
+        assert all(e.root_destruction == () for e in vault.epochs())  # only when asked
+        kms.outage_on_destroy = False
+        assert vault.destroy_epochs() == []  # the next run retries the root
+        kms.scheduled.clear()  # AWS's waiting period is over: the roots are gone
+        fates = {e.seq: e.root_destruction for e in vault.epochs(check_roots=True)}
+        assert fates == {1: ("destroyed",), 2: ("destroyed",), 3: ("destroyed",), 4: ()}
+    with Vault(kms, sqlite_url, clock=clock) as plain:  # without per_epoch_roots: not asked
+        assert all(e.root_destruction == () for e in plain.epochs(check_roots=True))
+
+
+def test_a_shared_root_reads_shared(sqlite_url: str) -> None:
+    kms, clock = LocalKms.ephemeral(), FrozenClock()
+    with Vault(kms, sqlite_url, clock=clock) as vault:
+        vault.rotate_epoch()
+        clock.advance(DAY)
+        vault.rotate_epoch()
+        clock.advance(34.5 * DAY)  # epoch 1 is due, epoch 2 not yet
+        assert vault.destroy_epochs() == [1]
+    with Vault(kms, sqlite_url, per_epoch_roots=True, clock=clock) as vault:
+        assert vault.epochs(check_roots=True)[0].root_destruction == ("shared",)
+
+
+class _SchedulingKms(KmsWrapper):
+    """Schedules a root for deletion rather than destroying it, as AWS KMS does; can fail the
+    scheduling call as an outage would."""
+
+    def __init__(self, inner: LocalKms) -> None:
+        super().__init__(inner)
+        self.scheduled: set[str] = set()
+        self.outage_on_destroy = False
+
+    def destroy_root(self, root_id: str) -> None:
+        if self.outage_on_destroy:
+            raise KmsUnavailableError("the KMS did not answer")
+        self.scheduled.add(root_id)
+        self.inner.destroy_root(root_id)
+
+    def root_state(self, root_id: str) -> RootState:
+        if root_id in self.scheduled:
+            return RootState.PENDING_DELETION
+        return self.inner.root_state(root_id)

@@ -13,10 +13,12 @@ from ccvault import (
     NO_SUBJECT,
     ConfigurationError,
     DecryptionError,
+    DevelopmentDefaultWarning,
     ErasureReceipt,
     SubjectShreddedError,
     Vault,
 )
+from ccvault.crypto._blind import Normalizer, normalizer
 from ccvault.kms import LocalKms
 
 CTX = "customers.phone"
@@ -218,9 +220,14 @@ def test_bad_arguments(vault: Vault) -> None:
         vault.encrypt(uuid.uuid4(), "text", context=CTX)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         vault.encrypt(uuid.uuid4(), b"x", context="")
-    for junk in (b"", b"\x01", "str", None, 5):
+    for junk in (b"", b"\x01", bytearray(b"\x01\x01"), memoryview(b"\x01")):
         with pytest.raises(DecryptionError):
             vault.decrypt(junk, context=CTX)  # type: ignore[arg-type]
+    # Not bytes at all: a programming error, not a ciphertext that failed (issue 10, item 9).
+    blob = vault.encrypt(uuid.uuid4(), b"x", context=CTX)
+    for wrong in (blob.hex(), blob.decode("latin-1"), None, 5):
+        with pytest.raises(TypeError, match=f"not {type(wrong).__name__}"):
+            vault.decrypt(wrong, context=CTX)  # type: ignore[arg-type]
 
 
 def test_no_secrets_in_reprs_errors_or_logs(
@@ -357,3 +364,159 @@ def test_batched_write_keys_never_let_an_equal_value_of_another_type_through(
             vault._keys_for_write([1, True])  # True == 1, but True is not an int subject
         with pytest.raises(TypeError):
             vault._keys_for_write([True])
+
+
+# -- read-only open (DESIGN.md, lifecycle rule 2) ----------------------------------------------
+
+
+def _tables(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every table of the database and its rows, sorted: what a read-only vault must not change."""
+    eng = sa.create_engine(url)
+    try:
+        md = sa.MetaData()
+        md.reflect(eng)
+        with eng.connect() as conn:
+            return {
+                name: sorted(map(tuple, conn.execute(sa.select(table)).all()), key=repr)
+                for name, table in md.tables.items()
+            }
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.parametrize("per_epoch_roots", [False, True])
+def test_readonly_open_of_an_empty_store_creates_nothing(
+    db_url: str, per_epoch_roots: bool
+) -> None:
+    from ccvault.testing import CountingKms
+
+    kms = CountingKms(LocalKms.ephemeral())
+    url = sa.make_url(db_url)
+    if url.get_backend_name() == "postgresql":  # trust authentication ignores a password
+        url = url.set(password="hunter2")
+    with pytest.raises(ConfigurationError) as caught:
+        Vault(
+            kms,
+            url.render_as_string(hide_password=False),
+            readonly=True,
+            per_epoch_roots=per_epoch_roots,
+        )
+    shown = url.render_as_string(hide_password=True)
+    assert str(caught.value) == f"no ccvault installation at {shown}"
+    assert "hunter2" not in str(caught.value)
+    assert kms.calls == {}  # no root created, nothing wrapped
+    if db_url.startswith("sqlite"):
+        assert not os.path.exists(sa.make_url(db_url).database or "")
+    else:
+        assert _tables(db_url) == {}
+
+
+def test_readonly_vault_reads_and_refuses_every_write(db_url: str) -> None:
+    from ccvault.testing import CountingKms
+
+    kms = CountingKms(LocalKms.ephemeral())
+    kept, gone = uuid.uuid4(), uuid.uuid4()
+    with Vault(kms, db_url, per_epoch_roots=True) as rw:
+        blob = rw.encrypt(kept, b"kept", context=CTX)
+        wide = rw.encrypt(NO_SUBJECT, b"prompt", context="ivr.prompts")
+        gone_blob = rw.encrypt(gone, b"gone", context=CTX)
+        rw.shred(gone)
+        rw.blind_index("customers.phone", _digits(), "5551234", 16)
+    before = _tables(db_url)
+    kms.calls.clear()
+    with Vault(kms, db_url, readonly=True, per_epoch_roots=True) as ro:
+        assert ro.readonly
+        assert ro.decrypt(blob, context=CTX, subject=kept) == b"kept"
+        assert ro.decrypt(wide, context="ivr.prompts") == b"prompt"
+        with pytest.raises(SubjectShreddedError):
+            ro.decrypt(gone_blob, context=CTX)
+        assert ro.is_shredded(gone)
+        assert not ro.is_shredded(uuid.uuid4())
+        assert [(e.seq, e.state, e.live_keys) for e in ro.epochs(check_roots=True)] == [
+            (1, "active", 5)  # kept, the vault-wide key, K_ref, receipt and blind-index keys
+        ]
+        assert ro.destroy_epochs(dry_run=True) == []
+        assert ro.blind_index("customers.phone", _digits(), "5551234", 16)
+        assert ro.decrypt(ro.encrypt(kept, b"again", context=CTX), context=CTX) == b"again"
+        for write in (
+            lambda: ro.encrypt(uuid.uuid4(), b"new subject", context=CTX),
+            lambda: ro.encrypt(NO_SUBJECT, b"new value", context="other.label"),
+            lambda: ro.shred(kept),
+            lambda: ro.shred(uuid.uuid4()),
+            ro.rotate_epoch,
+            ro.destroy_epochs,
+            ro.add_kms_wraps,
+            lambda: ro.warm([kept]),
+        ):
+            with pytest.raises(ConfigurationError, match="the vault is read-only"):
+                write()
+    assert _tables(db_url) == before
+    assert set(kms.calls) <= {"unwrap"}  # no wrap, no new root, no destroyed root
+
+
+def _digits() -> Normalizer:
+    return normalizer("phone:1")
+
+
+def test_readonly_on_a_store_without_a_blind_index_key_cannot_create_one(
+    kms: LocalKms, db_url: str
+) -> None:
+    Vault(kms, db_url).close()
+    with Vault(kms, db_url, readonly=True) as ro, pytest.raises(ConfigurationError, match="blind"):
+        ro.blind_index("customers.phone", _digits(), "5551234", 16)
+
+
+def test_readonly_from_settings_on_an_empty_folder_creates_nothing(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    monkeypatch.chdir(folder)
+    for name in list(os.environ):
+        if name.upper().startswith("CCVAULT_"):
+            monkeypatch.delenv(name)
+    with pytest.raises(
+        ConfigurationError, match=r"no ccvault installation at sqlite:///\.ccvault/keys\.db"
+    ):
+        Vault.from_settings(readonly=True)
+    assert list(folder.iterdir()) == []  # no .ccvault folder, no master.key, no keys.db
+    with pytest.warns(DevelopmentDefaultWarning):
+        Vault.from_settings().close()
+    with pytest.warns(DevelopmentDefaultWarning):
+        ro = Vault.from_settings(readonly=True)
+    with ro:
+        assert ro.readonly
+        assert [e.seq for e in ro.epochs()] == [1]
+
+
+def test_a_key_store_of_another_kms_says_which_and_how_to_migrate(sqlite_url: str) -> None:
+    from ccvault import KmsError
+    from ccvault.kms import MultiKms
+
+    old, new, other = LocalKms.ephemeral(), LocalKms.ephemeral(), LocalKms.ephemeral()
+    Vault(old, sqlite_url).close()
+    for configured in (new, MultiKms(new, other)):
+        with pytest.raises(KmsError) as caught:
+            Vault(configured, sqlite_url)
+        message = str(caught.value)
+        assert (
+            f"no wrap of this epoch belongs to the configured KMS {configured.kms_id!r}" in message
+        )
+        assert f"the key store's wraps are from {old.kms_id!r}" in message
+        assert "`ccvault add-kms-wraps`" in message
+    # The new KMS made primary before add-kms-wraps: still refused, now saying why.
+    with pytest.raises(DecryptionError) as refused:
+        Vault(MultiKms(new, old), sqlite_url)
+    message = str(refused.value)
+    assert f"no wrap of the primary KMS {new.kms_id!r}" in message
+    assert f"the key store's wraps: {old.kms_id!r}" in message
+    assert "add-kms-wraps" in message
+
+
+def test_readonly_open_through_a_sqlite_file_uri(kms: LocalKms, tmp_path: object) -> None:
+    path = f"{tmp_path}/keys.db"
+    with Vault(kms, f"sqlite:///{path}") as rw:
+        blob = rw.encrypt(uuid.uuid4(), b"x", context=CTX)
+    with Vault(kms, f"sqlite:///file:{path}?mode=ro&uri=true", readonly=True) as ro:
+        assert ro.decrypt(blob, context=CTX) == b"x"

@@ -1,17 +1,52 @@
-"""Settings from ``CCVAULT_*`` environment variables (pydantic-settings) and KMS URLs."""
+"""Settings from ``CCVAULT_*`` environment variables (pydantic-settings) and KMS URLs.
+
+Every ``CCVAULT_*`` variable in the environment must be one ccvault reads: a field of
+:class:`CcvaultSettings`, one of :data:`OTHER_VARIABLES`, or a name under one of
+:data:`RESERVED_PREFIXES`. Anything else (a typo such as ``CCVAULT_KMS_ULR``) is a
+:class:`~ccvault.errors.ConfigurationError` naming the closest known variable, so a misspelt
+setting never silently falls back to its default.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .crypto._subject import SubjectType
 from .errors import ConfigurationError
 from .kms._protocol import Kms
 
-__all__ = ["CcvaultSettings", "kms_from_url", "settings_table"]
+__all__ = [
+    "OTHER_VARIABLES",
+    "RESERVED_PREFIXES",
+    "CcvaultSettings",
+    "check_environment",
+    "kms_from_url",
+    "settings_table",
+]
+
+_PREFIX = "CCVAULT_"
+
+OTHER_VARIABLES = frozenset(
+    {
+        # kms/_vault_transit.py: Vault/OpenBao credentials (never in a URL)
+        "CCVAULT_VAULT_TOKEN",
+        "CCVAULT_VAULT_ROLE_ID",
+        "CCVAULT_VAULT_SECRET_ID",
+    }
+)
+"""``CCVAULT_*`` variables read outside :class:`CcvaultSettings`."""
+
+RESERVED_PREFIXES = ("CCVAULT_TEST_", "CCVAULT_BENCH_")
+"""Prefixes of variables ccvault's own test suite and benchmarks read (``CCVAULT_TEST_PG``…);
+the library never reads them, and the unknown-variable check lets them pass."""
 
 
 class CcvaultSettings(BaseSettings):
@@ -23,11 +58,12 @@ class CcvaultSettings(BaseSettings):
         default=None,
         description="local:///path/to/master.key, aws-kms://<arn-or-alias>?region=..., "
         "vault://<mount>/<key>?addr=https://... (token from VAULT_TOKEN); several URLs separated "
-        "by commas make a MultiKms, the first one primary; unset: the embedded development "
-        "default under `home`",
+        "by commas make a MultiKms, the first one primary; unset together with keystore_url: the "
+        "embedded development default under `home` (one without the other is an error)",
     )
     keystore_url: str | None = Field(
-        default=None, description="any SQLAlchemy URL; unset: sqlite under `home`"
+        default=None,
+        description="any SQLAlchemy URL; unset together with kms_url: SQLite under `home`",
     )
     home: str = Field(
         default=".ccvault",
@@ -64,6 +100,23 @@ class CcvaultSettings(BaseSettings):
         default=False, description="a new KMS root per epoch (needed for an erasure horizon)"
     )
 
+    @field_validator("subject_type")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            SubjectType.parse(value)  # ValueError: unsupported subject type
+        return value
+
+    def __init__(self, **values: Any) -> None:
+        """Read the environment (``values`` take precedence). Unknown ``CCVAULT_*`` variables
+        and values that do not parse are a :class:`ConfigurationError` naming the variable."""
+        check_environment(os.environ)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # Input values are left out: a URL in a setting may carry a password.
+            raise ConfigurationError(_describe(exc)) from None
+
     def __str__(self) -> str:
         return self.__repr__()
 
@@ -85,6 +138,51 @@ def settings_table() -> str:
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
         rows.append(f"| `CCVAULT_{name.upper()}` | {default} | {meaning} |")
     return "\n".join(rows)
+
+
+def _known_variables() -> set[str]:
+    return {_PREFIX + name.upper() for name in CcvaultSettings.model_fields} | OTHER_VARIABLES
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigurationError` naming every ``CCVAULT_*`` variable in ``environ`` that
+    ccvault does not read, each with the closest known name."""
+    known = _known_variables()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(_PREFIX)
+        and name.upper() not in known
+        and not name.upper().startswith(RESERVED_PREFIXES)
+    )
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    several = len(unknown) > 1
+    reserved = " and ".join(p + "*" for p in RESERVED_PREFIXES)
+    raise ConfigurationError(
+        f"unknown environment variable{'s' if several else ''} {', '.join(described)}: "
+        f"ccvault reads no such setting; fix or unset {'them' if several else 'it'} "
+        f"({reserved} are left to ccvault's own tests)"
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    """A settings validation error as one line, by ``CCVAULT_*`` name, without input values."""
+    fields = CcvaultSettings.model_fields
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        if name in fields:
+            parts.append(f"{_PREFIX}{name.upper()} ({name}): {error['msg']}")
+        else:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            parts.append(f"unknown setting {name!r}{hint}")
+    return "invalid setting: " + "; ".join(parts)
 
 
 _USERINFO = re.compile(r"(://|%3A%2F%2F)[^/@?&#,]*@", re.I)
@@ -119,13 +217,16 @@ def kms_from_url(url: str) -> Kms:
     if not urls:
         raise ConfigurationError("the KMS URL is empty")
     url = urls[0]
-    scheme = url.split("://", 1)[0] if "://" in url else ""
+    scheme = url.split(":", 1)[0] if ":" in url else ""
     if scheme == "local":
         from .kms._local import LocalKms
 
         parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost") or not parts.path:
-            raise ConfigurationError("a local KMS URL looks like local:///absolute/path/master.key")
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigurationError(
+                f"malformed local KMS URL {_redact(url)!r}: "
+                "it looks like local:///absolute/path/master.key"
+            )
         return LocalKms.from_file(parts.path, create=False)
     if scheme == "aws-kms":
         from .kms._aws import AwsKms

@@ -51,17 +51,27 @@ from .keystore._protocol import KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from .keystore._sql import SqlKeyStore
 from .kms._multi import kms_by_id, unwrap_epoch_key, wrap_epoch_key
-from .kms._protocol import Kms, RootState
+from .kms._protocol import Kms, RootState, WrappedKey
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
     from ._settings import CcvaultSettings
 
-__all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "EpochInfo", "RotationReport", "Vault"]
+__all__ = [
+    "NO_SUBJECT",
+    "DevelopmentDefaultWarning",
+    "EpochInfo",
+    "Progress",
+    "RotationReport",
+    "Vault",
+]
 
 log = logging.getLogger("ccvault")
 T = TypeVar("T")
+
+Progress = Callable[[int, int], None]
+"""Called after each batch of a long admin operation with (keys done so far, total expected)."""
 
 
 class _NoSubject:
@@ -93,19 +103,32 @@ class DevelopmentDefaultWarning(UserWarning):
 
 @dataclass(frozen=True, slots=True)
 class EpochInfo:
-    """An epoch as :meth:`Vault.epochs` reports it (no key material)."""
+    """An epoch as :meth:`Vault.epochs` reports it (no key material).
+
+    ``root_destruction`` (destroyed epochs, with ``per_epoch_roots``, when asked with
+    ``epochs(check_roots=True)``) says per root, in the order of ``roots``, what the KMS reports:
+    ``"destroyed"`` (or unknown to it), ``"pending"`` (scheduled for deletion, AWS's waiting
+    period), ``"failed"`` (still enabled or disabled: the next ``destroy_epochs()`` retries),
+    ``"shared"`` (a live epoch uses the same root: never destroyed), ``"unreachable"`` or
+    ``"not configured"`` (no configured KMS has this ``kms_id``).
+    """
 
     seq: int
     state: str  # "active", "retired" or "destroyed"
     created_at: float
     retired_at: float | None
     roots: tuple[tuple[str, str], ...]  # (kms_id, root_id) of each wrap
+    live_keys: int = 0  # live keys wrapped under this epoch
+    rotation_due_at: float | None = None  # active epoch: created_at + epoch_rotation_period
+    destroyable_at: float | None = None  # retired epoch: retired_at + backup_retention
+    root_destruction: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class RotationReport:
     epoch_seq: int
     rewrapped: int
+    resumed: bool = False  # True: an interrupted rotation was finished, no new epoch started
 
 
 _DataKey = fmt.ValueKey
@@ -159,6 +182,9 @@ class Vault:
     ``kms_grace_period`` (seconds) lets a cached *epoch* key keep serving that much longer while
     the KMS is unavailable (an outage, not a refusal); subject keys and shred fences still expire
     after ``cache_ttl``, so a shred elsewhere is honoured within the same bound during an outage.
+    ``readonly=True`` opens an existing installation without writing anything: no table, no
+    installation, epoch or key is created (an empty store is a :class:`ConfigurationError`), and
+    every operation that would write raises one.
     """
 
     def __init__(
@@ -175,6 +201,7 @@ class Vault:
         per_epoch_roots: bool = False,
         clock: Callable[[], float] | None = None,
         nonce_budget: int = VAULTWIDE_NONCE_BUDGET,
+        readonly: bool = False,
     ) -> None:
         if not isinstance(kms, Kms):
             raise ConfigurationError("kms must implement ccvault.kms.Kms")
@@ -185,8 +212,10 @@ class Vault:
         if per_epoch_roots and not kms.supports_root_lifecycle:
             raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
         self._kms = kms
-        if isinstance(keystore, Engine | str) or _is_async_engine(keystore):
-            self._store: KeyStore = SqlKeyStore(keystore)  # type: ignore[arg-type]
+        self._readonly = readonly
+        owned = isinstance(keystore, Engine | str) or _is_async_engine(keystore)
+        if owned:
+            self._store: KeyStore = SqlKeyStore(keystore, create=not readonly)  # type: ignore[arg-type]
         else:
             self._store = cast(KeyStore, keystore)
         self._now = clock or time.time
@@ -227,7 +256,15 @@ class Vault:
 
         declared = SubjectType.parse(subject_type) if subject_type is not None else None
         proposed = declared.spec if declared is not None else "uuid"
-        installation, stored_type = self._store.ensure_installation(uuid.uuid4().hex, proposed)
+        if readonly:
+            try:
+                installation, stored_type = _existing_installation(self._store)
+            except ConfigurationError:
+                if owned:
+                    self._store.close()
+                raise
+        else:
+            installation, stored_type = self._store.ensure_installation(uuid.uuid4().hex, proposed)
         if declared is not None and stored_type != declared.spec:
             raise ConfigurationError(
                 f"the key store records subject type {stored_type!r}, not {declared.spec!r}"
@@ -302,38 +339,64 @@ class Vault:
     # -- construction from settings --------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: CcvaultSettings | None = None, **overrides: Any) -> Vault:
+    def from_settings(
+        cls, settings: CcvaultSettings | None = None, *, readonly: bool = False, **overrides: Any
+    ) -> Vault:
         """Build a vault from ``CCVAULT_*`` environment variables (see :class:`CcvaultSettings`).
 
         With no KMS URL and no key-store URL this is the embedded development default: a local
         master key file and a SQLite key store under ``./.ccvault/``. It warns, because whoever
-        copies that folder copies every key with it.
+        copies that folder copies every key with it. One URL without the other is a
+        :class:`ConfigurationError`: a production key store is never wrapped by a throwaway key.
+        ``readonly=True``: see :class:`Vault`; on the embedded default it creates no folder and
+        no master key either.
         """
         from ._settings import CcvaultSettings, kms_from_url
 
         s = settings or CcvaultSettings(**overrides)
-        home = Path(s.home)
-        embedded = s.kms_url is None
-        kms = kms_from_url(s.kms_url) if s.kms_url is not None else _embedded_kms(home)
-        keystore = s.keystore_url or f"sqlite:///{home / 'keys.db'}"
-        if embedded:
-            warnings.warn(
-                f"ccvault is using the embedded development default under {str(home)!r}: a local "
-                "master key file beside its key store. Use a KMS in production.",
-                DevelopmentDefaultWarning,
-                stacklevel=2,
+        if (s.kms_url is None) != (s.keystore_url is None):
+            given, missing = (
+                ("CCVAULT_KEYSTORE_URL", "CCVAULT_KMS_URL")
+                if s.kms_url is None
+                else ("CCVAULT_KMS_URL", "CCVAULT_KEYSTORE_URL")
             )
-        return cls(
-            kms,
-            keystore,
-            subject_type=s.subject_type,
-            cache_ttl=s.cache_ttl_seconds,
-            kms_grace_period=s.kms_grace_seconds,
-            cache_max_entries=s.cache_max_entries,
-            epoch_rotation_period=timedelta(days=s.epoch_rotation_days),
-            backup_retention=timedelta(days=s.backup_retention_days),
-            per_epoch_roots=s.per_epoch_roots,
-        )
+            raise ConfigurationError(
+                f"{given} is set but {missing} is not: set both (production), or neither for "
+                "the embedded development default"
+            )
+        home = Path(s.home)
+        url = s.keystore_url or f"sqlite:///{home / 'keys.db'}"
+        # Read-only: the store is checked before the KMS, so an empty one creates nothing at all.
+        keystore: KeyStore | str = SqlKeyStore(url, create=False) if readonly else url
+        try:
+            if isinstance(keystore, SqlKeyStore):
+                _existing_installation(keystore)
+            if s.kms_url is None:
+                kms = _embedded_kms(home, create=not readonly)
+                warnings.warn(
+                    f"ccvault is using the embedded development default under {str(home)!r}: a "
+                    "local master key file beside its key store. Use a KMS in production.",
+                    DevelopmentDefaultWarning,
+                    stacklevel=2,
+                )
+            else:
+                kms = kms_from_url(s.kms_url)
+            return cls(
+                kms,
+                keystore,
+                subject_type=s.subject_type,
+                cache_ttl=s.cache_ttl_seconds,
+                kms_grace_period=s.kms_grace_seconds,
+                cache_max_entries=s.cache_max_entries,
+                epoch_rotation_period=timedelta(days=s.epoch_rotation_days),
+                backup_retention=timedelta(days=s.backup_retention_days),
+                per_epoch_roots=s.per_epoch_roots,
+                readonly=readonly,
+            )
+        except BaseException:
+            if isinstance(keystore, SqlKeyStore):
+                keystore.close()
+            raise
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -382,8 +445,11 @@ class Vault:
 
         With ``subject=`` the ciphertext must also belong to that subject. Every failure of
         integrity, format, context or subject raises the same :class:`DecryptionError`; a value
-        whose subject was shredded raises :class:`SubjectShreddedError`.
+        whose subject was shredded raises :class:`SubjectShreddedError`. A ``blob`` that is not
+        bytes (None, a str) is a :class:`TypeError`.
         """
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise TypeError(f"blob must be bytes from encrypt(), not {type(blob).__name__}")
         ctx = _context_bytes(context)
         try:
             header, nonce, body = fmt.parse(blob)
@@ -414,6 +480,7 @@ class Vault:
 
         Idempotent: a repeat returns the original receipt. A never-seen subject is fenced too.
         """
+        self._writable("shred")
         ref = self._ref(subject)
         now = self._now()
         epoch = self._store.active_epoch() or self._active_epoch()  # fresh, not the cached one
@@ -489,7 +556,7 @@ class Vault:
                 key = HmacSha256(column_key(self._bidx_root.reveal(), normalizer, label))
                 self._bidx_keys[cache_key] = key
         indexer = BlindIndexer(key, normalizer, length)
-        if label not in self._searchable_labels():
+        if not self._readonly and label not in self._searchable_labels():
             self._record_searchable(label)
         self._indexers[(label, normalizer, length)] = indexer
         return indexer
@@ -519,6 +586,7 @@ class Vault:
         writing or reading many customers at once. Shredded subjects are skipped (encrypting for
         them still raises). Returns how many subjects have a usable key.
         """
+        self._writable("warm keys (it creates missing ones)")
         refs = list(dict.fromkeys(self.subject_refs(subjects)))
         ready = 0
         todo = []
@@ -550,30 +618,54 @@ class Vault:
         """The Ed25519 public key that signs this installation's erasure receipts."""
         return ed25519_public_key(self._receipt_seed.reveal())
 
-    def rotate_epoch(self) -> RotationReport:
+    def rotate_epoch(self, *, progress: Progress | None = None) -> RotationReport:
         """Start a new epoch and re-wrap every live key under it. No data is rewritten.
 
         Wrapped keys are replaced in batches, each batch checked against concurrent changes, so a
-        shred running at the same time is never undone.
-        """
-        current = self._store.active_epoch()
-        seq = (current.seq if current else 0) + 1
-        epoch = self._create_epoch(seq)
-        self._active.put("active", epoch)
-        total = self._rewrap_under(epoch)
-        log.info("epoch rotated", extra={"epoch_seq": epoch.seq, "rewrapped": total})
-        return RotationReport(epoch.seq, total)
+        shred running at the same time is never undone; ``progress(done, total)`` is called after
+        each batch.
 
-    def _rewrap_under(self, epoch: EpochRecord) -> int:
-        """Re-wrap every live key of an older epoch under ``epoch`` (while it stays active)."""
+        An interrupted rotation (Ctrl-C, a crash, a lost connection) leaves a consistent store:
+        each batch is one transaction, and keys not yet re-wrapped still open under their older
+        epoch. The key store marks the rotation unfinished until its last batch, and the next
+        call *finishes* it — it re-wraps the keys left under older epochs and starts no new epoch
+        (``RotationReport.resumed``); call it again to rotate once more. (Keys that a process
+        not yet aware of a finished rotation wrapped under the retired epoch set no mark: the
+        next rotation, or ``destroy_epochs()``, re-wraps them.)
+        """
+        self._writable("rotate the epoch")
+        current = self._store.active_epoch()
+        if current is not None and self._store.rewrap_pending() == current.seq:
+            self._active.put("active", current)
+            done = self._rewrap_under(current, progress, self._live_keys_before(current.seq))
+            log.info("epoch rotation finished", extra={"epoch_seq": current.seq, "rewrapped": done})
+            return RotationReport(current.seq, done, resumed=True)
+        seq = (current.seq if current else 0) + 1
+        total = sum(self._store.live_keys_by_epoch().values())  # all older than the new epoch
+        epoch = self._create_epoch(seq, rewrap_pending=True)
+        self._active.put("active", epoch)
+        done = self._rewrap_under(epoch, progress, total)
+        log.info("epoch rotated", extra={"epoch_seq": epoch.seq, "rewrapped": done})
+        return RotationReport(epoch.seq, done)
+
+    def _live_keys_before(self, seq: int) -> int:
+        counts = self._store.live_keys_by_epoch()
+        return sum(counts.get(e.epoch_id, 0) for e in self._store.epochs() if e.seq < seq)
+
+    def _rewrap_under(
+        self, epoch: EpochRecord, progress: Progress | None = None, total: int = 0
+    ) -> int:
+        """Re-wrap every live key of an older epoch under ``epoch`` (while it stays active);
+        when none is left, clear the key store's mark of an unfinished rotation to it."""
         new_aead = self._epoch_aead(epoch)
-        total = 0
+        done = 0
         while True:
             active = self._store.active_epoch()
             if active is None or active.epoch_id != epoch.epoch_id:
                 break  # a newer rotation took over; it re-wraps whatever is left
-            batch = self._store.keys_before_epoch(epoch.seq, 500)
+            batch = self._store.keys_before_epoch(epoch.seq, _BATCH)
             if not batch:
+                self._store.rewrap_done(epoch.seq)
                 break
             updates = []
             for rec in batch:
@@ -581,12 +673,17 @@ class Vault:
                 binding = self._binding(rec, epoch.epoch_id)
                 wrapped, commit = wrap_key(new_aead, key.reveal(), binding)
                 updates.append((rec, wrapped, commit))
-            total += self._store.rewrap(updates, epoch.epoch_id)
-        return total
+            done += self._store.rewrap(updates, epoch.epoch_id)
+            if progress is not None:
+                progress(done, max(total, done))
+        return done
 
-    def destroy_epochs(self) -> list[int]:
+    def destroy_epochs(
+        self, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> list[int]:
         """Destroy the epochs retired longer than ``backup_retention`` (admin operation, run it
-        daily). Returns the sequence numbers destroyed by this call.
+        daily). Returns the sequence numbers destroyed by this call; with ``dry_run=True`` the
+        ones it would destroy, changing nothing (a read-only vault may do that).
 
         First any key still wrapped under such an epoch (written by a process that had not yet
         seen the rotation) is re-wrapped under the active epoch; then the epoch is marked destroyed
@@ -595,23 +692,28 @@ class Vault:
         (Transit) or removed from the key file (local): from then on no backup of the key store
         can unwrap that epoch, which is the *erasure horizon* of everything shredded while it was
         active. A root another live epoch still uses is never destroyed. Roots whose destruction
-        failed are retried by the next call.
+        failed are retried by the next call, and so is whatever an interrupted call left undone.
+        ``progress(done, total)`` follows the re-wrapping, batch by batch.
         """
+        if not dry_run:
+            self._writable("destroy epochs")
         now = self._now()
         horizon = self.backup_retention.total_seconds()
         epochs = self._store.epochs()
-        active = next((e for e in epochs if e.state == State.ACTIVE), None)
-        if active is not None and any(
-            e.state == State.RETIRED and e.retired_at is not None and now - e.retired_at >= horizon
+        due = [
+            e
             for e in epochs
-        ):
-            self._rewrap_under(active)
+            if e.state == State.RETIRED
+            and e.retired_at is not None
+            and now - e.retired_at >= horizon
+        ]
+        if dry_run:
+            return [e.seq for e in due]
+        active = next((e for e in epochs if e.state == State.ACTIVE), None)
+        if active is not None and due:
+            self._rewrap_under(active, progress, self._live_keys_before(active.seq))
         destroyed: list[int] = []
-        for record in epochs:
-            if record.state != State.RETIRED or record.retired_at is None:
-                continue
-            if now - record.retired_at < horizon:
-                continue
+        for record in due:
             if self._store.destroy_epoch(record.epoch_id, now):
                 self._epoch_keys.pop(record.epoch_id)
                 destroyed.append(record.seq)
@@ -625,9 +727,7 @@ class Vault:
     def _destroy_dead_roots(self) -> None:
         """Destroy the KMS roots of destroyed epochs that no live epoch shares."""
         epochs = self._store.epochs()
-        alive = {
-            (w.kms_id, w.root_id) for e in epochs if e.state != State.DESTROYED for w in e.wraps
-        }
+        alive = _live_roots(epochs)
         backends = kms_by_id(self._kms)
         for record in epochs:
             if record.state != State.DESTROYED:
@@ -649,18 +749,57 @@ class Vault:
     def active_epoch_seq(self) -> int:
         return self._active_epoch().seq
 
-    def epochs(self) -> list[EpochInfo]:
-        """Every epoch of the installation, oldest first."""
-        return [
-            EpochInfo(
-                e.seq,
-                e.state,
-                e.created_at,
-                e.retired_at,
-                tuple((w.kms_id, w.root_id) for w in e.wraps),
+    def epochs(self, *, check_roots: bool = False) -> list[EpochInfo]:
+        """Every epoch of the installation, oldest first, with its live keys and due dates.
+
+        ``check_roots=True`` (with ``per_epoch_roots``) asks each KMS about the roots of
+        destroyed epochs (``EpochInfo.root_destruction``): read-only calls, one per root.
+        """
+        records = self._store.epochs()
+        counts = self._store.live_keys_by_epoch()
+        rotation = self.epoch_rotation_period.total_seconds()
+        retention = self.backup_retention.total_seconds()
+        alive = _live_roots(records)
+        backends = kms_by_id(self._kms)
+        out = []
+        for e in records:
+            fates: tuple[str, ...] = ()
+            if check_roots and self._per_epoch_roots and e.state == State.DESTROYED:
+                fates = tuple(_root_fate(backends.get(w.kms_id), w, alive) for w in e.wraps)
+            out.append(
+                EpochInfo(
+                    e.seq,
+                    e.state,
+                    e.created_at,
+                    e.retired_at,
+                    tuple((w.kms_id, w.root_id) for w in e.wraps),
+                    live_keys=counts.get(e.epoch_id, 0),
+                    rotation_due_at=e.created_at + rotation if e.state == State.ACTIVE else None,
+                    destroyable_at=(
+                        e.retired_at + retention
+                        if e.state == State.RETIRED and e.retired_at is not None
+                        else None
+                    ),
+                    root_destruction=fates,
+                )
             )
-            for e in self._store.epochs()
-        ]
+        return out
+
+    @property
+    def per_epoch_roots(self) -> bool:
+        """Whether each new epoch gets a KMS root of its own (destroyed with the epoch)."""
+        return self._per_epoch_roots
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this vault was opened with ``readonly=True``."""
+        return self._readonly
+
+    def _writable(self, what: str) -> None:
+        if self._readonly:
+            raise ConfigurationError(
+                f"the vault is read-only (opened with readonly=True): it does not {what}"
+            )
 
     # -- subjects and refs -----------------------------------------------------------------------
 
@@ -691,13 +830,16 @@ class Vault:
             "ccvault:epoch": epoch_id.hex(),
         }
 
-    def _create_epoch(self, seq: int) -> EpochRecord:
+    def _create_epoch(self, seq: int, *, rewrap_pending: bool = False) -> EpochRecord:
+        self._writable(f"create epoch {seq}")
         epoch_id = random_bytes(16)
         key = SecretKey(random_bytes(KEY_BYTES))
         root = self._kms.new_root() if self._per_epoch_roots else None
         wraps = wrap_epoch_key(self._kms, key, context=self._epoch_context(epoch_id), root_id=root)
         commit = commitment(key.reveal(), "epoch", epoch_id, 0)
-        record = self._store.add_epoch(epoch_id, seq, commit, wraps, self._now())
+        record = self._store.add_epoch(
+            epoch_id, seq, commit, wraps, self._now(), rewrap_pending=rewrap_pending
+        )
         if record.epoch_id == epoch_id:
             self._epoch_keys.put(epoch_id, Aead(key.reveal()))
         return record
@@ -781,6 +923,7 @@ class Vault:
         not hold a wrap of it yet (admin operation: adding a DR KMS, migrating between KMS).
         With ``per_epoch_roots`` each such wrap gets a new root of its own on that member, so
         the epoch can still be destroyed there. Returns the number of wraps added."""
+        self._writable("add KMS wraps")
         backends = kms_by_id(self._kms)
         if len(backends) < 2:
             raise ConfigurationError("add_kms_wraps needs a MultiKms")
@@ -855,6 +998,7 @@ class Vault:
     def _long_lived_key(self, kind: str, label: str) -> SecretKey:
         rec = self._store.latest_key(kind, label)
         if rec is None:
+            self._writable(f"create the installation's {label} key")
             candidate, _ = self._new_record(kind, random_bytes(16), 1, label=label)
             rec = self._store.insert_key_if_absent(candidate)
         return self._unwrap_record(rec)
@@ -878,6 +1022,7 @@ class Vault:
         }
         missing = [ref for ref in refs if ref not in found]
         if missing:
+            self._writable("create keys for new subjects")
             candidates = [
                 self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0]
                 for ref in missing
@@ -961,6 +1106,7 @@ class Vault:
     def _lease_vaultwide(self, context: str) -> _Lease:
         """Reserve a block of nonce budget on the context's current vault-wide key version,
         moving to a new version when the current one has spent its budget."""
+        self._writable("reserve vault-wide key uses (encrypt with NO_SUBJECT)")
         rec = self._store.latest_key(KeyKind.VAULTWIDE, context)
         for _ in range(8):
             if rec is None or not rec.is_live:
@@ -1065,8 +1211,48 @@ def _context_bytes(context: str) -> bytes:
     return context.encode("utf-8")
 
 
-def _embedded_kms(home: Path) -> Kms:
+def _embedded_kms(home: Path, *, create: bool = True) -> Kms:
     from .kms._local import LocalKms
 
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return LocalKms.from_file(home / "master.key", create=True)
+    if create:
+        try:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot use {str(home)!r} as the ccvault home (CCVAULT_HOME): {exc.strerror}"
+            ) from None
+    return LocalKms.from_file(home / "master.key", create=create)
+
+
+def _existing_installation(store: KeyStore) -> tuple[str, str]:
+    """The store's (installation id, subject type); an empty store is a ConfigurationError."""
+    found = store.installation()
+    if found is None:
+        where = store.location if isinstance(store, SqlKeyStore) else repr(store)
+        raise ConfigurationError(f"no ccvault installation at {where}")
+    return found
+
+
+def _live_roots(epochs: Iterable[EpochRecord]) -> set[tuple[str, str]]:
+    """(kms_id, root_id) of every wrap of an epoch that is not destroyed."""
+    return {(w.kms_id, w.root_id) for e in epochs if e.state != State.DESTROYED for w in e.wraps}
+
+
+_FATES: Final = {
+    RootState.DESTROYED: "destroyed",
+    RootState.UNKNOWN: "destroyed",
+    RootState.PENDING_DELETION: "pending",
+}
+
+
+def _root_fate(backend: Kms | None, wrap: WrappedKey, alive: set[tuple[str, str]]) -> str:
+    """What became of a destroyed epoch's root (see :class:`EpochInfo`)."""
+    if (wrap.kms_id, wrap.root_id) in alive:
+        return "shared"
+    if backend is None:
+        return "not configured"
+    try:
+        state = backend.root_state(wrap.root_id)
+    except KmsUnavailableError:
+        return "unreachable"
+    return _FATES.get(state, "failed")

@@ -17,25 +17,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"ccvault {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the embedded demo in a temporary folder")
+    demo = sub.add_parser(
+        "demo", help="run the embedded demo in a temporary folder (ignores CCVAULT_* settings)"
+    )
     demo.add_argument("--customers", type=int, default=3000, help="synthetic customers (3000)")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the synthetic data")
     demo.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+    admin = {}
     for name, text in (
-        ("status", "list the epochs of the configured vault and the KMS roots that wrap them"),
-        ("rotate-epoch", "start a new epoch and re-wrap every live key under it (admin)"),
+        (
+            "status",
+            "list the epochs of the configured vault, their keys, due dates and KMS roots "
+            "(read-only)",
+        ),
+        (
+            "rotate-epoch",
+            "start a new epoch and re-wrap every live key under it, or finish an interrupted "
+            "rotation (admin)",
+        ),
         (
             "destroy-epochs",
             "destroy epochs retired past the backup window, and their roots (admin)",
         ),
         ("add-kms-wraps", "wrap every live epoch under MultiKms members lacking a wrap (admin)"),
     ):
-        sub.add_parser(name, help=text, description=f"{text}. Configured by CCVAULT_* variables.")
+        admin[name] = sub.add_parser(
+            name, help=text, description=f"{text}. Configured by CCVAULT_* variables."
+        )
+    admin["destroy-epochs"].add_argument(
+        "--dry-run", action="store_true", help="print what would be destroyed, change nothing"
+    )
     args = parser.parse_args(argv)
-    if args.command in ("status", "rotate-epoch", "destroy-epochs", "add-kms-wraps"):
+    if args.command in admin:
         from ._admin import run_admin
 
-        return run_admin(args.command)
+        return run_admin(args.command, dry_run=getattr(args, "dry_run", False))
     if args.command == "demo":
         from ._demo import run_demo
 

@@ -1,50 +1,147 @@
 """Admin commands over the vault configured by ``CCVAULT_*``: run them from a scheduled job with
-the admin KMS principal (docs/kms.md, "Who may do what")."""
+the admin KMS principal (docs/kms.md, "Who may do what").
+
+``status`` and ``destroy-epochs --dry-run`` open the vault read-only: they create nothing, not
+even on an empty store. Long commands report progress on stderr; Ctrl-C stops them with exit
+status 130 and a store the next run completes.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime, timezone
 
 from ..errors import CcvaultError
-from ..vault import Vault
+from ..vault import EpochInfo, Vault
 
 __all__ = ["run_admin"]
+
+_AFTER_INTERRUPT = {
+    "rotate-epoch": "every batch re-wrapped so far is committed and the other keys still open "
+    "under their older epoch; run `ccvault rotate-epoch` again: it finishes the re-wrapping and "
+    "starts no new epoch",
+    "destroy-epochs": "each step is its own transaction; run `ccvault destroy-epochs` again: it "
+    "finishes the re-wrapping, destroys the remaining epochs and retries their roots",
+    "add-kms-wraps": "the wraps added so far are kept; run `ccvault add-kms-wraps` again to add "
+    "the rest",
+    "status": "nothing was changed",
+}
 
 
 def _when(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
-def run_admin(command: str) -> int:
-    """One admin command; prints one JSON object; exit status 1 on a ccvault error."""
+class _Progress:
+    """Prints ``re-wrapped done/total keys`` on stderr after each batch."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.done = self.total = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        print(
+            f"ccvault {self.command}: re-wrapped {done}/{total} keys", file=sys.stderr, flush=True
+        )
+
+    def so_far(self) -> str:
+        return f" after re-wrapping {self.done} of {self.total} keys" if self.total else ""
+
+
+def run_admin(command: str, *, dry_run: bool = False) -> int:
+    """One admin command; prints one JSON object; exit status 1 on an error (one line on stderr,
+    no traceback), 130 on Ctrl-C."""
+    progress = _Progress(command)
+    readonly = command == "status" or (command == "destroy-epochs" and dry_run)
     try:
-        with Vault.from_settings() as vault:
+        with Vault.from_settings(readonly=readonly) as vault:
             out: dict[str, object]
             if command == "rotate-epoch":
-                report = vault.rotate_epoch()
-                out = {"epoch_seq": report.epoch_seq, "rewrapped": report.rewrapped}
+                report = vault.rotate_epoch(progress=progress)
+                out = {
+                    "epoch_seq": report.epoch_seq,
+                    "rewrapped": report.rewrapped,
+                    "resumed": report.resumed,
+                }
+            elif command == "destroy-epochs" and dry_run:
+                out = _dry_run(vault)
             elif command == "destroy-epochs":
-                out = {"destroyed_epochs": vault.destroy_epochs()}
+                out = {"destroyed_epochs": vault.destroy_epochs(progress=progress)}
             elif command == "add-kms-wraps":
                 out = {"wraps_added": vault.add_kms_wraps()}
-            else:  # status
-                out = {
-                    "installation_id": vault.installation_id,
-                    "epochs": [
-                        {
-                            "seq": e.seq,
-                            "state": e.state,
-                            "created_at": _when(e.created_at),
-                            "retired_at": _when(e.retired_at),
-                            "kms": [{"kms_id": k, "root_id": r} for k, r in e.roots],
-                        }
-                        for e in vault.epochs()
-                    ],
-                }
-    except CcvaultError as exc:
-        print(f"ccvault {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            else:
+                out = _status(vault)
+    except KeyboardInterrupt:
+        print(
+            f"ccvault {command}: interrupted{progress.so_far()}; {_AFTER_INTERRUPT[command]}",
+            file=sys.stderr,
+        )
+        return 130
+    except (CcvaultError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"ccvault {command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _status(vault: Vault) -> dict[str, object]:
+    epochs = vault.epochs(check_roots=True)
+    active = next((e for e in epochs if e.state == "active"), None)
+    due = active.rotation_due_at if active is not None else None
+    return {
+        "installation_id": vault.installation_id,
+        "active_epoch": active.seq if active is not None else None,
+        "rotation_due_at": _when(due),
+        "rotation_overdue": due is not None and time.time() >= due,
+        "epochs": [_epoch(e) for e in epochs],
+    }
+
+
+def _epoch(e: EpochInfo) -> dict[str, object]:
+    kms: list[dict[str, object]] = [{"kms_id": k, "root_id": r} for k, r in e.roots]
+    for entry, fate in zip(kms, e.root_destruction, strict=False):
+        entry["root_destruction"] = fate
+    return {
+        "seq": e.seq,
+        "state": e.state,
+        "created_at": _when(e.created_at),
+        "retired_at": _when(e.retired_at),
+        "destroyable_at": _when(e.destroyable_at),
+        "live_keys": e.live_keys,
+        "kms": kms,
+    }
+
+
+def _dry_run(vault: Vault) -> dict[str, object]:
+    """What ``destroy-epochs`` would do now: epochs, keys it re-wraps first, roots it destroys."""
+    seqs = set(vault.destroy_epochs(dry_run=True))
+    epochs = vault.epochs(check_roots=True)
+    dying = [e for e in epochs if e.seq in seqs]
+    kept = {
+        root for e in epochs if e.state != "destroyed" and e.seq not in seqs for root in e.roots
+    }
+    roots: list[dict[str, object]] = []
+    if vault.per_epoch_roots:
+        roots = [
+            {"epoch": e.seq, "kms_id": k, "root_id": r}
+            for e in dying
+            for k, r in e.roots
+            if (k, r) not in kept
+        ]
+        # Roots of epochs destroyed earlier whose destruction failed: retried.
+        roots += [
+            {"epoch": e.seq, "kms_id": k, "root_id": r, "retry": True}
+            for e in epochs
+            for (k, r), fate in zip(e.roots, e.root_destruction, strict=False)
+            if fate == "failed"
+        ]
+    return {
+        "dry_run": True,
+        "would_destroy_epochs": sorted(seqs),
+        "keys_to_rewrap_first": sum(e.live_keys for e in dying),
+        "roots_to_destroy": roots,
+    }

@@ -1,6 +1,7 @@
 """``ccvault demo``: a contact center's customers and calls, encrypted, read back and shredded.
 
-Runs on the embedded default (local master key + SQLite key store) in a temporary folder. The
+Runs on a local master key and a SQLite key store of its own, in a temporary folder. It ignores
+``CCVAULT_*`` entirely: it never touches a configured (production) key store or KMS. The
 application is two SQLAlchemy ORM models with :class:`~ccvault.sqlalchemy.Encrypted` columns on an
 engine the vault is attached to: the code below never calls encrypt or decrypt itself.
 """
@@ -12,7 +13,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy import ForeignKey, String, Text, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .. import CcvaultSettings, DevelopmentDefaultWarning, SubjectShreddedError, Vault
+from .. import SubjectShreddedError, Vault
+from ..kms import LocalKms
 from ..sqlalchemy import SHREDDED, Encrypted
 
 _FIRST = [
@@ -119,11 +120,14 @@ def run_demo(*, customers: int = 3000, seed: int = 7, keep: str | None = None) -
             )
             return 2
         print(f"ccvault demo — working in {work}\n")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DevelopmentDefaultWarning)
-            vault = Vault.from_settings(CcvaultSettings(home=str(work / ".ccvault")))
-        for w in caught:
-            print(f"note: {w.message}\n")
+        home = work / ".ccvault"
+        print(
+            "note: the demo ignores CCVAULT_* settings and never touches a configured key store: "
+            f"its own master key and key store live in {home}.\n"
+        )
+        home.mkdir(mode=0o700, exist_ok=True)
+        kms = LocalKms.from_file(home / "master.key", create=True)
+        vault = Vault(kms, f"sqlite:///{home / 'keys.db'}")
         app = sa.create_engine(f"sqlite:///{work / 'contact_center.db'}")
         Base.metadata.create_all(app)
         vault.attach(app)  # from here on the ORM encrypts every write and decrypts every read

@@ -36,6 +36,11 @@ class KeyStore(Protocol):
         """The installation facts whose names start with ``prefix``."""
         ...
 
+    def installation(self) -> tuple[str, str] | None:
+        """The stored (installation id, subject type), or None for an empty store. Writes
+        nothing: this is how a read-only vault opens."""
+        ...
+
     def active_epoch(self) -> EpochRecord | None: ...
 
     def get_epoch(self, epoch_id: bytes) -> EpochRecord | None: ...
@@ -49,11 +54,14 @@ class KeyStore(Protocol):
         commitment: bytes,
         wraps: Sequence[WrappedKey],
         now: float,
+        *,
+        rewrap_pending: bool = False,
     ) -> EpochRecord:
         """Insert epoch ``seq`` as the active one (retiring the previous active epoch).
 
         If another process already created epoch ``seq``, nothing is written and the winner is
-        returned.
+        returned. ``rewrap_pending`` records, in the same transaction, that a rotation to ``seq``
+        has keys to re-wrap (:meth:`rewrap_pending`), until :meth:`rewrap_done`.
         """
         ...
 
@@ -111,4 +119,16 @@ class KeyStore(Protocol):
 
     def rewrap(self, updates: Sequence[tuple[KeyRecord, bytes, bytes]], epoch_id: bytes) -> int:
         """Replace (record, wrapped, commitment) if still live and unchanged; return the count."""
+        ...
+
+    def rewrap_pending(self) -> int | None:
+        """The epoch whose rotation has not finished re-wrapping, if any."""
+        ...
+
+    def rewrap_done(self, seq: int) -> None:
+        """Clear the mark :meth:`add_epoch` set for ``seq`` (a newer epoch's mark stays)."""
+        ...
+
+    def live_keys_by_epoch(self) -> dict[bytes, int]:
+        """How many live keys each epoch wraps, by epoch id (epochs that wrap none are absent)."""
         ...

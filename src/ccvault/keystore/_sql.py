@@ -17,6 +17,7 @@ import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -39,6 +40,7 @@ __all__ = ["SqlKeyStore"]
 T = TypeVar("T")
 _BATCH = 500
 _RETRIES = 12
+_REWRAP_PENDING = "rewrap_pending"  # ccvault_meta: the epoch whose rotation has keys to re-wrap
 
 
 class SqlKeyStore:
@@ -60,7 +62,7 @@ class SqlKeyStore:
             # open our own engine on the same file rather than change the application's.
             bind = bind.url.render_as_string(hide_password=False)
         if isinstance(bind, str):
-            url = sa.make_url(bind)
+            url = _parse_url(bind)
             if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
                 raise ConfigurationError(
                     "an in-memory SQLite key store would be lost with its connection: use a file"
@@ -77,6 +79,7 @@ class SqlKeyStore:
         self._keys = t[f"{prefix}keys"]
         self._heads = t[f"{prefix}subject_heads"]
         if create:
+            self._connect().close()  # an unreachable server is reported at once, with its cause
             # Processes creating the tables at once: a loser waits a little and re-checks. One
             # re-check is not enough on MariaDB/MySQL, where DDL is not transactional and another
             # process may still be half-way through its CREATE TABLE statements.
@@ -86,11 +89,36 @@ class SqlKeyStore:
                     break
                 except sa.exc.SQLAlchemyError as exc:
                     if attempt + 1 == _RETRIES:
-                        raise KeyStoreError("cannot create the key store tables") from exc
+                        raise KeyStoreError(
+                            f"cannot create the key store tables at {self.location}: "
+                            f"{_driver_error(exc, self.engine.url)}"
+                        ) from exc
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
 
     def __repr__(self) -> str:
-        return f"SqlKeyStore({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"SqlKeyStore({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The key store's URL with its password (and secret-looking parameters) hidden."""
+        return _safe_url(self.engine.url)
+
+    def _connect(self) -> Connection:
+        """A connection, or a KeyStoreError that says where and why the server did not answer."""
+        try:
+            return self.engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            u = self.engine.url
+            port = u.port or _DEFAULT_PORTS.get(u.get_backend_name())
+            where = ", ".join(
+                f"{what} {value}"
+                for what, value in (("host", u.host), ("port", port), ("database", u.database))
+                if value
+            )
+            raise KeyStoreError(
+                f"cannot connect to the key store ({where}; {self.location}): "
+                f"{_driver_error(exc, u)}"
+            ) from exc
 
     def close(self) -> None:
         if self._owns_engine:
@@ -101,7 +129,7 @@ class SqlKeyStore:
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 if self._dialect == "postgresql":
                     # One snapshot per read. Under PostgreSQL's default READ COMMITTED each
                     # statement sees the commits before it, so a subject head read just before a
@@ -117,7 +145,7 @@ class SqlKeyStore:
         """Run ``fn`` in a write transaction, retrying deadlocks and serialisation failures."""
         for attempt in range(_RETRIES):
             try:
-                with self.engine.connect() as conn:
+                with self._connect() as conn:
                     conn = conn.execution_options(ccvault_write=True)
                     with conn.begin():
                         return fn(conn)
@@ -194,6 +222,24 @@ class SqlKeyStore:
             ).all()
         return {name: value for name, value in rows}
 
+    def installation(self) -> tuple[str, str] | None:
+        """The stored (installation id, subject type), or None for an empty store; creates
+        nothing (not even the SQLite file)."""
+        u = self.engine.url
+        if (
+            u.get_backend_name() == "sqlite"
+            and not u.query.get("uri")  # a file: URI is sqlite3's to resolve
+            and not Path(u.database or "").is_file()
+        ):
+            return None
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table(self._meta.name):
+                return None
+            rows = dict(conn.execute(sa.select(self._meta.c.name, self._meta.c.value)).all())
+        if "installation_id" not in rows or "subject_type" not in rows:
+            return None
+        return rows["installation_id"], rows["subject_type"]
+
     # -- epochs --------------------------------------------------------------------------------
 
     def _epoch_rows(self, conn: Connection, where: Any) -> list[EpochRecord]:
@@ -235,9 +281,16 @@ class SqlKeyStore:
             return self._epoch_rows(conn, sa.true())
 
     def add_epoch(
-        self, epoch_id: bytes, seq: int, commitment: bytes, wraps: Sequence[WrappedKey], now: float
+        self,
+        epoch_id: bytes,
+        seq: int,
+        commitment: bytes,
+        wraps: Sequence[WrappedKey],
+        now: float,
+        *,
+        rewrap_pending: bool = False,
     ) -> EpochRecord:
-        e = self._epochs
+        e, m = self._epochs, self._meta
 
         def run(conn: Connection) -> EpochRecord:
             inserted = self._insert_ignore(
@@ -263,6 +316,9 @@ class SqlKeyStore:
                     .where(e.c.state == State.ACTIVE, e.c.seq < seq)
                     .values(state=State.RETIRED, retired_at=now)
                 )
+                if rewrap_pending:
+                    conn.execute(sa.delete(m).where(m.c.name == _REWRAP_PENDING))
+                    conn.execute(sa.insert(m).values(name=_REWRAP_PENDING, value=str(seq)))
             rows = self._epoch_rows(conn, e.c.seq == seq)
             if not rows:
                 raise KeyStoreError("epoch sequence conflict")
@@ -580,6 +636,30 @@ class SqlKeyStore:
 
     # -- rotation ------------------------------------------------------------------------------
 
+    def rewrap_pending(self) -> int | None:
+        m = self._meta
+        with self._read() as conn:
+            value = conn.execute(sa.select(m.c.value).where(m.c.name == _REWRAP_PENDING)).scalar()
+        return int(value) if value is not None else None
+
+    def rewrap_done(self, seq: int) -> None:
+        m = self._meta
+        self._write(
+            lambda conn: conn.execute(
+                sa.delete(m).where(m.c.name == _REWRAP_PENDING, m.c.value == str(seq))
+            )
+        )
+
+    def live_keys_by_epoch(self) -> dict[bytes, int]:
+        k = self._keys
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(k.c.epoch_id, sa.func.count())
+                .where(k.c.state == State.LIVE, k.c.epoch_id.is_not(None))
+                .group_by(k.c.epoch_id)
+            ).all()
+        return {bytes(epoch_id): count for epoch_id, count in rows}
+
     def keys_before_epoch(self, seq: int, limit: int) -> list[KeyRecord]:
         k, e = self._keys, self._epochs
         with self._read() as conn:
@@ -615,16 +695,73 @@ class SqlKeyStore:
         return self._write(run)
 
 
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+# The driver modules ccvault's extras install, by module name.
+_EXTRAS = {
+    "psycopg": "postgres",
+    "pymysql": "mysql",
+    "aiosqlite": "asyncio",
+    "asyncmy": "asyncio",
+    "greenlet": "asyncio",
+}
+_SECRET_QUERY = ("password", "passwd", "secret", "token", "key")
+
+
+def _parse_url(url: str) -> sa.URL:
+    try:
+        return sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigurationError(
+            "the key store URL is no SQLAlchemy URL (dialect+driver://user:password@host:port/db)"
+        ) from None
+
+
+def _safe_url(u: sa.URL) -> str:
+    """``u`` with its password and secret-looking query parameters masked."""
+    masked = {
+        name: "***" if any(word in name.lower() for word in _SECRET_QUERY) else value
+        for name, value in u.query.items()
+    }
+    return u.set(query=masked).render_as_string(hide_password=True)
+
+
+def _driver_error(exc: BaseException, u: sa.URL) -> str:
+    """The driver's error class and message (not SQLAlchemy's, which quotes the statement and its
+    parameters), on one line, without the password."""
+    orig = getattr(exc, "orig", None) or exc
+    message = " ".join(str(orig).split())
+    if u.password:
+        message = message.replace(str(u.password), "***")
+    if len(message) > 300:
+        message = message[:297] + "..."
+    kind = type(orig)
+    module = kind.__module__.split(".")[0]
+    return f"{kind.__name__ if module == 'builtins' else f'{module}.{kind.__name__}'}: {message}"
+
+
 def _make_engine(url: str) -> Engine:
-    u = sa.make_url(url)
+    u = _parse_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if u.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-    if u.get_dialect().is_async:
-        from sqlalchemy.ext.asyncio import create_async_engine  # the asyncio extra
+    try:
+        if u.get_dialect().is_async:
+            from sqlalchemy.ext.asyncio import create_async_engine  # the asyncio extra
 
-        return create_async_engine(u, **kwargs).sync_engine
-    return sa.create_engine(u, **kwargs)
+            return create_async_engine(u, **kwargs).sync_engine
+        return sa.create_engine(u, **kwargs)
+    except sa.exc.NoSuchModuleError:
+        raise ConfigurationError(
+            f"the key store URL {_safe_url(u)} names an unknown database or driver"
+        ) from None
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0]
+        extra = _EXTRAS.get(module)
+        install = f"pip install 'ccvault[{extra}]'" if extra else f"install {module or 'it'}"
+        raise ConfigurationError(
+            f"the key store URL {_safe_url(u)} needs the {module or u.drivername!r} driver, "
+            f"which is not installed: {install}"
+        ) from exc
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

@@ -285,8 +285,14 @@ def _read_file(path: Path) -> tuple[str, list[_Root]]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigurationError(
+            f"master key path {str(path)!r} is {what}: give the path of the key file itself"
+        )
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigurationError(
                 f"master key file {str(path)!r} is accessible by group or others "

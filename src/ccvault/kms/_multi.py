@@ -145,8 +145,15 @@ class MultiKms:
     ) -> SecretKey:
         """The key every reachable member agrees on (see the module docstring for the rules)."""
         by_kms = {w.kms_id: w for w in wraps}
+        if not set(by_kms) & set(self._by_id):
+            raise KmsError(_no_wrap_message(self.kms_id, wraps))
         if self.primary.kms_id not in by_kms:
-            raise DecryptionError
+            raise DecryptionError(
+                f"the epoch carries no wrap of the primary KMS {self.primary.kms_id!r} (the key "
+                f"store's wraps: {_ids(wraps)}), and a secondary never vouches for an epoch "
+                "alone. A KMS made primary before `ccvault add-kms-wraps` ran with it listed "
+                "second reads so: list it second, run add-kms-wraps, then make it primary"
+            )
         agreed: SecretKey | None = None
         unavailable: KmsUnavailableError | None = None
         for member in self.members:
@@ -213,11 +220,25 @@ def unwrap_epoch_key(
         return kms.unwrap_agreeing(wraps, context=context, verify=verify)
     mine = [w for w in wraps if w.kms_id == kms.kms_id]
     if not mine:
-        raise KmsError("no wrap of this epoch belongs to the configured KMS")
+        raise KmsError(_no_wrap_message(kms.kms_id, wraps))
     key = kms.unwrap(mine[0], context=context)
     if not verify(key):
         raise DecryptionError
     return key
+
+
+def _no_wrap_message(configured: str, wraps: Sequence[WrappedKey]) -> str:
+    """Why an epoch cannot be unwrapped by the configured KMS, and how to migrate to it."""
+    return (
+        f"no wrap of this epoch belongs to the configured KMS {configured!r}; the key store's "
+        f"wraps are from {_ids(wraps)}. Wrong KMS URL? If you are moving to this KMS, configure "
+        "the old one first and this one second (CCVAULT_KMS_URL=<old>,<new>), run "
+        "`ccvault add-kms-wraps`, then make the new one primary (docs/kms.md, MultiKms)"
+    )
+
+
+def _ids(wraps: Sequence[WrappedKey]) -> str:
+    return ", ".join(repr(k) for k in sorted({w.kms_id for w in wraps})) or "no KMS at all"
 
 
 def kms_by_id(kms: Kms) -> dict[str, Kms]:
