@@ -147,10 +147,13 @@ def test_admin_commands_run_on_the_configured_vault(
         result: dict[str, object] = json.loads(capsys.readouterr().out)
         return result
 
-    # status is read-only: on an empty store it says so and creates nothing.
-    assert main(["status"]) == 1
-    assert "no ccvault installation at sqlite:///" in capsys.readouterr().err
-    assert not (tmp_path / "k.db").exists()
+    # No admin command creates an installation: on an empty store each says so, creates nothing.
+    for command in ("status", "rotate-epoch", "destroy-epochs", "add-kms-wraps"):
+        assert main([command]) == 1
+        assert "no ccvault installation at sqlite:///" in capsys.readouterr().err
+        assert not (tmp_path / "k.db").exists()
+    assert main(["destroy-epochs", "--dry-run"]) == 1
+    assert "no ccvault installation" in capsys.readouterr().err
     Vault.from_settings().close()  # the application's first start creates the installation
     status = run("status")
     epochs = status["epochs"]
@@ -333,10 +336,22 @@ def test_unreachable_key_store_says_where_and_why(
         assert "hunter2" not in line
 
 
-def test_cli_failure_prints_no_traceback_in_a_real_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kms", "store", "expected"),
+    [
+        # an existing installation, and a directory given as the master-key path
+        ("{tmp}", "sqlite:///{tmp}/k.db", "is a directory"),
+        # an unreachable server: the store is checked first, its password never printed
+        ("{tmp}/m.key", "postgresql+psycopg://app:hunter2@127.0.0.1:1/custdb", "port 1"),
+    ],
+)
+def test_cli_failure_prints_no_traceback_in_a_real_process(
+    kms: str, store: str, expected: str, tmp_path: Path
+) -> None:
+    Vault(LocalKms.generate(tmp_path / "m.key"), f"sqlite:///{tmp_path}/k.db").close()
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CCVAULT_")}
-    env["CCVAULT_KMS_URL"] = f"local://{tmp_path}"
-    env["CCVAULT_KEYSTORE_URL"] = "postgresql+psycopg://app:hunter2@127.0.0.1:1/custdb"
+    env["CCVAULT_KMS_URL"] = "local://" + kms.format(tmp=tmp_path)
+    env["CCVAULT_KEYSTORE_URL"] = store.format(tmp=tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "ccvault", "rotate-epoch"],
         capture_output=True,
@@ -346,8 +361,9 @@ def test_cli_failure_prints_no_traceback_in_a_real_process(tmp_path: Path) -> No
     )
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
-    assert "is a directory" in done.stderr
+    assert expected in done.stderr
     assert "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr
 
 
 @pytest.mark.parametrize(

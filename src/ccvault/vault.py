@@ -340,7 +340,12 @@ class Vault:
 
     @classmethod
     def from_settings(
-        cls, settings: CcvaultSettings | None = None, *, readonly: bool = False, **overrides: Any
+        cls,
+        settings: CcvaultSettings | None = None,
+        *,
+        readonly: bool = False,
+        create: bool = True,
+        **overrides: Any,
     ) -> Vault:
         """Build a vault from ``CCVAULT_*`` environment variables (see :class:`CcvaultSettings`).
 
@@ -349,7 +354,9 @@ class Vault:
         copies that folder copies every key with it. One URL without the other is a
         :class:`ConfigurationError`: a production key store is never wrapped by a throwaway key.
         ``readonly=True``: see :class:`Vault`; on the embedded default it creates no folder and
-        no master key either.
+        no master key either. ``create=False`` opens an existing installation read-write and
+        refuses an empty store the same way (the admin commands use it: a mistyped URL never
+        becomes a new installation).
         """
         from ._settings import CcvaultSettings, kms_from_url
 
@@ -365,14 +372,20 @@ class Vault:
                 "the embedded development default"
             )
         home = Path(s.home)
+        if s.kms_url is None and home.exists() and not home.is_dir():
+            raise ConfigurationError(
+                f"cannot use {str(home)!r} as the ccvault home (CCVAULT_HOME): not a directory"
+            )
         url = s.keystore_url or f"sqlite:///{home / 'keys.db'}"
-        # Read-only: the store is checked before the KMS, so an empty one creates nothing at all.
-        keystore: KeyStore | str = SqlKeyStore(url, create=False) if readonly else url
+        # Read-only or create=False: the store is checked before the KMS, so an empty one
+        # creates nothing at all.
+        existing = readonly or not create
+        keystore: KeyStore | str = SqlKeyStore(url, create=False) if existing else url
         try:
             if isinstance(keystore, SqlKeyStore):
                 _existing_installation(keystore)
             if s.kms_url is None:
-                kms = _embedded_kms(home, create=not readonly)
+                kms = _embedded_kms(home, create=not existing)
                 warnings.warn(
                     f"ccvault is using the embedded development default under {str(home)!r}: a "
                     "local master key file beside its key store. Use a KMS in production.",

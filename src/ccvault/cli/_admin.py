@@ -57,7 +57,8 @@ def run_admin(command: str, *, dry_run: bool = False) -> int:
     progress = _Progress(command)
     readonly = command == "status" or (command == "destroy-epochs" and dry_run)
     try:
-        with Vault.from_settings(readonly=readonly) as vault:
+        # No admin command creates an installation: on an empty store they all say so.
+        with Vault.from_settings(readonly=readonly, create=False) as vault:
             out: dict[str, object]
             if command == "rotate-epoch":
                 report = vault.rotate_epoch(progress=progress)
