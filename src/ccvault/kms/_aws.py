@@ -21,6 +21,13 @@ lazily, so ``import ccvault.kms`` works without the extra.
   by identifiers only. Key material is never bound to a local that outlives the SDK call, so the
   frames of a traceback (which error reporters may capture with their locals) do not hold it.
 * ``endpoint_url`` must be ``https://``, except on a loopback host (a local test server).
+* Logging: at DEBUG, botocore prints every request body (``botocore.endpoint``, "Making request
+  ... with params") and every response body (``botocore.parsers``, "Response body"), which for
+  ``Encrypt`` and ``Decrypt`` hold the epoch key in base64. Every client this backend uses, built
+  or injected, gets two event handlers (``before-call.kms`` and ``before-parse.kms``, registered
+  first, once per client) that swap those bodies for equal bytes whose ``str``/``repr`` show the
+  JSON with ``Plaintext`` replaced by ``<redacted>`` (see :class:`_RedactedBody`): the SDK sends
+  and parses the same bytes, and no logger, handler or filter set-up can make it print the key.
 
 See docs/kms-aws.md for the IAM policies and the error table.
 """
@@ -28,6 +35,7 @@ See docs/kms-aws.md for the IAM policies and the error table.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import threading
 from collections.abc import Mapping
@@ -164,6 +172,7 @@ class AwsKms:
         actual_endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
         if isinstance(actual_endpoint, str):
             _check_endpoint(actual_endpoint)
+        _hide_key_material_from_logs(client)
         if arn is not None and arn["region"] != region:
             raise ConfigurationError(
                 f"the key {key_id} is in region {arn['region']}, the client in {region}"
@@ -587,6 +596,72 @@ def _no_retry_on_tls_failure(caught_exception: object = None, **_: Any) -> None:
 
     if isinstance(caught_exception, SSLError):
         raise caught_exception
+
+
+_SECRET_FIELD = re.compile(r"Plaintext|SharedSecret")
+_REDACTED = "<redacted>"
+
+
+class _RedactedBody(bytes):
+    """A KMS request or response body that prints without its key material.
+
+    The bytes are the body's own (the SDK signs, sends and parses them unchanged); only ``str``
+    and ``repr``, which botocore's DEBUG lines and ``http.client``'s debug output use, differ:
+    they show the JSON document with every ``Plaintext``/``SharedSecret`` field replaced by
+    ``<redacted>``, or only the length when the body is not a JSON document.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        try:
+            document = json.loads(self)
+            return repr(json.dumps(_redact(document)).encode())
+        except (ValueError, RecursionError):  # not JSON (or not UTF-8): show nothing of it
+            return f"<{len(self)} bytes, not shown>"
+
+    __str__ = __repr__
+
+
+def _redact(value: object) -> object:
+    if isinstance(value, dict):
+        return {
+            k: _REDACTED if _SECRET_FIELD.search(str(k)) else _redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _redact_request_body(params: Any = None, **_: Any) -> None:
+    """``before-call.kms``: the serialised request that botocore.endpoint is about to log."""
+    if isinstance(params, dict):
+        body = params.get("body")
+        if isinstance(body, bytes) and not isinstance(body, _RedactedBody):
+            params["body"] = _RedactedBody(body)
+
+
+def _redact_response_body(response_dict: Any = None, **_: Any) -> None:
+    """``before-parse.kms``: the raw answer that botocore.parsers is about to log."""
+    if isinstance(response_dict, dict):
+        body = response_dict.get("body")
+        if isinstance(body, bytes) and not isinstance(body, _RedactedBody):
+            response_dict["body"] = _RedactedBody(body)
+
+
+def _hide_key_material_from_logs(client: Any) -> None:
+    """Register the body-redacting handlers on a boto3 KMS client (idempotent: the unique ids
+    make a second AwsKms over the same client a no-op). Something that is not a botocore client
+    (no event system) has no botocore logging to guard."""
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is None:
+        return
+    events.register_first(
+        "before-call.kms", _redact_request_body, unique_id="ccvault-redact-request-body"
+    )
+    events.register_first(
+        "before-parse.kms", _redact_response_body, unique_id="ccvault-redact-response-body"
+    )
 
 
 def _take_key(response: dict[str, Any], root_id: str) -> SecretKey | None:

@@ -7,8 +7,14 @@ File format (text, UTF-8, one record per line)::
     ...
 
 Several keys may be present; the newest wraps, every listed key unwraps. The file is created
-with mode 0600 and a file readable or writable by group or others is refused. Destroying a root
-rewrites the file without it (write to a temporary file, fsync, rename).
+with mode 0600 and a file readable or writable by group or others is refused, and so is a folder
+that group or others can write (or that another user owns): whoever can write the folder can
+replace the file. Adding or destroying a root rewrites the file (a temporary copy
+``.<name>.tmp-<16 hex>`` beside it, fsync, rename) under an exclusive lock on ``<name>.lock``,
+which is never opened through a symbolic link. A copy left by a process killed before its rename
+still holds every root of its time, destroyed ones included: such copies are deleted when the
+file is opened (a warning when that is not possible) and by every ``new_root`` and
+``destroy_root`` (which fail when it is not possible).
 
 The master key must never be backed up together with the key store: whoever holds both holds
 every key. See docs/security.md.
@@ -18,12 +24,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
+import logging
 import os
+import re
+import secrets
 import stat
-import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -38,6 +47,9 @@ __all__ = ["LocalKms"]
 
 _MAGIC = "ccvault-local-kms v1"
 _AD_LABEL = b"ccvault/local-kms/v1"
+_COPY = ".tmp-"  # temporary copies of the key file <name>: ".<name>.tmp-<16 hex>"
+
+log = logging.getLogger("ccvault.kms.local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,25 +90,31 @@ class LocalKms:
                     raise
                 # Another process created it first: use theirs.
         file_id, roots = _read_file(p)
-        return cls(path=p, file_id=file_id, roots=roots)
+        return cls(path=p, file_id=file_id, roots=roots)._cleaned_at_open()
 
     @classmethod
     def generate(cls, path: str | os.PathLike[str]) -> LocalKms:
         """Create a new master-key file with one fresh key; refuses to overwrite a file."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(_open_folder(p.parent))  # refuses a folder that others can write
         kms = cls(path=p, file_id=random_bytes(16).hex(), roots=[_new_root()])
         # Write a complete file under a private name, then link it into place: a process that
         # races us sees either no file or a whole one, never a half-written file.
         tmp = _write_private(p, kms._render())
         try:
             os.link(tmp, p)
-        except FileExistsError:
-            raise ConfigurationError(f"master key file {str(p)!r} already exists") from None
+        except OSError:
+            # FileExistsError, or FileNotFoundError when a process that created the file first
+            # already removed our copy as a leftover.
+            if p.exists():
+                raise ConfigurationError(f"master key file {str(p)!r} already exists") from None
+            raise
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         _fsync_dir(p.parent)
-        return kms
+        return kms._cleaned_at_open()
 
     @classmethod
     def ephemeral(cls) -> LocalKms:
@@ -150,14 +168,18 @@ class LocalKms:
     def new_root(self) -> str:
         with self._lock, self._file_lock():
             self._reload()
+            self._remove_copies()
             root = _new_root(after=max((r.created for r in self._roots.values()), default=0))
             self._roots[root.root_id] = root
             self._persist()
             return root.root_id
 
     def destroy_root(self, root_id: str) -> None:
+        """Remove the root from the key file, and every leftover temporary copy of the file (which
+        may still hold it); raises ConfigurationError when a copy cannot be removed."""
         with self._lock, self._file_lock():
             self._reload()
+            self._remove_copies()
             if root_id in self._roots:
                 del self._roots[root_id]
                 self._persist()
@@ -226,20 +248,70 @@ class LocalKms:
             raise
         _fsync_dir(self._path.parent)
 
+    def _cleaned_at_open(self) -> LocalKms:
+        """Delete leftover temporary copies of the key file (under the file lock, so that no
+        writer's copy in progress is taken); warn when they cannot be deleted (a folder this
+        process may not write): an admin's next new_root or destroy_root removes them."""
+        if self._path is None or not _copies(self._path):
+            return self
+        try:
+            with self._file_lock():
+                self._remove_copies()
+        except ConfigurationError as exc:
+            if not isinstance(exc.__cause__, OSError):
+                raise  # a refused lock file (a symlink, not a regular file of ours)
+            log.warning("%s; they are removed by the next new_root or destroy_root", exc)
+        return self
+
+    def _remove_copies(self) -> None:
+        """Delete every ``.<name>.tmp-<16 hex>`` beside the key file. Call with the file lock
+        held: every writer of such a copy holds it, except :meth:`generate`, which tolerates it."""
+        if self._path is None:
+            return
+        copies = _copies(self._path)
+        for copy in copies:
+            try:
+                os.unlink(copy)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot remove {str(copy)!r}, a leftover copy of the master key file "
+                    "(it may hold destroyed roots): remove it"
+                ) from exc
+        if copies:
+            _fsync_dir(self._path.parent)
+
     @contextlib.contextmanager
-    def _file_lock(self):  # type: ignore[no-untyped-def]
+    def _file_lock(self) -> Iterator[None]:
         if self._path is None:
             yield
             return
         import fcntl
 
         lock_path = self._path.with_name(self._path.name + ".lock")
-        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
+            fd = os.open(lock_path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                # A planted symlink would make this process create or lock a file elsewhere.
+                raise ConfigurationError(
+                    f"the lock file {str(lock_path)!r} is a symbolic link: refusing to follow it"
+                ) from None
+            raise ConfigurationError(f"cannot open the lock file {str(lock_path)!r}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise ConfigurationError(
+                    f"the lock file {str(lock_path)!r} is not a regular file of this user"
+                )
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
@@ -256,9 +328,22 @@ def _ad(root_id: str, context: Mapping[str, str]) -> bytes:
     return lp(_AD_LABEL, root_id.encode("ascii"), canonical_context(context))
 
 
+def _copies(target: Path) -> list[Path]:
+    """The temporary copies of ``target`` in its folder (see :func:`_write_private`)."""
+    pattern = re.compile(re.escape(f".{target.name}{_COPY}") + "[0-9a-f]{16}")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return []
+    return [target.parent / name for name in names if pattern.fullmatch(name)]
+
+
 def _write_private(target: Path, text: str) -> str:
-    """Write ``text`` to a new 0600 file (unpredictable name, O_EXCL) beside ``target``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    """Write ``text`` to a new 0600 file ``.<name>.tmp-<16 hex>`` beside ``target`` (O_EXCL,
+    never through a symlink)."""
+    tmp = str(target.with_name(f".{target.name}{_COPY}{secrets.token_hex(8)}"))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -279,12 +364,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
-def _read_file(path: Path) -> tuple[str, list[_Root]]:
-    # Open without following symlinks, then check the descriptor we read from (no TOCTOU).
+def _open_folder(folder: Path) -> int:
+    """A descriptor of the key file's folder, refused when group or others can write it or it
+    belongs to another user than this one or root: they could replace the key file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot open the master key folder {str(folder)!r}") from exc
+    st = os.fstat(fd)
+    problem = None
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = (
+            f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): whoever can "
+            f"write it can replace the key file; run: chmod go-w {folder}"
+        )
+    elif st.st_uid not in (os.geteuid(), 0):
+        problem = "belongs to another user: that user can replace the key file"
+    if problem is not None:
+        os.close(fd)
+        raise ConfigurationError(f"the master key folder {str(folder)!r} {problem}")
+    return fd
+
+
+def _read_file(path: Path) -> tuple[str, list[_Root]]:
+    # Open the folder and check it, then the file within that very folder without following
+    # symlinks, then check the descriptor we read from (no TOCTOU).
+    folder = _open_folder(path.parent)
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
     except OSError as exc:
         raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
+    finally:
+        os.close(folder)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
