@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, cast
 
 from sqlalchemy.engine import Engine
 
@@ -494,13 +494,17 @@ class Vault:
             ready += len(self._load_or_create(todo[i : i + _BATCH]))
         return ready
 
-    def attach(self, engine: Any, *, strict: bool = False) -> None:
+    def attach(
+        self, engine: Any, *, strict: bool = False, on_error: Literal["raise", "sentinel"] = "raise"
+    ) -> None:
         """Make ``engine`` (sync or async) encrypt and decrypt :class:`ccvault.sqlalchemy.Encrypted`
         columns with this vault. ``strict=True``: reads of shredded values raise instead of
-        returning ``SHREDDED``."""
+        returning ``SHREDDED``. ``on_error="sentinel"``: a value that fails to decrypt reads as
+        ``UNREADABLE`` (and is logged with its location) instead of raising DecryptionError;
+        a column's ``Encrypted(..., on_error=)`` overrides it."""
         from .sqlalchemy._attach import attach  # the one upward reference: the integration entry
 
-        attach(self, engine, strict=strict)
+        attach(self, engine, strict=strict, on_error=on_error)
 
     def subject(self, subject: object) -> AbstractContextManager[None]:
         """``with vault.subject(x):`` — encrypt statements that cannot name their subject for x."""

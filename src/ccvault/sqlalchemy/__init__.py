@@ -16,7 +16,17 @@
 See docs/sqlalchemy.md.
 """
 
-from ._types import SHREDDED, BlindIndex, Encrypted, Shredded
+from .._sentinels import SHREDDED, UNREADABLE, Sentinel, Shredded, Unreadable
+from ._types import BlindIndex, Encrypted
 from ._write import StatementRefused
 
-__all__ = ["SHREDDED", "BlindIndex", "Encrypted", "Shredded", "StatementRefused"]
+__all__ = [
+    "SHREDDED",
+    "UNREADABLE",
+    "BlindIndex",
+    "Encrypted",
+    "Sentinel",
+    "Shredded",
+    "StatementRefused",
+    "Unreadable",
+]
