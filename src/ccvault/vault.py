@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
     from ._settings import CcvaultSettings
+    from .sqlalchemy._scrub import ScrubReport
 
 __all__ = ["NO_SUBJECT", "DevelopmentDefaultWarning", "EpochInfo", "RotationReport", "Vault"]
 
@@ -505,6 +506,26 @@ class Vault:
         from .sqlalchemy._attach import attach  # the one upward reference: the integration entry
 
         attach(self, engine, strict=strict, on_error=on_error)
+
+    def scrub(
+        self,
+        bind: Any,
+        models: Any,
+        *,
+        batch: int = 1000,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ScrubReport:
+        """Read every encrypted value of ``models`` through ``bind`` (an Engine or Connection of
+        the application database) and report what cannot be read.
+
+        ``models`` is a module, a declarative base or MetaData, a mapped class or Table, or a list
+        of them. Tables are read ``batch`` rows at a time in primary-key order; ``progress(table,
+        rows_read, rows_total)`` is called after each batch. The report counts per column the
+        values read, readable, shredded and unreadable, and names each unreadable one by table,
+        column and primary key. Read-only: it writes nothing and creates no key."""
+        from .sqlalchemy._scrub import scrub
+
+        return scrub(self, bind, models, batch=batch, progress=progress)
 
     def subject(self, subject: object) -> AbstractContextManager[None]:
         """``with vault.subject(x):`` — encrypt statements that cannot name their subject for x."""

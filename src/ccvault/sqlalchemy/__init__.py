@@ -17,6 +17,7 @@ See docs/sqlalchemy.md.
 """
 
 from .._sentinels import SHREDDED, UNREADABLE, Sentinel, Shredded, Unreadable
+from ._scrub import ColumnCounts, ScrubReport, UnreadableValue
 from ._types import BlindIndex, Encrypted
 from ._write import StatementRefused
 
@@ -24,9 +25,12 @@ __all__ = [
     "SHREDDED",
     "UNREADABLE",
     "BlindIndex",
+    "ColumnCounts",
     "Encrypted",
+    "ScrubReport",
     "Sentinel",
     "Shredded",
     "StatementRefused",
     "Unreadable",
+    "UnreadableValue",
 ]
