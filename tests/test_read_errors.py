@@ -76,10 +76,10 @@ def test_every_read_failure_names_table_column_and_primary_key(
         assert bad.hex()[-16:] not in str(info.value), kind
         assert info.value.__cause__ is None  # nothing of the crypto failure is chained
     set_raw(app, t, "phone", ids[1], original)
-    with Session(app) as s:
-        assert [c.phone for c in s.scalars(select(Customer).order_by(Customer.id))] == [
-            p for _, p in sorted(zip(ids, PHONES, strict=True))
-        ]
+    with Session(app) as s:  # (MariaDB's UUID type does not sort as Python's UUIDs do)
+        assert {c.id: c.phone for c in s.scalars(select(Customer))} == dict(
+            zip(ids, PHONES, strict=True)
+        )
 
 
 def test_the_primary_key_is_the_rows_not_the_subject(app: sa.Engine) -> None:
