@@ -11,6 +11,7 @@ SRC = Path(__file__).parents[1] / "src" / "ccvault"
 LAYERS = {
     "errors": 0,
     "_secret": 0,
+    "_sentinels": 0,
     "crypto": 1,
     "kms": 2,
     "keystore": 2,

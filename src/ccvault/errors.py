@@ -6,6 +6,8 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
      ├── ConfigurationError        the installation, settings or key files are wrong
      ├── DecryptionError           the one opaque failure for tampered, malformed or foreign data
      ├── SubjectShreddedError      the subject was erased (a business state, not a crypto fault)
+     │                             (both name table, column and primary key when a column
+     │                             read raises them)
      ├── RetentionExpiredError     the value's retention period expired (a business state)
      ├── KeyStoreError             the key store is unreachable or inconsistent
      └── KmsError                  a KMS backend refused or failed
@@ -50,24 +52,60 @@ class ConfigurationError(CcvaultError):
     """The installation, its settings or its key files are not usable as given."""
 
 
-class DecryptionError(CcvaultError):
+def _show(value: object) -> str:
+    return repr(value) if isinstance(value, str | bytes) else str(value)
+
+
+class _Located(Exception):
+    """Where a column read failed: ``table``, ``column`` and ``primary_key`` (the row's primary
+    key values in key order, or None when the statement did not select them all). All None
+    outside column reads. Never the value, its plaintext or its subject."""
+
+    MESSAGE = ""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        table: str | None = None,
+        column: str | None = None,
+        primary_key: tuple[object, ...] | None = None,
+    ) -> None:
+        self.table = table
+        self.column = column
+        self.primary_key = None if primary_key is None else tuple(primary_key)
+        text = self.MESSAGE if message is None else message
+        if table is not None or column is not None:
+            pk = self.primary_key
+            if pk is None:
+                key = "not selected"
+            elif len(pk) == 1:
+                key = _show(pk[0])
+            else:
+                key = f"({', '.join(_show(v) for v in pk)})"
+            text = f"{text}: {table}.{column}, primary key {key}"
+        super().__init__(text)
+
+
+class DecryptionError(_Located, CcvaultError):
     """A ciphertext could not be opened.
 
     Raised, always with the same message, for tampering, truncation, an unknown format version,
     suite or key id, a wrong context label and a wrong subject, so that the error is no oracle.
+    Raised by a column read, it also names where: ``table``, ``column`` and ``primary_key``
+    (also in the message), never why.
     """
 
     MESSAGE = "ciphertext could not be decrypted"
 
-    def __init__(self, message: str = MESSAGE) -> None:
-        super().__init__(message)
 
+class SubjectShreddedError(_Located, CcvaultError):
+    """The data subject was shredded: its keys are destroyed and no new key will be made.
 
-class SubjectShreddedError(CcvaultError):
-    """The data subject was shredded: its keys are destroyed and no new key will be made."""
+    Raised by a strict column read, it names ``table``, ``column`` and ``primary_key`` as
+    :class:`DecryptionError` does."""
 
-    def __init__(self, message: str = "the data subject has been shredded") -> None:
-        super().__init__(message)
+    MESSAGE = "the data subject has been shredded"
 
 
 class RetentionExpiredError(CcvaultError):

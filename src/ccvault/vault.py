@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, cast
 
 from sqlalchemy.engine import Engine
 
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
     from ._settings import CcvaultSettings
+    from .sqlalchemy._scrub import ScrubReport
 
 __all__ = [
     "NO_SUBJECT",
@@ -612,13 +613,37 @@ class Vault:
             ready += len(self._load_or_create(todo[i : i + _BATCH]))
         return ready
 
-    def attach(self, engine: Any, *, strict: bool = False) -> None:
+    def attach(
+        self, engine: Any, *, strict: bool = False, on_error: Literal["raise", "sentinel"] = "raise"
+    ) -> None:
         """Make ``engine`` (sync or async) encrypt and decrypt :class:`ccvault.sqlalchemy.Encrypted`
         columns with this vault. ``strict=True``: reads of shredded values raise instead of
-        returning ``SHREDDED``."""
+        returning ``SHREDDED``. ``on_error="sentinel"``: a value that fails to decrypt reads as
+        ``UNREADABLE`` (and is logged with its location) instead of raising DecryptionError;
+        a column's ``Encrypted(..., on_error=)`` overrides it."""
         from .sqlalchemy._attach import attach  # the one upward reference: the integration entry
 
-        attach(self, engine, strict=strict)
+        attach(self, engine, strict=strict, on_error=on_error)
+
+    def scrub(
+        self,
+        bind: Any,
+        models: Any,
+        *,
+        batch: int = 1000,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ScrubReport:
+        """Read every encrypted value of ``models`` through ``bind`` (an Engine or Connection of
+        the application database) and report what cannot be read.
+
+        ``models`` is a module, a declarative base or MetaData, a mapped class or Table, or a list
+        of them. Tables are read ``batch`` rows at a time in primary-key order; ``progress(table,
+        rows_read, rows_total)`` is called after each batch. The report counts per column the
+        values read, readable, shredded and unreadable, and names each unreadable one by table,
+        column and primary key. Read-only: it writes nothing and creates no key."""
+        from .sqlalchemy._scrub import scrub
+
+        return scrub(self, bind, models, batch=batch, progress=progress)
 
     def subject(self, subject: object) -> AbstractContextManager[None]:
         """``with vault.subject(x):`` — encrypt statements that cannot name their subject for x."""

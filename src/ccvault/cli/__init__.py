@@ -47,7 +47,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin["destroy-epochs"].add_argument(
         "--dry-run", action="store_true", help="print what would be destroyed, change nothing"
     )
+    scrub = sub.add_parser(
+        "scrub",
+        help="read every encrypted value of the application's models; report unreadable ones",
+        description="Read every encrypted value of the models' tables in batches (read-only) and "
+        "print a JSON report: per column the values readable, shredded and unreadable, and each "
+        "unreadable value's table, column and primary key. Exit status 0: all readable; "
+        "3: unreadable values found; 1: an error. The vault is configured by CCVAULT_* variables.",
+    )
+    scrub.add_argument(
+        "--models",
+        action="append",
+        required=True,
+        metavar="MODULE",
+        help="module defining the models, e.g. app.models (repeatable)",
+    )
+    scrub.add_argument(
+        "--database-url", required=True, help="SQLAlchemy URL of the application database"
+    )
+    scrub.add_argument("--batch", type=int, default=1000, help="rows per batch (1000)")
     args = parser.parse_args(argv)
+    if args.command == "scrub":
+        from ._scrub import run_scrub
+
+        if args.batch < 1:
+            parser.error("--batch must be at least 1")
+        return run_scrub(args.models, args.database_url, args.batch)
     if args.command in admin:
         from ._admin import run_admin
 

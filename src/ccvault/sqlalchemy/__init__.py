@@ -16,7 +16,21 @@
 See docs/sqlalchemy.md.
 """
 
-from ._types import SHREDDED, BlindIndex, Encrypted, Shredded
+from .._sentinels import SHREDDED, UNREADABLE, Sentinel, Shredded, Unreadable
+from ._scrub import ColumnCounts, ScrubReport, UnreadableValue
+from ._types import BlindIndex, Encrypted
 from ._write import StatementRefused
 
-__all__ = ["SHREDDED", "BlindIndex", "Encrypted", "Shredded", "StatementRefused"]
+__all__ = [
+    "SHREDDED",
+    "UNREADABLE",
+    "BlindIndex",
+    "ColumnCounts",
+    "Encrypted",
+    "ScrubReport",
+    "Sentinel",
+    "Shredded",
+    "StatementRefused",
+    "Unreadable",
+    "UnreadableValue",
+]

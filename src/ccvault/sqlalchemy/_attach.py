@@ -15,7 +15,7 @@ from sqlalchemy.orm import Mapper, Session
 from ..errors import ConfigurationError
 from . import _read, _write
 from ._plan import plan_for
-from ._types import ATTACHED, VAULT, encrypted_tables, searchable_tables
+from ._types import ATTACHED, ON_ERROR, VAULT, OnError, encrypted_tables, searchable_tables
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -53,11 +53,14 @@ def check_tables() -> None:
         plan_for(table)
 
 
-def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
+def attach(vault: Vault, engine: Any, *, strict: bool = False, on_error: OnError = "raise") -> None:
     """Encrypt every write and decrypt every read of encrypted columns on ``engine``.
 
     ``engine`` is an :class:`~sqlalchemy.engine.Engine` or an ``AsyncEngine``. ``strict=True``
     makes reads of shredded values raise SubjectShreddedError instead of returning SHREDDED.
+    ``on_error="sentinel"`` makes a value that fails to decrypt read as UNREADABLE (logged with
+    its table, column and primary key) instead of raising DecryptionError; a column's own
+    ``Encrypted(..., on_error=)`` overrides it.
     Every table with encrypted columns defined so far is checked first (ConfigurationError for
     duplicate context labels or a subject the database generates); models defined later are
     checked when SQLAlchemy configures their mappers, Core tables at their first statement.
@@ -65,6 +68,8 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
     sync = getattr(engine, "sync_engine", engine)
     if not isinstance(sync, Engine):
         raise ConfigurationError("attach() takes an SQLAlchemy Engine or AsyncEngine")
+    if on_error not in ON_ERROR:
+        raise ConfigurationError('attach(on_error=) is "raise" or "sentinel"')
     current = getattr(sync, "_ccvault_vault", None)
     if current is vault:
         return
@@ -76,7 +81,9 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
         sync, "before_execute", functools.partial(_write.before_execute, vault), retval=True
     )
     event.listen(
-        sync, "after_cursor_execute", functools.partial(_read.after_cursor_execute, vault, strict)
+        sync,
+        "after_cursor_execute",
+        functools.partial(_read.after_cursor_execute, vault, strict, on_error),
     )
     sync._ccvault_vault = vault  # type: ignore[attr-defined]
     setattr(sync.dialect, VAULT, vault)

@@ -6,12 +6,18 @@ encrypted column a fetch strategy that wraps the DBAPI cursor. Each batch the cu
 row-by-row iteration — is decrypted in one pass: the cold keys of the batch are loaded with one
 key-store query per 500, and where the row also holds the value's subject column (every ORM
 entity load does), the value's key must belong to that subject.
+
+The row loop has no error handling of its own: when one value of a batch fails, the batch is
+read again value by value (``_Reader._retry``), which knows each value's table, column and
+primary key, raises the located error, or puts ``UNREADABLE`` in the value's place where the
+column or attachment says ``on_error="sentinel"``.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -26,33 +32,77 @@ from sqlalchemy.sql.elements import (
     ColumnElement,
 )
 
+from .._sentinels import SHREDDED, UNREADABLE, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, SubjectShreddedError
 from ._codec import STR, CodecError
 from ._plan import ColumnPlan, plan_for
-from ._types import SHREDDED, BlindIndex, Encrypted
+from ._types import BlindIndex, Encrypted, OnError
 
 if TYPE_CHECKING:
     from ..vault import Vault
 
 __all__ = ["after_cursor_execute"]
 
+log = logging.getLogger("ccvault")
+
 _READ_AHEAD = 100
 _MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
 _HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
 _BODY = fmt.SUITE1_BODY_OFFSET
 _STR_TAG = STR.tag
+# What a failed value raises inside the row loop (a wrong subject and an unknown key raise
+# DecryptionError; a shredded value in strict mode SubjectShreddedError).
+_FAILURES = (
+    fmt.InvalidTag,
+    CodecError,
+    UnicodeDecodeError,
+    ValueError,
+    DecryptionError,
+    SubjectShreddedError,
+)
+
+# The primary key of a row: (row index, the column type's result processor) per key column.
+_PrimaryKey = tuple[tuple[int, Callable[[Any], Any] | None], ...]
 
 
 class _Slot:
-    __slots__ = ("col", "index", "strict", "subject_index")
+    __slots__ = ("col", "index", "on_error", "primary_key", "strict", "subject_index")
 
-    def __init__(self, index: int, col: ColumnPlan, subject_index: int | None, strict: bool):
+    def __init__(
+        self,
+        index: int,
+        col: ColumnPlan,
+        subject_index: int | None,
+        strict: bool,
+        on_error: OnError = "raise",
+        primary_key: _PrimaryKey | None = None,
+    ):
         self.index = index
         self.col = col
         self.subject_index = subject_index
         self.strict = strict
+        self.on_error = on_error
+        self.primary_key = primary_key  # None: the statement does not select all of it
+
+    def where(self, row: Sequence[Any]) -> dict[str, Any]:
+        """The location of this column's value in a raw row: table, column, primary key."""
+        pk = None
+        if self.primary_key is not None:
+            pk = tuple(_processed(row[i], process) for i, process in self.primary_key)
+        column = self.col.column
+        return {"table": column.table.fullname, "column": column.name, "primary_key": pk}
+
+
+def _processed(value: Any, process: Callable[[Any], Any] | None) -> Any:
+    """A raw primary key value as SQLAlchemy returns it (a UUID from SQLite's hex text)."""
+    if process is None or value is None:
+        return value
+    try:
+        return process(value)
+    except (TypeError, ValueError):
+        return value
 
 
 # What the row loop needs of one encrypted column, unpacked in one step: its index in the row,
@@ -82,13 +132,14 @@ _NO_FILTERS: Filters = []  # never mutated
 class _Reader:
     """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement."""
 
-    __slots__ = ("groups", "positions", "slots", "terms", "vault")
+    __slots__ = ("by_index", "groups", "positions", "slots", "terms", "vault")
 
     def __init__(self, vault: Vault, slots: list[_Slot], terms: list[_IndexTerm]) -> None:
         self.vault = vault
         self.slots = slots
         self.terms = terms
         self.positions = tuple(slot.index for slot in slots)
+        self.by_index = {slot.index: slot for slot in slots}
         by_subject: dict[int | None, list[_Column]] = {}
         for slot in slots:
             col = slot.col
@@ -118,7 +169,9 @@ class _Reader:
                 for name in names:
                     v = params.get(name)
                     values.extend(v if isinstance(v, list | tuple) else (v,))
-            allowed = frozenset([norm(v) for v in values if isinstance(v, str)])
+            allowed = frozenset(
+                [norm(v) for v in values if isinstance(v, str) and not isinstance(v, Sentinel)]
+            )
             out.append((term.index, norm, allowed))
         return out
 
@@ -139,81 +192,130 @@ class _Reader:
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
         if not rows:
             return []
+        known: dict[bytes, Any] = {}  # the keys this batch has met, by header
+        try:
+            return self._run(rows, filters, self.groups, known, False)
+        except _FAILURES:
+            return self._retry(rows, filters, known)
+
+    def _run(
+        self,
+        rows: Sequence[Any],
+        filters: Filters | None,
+        groups: tuple[_Group, ...],
+        known: dict[bytes, Any],
+        batch_loaded: bool,
+    ) -> list[Any]:
+        """The row loop: decrypt ``groups`` of ``rows``. Raises one of ``_FAILURES`` at the first
+        value that cannot be read, with no location (``_retry`` finds it)."""
         vault = self.vault
         cached = vault._read_key_lookup()  # warm keys by header
-        known: dict[bytes, Any] = {}  # the keys this batch has met, by header
         known_get = known.get
-        batch_loaded = False
         subject_ref = vault.subject_ref
-        groups = self.groups
         out: list[tuple[Any, ...]] = []
         append = out.append
-        try:
-            for row in rows:
-                new = list(row)
-                for subject_index, columns in groups:
-                    subject = None if subject_index is None else row[subject_index]
-                    verified = None  # the last key found to belong to this row's subject
-                    for index, ctx_lp, loads, strict, unsealed in columns:
-                        blob = row[index]
-                        if blob is None:
+        for row in rows:
+            new = list(row)
+            for subject_index, columns in groups:
+                subject = None if subject_index is None else row[subject_index]
+                verified = None  # the last key found to belong to this row's subject
+                for index, ctx_lp, loads, strict, unsealed in columns:
+                    blob = row[index]
+                    if blob is None:
+                        continue
+                    if type(blob) is not bytes:
+                        if not isinstance(blob, bytearray | memoryview):
+                            new[index] = unsealed(blob)  # text, a number: no ciphertext
                             continue
-                        if type(blob) is not bytes:
-                            if not isinstance(blob, bytearray | memoryview):
-                                new[index] = unsealed(blob)  # text, a number: no ciphertext
-                                continue
-                            blob = bytes(blob)
-                        header = blob[:_HEADER]
-                        key: Any = known_get(header)
-                        if key is None:
-                            key = cached(header)
-                            if key is None and not batch_loaded:
-                                # A cold key: resolve every key of the batch together (one
-                                # key-store query per 500 cold ones), not one query per key.
-                                known.update(vault._read_keys_batch(self._headers(rows)))
-                                batch_loaded = True
-                                key = known_get(header)
-                            if key is None:  # an unknown key, version or suite
-                                new[index] = unsealed(blob)
-                                continue
-                            known[header] = key
-                        if key is not verified and subject_index is not None:
-                            # Each value must belong to the row's subject (checked before the
-                            # shred state: a moved value is no erasure).
-                            if subject is None:
-                                if key.ref:
-                                    raise DecryptionError
-                            else:
-                                checked = key.checked
-                                if checked is None or checked != subject:
-                                    if subject_ref(subject) != key.ref:
-                                        raise DecryptionError  # another customer's value
-                                    key.checked = subject
-                            verified = key
-                        if key.aead is None:  # the shredded tombstone
-                            if strict:
-                                raise SubjectShreddedError
-                            new[index] = SHREDDED
+                        blob = bytes(blob)
+                    header = blob[:_HEADER]
+                    key: Any = known_get(header)
+                    if key is None:
+                        key = cached(header)
+                        if key is None and not batch_loaded:
+                            # A cold key: resolve every key of the batch together (one
+                            # key-store query per 500 cold ones), not one query per key.
+                            known.update(vault._read_keys_batch(self._headers(rows)))
+                            batch_loaded = True
+                            key = known_get(header)
+                        if key is None:  # an unknown key, version or suite
+                            new[index] = unsealed(blob)
                             continue
-                        # (a value too short for its nonce and tag fails here too: ValueError
-                        # for the nonce, InvalidTag for the tag)
-                        plaintext = key.decrypt(
-                            blob[_HEADER:_BODY],
-                            blob[_BODY:],
-                            key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
-                        )
-                        if loads is not None:
-                            new[index] = loads(plaintext)
-                        elif plaintext and plaintext[0] == _STR_TAG:  # the str codec, inline
-                            new[index] = plaintext.decode()[1:]
+                        known[header] = key
+                    if key is not verified and subject_index is not None:
+                        # Each value must belong to the row's subject (checked before the
+                        # shred state: a moved value is no erasure).
+                        if subject is None:
+                            if key.ref:
+                                raise DecryptionError
                         else:
-                            raise CodecError
-                if filters and not _matches(new, filters):
-                    continue  # a truncated-index collision: another customer's value
-                append(tuple(new))
-        except (fmt.InvalidTag, CodecError, UnicodeDecodeError, ValueError):
-            raise DecryptionError from None
+                            checked = key.checked
+                            if checked is None or checked != subject:
+                                if subject_ref(subject) != key.ref:
+                                    raise DecryptionError  # another customer's value
+                                key.checked = subject
+                        verified = key
+                    if key.aead is None:  # the shredded tombstone
+                        if strict:
+                            raise SubjectShreddedError
+                        new[index] = SHREDDED
+                        continue
+                    # (a value too short for its nonce and tag fails here too: ValueError
+                    # for the nonce, InvalidTag for the tag)
+                    plaintext = key.decrypt(
+                        blob[_HEADER:_BODY],
+                        blob[_BODY:],
+                        key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
+                    )
+                    if loads is not None:
+                        new[index] = loads(plaintext)
+                    elif plaintext and plaintext[0] == _STR_TAG:  # the str codec, inline
+                        new[index] = plaintext.decode()[1:]
+                    else:
+                        raise CodecError
+            if filters and not _matches(new, filters):
+                continue  # a truncated-index collision: another customer's value
+            append(tuple(new))
         return out
+
+    def _retry(
+        self, rows: Sequence[Any], filters: Filters | None, known: dict[bytes, Any]
+    ) -> list[Any]:
+        """The slow path of a batch in which a value failed: each row again, and each value of a
+        row that fails alone, so the failure is named or replaced and the rest reads normally."""
+        known.update(self.vault._read_keys_batch(self._headers(rows)))
+        out: list[tuple[Any, ...]] = []
+        for row in rows:
+            try:
+                (new,) = self._run((row,), None, self.groups, known, True)
+            except _FAILURES:
+                values = list(row)
+                for subject_index, columns in self.groups:
+                    for column in columns:
+                        index = column[0]
+                        try:
+                            (one,) = self._run(
+                                (row,), None, ((subject_index, (column,)),), known, True
+                            )
+                            values[index] = one[index]
+                        except _FAILURES as exc:
+                            values[index] = self._failed(row, self.by_index[index], exc)
+                new = tuple(values)
+            if filters and not _matches(new, filters):
+                continue
+            out.append(new)
+        return out
+
+    def _failed(self, row: Sequence[Any], slot: _Slot, exc: BaseException) -> Any:
+        """What a value that failed reads as: a located error, or UNREADABLE (logged)."""
+        where = slot.where(row)
+        if isinstance(exc, SubjectShreddedError):  # a strict column or attachment
+            raise SubjectShreddedError(**where) from None
+        error = DecryptionError(**where)
+        if slot.on_error != "sentinel":
+            raise error from None
+        log.warning("%s; read as UNREADABLE", error, extra=where)
+        return UNREADABLE
 
 
 def _refuse(value: Any) -> Any:
@@ -257,25 +359,29 @@ def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
     return read
 
 
-def _matches(row: list[Any], filters: Filters) -> bool:
+def _matches(row: Sequence[Any], filters: Filters) -> bool:
     for index, norm, allowed in filters:
         value = row[index]
-        if not isinstance(value, str) or norm(value) not in allowed:
+        # an exact str: a sentinel (a str subclass) never matches, nor reaches the normaliser
+        if type(value) is not str or norm(value) not in allowed:
             return False
     return True
 
 
 # -- building a reader for a compiled statement ------------------------------------------------
 
-_readers: weakref.WeakKeyDictionary[Any, tuple[int, _Reader | None]] = weakref.WeakKeyDictionary()
+_readers: weakref.WeakKeyDictionary[Any, tuple[tuple[int, bool, str], _Reader | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _reader_for(vault: Vault, compiled: Any, strict: bool) -> _Reader | None:
+def _reader_for(vault: Vault, compiled: Any, strict: bool, on_error: OnError) -> _Reader | None:
+    options = (id(vault), strict, on_error)
     cached = _readers.get(compiled)
-    if cached is not None and cached[0] == id(vault):
+    if cached is not None and cached[0] == options:
         return cached[1]
-    reader = _build_reader(vault, compiled, strict)
-    _readers[compiled] = (id(vault), reader)
+    reader = _build_reader(vault, compiled, strict, on_error)
+    _readers[compiled] = (options, reader)
     return reader
 
 
@@ -292,7 +398,9 @@ def _base(obj: Any) -> tuple[sa.Column[Any], Any] | None:
     return None
 
 
-def _build_reader(vault: Vault, compiled: Any, strict: bool) -> _Reader | None:
+def _build_reader(
+    vault: Vault, compiled: Any, strict: bool, on_error: OnError = "raise"
+) -> _Reader | None:
     entries = getattr(compiled, "_result_columns", None)
     if not entries or not any(isinstance(e.type, Encrypted) for e in entries):
         return None
@@ -315,13 +423,35 @@ def _build_reader(vault: Vault, compiled: Any, strict: bool) -> _Reader | None:
         col = plan.by_key.get(column.key) if plan is not None else None
         if plan is None or col is None:
             raise DecryptionError
-        subject_index = None
-        for j, other in enumerate(bases):
-            if other is not None and other[0] is plan.subject and other[1] is source:
-                subject_index = j
-                break
-        slots.append(_Slot(i, col, subject_index, strict or col.etype.strict))
+        primary_key: list[tuple[int, Callable[[Any], Any] | None]] | None = []
+        for key_column in column.table.primary_key.columns:
+            j = _position(bases, key_column, source)
+            if j is None or primary_key is None:
+                primary_key = None
+                continue
+            impl = entries[j].type.dialect_impl(compiled.dialect)
+            primary_key.append((j, impl.result_processor(compiled.dialect, None)))
+        slots.append(
+            _Slot(
+                i,
+                col,
+                _position(bases, plan.subject, source),
+                strict or col.etype.strict,
+                col.etype.on_error or on_error,
+                tuple(primary_key) if primary_key else None,
+            )
+        )
     return _Reader(vault, slots, _index_terms(compiled, bases, slots))
+
+
+def _position(
+    bases: list[tuple[sa.Column[Any], Any] | None], column: Any, source: Any
+) -> int | None:
+    """Where the row holds ``column`` of the same FROM object, if the statement selects it."""
+    for j, other in enumerate(bases):
+        if other is not None and other[0] is column and other[1] is source:
+            return j
+    return None
 
 
 def _index_terms(
@@ -469,6 +599,7 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
 def after_cursor_execute(
     vault: Vault,
     strict: bool,
+    on_error: OnError,
     conn: Any,
     cursor: Any,
     statement: Any,
@@ -479,7 +610,7 @@ def after_cursor_execute(
     compiled = getattr(context, "compiled", None)
     if compiled is None or cursor.description is None:
         return
-    reader = _reader_for(vault, compiled, strict)
+    reader = _reader_for(vault, compiled, strict, on_error)
     if reader is None:
         return
     inner = context.cursor_fetch_strategy

@@ -1,9 +1,9 @@
-"""The ``Encrypted`` column type and the shredded-value sentinel."""
+"""The ``Encrypted`` and ``BlindIndex`` column types."""
 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -11,6 +11,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
+from .._sentinels import (
+    SHREDDED,
+    Sentinel,
+    Shredded,
+    refusal,
+)  # SHREDDED, Shredded: kept importable here
 from ..crypto._blind import BlindIndexer
 from ..crypto._blind import normalizer as _normalizer
 from ..crypto._format import OVERHEAD, SUITE_AES256GCM
@@ -19,12 +25,15 @@ from ._codec import Codec, codec_for
 
 __all__ = [
     "ATTACHED",
+    "ON_ERROR",
     "SHREDDED",
     "VAULT",
     "BlindIndex",
     "Encrypted",
     "IndexValue",
+    "OnError",
     "Sealed",
+    "Sentinel",
     "Shredded",
 ]
 
@@ -32,38 +41,8 @@ ATTACHED = "_ccvault_attached"  # set on an engine's dialect by attach()
 VAULT = "_ccvault_vault"  # the attached vault, on the dialect
 
 OnNullSubject = Literal["error", "vaultwide"]
-
-
-class Shredded:
-    """The value of an encrypted column whose data subject was shredded.
-
-    Reads return the one instance :data:`SHREDDED` (unless the column or attachment is strict,
-    then they raise :class:`~ccvault.errors.SubjectShreddedError`). It is falsy, prints as
-    ``[shredded]``, and binding it back to a column raises instead of writing anything.
-    """
-
-    __slots__ = ()
-    _instance: Shredded | None = None
-
-    def __new__(cls) -> Shredded:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "SHREDDED"
-
-    def __str__(self) -> str:
-        return "[shredded]"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __reduce__(self) -> str:
-        return "SHREDDED"
-
-
-SHREDDED: Final = Shredded()
+OnError = Literal["raise", "sentinel"]
+ON_ERROR: tuple[OnError, ...] = ("raise", "sentinel")
 
 
 class Sealed(bytes):
@@ -86,7 +65,9 @@ class Encrypted(TypeDecorator[Any]):
     The context label defaults to ``"table.column"``; pin it with ``context=`` when renaming.
     ``on_null_subject="vaultwide"`` encrypts rows whose subject is NULL under the label's
     vault-wide key instead of raising. ``strict=True`` raises SubjectShreddedError on reads of
-    shredded values instead of returning :data:`SHREDDED`.
+    shredded values instead of returning :data:`SHREDDED`. ``on_error="sentinel"`` reads a value
+    that fails to decrypt as :data:`UNREADABLE` (and logs where it is) instead of raising
+    DecryptionError; ``"raise"`` raises; unset, the column follows ``vault.attach(on_error=)``.
 
     ``legacy_plaintext=True`` is the migration flag for a column whose existing rows still hold
     plaintext (docs/sqlalchemy.md, "Encrypting an existing column"): reads return a stored value
@@ -109,6 +90,7 @@ class Encrypted(TypeDecorator[Any]):
         searchable: str | None = None,
         index_bytes: int = 8,
         legacy_plaintext: bool = False,
+        on_error: OnError | None = None,
     ) -> None:
         wrapped = type_() if isinstance(type_, type) else type_
         if isinstance(wrapped, Encrypted):
@@ -117,6 +99,8 @@ class Encrypted(TypeDecorator[Any]):
             raise ConfigurationError("subject= names the column holding the row's data subject")
         if on_null_subject not in ("error", "vaultwide"):
             raise ConfigurationError('on_null_subject is "error" or "vaultwide"')
+        if on_error is not None and on_error not in ON_ERROR:
+            raise ConfigurationError('on_error is "raise" or "sentinel"')
         if context is not None and (not isinstance(context, str) or not context):
             raise ConfigurationError("context= must be a non-empty string")
         self.wrapped = wrapped
@@ -137,6 +121,7 @@ class Encrypted(TypeDecorator[Any]):
         self.on_null_subject = on_null_subject
         self.strict = strict
         self.legacy_plaintext = bool(legacy_plaintext)
+        self.on_error: OnError | None = on_error
         super().__init__()
 
     # -- identity, caching, migrations -----------------------------------------------------------
@@ -153,6 +138,7 @@ class Encrypted(TypeDecorator[Any]):
             self.searchable,
             self.index_bytes,
             self.legacy_plaintext,
+            self.on_error,
         )
 
     def __repr__(self) -> str:
@@ -169,6 +155,8 @@ class Encrypted(TypeDecorator[Any]):
             args.append(f"searchable={self.searchable!r}")
             if self.index_bytes != 8:
                 args.append(f"index_bytes={self.index_bytes}")
+        if self.on_error is not None:
+            args.append(f"on_error={self.on_error!r}")
         return f"Encrypted({', '.join(args)})"
 
     @property
@@ -185,6 +173,7 @@ class Encrypted(TypeDecorator[Any]):
             searchable=self.searchable,
             index_bytes=self.index_bytes,
             legacy_plaintext=self.legacy_plaintext,
+            on_error=self.on_error,
         )
 
     # -- storage ---------------------------------------------------------------------------------
@@ -222,8 +211,8 @@ class Encrypted(TypeDecorator[Any]):
                 return None
             if type(value) is Sealed:
                 return bytes(value)
-            if value is SHREDDED:
-                raise TypeError("a shredded value cannot be written back")
+            if isinstance(value, Sentinel):
+                raise TypeError(refusal(value))
             raise ConfigurationError(
                 "a value for an Encrypted column reached the database without being encrypted: "
                 "attach the vault to this engine (vault.attach(engine)), and write encrypted "
@@ -327,6 +316,8 @@ class BlindIndex(TypeDecorator[bytes]):
                 return bytes(value)
             if not isinstance(value, str):
                 raise TypeError(f"{label}: search values are str")
+            if isinstance(value, Sentinel):  # a str, but no data: never hashed, never found
+                raise TypeError(f"{label}: {value!r} is no search value")
             vault = getattr(dialect, VAULT, None)
             if vault is None:
                 raise ConfigurationError("blind-index search needs vault.attach(engine)")

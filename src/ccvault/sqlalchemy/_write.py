@@ -24,12 +24,13 @@ from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
+from .._sentinels import Sentinel, refusal
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError
 from ..vault import NO_SUBJECT
 from ._codec import STR
 from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
-from ._types import SHREDDED, IndexValue, Sealed
+from ._types import IndexValue, Sealed
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -362,8 +363,8 @@ def _encrypt_row(
 
 
 def _dumps(col: ColumnPlan, value: Any) -> bytes:
-    if value is SHREDDED:
-        raise TypeError(f"{col.label}: a shredded value cannot be written back")
+    if isinstance(value, Sentinel):  # SHREDDED, UNREADABLE, ...: a str, but no data
+        raise TypeError(f"{col.label}: {refusal(value)}")
     if not isinstance(value, col.python_types) or (col.rejects_bool and isinstance(value, bool)):
         raise TypeError(f"{col.label} takes {col.codec.name} values, not {type(value).__name__}")
     try:
@@ -388,7 +389,11 @@ def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> N
         if changed:
             for col in plan.columns:
                 prop = mapper.get_property_by_column(col.column)
-                getattr(target, prop.key)  # load it if deferred or expired
+                if isinstance(getattr(target, prop.key), Sentinel):  # (loads it if deferred)
+                    raise StatementRefused(
+                        f"{plan.table.name}.{col.column.name} holds a read sentinel, not data: "
+                        "the row cannot move to another subject"
+                    )
                 attributes.flag_modified(target, prop.key)
         pk = tuple(state.key[1])  # the identity: the primary key the UPDATE's WHERE names
         rows = connection.info.setdefault(_ORM_ROWS, {})
