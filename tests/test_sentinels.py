@@ -163,10 +163,11 @@ def test_a_sentinel_is_no_search_argument(app: sa.Engine, value: Sentinel) -> No
         Customer.email.in_([value]),
         Customer.email.in_(["x@example.com", value]),
     ):
-        with Session(app) as s, pytest.raises(sa.exc.StatementError) as info:
+        with Session(app) as s, pytest.raises(TypeError) as info:
             s.scalars(select(Customer).where(clause)).all()
-        assert isinstance(info.value.orig, TypeError)
-        assert "no search value" in str(info.value.orig)
+        # ccvault's own error, never wrapped in a StatementError that lists the parameters
+        assert not isinstance(info.value, sa.exc.StatementError)
+        assert "no search value" in str(info.value)
     with Session(app) as s:  # the same text as data is found as data
         (found,) = s.scalars(select(Customer).where(Customer.email == str(value))).all()
         assert found.email == str(value)

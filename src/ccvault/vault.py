@@ -625,6 +625,14 @@ class Vault:
 
         attach(self, engine, strict=strict, on_error=on_error)
 
+    def detach(self, engine: Any) -> None:
+        """Undo :meth:`attach` (for application factories and test fixtures that attach the same
+        engine again, possibly to another vault). The detached engine refuses to read or write
+        encrypted columns; this vault's shreds no longer sweep its tables."""
+        from .sqlalchemy._attach import detach
+
+        detach(self, engine)
+
     def scrub(
         self,
         bind: Any,

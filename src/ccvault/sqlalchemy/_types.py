@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
@@ -20,7 +21,7 @@ from .._sentinels import (
 from ..crypto._blind import BlindIndexer
 from ..crypto._blind import normalizer as _normalizer
 from ..crypto._format import OVERHEAD, SUITE_AES256GCM
-from ..errors import ConfigurationError
+from ..errors import CcvaultError, ConfigurationError
 from ._codec import Codec, codec_for
 
 __all__ = [
@@ -43,6 +44,20 @@ VAULT = "_ccvault_vault"  # the attached vault, on the dialect
 OnNullSubject = Literal["error", "vaultwide"]
 OnError = Literal["raise", "sentinel"]
 ON_ERROR: tuple[OnError, ...] = ("raise", "sentinel")
+
+
+class BindRefused(CcvaultError, TypeError):
+    """A value the bind step of an encrypted or blind-index column refuses (a TypeError)."""
+
+
+@sa.event.listens_for(Engine, "handle_error")
+def _raise_as_is(context: Any) -> BaseException | None:
+    """ccvault's own errors from a bind step reach the caller as themselves, never wrapped in
+    a StatementError whose message lists the statement's parameters (plaintext) in clear."""
+    error = context.original_exception
+    if isinstance(error, CcvaultError) and context.sqlalchemy_exception is not None:
+        return copy.copy(error)  # raised "from" the original, which names no parameter
+    return None
 
 
 class Sealed(bytes):
@@ -212,7 +227,7 @@ class Encrypted(TypeDecorator[Any]):
             if type(value) is Sealed:
                 return bytes(value)
             if isinstance(value, Sentinel):
-                raise TypeError(refusal(value))
+                raise BindRefused(refusal(value))
             raise ConfigurationError(
                 "a value for an Encrypted column reached the database without being encrypted: "
                 "attach the vault to this engine (vault.attach(engine)), and write encrypted "
@@ -315,9 +330,9 @@ class BlindIndex(TypeDecorator[bytes]):
             if type(value) is IndexValue:
                 return bytes(value)
             if not isinstance(value, str):
-                raise TypeError(f"{label}: search values are str")
+                raise BindRefused(f"{label}: search values are str")
             if isinstance(value, Sentinel):  # a str, but no data: never hashed, never found
-                raise TypeError(f"{label}: {value!r} is no search value")
+                raise BindRefused(f"{label}: {value!r} is no search value")
             vault = getattr(dialect, VAULT, None)
             if vault is None:
                 raise ConfigurationError("blind-index search needs vault.attach(engine)")
