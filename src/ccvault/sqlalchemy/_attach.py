@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, Session
 
 from ..errors import ConfigurationError
-from . import _read, _write
+from . import _inspect, _read, _write
 from ._plan import plan_for
 from ._types import ATTACHED, VAULT, encrypted_tables, searchable_tables
 
@@ -75,6 +75,7 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False) -> None:
     event.listen(
         sync, "before_execute", functools.partial(_write.before_execute, vault), retval=True
     )
+    event.listen(sync, "before_cursor_execute", _inspect.before_cursor_execute, retval=True)
     event.listen(
         sync, "after_cursor_execute", functools.partial(_read.after_cursor_execute, vault, strict)
     )
