@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, Session
 
 from ..errors import ConfigurationError
-from . import _read, _write
+from . import _inspect, _read, _write
 from ._plan import plan_for
 from ._types import (
     ATTACHED,
@@ -110,6 +110,9 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False, on_error: OnError
         # encrypted columns while none is (after detach()), so no ciphertext is ever returned
         # as data by processors SQLAlchemy cached while the engine was attached.
         event.listen(sync, "before_execute", functools.partial(_before_execute, sync), retval=True)
+        # Statements that would compute on ciphertext (ORDER BY, DISTINCT, max(), ...) are
+        # refused before they reach the database, attached or not.
+        event.listen(sync, "before_cursor_execute", _inspect.before_cursor_execute, retval=True)
         event.listen(sync, "after_cursor_execute", functools.partial(_after_cursor_execute, sync))
     hook = functools.partial(_clear_blind_indexes, sync)
     setattr(sync, _ATTACHMENT, _Attachment(vault, strict, on_error, hook))

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
@@ -257,6 +258,11 @@ class Encrypted(TypeDecorator[Any]):
     class comparator_factory(TypeDecorator.Comparator[Any]):
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
             name = getattr(op, "__name__", "")
+            if name in ("eq", "ne") and _is_null(other[0]):
+                # == None / != None: IS NULL / IS NOT NULL on the value column, as everywhere
+                # in SQLAlchemy, searchable or not. Never on the blind index: a shred sets it
+                # to NULL while the (unreadable) value stays.
+                return super().operate(op, *other, **kwargs)
             etype = self.type
             if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
                 index = _companion(self.expr)
@@ -265,14 +271,32 @@ class Encrypted(TypeDecorator[Any]):
                 return index.in_(other[0])
             if name not in _ALLOWED_OPS:
                 hint = " (declare searchable= for == and in_)" if name in ("eq", "in_op") else ""
+                works = "== None / != None (IS NULL / IS NOT NULL)"
+                if getattr(etype, "searchable", None) is not None:
+                    works = f"== and in_() with values (its blind index) and {works}"
+                shown = name.removesuffix("_op") or op
                 raise TypeError(
-                    f"cannot use {name or op} on an encrypted column: the database holds only "
-                    f"ciphertext{hint}; IS NULL / IS NOT NULL work"
+                    f"cannot use {shown} on the encrypted column {column_name(self.expr)}: the "
+                    f"database holds only ciphertext{hint}; only {works} work"
                 )
             return super().operate(op, *other, **kwargs)
 
         def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
             raise TypeError("cannot compare an encrypted column")
+
+
+def column_name(col: Any) -> str:
+    """``table.column`` of the table column behind ``col`` (through labels, aliases and
+    subqueries), for error messages."""
+    for candidate in getattr(col, "proxy_set", ()):
+        if isinstance(candidate, sa.Column) and isinstance(candidate.table, sa.Table):
+            return f"{candidate.table.name}.{candidate.name}"
+    table = getattr(col, "table", None)
+    return f"{getattr(table, 'name', '?')}.{getattr(col, 'name', '?')}"
+
+
+def _is_null(other: Any) -> bool:
+    return other is None or isinstance(other, Null)
 
 
 def _companion(expr: Any) -> Any:

@@ -57,7 +57,8 @@ def scoped_subject(vault: Vault, subject: object) -> Iterator[None]:
 
 
 class StatementRefused(ConfigurationError):
-    """A statement that cannot be encrypted row by row (raised before it runs)."""
+    """A statement that cannot be encrypted row by row, or that would order, group, deduplicate,
+    compare or aggregate ciphertext (raised before it runs)."""
 
 
 def before_execute(
