@@ -1146,14 +1146,7 @@ class Vault:
         keys: Sequence[KeyRecord],
     ) -> ErasureReceipt:
         shredded_at = datetime.fromtimestamp(now, tz=timezone.utc)
-        horizon = None
-        if self._per_epoch_roots:
-            retires = max(
-                datetime.fromtimestamp(epoch.created_at, tz=timezone.utc)
-                + self.epoch_rotation_period,
-                shredded_at,
-            )
-            horizon = retires + self.backup_retention
+        horizon = self._erasure_horizon(epoch, shredded_at) if self._per_epoch_roots else None
         receipt = ErasureReceipt(
             receipt_id=uuid.uuid4().hex,
             installation_id=self.installation_id,
@@ -1172,6 +1165,27 @@ class Vault:
         )
         return sign_receipt(receipt, self._receipt_seed.reveal())
 
+    def _erasure_horizon(self, epoch: EpochRecord, shredded_at: datetime) -> datetime:
+        """The date after which no backup of the key store can bring back what a shred under
+        ``epoch`` destroyed, under the operating assumptions of docs/security.md ("Erasure
+        horizon"): the epoch retires when its rotation is due — or, already overdue at the shred,
+        within one rotation period of it —, is destroyed by the daily job once the backup window
+        has passed, and its roots are then beyond recall after the KMS's own waiting period."""
+        retires = (
+            datetime.fromtimestamp(epoch.created_at, tz=timezone.utc) + self.epoch_rotation_period
+        )
+        if retires <= shredded_at:  # rotation overdue: its date says nothing any more
+            retires = shredded_at + self.epoch_rotation_period
+        return (
+            retires
+            + self.backup_retention
+            + _DESTROY_JOB_INTERVAL
+            + self._kms.root_destruction_delay
+        )
+
+
+_DESTROY_JOB_INTERVAL: Final = timedelta(days=1)
+"""``destroy_epochs()`` runs daily: an epoch may be destroyed up to this long after it is due."""
 
 _MAX_KMS_BACKOFF: Final = 60.0
 """Longest pause between two KMS attempts while a cached epoch key serves an outage."""
