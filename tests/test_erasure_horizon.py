@@ -7,19 +7,15 @@ docs/security.md ("Erasure horizon") the epoch is beyond recall by then.
 
 from __future__ import annotations
 
-import json
-import os
-import sqlite3
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from admin_cli import configure, run, sqlite_backup
 from ccvault import KmsKeyNotFoundError, Vault
-from ccvault.cli import main
 from ccvault.kms import LocalKms, MultiKms, RootState
 from ccvault.testing import FrozenClock
 from ccvault.testing._basics import KmsWrapper
@@ -31,15 +27,6 @@ ROTATION, RETENTION = timedelta(days=30), timedelta(days=35)
 
 def _at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def _backup(source: Path, target: Path) -> None:
-    src, dst = sqlite3.connect(source), sqlite3.connect(target)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
 
 
 @pytest.mark.parametrize("shred_day", [0.0, 5.0, 29.5, 30.0, 40.0, 95.0])
@@ -89,7 +76,7 @@ def test_the_epoch_is_beyond_recall_by_the_horizon_even_with_the_latest_jobs(
         vault.encrypt(subject, b"asked to be forgotten", context=CTX)
         created = vault.epochs()[0].created_at
         root = vault.epochs()[0].roots[0][1]
-        _backup(tmp_path / "keys.db", tmp_path / "backup.db")  # the nightly backup, before
+        sqlite_backup(tmp_path / "keys.db", tmp_path / "backup.db")  # the nightly backup, before
         clock.advance(shred_day * DAY)
         receipt = vault.shred(subject)
         assert receipt.erasure_horizon is not None
@@ -114,23 +101,10 @@ def test_the_epoch_is_beyond_recall_by_the_horizon_even_with_the_latest_jobs(
 def test_status_flags_the_overdue_rotation_that_moves_the_horizon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("CCVAULT_"):
-            monkeypatch.delenv(name)
-    kms = LocalKms.generate(tmp_path / "m.key")
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{tmp_path / 'm.key'}")
-    monkeypatch.setenv("CCVAULT_KEYSTORE_URL", url)
-    monkeypatch.setenv("CCVAULT_PER_EPOCH_ROOTS", "true")
-
-    def run(*argv: str) -> dict[str, Any]:
-        assert main(list(argv)) == 0
-        result: dict[str, Any] = json.loads(capsys.readouterr().out)
-        return result
-
+    kms, url = configure(tmp_path, monkeypatch, per_epoch_roots="true")
     with Vault(kms, url, per_epoch_roots=True, clock=FrozenClock()):  # epoch 1 made in 2023
         pass
-    status = run("status")
+    status = run(capsys, "status")
     assert status["rotation_overdue"] is True
     assert datetime.fromisoformat(status["rotation_due_at"]).timestamp() < time.time()
     with Vault(kms, url, per_epoch_roots=True) as vault:  # the application, today
@@ -138,7 +112,7 @@ def test_status_flags_the_overdue_rotation_that_moves_the_horizon(
         receipt = vault.shred(uuid.uuid4())
     assert receipt.erasure_horizon is not None
     assert receipt.erasure_horizon >= now + ROTATION + RETENTION
-    run("rotate-epoch")
-    status = run("status")
+    run(capsys, "rotate-epoch")
+    status = run(capsys, "status")
     assert status["rotation_overdue"] is False
     assert datetime.fromisoformat(status["rotation_due_at"]).timestamp() > time.time()
