@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from admin_cli import sqlite_backup
 from ccvault import (
     KmsError,
     KmsKeyNotFoundError,
@@ -42,16 +42,6 @@ def _states(url: str) -> dict[int, str]:
         store.close()
 
 
-def _backup(source: Path, target: Path) -> None:
-    """An online SQLite backup (WAL included), as a backup job takes it."""
-    src, dst = sqlite3.connect(source), sqlite3.connect(target)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-
-
 def test_backup_from_a_destroyed_epoch_no_longer_opens(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     kms, clock = LocalKms.from_file(tmp_path / "master.key", create=True), FrozenClock()
@@ -59,7 +49,7 @@ def test_backup_from_a_destroyed_epoch_no_longer_opens(tmp_path: Path) -> None:
     with Vault(kms, url, per_epoch_roots=True, clock=clock) as vault:
         kept_blob = vault.encrypt(kept, b"still a customer", context=CTX)
         erased_blob = vault.encrypt(erased, b"asked to be forgotten", context=CTX)
-        _backup(tmp_path / "keys.db", tmp_path / "backup.db")  # the nightly backup
+        sqlite_backup(tmp_path / "keys.db", tmp_path / "backup.db")  # the nightly backup
         receipt = vault.shred(erased)
         assert receipt.erasure_horizon is not None
         vault.rotate_epoch()

@@ -759,6 +759,40 @@ def test_destroy_root_schedules_deletion_with_the_configured_window(client: Any,
     assert kms.current_root() == arn  # the destroyed root no longer wraps
 
 
+@pytest.mark.parametrize("window", [7, 30])
+def test_the_pending_window_is_the_declared_destruction_delay_and_in_the_horizon(
+    client: Any, arn: str, tmp_path: Path, window: int
+) -> None:
+    """AWS can cancel a deletion inside its waiting period: receipts count it (issue 11, 10)."""
+    from datetime import datetime, timedelta, timezone
+
+    from ccvault.kms import LocalKms, MultiKms
+    from ccvault.testing import FrozenClock
+
+    kms = AwsKms(arn, client=client, pending_window_days=window)
+    assert kms.root_destruction_delay == timedelta(days=window)
+    # Never understated: AWS deletes the root no later than that after destroy_root.
+    root = kms.new_root()
+    before = time.time()
+    kms.destroy_root(root)
+    deletion = client.describe_key(KeyId=root)["KeyMetadata"]["DeletionDate"].timestamp()
+    assert deletion - before <= kms.root_destruction_delay.total_seconds() + 60
+
+    clock = FrozenClock(time.time())
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    with Vault(kms, url, per_epoch_roots=True, clock=clock) as vault:
+        created = datetime.fromtimestamp(vault.epochs()[0].created_at, tz=timezone.utc)
+        clock.advance(5 * 86_400)
+        receipt = vault.shred(uuid.uuid4())
+        retire_by = created + vault.epoch_rotation_period
+        assert receipt.erasure_horizon is not None
+        assert receipt.erasure_horizon >= (
+            retire_by + vault.backup_retention + timedelta(days=window)
+        )
+    multi = MultiKms(LocalKms.ephemeral(), kms)
+    assert multi.root_destruction_delay == timedelta(days=window)
+
+
 def test_destroy_root_refuses_keys_ccvault_did_not_create(
     server: Any, client: Any, arn: str
 ) -> None:

@@ -161,8 +161,13 @@ def test_admin_commands_run_on_the_configured_vault(
     assert [(e["seq"], e["state"]) for e in epochs] == [(1, "active")]
     assert epochs[0]["kms"][0]["kms_id"] == first.kms_id
     # K_ref and the receipt key
-    assert run("rotate-epoch") == {"epoch_seq": 2, "rewrapped": 2, "resumed": False}
-    assert run("destroy-epochs") == {"destroyed_epochs": [1]}
+    assert run("rotate-epoch") == {
+        "epoch_seq": 2,
+        "rewrapped": 2,
+        "resumed": False,
+        "quarantined": [],
+    }
+    assert run("destroy-epochs") == {"destroyed_epochs": [1], "held_by_quarantined_keys": []}
     states = [(e["seq"], e["state"]) for e in run("status")["epochs"]]  # type: ignore[union-attr]
     assert states == [(1, "destroyed"), (2, "active")]
     # add-kms-wraps needs a MultiKms: a clear error and exit status 1, no traceback.
@@ -467,7 +472,12 @@ def test_cli_rotation_reports_progress_and_survives_ctrl_c(
     monkeypatch.setattr(SqlKeyStore, "rewrap", real)
     assert main(["rotate-epoch"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == {"epoch_seq": 2, "rewrapped": 602, "resumed": True}
+    assert json.loads(captured.out) == {
+        "epoch_seq": 2,
+        "rewrapped": 602,
+        "resumed": True,
+        "quarantined": [],
+    }
     assert captured.err.splitlines() == [
         "ccvault rotate-epoch: re-wrapped 500/602 keys",
         "ccvault rotate-epoch: re-wrapped 602/602 keys",
@@ -530,12 +540,13 @@ def test_cli_status_and_dry_run_show_what_is_due_and_change_nothing(
     assert run("destroy-epochs", "--dry-run") == {
         "dry_run": True,
         "would_destroy_epochs": [2],
+        "held_by_quarantined_keys": [],
         "keys_to_rewrap_first": 0,
         "roots_to_destroy": [{"epoch": 2, "kms_id": kms.kms_id, "root_id": roots[2][0][1]}],
     }
     assert run("status") == status  # the dry run changed nothing
     assert (tmp_path / "m.key").read_bytes() == key_file  # no root created or destroyed
-    assert run("destroy-epochs") == {"destroyed_epochs": [2]}
+    assert run("destroy-epochs") == {"destroyed_epochs": [2], "held_by_quarantined_keys": []}
     assert (tmp_path / "m.key").read_bytes() != key_file
 
 

@@ -112,6 +112,10 @@ class EpochInfo:
     period), ``"failed"`` (still enabled or disabled: the next ``destroy_epochs()`` retries),
     ``"shared"`` (a live epoch uses the same root: never destroyed), ``"unreachable"`` or
     ``"not configured"`` (no configured KMS has this ``kms_id``).
+
+    ``quarantined_keys`` counts the key rows under this epoch that failed authentication and were
+    quarantined (see :meth:`Vault.rotate_epoch`): they keep a retired epoch from being destroyed
+    until an operator accepts their loss (``destroy_epochs(accept_unreadable=True)``).
     """
 
     seq: int
@@ -123,13 +127,20 @@ class EpochInfo:
     rotation_due_at: float | None = None  # active epoch: created_at + epoch_rotation_period
     destroyable_at: float | None = None  # retired epoch: retired_at + backup_retention
     root_destruction: tuple[str, ...] = ()
+    quarantined_keys: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RotationReport:
+    """What :meth:`Vault.rotate_epoch` did. ``quarantined`` lists, as (key id in hex, version),
+    the key rows this call found unreadable (their wrap, commitment or bound ids do not
+    authenticate, or their epoch id names no usable epoch) and quarantined instead of
+    re-wrapping."""
+
     epoch_seq: int
     rewrapped: int
     resumed: bool = False  # True: an interrupted rotation was finished, no new epoch started
+    quarantined: tuple[tuple[str, int], ...] = ()
 
 
 _DataKey = fmt.ValueKey
@@ -678,21 +689,29 @@ class Vault:
         (``RotationReport.resumed``); call it again to rotate once more. (Keys that a process
         not yet aware of a finished rotation wrapped under the retired epoch set no mark: the
         next rotation, or ``destroy_epochs()``, re-wraps them.)
+
+        A key row that does not authenticate under its epoch (tampered or corrupted wrapped
+        bytes or commitment, or ids bound in its associated data), or whose epoch id names no
+        epoch or a destroyed one, is *quarantined* instead of stopping the rotation: its state
+        becomes ``quarantined`` (the row is kept as found), it is never read nor re-wrapped
+        again, it is logged at WARNING by key id, and ``RotationReport.quarantined`` lists it.
+        A KMS that is unreachable or refuses is never a reason to quarantine: the rotation
+        raises as before, and the next call finishes it.
         """
         self._writable("rotate the epoch")
         current = self._store.active_epoch()
         if current is not None and self._store.rewrap_pending() == current.seq:
             self._active.put("active", current)
-            done = self._rewrap_under(current, progress, self._live_keys_before(current.seq))
+            done, bad = self._rewrap_under(current, progress, self._live_keys_before(current.seq))
             log.info("epoch rotation finished", extra={"epoch_seq": current.seq, "rewrapped": done})
-            return RotationReport(current.seq, done, resumed=True)
+            return RotationReport(current.seq, done, resumed=True, quarantined=bad)
         seq = (current.seq if current else 0) + 1
         total = sum(self._store.live_keys_by_epoch().values())  # all older than the new epoch
         epoch = self._create_epoch(seq, rewrap_pending=True)
         self._active.put("active", epoch)
-        done = self._rewrap_under(epoch, progress, total)
+        done, bad = self._rewrap_under(epoch, progress, total)
         log.info("epoch rotated", extra={"epoch_seq": epoch.seq, "rewrapped": done})
-        return RotationReport(epoch.seq, done)
+        return RotationReport(epoch.seq, done, quarantined=bad)
 
     def _live_keys_before(self, seq: int) -> int:
         counts = self._store.live_keys_by_epoch()
@@ -700,11 +719,13 @@ class Vault:
 
     def _rewrap_under(
         self, epoch: EpochRecord, progress: Progress | None = None, total: int = 0
-    ) -> int:
-        """Re-wrap every live key of an older epoch under ``epoch`` (while it stays active);
-        when none is left, clear the key store's mark of an unfinished rotation to it."""
+    ) -> tuple[int, tuple[tuple[str, int], ...]]:
+        """Re-wrap every live key of an older epoch under ``epoch`` (while it stays active),
+        quarantining the rows that do not authenticate; when none is left, clear the key store's
+        mark of an unfinished rotation to it. Returns (re-wrapped, quarantined (id, version))."""
         new_aead = self._epoch_aead(epoch)
         done = 0
+        quarantined: list[tuple[str, int]] = []
         while True:
             active = self._store.active_epoch()
             if active is None or active.epoch_id != epoch.epoch_id:
@@ -713,19 +734,56 @@ class Vault:
             if not batch:
                 self._store.rewrap_done(epoch.seq)
                 break
+            epochs = {e.epoch_id: e for e in self._store.epochs()}
             updates = []
+            unreadable = []
             for rec in batch:
-                key = self._unwrap_record(rec)
+                key = self._unwrap_for_rewrap(rec, epochs)
+                if key is None:
+                    unreadable.append(rec)
+                    continue
                 binding = self._binding(rec, epoch.epoch_id)
                 wrapped, commit = wrap_key(new_aead, key.reveal(), binding)
                 updates.append((rec, wrapped, commit))
-            done += self._store.rewrap(updates, epoch.epoch_id)
+            if updates:
+                done += self._store.rewrap(updates, epoch.epoch_id)
+            if unreadable:
+                for rec in self._store.quarantine_keys(unreadable):
+                    quarantined.append((rec.key_id.hex(), rec.version))
+                    log.warning(
+                        "key %s version %d (%s) does not authenticate: quarantined, not "
+                        "re-wrapped, its values unreadable "
+                        "(docs/security.md, 'Quarantined keys')",
+                        rec.key_id.hex(),
+                        rec.version,
+                        rec.kind,
+                    )
             if progress is not None:
                 progress(done, max(total, done))
-        return done
+        return done, tuple(quarantined)
+
+    def _unwrap_for_rewrap(
+        self, rec: KeyRecord, epochs: dict[bytes, EpochRecord]
+    ) -> SecretKey | None:
+        """The key of a live row, or None when the row itself is unreadable for good: no wrap,
+        an epoch id of no epoch or of a destroyed one, or a wrap that does not authenticate. The
+        KMS's faults and refusals (about the epoch, not the row) are raised, never None."""
+        owner = epochs.get(rec.epoch_id) if rec.epoch_id is not None else None
+        wrapped, commit = rec.wrapped, rec.commitment
+        if wrapped is None or commit is None or owner is None or owner.state == State.DESTROYED:
+            return None
+        aead = self._epoch_aead(owner)
+        try:
+            return SecretKey(unwrap_key(aead, wrapped, commit, self._binding(rec, owner.epoch_id)))
+        except UnwrapError:
+            return None
 
     def destroy_epochs(
-        self, *, dry_run: bool = False, progress: Progress | None = None
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        accept_unreadable: bool = False,
     ) -> list[int]:
         """Destroy the epochs retired longer than ``backup_retention`` (admin operation, run it
         daily). Returns the sequence numbers destroyed by this call; with ``dry_run=True`` the
@@ -740,6 +798,14 @@ class Vault:
         active. A root another live epoch still uses is never destroyed. Roots whose destruction
         failed are retried by the next call, and so is whatever an interrupted call left undone.
         ``progress(done, total)`` follows the re-wrapping, batch by batch.
+
+        Key rows that do not authenticate are quarantined by the re-wrapping (see
+        :meth:`rotate_epoch`) and do not keep an epoch alive as live keys do. But an epoch that
+        still holds quarantined keys is kept (a WARNING names it) unless ``accept_unreadable=True``:
+        the operator's decision that those keys are lost for good (once the epoch is gone, even a
+        repaired row could not be read). The decision is recorded in the key store, in the
+        transaction that destroys the epoch, and logged at WARNING. With ``dry_run`` the epochs
+        holding quarantined keys are left out unless ``accept_unreadable``.
         """
         if not dry_run:
             self._writable("destroy epochs")
@@ -754,18 +820,40 @@ class Vault:
             and now - e.retired_at >= horizon
         ]
         if dry_run:
-            return [e.seq for e in due]
+            held = self._store.quarantined_keys_by_epoch() if due else {}
+            return [e.seq for e in due if accept_unreadable or not held.get(e.epoch_id)]
         active = next((e for e in epochs if e.state == State.ACTIVE), None)
         if active is not None and due:
             self._rewrap_under(active, progress, self._live_keys_before(active.seq))
+        held = self._store.quarantined_keys_by_epoch() if due else {}
         destroyed: list[int] = []
         for record in due:
-            if self._store.destroy_epoch(record.epoch_id, now):
+            unreadable = held.get(record.epoch_id, 0)
+            if unreadable and not accept_unreadable:
+                log.warning(
+                    "epoch %d holds %d quarantined key(s); not destroyed. Repair the rows, or "
+                    "accept their loss: destroy_epochs(accept_unreadable=True) "
+                    "(ccvault destroy-epochs --accept-unreadable)",
+                    record.seq,
+                    unreadable,
+                )
+                continue
+            if self._store.destroy_epoch(record.epoch_id, now, accept_unreadable=accept_unreadable):
                 self._epoch_keys.pop(record.epoch_id)
                 destroyed.append(record.seq)
                 log.info("epoch destroyed", extra={"epoch_seq": record.seq})
+                if unreadable:
+                    log.warning(
+                        "epoch %d destroyed with %d quarantined key(s) under it, by operator "
+                        "decision (accept_unreadable, recorded in the key store): their values "
+                        "are lost for good",
+                        record.seq,
+                        unreadable,
+                    )
             else:
-                log.warning("epoch %d still wraps live keys; not destroyed", record.seq)
+                log.warning(
+                    "epoch %d still wraps live or quarantined keys; not destroyed", record.seq
+                )
         if self._per_epoch_roots:
             self._destroy_dead_roots()
         return destroyed
@@ -803,6 +891,7 @@ class Vault:
         """
         records = self._store.epochs()
         counts = self._store.live_keys_by_epoch()
+        held = self._store.quarantined_keys_by_epoch()
         rotation = self.epoch_rotation_period.total_seconds()
         retention = self.backup_retention.total_seconds()
         alive = _live_roots(records)
@@ -827,9 +916,17 @@ class Vault:
                         else None
                     ),
                     root_destruction=fates,
+                    quarantined_keys=held.get(e.epoch_id, 0),
                 )
             )
         return out
+
+    def quarantined_keys(self) -> int:
+        """How many quarantined key rows await an operator's decision: those under an epoch
+        not destroyed yet, and those whose epoch id names no epoch (see :meth:`rotate_epoch`)."""
+        gone = {e.epoch_id for e in self._store.epochs() if e.state == State.DESTROYED}
+        held = self._store.quarantined_keys_by_epoch()
+        return sum(n for epoch_id, n in held.items() if epoch_id not in gone)
 
     @property
     def per_epoch_roots(self) -> bool:
@@ -1003,6 +1100,10 @@ class Vault:
     def _unwrap_record(self, rec: KeyRecord) -> SecretKey:
         if rec.wrapped is None or rec.commitment is None or rec.epoch_id is None:
             raise DecryptionError
+        if rec.state != State.LIVE:
+            # A quarantined row stays unreadable even if its bytes authenticate again: only an
+            # operator makes it live again.
+            raise DecryptionError
         aead = self._epoch_aead(rec.epoch_id)
         try:
             return SecretKey(
@@ -1078,6 +1179,12 @@ class Vault:
         for ref, rec in records.items():
             # The head names its key by id; make sure the row it points to really is this
             # subject's live key (the wrap's associated data authenticates rec.ref).
+            if rec.state == State.QUARANTINED:
+                raise KeyStoreError(
+                    f"the subject's key {rec.key_id.hex()} version {rec.version} is quarantined "
+                    "(its key-store row failed authentication): nothing is written for this "
+                    "subject (docs/security.md, 'Quarantined keys')"
+                )
             if rec.kind != KeyKind.SUBJECT or rec.ref != ref or not rec.is_live:
                 raise KeyStoreError("a subject head points at a key that is not its own")
             key = self._data_key(rec)
@@ -1179,14 +1286,7 @@ class Vault:
         keys: Sequence[KeyRecord],
     ) -> ErasureReceipt:
         shredded_at = datetime.fromtimestamp(now, tz=timezone.utc)
-        horizon = None
-        if self._per_epoch_roots:
-            retires = max(
-                datetime.fromtimestamp(epoch.created_at, tz=timezone.utc)
-                + self.epoch_rotation_period,
-                shredded_at,
-            )
-            horizon = retires + self.backup_retention
+        horizon = self._erasure_horizon(epoch, shredded_at) if self._per_epoch_roots else None
         receipt = ErasureReceipt(
             receipt_id=uuid.uuid4().hex,
             installation_id=self.installation_id,
@@ -1196,7 +1296,7 @@ class Vault:
             destroyed_keys=tuple(
                 DestroyedKey(key_id=k.key_id.hex(), version=k.version)
                 for k in sorted(keys, key=lambda k: (k.key_id, k.version))
-                if k.state == State.LIVE
+                if k.state in (State.LIVE, State.QUARANTINED)
             ),
             epoch_seq=epoch.seq,
             propagation_bound_seconds=self.cache_ttl,
@@ -1205,6 +1305,27 @@ class Vault:
         )
         return sign_receipt(receipt, self._receipt_seed.reveal())
 
+    def _erasure_horizon(self, epoch: EpochRecord, shredded_at: datetime) -> datetime:
+        """The date after which no backup of the key store can bring back what a shred under
+        ``epoch`` destroyed, under the operating assumptions of docs/security.md ("Erasure
+        horizon"): the epoch retires when its rotation is due — or, already overdue at the shred,
+        within one rotation period of it —, is destroyed by the daily job once the backup window
+        has passed, and its roots are then beyond recall after the KMS's own waiting period."""
+        retires = (
+            datetime.fromtimestamp(epoch.created_at, tz=timezone.utc) + self.epoch_rotation_period
+        )
+        if retires <= shredded_at:  # rotation overdue: its date says nothing any more
+            retires = shredded_at + self.epoch_rotation_period
+        return (
+            retires
+            + self.backup_retention
+            + _DESTROY_JOB_INTERVAL
+            + self._kms.root_destruction_delay
+        )
+
+
+_DESTROY_JOB_INTERVAL: Final = timedelta(days=1)
+"""``destroy_epochs()`` runs daily: an epoch may be destroyed up to this long after it is due."""
 
 _MAX_KMS_BACKOFF: Final = 60.0
 """Longest pause between two KMS attempts while a cached epoch key serves an outage."""

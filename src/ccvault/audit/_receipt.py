@@ -48,9 +48,12 @@ class ErasureReceipt(BaseModel):
     )
     erasure_horizon: datetime | None = Field(
         description="projected date after which no backup of the key store can recover the "
-        "destroyed keys: retirement of the epoch active at shred time plus the backup-retention "
-        "window, provided that epoch's KMS root is destroyed then. None when epochs share one KMS "
-        "root (per_epoch_roots=False): old backups stay decryptable while that root exists"
+        "destroyed keys: the latest retirement of the epoch active at shred time (its rotation "
+        "due date, or one rotation period after the shred when that was already past), plus the "
+        "backup-retention window, a day for the daily destroy job and the KMS's own deletion "
+        "waiting period; it holds under the operating assumptions of docs/security.md. None when "
+        "epochs share one KMS root (per_epoch_roots=False): old backups stay decryptable while "
+        "that root exists"
     )
     blind_index_horizon: datetime | None = Field(
         default=None,

@@ -47,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin["destroy-epochs"].add_argument(
         "--dry-run", action="store_true", help="print what would be destroyed, change nothing"
     )
+    admin["destroy-epochs"].add_argument(
+        "--accept-unreadable",
+        action="store_true",
+        help="also destroy due epochs that hold quarantined keys: their values are lost for good "
+        "(the decision is recorded in the key store)",
+    )
     scrub = sub.add_parser(
         "scrub",
         help="read every encrypted value of the application's models; report unreadable ones",
@@ -76,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in admin:
         from ._admin import run_admin
 
-        return run_admin(args.command, dry_run=getattr(args, "dry_run", False))
+        return run_admin(
+            args.command,
+            dry_run=getattr(args, "dry_run", False),
+            accept_unreadable=getattr(args, "accept_unreadable", False),
+        )
     if args.command == "demo":
         from ._demo import run_demo
 

@@ -51,7 +51,7 @@ class _Progress:
         return f" after re-wrapping {self.done} of {self.total} keys" if self.total else ""
 
 
-def run_admin(command: str, *, dry_run: bool = False) -> int:
+def run_admin(command: str, *, dry_run: bool = False, accept_unreadable: bool = False) -> int:
     """One admin command; prints one JSON object; exit status 1 on an error (one line on stderr,
     no traceback), 130 on Ctrl-C."""
     progress = _Progress(command)
@@ -66,11 +66,18 @@ def run_admin(command: str, *, dry_run: bool = False) -> int:
                     "epoch_seq": report.epoch_seq,
                     "rewrapped": report.rewrapped,
                     "resumed": report.resumed,
+                    "quarantined": [{"key_id": k, "version": v} for k, v in report.quarantined],
                 }
             elif command == "destroy-epochs" and dry_run:
-                out = _dry_run(vault)
+                out = _dry_run(vault, accept_unreadable)
             elif command == "destroy-epochs":
-                out = {"destroyed_epochs": vault.destroy_epochs(progress=progress)}
+                destroyed = vault.destroy_epochs(
+                    progress=progress, accept_unreadable=accept_unreadable
+                )
+                out = {
+                    "destroyed_epochs": destroyed,
+                    "held_by_quarantined_keys": _held(vault, destroyed),
+                }
             elif command == "add-kms-wraps":
                 out = {"wraps_added": vault.add_kms_wraps()}
             else:
@@ -98,8 +105,16 @@ def _status(vault: Vault) -> dict[str, object]:
         "active_epoch": active.seq if active is not None else None,
         "rotation_due_at": _when(due),
         "rotation_overdue": due is not None and time.time() >= due,
+        "quarantined_keys": vault.quarantined_keys(),
         "epochs": [_epoch(e) for e in epochs],
     }
+
+
+def _held(vault: Vault, destroyed: list[int]) -> list[int]:
+    """Epochs due for destruction and kept because they hold quarantined keys (no
+    ``--accept-unreadable``)."""
+    due = set(vault.destroy_epochs(dry_run=True, accept_unreadable=True)) - set(destroyed)
+    return [e.seq for e in vault.epochs() if e.seq in due and e.quarantined_keys]
 
 
 def _epoch(e: EpochInfo) -> dict[str, object]:
@@ -113,13 +128,14 @@ def _epoch(e: EpochInfo) -> dict[str, object]:
         "retired_at": _when(e.retired_at),
         "destroyable_at": _when(e.destroyable_at),
         "live_keys": e.live_keys,
+        "quarantined_keys": e.quarantined_keys,
         "kms": kms,
     }
 
 
-def _dry_run(vault: Vault) -> dict[str, object]:
+def _dry_run(vault: Vault, accept_unreadable: bool) -> dict[str, object]:
     """What ``destroy-epochs`` would do now: epochs, keys it re-wraps first, roots it destroys."""
-    seqs = set(vault.destroy_epochs(dry_run=True))
+    seqs = set(vault.destroy_epochs(dry_run=True, accept_unreadable=accept_unreadable))
     epochs = vault.epochs(check_roots=True)
     dying = [e for e in epochs if e.seq in seqs]
     kept = {
@@ -143,6 +159,7 @@ def _dry_run(vault: Vault) -> dict[str, object]:
     return {
         "dry_run": True,
         "would_destroy_epochs": sorted(seqs),
+        "held_by_quarantined_keys": _held(vault, sorted(seqs)),
         "keys_to_rewrap_first": sum(e.live_keys for e in dying),
         "roots_to_destroy": roots,
     }

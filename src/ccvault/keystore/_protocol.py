@@ -65,9 +65,15 @@ class KeyStore(Protocol):
         """
         ...
 
-    def destroy_epoch(self, epoch_id: bytes, now: float) -> bool:
+    def destroy_epoch(
+        self, epoch_id: bytes, now: float, *, accept_unreadable: bool = False
+    ) -> bool:
         """Mark a retired epoch destroyed, in one transaction with the check that no live key is
-        wrapped under it; False (and nothing written) when one is, or when it is not retired."""
+        wrapped under it; False (and nothing written) when one is, or when it is not retired.
+
+        A quarantined key under it also keeps it, unless ``accept_unreadable``: then the epoch is
+        destroyed all the same and, in the same transaction, the decision is recorded (epoch,
+        number of quarantined keys, time) among the installation facts."""
         ...
 
     def add_epoch_wraps(self, epoch_id: bytes, wraps: Sequence[WrappedKey]) -> None:
@@ -114,7 +120,17 @@ class KeyStore(Protocol):
         ...
 
     def keys_before_epoch(self, seq: int, limit: int) -> list[KeyRecord]:
-        """Live keys wrapped under an epoch older than epoch ``seq`` (for re-wrapping)."""
+        """Live keys wrapped under an epoch older than epoch ``seq`` (for re-wrapping), and live
+        keys whose epoch id names no epoch (for quarantine)."""
+        ...
+
+    def quarantine_keys(self, records: Sequence[KeyRecord]) -> list[KeyRecord]:
+        """Set the state of each live key row still exactly as in ``records`` (epoch id, wrapped
+        bytes, commitment) to quarantined; return those it changed."""
+        ...
+
+    def quarantined_keys_by_epoch(self) -> dict[bytes | None, int]:
+        """How many quarantined keys each epoch id names (None: a row with no epoch id)."""
         ...
 
     def rewrap(self, updates: Sequence[tuple[KeyRecord, bytes, bytes]], epoch_id: bytes) -> int:

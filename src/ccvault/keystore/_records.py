@@ -22,6 +22,9 @@ class State:
     SHREDDED = "shredded"  # subject heads
     RETIRED = "retired"  # epochs
     LIVE = "live"  # keys
+    # keys whose row failed authentication (wrap, commitment, bound ids) or names no usable
+    # epoch: never read, re-wrapped or made live again by ccvault; the row is kept as found
+    QUARANTINED = "quarantined"
     DESTROYED = "destroyed"  # keys (tombstone) and epochs
 
 

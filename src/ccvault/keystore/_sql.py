@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +42,8 @@ T = TypeVar("T")
 _BATCH = 500
 _RETRIES = 12
 _REWRAP_PENDING = "rewrap_pending"  # ccvault_meta: the epoch whose rotation has keys to re-wrap
+# ccvault_meta, one row per epoch destroyed with quarantined keys under it (operator decision)
+_UNREADABLE_ACCEPTED = "unreadable_accepted:"
 
 
 class SqlKeyStore:
@@ -326,16 +329,24 @@ class SqlKeyStore:
 
         return self._write(run)
 
-    def destroy_epoch(self, epoch_id: bytes, now: float) -> bool:
-        e, k = self._epochs, self._keys
+    def destroy_epoch(
+        self, epoch_id: bytes, now: float, *, accept_unreadable: bool = False
+    ) -> bool:
+        e, k, m = self._epochs, self._keys, self._meta
 
         def run(conn: Connection) -> bool:
-            live = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(k)
-                .where(k.c.epoch_id == epoch_id, k.c.state == State.LIVE)
-            ).scalar_one()
-            if live:
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    sa.select(k.c.state, sa.func.count())
+                    .where(
+                        k.c.epoch_id == epoch_id,
+                        k.c.state.in_([State.LIVE, State.QUARANTINED]),
+                    )
+                    .group_by(k.c.state)
+                ).all()
+            )
+            quarantined = counts.get(State.QUARANTINED, 0)
+            if counts.get(State.LIVE, 0) or (quarantined and not accept_unreadable):
                 return False
             res = conn.execute(
                 sa.update(e)
@@ -343,7 +354,17 @@ class SqlKeyStore:
                 .values(state=State.DESTROYED, destroyed_at=now),
                 execution_options={"preserve_rowcount": True},
             )
-            return bool(res.rowcount == 1)
+            if res.rowcount != 1:
+                return False
+            if quarantined:
+                seq = conn.execute(sa.select(e.c.seq).where(e.c.epoch_id == epoch_id)).scalar()
+                record = {"epoch_seq": seq, "quarantined_keys": quarantined, "accepted_at": now}
+                self._insert_ignore(
+                    conn,
+                    m,
+                    {"name": _UNREADABLE_ACCEPTED + epoch_id.hex(), "value": json.dumps(record)},
+                )
+            return True
 
         return self._write(run)
 
@@ -665,34 +686,75 @@ class SqlKeyStore:
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(k)
-                .join(e, e.c.epoch_id == k.c.epoch_id)
-                .where(k.c.state == State.LIVE, e.c.seq < seq)
+                .outerjoin(e, e.c.epoch_id == k.c.epoch_id)
+                # an epoch id that names no epoch (or none at all) is a broken row: returned too,
+                # so that the rotation quarantines it
+                .where(k.c.state == State.LIVE, sa.or_(e.c.seq < seq, e.c.epoch_id.is_(None)))
                 .order_by(k.c.key_id, k.c.version)
                 .limit(limit)
             ).all()
         return [self._key(r) for r in rows]
 
+    def quarantine_keys(self, records: Sequence[KeyRecord]) -> list[KeyRecord]:
+        k = self._keys
+
+        def run(conn: Connection) -> list[KeyRecord]:
+            # Only the row as it was found unreadable: a row re-wrapped or repaired meanwhile is
+            # judged again by the next rotation.
+            return [
+                rec
+                for rec in records
+                if self._update_live_key(
+                    conn,
+                    rec,
+                    {"state": State.QUARANTINED},
+                    k.c.epoch_id.is_not_distinct_from(rec.epoch_id),
+                    k.c.wrapped.is_not_distinct_from(rec.wrapped),
+                    k.c.commitment.is_not_distinct_from(rec.commitment),
+                )
+            ]
+
+        return self._write(run)
+
+    def quarantined_keys_by_epoch(self) -> dict[bytes | None, int]:
+        k = self._keys
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(k.c.epoch_id, sa.func.count())
+                .where(k.c.state == State.QUARANTINED)
+                .group_by(k.c.epoch_id)
+            ).all()
+        return {None if eid is None else bytes(eid): count for eid, count in rows}
+
     def rewrap(self, updates: Sequence[tuple[KeyRecord, bytes, bytes]], epoch_id: bytes) -> int:
         k = self._keys
 
         def run(conn: Connection) -> int:
-            done = 0
-            for old, wrapped, commitment in updates:
-                res = conn.execute(
-                    sa.update(k)
-                    .where(
-                        k.c.key_id == old.key_id,
-                        k.c.version == old.version,
-                        k.c.state == State.LIVE,
-                        k.c.epoch_id == old.epoch_id,
-                    )
-                    .values(epoch_id=epoch_id, wrapped=wrapped, commitment=commitment),
-                    execution_options={"preserve_rowcount": True},
+            return sum(
+                self._update_live_key(
+                    conn,
+                    old,
+                    {"epoch_id": epoch_id, "wrapped": wrapped, "commitment": commitment},
+                    k.c.epoch_id == old.epoch_id,
                 )
-                done += res.rowcount
-            return done
+                for old, wrapped, commitment in updates
+            )
 
         return self._write(run)
+
+    def _update_live_key(
+        self, conn: Connection, rec: KeyRecord, values: dict[str, Any], *unchanged: Any
+    ) -> bool:
+        """Update ``rec``'s row if it is still live and ``unchanged`` holds; True if it did."""
+        k = self._keys
+        res = conn.execute(
+            sa.update(k)
+            .where(k.c.key_id == rec.key_id, k.c.version == rec.version, k.c.state == State.LIVE)
+            .where(*unchanged)
+            .values(**values),
+            execution_options={"preserve_rowcount": True},
+        )
+        return bool(res.rowcount == 1)
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}

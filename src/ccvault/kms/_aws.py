@@ -39,6 +39,7 @@ import json
 import re
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -316,6 +317,12 @@ class AwsKms:
     @property
     def supports_root_lifecycle(self) -> bool:
         return True
+
+    @property
+    def root_destruction_delay(self) -> timedelta:
+        """``pending_window_days``: a root scheduled for deletion can be restored with
+        ``CancelKeyDeletion`` until that window ends."""
+        return timedelta(days=self._pending_window_days)
 
     def current_root(self) -> str:
         """The newest root made by :meth:`new_root` in this process, else the configured key's

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -137,6 +138,11 @@ class LocalKms:
     @property
     def supports_root_lifecycle(self) -> bool:
         return True
+
+    @property
+    def root_destruction_delay(self) -> timedelta:
+        """Zero: :meth:`destroy_root` removes the root from the key file at once."""
+        return timedelta(0)
 
     def current_root(self) -> str:
         with self._lock:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from .._secret import SecretKey
@@ -96,6 +97,11 @@ class MultiKms:
     @property
     def supports_root_lifecycle(self) -> bool:
         return all(m.supports_root_lifecycle for m in self.members)
+
+    @property
+    def root_destruction_delay(self) -> timedelta:
+        """The longest of the members': an epoch is gone only once every wrap of it is."""
+        return max(m.root_destruction_delay for m in self.members)
 
     def wrap(
         self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from .._secret import SecretKey
@@ -61,6 +62,14 @@ class Kms(Protocol):
     @property
     def supports_root_lifecycle(self) -> bool:
         """Whether :meth:`new_root` and :meth:`destroy_root` work on this backend."""
+        ...
+
+    @property
+    def root_destruction_delay(self) -> timedelta:
+        """The longest time, after :meth:`destroy_root` returns, during which the root can still
+        be brought back (AWS KMS: the pending-deletion window, in which ``CancelKeyDeletion``
+        restores it; a backend that destroys at once: zero). Erasure receipts add it to their
+        projected horizon, so it must never be understated."""
         ...
 
     def wrap(

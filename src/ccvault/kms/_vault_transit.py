@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -371,6 +372,12 @@ class VaultTransitKms:
     @property
     def supports_root_lifecycle(self) -> bool:
         return True
+
+    @property
+    def root_destruction_delay(self) -> timedelta:
+        """Zero: :meth:`destroy_root` deletes the Transit key at once (Transit has no waiting
+        period; snapshots of Vault's own storage are the operator's to expire)."""
+        return timedelta(0)
 
     @property
     def key_name(self) -> str:

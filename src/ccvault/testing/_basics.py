@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from .._secret import SecretKey
@@ -57,6 +58,10 @@ class KmsWrapper:
     @property
     def supports_root_lifecycle(self) -> bool:
         return self.inner.supports_root_lifecycle
+
+    @property
+    def root_destruction_delay(self) -> timedelta:
+        return self.inner.root_destruction_delay
 
     def wrap(
         self, key: SecretKey, *, context: Mapping[str, str], root_id: str | None = None

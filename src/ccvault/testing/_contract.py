@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 
 from .._secret import SecretKey
 from ..errors import DecryptionError, KmsError
@@ -53,6 +54,9 @@ class KmsContract:
         assert isinstance(kms.kms_id, str)
         assert kms.kms_id
         assert isinstance(kms.current_root(), str)
+        delay = kms.root_destruction_delay
+        assert isinstance(delay, timedelta)
+        assert delay >= timedelta(0)
 
     def test_round_trip(self) -> None:
         kms = self.make_kms()
@@ -141,6 +145,9 @@ class KmsContract:
         alive = kms.wrap(key, context=_CONTEXT, root_id=kept)
         kms.destroy_root(doomed)
         assert kms.root_state(doomed) in (RootState.PENDING_DELETION, RootState.DESTROYED)
+        if kms.root_state(doomed) is RootState.PENDING_DELETION:
+            # A root that can still come back must say for how long (receipts count on it).
+            assert kms.root_destruction_delay > timedelta(0)
         with _raises(KmsError):
             kms.unwrap(lost, context=_CONTEXT)
         assert kms.unwrap(alive, context=_CONTEXT).reveal() == key.reveal()
