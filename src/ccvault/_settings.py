@@ -10,13 +10,15 @@ setting never silently falls back to its default.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .crypto._subject import SubjectType
@@ -24,10 +26,15 @@ from .errors import ConfigurationError
 from .kms._protocol import Kms
 
 __all__ = [
+    "MAX_NONCE_BUDGET",
+    "MAX_PERIOD",
+    "MIN_BACKUP_RETENTION",
+    "MIN_NONCE_BUDGET",
     "OTHER_VARIABLES",
     "RESERVED_PREFIXES",
     "CcvaultSettings",
     "check_environment",
+    "check_vault_options",
     "kms_from_url",
     "settings_table",
 ]
@@ -47,6 +54,25 @@ OTHER_VARIABLES = frozenset(
 RESERVED_PREFIXES = ("CCVAULT_TEST_", "CCVAULT_BENCH_")
 """Prefixes of variables ccvault's own test suite and benchmarks read (``CCVAULT_TEST_PG``…);
 the library never reads them, and the unknown-variable check lets them pass."""
+
+MIN_BACKUP_RETENTION: Final = timedelta(days=1)
+"""The shortest backup retention accepted, and the least time ``destroy_epochs()`` lets pass after
+an epoch is retired whatever the settings say: processes that have not seen the rotation yet
+(their cached active epoch is up to ``cache_ttl`` old, or more while stalled) may still be
+writing keys under it."""
+
+MAX_PERIOD: Final = timedelta(days=36_500)
+"""The longest epoch rotation period and backup retention accepted (100 years): dates computed
+from them stay within what ``datetime`` can represent."""
+
+MIN_NONCE_BUDGET: Final = 4096
+"""The smallest nonce budget of a vault-wide key version: one block of uses a process reserves."""
+
+MAX_NONCE_BUDGET: Final = 2**32
+"""The largest nonce budget of a vault-wide key version: NIST SP 800-38D's limit for random
+96-bit nonces under one AES-GCM key."""
+
+_DAY: Final = 86_400.0
 
 
 class CcvaultSettings(BaseSettings):
@@ -75,11 +101,15 @@ class CcvaultSettings(BaseSettings):
     cache_ttl_seconds: float = Field(
         default=60.0,
         gt=0,
+        allow_inf_nan=False,
         description="how long a process keeps unwrapped keys: the shred propagation bound for "
-        "other processes and the period between KMS unwraps of an epoch key",
+        "other processes and the period between KMS unwraps of an epoch key (finite, > 0)",
     )
     kms_grace_seconds: float = Field(
-        default=300.0, ge=0, description="cached epoch keys keep serving this long in a KMS outage"
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="cached epoch keys keep serving this long in a KMS outage (finite, ≥ 0)",
     )
     cache_max_entries: int = Field(
         default=100_000, ge=1, description="entries of each key cache (subject refs, keys)"
@@ -87,14 +117,19 @@ class CcvaultSettings(BaseSettings):
     epoch_rotation_days: float = Field(
         default=30.0,
         gt=0,
+        le=MAX_PERIOD.days,
+        allow_inf_nan=False,
         description="planned epoch lifetime: `ccvault status` reports a rotation overdue after "
-        "it, and receipts project the erasure horizon from it",
+        "it, and receipts project the erasure horizon from it (> 0, at most 36500)",
     )
     backup_retention_days: float = Field(
         default=35.0,
-        ge=0,
+        ge=MIN_BACKUP_RETENTION.days,
+        le=MAX_PERIOD.days,
+        allow_inf_nan=False,
         description="how long key-store backups are kept: an epoch is destroyed this long after "
-        "it was retired (the erasure horizon)",
+        "it was retired (the erasure horizon); at least 1 day and at least cache_ttl_seconds + "
+        "kms_grace_seconds (processes still write under a just-retired epoch), at most 36500",
     )
     per_epoch_roots: bool = Field(
         default=False, description="a new KMS root per epoch (needed for an erasure horizon)"
@@ -106,6 +141,17 @@ class CcvaultSettings(BaseSettings):
         if value is not None:
             SubjectType.parse(value)  # ValueError: unsupported subject type
         return value
+
+    @model_validator(mode="after")
+    def _retention_covers_caches(self) -> CcvaultSettings:
+        # A ConfigurationError (not a ValueError) leaves pydantic as it is: it names the variables.
+        _check_retention(
+            self.backup_retention_days * _DAY,
+            self.cache_ttl_seconds + self.kms_grace_seconds,
+            retention_name="CCVAULT_BACKUP_RETENTION_DAYS",
+            caches_name="CCVAULT_CACHE_TTL_SECONDS + CCVAULT_KMS_GRACE_SECONDS",
+        )
+        return self
 
     def __init__(self, **values: Any) -> None:
         """Read the environment (``values`` take precedence). Unknown ``CCVAULT_*`` variables
@@ -175,14 +221,103 @@ def _describe(exc: ValidationError) -> str:
     fields = CcvaultSettings.model_fields
     parts = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        name = str(error["loc"][0]) if error["loc"] else "?"
-        if name in fields:
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if not name:
+            parts.append(str(error["msg"]))
+        elif name in fields:
             parts.append(f"{_PREFIX}{name.upper()} ({name}): {error['msg']}")
         else:
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             parts.append(f"unknown setting {name!r}{hint}")
     return "invalid setting: " + "; ".join(parts)
+
+
+# -- constraints shared by the settings and the Vault constructor -----------------------------
+
+
+def _check_retention(
+    retention: float, caches: float, *, retention_name: str, caches_name: str
+) -> None:
+    """``retention`` (seconds) must cover the one-day floor and ``caches`` (cache TTL + KMS grace,
+    seconds): a process may keep writing keys under an epoch that long after it was retired."""
+    floor = max(MIN_BACKUP_RETENTION.total_seconds(), caches)
+    if retention < floor:
+        raise ConfigurationError(
+            f"{retention_name} is {_span(retention)}, shorter than "
+            + (
+                f"{caches_name} ({_span(caches)})"
+                if caches > MIN_BACKUP_RETENTION.total_seconds()
+                else f"the minimum of {_span(floor)}"
+            )
+            + ": destroy_epochs() could destroy an epoch that processes which have not seen the "
+            "rotation yet still write new keys under, and their customers' data would become "
+            "unreadable"
+        )
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / _DAY:g} days" if seconds >= _DAY else f"{seconds:g} s"
+
+
+def _real(name: str, value: object, *, minimum: float, inclusive: bool) -> float:
+    """``value`` as a finite float not below ``minimum``, or a ConfigurationError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds")
+    number = float(value)  # OverflowError is impossible: an int this large fails the next test
+    if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+        bound = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
+        raise ConfigurationError(f"{name} must be a finite number {bound}")
+    return number
+
+
+def _whole(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an int")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigurationError(f"{name} must be at least {minimum}{upper}")
+    return value
+
+
+def _period(name: str, value: object, *, minimum: timedelta) -> timedelta:
+    if not isinstance(value, timedelta):
+        raise ConfigurationError(f"{name} must be a datetime.timedelta")
+    if value < minimum or value <= timedelta(0) or value > MAX_PERIOD:
+        least = f"at least {_span(minimum.total_seconds())}" if minimum else "positive"
+        raise ConfigurationError(f"{name} must be {least} and at most {MAX_PERIOD.days} days")
+    return value
+
+
+def check_vault_options(
+    *,
+    cache_ttl: object,
+    kms_grace_period: object,
+    cache_max_entries: object,
+    epoch_rotation_period: object,
+    backup_retention: object,
+    nonce_budget: object,
+) -> tuple[float, float]:
+    """Check the :class:`~ccvault.Vault` constructor's tuning arguments (a ConfigurationError
+    naming the argument); returns (cache_ttl, kms_grace_period) as floats.
+
+    Every number must be finite; ``backup_retention`` at least :data:`MIN_BACKUP_RETENTION` and
+    at least ``cache_ttl + kms_grace_period``; periods at most :data:`MAX_PERIOD`; the nonce
+    budget between :data:`MIN_NONCE_BUDGET` and :data:`MAX_NONCE_BUDGET`.
+    """
+    ttl = _real("cache_ttl", cache_ttl, minimum=0.0, inclusive=False)
+    grace = _real("kms_grace_period", kms_grace_period, minimum=0.0, inclusive=True)
+    _whole("cache_max_entries", cache_max_entries, minimum=1)
+    _whole("nonce_budget", nonce_budget, minimum=MIN_NONCE_BUDGET, maximum=MAX_NONCE_BUDGET)
+    _period("epoch_rotation_period", epoch_rotation_period, minimum=timedelta(0))
+    retention = _period("backup_retention", backup_retention, minimum=MIN_BACKUP_RETENTION)
+    _check_retention(
+        retention.total_seconds(),
+        ttl + grace,
+        retention_name="backup_retention",
+        caches_name="cache_ttl + kms_grace_period",
+    )
+    return ttl, grace
 
 
 _USERINFO = re.compile(r"(://|%3A%2F%2F)[^/@?&#,]*@", re.I)

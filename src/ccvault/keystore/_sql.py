@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._protocol import ReceiptFactory
+from ._protocol import EpochNotUsableError, ReceiptFactory
 from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from ._schema import build_metadata
 
@@ -330,6 +330,10 @@ class SqlKeyStore:
         e, k = self._epochs, self._keys
 
         def run(conn: Connection) -> bool:
+            # The epoch's row first, exclusively: a key insert under this epoch holds it shared
+            # (_check_epochs) until it commits, so the count below sees every such key, and an
+            # insert that comes later sees the epoch destroyed.
+            conn.execute(sa.select(e.c.state).where(e.c.epoch_id == epoch_id).with_for_update())
             live = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(k)
@@ -422,6 +426,7 @@ class SqlKeyStore:
         k = self._keys
 
         def run(conn: Connection) -> KeyRecord:
+            self._check_epochs(conn, [record])
             self._insert_ignore(conn, k, self._key_values(record))
             row = conn.execute(
                 sa.select(k).where(
@@ -435,6 +440,25 @@ class SqlKeyStore:
             return self._key(row)
 
         return self._write(run)
+
+    def _check_epochs(self, conn: Connection, records: Sequence[KeyRecord]) -> None:
+        """Refuse new keys wrapped under an epoch that is destroyed (or unknown): a process whose
+        cached active epoch was retired and then destroyed would otherwise store keys no one can
+        unwrap. The epoch rows stay locked (shared) until the caller's transaction ends, so that
+        :meth:`destroy_epoch`, which locks them exclusively, sees the new keys."""
+        e = self._epochs
+        ids = {r.epoch_id for r in records if r.epoch_id is not None}
+        if not ids:
+            return
+        rows = conn.execute(
+            sa.select(e.c.epoch_id, e.c.state)
+            .where(e.c.epoch_id.in_(sorted(ids)))
+            .order_by(e.c.epoch_id)
+            .with_for_update(read=True)
+        ).all()
+        usable = {bytes(r.epoch_id) for r in rows if r.state in (State.ACTIVE, State.RETIRED)}
+        if ids - usable:
+            raise EpochNotUsableError
 
     # -- subjects ------------------------------------------------------------------------------
 
@@ -564,6 +588,7 @@ class SqlKeyStore:
     ) -> dict[bytes, KeyRecord]:
         h, k = self._heads, self._keys
         refs = [c.ref for c in batch]
+        self._check_epochs(conn, batch)
 
         def locked_heads() -> dict[bytes, HeadRecord]:
             rows = conn.execute(
