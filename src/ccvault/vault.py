@@ -1013,7 +1013,8 @@ class Vault:
                 unwrap_key(aead, rec.wrapped, rec.commitment, self._binding(rec, rec.epoch_id))
             )
         except UnwrapError:
-            raise DecryptionError from None
+            pass
+        raise DecryptionError  # outside the handler: no __context__ leads back to the unwrap
 
     def _new_record(
         self,
@@ -1026,11 +1027,12 @@ class Vault:
         material: bytes | None = None,
     ) -> tuple[KeyRecord, bytes]:
         epoch = self._active_epoch()
+        aead = self._epoch_aead(epoch)  # first: a KMS failure here finds no key in this frame
         key = material if material is not None else random_bytes(KEY_BYTES)
         binding = KeyBinding(
             self._installation, kind, key_id, version, epoch.epoch_id, ref or _NO_REF
         )
-        wrapped, commit = wrap_key(self._epoch_aead(epoch), key, binding)
+        wrapped, commit = wrap_key(aead, key, binding)
         rec = KeyRecord(
             key_id=key_id,
             version=version,
