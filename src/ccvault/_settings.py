@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .crypto._subject import SubjectType
 from .errors import ConfigurationError
+from .keystore._sql import mask_url
 from .kms._protocol import Kms
 
 __all__ = [
@@ -167,9 +168,10 @@ class CcvaultSettings(BaseSettings):
         return self.__repr__()
 
     def __repr__(self) -> str:
+        keystore = None if self.keystore_url is None else mask_url(self.keystore_url)
         return (
             f"CcvaultSettings(kms_url={_redact(self.kms_url)!r}, "
-            f"keystore_url={_redact(self.keystore_url)!r}, home={self.home!r})"
+            f"keystore_url={keystore!r}, home={self.home!r})"
         )
 
 
@@ -320,21 +322,77 @@ def check_vault_options(
     return ttl, grace
 
 
-_USERINFO = re.compile(r"(://|%3A%2F%2F)[^/@?&#,]*@", re.I)
-_SECRET_PARAMS = re.compile(r"((?:token|secret|secret_id|password|access_key|key)=)[^&,]*", re.I)
+# -- URLs as reprs and messages show them ------------------------------------------------------
+
+_MASK = "***"
+# Where one KMS URL of a comma-separated list starts: only before a scheme ccvault knows, so that
+# a comma inside a password never cuts a URL in two (and shows its second half).
+_NEXT_KMS_URL = re.compile(r",\s*(?=(?:local|aws-kms|vault)://)", re.I)
+# Query parameters whose values a KMS URL shows (the rest is masked).
+_SHOWN_PARAMS = frozenset(
+    {
+        "region",
+        "endpoint_url",
+        "profile",
+        "max_attempts",
+        "connect_timeout",
+        "read_timeout",
+        "pending_window_days",
+        "addr",
+        "namespace",
+        "allow_insecure_http",
+        "ca_cert",
+        "timeout",
+    }
+)
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,19}")
+
+
+def split_kms_urls(url: str) -> list[str]:
+    """The URLs of a comma-separated ``CCVAULT_KMS_URL``, stripped, empty ones left out."""
+    return [u.strip() for u in _NEXT_KMS_URL.split(url) if u.strip()]
 
 
 def _redact(url: str | None) -> str | None:
-    """The URL(s) with passwords and secret-looking query parameters masked."""
+    """A KMS URL (or several, comma-separated) as reprs and messages may show it.
+
+    Everything between the first ``://`` and the last ``@`` is masked (userinfo anywhere: in the
+    authority, or inside a parameter such as ``endpoint_url=https://id:secret@host``, whatever
+    characters the secret holds); query parameters show their values only when ccvault knows the
+    name as a non-secret one; other names show masked values, and a piece that is not
+    ``name=value`` is masked whole.
+    """
     if url is None:
         return None
-    out = []
-    for one in url.split(","):
-        # Userinfo anywhere (also inside a query value such as endpoint_url=https://id:secret@h)
-        # and secret-looking parameters.
-        one = _USERINFO.sub(r"\1***@", one)
-        out.append(_SECRET_PARAMS.sub(r"\1***", one))
-    return ",".join(out)
+    return ",".join(_redact_one(one) for one in _NEXT_KMS_URL.split(url))
+
+
+def _redact_one(url: str) -> str:
+    start = url.find("://")
+    at = url.rfind("@")
+    if start >= 0 and at > start:
+        masked, rest = url[start + 3 : at], url[at + 1 :]
+        if any(c in masked for c in "?&="):
+            # The "@" may sit inside a parameter's value (a secret of its own, or the userinfo
+            # of a URL in a parameter): what follows it up to the next parameter is masked too.
+            _, amp, others = rest.partition("&")
+            url = f"{url[: start + 3]}{_MASK}" + (f"?{others}" if amp else "")
+        else:
+            url = f"{url[: start + 3]}{_MASK}@{rest}"
+    base, question, query = url.partition("?")
+    if not question:
+        return base
+    shown = []
+    for piece in query.split("&"):
+        name, equals, _ = piece.partition("=")
+        if equals and name in _SHOWN_PARAMS:
+            shown.append(piece)
+        elif equals and _PARAM_NAME.fullmatch(name):
+            shown.append(f"{name}={_MASK}")
+        elif piece:
+            shown.append(_MASK)
+    return f"{base}?{'&'.join(shown)}"
 
 
 def kms_from_url(url: str) -> Kms:
@@ -343,7 +401,7 @@ def kms_from_url(url: str) -> Kms:
     Credentials never go in the URL: AWS credentials come from the usual boto3 chain, a Vault
     token from ``VAULT_TOKEN`` (or AppRole ids from ``CCVAULT_VAULT_ROLE_ID``/``_SECRET_ID``).
     """
-    urls = [u.strip() for u in url.split(",") if u.strip()]
+    urls = split_kms_urls(url)
     if len(urls) > 1:
         from .kms._multi import MultiKms
 
@@ -351,7 +409,14 @@ def kms_from_url(url: str) -> Kms:
         return MultiKms(first, *others)
     if not urls:
         raise ConfigurationError("the KMS URL is empty")
-    url = urls[0]
+    try:
+        return _one_kms(urls[0])
+    except ValueError:
+        pass  # urllib's message may quote part of the URL: neither kept nor chained
+    raise ConfigurationError(f"the KMS URL {_redact(urls[0])!r} does not parse as a URL")
+
+
+def _one_kms(url: str) -> Kms:
     scheme = url.split(":", 1)[0] if ":" in url else ""
     if scheme == "local":
         from .kms._local import LocalKms
@@ -371,4 +436,8 @@ def kms_from_url(url: str) -> Kms:
         from .kms._vault_transit import VaultTransitKms
 
         return VaultTransitKms.from_url(url)
+    if not _SCHEME.fullmatch(scheme):
+        raise ConfigurationError(
+            "the KMS URL has no scheme: local:///…, aws-kms://… or vault://… (see docs/kms.md)"
+        )
     raise ConfigurationError(f"unknown KMS URL scheme {scheme!r}")

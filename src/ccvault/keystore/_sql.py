@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -35,7 +36,7 @@ from ._schema import build_metadata
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
-__all__ = ["SqlKeyStore"]
+__all__ = ["SqlKeyStore", "mask_url"]
 
 T = TypeVar("T")
 _BATCH = 500
@@ -105,20 +106,32 @@ class SqlKeyStore:
 
     def _connect(self) -> Connection:
         """A connection, or a KeyStoreError that says where and why the server did not answer."""
+        refused: str | None = None
         try:
             return self.engine.connect()
         except sa.exc.SQLAlchemyError as exc:
-            u = self.engine.url
-            port = u.port or _DEFAULT_PORTS.get(u.get_backend_name())
-            where = ", ".join(
-                f"{what} {value}"
-                for what, value in (("host", u.host), ("port", port), ("database", u.database))
-                if value
-            )
             raise KeyStoreError(
-                f"cannot connect to the key store ({where}; {self.location}): "
-                f"{_driver_error(exc, u)}"
+                f"{self._cannot_connect()}: {_driver_error(exc, self.engine.url)}"
             ) from exc
+        except (ValueError, TypeError, UnicodeError) as exc:
+            # The driver refused a connection setting before talking to the server (PyMySQL
+            # cannot encode a password outside Latin-1): its message and arguments may hold the
+            # password, so neither is kept, and the error is raised outside this block.
+            refused = type(exc).__name__
+        raise KeyStoreError(
+            f"{self._cannot_connect()}: the driver refused the connection settings "
+            f"({refused}; a password it cannot encode?)"
+        )
+
+    def _cannot_connect(self) -> str:
+        u = self.engine.url
+        port = u.port or _DEFAULT_PORTS.get(u.get_backend_name())
+        where = ", ".join(
+            f"{what} {value}"
+            for what, value in (("host", u.host), ("port", port), ("database", u.database))
+            if value
+        )
+        return f"cannot connect to the key store ({where}; {self.location})"
 
     def close(self) -> None:
         if self._owns_engine:
@@ -742,12 +755,25 @@ def _parse_url(url: str) -> sa.URL:
 
 
 def _safe_url(u: sa.URL) -> str:
-    """``u`` with its password and secret-looking query parameters masked."""
+    """``u`` with its password and secret-looking query parameters (and values holding a
+    userinfo) masked."""
     masked = {
-        name: "***" if any(word in name.lower() for word in _SECRET_QUERY) else value
+        name: "***"
+        if any(word in name.lower() for word in _SECRET_QUERY) or "@" in str(value)
+        else value
         for name, value in u.query.items()
     }
     return u.set(query=masked).render_as_string(hide_password=True)
+
+
+def mask_url(url: str) -> str:
+    """A key-store URL as reprs and messages may show it: parsed by SQLAlchemy, as the engine
+    will read it, then rendered with the password (and secret-looking parameters) masked. A URL
+    that SQLAlchemy cannot parse is not shown at all."""
+    try:
+        return _safe_url(sa.make_url(url))
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        return "<a URL that SQLAlchemy cannot parse>"
 
 
 def _driver_error(exc: BaseException, u: sa.URL) -> str:
@@ -756,7 +782,9 @@ def _driver_error(exc: BaseException, u: sa.URL) -> str:
     orig = getattr(exc, "orig", None) or exc
     message = " ".join(str(orig).split())
     if u.password:
-        message = message.replace(str(u.password), "***")
+        password = str(u.password)
+        for form in (password, quote(password, safe=""), quote_plus(password, safe="")):
+            message = message.replace(form, "***")
     if len(message) > 300:
         message = message[:297] + "..."
     kind = type(orig)

@@ -567,7 +567,9 @@ def _check_endpoint(endpoint_url: str) -> None:
         raise ConfigurationError("endpoint_url is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError("endpoint_url must be an http(s) URL")
-    if parts.username is not None or parts.password is not None:
+    # Any "@": a password holding "/", "?" or "#" ends urllib's userinfo early, and its tail
+    # would reach the endpoint, and every connection error that quotes it.
+    if parts.username is not None or parts.password is not None or "@" in endpoint_url:
         raise ConfigurationError("endpoint_url must not carry credentials")
     if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigurationError(

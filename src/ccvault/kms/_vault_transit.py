@@ -776,7 +776,13 @@ def _normalise_addr(addr: str, *, allow_insecure_http: bool) -> str:
         )
     if scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError("addr must be an https:// URL with a host")
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+    if (
+        parts.username is not None
+        or parts.password is not None
+        or "@" in addr  # userinfo cut short by a "/", "?" or "#" in its password
+        or parts.query
+        or parts.fragment
+    ):
         raise ConfigurationError("addr must be a plain https://host:port URL")
     try:
         parts.port  # noqa: B018 - validates the port
