@@ -24,7 +24,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .crypto._subject import SubjectType
 from .errors import ConfigurationError
 from .keystore._sql import mask_url
+from .kms._aws import URL_PARAMS as AWS_URL_PARAMS
 from .kms._protocol import Kms
+from .kms._vault_transit import URL_PARAMS as VAULT_URL_PARAMS
 
 __all__ = [
     "MAX_NONCE_BUDGET",
@@ -328,23 +330,8 @@ _MASK = "***"
 # Where one KMS URL of a comma-separated list starts: only before a scheme ccvault knows, so that
 # a comma inside a password never cuts a URL in two (and shows its second half).
 _NEXT_KMS_URL = re.compile(r",\s*(?=(?:local|aws-kms|vault)://)", re.I)
-# Query parameters whose values a KMS URL shows (the rest is masked).
-_SHOWN_PARAMS = frozenset(
-    {
-        "region",
-        "endpoint_url",
-        "profile",
-        "max_attempts",
-        "connect_timeout",
-        "read_timeout",
-        "pending_window_days",
-        "addr",
-        "namespace",
-        "allow_insecure_http",
-        "ca_cert",
-        "timeout",
-    }
-)
+# Query parameters whose values a KMS URL shows (the rest is masked): the backends' own.
+_SHOWN_PARAMS = AWS_URL_PARAMS | VAULT_URL_PARAMS
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,19}")
 
