@@ -9,11 +9,13 @@ assert secrets_in(exc, key.reveal()) == []
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 from collections.abc import Callable
 
 _SCALARS = (str, bytes, bytearray, memoryview, int, float, bool, type(None))
 _MAX_DEPTH = 5  # how deep into containers and closure cells a value is followed
+_GROUP = getattr(builtins, "BaseExceptionGroup", None)  # Python 3.11+
 
 
 def secret_forms(secret: bytes) -> list[str]:
@@ -33,9 +35,11 @@ def secret_forms(secret: bytes) -> list[str]:
 
 def secrets_in(exc: BaseException, secret: bytes) -> list[str]:
     """Where ``secret`` (raw, hex or base64, also inside a repr) is reachable from ``exc``: its
-    text and arguments, the locals (and the closure cells of functions among them) of every frame
-    of its traceback, and the same for its ``__context__``/``__cause__`` chain. Returns the places
-    it was found; ``[]`` when there are none."""
+    text, arguments, attributes and notes, the locals (and the closure cells of functions among
+    them) of every frame of its traceback, and the same for every exception it leads to: its
+    ``__cause__``, its ``__context__`` *even when* ``raise ... from None`` suppressed it (the
+    context is still attached, and error trackers such as Sentry send it), and the members of an
+    exception group. Returns the places it was found; ``[]`` when there are none."""
     text = secret_forms(secret)
     raw = [secret, *(form.encode() for form in text)]
     found: list[str] = []
@@ -85,13 +89,18 @@ def secrets_in(exc: BaseException, secret: bytes) -> list[str]:
         kind = type(error).__name__
         check(f"{kind} text", str(error))
         check(f"{kind}.args", error.args)
+        check(f"{kind}.__dict__", dict(getattr(error, "__dict__", {})))  # __notes__ among them
         tb = error.__traceback__
         while tb is not None:
             frame = tb.tb_frame
             for name, value in frame.f_locals.items():
                 check(f"{kind}: {frame.f_code.co_name}.{name}", value)
             tb = tb.tb_next
+        # __context__ whatever __suppress_context__ says: "from None" only hides it from the
+        # default traceback printer.
         chain += [error.__context__, error.__cause__]
+        if _GROUP is not None and isinstance(error, _GROUP):
+            chain += list(error.exceptions)
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -140,7 +141,9 @@ def test_admin_commands_run_on_the_configured_vault(
     monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{tmp_path / 'a.key'}")
     monkeypatch.setenv("CCVAULT_KEYSTORE_URL", f"sqlite:///{tmp_path / 'k.db'}")
     monkeypatch.setenv("CCVAULT_PER_EPOCH_ROOTS", "true")
-    monkeypatch.setenv("CCVAULT_BACKUP_RETENTION_DAYS", "0")
+    # The shortest retention accepted (issue 11, item 7: 0 let destroy-epochs destroy an epoch
+    # other processes still wrote under); the rotation below is dated back past it.
+    monkeypatch.setenv("CCVAULT_BACKUP_RETENTION_DAYS", "1")
 
     def run(*argv: str) -> dict[str, object]:
         assert main(list(argv)) == 0
@@ -167,6 +170,11 @@ def test_admin_commands_run_on_the_configured_vault(
         "resumed": False,
         "quarantined": [],
     }
+    # retired less than a day ago: not yet
+    assert run("destroy-epochs") == {"destroyed_epochs": [], "held_by_quarantined_keys": []}
+    with sqlite3.connect(tmp_path / "k.db") as db:  # the rotation was two days ago
+        db.execute("UPDATE ccvault_epochs SET retired_at = retired_at - 2 * 86400 WHERE seq = 1")
+    db.close()
     assert run("destroy-epochs") == {"destroyed_epochs": [1], "held_by_quarantined_keys": []}
     states = [(e["seq"], e["state"]) for e in run("status")["epochs"]]  # type: ignore[union-attr]
     assert states == [(1, "destroyed"), (2, "active")]

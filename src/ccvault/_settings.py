@@ -10,24 +10,34 @@ setting never silently falls back to its default.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .crypto._subject import SubjectType
 from .errors import ConfigurationError
+from .keystore._sql import mask_url
+from .kms._aws import URL_PARAMS as AWS_URL_PARAMS
 from .kms._protocol import Kms
+from .kms._vault_transit import URL_PARAMS as VAULT_URL_PARAMS
 
 __all__ = [
+    "MAX_NONCE_BUDGET",
+    "MAX_PERIOD",
+    "MIN_BACKUP_RETENTION",
+    "MIN_NONCE_BUDGET",
     "OTHER_VARIABLES",
     "RESERVED_PREFIXES",
     "CcvaultSettings",
     "check_environment",
+    "check_vault_options",
     "kms_from_url",
     "settings_table",
 ]
@@ -47,6 +57,25 @@ OTHER_VARIABLES = frozenset(
 RESERVED_PREFIXES = ("CCVAULT_TEST_", "CCVAULT_BENCH_")
 """Prefixes of variables ccvault's own test suite and benchmarks read (``CCVAULT_TEST_PG``…);
 the library never reads them, and the unknown-variable check lets them pass."""
+
+MIN_BACKUP_RETENTION: Final = timedelta(days=1)
+"""The shortest backup retention accepted, and the least time ``destroy_epochs()`` lets pass after
+an epoch is retired whatever the settings say: processes that have not seen the rotation yet
+(their cached active epoch is up to ``cache_ttl`` old, or more while stalled) may still be
+writing keys under it."""
+
+MAX_PERIOD: Final = timedelta(days=36_500)
+"""The longest epoch rotation period and backup retention accepted (100 years): dates computed
+from them stay within what ``datetime`` can represent."""
+
+MIN_NONCE_BUDGET: Final = 4096
+"""The smallest nonce budget of a vault-wide key version: one block of uses a process reserves."""
+
+MAX_NONCE_BUDGET: Final = 2**32
+"""The largest nonce budget of a vault-wide key version: NIST SP 800-38D's limit for random
+96-bit nonces under one AES-GCM key."""
+
+_DAY: Final = 86_400.0
 
 
 class CcvaultSettings(BaseSettings):
@@ -75,11 +104,15 @@ class CcvaultSettings(BaseSettings):
     cache_ttl_seconds: float = Field(
         default=60.0,
         gt=0,
+        allow_inf_nan=False,
         description="how long a process keeps unwrapped keys: the shred propagation bound for "
-        "other processes and the period between KMS unwraps of an epoch key",
+        "other processes and the period between KMS unwraps of an epoch key (finite, > 0)",
     )
     kms_grace_seconds: float = Field(
-        default=300.0, ge=0, description="cached epoch keys keep serving this long in a KMS outage"
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="cached epoch keys keep serving this long in a KMS outage (finite, ≥ 0)",
     )
     cache_max_entries: int = Field(
         default=100_000, ge=1, description="entries of each key cache (subject refs, keys)"
@@ -87,14 +120,19 @@ class CcvaultSettings(BaseSettings):
     epoch_rotation_days: float = Field(
         default=30.0,
         gt=0,
+        le=MAX_PERIOD.days,
+        allow_inf_nan=False,
         description="planned epoch lifetime: `ccvault status` reports a rotation overdue after "
-        "it, and receipts project the erasure horizon from it",
+        "it, and receipts project the erasure horizon from it (> 0, at most 36500)",
     )
     backup_retention_days: float = Field(
         default=35.0,
-        ge=0,
+        ge=MIN_BACKUP_RETENTION.days,
+        le=MAX_PERIOD.days,
+        allow_inf_nan=False,
         description="how long key-store backups are kept: an epoch is destroyed this long after "
-        "it was retired (the erasure horizon)",
+        "it was retired (the erasure horizon); at least 1 day and at least cache_ttl_seconds + "
+        "kms_grace_seconds (processes still write under a just-retired epoch), at most 36500",
     )
     per_epoch_roots: bool = Field(
         default=False, description="a new KMS root per epoch (needed for an erasure horizon)"
@@ -106,6 +144,17 @@ class CcvaultSettings(BaseSettings):
         if value is not None:
             SubjectType.parse(value)  # ValueError: unsupported subject type
         return value
+
+    @model_validator(mode="after")
+    def _retention_covers_caches(self) -> CcvaultSettings:
+        # A ConfigurationError (not a ValueError) leaves pydantic as it is: it names the variables.
+        _check_retention(
+            self.backup_retention_days * _DAY,
+            self.cache_ttl_seconds + self.kms_grace_seconds,
+            retention_name="CCVAULT_BACKUP_RETENTION_DAYS",
+            caches_name="CCVAULT_CACHE_TTL_SECONDS + CCVAULT_KMS_GRACE_SECONDS",
+        )
+        return self
 
     def __init__(self, **values: Any) -> None:
         """Read the environment (``values`` take precedence). Unknown ``CCVAULT_*`` variables
@@ -121,9 +170,10 @@ class CcvaultSettings(BaseSettings):
         return self.__repr__()
 
     def __repr__(self) -> str:
+        keystore = None if self.keystore_url is None else mask_url(self.keystore_url)
         return (
             f"CcvaultSettings(kms_url={_redact(self.kms_url)!r}, "
-            f"keystore_url={_redact(self.keystore_url)!r}, home={self.home!r})"
+            f"keystore_url={keystore!r}, home={self.home!r})"
         )
 
 
@@ -175,8 +225,10 @@ def _describe(exc: ValidationError) -> str:
     fields = CcvaultSettings.model_fields
     parts = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        name = str(error["loc"][0]) if error["loc"] else "?"
-        if name in fields:
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if not name:
+            parts.append(str(error["msg"]))
+        elif name in fields:
             parts.append(f"{_PREFIX}{name.upper()} ({name}): {error['msg']}")
         else:
             close = difflib.get_close_matches(name, list(fields), n=1)
@@ -185,21 +237,149 @@ def _describe(exc: ValidationError) -> str:
     return "invalid setting: " + "; ".join(parts)
 
 
-_USERINFO = re.compile(r"(://|%3A%2F%2F)[^/@?&#,]*@", re.I)
-_SECRET_PARAMS = re.compile(r"((?:token|secret|secret_id|password|access_key|key)=)[^&,]*", re.I)
+# -- constraints shared by the settings and the Vault constructor -----------------------------
+
+
+def _check_retention(
+    retention: float, caches: float, *, retention_name: str, caches_name: str
+) -> None:
+    """``retention`` (seconds) must cover the one-day floor and ``caches`` (cache TTL + KMS grace,
+    seconds): a process may keep writing keys under an epoch that long after it was retired."""
+    floor = max(MIN_BACKUP_RETENTION.total_seconds(), caches)
+    if retention < floor:
+        raise ConfigurationError(
+            f"{retention_name} is {_span(retention)}, shorter than "
+            + (
+                f"{caches_name} ({_span(caches)})"
+                if caches > MIN_BACKUP_RETENTION.total_seconds()
+                else f"the minimum of {_span(floor)}"
+            )
+            + ": destroy_epochs() could destroy an epoch that processes which have not seen the "
+            "rotation yet still write new keys under, and their customers' data would become "
+            "unreadable"
+        )
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / _DAY:g} days" if seconds >= _DAY else f"{seconds:g} s"
+
+
+def _real(name: str, value: object, *, minimum: float, inclusive: bool) -> float:
+    """``value`` as a finite float not below ``minimum``, or a ConfigurationError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds")
+    number = float(value)  # OverflowError is impossible: an int this large fails the next test
+    if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+        bound = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
+        raise ConfigurationError(f"{name} must be a finite number {bound}")
+    return number
+
+
+def _whole(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an int")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigurationError(f"{name} must be at least {minimum}{upper}")
+    return value
+
+
+def _period(name: str, value: object, *, minimum: timedelta) -> timedelta:
+    if not isinstance(value, timedelta):
+        raise ConfigurationError(f"{name} must be a datetime.timedelta")
+    if value < minimum or value <= timedelta(0) or value > MAX_PERIOD:
+        least = f"at least {_span(minimum.total_seconds())}" if minimum else "positive"
+        raise ConfigurationError(f"{name} must be {least} and at most {MAX_PERIOD.days} days")
+    return value
+
+
+def check_vault_options(
+    *,
+    cache_ttl: object,
+    kms_grace_period: object,
+    cache_max_entries: object,
+    epoch_rotation_period: object,
+    backup_retention: object,
+    nonce_budget: object,
+) -> tuple[float, float]:
+    """Check the :class:`~ccvault.Vault` constructor's tuning arguments (a ConfigurationError
+    naming the argument); returns (cache_ttl, kms_grace_period) as floats.
+
+    Every number must be finite; ``backup_retention`` at least :data:`MIN_BACKUP_RETENTION` and
+    at least ``cache_ttl + kms_grace_period``; periods at most :data:`MAX_PERIOD`; the nonce
+    budget between :data:`MIN_NONCE_BUDGET` and :data:`MAX_NONCE_BUDGET`.
+    """
+    ttl = _real("cache_ttl", cache_ttl, minimum=0.0, inclusive=False)
+    grace = _real("kms_grace_period", kms_grace_period, minimum=0.0, inclusive=True)
+    _whole("cache_max_entries", cache_max_entries, minimum=1)
+    _whole("nonce_budget", nonce_budget, minimum=MIN_NONCE_BUDGET, maximum=MAX_NONCE_BUDGET)
+    _period("epoch_rotation_period", epoch_rotation_period, minimum=timedelta(0))
+    retention = _period("backup_retention", backup_retention, minimum=MIN_BACKUP_RETENTION)
+    _check_retention(
+        retention.total_seconds(),
+        ttl + grace,
+        retention_name="backup_retention",
+        caches_name="cache_ttl + kms_grace_period",
+    )
+    return ttl, grace
+
+
+# -- URLs as reprs and messages show them ------------------------------------------------------
+
+_MASK = "***"
+# Where one KMS URL of a comma-separated list starts: only before a scheme ccvault knows, so that
+# a comma inside a password never cuts a URL in two (and shows its second half).
+_NEXT_KMS_URL = re.compile(r",\s*(?=(?:local|aws-kms|vault)://)", re.I)
+# Query parameters whose values a KMS URL shows (the rest is masked): the backends' own.
+_SHOWN_PARAMS = AWS_URL_PARAMS | VAULT_URL_PARAMS
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,19}")
+
+
+def split_kms_urls(url: str) -> list[str]:
+    """The URLs of a comma-separated ``CCVAULT_KMS_URL``, stripped, empty ones left out."""
+    return [u.strip() for u in _NEXT_KMS_URL.split(url) if u.strip()]
 
 
 def _redact(url: str | None) -> str | None:
-    """The URL(s) with passwords and secret-looking query parameters masked."""
+    """A KMS URL (or several, comma-separated) as reprs and messages may show it.
+
+    Everything between the first ``://`` and the last ``@`` is masked (userinfo anywhere: in the
+    authority, or inside a parameter such as ``endpoint_url=https://id:secret@host``, whatever
+    characters the secret holds); query parameters show their values only when ccvault knows the
+    name as a non-secret one; other names show masked values, and a piece that is not
+    ``name=value`` is masked whole.
+    """
     if url is None:
         return None
-    out = []
-    for one in url.split(","):
-        # Userinfo anywhere (also inside a query value such as endpoint_url=https://id:secret@h)
-        # and secret-looking parameters.
-        one = _USERINFO.sub(r"\1***@", one)
-        out.append(_SECRET_PARAMS.sub(r"\1***", one))
-    return ",".join(out)
+    return ",".join(_redact_one(one) for one in _NEXT_KMS_URL.split(url))
+
+
+def _redact_one(url: str) -> str:
+    start = url.find("://")
+    at = url.rfind("@")
+    if start >= 0 and at > start:
+        masked, rest = url[start + 3 : at], url[at + 1 :]
+        if any(c in masked for c in "?&="):
+            # The "@" may sit inside a parameter's value (a secret of its own, or the userinfo
+            # of a URL in a parameter): what follows it up to the next parameter is masked too.
+            _, amp, others = rest.partition("&")
+            url = f"{url[: start + 3]}{_MASK}" + (f"?{others}" if amp else "")
+        else:
+            url = f"{url[: start + 3]}{_MASK}@{rest}"
+    base, question, query = url.partition("?")
+    if not question:
+        return base
+    shown = []
+    for piece in query.split("&"):
+        name, equals, _ = piece.partition("=")
+        if equals and name in _SHOWN_PARAMS:
+            shown.append(piece)
+        elif equals and _PARAM_NAME.fullmatch(name):
+            shown.append(f"{name}={_MASK}")
+        elif piece:
+            shown.append(_MASK)
+    return f"{base}?{'&'.join(shown)}"
 
 
 def kms_from_url(url: str) -> Kms:
@@ -208,7 +388,7 @@ def kms_from_url(url: str) -> Kms:
     Credentials never go in the URL: AWS credentials come from the usual boto3 chain, a Vault
     token from ``VAULT_TOKEN`` (or AppRole ids from ``CCVAULT_VAULT_ROLE_ID``/``_SECRET_ID``).
     """
-    urls = [u.strip() for u in url.split(",") if u.strip()]
+    urls = split_kms_urls(url)
     if len(urls) > 1:
         from .kms._multi import MultiKms
 
@@ -216,7 +396,14 @@ def kms_from_url(url: str) -> Kms:
         return MultiKms(first, *others)
     if not urls:
         raise ConfigurationError("the KMS URL is empty")
-    url = urls[0]
+    try:
+        return _one_kms(urls[0])
+    except ValueError:
+        pass  # urllib's message may quote part of the URL: neither kept nor chained
+    raise ConfigurationError(f"the KMS URL {_redact(urls[0])!r} does not parse as a URL")
+
+
+def _one_kms(url: str) -> Kms:
     scheme = url.split(":", 1)[0] if ":" in url else ""
     if scheme == "local":
         from .kms._local import LocalKms
@@ -236,4 +423,8 @@ def kms_from_url(url: str) -> Kms:
         from .kms._vault_transit import VaultTransitKms
 
         return VaultTransitKms.from_url(url)
+    if not _SCHEME.fullmatch(scheme):
+        raise ConfigurationError(
+            "the KMS URL has no scheme: local:///…, aws-kms://… or vault://… (see docs/kms.md)"
+        )
     raise ConfigurationError(f"unknown KMS URL scheme {scheme!r}")

@@ -47,7 +47,7 @@ from .errors import (
     SubjectShreddedError,
 )
 from .keystore._cache import TtlCache
-from .keystore._protocol import KeyStore
+from .keystore._protocol import EpochNotUsableError, KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from .keystore._sql import SqlKeyStore
 from .kms._multi import kms_by_id, unwrap_epoch_key, wrap_epoch_key
@@ -197,6 +197,9 @@ class Vault:
     ``readonly=True`` opens an existing installation without writing anything: no table, no
     installation, epoch or key is created (an empty store is a :class:`ConfigurationError`), and
     every operation that would write raises one.
+    Every number must be finite, and ``backup_retention`` at least a day and at least
+    ``cache_ttl + kms_grace_period`` (a :class:`ConfigurationError` names the argument otherwise;
+    see :func:`ccvault._settings.check_vault_options`).
     """
 
     def __init__(
@@ -215,12 +218,18 @@ class Vault:
         nonce_budget: int = VAULTWIDE_NONCE_BUDGET,
         readonly: bool = False,
     ) -> None:
+        from ._settings import check_vault_options
+
         if not isinstance(kms, Kms):
             raise ConfigurationError("kms must implement ccvault.kms.Kms")
-        if cache_ttl <= 0 or cache_max_entries < 1:
-            raise ConfigurationError("cache_ttl and cache_max_entries must be positive")
-        if kms_grace_period < 0:
-            raise ConfigurationError("kms_grace_period must not be negative")
+        cache_ttl, kms_grace_period = check_vault_options(
+            cache_ttl=cache_ttl,
+            kms_grace_period=kms_grace_period,
+            cache_max_entries=cache_max_entries,
+            epoch_rotation_period=epoch_rotation_period,
+            backup_retention=backup_retention,
+            nonce_budget=nonce_budget,
+        )
         if per_epoch_roots and not kms.supports_root_lifecycle:
             raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
         self._kms = kms
@@ -515,12 +524,23 @@ class Vault:
 
         with self._cache_lock:
             self._fenced.put(ref, True)
-        receipt_json, newly = self._store.shred(ref, now, make_receipt)
-        receipt = ErasureReceipt.model_validate_json(receipt_json)
-        with self._cache_lock:
-            self._forget_ref(
-                ref, [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
+        parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
+        try:
+            receipt_json, newly = self._store.shred(ref, now, make_receipt)
+            # Committed (or unknown, when the call failed): nothing may keep this process from
+            # dropping the subject's cached keys, so parsing the receipt cannot raise and the
+            # eviction runs whatever happened.
+            parsed = _parse_receipt(receipt_json)
+        finally:
+            with self._cache_lock:
+                self._forget_ref(ref, None if parsed is None else parsed[1])
+        if parsed is None:
+            raise KeyStoreError(
+                f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed and this "
+                "process no longer serves them), but the erasure receipt the key store holds "
+                "for it does not parse: the subject-heads row is corrupted or was tampered with"
             )
+        receipt = parsed[0]
         swept: set[str] = set()
         for hook in self._after_shred:
             swept.update(hook(self, subject))
@@ -810,7 +830,7 @@ class Vault:
         if not dry_run:
             self._writable("destroy epochs")
         now = self._now()
-        horizon = self.backup_retention.total_seconds()
+        horizon = self._destroy_horizon()
         epochs = self._store.epochs()
         due = [
             e
@@ -857,6 +877,19 @@ class Vault:
         if self._per_epoch_roots:
             self._destroy_dead_roots()
         return destroyed
+
+    def _destroy_horizon(self) -> float:
+        """Seconds an epoch stays retired before :meth:`destroy_epochs` destroys it: the backup
+        retention, and never less than a day nor than this process's cache TTL plus KMS grace
+        (whatever the attributes were set to after construction): processes that have not seen
+        the rotation yet still write keys under a just-retired epoch."""
+        from ._settings import MIN_BACKUP_RETENTION
+
+        return max(
+            self.backup_retention.total_seconds(),
+            MIN_BACKUP_RETENTION.total_seconds(),
+            self.cache_ttl + self.kms_grace_period,
+        )
 
     def _destroy_dead_roots(self) -> None:
         """Destroy the KMS roots of destroyed epochs that no live epoch shares."""
@@ -957,10 +990,14 @@ class Vault:
             self._refs.put(cache_key, ref)
         return ref
 
-    def _forget_ref(self, ref: bytes, keys: Sequence[tuple[bytes, int]]) -> None:
+    def _forget_ref(self, ref: bytes, keys: Sequence[tuple[bytes, int]] | None) -> None:
         """Evict a shredded subject's keys: its write key, and the read keys the shred destroyed
-        (the receipt lists them), without scanning the cache."""
+        (the receipt lists them), without scanning the cache; ``None`` (no receipt to read them
+        from): every read key of the subject, found by scanning the cache."""
         self._write_keys.pop(ref)
+        if keys is None:
+            self._read_keys.discard_where(lambda _header, key: key.ref == ref)
+            return
         for key_id, version in keys:
             self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
 
@@ -1110,7 +1147,8 @@ class Vault:
                 unwrap_key(aead, rec.wrapped, rec.commitment, self._binding(rec, rec.epoch_id))
             )
         except UnwrapError:
-            raise DecryptionError from None
+            pass
+        raise DecryptionError  # outside the handler: no __context__ leads back to the unwrap
 
     def _new_record(
         self,
@@ -1123,11 +1161,12 @@ class Vault:
         material: bytes | None = None,
     ) -> tuple[KeyRecord, bytes]:
         epoch = self._active_epoch()
+        aead = self._epoch_aead(epoch)  # first: a KMS failure here finds no key in this frame
         key = material if material is not None else random_bytes(KEY_BYTES)
         binding = KeyBinding(
             self._installation, kind, key_id, version, epoch.epoch_id, ref or _NO_REF
         )
-        wrapped, commit = wrap_key(self._epoch_aead(epoch), key, binding)
+        wrapped, commit = wrap_key(aead, key, binding)
         rec = KeyRecord(
             key_id=key_id,
             version=version,
@@ -1146,9 +1185,30 @@ class Vault:
         rec = self._store.latest_key(kind, label)
         if rec is None:
             self._writable(f"create the installation's {label} key")
-            candidate, _ = self._new_record(kind, random_bytes(16), 1, label=label)
-            rec = self._store.insert_key_if_absent(candidate)
+            rec = self._store_new_key(kind, random_bytes(16), 1, label=label)
         return self._unwrap_record(rec)
+
+    def _store_new_key(self, kind: str, key_id: bytes, version: int, *, label: str) -> KeyRecord:
+        """Create and store a labelled key (or get the one another process stored first).
+
+        The new key's material is never bound to a name here: a frame of a failed insert must
+        not hold it."""
+        return self._with_fresh_epoch(
+            lambda: self._store.insert_key_if_absent(
+                self._new_record(kind, key_id, version, label=label)[0]
+            )
+        )
+
+    def _with_fresh_epoch(self, store_new_keys: Callable[[], T]) -> T:
+        """Run ``store_new_keys`` (it wraps new keys under the cached active epoch and stores
+        them); when the key store refuses that epoch because it was destroyed meanwhile (this
+        process had not seen the rotation), re-read the active epoch and wrap them again."""
+        for _ in range(2):
+            try:
+                return store_new_keys()
+            except EpochNotUsableError:
+                self._active.pop("active")
+        return store_new_keys()
 
     def _subject_write_key(self, ref: bytes) -> _DataKey:
         key = self._write_keys.get(ref)
@@ -1170,11 +1230,15 @@ class Vault:
         missing = [ref for ref in refs if ref not in found]
         if missing:
             self._writable("create keys for new subjects")
-            candidates = [
-                self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0]
-                for ref in missing
-            ]
-            records.update(self._store.create_subject_keys(candidates, self._now()))
+
+            def create() -> dict[bytes, KeyRecord]:
+                candidates = [
+                    self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0]
+                    for ref in missing
+                ]
+                return self._store.create_subject_keys(candidates, self._now())
+
+            records.update(self._with_fresh_epoch(create))
         out = {}
         for ref, rec in records.items():
             # The head names its key by id; make sure the row it points to really is this
@@ -1265,14 +1329,10 @@ class Vault:
             if rec is None or not rec.is_live:
                 version = rec.version + 1 if rec is not None else 1
                 key_id = rec.key_id if rec is not None else random_bytes(16)
-                candidate, _ = self._new_record(KeyKind.VAULTWIDE, key_id, version, label=context)
-                rec = self._store.insert_key_if_absent(candidate)
+                rec = self._store_new_key(KeyKind.VAULTWIDE, key_id, version, label=context)
             if self._store.reserve_uses(rec.key_id, rec.version, _USE_BLOCK, self.nonce_budget):
                 return _Lease(self._data_key(rec), _USE_BLOCK)
-            candidate, _ = self._new_record(
-                KeyKind.VAULTWIDE, rec.key_id, rec.version + 1, label=context
-            )
-            rec = self._store.insert_key_if_absent(candidate)
+            rec = self._store_new_key(KeyKind.VAULTWIDE, rec.key_id, rec.version + 1, label=context)
         raise KeyStoreError("could not reserve nonce budget for a vault-wide key")
 
     # -- receipts --------------------------------------------------------------------------------
@@ -1370,6 +1430,17 @@ def _ref_cache_key(subject: object) -> Hashable | None:
     except TypeError:
         return None
     return cache_key
+
+
+def _parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]]] | None:
+    """The receipt the key store returned and the (key id, version) pairs it lists, or None when
+    it does not parse; never raises (it runs after the shred committed)."""
+    try:
+        receipt = ErasureReceipt.model_validate_json(text)  # type: ignore[arg-type]
+        keys = [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
+    except Exception:  # whatever is wrong with it, the caller raises one KeyStoreError
+        return None
+    return receipt, keys
 
 
 def _context_bytes(context: str) -> bytes:

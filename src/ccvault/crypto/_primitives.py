@@ -80,6 +80,7 @@ class Aead:
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
+            del key  # not kept in the frame of the error's traceback
             raise ValueError("AES-256-GCM needs a 32-byte key")
         self._aesgcm = AESGCM(key)
         # seal(nonce, plaintext, associated_data) -> ciphertext || tag: the C call itself, no

@@ -72,6 +72,9 @@ def unwrap_key(epoch: Aead, wrapped: bytes, stored_commitment: bytes, binding: K
     except AeadFailure:
         raise UnwrapError from None
     expected = commitment(key, binding.kind, binding.key_id, binding.version)
-    if not hmac.compare_digest(expected, stored_commitment):
-        raise UnwrapError
-    return key
+    if hmac.compare_digest(expected, stored_commitment):
+        return key
+    # The key opened but is not the one committed to: it must not stay in this frame, which the
+    # error's traceback (kept as the caller's __context__, suppressed or not) holds.
+    del key
+    raise UnwrapError

@@ -10,12 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from ..errors import KeyStoreError
 from ..kms._protocol import WrappedKey
 from ._records import EpochRecord, HeadRecord, KeyRecord
 
-__all__ = ["KeyStore", "ReceiptFactory"]
+__all__ = ["EpochNotUsableError", "KeyStore", "ReceiptFactory"]
 
 ReceiptFactory = Callable[[HeadRecord | None, Sequence[KeyRecord]], str]
+
+
+class EpochNotUsableError(KeyStoreError):
+    """A new key is wrapped under an epoch that is destroyed (or unknown to the store): nothing
+    was written. The vault re-reads the active epoch and wraps the key again."""
+
+    def __init__(
+        self, message: str = "a new key is wrapped under an epoch that is destroyed or unknown"
+    ) -> None:
+        super().__init__(message)
 
 
 class KeyStore(Protocol):
@@ -73,7 +84,10 @@ class KeyStore(Protocol):
 
         A quarantined key under it also keeps it, unless ``accept_unreadable``: then the epoch is
         destroyed all the same and, in the same transaction, the decision is recorded (epoch,
-        number of quarantined keys, time) among the installation facts."""
+        number of quarantined keys, time) among the installation facts.
+
+        Serialised with :meth:`insert_key_if_absent` and :meth:`create_subject_keys` on the epoch:
+        a key they insert under it either is seen by the check or sees the epoch destroyed."""
         ...
 
     def add_epoch_wraps(self, epoch_id: bytes, wraps: Sequence[WrappedKey]) -> None:
@@ -88,7 +102,9 @@ class KeyStore(Protocol):
     def latest_key(self, kind: str, label: str) -> KeyRecord | None: ...
 
     def insert_key_if_absent(self, record: KeyRecord) -> KeyRecord:
-        """Insert a labelled key unless (kind, label, version) exists; return the stored row."""
+        """Insert a labelled key unless (kind, label, version) exists; return the stored row.
+        Raises :class:`EpochNotUsableError` (writing nothing) when the record's epoch is not
+        active or retired, checked in the same transaction."""
         ...
 
     def subject_head(self, ref: bytes) -> HeadRecord | None: ...
@@ -105,7 +121,9 @@ class KeyStore(Protocol):
     ) -> dict[bytes, KeyRecord]:
         """Create heads and first keys for subjects that have none; return the current key of
         every active subject among the candidates (the existing one where another writer won).
-        Shredded subjects are left out: no key is ever created for them."""
+        Shredded subjects are left out: no key is ever created for them. Raises
+        :class:`EpochNotUsableError` (writing nothing) when a candidate's epoch is not active or
+        retired, checked in the same transaction."""
         ...
 
     def reserve_uses(self, key_id: bytes, version: int, count: int, budget: int) -> bool:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,14 +30,14 @@ from sqlalchemy.engine import Connection, Engine
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._protocol import ReceiptFactory
+from ._protocol import EpochNotUsableError, ReceiptFactory
 from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
 from ._schema import build_metadata
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
-__all__ = ["SqlKeyStore"]
+__all__ = ["SqlKeyStore", "mask_url"]
 
 T = TypeVar("T")
 _BATCH = 500
@@ -108,20 +109,32 @@ class SqlKeyStore:
 
     def _connect(self) -> Connection:
         """A connection, or a KeyStoreError that says where and why the server did not answer."""
+        refused: str | None = None
         try:
             return self.engine.connect()
         except sa.exc.SQLAlchemyError as exc:
-            u = self.engine.url
-            port = u.port or _DEFAULT_PORTS.get(u.get_backend_name())
-            where = ", ".join(
-                f"{what} {value}"
-                for what, value in (("host", u.host), ("port", port), ("database", u.database))
-                if value
-            )
             raise KeyStoreError(
-                f"cannot connect to the key store ({where}; {self.location}): "
-                f"{_driver_error(exc, u)}"
+                f"{self._cannot_connect()}: {_driver_error(exc, self.engine.url)}"
             ) from exc
+        except (ValueError, TypeError, UnicodeError) as exc:
+            # The driver refused a connection setting before talking to the server (PyMySQL
+            # cannot encode a password outside Latin-1): its message and arguments may hold the
+            # password, so neither is kept, and the error is raised outside this block.
+            refused = type(exc).__name__
+        raise KeyStoreError(
+            f"{self._cannot_connect()}: the driver refused the connection settings "
+            f"({refused}; a password it cannot encode?)"
+        )
+
+    def _cannot_connect(self) -> str:
+        u = self.engine.url
+        port = u.port or _DEFAULT_PORTS.get(u.get_backend_name())
+        where = ", ".join(
+            f"{what} {value}"
+            for what, value in (("host", u.host), ("port", port), ("database", u.database))
+            if value
+        )
+        return f"cannot connect to the key store ({where}; {self.location})"
 
     def close(self) -> None:
         if self._owns_engine:
@@ -335,6 +348,10 @@ class SqlKeyStore:
         e, k, m = self._epochs, self._keys, self._meta
 
         def run(conn: Connection) -> bool:
+            # The epoch's row first, exclusively: a key insert under this epoch holds it shared
+            # (_check_epochs) until it commits, so the count below sees every such key, and an
+            # insert that comes later sees the epoch destroyed.
+            conn.execute(sa.select(e.c.state).where(e.c.epoch_id == epoch_id).with_for_update())
             counts: dict[str, int] = dict(
                 conn.execute(
                     sa.select(k.c.state, sa.func.count())
@@ -443,6 +460,7 @@ class SqlKeyStore:
         k = self._keys
 
         def run(conn: Connection) -> KeyRecord:
+            self._check_epochs(conn, [record])
             self._insert_ignore(conn, k, self._key_values(record))
             row = conn.execute(
                 sa.select(k).where(
@@ -456,6 +474,25 @@ class SqlKeyStore:
             return self._key(row)
 
         return self._write(run)
+
+    def _check_epochs(self, conn: Connection, records: Sequence[KeyRecord]) -> None:
+        """Refuse new keys wrapped under an epoch that is destroyed (or unknown): a process whose
+        cached active epoch was retired and then destroyed would otherwise store keys no one can
+        unwrap. The epoch rows stay locked (shared) until the caller's transaction ends, so that
+        :meth:`destroy_epoch`, which locks them exclusively, sees the new keys."""
+        e = self._epochs
+        ids = {r.epoch_id for r in records if r.epoch_id is not None}
+        if not ids:
+            return
+        rows = conn.execute(
+            sa.select(e.c.epoch_id, e.c.state)
+            .where(e.c.epoch_id.in_(sorted(ids)))
+            .order_by(e.c.epoch_id)
+            .with_for_update(read=True)
+        ).all()
+        usable = {bytes(r.epoch_id) for r in rows if r.state in (State.ACTIVE, State.RETIRED)}
+        if ids - usable:
+            raise EpochNotUsableError
 
     # -- subjects ------------------------------------------------------------------------------
 
@@ -585,6 +622,7 @@ class SqlKeyStore:
     ) -> dict[bytes, KeyRecord]:
         h, k = self._heads, self._keys
         refs = [c.ref for c in batch]
+        self._check_epochs(conn, batch)
 
         def locked_heads() -> dict[bytes, HeadRecord]:
             rows = conn.execute(
@@ -779,12 +817,25 @@ def _parse_url(url: str) -> sa.URL:
 
 
 def _safe_url(u: sa.URL) -> str:
-    """``u`` with its password and secret-looking query parameters masked."""
+    """``u`` with its password and secret-looking query parameters (and values holding a
+    userinfo) masked."""
     masked = {
-        name: "***" if any(word in name.lower() for word in _SECRET_QUERY) else value
+        name: "***"
+        if any(word in name.lower() for word in _SECRET_QUERY) or "@" in str(value)
+        else value
         for name, value in u.query.items()
     }
     return u.set(query=masked).render_as_string(hide_password=True)
+
+
+def mask_url(url: str) -> str:
+    """A key-store URL as reprs and messages may show it: parsed by SQLAlchemy, as the engine
+    will read it, then rendered with the password (and secret-looking parameters) masked. A URL
+    that SQLAlchemy cannot parse is not shown at all."""
+    try:
+        return _safe_url(sa.make_url(url))
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        return "<a URL that SQLAlchemy cannot parse>"
 
 
 def _driver_error(exc: BaseException, u: sa.URL) -> str:
@@ -793,7 +844,9 @@ def _driver_error(exc: BaseException, u: sa.URL) -> str:
     orig = getattr(exc, "orig", None) or exc
     message = " ".join(str(orig).split())
     if u.password:
-        message = message.replace(str(u.password), "***")
+        password = str(u.password)
+        for form in (password, quote(password, safe=""), quote_plus(password, safe="")):
+            message = message.replace(form, "***")
     if len(message) > 300:
         message = message[:297] + "..."
     kind = type(orig)

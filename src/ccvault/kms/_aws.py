@@ -77,15 +77,18 @@ _KEY_ID = re.compile(
     r"mrk-[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
-_URL_PARAMS = {
-    "region",
-    "endpoint_url",
-    "profile",
-    "max_attempts",
-    "connect_timeout",
-    "read_timeout",
-    "pending_window_days",
-}
+# The parameters an aws-kms:// URL takes (none secret: a masked URL shows their values).
+URL_PARAMS = frozenset(
+    {
+        "region",
+        "endpoint_url",
+        "profile",
+        "max_attempts",
+        "connect_timeout",
+        "read_timeout",
+        "pending_window_days",
+    }
+)
 _CREDENTIAL_PARAMS = re.compile(r"access|secret|token|password|credential|session", re.IGNORECASE)
 
 _STATES = {
@@ -257,7 +260,7 @@ class AwsKms:
                     "credentials never go in the KMS URL: use the environment, a profile or an "
                     "IAM role"
                 )
-            if name not in _URL_PARAMS:
+            if name not in URL_PARAMS:
                 raise ConfigurationError(f"unknown AWS KMS URL parameter {name!r}")
             if name in params:
                 raise ConfigurationError(f"AWS KMS URL parameter {name!r} is given twice")
@@ -574,7 +577,9 @@ def _check_endpoint(endpoint_url: str) -> None:
         raise ConfigurationError("endpoint_url is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError("endpoint_url must be an http(s) URL")
-    if parts.username is not None or parts.password is not None:
+    # Any "@": a password holding "/", "?" or "#" ends urllib's userinfo early, and its tail
+    # would reach the endpoint, and every connection error that quotes it.
+    if parts.username is not None or parts.password is not None or "@" in endpoint_url:
         raise ConfigurationError("endpoint_url must not carry credentials")
     if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigurationError(

@@ -32,7 +32,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -102,7 +102,7 @@ class LocalKms:
         kms = cls(path=p, file_id=random_bytes(16).hex(), roots=[_new_root()])
         # Write a complete file under a private name, then link it into place: a process that
         # races us sees either no file or a whole one, never a half-written file.
-        tmp = _write_private(p, kms._render())
+        tmp = _write_private(p, kms._render)
         try:
             os.link(tmp, p)
         except OSError:
@@ -246,7 +246,7 @@ class LocalKms:
     def _persist(self) -> None:
         if self._path is None:
             return
-        tmp = _write_private(self._path, self._render())
+        tmp = _write_private(self._path, self._render)
         try:
             os.replace(tmp, self._path)
         except OSError:
@@ -344,16 +344,17 @@ def _copies(target: Path) -> list[Path]:
     return [target.parent / name for name in names if pattern.fullmatch(name)]
 
 
-def _write_private(target: Path, text: str) -> str:
-    """Write ``text`` to a new 0600 file ``.<name>.tmp-<16 hex>`` beside ``target`` (O_EXCL,
-    never through a symlink)."""
+def _write_private(target: Path, render: Callable[[], str]) -> str:
+    """Write the text ``render()`` returns to a new 0600 file ``.<name>.tmp-<16 hex>`` beside
+    ``target`` (O_EXCL, never through a symlink). The text (every root) is made inside the write
+    call, never bound to a name: a failed open, write or fsync leaves no root in the frames."""
     tmp = str(target.with_name(f".{target.name}{_COPY}{secrets.token_hex(8)}"))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(render())
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -393,6 +394,15 @@ def _open_folder(folder: Path) -> int:
 
 
 def _read_file(path: Path) -> tuple[str, list[_Root]]:
+    # Neither the file's text nor any part of it is bound to a name in a frame that raises: an
+    # error tracker that captures locals would send every root with the error.
+    parsed = _parse(_read_text(path))
+    if parsed is None:
+        raise ConfigurationError(f"{str(path)!r} is not a ccvault master key file")
+    return parsed
+
+
+def _read_text(path: Path) -> str:
     # Open the folder and check it, then the file within that very folder without following
     # symlinks, then check the descriptor we read from (no TOCTOU).
     folder = _open_folder(path.parent)
@@ -418,28 +428,43 @@ def _read_file(path: Path) -> tuple[str, list[_Root]]:
         if st.st_uid != os.geteuid():
             raise ConfigurationError(f"master key file {str(path)!r} is owned by another user")
         try:
-            text = f.read(1 << 20).decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = _utf8(f.read(1 << 20))
+        except OSError as exc:
             raise ConfigurationError(f"cannot read master key file {str(path)!r}") from exc
+    if text is None:
+        raise ConfigurationError(f"master key file {str(path)!r} is not UTF-8 text")
+    return text
+
+
+def _utf8(data: bytes) -> str | None:
+    """``data`` decoded, or None: a UnicodeDecodeError carries all of ``data`` in its args."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse(text: str) -> tuple[str, list[_Root]] | None:
+    """The file id and roots of a key file's text, or None when it is malformed (never an
+    exception: its traceback would hold this frame, and the text with it)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    bad = ConfigurationError(f"{str(path)!r} is not a ccvault master key file")
     if not lines or not lines[0].startswith(_MAGIC + " "):
-        raise bad
+        return None
     file_id = lines[0][len(_MAGIC) + 1 :]
     if len(file_id) != 32:
-        raise bad
+        return None
     roots: list[_Root] = []
     for line in lines[1:]:
         fields = line.split(" ")
-        if len(fields) != 4 or fields[0] != "key":
-            raise bad
+        if len(fields) != 4 or fields[0] != "key" or len(fields[1]) != 32:
+            return None
         try:
             material = base64.urlsafe_b64decode(fields[3])
             created = int(fields[2])
             bytes.fromhex(fields[1])
         except ValueError:
-            raise bad from None
-        if len(material) != KEY_BYTES or len(fields[1]) != 32:
-            raise bad
+            return None
+        if len(material) != KEY_BYTES:
+            return None
         roots.append(_make_root(fields[1], created, material))
     return file_id, roots

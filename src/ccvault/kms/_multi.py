@@ -174,12 +174,12 @@ class MultiKms:
             # Any refusal (root disabled, pending deletion, unknown, access denied) or integrity
             # failure propagates: a primary root an admin disabled is a kill switch, and a wrap
             # naming a root this KMS refuses must not let another member vouch for the epoch.
-            if not verify(key):
+            if not verify(key) or (
+                agreed is not None and not hmac.compare_digest(agreed.reveal(), key.reveal())
+            ):
+                del key, agreed  # no unwrapped key in the frame the error's traceback keeps
                 raise DecryptionError
-            if agreed is None:
-                agreed = key
-            elif not hmac.compare_digest(agreed.reveal(), key.reveal()):
-                raise DecryptionError
+            agreed = key
         if agreed is None:
             raise unavailable or KmsUnavailableError("no member of the MultiKms could unwrap")
         return agreed
@@ -228,9 +228,10 @@ def unwrap_epoch_key(
     if not mine:
         raise KmsError(_no_wrap_message(kms.kms_id, wraps))
     key = kms.unwrap(mine[0], context=context)
-    if not verify(key):
-        raise DecryptionError
-    return key
+    if verify(key):
+        return key
+    del key  # no unwrapped key in the frame the error's traceback keeps
+    raise DecryptionError
 
 
 def _no_wrap_message(configured: str, wraps: Sequence[WrappedKey]) -> str:

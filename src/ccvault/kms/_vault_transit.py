@@ -92,7 +92,8 @@ _RENEW_FRACTION = 1 / 3
 _RELOGIN_INTERVAL = 30.0
 # Query parameters that would put a secret into a URL (and so into settings files and logs).
 _SECRET_PARAMS = frozenset({"token", "vault_token", "secret_id", "role_id", "password"})
-_URL_PARAMS = frozenset({"addr", "namespace", "allow_insecure_http", "ca_cert", "timeout"})
+# The parameters a vault:// URL takes (none secret: a masked URL shows their values).
+URL_PARAMS = frozenset({"addr", "namespace", "allow_insecure_http", "ca_cert", "timeout"})
 
 
 def _hvac() -> Any:
@@ -294,7 +295,7 @@ class VaultTransitKms:
                     "from the environment (CCVAULT_VAULT_TOKEN or VAULT_TOKEN, or "
                     "CCVAULT_VAULT_ROLE_ID and CCVAULT_VAULT_SECRET_ID)"
                 )
-            if name not in _URL_PARAMS:
+            if name not in URL_PARAMS:
                 raise ConfigurationError(f"unknown parameter {name!r} in the vault:// URL")
             if name in params:
                 raise ConfigurationError(f"parameter {name!r} repeated in the vault:// URL")
@@ -783,7 +784,13 @@ def _normalise_addr(addr: str, *, allow_insecure_http: bool) -> str:
         )
     if scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError("addr must be an https:// URL with a host")
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+    if (
+        parts.username is not None
+        or parts.password is not None
+        or "@" in addr  # userinfo cut short by a "/", "?" or "#" in its password
+        or parts.query
+        or parts.fragment
+    ):
         raise ConfigurationError("addr must be a plain https://host:port URL")
     try:
         parts.port  # noqa: B018 - validates the port
