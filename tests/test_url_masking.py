@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -228,3 +229,22 @@ def test_userinfo_cut_short_by_a_slash_is_refused(url: str) -> None:
         with pytest.raises(ConfigurationError, match=r"credentials|plain https") as caught:
             kms_from_url(url)
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://app:hunter2@127.0.0.1:notaport/x",  # a port that is no number
+        "not a url: hunter2",
+    ],
+)
+def test_a_key_store_url_that_does_not_parse_is_a_configuration_error(
+    url: str, tmp_path: Path
+) -> None:
+    from ccvault.kms import LocalKms
+
+    kms = LocalKms.generate(tmp_path / "m.key")
+    for readonly in (False, True):
+        with pytest.raises(ConfigurationError) as caught:
+            Vault(kms, url, readonly=readonly)
+        assert "hunter2" not in _chain_text(caught.value)

@@ -810,7 +810,7 @@ _SECRET_QUERY = ("password", "passwd", "secret", "token", "key")
 def _parse_url(url: str) -> sa.URL:
     try:
         return sa.make_url(url)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         raise ConfigurationError(
             "the key store URL is no SQLAlchemy URL (dialect+driver://user:password@host:port/db)"
         ) from None
