@@ -23,6 +23,7 @@ from .errors import (
     KmsUnavailableError,
     RetentionExpiredError,
     SubjectShreddedError,
+    ValueRejectedError,
 )
 from .vault import NO_SUBJECT, DevelopmentDefaultWarning, RotationReport, Vault
 
@@ -47,6 +48,7 @@ __all__ = [
     "RetentionExpiredError",
     "RotationReport",
     "SubjectShreddedError",
+    "ValueRejectedError",
     "Vault",
     "__version__",
 ]

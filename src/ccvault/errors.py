@@ -4,6 +4,8 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
 
     CcvaultError
      ├── ConfigurationError        the installation, settings or key files are wrong
+     ├── ValueRejectedError        a value of the right type its column cannot hold (too long,
+     │                             too many digits, out of range); also a ValueError
      ├── DecryptionError           the one opaque failure for tampered, malformed or foreign data
      ├── SubjectShreddedError      the subject was erased (a business state, not a crypto fault)
      │                             (both name table, column and primary key when a column
@@ -41,6 +43,7 @@ __all__ = [
     "KmsUnavailableError",
     "RetentionExpiredError",
     "SubjectShreddedError",
+    "ValueRejectedError",
 ]
 
 
@@ -50,6 +53,19 @@ class CcvaultError(Exception):
 
 class ConfigurationError(CcvaultError):
     """The installation, its settings or its key files are not usable as given."""
+
+
+class ValueRejectedError(CcvaultError, ValueError):
+    """A value of the right Python type that its encrypted column cannot hold, refused before
+    anything is encrypted or sent: longer than a ``String(n)``, more digits than a
+    ``Numeric(p, s)``, out of an integer type's range, not finite, not one of an ``Enum``'s
+    values... (docs/sqlalchemy.md, "Types"). The message and :attr:`column` name the column's
+    context label and the reason, never the value.
+    """
+
+    def __init__(self, message: str, *, column: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
 
 
 def _show(value: object) -> str:

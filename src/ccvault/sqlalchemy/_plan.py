@@ -34,6 +34,8 @@ class ColumnPlan:
     normalizer: Normalizer | None
     index_bytes: int
     is_str: bool  # the str codec (inlined on the read and write paths)
+    max_chars: int  # the most characters of a str value (sys.maxsize when unbounded)
+    check: Callable[[Any], Any] | None  # the declared type's limits (_limits.Limits.check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,8 @@ def _build(table: sa.Table) -> TablePlan | None:
                 normalizer(etype.searchable) if etype.searchable is not None else None,
                 etype.index_bytes,
                 etype.codec is STR,
+                etype.limits.max_chars,
+                etype.limits.check,
             )
         )
     null_modes = {c.etype.on_null_subject for c in columns}

@@ -24,6 +24,7 @@ from ..crypto._blind import normalizer as _normalizer
 from ..crypto._format import OVERHEAD, SUITE_AES256GCM
 from ..errors import CcvaultError, ConfigurationError
 from ._codec import Codec, codec_for
+from ._limits import Limits, limits_for
 
 __all__ = [
     "ATTACHED",
@@ -121,6 +122,7 @@ class Encrypted(TypeDecorator[Any]):
             raise ConfigurationError("context= must be a non-empty string")
         self.wrapped = wrapped
         self.codec: Codec = codec_for(wrapped)
+        self.limits: Limits = limits_for(wrapped, self.codec)
         if searchable is not None:
             if self.codec.name != "str":
                 raise ConfigurationError("searchable= needs a String or Text column")
@@ -195,21 +197,13 @@ class Encrypted(TypeDecorator[Any]):
     # -- storage ---------------------------------------------------------------------------------
 
     def storage_length(self) -> int | None:
-        """Bytes a stored value can take, or None when unbounded (Text, JSON, LargeBinary)."""
-        length = getattr(self.wrapped, "length", None)
-        overhead = OVERHEAD[SUITE_AES256GCM] + 1  # + the codec tag
-        if self.codec.name == "str":
-            return None if length is None else 4 * length + overhead  # UTF-8: <= 4 bytes a char
-        if self.codec.name == "bytes":
-            return None if length is None else length + overhead
-        if self.codec.name in ("json",):
-            return None
-        if self.codec.name == "enum":
-            longest = max(
-                (len(e.encode()) for e in getattr(self.wrapped, "enums", ["x"])), default=1
-            )
-            return 4 * longest + overhead
-        return 64 + overhead  # numbers, dates, times, UUIDs, booleans
+        """Bytes a stored value can take, or None when unbounded (Text, JSON, LargeBinary).
+
+        Every value the write hook accepts fits: the codec tag, the format's overhead and the
+        most bytes the declared type's limits let through (4 UTF-8 bytes a character).
+        """
+        payload = self.limits.max_payload
+        return None if payload is None else 1 + OVERHEAD[SUITE_AES256GCM] + payload
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):

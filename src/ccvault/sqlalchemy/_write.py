@@ -26,9 +26,10 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 
 from .._sentinels import Sentinel, refusal
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ValueRejectedError
 from ..vault import NO_SUBJECT
 from ._codec import STR
+from ._limits import Rejected
 from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
 from ._types import IndexValue, Sealed
 
@@ -277,8 +278,8 @@ def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
 
 # What the row loop needs of one encrypted column, unpacked in one step: its key in the
 # parameters, u32(len(label)) || label, its blind-index column's key and indexer ("" and None
-# when not searchable), whether it takes str, its plan.
-_Column = tuple[str, bytes, str, Callable[[str], bytes] | None, bool, ColumnPlan]
+# when not searchable), whether it takes str, the most characters of a str, its plan.
+_Column = tuple[str, bytes, str, Callable[[str], bytes] | None, bool, int, ColumnPlan]
 
 
 def _columns(vault: Vault, plan: TablePlan) -> tuple[_Column, ...]:
@@ -289,7 +290,7 @@ def _columns(vault: Vault, plan: TablePlan) -> tuple[_Column, ...]:
         if c.index_key is not None and c.normalizer is not None:
             index_key = c.index_key
             index = vault.blind_indexer(c.label, c.normalizer, c.index_bytes).index
-        out.append((c.key, c.ctx_lp, index_key, index, c.is_str, c))
+        out.append((c.key, c.ctx_lp, index_key, index, c.is_str, c.max_chars, c))
     return tuple(out)
 
 
@@ -329,17 +330,19 @@ def _encrypt_row(
         columns = _columns(vault, plan)
     # the row's key, looked up once for all its columns (vault-wide keys are per column)
     key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
-    for name, ctx_lp, index_key, index, is_str, col in columns:
+    for name, ctx_lp, index_key, index, is_str, max_chars, col in columns:
         value = out.get(name, _MISSING)
         if value is _MISSING or type(value) is Sealed:
             continue
         if type(value) is str and is_str:  # the common case, without _dumps' checks
-            if index is not None:
-                out[index_key] = IndexValue(index(value))
+            if len(value) > max_chars:
+                _dumps(col, value)  # raises ValueRejectedError
             try:
                 data = _STR_TAG + value.encode()
-            except UnicodeEncodeError:  # lone surrogates: _dumps raises the TypeError
-                data = _dumps(col, value)
+            except UnicodeEncodeError:  # lone surrogates: refused below, outside this handler
+                break
+            if index is not None:
+                out[index_key] = IndexValue(index(value))
         else:
             if index is not None:  # searchable columns are str columns: no index of the rest
                 out[index_key] = None
@@ -360,18 +363,36 @@ def _encrypt_row(
             + nonce
             + key.aead.seal(nonce, data, key.ads.get(ctx_lp) or key.associated_data(ctx_lp))
         )
-    return out
+    else:
+        return out
+    # reached by the `break` above only: the refusal is raised outside the except block, so it
+    # is chained to no UnicodeEncodeError (which holds the text)
+    _dumps(col, value)
+    raise AssertionError("unreachable: text UTF-8 cannot encode was encoded")
 
 
 def _dumps(col: ColumnPlan, value: Any) -> bytes:
+    """The plaintext of ``value`` for ``col``: TypeError for a wrong type, ValueRejectedError for
+    a value the declared type cannot hold (never chained to an exception that holds the value)."""
     if isinstance(value, Sentinel):  # SHREDDED, UNREADABLE, ...: a str, but no data
         raise TypeError(f"{col.label}: {refusal(value)}")
     if not isinstance(value, col.python_types) or (col.rejects_bool and isinstance(value, bool)):
         raise TypeError(f"{col.label} takes {col.codec.name} values, not {type(value).__name__}")
     try:
+        if col.check is not None:
+            value = col.check(value)
         return col.codec.dumps(value)
-    except (ValueError, TypeError, KeyError, OverflowError):
-        raise TypeError(f"{col.label}: the value cannot be stored as {col.codec.name}") from None
+    except Rejected as exc:
+        reason = str(exc)
+    except TypeError:  # JSON that json cannot serialise
+        reason = ""
+    except UnicodeEncodeError:
+        reason = "text with a lone surrogate, which UTF-8 cannot encode"
+    except (ValueError, LookupError, OverflowError):  # NaN in JSON, a circular reference
+        reason = f"the value cannot be stored as {col.codec.name}"
+    if not reason:
+        raise TypeError(f"{col.label}: the value cannot be stored as {col.codec.name}")
+    raise ValueRejectedError(f"{col.label}: {reason}", column=col.label)
 
 
 # -- ORM ----------------------------------------------------------------------------------------
