@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy import util
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, attributes
-from sqlalchemy.sql import operators
+from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
 from .._sentinels import Sentinel, refusal
@@ -76,9 +77,75 @@ def before_execute(
     if plan is None:
         return clause, multiparams, params
     _checked(vault, plan)
+    clause, multiparams, params = _parametrised(plan, clause, multiparams, params)
     if isinstance(clause, sa.Insert):
         return _insert(vault, plan, clause, multiparams, params)
     return _update(vault, conn, plan, clause, multiparams, params)
+
+
+def _parametrised(
+    plan: TablePlan, stmt: Any, multiparams: Any, params: Any
+) -> tuple[Any, Any, Any]:
+    """``.values(phone=bindparam("p"))`` of an encrypted column or its subject, with ``p`` given
+    at execution: each parameter set gets the value under the column's own key and the statement
+    loses that entry, so that every set is encrypted as a row. (Left in the statement, the entry
+    would be read as the bind parameter's missing value: NULL.)"""
+    entries = list(stmt._values.items()) if stmt._values else []
+    entries += list(getattr(stmt, "_ordered_values", None) or ())  # SQLAlchemy 2.0
+    moves: dict[Any, tuple[str, BindParameter[Any]]] = {}
+    for k, v in entries:
+        key = k if isinstance(k, str) else getattr(k, "key", str(k))
+        if isinstance(v, BindParameter) and (key in plan.by_key or key == plan.subject.key):
+            moves[k] = (key, v)
+    if not moves:  # the common case: no parameter set is looked at
+        return stmt, multiparams, params
+    sets: list[Mapping[str, Any]] = list(multiparams) if multiparams else [params or {}]
+    names = {name for d in sets for name in d}
+    moves = {k: (key, v) for k, (key, v) in moves.items() if v.key in names}
+    if not moves:
+        return stmt, multiparams, params
+    keep = _where_bind_names(stmt)  # still needed by the WHERE clause
+    out = []
+    for d in sets:
+        row = dict(d)
+        for key, bind in moves.values():
+            if bind.key in d:
+                value = d[bind.key]
+            elif not bind.required:
+                value = bind.effective_value
+            else:
+                raise StatementRefused(
+                    f"{plan.table.name}.{key}: a parameter set has no value for its bind "
+                    f"parameter {bind.key!r}"
+                )
+            if key != bind.key and key in d:
+                raise StatementRefused(
+                    f"{plan.table.name}.{key} is given twice: as itself and through the bind "
+                    f"parameter {bind.key!r}"
+                )
+            row[key] = value
+        for key, bind in moves.values():
+            if bind.key != key and bind.key not in keep:
+                row.pop(bind.key, None)
+        out.append(row)
+    stmt = stmt._clone()
+    stmt._values = util.immutabledict(
+        {k: v for k, v in (stmt._values or {}).items() if k not in moves}
+    )
+    if getattr(stmt, "_ordered_values", None):
+        stmt._ordered_values = [(k, v) for k, v in stmt._ordered_values if k not in moves]
+    if multiparams:
+        return stmt, out, params
+    return stmt, multiparams, out[0]
+
+
+def _where_bind_names(stmt: Any) -> set[str]:
+    return {
+        element.key
+        for criterion in getattr(stmt, "_where_criteria", ())
+        for element in visitors.iterate(criterion)
+        if isinstance(element, BindParameter)
+    }
 
 
 _checked_plans: set[tuple[int, int]] = set()
@@ -115,6 +182,14 @@ def _insert(
     elif stmt._values:
         single = _encrypt_row(vault, plan, _literal_row(plan, stmt._values), None, insert=True)
         stmt = stmt.values(**single)
+        # The subject given in .values() is the subject of the execution parameters' values too
+        # (a column default would otherwise make one up for them).
+        subject = single.get(plan.subject.key, _MISSING)
+        if subject is not _MISSING:
+            if multiparams:
+                multiparams = [{plan.subject.key: subject, **d} for d in multiparams]
+            elif params:
+                params = {plan.subject.key: subject, **params}
     if multiparams:
         keys = None
         if len(multiparams) > 1:  # every row's key, created or loaded in batches, up front
@@ -167,6 +242,11 @@ def _literal_row(plan: TablePlan, values: Mapping[Any, Any]) -> dict[str, Any]:
     for k, v in values.items():
         key = k if isinstance(k, str) else getattr(k, "key", str(k))
         if isinstance(v, BindParameter):
+            if v.required and (key in plan.by_key or key == plan.subject.key):
+                raise StatementRefused(
+                    f"{plan.table.name}.{key} is set from the bind parameter {v.key!r}, which no "
+                    "parameter set gives a value: pass it to execute()"
+                )
             v = v.effective_value
         elif isinstance(v, sa.ClauseElement) and (key in plan.by_key or key == plan.subject.key):
             raise StatementRefused(
@@ -195,8 +275,9 @@ def _update(
         literal.update(_literal_row(plan, dict(ordered)))
     sets = set(literal)
     param_sets = list(multiparams) if multiparams else [params or {}]
+    where_names = _where_bind_names(stmt)
     for d in param_sets:
-        sets |= {k for k in d if k not in criterion.values()}
+        sets |= {k for k in d if k not in where_names}
     touched = sets & set(plan.by_key)
     subject_set = plan.subject.key in sets
     if not touched and not subject_set:
