@@ -92,18 +92,21 @@ class SqlKeyStore:
                 self._create_tables()
 
     def _create_tables(self) -> None:
-        # Processes creating the tables at once: a loser waits a little and re-checks. One
-        # re-check is not enough on MariaDB/MySQL, where DDL is not transactional and another
-        # process may still be half-way through its CREATE TABLE statements.
+        self._ddl("create", lambda: self._md.create_all(self.engine, checkfirst=True))
+
+    def _ddl(self, verb: str, run: Callable[[], None]) -> None:
+        """Run DDL, retried. Processes creating the tables at once: a loser waits a little and
+        re-checks. One re-check is not enough on MariaDB/MySQL, where DDL is not transactional
+        and another process may still be half-way through its CREATE TABLE statements."""
         for attempt in range(_RETRIES):
             try:
-                self._md.create_all(self.engine, checkfirst=True)
+                run()
                 return
-            except sa.exc.SQLAlchemyError as exc:
+            except (sa.exc.SQLAlchemyError, KeyStoreError) as exc:
                 if attempt + 1 == _RETRIES:
                     raise KeyStoreError(
-                        f"cannot create the key store tables at {self.location}: "
-                        f"{_driver_error(exc, self.engine.url)}"
+                        f"cannot {verb} the key store tables at {self.location}: "
+                        f"{_driver_error(exc.__cause__ or exc, self.engine.url)}"
                     ) from exc
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
 
@@ -284,19 +287,13 @@ class SqlKeyStore:
         transaction (MariaDB/MySQL commit DDL anyway), and a statement that loses a race to
         another process's is retried after looking again. ``schema_version`` is left alone:
         the caller sets it once the rows are upgraded too."""
-        for attempt in range(_RETRIES):
-            try:
-                self._md.create_all(self.engine, checkfirst=True)
-                for table in self._md.sorted_tables:
-                    self._add_missing_columns(table)
-                return
-            except (sa.exc.SQLAlchemyError, KeyStoreError) as exc:
-                if attempt + 1 == _RETRIES:
-                    raise KeyStoreError(
-                        f"cannot upgrade the key store tables at {self.location}: "
-                        f"{_driver_error(exc.__cause__ or exc, self.engine.url)}"
-                    ) from exc
-                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
+
+        def run() -> None:
+            self._md.create_all(self.engine, checkfirst=True)
+            for table in self._md.sorted_tables:
+                self._add_missing_columns(table)
+
+        self._ddl("upgrade", run)
 
     def _add_missing_columns(self, table: sa.Table) -> None:
         with self._read() as conn:
@@ -552,18 +549,7 @@ class SqlKeyStore:
                 ).all()
                 for row in rows:
                     rec = self._key(row)
-                    head = None
-                    if row.head_ref is not None:
-                        head = HeadRecord(
-                            ref=bytes(row.head_ref),
-                            key_id=bytes(row.head_key_id),
-                            state=row.head_state,
-                            current_version=row.head_current_version,
-                            created_at=row.head_created_at,
-                            shredded_at=row.head_shredded_at,
-                            receipt=None,
-                            mac=bytes(row.head_mac) if row.head_mac is not None else None,
-                        )
+                    head = self._head(row, "head_") if row.head_ref is not None else None
                     out[(rec.key_id, rec.version)] = (rec, head)
         return {ref: out[ref] for ref in wanted if ref in out}
 
@@ -619,16 +605,19 @@ class SqlKeyStore:
     # -- subjects ------------------------------------------------------------------------------
 
     @staticmethod
-    def _head(row: Any) -> HeadRecord:
+    def _head(row: Any, prefix: str = "") -> HeadRecord:
+        """The head in ``row``, whose columns are named ``prefix`` + the head's column names."""
+        m = row._mapping
+        mac = m[prefix + "mac"]
         return HeadRecord(
-            ref=bytes(row.ref),
-            key_id=bytes(row.key_id),
-            state=row.state,
-            current_version=row.current_version,
-            created_at=row.created_at,
-            shredded_at=row.shredded_at,
-            receipt=row.receipt,
-            mac=bytes(row.mac) if row.mac is not None else None,
+            ref=bytes(m[prefix + "ref"]),
+            key_id=bytes(m[prefix + "key_id"]),
+            state=m[prefix + "state"],
+            current_version=m[prefix + "current_version"],
+            created_at=m[prefix + "created_at"],
+            shredded_at=m[prefix + "shredded_at"],
+            receipt=m.get(prefix + "receipt"),
+            mac=bytes(mac) if mac is not None else None,
         )
 
     def subject_head(self, ref: bytes) -> HeadRecord | None:
