@@ -183,7 +183,7 @@ def test_an_interrupted_rotation_is_finished_by_the_next_one(db_url: str) -> Non
     kms = LocalKms.ephemeral()
     subjects = [uuid.uuid4() for _ in range(1100)]
     with Vault(kms, db_url) as vault:
-        vault.warm(subjects)  # 1100 subject keys, plus K_ref and the receipt key: 1102
+        vault.warm(subjects)  # 1100 subject keys, plus K_ref, the receipt and head keys: 1103
         blob = vault.encrypt(subjects[-1], b"still readable", context=CTX)
         seen: list[tuple[int, int]] = []
 
@@ -193,16 +193,16 @@ def test_an_interrupted_rotation_is_finished_by_the_next_one(db_url: str) -> Non
 
         with pytest.raises(KeyboardInterrupt):
             vault.rotate_epoch(progress=interrupt)
-        assert seen == [(500, 1102)]
-        assert _keys_per_epoch(vault) == [(1, "retired", 602), (2, "active", 500)]
+        assert seen == [(500, 1103)]
+        assert _keys_per_epoch(vault) == [(1, "retired", 603), (2, "active", 500)]
     with Vault(kms, db_url) as fresh:  # the next run, in another process
         assert fresh.decrypt(blob, context=CTX) == b"still readable"
         progress: list[tuple[int, int]] = []
         report = fresh.rotate_epoch(progress=lambda done, total: progress.append((done, total)))
-        assert report == RotationReport(2, 602, resumed=True)
-        assert progress == [(500, 602), (602, 602)]
-        assert _keys_per_epoch(fresh) == [(1, "retired", 0), (2, "active", 1102)]
-        assert fresh.rotate_epoch() == RotationReport(3, 1102)  # finished: this one rotates
+        assert report == RotationReport(2, 603, resumed=True)
+        assert progress == [(500, 603), (603, 603)]
+        assert _keys_per_epoch(fresh) == [(1, "retired", 0), (2, "active", 1103)]
+        assert fresh.rotate_epoch() == RotationReport(3, 1103)  # finished: this one rotates
         assert fresh.decrypt(blob, context=CTX, subject=subjects[-1]) == b"still readable"
 
 
@@ -211,11 +211,11 @@ def test_keys_a_stale_writer_leaves_behind_do_not_hold_up_the_next_rotation(
 ) -> None:
     kms = LocalKms.ephemeral()
     with Vault(kms, sqlite_url) as stale, Vault(kms, sqlite_url) as admin:
-        assert admin.rotate_epoch() == RotationReport(2, 2)
+        assert admin.rotate_epoch() == RotationReport(2, 3)
         late = uuid.uuid4()
         blob = stale.encrypt(late, b"late", context=CTX)  # still wraps under epoch 1
-        assert _keys_per_epoch(admin) == [(1, "retired", 1), (2, "active", 2)]
-        assert admin.rotate_epoch() == RotationReport(3, 3)  # a new epoch, the late key too
+        assert _keys_per_epoch(admin) == [(1, "retired", 1), (2, "active", 3)]
+        assert admin.rotate_epoch() == RotationReport(3, 4)  # a new epoch, the late key too
         assert admin.decrypt(blob, context=CTX, subject=late) == b"late"
 
 
@@ -257,7 +257,7 @@ def test_epochs_report_keys_due_dates_and_what_became_of_each_root(sqlite_url: s
         clock.advance(DAY)
         vault.rotate_epoch()  # epoch 4
         e1, e2, e3, e4 = vault.epochs()
-        assert [e.live_keys for e in (e1, e2, e3, e4)] == [0, 0, 0, 3]
+        assert [e.live_keys for e in (e1, e2, e3, e4)] == [0, 0, 0, 4]
         assert (e1.destroyable_at, e2.destroyable_at) == (t0 + 36 * DAY, t0 + 37 * DAY)
         assert (e3.destroyable_at, e4.destroyable_at) == (t0 + 38 * DAY, None)
         assert e4.rotation_due_at == t0 + 33 * DAY

@@ -48,6 +48,10 @@ def _key(epoch_id: bytes, *, kind: str = KeyKind.SUBJECT, label: str | None = No
     )
 
 
+def _no_mac(*_fields: object) -> bytes:
+    return bytes(32)  # these tests are about epochs: the heads' MACs are never read
+
+
 def _rows(store: SqlKeyStore, table: str) -> int:
     with store.engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM ccvault_{table}")).scalar_one())
@@ -62,7 +66,7 @@ def test_the_store_refuses_new_keys_under_a_destroyed_or_unknown_epoch(db_url: s
         store.add_epoch(two, 2, os.urandom(32), wrap, 1.0)  # epoch 1 retired
         # Active and retired epochs take new keys (a process may not have seen the rotation).
         for epoch in (one, two):
-            assert store.create_subject_keys([_key(epoch)], 2.0)
+            assert store.create_subject_keys([_key(epoch)], 2.0, _no_mac)
             assert store.insert_key_if_absent(
                 _key(epoch, kind=KeyKind.VAULTWIDE, label="x" + epoch.hex())
             )
@@ -74,7 +78,7 @@ def test_the_store_refuses_new_keys_under_a_destroyed_or_unknown_epoch(db_url: s
         heads, keys = _rows(store, "subject_heads"), _rows(store, "keys")
         for epoch in (one, os.urandom(16)):  # destroyed, and unknown to the store
             with pytest.raises(EpochNotUsableError):
-                store.create_subject_keys([_key(two), _key(epoch)], 4.0)
+                store.create_subject_keys([_key(two), _key(epoch)], 4.0, _no_mac)
             with pytest.raises(EpochNotUsableError):
                 store.insert_key_if_absent(_key(epoch, kind=KeyKind.VAULTWIDE, label="late"))
         assert (_rows(store, "subject_heads"), _rows(store, "keys")) == (heads, keys)  # nothing
@@ -104,7 +108,7 @@ def test_a_stalled_process_rewraps_new_keys_instead_of_losing_them(db_url: str) 
         late.blind_index("customers.phone", normalizer("phone"), "+44 20 7946 0000", 8)  # root key
         assert [(e.seq, e.state, e.live_keys) for e in admin.epochs()] == [
             (1, "destroyed", 0),
-            (2, "active", 5),  # K_ref and receipt key (re-wrapped) and the three new ones
+            (2, "active", 6),  # K_ref, receipt and head keys (re-wrapped), the three new ones
         ]
     with Vault(kms, db_url, per_epoch_roots=True) as fresh:
         assert fresh.decrypt(blob, context=CTX, subject=customer) == b"a new customer"
@@ -165,8 +169,8 @@ class _ShredReturns:
         self.receipt: str | None = None
         self.fail_after_commit = False
 
-    def shred(self, ref: bytes, now: float, make_receipt: Any) -> tuple[str, bool]:
-        receipt, newly = self._inner.shred(ref, now, make_receipt)
+    def shred(self, ref: bytes, now: float, *args: Any) -> tuple[str, bool]:
+        receipt, newly = self._inner.shred(ref, now, *args)
         if self.fail_after_commit:
             raise KeyStoreError("the key store could not be written")
         return (self.receipt if self.receipt is not None else receipt), newly

@@ -115,6 +115,7 @@ def test_unknown_version_or_suite_attempts_no_decryption(
 
     monkeypatch.setattr(Aead, "open", forbidden)
     monkeypatch.setattr(vault._store, "get_keys", forbidden)
+    monkeypatch.setattr(vault._store, "value_keys", forbidden)
     with pytest.raises(DecryptionError):
         vault.decrypt(bytes(tampered), context=CTX)
 

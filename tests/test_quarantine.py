@@ -113,7 +113,7 @@ def test_a_tampered_key_row_is_quarantined_and_blocks_nothing_but_its_epoch(
             report = vault.rotate_epoch()
         assert report.epoch_seq == 3
         assert report.quarantined == ((row["key_id"].hex(), 1),)
-        assert report.rewrapped == 5  # the three other subjects, K_ref and the receipt key
+        assert report.rewrapped == 6  # the three other subjects, K_ref, receipt and head-MAC keys
         assert f"key {row['key_id'].hex()} version 1" in caplog.text
         assert "quarantined" in caplog.text
         assert vault.quarantined_keys() == 1
@@ -122,7 +122,7 @@ def test_a_tampered_key_row_is_quarantined_and_blocks_nothing_but_its_epoch(
         assert held == ({holder: 1} if holder is not None else {})
         # Rotating again: nothing to quarantine, nothing left under older epochs.
         again = vault.rotate_epoch()
-        assert (again.rewrapped, again.quarantined) == (5, ())
+        assert (again.rewrapped, again.quarantined) == (6, ())
 
         clock.advance(36 * DAY)  # epochs 1, 2 and 3 are past the backup window
         caplog.clear()
@@ -181,7 +181,7 @@ def test_a_quarantined_key_is_never_made_live_again_silently(
         # says quarantined, and ccvault neither reads nor re-wraps it.
         _update_key(db_url, ref, wrapped=original["wrapped"])
         report = vault.rotate_epoch()
-        assert (report.rewrapped, report.quarantined) == (3, ())  # other, K_ref, receipt key
+        assert (report.rewrapped, report.quarantined) == (4, ())  # other, K_ref, receipt, head key
         assert vault.quarantined_keys() == 1
     with Vault(kms, db_url, clock=clock) as fresh:
         with pytest.raises(DecryptionError):
@@ -293,10 +293,10 @@ def test_a_kms_that_is_down_or_refuses_never_quarantines(
         with pytest.raises(type(broken_kms.error)):
             vault.rotate_epoch()  # epoch 2 is made, but epoch 1 cannot be unwrapped
         assert vault.quarantined_keys() == 0
-        assert {e.seq: e.live_keys for e in vault.epochs()} == {1: 4, 2: 0}
+        assert {e.seq: e.live_keys for e in vault.epochs()} == {1: 5, 2: 0}
         broken_kms.down = False
         report = vault.rotate_epoch()  # finishes the interrupted rotation
-        assert (report.epoch_seq, report.resumed, report.rewrapped) == (2, True, 4)
+        assert (report.epoch_seq, report.resumed, report.rewrapped) == (2, True, 5)
         assert report.quarantined == ()
         for subject, blob in blobs.items():
             assert vault.decrypt(blob, context=CTX, subject=subject) == b"x"
@@ -323,7 +323,7 @@ def test_cli_reports_quarantined_keys_and_destroys_only_when_told(
     rotated = run(capsys, "rotate-epoch")  # today
     assert rotated == {
         "epoch_seq": 4,
-        "rewrapped": 3,
+        "rewrapped": 4,
         "resumed": False,
         "quarantined": [{"key_id": rows[1]["key_id"].hex(), "version": 1}],
     }
@@ -439,9 +439,9 @@ def test_any_damage_to_a_key_row_quarantines_it_and_only_it(
             report = vault.rotate_epoch()  # never raises
             if any(c in _AUTHENTICATED for c in changed):
                 expected = ((damaged["key_id"].hex(), damaged["version"]),)
-                assert (report.quarantined, report.rewrapped) == (expected, 3)
+                assert (report.quarantined, report.rewrapped) == (expected, 4)
             else:  # the label is not part of the key: the row is still good
-                assert (report.quarantined, report.rewrapped) == ((), 4)
+                assert (report.quarantined, report.rewrapped) == ((), 5)
         with Vault(kms, url) as fresh:
             assert fresh.decrypt(other_blob, context=CTX, subject=other) == b"kept"
             assert fresh.quarantined_keys() == len(report.quarantined)

@@ -163,10 +163,10 @@ def test_admin_commands_run_on_the_configured_vault(
     assert isinstance(epochs, list)
     assert [(e["seq"], e["state"]) for e in epochs] == [(1, "active")]
     assert epochs[0]["kms"][0]["kms_id"] == first.kms_id
-    # K_ref and the receipt key
+    # K_ref, the receipt key and the head-MAC key
     assert run("rotate-epoch") == {
         "epoch_seq": 2,
-        "rewrapped": 2,
+        "rewrapped": 3,
         "resumed": False,
         "quarantined": [],
     }
@@ -453,7 +453,7 @@ def test_cli_rotation_reports_progress_and_survives_ctrl_c(
 
     _configure(tmp_path, monkeypatch)
     with Vault.from_settings() as app:
-        app.warm([uuid.uuid4() for _ in range(1100)])  # 1102 live keys with K_ref and receipt
+        app.warm([uuid.uuid4() for _ in range(1100)])  # 1103 with K_ref, receipt and head keys
     real = SqlKeyStore.rewrap
     calls = []
 
@@ -472,8 +472,8 @@ def test_cli_rotation_reports_progress_and_survives_ctrl_c(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        "ccvault rotate-epoch: re-wrapped 500/1102 keys",
-        "ccvault rotate-epoch: interrupted after re-wrapping 500 of 1102 keys; every batch "
+        "ccvault rotate-epoch: re-wrapped 500/1103 keys",
+        "ccvault rotate-epoch: interrupted after re-wrapping 500 of 1103 keys; every batch "
         "re-wrapped so far is committed and the other keys still open under their older epoch; "
         "run `ccvault rotate-epoch` again: it finishes the re-wrapping and starts no new epoch",
     ]
@@ -482,17 +482,17 @@ def test_cli_rotation_reports_progress_and_survives_ctrl_c(
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {
         "epoch_seq": 2,
-        "rewrapped": 602,
+        "rewrapped": 603,
         "resumed": True,
         "quarantined": [],
     }
     assert captured.err.splitlines() == [
-        "ccvault rotate-epoch: re-wrapped 500/602 keys",
-        "ccvault rotate-epoch: re-wrapped 602/602 keys",
+        "ccvault rotate-epoch: re-wrapped 500/603 keys",
+        "ccvault rotate-epoch: re-wrapped 603/603 keys",
     ]
     assert main(["status"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert [(e["seq"], e["live_keys"]) for e in status["epochs"]] == [(1, 0), (2, 1102)]
+    assert [(e["seq"], e["live_keys"]) for e in status["epochs"]] == [(1, 0), (2, 1103)]
     assert status["rotation_overdue"] is False
 
 
@@ -539,7 +539,7 @@ def test_cli_status_and_dry_run_show_what_is_due_and_change_nothing(
     assert [(e["seq"], e["state"], e["live_keys"], e["destroyable_at"]) for e in epochs] == [
         (1, "destroyed", 0, None),
         (2, "retired", 0, when(3)),
-        (3, "active", 3, None),
+        (3, "active", 4, None),
     ]
     assert epochs[0]["kms"] == [
         {"kms_id": kms.kms_id, "root_id": roots[1][0][1], "root_destruction": "destroyed"}

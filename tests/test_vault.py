@@ -174,7 +174,7 @@ def test_epoch_rotation_rewraps_without_touching_data(
     before = vault.active_epoch_seq()
     report = vault.rotate_epoch()
     assert report.epoch_seq == before + 1
-    assert report.rewrapped == 5  # 2 subject keys, 1 vault-wide key, ref key, receipt key
+    assert report.rewrapped == 6  # 2 subject keys, 1 vault-wide key, ref, receipt, head-MAC keys
     with Vault(kms, db_url) as fresh:  # nothing cached: everything unwraps via the new epoch
         assert fresh.active_epoch_seq() == report.epoch_seq
         assert fresh.subject_ref(a) == ref_before
@@ -433,7 +433,7 @@ def test_readonly_vault_reads_and_refuses_every_write(db_url: str) -> None:
         assert ro.is_shredded(gone)
         assert not ro.is_shredded(uuid.uuid4())
         assert [(e.seq, e.state, e.live_keys) for e in ro.epochs(check_roots=True)] == [
-            (1, "active", 5)  # kept, the vault-wide key, K_ref, receipt and blind-index keys
+            (1, "active", 6)  # kept, the vault-wide key, K_ref, receipt, head and blind-index keys
         ]
         assert ro.destroy_epochs(dry_run=True) == []
         assert ro.blind_index("customers.phone", _digits(), "5551234", 16)

@@ -7,6 +7,7 @@ Key hierarchy (see docs/design.md)::
          │                  cache period; one epoch is active, rotation re-wraps everything below
          ├─ subject-ref key long-lived: ref = HMAC-SHA256(K_ref, canonical(subject))
          ├─ receipt key     long-lived Ed25519 seed that signs erasure receipts
+         ├─ head-MAC key    long-lived: authenticates each subject head's fence state
          ├─ subject keys    one lineage per subject (random 128-bit key id, versions)
          └─ vault-wide keys one lineage per context label, for data without a subject
               └─ values     AES-256-GCM, format v1 (crypto/_format.py)
@@ -14,6 +15,8 @@ Key hierarchy (see docs/design.md)::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -34,6 +37,7 @@ from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
 from .crypto import _format as fmt
 from .crypto._blind import BlindIndexer, Normalizer, column_key
+from .crypto._heads import head_mac_message
 from .crypto._primitives import KEY_BYTES, Aead, HmacSha256, ed25519_public_key, random_bytes
 from .crypto._subject import SubjectType
 from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
@@ -49,6 +53,7 @@ from .errors import (
 from .keystore._cache import TtlCache
 from .keystore._protocol import EpochNotUsableError, KeyStore
 from .keystore._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
+from .keystore._schema import SCHEMA_VERSION
 from .keystore._sql import SqlKeyStore
 from .kms._multi import kms_by_id, unwrap_epoch_key, wrap_epoch_key
 from .kms._protocol import Kms, RootState, WrappedKey
@@ -60,11 +65,14 @@ if TYPE_CHECKING:
     from .sqlalchemy._scrub import ScrubReport
 
 __all__ = [
+    "FENCE_BREAKS",
     "NO_SUBJECT",
     "DevelopmentDefaultWarning",
     "EpochInfo",
+    "HeadCheck",
     "Progress",
     "RotationReport",
+    "StoreUpgrade",
     "Vault",
 ]
 
@@ -94,6 +102,15 @@ _BATCH = 500
 _REF_LABEL = "subject-ref"
 _BIDX_LABEL = "blind-index"
 _RECEIPT_LABEL = "receipt-signing"
+_HEAD_LABEL = "subject-head"
+_REPORT_SECONDS = 3600.0  # a broken fence is logged once an hour per ref, not once per use
+_LISTED = 1000  # refs a HeadCheck lists of each kind (it counts them all)
+_HEADLESS = (
+    "its ref has key rows but no subject head (ccvault never deletes one): the head row was "
+    "deleted or its ref altered"
+)
+_UPGRADING: Final = contextvars.ContextVar("ccvault_upgrading_store", default=False)
+"""Set by :meth:`Vault.upgrade_store` only: a vault built meanwhile opens an older store."""
 _SEARCHABLE_META = "searchable:"  # ccvault_meta rows: one per column label with blind indexes
 _NO_REF = b""
 
@@ -141,6 +158,50 @@ class RotationReport:
     rewrapped: int
     resumed: bool = False  # True: an interrupted rotation was finished, no new epoch started
     quarantined: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreUpgrade:
+    """What :meth:`Vault.upgrade_store` did: the schema version it found and left, the subject
+    heads it authenticated (a repeat finds none, unless a process of an older version wrote
+    some meanwhile) and the never-seen shredded subjects it gave a tombstone."""
+
+    from_version: int
+    to_version: int
+    heads_authenticated: int
+    tombstones_added: int
+
+
+FENCE_BREAKS: Final = ("unauthenticated", "inconsistent", "headless", "orphan", "restored")
+"""The kinds of broken fence :meth:`Vault.verify_heads` reports (see :class:`HeadCheck`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadCheck:
+    """What :meth:`Vault.verify_heads` found: ``heads`` checked, and the refs that every read
+    and write treats as shredded because their fence rows are not what ccvault writes, by kind:
+
+    * ``unauthenticated``: heads whose MAC fails (state, ref, key id or version altered, or a
+      head written without a MAC by a process of an older ccvault);
+    * ``inconsistent``: heads that authenticate and say active but name a destroyed key (a head
+      row restored from a backup over a shred);
+    * ``headless``: refs with destroyed keys (tombstones) and no head (a head row deleted, or
+      its ref altered);
+    * ``orphan``: refs with live keys and no head;
+    * ``restored``: refs with a live key under a head that does not say active (a key row
+      restored from a backup over a shred).
+
+    ``counts`` has every kind's full count; ``refs`` the first 1,000 refs of each kind, in hex
+    (refs are the key store's pseudonyms, never a subject in clear)."""
+
+    heads: int
+    counts: dict[str, int]
+    refs: dict[str, tuple[str, ...]]
+
+    @property
+    def ok(self) -> bool:
+        """True when no ref is treated as shredded for a broken fence."""
+        return not any(self.counts.values())
 
 
 _DataKey = fmt.ValueKey
@@ -286,6 +347,12 @@ class Vault:
                 raise
         else:
             installation, stored_type = self._store.ensure_installation(uuid.uuid4().hex, proposed)
+        try:
+            _check_schema(self._store, upgrading=_UPGRADING.get())
+        except ConfigurationError:
+            if owned:
+                self._store.close()
+            raise
         if declared is not None and stored_type != declared.spec:
             raise ConfigurationError(
                 f"the key store records subject type {stored_type!r}, not {declared.spec!r}"
@@ -298,6 +365,8 @@ class Vault:
         self._ref_key = self._long_lived_key(KeyKind.SUBJECT_REF, _REF_LABEL)
         self._ref_mac = HmacSha256(self._ref_key.reveal())
         self._receipt_seed = self._long_lived_key(KeyKind.RECEIPT_SIGNING, _RECEIPT_LABEL)
+        self._head_mac = HmacSha256(self._long_lived_key(KeyKind.HEAD_MAC, _HEAD_LABEL).reveal())
+        self._reported: TtlCache[bytes, bool] = TtlCache(10_000, _REPORT_SECONDS, monotonic)
         self._bidx_root: SecretKey | None = None  # created on first use
         # Integrations (vault.attach) clear what they derived from the subject after a shred,
         # and return the context labels of the blind indexes they cleared.
@@ -526,7 +595,7 @@ class Vault:
             self._fenced.put(ref, True)
         parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
         try:
-            receipt_json, newly = self._store.shred(ref, now, make_receipt)
+            receipt_json, newly = self._store.shred(ref, now, make_receipt, self._seal_head)
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
             # eviction runs whatever happened.
@@ -561,8 +630,20 @@ class Vault:
         return receipt
 
     def is_shredded(self, subject: object) -> bool:
-        head = self._store.subject_head(self._ref(subject))
-        return head is not None and head.state == State.SHREDDED
+        """Whether ``subject`` is shredded, or treated as such because its head fails
+        authentication or its ref has key rows without a head (see :meth:`verify_heads`)."""
+        ref = self._ref(subject)
+        found = self._store.subject_keys([ref]).get(ref)
+        if found is None:
+            if self._store.keyed_refs([ref]):
+                self._report_fence(ref, _HEADLESS)
+                return True
+            return False
+        head, rec = found
+        try:
+            return self._usable_key(ref, head, rec) is None
+        except KeyStoreError:
+            return False  # active, but its key row is broken: not a shred
 
     def subject_ref(self, subject: object) -> bytes:
         """The pseudonymous 32-byte ref of ``subject`` (what the key store and receipts hold)."""
@@ -961,6 +1042,111 @@ class Vault:
         held = self._store.quarantined_keys_by_epoch()
         return sum(n for epoch_id, n in held.items() if epoch_id not in gone)
 
+    # -- key-store schema and subject heads ---------------------------------------------------
+
+    @classmethod
+    def upgrade_store(
+        cls,
+        kms: Kms | None = None,
+        keystore: KeyStore | Engine | AsyncEngine | str | None = None,
+        *,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> StoreUpgrade:
+        """Bring an existing key store written by an older ccvault to this library's schema
+        (admin operation: ``ccvault upgrade-store``). The only way a store's schema version
+        ever rises: no vault upgrades a store by itself, and one that finds an older store
+        refuses to open it.
+
+        With neither ``kms`` nor ``keystore`` the vault is configured by ``CCVAULT_*`` as
+        :meth:`from_settings` does (``options`` override settings); otherwise ``options`` are
+        :class:`Vault`'s. An empty store is refused: an upgrade never creates an installation.
+
+        Schema 1 to 2: adds ``subject_heads.mac``, creates the installation's head-MAC key and
+        authenticates every head as it stands, 500 per transaction (``progress(done, total)``
+        after each), gives each never-seen shredded subject a version-0 tombstone, and then
+        records version 2. Idempotent and resumable: an interrupted run (a crash, Ctrl-C, a
+        second process upgrading at the same time) leaves the version unchanged, and the next
+        run goes on from what is done. Run on a store already at this version, it authenticates
+        the heads a process of an older ccvault wrote since (run it again once the last such
+        process has stopped) and changes nothing else.
+        """
+        if options.get("readonly"):
+            raise ConfigurationError("upgrade_store writes to the key store: not read-only")
+        if (kms is None) != (keystore is None):
+            raise TypeError("give both kms and keystore, or neither (CCVAULT_* settings)")
+        token = _UPGRADING.set(True)
+        try:
+            if kms is None or keystore is None:
+                vault = cls.from_settings(create=False, **options)
+            else:
+                store = keystore
+                if isinstance(keystore, Engine | str) or _is_async_engine(keystore):
+                    store = SqlKeyStore(keystore, create=False)  # type: ignore[arg-type]
+                _existing_installation(cast(KeyStore, store))
+                vault = cls(kms, store, **options)
+        finally:
+            _UPGRADING.reset(token)
+        with vault:
+            return vault._upgrade_heads(progress)
+
+    def _upgrade_heads(self, progress: Progress | None) -> StoreUpgrade:
+        before = self._store.schema_version() or SCHEMA_VERSION
+        self._store.upgrade_schema()
+        total = sealed = tombstones = 0
+        after: bytes | None = None
+        while True:
+            page = self._store.heads_after(after, _BATCH, unsealed=True)
+            if not page:
+                break
+            updates = []
+            for head, _ in page:
+                with contextlib.suppress(ValueError):  # a version outside u32: stays unsealed
+                    updates.append((head, self._head_mac_of(head)))
+            done, added = self._store.seal_heads(updates, self._now())
+            sealed, tombstones, total = sealed + done, tombstones + added, total + len(page)
+            after = page[-1][0].ref
+            if progress is not None:
+                progress(sealed, total)
+        self._store.set_schema_version(SCHEMA_VERSION)
+        if before == SCHEMA_VERSION and sealed:
+            log.warning(
+                "%d subject head(s) had no MAC in a store already at schema version %d: a "
+                "process of an older ccvault wrote them. They are authenticated as they stand.",
+                sealed,
+                SCHEMA_VERSION,
+            )
+        log.info(
+            "key store upgraded",
+            extra={"schema_from": before, "schema_to": SCHEMA_VERSION, "heads": sealed},
+        )
+        return StoreUpgrade(before, SCHEMA_VERSION, sealed, tombstones)
+
+    def verify_heads(self) -> HeadCheck:
+        """Check the MAC of every subject head and look for key rows whose ref has no head
+        (admin operation, read-only: ``ccvault verify-heads``). Reads and writes already treat
+        each ref this reports as shredded and log it at ERROR when they meet it; this finds
+        them all at once. One key-store query per 500 heads, and one for key rows outside
+        their fence."""
+        found: dict[str, list[bytes]] = {kind: [] for kind in FENCE_BREAKS}
+        heads = 0
+        after: bytes | None = None
+        while page := self._store.heads_after(after, _BATCH):
+            for head, rec in page:
+                heads += 1
+                if not self._head_authentic(head):
+                    found["unauthenticated"].append(head.ref)
+                elif head.state == State.ACTIVE and rec and rec.state == State.DESTROYED:
+                    found["inconsistent"].append(head.ref)
+            after = page[-1][0].ref
+        for ref, kind in sorted(self._store.unfenced_key_refs().items()):
+            found[kind].append(ref)
+        return HeadCheck(
+            heads,
+            counts={kind: len(refs) for kind, refs in found.items()},
+            refs={kind: tuple(r.hex() for r in refs[:_LISTED]) for kind, refs in found.items()},
+        )
+
     @property
     def per_epoch_roots(self) -> bool:
         """Whether each new epoch gets a KMS root of its own (destroyed with the epoch)."""
@@ -1222,35 +1408,32 @@ class Vault:
     def _load_or_create(self, refs: Sequence[bytes]) -> dict[bytes, _DataKey]:
         """Current keys of ``refs`` (creating missing ones); shredded subjects are left out."""
         found = self._store.subject_keys(refs)
-        records = {
-            ref: rec
-            for ref, (head, rec) in found.items()
-            if head.state == State.ACTIVE and rec is not None
-        }
+        records: dict[bytes, KeyRecord] = {}
+        for ref, (head, rec) in found.items():
+            usable = self._usable_key(ref, head, rec)
+            if usable is not None:
+                records[ref] = usable
         missing = [ref for ref in refs if ref not in found]
         if missing:
             self._writable("create keys for new subjects")
 
-            def create() -> dict[bytes, KeyRecord]:
+            def create() -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
                 candidates = [
                     self._new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0]
                     for ref in missing
                 ]
-                return self._store.create_subject_keys(candidates, self._now())
+                return self._store.create_subject_keys(candidates, self._now(), self._seal_head)
 
-            records.update(self._with_fresh_epoch(create))
+            created = self._with_fresh_epoch(create)
+            for ref in missing:
+                if ref not in created:  # refused: key rows without a head
+                    self._report_fence(ref, _HEADLESS)
+                    continue
+                usable = self._usable_key(ref, *created[ref])
+                if usable is not None:
+                    records[ref] = usable
         out = {}
         for ref, rec in records.items():
-            # The head names its key by id; make sure the row it points to really is this
-            # subject's live key (the wrap's associated data authenticates rec.ref).
-            if rec.state == State.QUARANTINED:
-                raise KeyStoreError(
-                    f"the subject's key {rec.key_id.hex()} version {rec.version} is quarantined "
-                    "(its key-store row failed authentication): nothing is written for this "
-                    "subject (docs/security.md, 'Quarantined keys')"
-                )
-            if rec.kind != KeyKind.SUBJECT or rec.ref != ref or not rec.is_live:
-                raise KeyStoreError("a subject head points at a key that is not its own")
             key = self._data_key(rec)
             with self._cache_lock:
                 if self._fenced.get(ref) is None:
@@ -1258,24 +1441,112 @@ class Vault:
             out[ref] = key
         return out
 
+    def _usable_key(self, ref: bytes, head: HeadRecord, rec: KeyRecord | None) -> KeyRecord | None:
+        """The key a subject's head names, if the head authenticates, says active and names
+        this subject's live key; None when the subject is shredded or treated as shredded (a
+        head that fails authentication, or that says active but names a destroyed key: both
+        reported). A head whose key row is missing or broken is a KeyStoreError."""
+        if not self._head_authentic(head):
+            self._report_fence(ref, "its subject head fails authentication (MAC)")
+            return None
+        if head.state != State.ACTIVE:
+            return None
+        if rec is None:
+            raise KeyStoreError("a subject head names a key the key store does not hold")
+        if rec.state == State.DESTROYED:
+            self._report_fence(
+                ref, "its subject head says active but names a destroyed key (a restored head?)"
+            )
+            return None
+        # The head names its key by id; make sure the row it points to really is this
+        # subject's live key (the wrap's associated data authenticates rec.ref).
+        if rec.state == State.QUARANTINED:
+            raise KeyStoreError(
+                f"the subject's key {rec.key_id.hex()} version {rec.version} is quarantined "
+                "(its key-store row failed authentication): nothing is written for this "
+                "subject (docs/security.md, 'Quarantined keys')"
+            )
+        if rec.kind != KeyKind.SUBJECT or rec.ref != ref or not rec.is_live:
+            raise KeyStoreError("a subject head points at a key that is not its own")
+        return rec
+
+    def _seal_head(self, ref: bytes, key_id: bytes, state: str, current_version: int) -> bytes:
+        """The MAC of a subject head's fence state (docs/format.md, section 3a)."""
+        return self._head_mac(
+            head_mac_message(self._installation, ref, key_id, state, current_version)
+        )
+
+    def _head_mac_of(self, head: HeadRecord) -> bytes:
+        return self._seal_head(head.ref, head.key_id, head.state, head.current_version)
+
+    def _head_authentic(self, head: HeadRecord) -> bool:
+        if head.mac is None:
+            return False
+        try:
+            expected = self._head_mac_of(head)
+        except ValueError:
+            return False
+        return hmac.compare_digest(head.mac, expected)
+
+    def _fenced_read(self, rec: KeyRecord, head: HeadRecord | None) -> bool:
+        """Whether a live subject key must read as shredded: its ref has no head, or a head
+        that fails authentication or does not say active (each reported)."""
+        ref = rec.ref or _NO_REF
+        if head is None:
+            self._report_fence(ref, "a live key of its ref has no subject head")
+        elif not self._head_authentic(head):
+            self._report_fence(ref, "its subject head fails authentication (MAC)")
+        elif head.state != State.ACTIVE:
+            self._report_fence(
+                ref, "a key of its ref is live under a shredded head (a restored key row?)"
+            )
+        else:
+            return False
+        return True
+
+    def _report_fence(self, ref: bytes, why: str) -> None:
+        """Log (ERROR, once an hour per ref) a subject treated as shredded because its fence
+        rows are not what ccvault writes."""
+        if self._reported.get(ref) is not None:
+            return
+        self._reported.put(ref, True)
+        log.error(
+            "subject ref %s is treated as shredded: %s. Nothing is encrypted or decrypted for "
+            "it (docs/security.md, 'Authenticated subject heads'; `ccvault verify-heads`)",
+            ref.hex()[:16],
+            why,
+        )
+
     def _data_key(self, rec: KeyRecord) -> _DataKey:
         header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
         cached = self._read_keys.get(header)
         if isinstance(cached, _DataKey):
             return cached
+        key = self._unwrapped_data_key(rec)
+        self._cache_read_key(header, key)
+        return key
+
+    def _unwrapped_data_key(self, rec: KeyRecord) -> _DataKey:
         material = self._unwrap_record(rec)
-        key = _DataKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or _NO_REF)
+        return _DataKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or _NO_REF)
+
+    def _cache_read_key(self, header: bytes, key: _DataKey) -> None:
         with self._cache_lock:
             if not key.ref or self._fenced.get(key.ref) is None:
                 self._read_keys.put(header, key)
-        return key
+
+    def _tombstone(self, header: bytes, rec: KeyRecord) -> _Shredded:
+        tombstone = _Shredded(rec.ref or _NO_REF)
+        self._read_keys.put(header, tombstone)
+        return tombstone
 
     def _read_keys_batch(self, headers: Iterable[bytes]) -> dict[bytes, _DataKey | _Shredded]:
         """The keys of many suite-1 value headers, with one key-store query per 500 cold ones.
 
         Headers that are not suite-1, unknown ids, non-value keys and keys that fail to unwrap
         are left out (the caller raises DecryptionError for those values only); shredded ones
-        map to the tombstone.
+        map to the tombstone, and so do live subject keys whose subject head (read in the same
+        query) is shredded, fails its MAC or is missing.
         """
         out: dict[bytes, _DataKey | _Shredded] = {}
         lookup = self._read_keys.getter()
@@ -1290,20 +1561,27 @@ class Vault:
                 missing[pair] = header
         pairs = list(missing)
         for i in range(0, len(pairs), _BATCH):
-            for pair, rec in self._store.get_keys(pairs[i : i + _BATCH]).items():
+            # Each key with its subject's head, in one query (never again while it is cached).
+            for pair, (rec, head) in self._store.value_keys(pairs[i : i + _BATCH]).items():
                 header = missing[pair]
-                if not rec.is_live:
-                    if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
-                        tombstone = _Shredded(rec.ref or _NO_REF)
-                        self._read_keys.put(header, tombstone)
-                        out[header] = tombstone
-                    continue
                 if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
                     continue  # a long-lived key id is never a value key
-                try:
-                    out[header] = self._data_key(rec)
-                except DecryptionError:
+                if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
+                    out[header] = self._tombstone(header, rec)
                     continue
+                if not rec.is_live:
+                    continue
+                try:
+                    key = self._unwrapped_data_key(rec)
+                except DecryptionError:
+                    continue  # the row does not authenticate: unreadable, whatever its head says
+                if rec.kind == KeyKind.SUBJECT and self._fenced_read(rec, head):
+                    # A key row that authenticates, under a shredded head (a row restored from a
+                    # backup), a head that fails its MAC, or none: read as shredded.
+                    out[header] = self._tombstone(header, rec)
+                    continue
+                self._cache_read_key(header, key)
+                out[header] = key
         return out
 
     def _read_key_lookup(self) -> Callable[[bytes], _DataKey | _Shredded | None]:
@@ -1469,6 +1747,26 @@ def _existing_installation(store: KeyStore) -> tuple[str, str]:
         where = store.location if isinstance(store, SqlKeyStore) else repr(store)
         raise ConfigurationError(f"no ccvault installation at {where}")
     return found
+
+
+def _check_schema(store: KeyStore, *, upgrading: bool) -> None:
+    """Refuse a store of a newer schema, and one of an older schema unless upgrading it."""
+    version = store.schema_version()
+    if version is None or version == SCHEMA_VERSION:
+        return
+    where = store.location if isinstance(store, SqlKeyStore) else repr(store)
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the key store at {where} has schema version {version}, newer than this ccvault "
+            f"knows ({SCHEMA_VERSION}): a newer ccvault upgraded it; run that version (a store "
+            "is never downgraded)"
+        )
+    if not upgrading:
+        raise ConfigurationError(
+            f"the key store at {where} has schema version {version}, older than this ccvault's "
+            f"({SCHEMA_VERSION}): run `ccvault upgrade-store` (Vault.upgrade_store) once, then "
+            "open it (docs/operations.md, 'Upgrading the key store')"
+        )
 
 
 def _live_roots(epochs: Iterable[EpochRecord]) -> set[tuple[str, str]]:

@@ -3,7 +3,7 @@
 Vectors are frozen: once committed, a change of format must still open them. Re-running this
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
-    python tests/vectors/make_vectors.py values refs store
+    python tests/vectors/make_vectors.py values refs store heads
 """
 
 from __future__ import annotations
@@ -117,6 +117,38 @@ def refs() -> None:
     (HERE / "subject_refs.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def heads() -> None:
+    """Subject-head MACs (schema 2): the message and the MAC of an active and a shredded head."""
+    from ccvault.crypto._heads import head_mac_message
+
+    k_head, installation = (
+        bytes.fromhex("4e" * 32),
+        bytes.fromhex("bc63ed65f5ba4740ab92e9a5acd0d5ba"),
+    )
+    cases = [
+        ("active", bytes.fromhex("46" * 32), bytes.fromhex("8a" * 16), "active", 1),
+        ("shredded", bytes.fromhex("23" * 32), bytes.fromhex("0a" * 16), "shredded", 1),
+        ("shredded, never seen", bytes.fromhex("99" * 32), bytes.fromhex("5c" * 16), "shredded", 0),
+    ]
+    out = []
+    for name, ref, key_id, state, version in cases:
+        message = head_mac_message(installation, ref, key_id, state, version)
+        out.append(
+            {
+                "name": name,
+                "k_head": k_head.hex(),
+                "installation_id": installation.hex(),
+                "ref": ref.hex(),
+                "key_id": key_id.hex(),
+                "state": state,
+                "current_version": version,
+                "message": message.hex(),
+                "mac": hmac_sha256(k_head, message).hex(),
+            }
+        )
+    (HERE / "heads_v1.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
 def store() -> None:
     """A whole installation: master key file, SQLite key store, and values made through Vault."""
     from ccvault import NO_SUBJECT, Vault
@@ -165,4 +197,4 @@ def store() -> None:
 
 if __name__ == "__main__":
     for what in sys.argv[1:]:
-        {"values": values, "refs": refs, "store": store}[what]()
+        {"values": values, "refs": refs, "store": store, "heads": heads}[what]()

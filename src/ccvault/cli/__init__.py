@@ -40,6 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "destroy epochs retired past the backup window, and their roots (admin)",
         ),
         ("add-kms-wraps", "wrap every live epoch under MultiKms members lacking a wrap (admin)"),
+        (
+            "upgrade-store",
+            "bring a key store written by an older ccvault to this version's schema "
+            "(idempotent; admin)",
+        ),
+        (
+            "verify-heads",
+            "check every subject head's MAC and find key rows without a head; exit status 3 "
+            "when any ref is treated as shredded for a broken fence (read-only)",
+        ),
     ):
         admin[name] = sub.add_parser(
             name, help=text, description=f"{text}. Configured by CCVAULT_* variables."

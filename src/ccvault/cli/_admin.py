@@ -1,9 +1,9 @@
 """Admin commands over the vault configured by ``CCVAULT_*``: run them from a scheduled job with
 the admin KMS principal (docs/kms.md, "Who may do what").
 
-``status`` and ``destroy-epochs --dry-run`` open the vault read-only: they create nothing, not
-even on an empty store. Long commands report progress on stderr; Ctrl-C stops them with exit
-status 130 and a store the next run completes.
+``status``, ``verify-heads`` and ``destroy-epochs --dry-run`` open the vault read-only: they
+create nothing, not even on an empty store. Long commands report progress on stderr; Ctrl-C stops
+them with exit status 130 and a store the next run completes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 
 from ..errors import CcvaultError
-from ..vault import EpochInfo, Vault
+from ..vault import EpochInfo, HeadCheck, Vault
 
 __all__ = ["run_admin"]
 
@@ -26,8 +26,12 @@ _AFTER_INTERRUPT = {
     "finishes the re-wrapping, destroys the remaining epochs and retries their roots",
     "add-kms-wraps": "the wraps added so far are kept; run `ccvault add-kms-wraps` again to add "
     "the rest",
+    "upgrade-store": "each batch of heads authenticated so far is committed and the schema "
+    "version is unchanged; run `ccvault upgrade-store` again: it goes on from there",
     "status": "nothing was changed",
+    "verify-heads": "nothing was changed",
 }
+_BROKEN_FENCES = 3  # exit status of verify-heads when it finds any
 
 
 def _when(ts: float | None) -> str | None:
@@ -35,32 +39,55 @@ def _when(ts: float | None) -> str | None:
 
 
 class _Progress:
-    """Prints ``re-wrapped done/total keys`` on stderr after each batch."""
+    """Prints ``re-wrapped done/total keys`` (``upgrade-store``: ``authenticated done/total
+    subject heads``) on stderr after each batch."""
 
     def __init__(self, command: str) -> None:
         self.command = command
         self.done = self.total = 0
+        upgrade = command == "upgrade-store"
+        self.verb, self.what = ("authenticat", "subject heads") if upgrade else ("re-wrapp", "keys")
 
     def __call__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         print(
-            f"ccvault {self.command}: re-wrapped {done}/{total} keys", file=sys.stderr, flush=True
+            f"ccvault {self.command}: {self.verb}ed {done}/{total} {self.what}",
+            file=sys.stderr,
+            flush=True,
         )
 
     def so_far(self) -> str:
-        return f" after re-wrapping {self.done} of {self.total} keys" if self.total else ""
+        if not self.total:
+            return ""
+        return f" after {self.verb}ing {self.done} of {self.total} {self.what}"
 
 
 def run_admin(command: str, *, dry_run: bool = False, accept_unreadable: bool = False) -> int:
     """One admin command; prints one JSON object; exit status 1 on an error (one line on stderr,
     no traceback), 130 on Ctrl-C."""
     progress = _Progress(command)
-    readonly = command == "status" or (command == "destroy-epochs" and dry_run)
+    readonly = command in ("status", "verify-heads") or (command == "destroy-epochs" and dry_run)
+    status = 0
     try:
+        out: dict[str, object]
+        if command == "upgrade-store":
+            # The one command that opens an older store (and only to upgrade it).
+            upgrade = Vault.upgrade_store(progress=progress)
+            out = {
+                "schema_version_before": upgrade.from_version,
+                "schema_version": upgrade.to_version,
+                "heads_authenticated": upgrade.heads_authenticated,
+                "tombstones_added": upgrade.tombstones_added,
+            }
+            print(json.dumps(out, indent=2))
+            return 0
         # No admin command creates an installation: on an empty store they all say so.
         with Vault.from_settings(readonly=readonly, create=False) as vault:
-            out: dict[str, object]
-            if command == "rotate-epoch":
+            if command == "verify-heads":
+                check = vault.verify_heads()
+                out = _head_check(check)
+                status = 0 if check.ok else _BROKEN_FENCES
+            elif command == "rotate-epoch":
                 report = vault.rotate_epoch(progress=progress)
                 out = {
                     "epoch_seq": report.epoch_seq,
@@ -93,7 +120,18 @@ def run_admin(command: str, *, dry_run: bool = False, accept_unreadable: bool = 
         print(f"ccvault {command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
-    return 0
+    return status
+
+
+def _head_check(check: HeadCheck) -> dict[str, object]:
+    return {
+        "heads": check.heads,
+        "ok": check.ok,
+        **{
+            kind: {"count": count, "refs": list(check.refs[kind])}
+            for kind, count in check.counts.items()
+        },
+    }
 
 
 def _status(vault: Vault) -> dict[str, object]:

@@ -2,7 +2,9 @@
 
 A key store never sees key material in clear and never sees a subject in clear (only its ref).
 Key creation and shred both go through the subject head so that a creation racing a shred never
-leaves a live key. :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
+leaves a live key. Each head carries a MAC of its state that the vault computes (a
+:data:`HeadSealer` passed in) and verifies: the store holds no key and trusts no head.
+:class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from ..errors import KeyStoreError
 from ..kms._protocol import WrappedKey
 from ._records import EpochRecord, HeadRecord, KeyRecord
 
-__all__ = ["EpochNotUsableError", "KeyStore", "ReceiptFactory"]
+__all__ = ["EpochNotUsableError", "HeadSealer", "KeyStore", "ReceiptFactory"]
 
 ReceiptFactory = Callable[[HeadRecord | None, Sequence[KeyRecord]], str]
+
+HeadSealer = Callable[[bytes, bytes, str, int], bytes]
+"""The MAC of a subject head (ref, key id, state, current version), computed by the vault under
+the installation's head-MAC key (docs/format.md, section 3a)."""
 
 
 class EpochNotUsableError(KeyStoreError):
@@ -45,6 +51,20 @@ class KeyStore(Protocol):
 
     def meta(self, prefix: str) -> dict[str, str]:
         """The installation facts whose names start with ``prefix``."""
+        ...
+
+    def schema_version(self) -> int | None:
+        """The stored schema version (1 for an installation that predates the row); None for
+        a store without an installation."""
+        ...
+
+    def upgrade_schema(self) -> None:
+        """Create the tables and columns of this library's schema that the store lacks
+        (idempotent); the schema version is left to :meth:`set_schema_version`."""
+        ...
+
+    def set_schema_version(self, version: int) -> None:
+        """Record ``version`` unless the store records it or a newer one already."""
         ...
 
     def installation(self) -> tuple[str, str] | None:
@@ -99,6 +119,13 @@ class KeyStore(Protocol):
         """Fetch several keys by (key id, version) in as few round trips as possible."""
         ...
 
+    def value_keys(
+        self, refs: Iterable[tuple[bytes, int]]
+    ) -> dict[tuple[bytes, int], tuple[KeyRecord, HeadRecord | None]]:
+        """:meth:`get_keys`, each key with the head of its ref (None for a vault-wide key or a
+        ref without a head), read together (one join, one snapshot)."""
+        ...
+
     def latest_key(self, kind: str, label: str) -> KeyRecord | None: ...
 
     def insert_key_if_absent(self, record: KeyRecord) -> KeyRecord:
@@ -117,23 +144,55 @@ class KeyStore(Protocol):
         ...
 
     def create_subject_keys(
-        self, candidates: Sequence[KeyRecord], now: float
-    ) -> dict[bytes, KeyRecord]:
-        """Create heads and first keys for subjects that have none; return the current key of
-        every active subject among the candidates (the existing one where another writer won).
-        Shredded subjects are left out: no key is ever created for them. Raises
-        :class:`EpochNotUsableError` (writing nothing) when a candidate's epoch is not active or
-        retired, checked in the same transaction."""
+        self, candidates: Sequence[KeyRecord], now: float, seal_head: HeadSealer
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        """Create heads (authenticated by ``seal_head``) and first keys for subjects that have
+        none; return the head of every candidate's subject, with its current key where the head
+        says active (the existing one where another writer won). No key is created for a
+        subject whose head is shredded, nor for one whose ref has no head but key rows (a
+        tombstone, or a live key: heads are never deleted): the latter is left out. Raises
+        :class:`EpochNotUsableError` (writing nothing) when a candidate's epoch is not active
+        or retired, checked in the same transaction."""
+        ...
+
+    def keyed_refs(self, refs: Sequence[bytes]) -> set[bytes]:
+        """The refs among ``refs`` that have subject key rows (live or tombstones)."""
+        ...
+
+    def heads_after(
+        self, after: bytes | None, limit: int, *, unsealed: bool = False
+    ) -> list[tuple[HeadRecord, KeyRecord | None]]:
+        """Up to ``limit`` heads after ref ``after`` in ref order (only those without a MAC
+        when ``unsealed``), each with its current key where it says active."""
+        ...
+
+    def seal_heads(
+        self, updates: Sequence[tuple[HeadRecord, bytes]], now: float
+    ) -> tuple[int, int]:
+        """Store each MAC on its head if the head has none and is unchanged. A shredded head
+        whose ref has no key row also gets a version-0 tombstone. Returns (MACs stored,
+        tombstones added)."""
+        ...
+
+    def unfenced_key_refs(self) -> dict[bytes, str]:
+        """Refs of subject key rows outside what a head allows: ``"headless"`` (no head, a
+        destroyed key), ``"orphan"`` (no head, live keys only), ``"restored"`` (a live key under
+        a head that does not say active)."""
         ...
 
     def reserve_uses(self, key_id: bytes, version: int, count: int, budget: int) -> bool:
         """Atomically reserve ``count`` uses of a live key unless that passes ``budget``."""
         ...
 
-    def shred(self, ref: bytes, now: float, make_receipt: ReceiptFactory) -> tuple[str, bool]:
-        """Fence the subject and destroy its key material, keeping tombstones.
+    def shred(
+        self, ref: bytes, now: float, make_receipt: ReceiptFactory, seal_head: HeadSealer
+    ) -> tuple[str, bool]:
+        """Fence the subject and destroy its key material, keeping tombstones (a subject never
+        seen gets a version-0 one); the head's shredded state is authenticated by
+        ``seal_head``.
 
-        Returns (receipt, newly_shredded). A repeat returns the stored receipt.
+        Returns (receipt, newly_shredded). A repeat returns the stored receipt (and restores
+        the head's MAC of its shredded state if the row lost it).
         """
         ...
 

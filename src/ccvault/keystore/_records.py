@@ -15,6 +15,7 @@ class KeyKind:
     SUBJECT_REF = "ref"
     RECEIPT_SIGNING = "receipt"
     BLIND_INDEX = "bidx"
+    HEAD_MAC = "head"  # long-lived: authenticates subject heads (schema 2)
 
 
 class State:
@@ -77,3 +78,6 @@ class HeadRecord:
     created_at: float
     shredded_at: float | None
     receipt: str | None
+    # HMAC over (installation, ref, key id, state, current version) under the head-MAC key,
+    # computed by the vault (the store holds no key); None in a row of schema 1
+    mac: bytes | None = None

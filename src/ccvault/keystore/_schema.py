@@ -5,7 +5,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["build_metadata"]
+__all__ = ["SCHEMA_VERSION", "build_metadata"]
+
+SCHEMA_VERSION = 2
+"""The key-store schema this library writes and reads (``ccvault_meta.schema_version``).
+
+1. The first release.
+2. ``subject_heads.mac``: each head's fence state authenticated under the installation's
+   head-MAC key (docs/format.md, section 3a); never-seen subjects shredded keep a version-0
+   tombstone. A store at version 1 is brought here by ``ccvault upgrade-store`` only.
+"""
 
 
 def _bin(n: int) -> sa.types.TypeEngine[bytes]:
@@ -69,5 +78,8 @@ def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
         sa.Column("created_at", sa.Double, nullable=False),
         sa.Column("shredded_at", sa.Double),
         sa.Column("receipt", sa.Text),
+        # schema 2: HMAC of (installation, ref, key id, state, current version); NULL only in a
+        # row written by a library of schema 1 (read as unauthenticated: fenced)
+        sa.Column("mac", _bin(32)),
     )
     return md

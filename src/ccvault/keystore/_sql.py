@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import json
 import random
 import time
@@ -30,9 +31,9 @@ from sqlalchemy.engine import Connection, Engine
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._protocol import EpochNotUsableError, ReceiptFactory
+from ._protocol import EpochNotUsableError, HeadSealer, ReceiptFactory
 from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
-from ._schema import build_metadata
+from ._schema import SCHEMA_VERSION, build_metadata
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
@@ -76,6 +77,7 @@ class SqlKeyStore:
         self._dialect = self.engine.dialect.name
         _install_sqlite_hooks(self.engine)
         md = build_metadata(prefix)
+        self._md = md
         t = md.tables
         self._meta = t[f"{prefix}meta"]
         self._epochs = t[f"{prefix}epochs"]
@@ -84,20 +86,29 @@ class SqlKeyStore:
         self._heads = t[f"{prefix}subject_heads"]
         if create:
             self._connect().close()  # an unreachable server is reported at once, with its cause
-            # Processes creating the tables at once: a loser waits a little and re-checks. One
-            # re-check is not enough on MariaDB/MySQL, where DDL is not transactional and another
-            # process may still be half-way through its CREATE TABLE statements.
-            for attempt in range(_RETRIES):
-                try:
-                    md.create_all(self.engine, checkfirst=True)
-                    break
-                except sa.exc.SQLAlchemyError as exc:
-                    if attempt + 1 == _RETRIES:
-                        raise KeyStoreError(
-                            f"cannot create the key store tables at {self.location}: "
-                            f"{_driver_error(exc, self.engine.url)}"
-                        ) from exc
-                    time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
+            # A store of another schema version is never changed here: the vault refuses it, and
+            # only `ccvault upgrade-store` (upgrade_schema) brings an older one up to date.
+            if self.schema_version() in (None, SCHEMA_VERSION):
+                self._create_tables()
+
+    def _create_tables(self) -> None:
+        self._ddl("create", lambda: self._md.create_all(self.engine, checkfirst=True))
+
+    def _ddl(self, verb: str, run: Callable[[], None]) -> None:
+        """Run DDL, retried. Processes creating the tables at once: a loser waits a little and
+        re-checks. One re-check is not enough on MariaDB/MySQL, where DDL is not transactional
+        and another process may still be half-way through its CREATE TABLE statements."""
+        for attempt in range(_RETRIES):
+            try:
+                run()
+                return
+            except (sa.exc.SQLAlchemyError, KeyStoreError) as exc:
+                if attempt + 1 == _RETRIES:
+                    raise KeyStoreError(
+                        f"cannot {verb} the key store tables at {self.location}: "
+                        f"{_driver_error(exc.__cause__ or exc, self.engine.url)}"
+                    ) from exc
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
 
     def __repr__(self) -> str:
         return f"SqlKeyStore({self.location!r})"
@@ -199,10 +210,17 @@ class SqlKeyStore:
 
     def ensure_installation(self, installation_id: str, subject_type: str) -> tuple[str, str]:
         def run(conn: Connection) -> tuple[str, str]:
+            m = self._meta
+            fresh = (
+                conn.execute(sa.select(m.c.value).where(m.c.name == "installation_id")).first()
+                is None
+            )
             for name, value in (
                 ("installation_id", installation_id),
                 ("subject_type", subject_type),
-                ("schema_version", "1"),
+                # Only a new installation is created at this library's version: an existing
+                # store without the row predates schema versions (version 1).
+                *((("schema_version", str(SCHEMA_VERSION)),) if fresh else ()),
             ):
                 if (
                     conn.execute(
@@ -237,6 +255,73 @@ class SqlKeyStore:
                 sa.select(m.c.name, m.c.value).where(m.c.name.startswith(prefix, autoescape=True))
             ).all()
         return {name: value for name, value in rows}
+
+    def schema_version(self) -> int | None:
+        """The stored ``schema_version`` (1 for an installation that predates the row); None
+        when the store holds no installation. Creates nothing."""
+        m = self._meta
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table(m.name):
+                return None
+            rows = dict(
+                conn.execute(
+                    sa.select(m.c.name, m.c.value).where(
+                        m.c.name.in_(["installation_id", "schema_version"])
+                    )
+                ).all()
+            )
+        if "installation_id" not in rows:
+            return None
+        value = rows.get("schema_version", "1")
+        if not value.isdigit():
+            raise ConfigurationError(
+                f"the key store at {self.location} records a schema version that is not a "
+                f"number ({m.name}.schema_version = {value[:20]!r})"
+            )
+        return int(value)
+
+    def upgrade_schema(self) -> None:
+        """Create the tables and add the columns this library's schema has and the store lacks.
+
+        Idempotent, and safe to run from two processes at once: each statement is its own
+        transaction (MariaDB/MySQL commit DDL anyway), and a statement that loses a race to
+        another process's is retried after looking again. ``schema_version`` is left alone:
+        the caller sets it once the rows are upgraded too."""
+
+        def run() -> None:
+            self._md.create_all(self.engine, checkfirst=True)
+            for table in self._md.sorted_tables:
+                self._add_missing_columns(table)
+
+        self._ddl("upgrade", run)
+
+    def _add_missing_columns(self, table: sa.Table) -> None:
+        with self._read() as conn:
+            present = {c["name"].lower() for c in sa.inspect(conn).get_columns(table.name)}
+        dialect = self.engine.dialect
+        for column in table.columns:
+            if column.name.lower() in present:
+                continue
+            ddl = (
+                f"ALTER TABLE {dialect.identifier_preparer.format_table(table)} ADD COLUMN "
+                f"{sa.schema.CreateColumn(column).compile(dialect=dialect)}"
+            )
+            self._write(functools.partial(_run_ddl, ddl=ddl))
+
+    def set_schema_version(self, version: int) -> None:
+        """Record ``version`` unless the store records it or a newer one already."""
+        m = self._meta
+        older = [str(v) for v in range(1, version)]
+
+        def run(conn: Connection) -> None:
+            if not self._insert_ignore(conn, m, {"name": "schema_version", "value": str(version)}):
+                conn.execute(
+                    sa.update(m)
+                    .where(m.c.name == "schema_version", m.c.value.in_(older))
+                    .values(value=str(version))
+                )
+
+        self._write(run)
 
     def installation(self) -> tuple[str, str] | None:
         """The stored (installation id, subject type), or None for an empty store; creates
@@ -445,6 +530,29 @@ class SqlKeyStore:
                     out[(rec.key_id, rec.version)] = rec
         return {ref: out[ref] for ref in wanted if ref in out}
 
+    def value_keys(
+        self, refs: Iterable[tuple[bytes, int]]
+    ) -> dict[tuple[bytes, int], tuple[KeyRecord, HeadRecord | None]]:
+        """:meth:`get_keys`, each key with the head of its ref (None: a vault-wide key, or a
+        subject key whose ref has no head), read by one join in the same snapshot."""
+        wanted = list(dict.fromkeys(refs))
+        k, h = self._keys, self._heads
+        head_cols = [c.label(f"head_{c.name}") for c in h.c if c.name != "receipt"]
+        out: dict[tuple[bytes, int], tuple[KeyRecord, HeadRecord | None]] = {}
+        with self._read() as conn:
+            for i in range(0, len(wanted), _BATCH):
+                ids = list({kid for kid, _ in wanted[i : i + _BATCH]})
+                rows = conn.execute(
+                    sa.select(k, *head_cols)
+                    .outerjoin(h, h.c.ref == k.c.ref)
+                    .where(k.c.key_id.in_(ids))
+                ).all()
+                for row in rows:
+                    rec = self._key(row)
+                    head = self._head(row, "head_") if row.head_ref is not None else None
+                    out[(rec.key_id, rec.version)] = (rec, head)
+        return {ref: out[ref] for ref in wanted if ref in out}
+
     def latest_key(self, kind: str, label: str) -> KeyRecord | None:
         k = self._keys
         with self._read() as conn:
@@ -497,15 +605,19 @@ class SqlKeyStore:
     # -- subjects ------------------------------------------------------------------------------
 
     @staticmethod
-    def _head(row: Any) -> HeadRecord:
+    def _head(row: Any, prefix: str = "") -> HeadRecord:
+        """The head in ``row``, whose columns are named ``prefix`` + the head's column names."""
+        m = row._mapping
+        mac = m[prefix + "mac"]
         return HeadRecord(
-            ref=bytes(row.ref),
-            key_id=bytes(row.key_id),
-            state=row.state,
-            current_version=row.current_version,
-            created_at=row.created_at,
-            shredded_at=row.shredded_at,
-            receipt=row.receipt,
+            ref=bytes(m[prefix + "ref"]),
+            key_id=bytes(m[prefix + "key_id"]),
+            state=m[prefix + "state"],
+            current_version=m[prefix + "current_version"],
+            created_at=m[prefix + "created_at"],
+            shredded_at=m[prefix + "shredded_at"],
+            receipt=m.get(prefix + "receipt"),
+            mac=bytes(mac) if mac is not None else None,
         )
 
     def subject_head(self, ref: bytes) -> HeadRecord | None:
@@ -519,7 +631,9 @@ class SqlKeyStore:
         ).first()
         return self._head(row) if row is not None else None
 
-    def shred(self, ref: bytes, now: float, make_receipt: ReceiptFactory) -> tuple[str, bool]:
+    def shred(
+        self, ref: bytes, now: float, make_receipt: ReceiptFactory, seal_head: HeadSealer
+    ) -> tuple[str, bool]:
         h, k = self._heads, self._keys
 
         def run(conn: Connection) -> tuple[str, bool]:
@@ -540,7 +654,15 @@ class SqlKeyStore:
                 head = self._locked_head(conn, ref)
                 if head is None:
                     raise KeyStoreError("subject head vanished")
+                if head.state == State.ACTIVE and head.current_version == 0:
+                    # ... and keep a tombstone of it too, as for a subject that had keys: the
+                    # fence then outlives its head row (see create_subject_keys).
+                    self._insert_ignore(conn, k, _fence_tombstone(head.key_id, ref, now))
+            mac = seal_head(ref, head.key_id, State.SHREDDED, head.current_version)
             if head.state == State.SHREDDED and head.receipt is not None:
+                if head.mac is None or not hmac.compare_digest(head.mac, mac):
+                    # A shredded state may always be (re-)authenticated: that fails closed.
+                    conn.execute(sa.update(h).where(h.c.ref == ref).values(mac=mac))
                 return head.receipt, False
             keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref)).all()]
             receipt = make_receipt(head if head.current_version else None, keys)
@@ -558,7 +680,7 @@ class SqlKeyStore:
             conn.execute(
                 sa.update(h)
                 .where(h.c.ref == ref)
-                .values(state=State.SHREDDED, shredded_at=now, receipt=receipt)
+                .values(state=State.SHREDDED, shredded_at=now, receipt=receipt, mac=mac)
             )
             return receipt, True
 
@@ -599,27 +721,33 @@ class SqlKeyStore:
         return out
 
     def create_subject_keys(
-        self, candidates: Sequence[KeyRecord], now: float
-    ) -> dict[bytes, KeyRecord]:
+        self, candidates: Sequence[KeyRecord], now: float, seal_head: HeadSealer
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
         """Create heads and first keys for subjects that have none, in one transaction per batch.
 
-        Returns the current key of every candidate's subject that is active (the candidate where
-        it won, the existing key where another writer got there first); shredded subjects are
-        left out.
+        Returns the head of every candidate's subject, with its current key where the head says
+        active (the candidate where it won, the existing key where another writer got there
+        first). A subject whose ref has no head but key rows gets no head and no key and is left
+        out: ccvault never deletes a head, so its tombstones (or a key row restored from a
+        backup) say it was shredded, whatever became of the head row.
         """
         for c in candidates:
             if c.ref is None or c.kind != KeyKind.SUBJECT:
                 raise ValueError("not a subject key")
         ordered = sorted(candidates, key=lambda c: c.ref or b"")  # one lock order for everyone
-        out: dict[bytes, KeyRecord] = {}
+        out: dict[bytes, tuple[HeadRecord, KeyRecord | None]] = {}
         for i in range(0, len(ordered), _BATCH):
             batch = ordered[i : i + _BATCH]
-            out.update(self._write(functools.partial(self._create_batch, batch=batch, now=now)))
+            out.update(
+                self._write(
+                    functools.partial(self._create_batch, batch=batch, now=now, seal_head=seal_head)
+                )
+            )
         return out
 
     def _create_batch(
-        self, conn: Connection, *, batch: Sequence[KeyRecord], now: float
-    ) -> dict[bytes, KeyRecord]:
+        self, conn: Connection, *, batch: Sequence[KeyRecord], now: float, seal_head: HeadSealer
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
         h, k = self._heads, self._keys
         refs = [c.ref for c in batch]
         self._check_epochs(conn, batch)
@@ -633,29 +761,136 @@ class SqlKeyStore:
         heads = locked_heads()
         missing = [c for c in batch if c.ref not in heads]
         if missing:
-            self._insert_ignore_many(
-                conn,
-                h,
-                [
-                    {
-                        "ref": c.ref,
-                        "key_id": c.key_id,
-                        "state": State.ACTIVE,
-                        "current_version": c.version,
-                        "created_at": now,
-                    }
-                    for c in missing
-                ],
-            )
+            fenced = self._keyed(conn, [c.ref for c in missing if c.ref is not None])
+            missing = [c for c in missing if c.ref not in fenced]
+            if missing:
+                self._insert_ignore_many(
+                    conn,
+                    h,
+                    [
+                        {
+                            "ref": c.ref,
+                            "key_id": c.key_id,
+                            "state": State.ACTIVE,
+                            "current_version": c.version,
+                            "created_at": now,
+                            "mac": seal_head(c.ref or b"", c.key_id, State.ACTIVE, c.version),
+                        }
+                        for c in missing
+                    ],
+                )
+            # Read again even when nothing was inserted: the key rows of a ref fenced above may
+            # be those of a writer that created its head after our first read (READ COMMITTED).
             heads = locked_heads()
             won = [c for c in missing if c.ref in heads and heads[c.ref].key_id == c.key_id]
             if won:
                 conn.execute(sa.insert(k), [self._key_values(c) for c in won])
-        active = [hd for hd in heads.values() if hd.state == State.ACTIVE]
-        keys = self._current_keys(conn, active)
-        if len(keys) != len(active):
-            raise KeyStoreError("subject head without a key")
-        return keys
+        keys = self._current_keys(conn, [hd for hd in heads.values() if hd.state == State.ACTIVE])
+        return {ref: (hd, keys.get(ref)) for ref, hd in heads.items()}
+
+    def _keyed(self, conn: Connection, refs: Sequence[bytes]) -> set[bytes]:
+        """The refs among ``refs`` that have subject key rows (live or tombstones)."""
+        k = self._keys
+        if not refs:
+            return set()
+        rows = conn.execute(
+            sa.select(k.c.ref).where(k.c.ref.in_(refs), k.c.kind == KeyKind.SUBJECT).distinct()
+        ).scalars()
+        return {bytes(r) for r in rows}
+
+    def keyed_refs(self, refs: Sequence[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        with self._read() as conn:
+            for i in range(0, len(refs), _BATCH):
+                out |= self._keyed(conn, refs[i : i + _BATCH])
+        return out
+
+    # -- authenticating heads (upgrade-store, verify_heads) -------------------------------------
+
+    def heads_after(
+        self, after: bytes | None, limit: int, *, unsealed: bool = False
+    ) -> list[tuple[HeadRecord, KeyRecord | None]]:
+        """Up to ``limit`` heads with refs after ``after`` in ref order (only those without a
+        MAC when ``unsealed``), each with its current key where it says active."""
+        h = self._heads
+        query = sa.select(h).order_by(h.c.ref).limit(limit)
+        if after is not None:
+            query = query.where(h.c.ref > after)
+        if unsealed:
+            query = query.where(h.c.mac.is_(None))
+        with self._read() as conn:
+            heads = [self._head(r) for r in conn.execute(query)]
+            keys = self._current_keys(conn, [hd for hd in heads if hd.state == State.ACTIVE])
+        return [(hd, keys.get(hd.ref)) for hd in heads]
+
+    def seal_heads(
+        self, updates: Sequence[tuple[HeadRecord, bytes]], now: float
+    ) -> tuple[int, int]:
+        """Store the MAC of each head that still has none and is still as in ``updates``. A
+        shredded head whose ref has no key row at all (a never-seen subject fenced by a library
+        of schema 1) gets its version-0 tombstone in the same transaction. Returns (MACs
+        stored, tombstones added)."""
+        h, k = self._heads, self._keys
+
+        def run(conn: Connection) -> tuple[int, int]:
+            sealed = added = 0
+            for head, mac in updates:
+                res = conn.execute(
+                    sa.update(h)
+                    .where(
+                        h.c.ref == head.ref,
+                        h.c.mac.is_(None),
+                        h.c.key_id == head.key_id,
+                        h.c.state == head.state,
+                        h.c.current_version == head.current_version,
+                    )
+                    .values(mac=mac),
+                    execution_options={"preserve_rowcount": True},
+                )
+                sealed += res.rowcount == 1
+            shredded = [hd.ref for hd, _ in updates if hd.state == State.SHREDDED]
+            if shredded:
+                with_keys = {
+                    bytes(r)
+                    for r in conn.execute(
+                        sa.select(k.c.ref).where(k.c.ref.in_(shredded)).distinct()
+                    ).scalars()
+                }
+                for hd, _ in updates:
+                    if hd.state == State.SHREDDED and hd.ref not in with_keys:
+                        added += self._insert_ignore(
+                            conn, k, _fence_tombstone(hd.key_id, hd.ref, now)
+                        )
+            return sealed, added
+
+        return self._write(run)
+
+    def unfenced_key_refs(self) -> dict[bytes, str]:
+        """Refs of subject key rows outside what a head allows, each with why: ``"headless"``
+        (no head, and a destroyed key), ``"orphan"`` (no head, live keys only) or
+        ``"restored"`` (a live key under a head that does not say active)."""
+        k, h = self._keys, self._heads
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(k.c.ref, k.c.state, h.c.ref.is_(None))
+                .outerjoin(h, h.c.ref == k.c.ref)
+                .where(
+                    k.c.kind == KeyKind.SUBJECT,
+                    k.c.ref.is_not(None),
+                    sa.or_(
+                        h.c.ref.is_(None),
+                        sa.and_(h.c.state != State.ACTIVE, k.c.state == State.LIVE),
+                    ),
+                )
+                .distinct()
+            ).all()
+        out: dict[bytes, str] = {}
+        for ref, state, headless in rows:
+            if not headless:
+                out[bytes(ref)] = "restored"
+            elif state == State.DESTROYED or out.get(bytes(ref)) != "headless":
+                out[bytes(ref)] = "headless" if state == State.DESTROYED else "orphan"
+        return out
 
     def _insert_ignore_many(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
@@ -793,6 +1028,24 @@ class SqlKeyStore:
             execution_options={"preserve_rowcount": True},
         )
         return bool(res.rowcount == 1)
+
+
+def _run_ddl(conn: Connection, *, ddl: str) -> None:
+    conn.exec_driver_sql(ddl)
+
+
+def _fence_tombstone(key_id: bytes, ref: bytes, now: float) -> dict[str, Any]:
+    """The key row that fences a subject shredded before it had a key: version 0 (never a
+    value's), destroyed from the start."""
+    return {
+        "key_id": key_id,
+        "version": 0,
+        "kind": KeyKind.SUBJECT,
+        "ref": ref,
+        "state": State.DESTROYED,
+        "created_at": now,
+        "destroyed_at": now,
+    }
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
