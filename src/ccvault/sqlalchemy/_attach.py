@@ -20,7 +20,7 @@ from sqlalchemy.util import await_only
 
 from ..errors import ConfigurationError, ErasureIncompleteError
 from . import _inspect, _read, _write
-from ._plan import TablePlan, check_subject_type, plan_for
+from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
 from ._types import (
     ATTACHED,
     ON_ERROR,
@@ -210,7 +210,6 @@ SWEEP_ATTEMPTS = 3
 SWEEP_BACKOFF = (0.2, 1.0)
 _sleep = time.sleep  # tests replace it: they never wait for time to pass
 _CHUNK = 500  # primary keys per UPDATE ... WHERE pk IN (...)
-_MISSING = "the database has no such table"  # an outcome of _sweep_table, not a failure
 
 
 class _CannotSweep(Exception):
@@ -244,12 +243,10 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
             check_subject_type(plan, vault.subject_type)
         except ConfigurationError:
             continue  # never written through this vault: nothing of the subject to sweep
-        labels = [c.label for c in plan.columns if c.index_key is not None]
-        outcome = _sweep_table(engine, vault, plan, value, ref, forms)
-        if outcome is None:
-            swept.extend(labels)
-        elif outcome != _MISSING:
-            failed[table.fullname] = (outcome, labels)
+        done, why, labels = _sweep_table(engine, vault, plan, value, ref, forms)
+        swept += done
+        if why is not None:
+            failed[table.fullname] = (why, labels)
     if failed:
         raise ErasureIncompleteError(
             "blind indexes not cleared in "
@@ -268,40 +265,57 @@ def _sweep_table(
     value: object,
     ref: bytes,
     forms: list[str] | None,
-) -> str | None:
-    """Sweep one table, retried: None when done, _MISSING when the database has no such table,
-    else why the last try failed (error type and database code, never the statement's values)."""
+) -> tuple[list[str], str | None, list[str]]:
+    """Sweep one table, retried. Returns the labels swept, and when it failed, why (error type
+    and database code, never the statement's values) and the labels not swept. Columns the
+    database does not have (another app's table of the same name, a migration not yet run) hold
+    no blind index: they are neither swept nor failed, as a table it does not have."""
+    columns = [c for c in plan.columns if c.index_key is not None]
     why = ""
+    pause = False
     for attempt in range(SWEEP_ATTEMPTS):
-        if attempt:
+        if pause:
             _pause(engine, SWEEP_BACKOFF[min(attempt, len(SWEEP_BACKOFF)) - 1])
+        pause = True
         try:
             with engine.begin() as conn:
-                _sweep(conn, vault, plan, value, ref, forms)
-            return None
+                _sweep(conn, vault, plan, columns, value, ref, forms)
+            return [c.label for c in columns], None, []
         except _CannotSweep as exc:
-            return str(exc)
+            return [], str(exc), [c.label for c in columns]
         except sa.exc.SQLAlchemyError as exc:
             why = _db_reason(exc)
-        if attempt == 0 and not _has_table(engine, plan.table):
-            log.debug("blind-index sweep skipped a table", extra={"table": plan.table.name})
-            return _MISSING
+        if attempt == 0:
+            present = _columns_in_database(engine, plan.table)
+            if present is None or plan.subject.name not in present:
+                log.debug("blind-index sweep skipped a table", extra={"table": plan.table.name})
+                return [], None, []
+            there = [
+                c
+                for c in columns
+                if c.index_key is not None and plan.table.c[c.index_key].name in present
+            ]
+            if not there:
+                return [], None, []
+            pause = len(there) == len(columns)  # with fewer columns: again at once
+            columns = there
     log.warning(
         "blind-index sweep of table %s failed %d times (%s)", plan.table.name, SWEEP_ATTEMPTS, why
     )
-    return f"{why}, {SWEEP_ATTEMPTS} attempts"
+    return [], f"{why}, {SWEEP_ATTEMPTS} attempts", [c.label for c in columns]
 
 
 def _sweep(
     conn: sa.Connection,
     vault: Vault,
     plan: TablePlan,
+    columns: list[ColumnPlan],
     value: object,
     ref: bytes,
     forms: list[str] | None,
 ) -> None:
     table = plan.table
-    nulls = {table.c[c.index_key]: None for c in plan.columns if c.index_key is not None}
+    nulls = {table.c[c.index_key]: None for c in columns if c.index_key is not None}
     if forms is None:
         # int and uuid subjects: the database's equality is exact.
         conn.execute(sa.update(table).where(plan.subject == value).values(nulls))
@@ -355,13 +369,17 @@ def _pause(engine: Engine, seconds: float) -> None:
     _sleep(seconds)
 
 
-def _has_table(engine: Engine, table: sa.Table) -> bool:
-    """False only when the database answers that it has no such table."""
+def _columns_in_database(engine: Engine, table: sa.Table) -> set[str] | None:
+    """The names of ``table``'s columns in the database, None when it has no such table (and
+    every column of the model when the database cannot say)."""
     try:
         with engine.connect() as conn:
-            return bool(sa.inspect(conn).has_table(table.name, schema=table.schema))
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(table.name, schema=table.schema):
+                return None
+            return {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
     except sa.exc.SQLAlchemyError:
-        return True
+        return {c.name for c in table.columns}
 
 
 def _db_reason(exc: sa.exc.SQLAlchemyError) -> str:
