@@ -11,6 +11,8 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
      │                             (both name table, column and primary key when a column
      │                             read raises them)
      ├── RetentionExpiredError     the value's retention period expired (a business state)
+     ├── ErasureIncompleteError    shred() destroyed the keys but could not clear everything the
+     │                             subject left (blind indexes): carries the receipt
      ├── KeyStoreError             the key store is unreachable or inconsistent
      └── KmsError                  a KMS backend refused or failed
           ├── KmsUnavailableError  the KMS could not be reached in time (fail closed; retried
@@ -30,10 +32,14 @@ name only identifiers that are safe to log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 __all__ = [
     "CcvaultError",
     "ConfigurationError",
     "DecryptionError",
+    "ErasureIncompleteError",
     "KeyStoreError",
     "KmsAccessDeniedError",
     "KmsError",
@@ -126,6 +132,34 @@ class SubjectShreddedError(_Located, CcvaultError):
 
 class RetentionExpiredError(CcvaultError):
     """The value belongs to a retention period whose key material has expired."""
+
+
+class ErasureIncompleteError(CcvaultError):
+    """``shred()`` destroyed the subject's keys (committed: the values are unreadable) but could
+    not clear what the subject left beside them: the blind indexes of ``tables``.
+
+    ``receipt`` is the signed :class:`~ccvault.ErasureReceipt` that ``shred()`` would have
+    returned (None only on the error an after-shred hook raises to the vault). ``tables`` names
+    the tables not swept, ``columns`` the context labels of their searchable columns, ``swept``
+    the labels that were swept. Calling ``shred()`` again for the subject returns the same
+    receipt and sweeps again. The message names the tables and why (error type and database
+    code), never the subject.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        receipt: Any = None,
+        tables: Iterable[str] = (),
+        columns: Iterable[str] = (),
+        swept: Iterable[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.receipt: Any = receipt  # an ErasureReceipt (errors sit below the audit layer)
+        self.tables = tuple(tables)
+        self.columns = tuple(columns)
+        self.swept = frozenset(swept)
 
 
 class KeyStoreError(CcvaultError):

@@ -44,6 +44,7 @@ from .crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_
 from .errors import (
     ConfigurationError,
     DecryptionError,
+    ErasureIncompleteError,
     KeyStoreError,
     KmsError,
     KmsKeyNotFoundError,
@@ -610,10 +611,36 @@ class Vault:
                 "for it does not parse: the subject-heads row is corrupted or was tampered with"
             )
         receipt = parsed[0]
+        if newly:
+            log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
+        self._after_shred_hooks(ref, subject, receipt)
+        return receipt
+
+    def _after_shred_hooks(self, ref: bytes, subject: object, receipt: ErasureReceipt) -> None:
+        """Run the integrations' sweeps after a committed shred: never lose the receipt, never
+        stay silent about what they could not clear."""
         swept: set[str] = set()
-        for hook in self._after_shred:
-            swept.update(hook(self, subject))
-        unswept = sorted(self._searchable_labels() - swept)
+        failed: list[ErasureIncompleteError] = []
+        crashed: list[str] = []
+        for hook in list(self._after_shred):
+            try:
+                swept.update(hook(self, subject))
+            except ErasureIncompleteError as exc:
+                swept.update(exc.swept)
+                failed.append(exc)
+            except Exception as exc:  # the keys are gone: report it, never lose the receipt
+                crashed.append(type(exc).__name__)
+        not_swept = {label for exc in failed for label in exc.columns}
+        try:
+            known = self._searchable_labels()
+        except KeyStoreError:
+            log.warning(
+                "shred of subject ref %s: could not read which columns have blind indexes, so "
+                "columns no engine in this process sweeps are not named",
+                ref.hex()[:16],
+            )
+            known = frozenset()
+        unswept = sorted(known - swept - not_swept)
         if unswept:
             # The receipt (v1, frozen) cannot say it: the values are unreadable, but their blind
             # indexes stay until a process that knows these columns shreds the subject again.
@@ -625,9 +652,24 @@ class Vault:
                 ref.hex()[:16],
                 ", ".join(unswept),
             )
-        if newly:
-            log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
-        return receipt
+        if not failed and not crashed:
+            return
+        reasons = [str(exc) for exc in failed]
+        reasons += [f"an after-shred hook raised {name}" for name in crashed]
+        message = (
+            f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed; the signed "
+            f"receipt is this error's .receipt), but the sweep of what it left is incomplete: "
+            f"{'; '.join(reasons)}. Repeat vault.shred() for this subject to sweep again "
+            "(docs/sqlalchemy.md, 'When the sweep fails')."
+        )
+        log.error(message)
+        raise ErasureIncompleteError(
+            message,
+            receipt=receipt,
+            tables=[t for exc in failed for t in exc.tables],
+            columns=sorted(not_swept),
+            swept=swept,
+        )
 
     def is_shredded(self, subject: object) -> bool:
         """Whether ``subject`` is shredded, or treated as such because its head fails

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import re
 import threading
+import time
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.util import await_only
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ErasureIncompleteError
 from . import _inspect, _read, _write
-from ._plan import plan_for
+from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
 from ._types import (
     ATTACHED,
     ON_ERROR,
@@ -65,13 +70,14 @@ def check_tables() -> None:
 class _Attachment:
     """What an attached engine's listeners use: the vault and the attach options."""
 
-    __slots__ = ("on_error", "shred_hook", "strict", "vault")
+    __slots__ = ("collations_checked", "on_error", "shred_hook", "strict", "vault")
 
     def __init__(self, vault: Vault, strict: bool, on_error: OnError, shred_hook: Any) -> None:
         self.vault = vault
         self.strict = strict
         self.on_error = on_error
         self.shred_hook = shred_hook
+        self.collations_checked = False  # str subject columns' MariaDB/MySQL collations
 
 
 _ATTACHMENT = "_ccvault_attachment"  # on the Engine: the _Attachment, None once detached
@@ -115,11 +121,15 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False, on_error: OnError
         event.listen(sync, "before_cursor_execute", _inspect.before_cursor_execute, retval=True)
         event.listen(sync, "after_cursor_execute", functools.partial(_after_cursor_execute, sync))
     hook = functools.partial(_clear_blind_indexes, sync)
-    setattr(sync, _ATTACHMENT, _Attachment(vault, strict, on_error, hook))
+    attachment = _Attachment(vault, strict, on_error, hook)
+    setattr(sync, _ATTACHMENT, attachment)
     sync._ccvault_vault = vault  # type: ignore[attr-defined]
     setattr(sync.dialect, VAULT, vault)
     setattr(sync.dialect, ATTACHED, True)
     vault._after_shred.append(hook)
+    if not sync.dialect.is_async:  # an async engine's are checked at its first sweep
+        attachment.collations_checked = True
+        _warn_non_binary_collations(sync, vault)
 
 
 def detach(vault: Vault, engine: Any) -> None:
@@ -193,28 +203,251 @@ def _refuse_detached_read(context: Any) -> None:
         )
 
 
+# The blind-index sweep after a shred tries each table SWEEP_ATTEMPTS times, pausing
+# SWEEP_BACKOFF seconds before the 2nd and 3rd tries; each try also waits for the database's own
+# lock timeout (SQLite's `timeout`, InnoDB's innodb_lock_wait_timeout, PostgreSQL's lock_timeout).
+SWEEP_ATTEMPTS = 3
+SWEEP_BACKOFF = (0.2, 1.0)
+_sleep = time.sleep  # tests replace it: they never wait for time to pass
+_CHUNK = 500  # primary keys per UPDATE ... WHERE pk IN (...)
+
+
+class _CannotSweep(Exception):
+    """A table whose rows of the subject cannot be told apart from other subjects' rows."""
+
+
 def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[str]:
-    """After a shred: NULL the customer's blind-index values in every searchable table. Returns
-    the context labels of the columns swept."""
+    """After a shred: NULL the subject's blind-index values in every searchable table of this
+    engine's database. Returns the context labels of the columns swept. A table the database
+    does not have is skipped; one that still fails after SWEEP_ATTEMPTS tries is named in the
+    ErasureIncompleteError raised once every table was tried."""
+    current: _Attachment | None = getattr(engine, _ATTACHMENT, None)
+    if current is not None and not current.collations_checked:
+        current.collations_checked = True
+        _warn_non_binary_collations(engine, vault)
     value = vault.subject_type.coerce(subject)
+    ref = vault.subject_ref(subject)
+    # str subjects: the stored forms that can map to the subject's ref (canonical NFC, NFD, and
+    # the form the caller passed), compared exactly in Python after the database's prefilter.
+    forms: list[str] | None = None
+    if vault.subject_type.spec == "str":
+        assert isinstance(value, str)
+        forms = sorted({value, unicodedata.normalize("NFD", value), str(subject)})
     swept: list[str] = []
+    failed: dict[str, tuple[str, list[str]]] = {}
     for table in list(searchable_tables):
-        plan = plan_for(table)
-        if plan is None:
-            continue
-        keys = [c.index_key for c in plan.columns if c.index_key is not None]
-        stmt = (
-            sa.update(table).where(plan.subject == value).values({table.c[k]: None for k in keys})
+        try:
+            plan = plan_for(table)
+            if plan is None:
+                continue
+            check_subject_type(plan, vault.subject_type)
+        except ConfigurationError:
+            continue  # never written through this vault: nothing of the subject to sweep
+        done, why, labels = _sweep_table(engine, vault, plan, value, ref, forms)
+        swept += done
+        if why is not None:
+            failed[table.fullname] = (why, labels)
+    if failed:
+        raise ErasureIncompleteError(
+            "blind indexes not cleared in "
+            + ", ".join(f"table {name} ({why})" for name, (why, _) in failed.items()),
+            tables=list(failed),
+            columns=[label for _, labels in failed.values() for label in labels],
+            swept=swept,
         )
+    return swept
+
+
+def _sweep_table(
+    engine: Engine,
+    vault: Vault,
+    plan: TablePlan,
+    value: object,
+    ref: bytes,
+    forms: list[str] | None,
+) -> tuple[list[str], str | None, list[str]]:
+    """Sweep one table, retried. Returns the labels swept, and when it failed, why (error type
+    and database code, never the statement's values) and the labels not swept. Columns the
+    database does not have (another app's table of the same name, a migration not yet run) hold
+    no blind index: they are neither swept nor failed, as a table it does not have."""
+    columns = [c for c in plan.columns if c.index_key is not None]
+    why = ""
+    pause = False
+    for attempt in range(SWEEP_ATTEMPTS):
+        if pause:
+            _pause(engine, SWEEP_BACKOFF[min(attempt, len(SWEEP_BACKOFF)) - 1])
+        pause = True
         try:
             with engine.begin() as conn:
-                conn.execute(stmt)
-        except sa.exc.SQLAlchemyError:
-            # A table this engine's database does not have (another app's model): skip it.
-            log.debug("blind-index sweep skipped a table", extra={"table": table.name})
+                _sweep(conn, vault, plan, columns, value, ref, forms)
+            return [c.label for c in columns], None, []
+        except _CannotSweep as exc:
+            return [], str(exc), [c.label for c in columns]
+        except sa.exc.SQLAlchemyError as exc:
+            why = _db_reason(exc)
+        if attempt == 0:
+            present = _columns_in_database(engine, plan.table)
+            if present is None or plan.subject.name not in present:
+                log.debug("blind-index sweep skipped a table", extra={"table": plan.table.name})
+                return [], None, []
+            there = [
+                c
+                for c in columns
+                if c.index_key is not None and plan.table.c[c.index_key].name in present
+            ]
+            if not there:
+                return [], None, []
+            pause = len(there) == len(columns)  # with fewer columns: again at once
+            columns = there
+    log.warning(
+        "blind-index sweep of table %s failed %d times (%s)", plan.table.name, SWEEP_ATTEMPTS, why
+    )
+    return [], f"{why}, {SWEEP_ATTEMPTS} attempts", [c.label for c in columns]
+
+
+def _sweep(
+    conn: sa.Connection,
+    vault: Vault,
+    plan: TablePlan,
+    columns: list[ColumnPlan],
+    value: object,
+    ref: bytes,
+    forms: list[str] | None,
+) -> None:
+    table = plan.table
+    nulls = {table.c[c.index_key]: None for c in columns if c.index_key is not None}
+    if forms is None:
+        # int and uuid subjects: the database's equality is exact.
+        conn.execute(sa.update(table).where(plan.subject == value).values(nulls))
+        return
+    # str subjects: the database may compare case-, accent- or trailing-space-insensitively
+    # (MariaDB's default collations) and never normalises Unicode. Its comparison only selects
+    # candidates (locked); Python keeps exactly the stored values whose ref is the subject's.
+    pk = list(table.primary_key.columns)
+    candidates = conn.execute(
+        sa.select(*pk, plan.subject).where(plan.subject.in_(forms)).with_for_update()
+    ).all()
+    if not candidates:
+        return
+    refs = {v: _ref_of(vault, v) for v in {row[-1] for row in candidates}}
+    mine = [row for row in candidates if refs[row[-1]] == ref]
+    if not mine:
+        return
+    stored = sorted({row[-1] for row in mine})
+    if not pk:
+        if len(mine) != len(candidates):
+            raise _CannotSweep(
+                "it has no primary key, and its subject column's comparison does not tell this "
+                "subject's rows from other subjects' rows: add a primary key"
+            )
+        conn.execute(sa.update(table).where(plan.subject.in_(stored)).values(nulls))
+        return
+    key = pk[0] if len(pk) == 1 else sa.tuple_(*pk)
+    for i in range(0, len(mine), _CHUNK):
+        chunk = mine[i : i + _CHUNK]
+        ids = [row[0] if len(pk) == 1 else tuple(row[:-1]) for row in chunk]
+        conn.execute(
+            sa.update(table)
+            .where(key.in_(ids))
+            .where(plan.subject.in_(stored))  # unchanged since it was read
+            .values(nulls)
+        )
+
+
+def _ref_of(vault: Vault, stored: object) -> bytes | None:
+    try:
+        return vault.subject_ref(stored)
+    except TypeError:
+        return None  # not a valid subject ('' or not text): never the shredded one
+
+
+def _pause(engine: Engine, seconds: float) -> None:
+    if engine.dialect.is_async:
+        with contextlib.suppress(sa.exc.MissingGreenlet):
+            await_only(asyncio.sleep(seconds))  # under vault.run(): never block the event loop
+            return
+    _sleep(seconds)
+
+
+def _columns_in_database(engine: Engine, table: sa.Table) -> set[str] | None:
+    """The names of ``table``'s columns in the database, None when it has no such table (and
+    every column of the model when the database cannot say)."""
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(table.name, schema=table.schema):
+                return None
+            return {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+    except sa.exc.SQLAlchemyError:
+        return {c.name for c in table.columns}
+
+
+def _db_reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The error's type and the database's code for it: never its text, which may quote the
+    statement's parameters (the subject)."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return type(exc).__name__
+    code = (
+        getattr(orig, "sqlstate", None)  # psycopg
+        or getattr(orig, "sqlite_errorname", None)  # sqlite3
+        or getattr(orig, "pgcode", None)
+    )
+    if code is None and orig.args and isinstance(orig.args[0], int):
+        code = orig.args[0]  # PyMySQL / mysqlclient error number
+    name = type(orig).__name__
+    return f"{name} {code}" if code is not None else name
+
+
+# MariaDB/MySQL collations that compare exactly: binary strings, and the NO PAD binary ones
+# (utf8mb4_bin and friends are PAD SPACE: 'alice' = 'alice ').
+_EXACT_COLLATION = re.compile(r"(?:^binary$|_nopad_bin$|_0900_bin$)")
+
+
+def _warn_non_binary_collations(engine: Engine, vault: Vault) -> None:
+    """Log a WARNING for each str subject column whose MariaDB/MySQL collation is not exact."""
+    if vault.subject_type.spec != "str" or engine.dialect.name not in ("mysql", "mariadb"):
+        return
+    wanted: dict[str | None, set[tuple[str, str]]] = {}
+    for table in list(encrypted_tables):
+        try:
+            plan = plan_for(table)
+        except ConfigurationError:
             continue
-        swept.extend(c.label for c in plan.columns if c.index_key is not None)
-    return swept
+        if plan is not None and isinstance(plan.subject.type, sa.String):
+            wanted.setdefault(table.schema, set()).add((table.name, plan.subject.name))
+    found: list[tuple[str, str, str]] = []
+    try:
+        with engine.connect() as conn:
+            for schema, columns in wanted.items():
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME "
+                        "FROM information_schema.COLUMNS "
+                        "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())"
+                    ),
+                    {"schema": schema},
+                )
+                found += [
+                    (t, c, collation)
+                    for t, c, collation in rows
+                    if (t, c) in columns and collation and not _EXACT_COLLATION.search(collation)
+                ]
+    except sa.exc.SQLAlchemyError as exc:
+        log.debug("subject column collations not checked (%s)", _db_reason(exc))
+        return
+    for table_name, column, collation in sorted(found):
+        log.warning(
+            "%s.%s, a subject column, has collation %s: the database compares subjects "
+            "ignoring case or trailing spaces ('Alice' = 'alice' = 'alice '), where ccvault "
+            "sees distinct subjects. Shreds sweep exactly; the application's own queries on "
+            "this column do not. Prefer a binary NO PAD collation (utf8mb4_nopad_bin on "
+            "MariaDB, utf8mb4_0900_bin on MySQL): "
+            "docs/sqlalchemy.md, 'How subjects are compared'.",
+            table_name,
+            column,
+            collation,
+        )
 
 
 def attached_vault(engine: Any) -> Vault | None:
