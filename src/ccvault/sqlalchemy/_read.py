@@ -7,10 +7,16 @@ row-by-row iteration — is decrypted in one pass: the cold keys of the batch ar
 key-store query per 500, and where the row also holds the value's subject column (every ORM
 entity load does), the value's key must belong to that subject.
 
-The row loop has no error handling of its own: when one value of a batch fails, the batch is
+The row loop has no per-value error handling: when one value of a batch fails, the batch is
 read again value by value (``_Reader._retry``), which knows each value's table, column and
-primary key, raises the located error, or puts ``UNREADABLE`` in the value's place where the
-column or attachment says ``on_error="sentinel"``.
+primary key, and gives the located error (raised by ``_Reader.process`` from a frame that holds
+no decrypted value, with no ``__context__``: error trackers send frame locals), or puts
+``UNREADABLE`` in the value's place where the column or attachment says ``on_error="sentinel"``.
+Whatever else leaves the loop or the retry, they clear what they decrypted first.
+
+SQLAlchemy logs result rows at DEBUG after the fetch strategy decrypted them; while an engine
+logs, the same hook has the rows of a statement that returns encrypted columns logged with those
+values shown as ``<encrypted>`` (``_log_rows``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from sqlalchemy.sql.elements import (
     ColumnElement,
 )
 
+from .._repr import safe_repr
 from .._sentinels import SHREDDED, UNREADABLE, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
@@ -684,8 +691,12 @@ def after_cursor_execute(
 ) -> None:
     compiled = getattr(context, "compiled", None)
     if compiled is None or cursor.description is None:
+        if conn._echo:
+            _log_rows(conn, None)
         return
     reader = _reader_for(vault, compiled, strict, on_error)
+    if conn._echo:  # the engine logs (echo=True or "debug", or the sqlalchemy.engine logger)
+        _log_rows(conn, compiled if reader is not None else None)
     if reader is None:
         return
     inner = context.cursor_fetch_strategy
@@ -694,3 +705,85 @@ def after_cursor_execute(
     ):
         inner = _cursor.BufferedRowCursorFetchStrategy(cursor, context.execution_options)
     context.cursor_fetch_strategy = _DecryptingFetch(inner, reader, reader.filters(context))
+
+
+# -- result rows in SQLAlchemy's DEBUG log ------------------------------------------------------
+
+# The Connection method SQLAlchemy's row logging calls: ``CursorResult`` binds
+# ``connection._log_debug`` when it is built, right after ``after_cursor_execute``, and logs
+# each row ("Row %r") through it *after* the fetch strategy decrypted the row.
+_LOG_DEBUG = "_log_debug"
+_ROW_MESSAGE = "Row %r"
+_MAX_CHARS = 300  # as SQLAlchemy shows a logged value
+
+
+class _Encrypted:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<encrypted>"
+
+
+_ENCRYPTED = _Encrypted()
+
+
+class _LoggedRow:
+    """A result row as the DEBUG log shows it: each value of an encrypted column replaced by
+    ``<encrypted>``, the others as SQLAlchemy shows them (formatted only if a handler emits)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.values = values
+
+    @safe_repr
+    def __repr__(self) -> str:
+        shown = []
+        for value in self.values:
+            text = repr(value)
+            if len(text) > _MAX_CHARS:
+                cut = len(text) - _MAX_CHARS
+                text = f"{text[:150]} ... ({cut} characters truncated) ... {text[-150:]}"
+            shown.append(text)
+        return f"({', '.join(shown)}{',' if len(shown) == 1 else ''})"
+
+
+_HIDDEN_ROW = _LoggedRow((_ENCRYPTED,))
+
+
+def _logged_row(shown: Any, keys: frozenset[str]) -> _LoggedRow:
+    """What to log for SQLAlchemy's view of a row: the values of ``keys`` (the result keys of
+    encrypted columns) hidden; the whole row hidden if it is not the Row SQLAlchemy passes."""
+    row = getattr(shown, "row", None)
+    fields = getattr(row, "_fields", None)
+    if row is None or not isinstance(fields, tuple) or len(fields) != len(row):
+        return _HIDDEN_ROW
+    return _LoggedRow(
+        tuple(_ENCRYPTED if k in keys else v for k, v in zip(fields, row, strict=True))
+    )
+
+
+def _log_rows(conn: Any, compiled: Any) -> None:
+    """Make the rows of the result being built on ``conn`` log with the values of encrypted
+    columns hidden (``compiled`` returns some), or as SQLAlchemy logs them (None).
+
+    Called only while the connection logs (``conn._echo``); costs nothing otherwise. The
+    redacting logger is bound to this one statement, as SQLAlchemy's row logger is to this one
+    result, and replaced at the next execution on the connection."""
+    conn.__dict__.pop(_LOG_DEBUG, None)
+    if compiled is None:
+        return
+    keys = frozenset(
+        key
+        for entry in compiled._result_columns
+        if isinstance(entry.type, Encrypted)
+        for key in (entry.keyname, entry.name)
+    )
+    log_debug = getattr(conn, _LOG_DEBUG)  # the Connection's own method
+
+    def redacting(message: str, *args: Any, **kw: Any) -> None:
+        if message == _ROW_MESSAGE and args:
+            args = (_logged_row(args[0], keys),)
+        log_debug(message, *args, **kw)
+
+    setattr(conn, _LOG_DEBUG, redacting)
