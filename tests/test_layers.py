@@ -12,6 +12,7 @@ LAYERS = {
     "errors": 0,
     "_secret": 0,
     "_sentinels": 0,
+    "_repr": 0,
     "crypto": 1,
     "kms": 2,
     "keystore": 2,

@@ -398,11 +398,6 @@ def test_sqlalchemy_echo_logs_no_key_material_nor_plaintext(
     assert _leaks(text, [*drawn, *(p.encode() for p in plain)]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: SQLAlchemy logs result rows at DEBUG after type processing, so an attached "
-    "application engine at DEBUG (echo='debug') prints the decrypted values (docs/security.md)",
-)
 def test_application_engine_at_debug_logs_decrypted_rows(
     sqlite_url: str, logs: _Capture, tmp_path: Path
 ) -> None:

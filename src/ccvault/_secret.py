@@ -10,6 +10,8 @@ from __future__ import annotations
 import hmac
 from typing import NoReturn
 
+from ._repr import safe_repr
+
 __all__ = ["SecretKey"]
 
 
@@ -30,6 +32,7 @@ class SecretKey:
     def __len__(self) -> int:
         return len(self._material)
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"SecretKey(<{len(self._material) * 8}-bit, redacted>)"
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._repr import safe_repr
 from .crypto._subject import SubjectType
 from .errors import ConfigurationError
 from .keystore._sql import mask_url
@@ -169,6 +170,7 @@ class CcvaultSettings(BaseSettings):
     def __str__(self) -> str:
         return self.__repr__()
 
+    @safe_repr
     def __repr__(self) -> str:
         keystore = None if self.keystore_url is None else mask_url(self.keystore_url)
         return (

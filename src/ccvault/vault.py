@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, cast
 
 from sqlalchemy.engine import Engine
 
+from ._repr import safe_repr
 from ._secret import SecretKey
 from .audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
 from .crypto import _format as fmt
@@ -217,6 +218,7 @@ class _Lease:
         self.key = key
         self.remaining = remaining
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"_Lease({self.key!r}, remaining={self.remaining})"
 
@@ -376,6 +378,7 @@ class Vault:
         self._bidx_keys: dict[tuple[str, str, int, str], HmacSha256] = {}
         self._indexers: dict[tuple[str, Normalizer, int], BlindIndexer] = {}
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"Vault(installation={self.installation_id}, kms={self._kms.kms_id!r}, "

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .._repr import safe_repr
 from ._encoding import lp, u32
 from ._primitives import HmacSha256, hkdf_sha256
 
@@ -136,6 +137,7 @@ class BlindIndexer:
 
         self.index: Callable[[str], bytes] = index
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"BlindIndexer({self._normalizer.spec!r}, length={self.length})"
 

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .._repr import safe_repr
 from ._encoding import U32
 from ._primitives import (
     NONCE_BYTES,
@@ -223,6 +224,7 @@ class ValueKey:
         # check many rows of the same subject: equality instead of an HMAC per row).
         self.checked: object = None
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"ValueKey(id={self.key_id.hex()}, v={self.version})"
 

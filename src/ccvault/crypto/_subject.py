@@ -20,6 +20,7 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 
+from .._repr import safe_repr
 from ._encoding import U32
 
 __all__ = ["Subject", "SubjectType"]
@@ -73,6 +74,7 @@ class SubjectType:
     def is_tuple(self) -> bool:
         return len(self._parts) > 1
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"SubjectType({self.spec!r})"
 

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+from .._repr import safe_repr
+
 __all__ = ["Clock", "TtlCache"]
 
 K = TypeVar("K", bound=Hashable)
@@ -34,6 +36,7 @@ class TtlCache(Generic[K, V]):
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"TtlCache(entries={len(self._data)}, max_entries={self.max_entries}, "

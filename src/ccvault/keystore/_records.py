@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._repr import safe_repr
 from ..kms._protocol import WrappedKey
 
 __all__ = ["EpochRecord", "HeadRecord", "KeyKind", "KeyRecord", "State"]
@@ -39,6 +40,7 @@ class EpochRecord:
     retired_at: float | None
     wraps: tuple[WrappedKey, ...]
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"EpochRecord(seq={self.seq}, id={self.epoch_id.hex()}, state={self.state!r})"
 
@@ -60,6 +62,7 @@ class KeyRecord:
     def is_live(self) -> bool:
         return self.state == State.LIVE and self.wrapped is not None
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"KeyRecord(kind={self.kind!r}, id={self.key_id.hex()}, v={self.version}, "

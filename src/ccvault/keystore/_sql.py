@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from .._repr import safe_repr
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
@@ -110,6 +111,7 @@ class SqlKeyStore:
                     ) from exc
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"SqlKeyStore({self.location!r})"
 

@@ -43,6 +43,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from ..crypto._primitives import KEY_BYTES
 from ..errors import (
@@ -291,6 +292,7 @@ class AwsKms:
             **options,
         )
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"AwsKms(region={self._region!r}, key_id={self._key_id!r})"
 

@@ -38,6 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from ..crypto._encoding import lp
 from ..crypto._primitives import KEY_BYTES, NONCE_BYTES, Aead, AeadFailure, random_bytes
@@ -60,6 +61,7 @@ class _Root:
     material: SecretKey
     aead: Aead
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"_Root({self.root_id!r})"
 
@@ -122,6 +124,7 @@ class LocalKms:
         """A LocalKms whose keys live only in memory (tests, benchmarks)."""
         return cls(path=None, file_id=random_bytes(16).hex(), roots=[_new_root()])
 
+    @safe_repr
     def __repr__(self) -> str:
         where = str(self._path) if self._path else "memory"
         return f"LocalKms({where!r}, roots={len(self._roots)})"

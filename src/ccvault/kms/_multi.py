@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from ..errors import ConfigurationError, DecryptionError, KmsError, KmsUnavailableError
 from ._protocol import Kms, RootState, WrappedKey
@@ -81,6 +82,7 @@ class MultiKms:
         self.members: tuple[Kms, ...] = members
         self._by_id = dict(zip(ids, members, strict=True))
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"MultiKms({', '.join(repr(m) for m in self.members)})"
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from ..crypto._encoding import lp
 
@@ -43,6 +44,7 @@ class WrappedKey:
     root_id: str
     blob: bytes
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"WrappedKey(kms_id={self.kms_id!r}, root_id={self.root_id!r}, "

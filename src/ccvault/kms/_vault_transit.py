@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from ..errors import (
     CcvaultError,
@@ -110,6 +111,7 @@ class _AppRole:
     secret_id: str
     mount: str
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"_AppRole(role_id=<redacted>, secret_id=<redacted>, mount={self.mount!r})"
 
@@ -346,6 +348,7 @@ class VaultTransitKms:
             sleep=sleep,
         )
 
+    @safe_repr
     def __repr__(self) -> str:
         return (
             f"VaultTransitKms(addr={self._addr!r}, mount={self._mount!r}, key={self._key_name!r})"

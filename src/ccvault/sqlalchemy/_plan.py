@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .._repr import safe_repr
 from ..crypto._blind import Normalizer, normalizer
 from ..crypto._encoding import U32
 from ..crypto._subject import SubjectType
@@ -47,6 +48,7 @@ class TablePlan:
     default: Callable[[], Any] | None  # the subject column's client-side default
     on_null_subject: str
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"TablePlan({self.table.name!r}, subject={self.subject.key!r})"
 

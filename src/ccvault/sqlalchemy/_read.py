@@ -7,10 +7,16 @@ row-by-row iteration — is decrypted in one pass: the cold keys of the batch ar
 key-store query per 500, and where the row also holds the value's subject column (every ORM
 entity load does), the value's key must belong to that subject.
 
-The row loop has no error handling of its own: when one value of a batch fails, the batch is
+The row loop has no per-value error handling: when one value of a batch fails, the batch is
 read again value by value (``_Reader._retry``), which knows each value's table, column and
-primary key, raises the located error, or puts ``UNREADABLE`` in the value's place where the
-column or attachment says ``on_error="sentinel"``.
+primary key, and gives the located error (raised by ``_Reader.process`` from a frame that holds
+no decrypted value, with no ``__context__``: error trackers send frame locals), or puts
+``UNREADABLE`` in the value's place where the column or attachment says ``on_error="sentinel"``.
+Whatever else leaves the loop or the retry, they clear what they decrypted first.
+
+SQLAlchemy logs result rows at DEBUG after the fetch strategy decrypted them; while an engine
+logs, the same hook has the rows of a statement that returns encrypted columns logged with those
+values shown as ``<encrypted>`` (``_log_rows``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from sqlalchemy.sql.elements import (
     ColumnElement,
 )
 
+from .._repr import safe_repr
 from .._sentinels import SHREDDED, UNREADABLE, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
@@ -48,7 +55,6 @@ __all__ = ["after_cursor_execute"]
 log = logging.getLogger("ccvault")
 
 _READ_AHEAD = 100
-_MIN_LEN = fmt.OVERHEAD[fmt.SUITE_AES256GCM]
 _HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
 _BODY = fmt.SUITE1_BODY_OFFSET
 _STR_TAG = STR.tag
@@ -61,6 +67,7 @@ _FAILURES = (
     ValueError,
     DecryptionError,
     SubjectShreddedError,
+    RecursionError,  # JSON nested deeper than the parser goes (a sealed or a legacy value)
 )
 
 # The primary key of a row: (row index, the column type's result processor) per key column.
@@ -194,9 +201,21 @@ class _Reader:
             return []
         known: dict[bytes, Any] = {}  # the keys this batch has met, by header
         try:
-            return self._run(rows, filters, self.groups, known, False)
-        except _FAILURES:
-            return self._retry(rows, filters, known)
+            try:
+                return self._run(rows, filters, self.groups, known, False)
+            except _FAILURES:
+                pass  # dropped: the slow path finds the value (its traceback holds the loop)
+            out = self._retry(rows, filters, known)
+        except BaseException:
+            filters = None  # the search's arguments stay out of the traceback's frames too
+            raise
+        if isinstance(out, list):
+            return out
+        # A value that must raise. Raised here, outside any handler (no __context__ leads back
+        # to the failures met on the way), from a frame that holds no decrypted value: a
+        # traceback keeps the locals of every frame it passes, and error trackers send them.
+        filters = None
+        raise out
 
     def _run(
         self,
@@ -207,113 +226,156 @@ class _Reader:
         batch_loaded: bool,
     ) -> list[Any]:
         """The row loop: decrypt ``groups`` of ``rows``. Raises one of ``_FAILURES`` at the first
-        value that cannot be read, with no location (``_retry`` finds it)."""
+        value that cannot be read, with no location (``_retry`` finds it). Whatever it raises,
+        its frame is left holding nothing it decrypted."""
         vault = self.vault
         cached = vault._read_key_lookup()  # warm keys by header
         known_get = known.get
         subject_ref = vault.subject_ref
         out: list[tuple[Any, ...]] = []
         append = out.append
-        for row in rows:
-            new = list(row)
-            for subject_index, columns in groups:
-                subject = None if subject_index is None else row[subject_index]
-                verified = None  # the last key found to belong to this row's subject
-                for index, ctx_lp, loads, strict, unsealed in columns:
-                    blob = row[index]
-                    if blob is None:
-                        continue
-                    if type(blob) is not bytes:
-                        if not isinstance(blob, bytearray | memoryview):
-                            new[index] = unsealed(blob)  # text, a number: no ciphertext
+        try:
+            for row in rows:
+                new = list(row)
+                for subject_index, columns in groups:
+                    subject = None if subject_index is None else row[subject_index]
+                    verified = None  # the last key found to belong to this row's subject
+                    for index, ctx_lp, loads, strict, unsealed in columns:
+                        blob = row[index]
+                        if blob is None:
                             continue
-                        blob = bytes(blob)
-                    header = blob[:_HEADER]
-                    key: Any = known_get(header)
-                    if key is None:
-                        key = cached(header)
-                        if key is None and not batch_loaded:
-                            # A cold key: resolve every key of the batch together (one
-                            # key-store query per 500 cold ones), not one query per key.
-                            known.update(vault._read_keys_batch(self._headers(rows)))
-                            batch_loaded = True
-                            key = known_get(header)
-                        if key is None:  # an unknown key, version or suite
-                            new[index] = unsealed(blob)
+                        if type(blob) is not bytes:
+                            if not isinstance(blob, bytearray | memoryview):
+                                new[index] = unsealed(blob)  # text, a number: no ciphertext
+                                continue
+                            blob = bytes(blob)
+                        header = blob[:_HEADER]
+                        key: Any = known_get(header)
+                        if key is None:
+                            key = cached(header)
+                            if key is None and not batch_loaded:
+                                # A cold key: resolve every key of the batch together (one
+                                # key-store query per 500 cold ones), not one query per key.
+                                known.update(vault._read_keys_batch(self._headers(rows)))
+                                batch_loaded = True
+                                key = known_get(header)
+                            if key is None:  # an unknown key, version or suite
+                                new[index] = unsealed(blob)
+                                continue
+                            known[header] = key
+                        if key is not verified and subject_index is not None:
+                            # Each value must belong to the row's subject (checked before the
+                            # shred state: a moved value is no erasure).
+                            if subject is None:
+                                if key.ref:
+                                    raise DecryptionError
+                            else:
+                                checked = key.checked
+                                if checked is None or checked != subject:
+                                    try:
+                                        ref = subject_ref(subject)
+                                    except TypeError:
+                                        # A subject the installation's type refuses ('' for
+                                        # str): no key was ever made for it.
+                                        raise DecryptionError from None
+                                    if ref != key.ref:
+                                        raise DecryptionError  # another customer's value
+                                    key.checked = subject
+                            verified = key
+                        if key.aead is None:  # the shredded tombstone
+                            if strict:
+                                raise SubjectShreddedError
+                            new[index] = SHREDDED
                             continue
-                        known[header] = key
-                    if key is not verified and subject_index is not None:
-                        # Each value must belong to the row's subject (checked before the
-                        # shred state: a moved value is no erasure).
-                        if subject is None:
-                            if key.ref:
-                                raise DecryptionError
+                        # (a value too short for its nonce and tag fails here too: ValueError
+                        # for the nonce, InvalidTag for the tag)
+                        plaintext = key.decrypt(
+                            blob[_HEADER:_BODY],
+                            blob[_BODY:],
+                            key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
+                        )
+                        if loads is not None:
+                            new[index] = loads(plaintext)
+                        elif plaintext and plaintext[0] == _STR_TAG:  # the str codec, inline
+                            new[index] = plaintext.decode()[1:]
                         else:
-                            checked = key.checked
-                            if checked is None or checked != subject:
-                                if subject_ref(subject) != key.ref:
-                                    raise DecryptionError  # another customer's value
-                                key.checked = subject
-                        verified = key
-                    if key.aead is None:  # the shredded tombstone
-                        if strict:
-                            raise SubjectShreddedError
-                        new[index] = SHREDDED
-                        continue
-                    # (a value too short for its nonce and tag fails here too: ValueError
-                    # for the nonce, InvalidTag for the tag)
-                    plaintext = key.decrypt(
-                        blob[_HEADER:_BODY],
-                        blob[_BODY:],
-                        key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
-                    )
-                    if loads is not None:
-                        new[index] = loads(plaintext)
-                    elif plaintext and plaintext[0] == _STR_TAG:  # the str codec, inline
-                        new[index] = plaintext.decode()[1:]
-                    else:
-                        raise CodecError
-            if filters and not _matches(new, filters):
-                continue  # a truncated-index collision: another customer's value
-            append(tuple(new))
+                            raise CodecError
+                if filters and not _matches(new, filters):
+                    continue  # a truncated-index collision: another customer's value
+                append(tuple(new))
+        except BaseException:
+            # The traceback keeps this frame: leave in it none of the rows decrypted so far,
+            # nor this row's other values, nor the search's arguments.
+            out.clear()
+            new = []
+            plaintext = b""
+            filters = None
+            raise
         return out
 
     def _retry(
         self, rows: Sequence[Any], filters: Filters | None, known: dict[bytes, Any]
-    ) -> list[Any]:
+    ) -> list[Any] | BaseException:
         """The slow path of a batch in which a value failed: each row again, and each value of a
-        row that fails alone, so the failure is named or replaced and the rest reads normally."""
+        row that fails alone (``_salvage``), so the failure is named or replaced and the rest
+        reads normally. Returns the rows, or the located error of the first value that must
+        raise (``process`` raises it; nothing raised here carries a decrypted row along)."""
         known.update(self.vault._read_keys_batch(self._headers(rows)))
         out: list[tuple[Any, ...]] = []
-        for row in rows:
-            try:
-                (new,) = self._run((row,), None, self.groups, known, True)
-            except _FAILURES:
-                values = list(row)
-                for subject_index, columns in self.groups:
-                    for column in columns:
-                        index = column[0]
-                        try:
-                            (one,) = self._run(
-                                (row,), None, ((subject_index, (column,)),), known, True
-                            )
-                            values[index] = one[index]
-                        except _FAILURES as exc:
-                            values[index] = self._failed(row, self.by_index[index], exc)
-                new = tuple(values)
-            if filters and not _matches(new, filters):
-                continue
-            out.append(new)
+        try:
+            for row in rows:
+                try:
+                    (new,) = self._run((row,), None, self.groups, known, True)
+                except _FAILURES:
+                    new = self._salvage(row, known)
+                    if isinstance(new, BaseException):
+                        out.clear()
+                        return new
+                if filters and not _matches(new, filters):
+                    continue
+                out.append(new)
+        except BaseException:
+            out.clear()
+            new = ()
+            filters = None
+            raise
         return out
 
+    def _salvage(self, row: Sequence[Any], known: dict[bytes, Any]) -> Any:
+        """A row with a bad value, read value by value: the row with each bad value replaced
+        (UNREADABLE), or the located error of the first bad value that must raise."""
+        values = list(row)
+        try:
+            for subject_index, columns in self.groups:
+                for column in columns:
+                    index = column[0]
+                    try:
+                        (one,) = self._run((row,), None, ((subject_index, (column,)),), known, True)
+                    except _FAILURES as exc:
+                        value = self._failed(row, self.by_index[index], exc)
+                        if isinstance(value, BaseException):
+                            values.clear()
+                            return value
+                        values[index] = value
+                    else:
+                        values[index] = one[index]
+        except BaseException:
+            values.clear()
+            one = ()
+            raise
+        return tuple(values)
+
     def _failed(self, row: Sequence[Any], slot: _Slot, exc: BaseException) -> Any:
-        """What a value that failed reads as: a located error, or UNREADABLE (logged)."""
+        """What a value that failed reads as: UNREADABLE (logged with its location, never its
+        value) where the column or attachment says ``on_error="sentinel"``, else the located
+        error to raise. The error is new: nothing of ``exc`` (whose traceback holds the row
+        loop) goes with it."""
         where = slot.where(row)
         if isinstance(exc, SubjectShreddedError):  # a strict column or attachment
-            raise SubjectShreddedError(**where) from None
+            return SubjectShreddedError(**where)
         error = DecryptionError(**where)
         if slot.on_error != "sentinel":
-            raise error from None
+            return error
         log.warning("%s; read as UNREADABLE", error, extra=where)
         return UNREADABLE
 
@@ -326,6 +388,18 @@ _SEALED_PREFIXES = (
     bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM)),
     bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM_PERIOD)),
 )
+# How a ccvault value begins: the version byte and a suite byte, or the version byte alone (the
+# first two bytes of a value are all ``_sealed`` looks at).
+_SEALED_STARTS = frozenset([*_SEALED_PREFIXES, bytes((fmt.FORMAT_VERSION,))])
+_SEALED_TEXT = frozenset(start.decode("ascii") for start in _SEALED_STARTS)
+
+
+def _sealed(value: bytes | str) -> bool:
+    """Does ``value`` begin like a ccvault value, whatever its length? A truncated ciphertext (a
+    column too narrow for it, a cut copy) is one, down to its first byte: never legacy."""
+    if isinstance(value, str):
+        return value[:2] in _SEALED_TEXT
+    return value[:2] in _SEALED_STARTS
 
 
 def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
@@ -333,13 +407,15 @@ def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
     known key: as the plaintext the column held before it was encrypted. Text columns take
     UTF-8 bytes or text, binary columns bytes, JSON columns JSON text, other types a value the
     driver already returns as the column's Python type (SQLite keeps an old INTEGER). Anything
-    else, and any value that begins like a ccvault value (a ciphertext of an unknown or destroyed
-    key, or a tampered one), is still a DecryptionError."""
+    else is still a DecryptionError, and so is any value, bytes or text, that begins like a
+    ccvault value (``_sealed``: a truncated or tampered ciphertext, one of an unknown or
+    destroyed key) whatever its length, and JSON nested deeper than the parser goes
+    (RecursionError, one of the reader's failures)."""
 
     def read(value: Any) -> Any:
         if isinstance(value, bytes | bytearray | memoryview):
             raw = bytes(value)
-            if len(raw) >= _MIN_LEN and raw[:2] in _SEALED_PREFIXES:
+            if _sealed(raw):
                 raise DecryptionError
             if col.is_str:
                 return raw.decode("utf-8")  # UnicodeDecodeError: DecryptionError
@@ -347,6 +423,8 @@ def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
                 return raw
             if col.codec.name == "json":
                 return json.loads(raw)  # a ValueError: DecryptionError
+            raise DecryptionError
+        if isinstance(value, str) and _sealed(value):
             raise DecryptionError
         if col.codec.name == "json" and isinstance(value, str):
             return json.loads(value)
@@ -586,11 +664,15 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
         return rows
 
     def fetchall(self, result: Any, dbapi_cursor: Any) -> Any:
-        rows = list(self._buffer)
-        self._buffer.clear()
+        # The rest is decrypted before the read-ahead rows are taken: a bad value raises from
+        # here with no decrypted row in this frame.
+        rest = []
         if not self._exhausted:
             raw = self._inner.fetchall(result, dbapi_cursor)
-            rows.extend(self._reader.process(raw, self._filters))
+            rest = self._reader.process(raw, self._filters)
+        rows = list(self._buffer)
+        self._buffer.clear()
+        rows.extend(rest)
         result._soft_close()
         result.cursor_strategy = _cursor._NO_CURSOR_DQL
         return rows
@@ -609,8 +691,12 @@ def after_cursor_execute(
 ) -> None:
     compiled = getattr(context, "compiled", None)
     if compiled is None or cursor.description is None:
+        if conn._echo:
+            _log_rows(conn, None)
         return
     reader = _reader_for(vault, compiled, strict, on_error)
+    if conn._echo:  # the engine logs (echo=True or "debug", or the sqlalchemy.engine logger)
+        _log_rows(conn, compiled if reader is not None else None)
     if reader is None:
         return
     inner = context.cursor_fetch_strategy
@@ -619,3 +705,85 @@ def after_cursor_execute(
     ):
         inner = _cursor.BufferedRowCursorFetchStrategy(cursor, context.execution_options)
     context.cursor_fetch_strategy = _DecryptingFetch(inner, reader, reader.filters(context))
+
+
+# -- result rows in SQLAlchemy's DEBUG log ------------------------------------------------------
+
+# The Connection method SQLAlchemy's row logging calls: ``CursorResult`` binds
+# ``connection._log_debug`` when it is built, right after ``after_cursor_execute``, and logs
+# each row ("Row %r") through it *after* the fetch strategy decrypted the row.
+_LOG_DEBUG = "_log_debug"
+_ROW_MESSAGE = "Row %r"
+_MAX_CHARS = 300  # as SQLAlchemy shows a logged value
+
+
+class _Encrypted:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<encrypted>"
+
+
+_ENCRYPTED = _Encrypted()
+
+
+class _LoggedRow:
+    """A result row as the DEBUG log shows it: each value of an encrypted column replaced by
+    ``<encrypted>``, the others as SQLAlchemy shows them (formatted only if a handler emits)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.values = values
+
+    @safe_repr
+    def __repr__(self) -> str:
+        shown = []
+        for value in self.values:
+            text = repr(value)
+            if len(text) > _MAX_CHARS:
+                cut = len(text) - _MAX_CHARS
+                text = f"{text[:150]} ... ({cut} characters truncated) ... {text[-150:]}"
+            shown.append(text)
+        return f"({', '.join(shown)}{',' if len(shown) == 1 else ''})"
+
+
+_HIDDEN_ROW = _LoggedRow((_ENCRYPTED,))
+
+
+def _logged_row(shown: Any, keys: frozenset[str]) -> _LoggedRow:
+    """What to log for SQLAlchemy's view of a row: the values of ``keys`` (the result keys of
+    encrypted columns) hidden; the whole row hidden if it is not the Row SQLAlchemy passes."""
+    row = getattr(shown, "row", None)
+    fields = getattr(row, "_fields", None)
+    if row is None or not isinstance(fields, tuple) or len(fields) != len(row):
+        return _HIDDEN_ROW
+    return _LoggedRow(
+        tuple(_ENCRYPTED if k in keys else v for k, v in zip(fields, row, strict=True))
+    )
+
+
+def _log_rows(conn: Any, compiled: Any) -> None:
+    """Make the rows of the result being built on ``conn`` log with the values of encrypted
+    columns hidden (``compiled`` returns some), or as SQLAlchemy logs them (None).
+
+    Called only while the connection logs (``conn._echo``); costs nothing otherwise. The
+    redacting logger is bound to this one statement, as SQLAlchemy's row logger is to this one
+    result, and replaced at the next execution on the connection."""
+    conn.__dict__.pop(_LOG_DEBUG, None)
+    if compiled is None:
+        return
+    keys = frozenset(
+        key
+        for entry in compiled._result_columns
+        if isinstance(entry.type, Encrypted)
+        for key in (entry.keyname, entry.name)
+    )
+    log_debug = getattr(conn, _LOG_DEBUG)  # the Connection's own method
+
+    def redacting(message: str, *args: Any, **kw: Any) -> None:
+        if message == _ROW_MESSAGE and args:
+            args = (_logged_row(args[0], keys),)
+        log_debug(message, *args, **kw)
+
+    setattr(conn, _LOG_DEBUG, redacting)

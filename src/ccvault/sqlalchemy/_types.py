@@ -13,6 +13,7 @@ from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
+from .._repr import safe_repr
 from .._sentinels import (
     SHREDDED,
     Sentinel,
@@ -159,6 +160,7 @@ class Encrypted(TypeDecorator[Any]):
             self.on_error,
         )
 
+    @safe_repr
     def __repr__(self) -> str:
         # legacy_plaintext is left out: a read-time migration aid, not part of the schema, and
         # not to be frozen into migration files
@@ -329,6 +331,7 @@ class BlindIndex(TypeDecorator[bytes]):
         self.norm = _normalizer(normalizer)
         super().__init__()
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"BlindIndex({self.normalizer!r}, context={self.context!r}, length={self.length})"
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from ..kms._local import LocalKms
 from ..kms._multi import kms_by_id, unwrap_epoch_key, wrap_epoch_key
@@ -36,6 +37,7 @@ class FrozenClock:
         with self._lock:
             self._now += seconds
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"FrozenClock({self._now})"
 
@@ -121,6 +123,7 @@ class CountingKms(KmsWrapper):
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"CountingKms({self.inner!r}, calls={dict(self.calls)})"
 

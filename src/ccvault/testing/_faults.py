@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
+from .._repr import safe_repr
 from ..errors import KmsUnavailableError
 from ..kms._protocol import Kms
 from ..kms._retry import RetryPolicy, call_with_retries
@@ -51,6 +52,7 @@ class FaultyKms(KmsWrapper):
         self._throttled = 0
         self._mode: str | None = None
 
+    @safe_repr
     def __repr__(self) -> str:
         return f"FaultyKms({self.inner!r}, mode={self._mode}, throttled={self._throttled})"
 
