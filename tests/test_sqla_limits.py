@@ -472,3 +472,29 @@ def test_storage_length_bounds_every_accepted_value(svault: Vault) -> None:
     assert "s5 VARBINARY(71)" in ddl  # 4 bytes a character + 51: unchanged
     assert "named VARBINARY" in ddl
     assert "nu VARBINARY" in ddl
+
+
+def test_json_deeper_than_the_read_path_parses_is_refused(app: sa.Engine) -> None:
+    """A JSON value accepted on write reads back: nesting is bounded well below the recursion
+    limit the read path (deeper in the stack) meets; beyond it, a ValueRejectedError naming the
+    column, never a RecursionError."""
+    from ccvault.sqlalchemy._limits import MAX_JSON_DEPTH
+
+    def nested(depth: int) -> list[object]:
+        value: list[object] = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    t = _encrypted("json_docs", doc=sa.JSON)
+    with app.begin() as conn:
+        t.create(conn)
+        conn.execute(
+            sa.insert(t), [{"id": 1, "owner": uuid.uuid4(), "doc": nested(MAX_JSON_DEPTH)}]
+        )
+        for depth in (MAX_JSON_DEPTH + 1, 5_000):
+            with pytest.raises(ValueRejectedError, match=r"json_docs\.doc: JSON nested"):
+                conn.execute(sa.insert(t), [{"id": 2, "owner": uuid.uuid4(), "doc": nested(depth)}])
+    with app.connect() as conn:
+        (doc,) = conn.execute(sa.select(t.c.doc)).scalars()
+    assert doc == nested(MAX_JSON_DEPTH)

@@ -24,6 +24,8 @@ The rules (docs/sqlalchemy.md, "Types"):
   date (psycopg refuses it; SQLite and MariaDB would drop the zone).
 * ``Enum``: one of its members (or member names, or string choices).
 * Subclasses of ``date``, ``time``, ``datetime`` are stored as the plain type (what reads return).
+* ``JSON``: nested at most ``MAX_JSON_DEPTH`` (200) arrays/objects deep, so that a value written
+  from a shallow stack is never too deep for the parser on the (deeper) read path.
 """
 
 from __future__ import annotations
@@ -115,8 +117,28 @@ def limits_for(type_: sa.types.TypeEngine[Any], codec: Codec) -> Limits:
     if name == "enum":
         return _enum_limits(type_)
     if name == "json":
-        return Limits(sys.maxsize, None, None)
+        return Limits(sys.maxsize, _json_depth, None)
     return Limits(sys.maxsize, None, _SCALAR_PAYLOAD)  # bool, uuid
+
+
+MAX_JSON_DEPTH = 200
+
+
+def _json_depth(value: Any) -> Any:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise Rejected(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return value
 
 
 # -- text and bytes ------------------------------------------------------------------------------

@@ -469,7 +469,7 @@ def _dumps(col: ColumnPlan, value: Any) -> bytes:
         reason = ""
     except UnicodeEncodeError:
         reason = "text with a lone surrogate, which UTF-8 cannot encode"
-    except (ValueError, LookupError, OverflowError):  # NaN in JSON, a circular reference
+    except (ValueError, LookupError, OverflowError, RecursionError):  # NaN, a circular reference
         reason = f"the value cannot be stored as {col.codec.name}"
     if not reason:
         raise TypeError(f"{col.label}: the value cannot be stored as {col.codec.name}")
