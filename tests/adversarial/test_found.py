@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from ccvault import Vault
+from ccvault import DecryptionError, Vault
+from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import Encrypted
 
 
@@ -57,3 +58,35 @@ def test_a_core_select_of_an_encrypted_column_runs_again_from_the_cache(
         conn.execute(sa.select(t.c.id).where(t.c.note == t.c.note))
     with pytest.raises(TypeError, match="cannot use eq on the encrypted column"):
         _ = t.c.note == "first"
+
+
+def _tamper_key_row(url: str, ref: bytes, **values: object) -> None:
+    from ccvault.keystore._schema import build_metadata
+
+    keys = build_metadata().tables["ccvault_keys"]
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(keys).where(keys.c.ref == ref).values(**values))
+    finally:
+        engine.dispose()
+
+
+def test_a_key_row_whose_kind_is_not_ascii_is_quarantined_not_a_unicode_error(
+    kms: LocalKms, sqlite_url: str
+) -> None:
+    """A bit flipped in a key row's ``kind`` can make it non-ASCII; the rotation raised
+    UnicodeEncodeError building the row's associated data (an untyped error, and every
+    rotation after it failed the same way). The row does not authenticate: it is quarantined."""
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    with Vault(kms, sqlite_url) as vault:
+        blob = vault.encrypt(owner, b"kept apart", context="c.x")
+        kept = vault.encrypt(other, b"kept", context="c.x")
+        _tamper_key_row(sqlite_url, vault.subject_ref(owner), kind="subjeçt")
+        report = vault.rotate_epoch()
+        assert len(report.quarantined) == 1
+    with Vault(kms, sqlite_url) as fresh:
+        assert fresh.decrypt(kept, context="c.x", subject=other) == b"kept"
+        with pytest.raises(DecryptionError):
+            fresh.decrypt(blob, context="c.x", subject=owner)
+        assert fresh.rotate_epoch().quarantined == ()
