@@ -999,7 +999,8 @@ class Vault:
             self._read_keys.discard_where(lambda _header, key: key.ref == ref)
             return
         for key_id, version in keys:
-            self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
+            if _names_value_key(key_id, version):  # no other pair can be a cached header
+                self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -1259,6 +1260,8 @@ class Vault:
         return out
 
     def _data_key(self, rec: KeyRecord) -> _DataKey:
+        if not _names_value_key(rec.key_id, rec.version):
+            raise DecryptionError  # a damaged row: no value can name it, none opens under it
         header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
         cached = self._read_keys.get(header)
         if isinstance(cached, _DataKey):
@@ -1441,6 +1444,12 @@ def _parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]
     except Exception:  # whatever is wrong with it, the caller raises one KeyStoreError
         return None
     return receipt, keys
+
+
+def _names_value_key(key_id: bytes, version: int) -> bool:
+    """A (key id, version) that a value header can name: a 16-byte id and a version in 1..2^32-1.
+    Anything else read from the key store (a damaged or tampered row, or receipt) names none."""
+    return len(key_id) == 16 and 1 <= version <= 0xFFFFFFFF
 
 
 def _context_bytes(context: str) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from ccvault import DecryptionError, Vault
+from ccvault import NO_SUBJECT, CcvaultError, DecryptionError, SubjectShreddedError, Vault
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import Encrypted
 
@@ -90,3 +90,43 @@ def test_a_key_row_whose_kind_is_not_ascii_is_quarantined_not_a_unicode_error(
         with pytest.raises(DecryptionError):
             fresh.decrypt(blob, context="c.x", subject=owner)
         assert fresh.rotate_epoch().quarantined == ()
+
+
+@pytest.mark.parametrize("version", [0, 2**32])
+def test_a_key_row_with_a_version_no_header_can_name_fails_typed(
+    kms: LocalKms, sqlite_url: str, version: int
+) -> None:
+    """A key row whose version no value header can hold (0, or past 2^32 - 1) made encrypt()
+    raise ValueError ("bad key reference"), and shred() raise it too, after its commit, in the
+    middle of evicting the subject's keys. Such a row is unreadable: DecryptionError; and the
+    shred goes through."""
+    owner = uuid.uuid4()
+    with Vault(kms, sqlite_url) as vault:
+        vault.encrypt(owner, b"x", context="c.x")
+        vw = vault.encrypt(NO_SUBJECT, b"y", context="c.vw")
+        ref = vault.subject_ref(owner)
+        _tamper_key_row(sqlite_url, ref, version=version)
+        _tamper_vaultwide_version(sqlite_url, version)
+    with Vault(kms, sqlite_url) as fresh:
+        with pytest.raises(CcvaultError):  # the head names a key version that is not there
+            fresh.encrypt(owner, b"x", context="c.x")
+        with pytest.raises(DecryptionError):
+            fresh.encrypt(NO_SUBJECT, b"y", context="c.vw")
+        with pytest.raises(DecryptionError):
+            fresh.decrypt(vw, context="c.vw")
+        receipt = fresh.shred(owner)
+        assert [k.version for k in receipt.destroyed_keys] == [version]
+        with pytest.raises(SubjectShreddedError):
+            fresh.encrypt(owner, b"x", context="c.x")
+
+
+def _tamper_vaultwide_version(url: str, version: int) -> None:
+    from ccvault.keystore._schema import build_metadata
+
+    keys = build_metadata().tables["ccvault_keys"]
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(keys).where(keys.c.kind == "vaultwide").values(version=version))
+    finally:
+        engine.dispose()
