@@ -291,8 +291,7 @@ class Vault:
                 f"the key store records subject type {stored_type!r}, not {declared.spec!r}"
             )
         self.installation_id: str = installation
-        self._installation = bytes.fromhex(installation)
-        self.subject_type: SubjectType = SubjectType.parse(stored_type)
+        self._installation, self.subject_type = _parse_installation(installation, stored_type)
         epoch = self._store.active_epoch() or self._create_epoch(1)
         self._active.put("active", epoch)
         self._ref_key = self._long_lived_key(KeyKind.SUBJECT_REF, _REF_LABEL)
@@ -1469,6 +1468,19 @@ def _embedded_kms(home: Path, *, create: bool = True) -> Kms:
                 f"cannot use {str(home)!r} as the ccvault home (CCVAULT_HOME): {exc.strerror}"
             ) from None
     return LocalKms.from_file(home / "master.key", create=create)
+
+
+def _parse_installation(installation: str, subject_type: str) -> tuple[bytes, SubjectType]:
+    """The stored installation id as bytes and the stored subject type, or a KeyStoreError when
+    the installation record does not parse (a damaged or tampered ``ccvault_meta`` row)."""
+    try:
+        return bytes.fromhex(installation), SubjectType.parse(subject_type)
+    except ValueError:
+        pass
+    raise KeyStoreError(
+        "the key store's installation record (ccvault_meta rows installation_id and "
+        "subject_type) does not parse: it is damaged or was tampered with"
+    )
 
 
 def _existing_installation(store: KeyStore) -> tuple[str, str]:

@@ -9,7 +9,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from ccvault import NO_SUBJECT, CcvaultError, DecryptionError, SubjectShreddedError, Vault
+from ccvault import (
+    NO_SUBJECT,
+    CcvaultError,
+    DecryptionError,
+    KeyStoreError,
+    SubjectShreddedError,
+    Vault,
+)
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import Encrypted
 
@@ -130,3 +137,24 @@ def _tamper_vaultwide_version(url: str, version: int) -> None:
             conn.execute(sa.update(keys).where(keys.c.kind == "vaultwide").values(version=version))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("installation_id", "0f" * 15 + "zz"), ("subject_type", "uuie")]
+)
+def test_an_installation_record_that_does_not_parse_is_a_key_store_error(
+    kms: LocalKms, sqlite_url: str, name: str, value: str
+) -> None:
+    """A bit flipped in the installation id (a non-hex character) or the subject type made
+    opening the vault raise ValueError."""
+    Vault(kms, sqlite_url).close()
+    engine = sa.create_engine(sqlite_url)
+    try:
+        with engine.begin() as conn:
+            update = sa.text("UPDATE ccvault_meta SET value = :v WHERE name = :n")
+            conn.execute(update, {"v": value, "n": name})
+    finally:
+        engine.dispose()
+    for readonly in (False, True):
+        with pytest.raises(KeyStoreError, match="installation record"):
+            Vault(kms, sqlite_url, readonly=readonly)
