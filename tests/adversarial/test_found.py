@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ class _Card(_Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     owner: Mapped[uuid.UUID] = mapped_column()
     note: Mapped[str | None] = mapped_column(Encrypted(sa.String(40), subject="owner"))
+    doc: Mapped[Any] = mapped_column(Encrypted(sa.JSON, subject="owner"), nullable=True)
 
 
 @pytest.fixture
@@ -158,3 +160,31 @@ def test_an_installation_record_that_does_not_parse_is_a_key_store_error(
     for readonly in (False, True):
         with pytest.raises(KeyStoreError, match="installation record"):
             Vault(kms, sqlite_url, readonly=readonly)
+
+
+def test_a_json_value_nested_deeper_than_the_parser_is_a_located_decryption_error(
+    vault: Vault, cards: sa.Engine
+) -> None:
+    """The JSON codec let json.loads's RecursionError through (an untyped error from a column
+    read); a value ccvault wrote at a shallow stack could fail so when read from a deeper one."""
+    from ccvault.sqlalchemy._codec import JSON, CodecError
+
+    deep = b"\x0c" + b"[" * 5000 + b"]" * 5000
+    with pytest.raises(CodecError):
+        JSON.loads(deep)
+    owner = uuid.uuid4()
+    card = _Card(owner=owner, note="n", doc=[1])
+    with Session(cards, expire_on_commit=False) as session, session.begin():
+        session.add(card)
+    blob = vault.encrypt(owner, deep, context="adv_found_cards.doc")
+    update = sa.text("UPDATE adv_found_cards SET doc = :b WHERE note IS NOT NULL AND owner = :o")
+    with cards.begin() as conn:
+        conn.execute(
+            update.bindparams(
+                sa.bindparam("b", type_=sa.LargeBinary()), sa.bindparam("o", type_=sa.Uuid())
+            ),
+            {"b": blob, "o": owner},
+        )
+    with Session(cards) as session, pytest.raises(DecryptionError) as caught:
+        session.scalars(sa.select(_Card).where(_Card.owner == owner)).all()
+    assert (caught.value.table, caught.value.column) == ("adv_found_cards", "doc")
