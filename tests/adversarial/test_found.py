@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +189,18 @@ def test_a_json_value_nested_deeper_than_the_parser_is_a_located_decryption_erro
     with Session(cards) as session, pytest.raises(DecryptionError) as caught:
         session.scalars(sa.select(_Card).where(_Card.owner == owner)).all()
     assert (caught.value.table, caught.value.column) == ("adv_found_cards", "doc")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///{folder}/keys.db?timeout=abc", "postgresql+psycopg://u@127.0.0.1:abc/x"],
+)
+def test_a_key_store_url_the_driver_cannot_take_is_a_configuration_error(
+    kms: LocalKms, tmp_path: Path, url: str
+) -> None:
+    """A query parameter SQLAlchemy converts for the driver (SQLite's ``timeout``), or a port
+    that is no number, raised ValueError from the key store's constructor."""
+    from ccvault import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="key store URL"):
+        Vault(kms, url.format(folder=tmp_path))

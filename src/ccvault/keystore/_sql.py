@@ -810,7 +810,7 @@ _SECRET_QUERY = ("password", "passwd", "secret", "token", "key")
 def _parse_url(url: str) -> sa.URL:
     try:
         return sa.make_url(url)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         raise ConfigurationError(
             "the key store URL is no SQLAlchemy URL (dialect+driver://user:password@host:port/db)"
         ) from None
@@ -877,6 +877,12 @@ def _make_engine(url: str) -> Engine:
             f"the key store URL {_safe_url(u)} needs the {module or u.drivername!r} driver, "
             f"which is not installed: {install}"
         ) from exc
+    except (ValueError, TypeError):  # its message may quote the URL: neither kept nor chained
+        pass
+    raise ConfigurationError(
+        f"the key store URL {_safe_url(u)} has a query parameter its database driver cannot "
+        "take (a number that is no number?)"
+    )
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
