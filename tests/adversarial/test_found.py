@@ -193,13 +193,18 @@ def test_a_json_value_nested_deeper_than_the_parser_is_a_located_decryption_erro
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///{folder}/keys.db?timeout=abc", "postgresql+psycopg://u@127.0.0.1:abc/x"],
+    [
+        "sqlite:///{folder}/keys.db?timeout=abc",
+        "postgresql+psycopg://u@127.0.0.1:abc/x",
+        "sqlite://host/{folder}/keys.db",
+    ],
 )
 def test_a_key_store_url_the_driver_cannot_take_is_a_configuration_error(
     kms: LocalKms, tmp_path: Path, url: str
 ) -> None:
     """A query parameter SQLAlchemy converts for the driver (SQLite's ``timeout``), or a port
-    that is no number, raised ValueError from the key store's constructor."""
+    that is no number, raised ValueError from the key store's constructor; a URL its dialect
+    refuses (a host in a SQLite URL) raised SQLAlchemy's ArgumentError."""
     from ccvault import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="key store URL"):

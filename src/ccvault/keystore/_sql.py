@@ -877,6 +877,10 @@ def _make_engine(url: str) -> Engine:
             f"the key store URL {_safe_url(u)} needs the {module or u.drivername!r} driver, "
             f"which is not installed: {install}"
         ) from exc
+    except sa.exc.ArgumentError:  # the dialect's own check (a host in a SQLite URL...)
+        raise ConfigurationError(
+            f"the key store URL {_safe_url(u)} is not one its database dialect takes"
+        ) from None
     except (ValueError, TypeError):  # its message may quote the URL: neither kept nor chained
         pass
     raise ConfigurationError(
