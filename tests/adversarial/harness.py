@@ -26,6 +26,13 @@ from ccvault.sqlalchemy import SHREDDED, UNREADABLE
 
 LONG_RUN = os.environ.get("CCVAULT_TEST_ADVERSARIAL", "").strip().lower() == "long"
 
+
+def app_url(db_url: str) -> str:
+    """The application database beside a test's key store: a file of its own on SQLite, the
+    same schema or database on a server."""
+    return db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url
+
+
 HEADER = 22  # version, suite, key id (16), key version (u32)
 NONCE = 12
 BODY = HEADER + NONCE

@@ -46,11 +46,16 @@ def _encrypted(name: str, **options: Any) -> Mapped[Any]:
     return mapped_column(Encrypted(CODECS[name][0], subject="owner", **options), nullable=True)
 
 
-class Values(Base):
-    __tablename__ = "adv_values"
+class _Row:
+    """A row's id, its owner (the data subject) and a tag the tests select rows by."""
+
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     owner: Mapped[uuid.UUID | None] = mapped_column()
     tag: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class Values(_Row, Base):
+    __tablename__ = "adv_values"
     s: Mapped[Any] = _encrypted("s")
     raw: Mapped[Any] = _encrypted("raw")
     i: Mapped[Any] = _encrypted("i")
@@ -66,23 +71,17 @@ class Values(Base):
     doc: Mapped[Any] = _encrypted("doc")
 
 
-class Other(Base):
+class Other(_Row, Base):
     """Another table with a column like ``adv_values.s``: values moved between tables."""
 
     __tablename__ = "adv_other"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    owner: Mapped[uuid.UUID | None] = mapped_column()
-    tag: Mapped[str | None] = mapped_column(sa.String(64))
     s: Mapped[Any] = _encrypted("s")
 
 
-class Legacy(Base):
+class Legacy(_Row, Base):
     """Columns still migrating from plaintext (``legacy_plaintext=True``)."""
 
     __tablename__ = "adv_legacy"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    owner: Mapped[uuid.UUID | None] = mapped_column()
-    tag: Mapped[str | None] = mapped_column(sa.String(64))
     s: Mapped[Any] = _encrypted("s", legacy_plaintext=True)
     raw: Mapped[Any] = _encrypted("raw", legacy_plaintext=True)
     doc: Mapped[Any] = _encrypted("doc", legacy_plaintext=True)

@@ -11,16 +11,22 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from adversarial.harness import app_url
 from ccvault import (
     NO_SUBJECT,
     CcvaultError,
+    ConfigurationError,
     DecryptionError,
     KeyStoreError,
     SubjectShreddedError,
     Vault,
 )
+from ccvault.keystore._schema import build_metadata
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import Encrypted
+from ccvault.sqlalchemy._codec import JSON, CodecError
+
+KEYS = build_metadata().tables["ccvault_keys"]
 
 
 class _Base(DeclarativeBase):
@@ -37,8 +43,7 @@ class _Card(_Base):
 
 @pytest.fixture
 def cards(vault: Vault, db_url: str) -> Iterator[sa.Engine]:
-    url = db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(app_url(db_url))
     _Base.metadata.create_all(engine)
     vault.attach(engine)
     yield engine
@@ -70,14 +75,12 @@ def test_a_core_select_of_an_encrypted_column_runs_again_from_the_cache(
         _ = t.c.note == "first"
 
 
-def _tamper_key_row(url: str, ref: bytes, **values: object) -> None:
-    from ccvault.keystore._schema import build_metadata
-
-    keys = build_metadata().tables["ccvault_keys"]
+def _update_keys(url: str, where: Any, **values: object) -> None:
+    """Change key rows behind ccvault's back (an insider, a bad disk)."""
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.update(keys).where(keys.c.ref == ref).values(**values))
+            conn.execute(sa.update(KEYS).where(where).values(**values))
     finally:
         engine.dispose()
 
@@ -92,7 +95,7 @@ def test_a_key_row_whose_kind_is_not_ascii_is_quarantined_not_a_unicode_error(
     with Vault(kms, sqlite_url) as vault:
         blob = vault.encrypt(owner, b"kept apart", context="c.x")
         kept = vault.encrypt(other, b"kept", context="c.x")
-        _tamper_key_row(sqlite_url, vault.subject_ref(owner), kind="subjeçt")
+        _update_keys(sqlite_url, KEYS.c.ref == vault.subject_ref(owner), kind="subjeçt")
         report = vault.rotate_epoch()
         assert len(report.quarantined) == 1
     with Vault(kms, sqlite_url) as fresh:
@@ -115,8 +118,8 @@ def test_a_key_row_with_a_version_no_header_can_name_fails_typed(
         vault.encrypt(owner, b"x", context="c.x")
         vw = vault.encrypt(NO_SUBJECT, b"y", context="c.vw")
         ref = vault.subject_ref(owner)
-        _tamper_key_row(sqlite_url, ref, version=version)
-        _tamper_vaultwide_version(sqlite_url, version)
+        _update_keys(sqlite_url, KEYS.c.ref == ref, version=version)
+        _update_keys(sqlite_url, KEYS.c.kind == "vaultwide", version=version)
     with Vault(kms, sqlite_url) as fresh:
         with pytest.raises(CcvaultError):  # the head names a key version that is not there
             fresh.encrypt(owner, b"x", context="c.x")
@@ -128,18 +131,6 @@ def test_a_key_row_with_a_version_no_header_can_name_fails_typed(
         assert [k.version for k in receipt.destroyed_keys] == [version]
         with pytest.raises(SubjectShreddedError):
             fresh.encrypt(owner, b"x", context="c.x")
-
-
-def _tamper_vaultwide_version(url: str, version: int) -> None:
-    from ccvault.keystore._schema import build_metadata
-
-    keys = build_metadata().tables["ccvault_keys"]
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.update(keys).where(keys.c.kind == "vaultwide").values(version=version))
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -168,8 +159,6 @@ def test_a_json_value_nested_deeper_than_the_parser_is_a_located_decryption_erro
 ) -> None:
     """The JSON codec let json.loads's RecursionError through (an untyped error from a column
     read); a value ccvault wrote at a shallow stack could fail so when read from a deeper one."""
-    from ccvault.sqlalchemy._codec import JSON, CodecError
-
     deep = b"\x0c" + b"[" * 5000 + b"]" * 5000
     with pytest.raises(CodecError):
         JSON.loads(deep)
@@ -205,7 +194,5 @@ def test_a_key_store_url_the_driver_cannot_take_is_a_configuration_error(
     """A query parameter SQLAlchemy converts for the driver (SQLite's ``timeout``), or a port
     that is no number, raised ValueError from the key store's constructor; a URL its dialect
     refuses (a host in a SQLite URL) raised SQLAlchemy's ArgumentError."""
-    from ccvault import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="key store URL"):
         Vault(kms, url.format(folder=tmp_path))

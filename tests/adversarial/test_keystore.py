@@ -256,45 +256,32 @@ def tamperings(inst: Installation, scale: Scale) -> Iterator[Tampering]:
                 targets = _targets(inst, row, _binds(row, column))
                 value = _read(db, row, column)
                 stride = max(scale.bit_stride, 8) if column == "receipt" else scale.bit_stride
-                for bit, changed in _flips(value, stride, rng):
-                    yield Tampering(
-                        kind,
-                        "bit flip",
-                        f"{name}.{column} bit {bit}",
-                        (_set(row, column, changed),),
-                        targets,
-                    )
+                changes = [(f"bit {bit}", "bit flip", v) for bit, v in _flips(value, stride, rng)]
                 if value is not None:
-                    yield Tampering(
-                        kind, "NULL", f"{name}.{column} NULL", (_set(row, column, None),), targets
-                    )
+                    changes.append(("NULL", "NULL", None))
+                twin = inst.other_rows.get(name)
+                theirs = None if twin is None else _read(other, twin, column)
+                if twin is not None and theirs != value:
+                    changes.append(("from the other installation", "another installation", theirs))
+                for what, how, changed in changes:
+                    update = (_set(row, column, changed),)
+                    yield Tampering(kind, how, f"{name}.{column} {what}", update, targets)
                 for peer_name, peer in inst.rows.items():
                     if peer.table != row.table or peer_name <= name:
                         continue
-                    theirs = _read(db, peer, column)
-                    if theirs == value:
+                    peers = _read(db, peer, column)
+                    if peers == value:
                         continue
                     yield Tampering(
                         kind,
                         "swap",
                         f"{name}.{column} swapped with {peer_name}'s",
-                        _swap(row, peer, column, value, theirs),
+                        _swap(row, peer, column, value, peers),
                         targets | _targets(inst, peer, _binds(peer, column)),
                     )
-                twin = inst.other_rows.get(name)
-                if twin is not None:
-                    theirs = _read(other, twin, column)
-                    if theirs != value:
-                        yield Tampering(
-                            kind,
-                            "another installation",
-                            f"{name}.{column} from the other installation",
-                            (_set(row, column, theirs),),
-                            targets,
-                        )
-                    if column not in names:
-                        whole.append((column, theirs))
-                        whole_targets |= targets
+                if twin is not None and column not in names:
+                    whole.append((column, theirs))
+                    whole_targets |= targets
             twin = inst.other_rows.get(name)
             if twin is not None and whole:
                 yield Tampering(

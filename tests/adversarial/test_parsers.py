@@ -33,7 +33,8 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from adversarial.harness import HEADER, SCALES, Figures, Scale, header_of, key_ref
+from adversarial.harness import HEADER, SCALES, Figures, Scale, app_url, header_of, key_ref
 from adversarial.models import CODECS, Base, Values, raw_table
 from ccvault import (
     NO_SUBJECT,
@@ -77,6 +78,24 @@ def _fuzz(scale: Scale, *, db: bool = False) -> settings:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
+
+
+def _only(
+    allowed: tuple[type[BaseException], ...],
+    what: str,
+    call: Callable[[], object],
+    unexpected: list[str],
+) -> bool:
+    """Run ``call``: True when it returns, False when it raises one of ``allowed``; any other
+    exception is recorded in ``unexpected``."""
+    try:
+        call()
+    except allowed:
+        return False
+    except Exception as exc:
+        unexpected.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
+        return False
+    return True
 
 
 # -- stored values --------------------------------------------------------------------------
@@ -159,7 +178,7 @@ def test_value_parsers_raise_only_their_errors(
 def reader(
     svault: Vault, sqlite_url: str
 ) -> Iterator[tuple[Vault, sa.Engine, sa.Engine, sa.Engine]]:
-    url = sqlite_url.replace("keys.db", "app.db")
+    url = app_url(sqlite_url)
     raw = sa.create_engine(url)
     Base.metadata.create_all(raw)
     sentinel, raising = sa.create_engine(url), sa.create_engine(url)
@@ -243,12 +262,9 @@ def test_codecs_raise_only_codec_error(scale: Scale, figures: Figures) -> None:
         @given(data=_payloads(codec.tag))
         def check(data: bytes) -> None:
             figures.add("hypothesis cases: codecs")
-            try:
-                codec.loads(data)
-            except CodecError:
-                pass
-            except Exception as exc:
-                unexpected.append(f"{name}: {type(exc).__name__} for {data[:40].hex()}")
+            _only(
+                (CodecError,), f"{name} {data[:40].hex()}", partial(codec.loads, data), unexpected
+            )
 
         check()
 
@@ -333,29 +349,18 @@ def test_local_kms_parsers_raise_only_their_errors(
     )
     def check(text: str, raw: bytes, root_id: str, blob: bytes, context: dict[str, str]) -> None:
         figures.add("hypothesis cases: master-key file and local KMS")
-        try:
-            _parse(text)  # never raises: its traceback would hold the file's text
-        except Exception as exc:
-            unexpected.append(f"_parse: {type(exc).__name__}")
+        # _parse never raises: its traceback would hold the file's text
+        _only((), "_parse", partial(_parse, text), unexpected)
         path = folder / f"{uuid.uuid4().hex}.key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(raw if len(text) % 5 == 0 else text.encode("utf-8", "surrogatepass"))
-        try:
-            LocalKms.from_file(path)
-        except ConfigurationError:
-            pass
-        except Exception as exc:
-            unexpected.append(f"from_file: {type(exc).__name__}")
-        finally:
-            path.unlink()
-        try:
-            kms.unwrap(WrappedKey(kms.kms_id, root_id, blob), context=context)
+        _only((ConfigurationError,), "from_file", partial(LocalKms.from_file, path), unexpected)
+        path.unlink()
+        wrapped = WrappedKey(kms.kms_id, root_id, blob)
+        unwrap = partial(kms.unwrap, wrapped, context=context)
+        if _only((DecryptionError, KmsError), "unwrap", unwrap, unexpected):
             unexpected.append("a random blob unwrapped")
-        except (DecryptionError, KmsError):
-            pass
-        except Exception as exc:
-            unexpected.append(f"unwrap: {type(exc).__name__}")
 
     check()
     figures.add("unexpected exception types", len(unexpected))
@@ -503,22 +508,14 @@ def test_settings_and_url_parsers_raise_only_configuration_error(
     def check(url: str, values: dict[str, str], env: dict[str, str]) -> None:
         figures.add("hypothesis cases: settings and URLs")
         for what, parse in (
-            ("kms_from_url", lambda: kms_from_url(url)),
+            ("kms_from_url", partial(kms_from_url, url)),
             ("SqlKeyStore", lambda: SqlKeyStore(url, create=False).close()),
-            ("CcvaultSettings", lambda: CcvaultSettings(**values)),
-            ("check_environment", lambda: check_environment(env)),
+            ("CcvaultSettings", partial(CcvaultSettings, **values)),
+            ("check_environment", partial(check_environment, env)),
         ):
-            try:
-                parse()
-            except ConfigurationError:
-                pass
-            except Exception as exc:
-                unexpected.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
+            _only((ConfigurationError,), what, parse, unexpected)
         for what, show in (("mask_url", mask_url), ("_redact", _redact)):
-            try:
-                show(url)
-            except Exception as exc:
-                unexpected.append(f"{what}: {type(exc).__name__}")
+            _only((), what, partial(show, url), unexpected)
 
     check()
     figures.add("unexpected exception types", len(unexpected))

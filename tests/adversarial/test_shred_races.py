@@ -83,6 +83,18 @@ def _call(who: str, vkind: str, kind: str, subject: str, fn: Callable[[], Any]) 
     return Op(who, vkind, kind, subject, start, time.time(), outcome, blob)
 
 
+def _started(
+    barrier: Any, record: Callable[[Op], None], who: str, vkind: str, subject: str
+) -> bool:
+    """Wait for the round to start; a broken barrier (another party failed) is recorded."""
+    try:
+        barrier.wait(BARRIER_TIMEOUT)
+    except threading.BrokenBarrierError:
+        record(Op(who, vkind, "barrier", subject, 0, 0, "error: broken barrier"))
+        return False
+    return True
+
+
 def _worker_rounds(
     who: str,
     vkind: str,
@@ -97,10 +109,7 @@ def _worker_rounds(
     ends; the round's value is ``blob``."""
     rng = random.Random(seed)
     for subject, blob in rounds:
-        try:
-            barrier.wait(BARRIER_TIMEOUT)
-        except threading.BrokenBarrierError:
-            record(Op(who, vkind, "barrier", subject, 0, 0, "error: broken barrier"))
+        if not _started(barrier, record, who, vkind, subject):
             return
         deadline = time.time() + ROUND_SECONDS
         u = uuid.UUID(subject)
@@ -215,10 +224,7 @@ def test_shreds_racing_operations_and_rotations_leave_nothing_live(
     def lead(kind: str, vault: Vault, act: Callable[[uuid.UUID], Any]) -> None:
         rng = random.Random(kind)
         for subject, _blob in rounds:
-            try:
-                barrier.wait(BARRIER_TIMEOUT)
-            except threading.BrokenBarrierError:
-                record(Op(kind, kind, "barrier", subject, 0, 0, "error: broken barrier"))
+            if not _started(barrier, record, kind, kind, subject):
                 return
             time.sleep(rng.uniform(0, ROUND_SECONDS / 2))
             record(_call(kind, kind, kind, subject, functools.partial(act, uuid.UUID(subject))))

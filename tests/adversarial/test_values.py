@@ -36,6 +36,7 @@ from adversarial.harness import (
     Figures,
     Scale,
     Verdicts,
+    app_url,
     key_ref,
     kind_of,
     mutations,
@@ -172,15 +173,14 @@ class _App:
 
 @pytest.fixture
 def app(vault: Vault, db_url: str) -> Iterator[_App]:
-    url = db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url
-    a = _App(vault, url)
+    a = _App(vault, app_url(db_url))
     yield a
     a.close()
 
 
 @pytest.fixture
 def sapp(svault: Vault, sqlite_url: str) -> Iterator[_App]:
-    a = _App(svault, sqlite_url.replace("keys.db", "app.db"))
+    a = _App(svault, app_url(sqlite_url))
     yield a
     a.close()
 
