@@ -361,8 +361,7 @@ class Vault:
                 f"the key store records subject type {stored_type!r}, not {declared.spec!r}"
             )
         self.installation_id: str = installation
-        self._installation = bytes.fromhex(installation)
-        self.subject_type: SubjectType = SubjectType.parse(stored_type)
+        self._installation, self.subject_type = _parse_installation(installation, stored_type)
         epoch = self._store.active_epoch() or self._create_epoch(1)
         self._active.put("active", epoch)
         self._ref_key = self._long_lived_key(KeyKind.SUBJECT_REF, _REF_LABEL)
@@ -1230,7 +1229,8 @@ class Vault:
             self._read_keys.discard_where(lambda _header, key: key.ref == ref)
             return
         for key_id, version in keys:
-            self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
+            if _names_value_key(key_id, version):  # no other pair can be a cached header
+                self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -1416,6 +1416,13 @@ class Vault:
         rec = self._store.latest_key(kind, label)
         if rec is None:
             self._writable(f"create the installation's {label} key")
+            if kind == KeyKind.SUBJECT_REF and self._store.has_subjects():
+                # Subjects exist, so their ref key did: its row was altered or deleted. A new
+                # one would give every subject a new ref, outside every shred fence.
+                raise KeyStoreError(
+                    "the installation has subjects but its subject-ref key is missing (its key "
+                    "row was altered or deleted): restore the key store from a backup"
+                )
             rec = self._store_new_key(kind, random_bytes(16), 1, label=label)
         return self._unwrap_record(rec)
 
@@ -1563,6 +1570,8 @@ class Vault:
         )
 
     def _data_key(self, rec: KeyRecord) -> _DataKey:
+        if not _names_value_key(rec.key_id, rec.version):
+            raise DecryptionError  # a damaged row: no value can name it, none opens under it
         header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
         cached = self._read_keys.get(header)
         if isinstance(cached, _DataKey):
@@ -1766,6 +1775,12 @@ def _parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]
     return receipt, keys
 
 
+def _names_value_key(key_id: bytes, version: int) -> bool:
+    """A (key id, version) that a value header can name: a 16-byte id and a version in 1..2^32-1.
+    Anything else read from the key store (a damaged or tampered row, or receipt) names none."""
+    return len(key_id) == 16 and 1 <= version <= 0xFFFFFFFF
+
+
 def _context_bytes(context: str) -> bytes:
     if not isinstance(context, str) or not context:
         raise TypeError("context must be a non-empty str (e.g. 'customers.phone')")
@@ -1783,6 +1798,19 @@ def _embedded_kms(home: Path, *, create: bool = True) -> Kms:
                 f"cannot use {str(home)!r} as the ccvault home (CCVAULT_HOME): {exc.strerror}"
             ) from None
     return LocalKms.from_file(home / "master.key", create=create)
+
+
+def _parse_installation(installation: str, subject_type: str) -> tuple[bytes, SubjectType]:
+    """The stored installation id as bytes and the stored subject type, or a KeyStoreError when
+    the installation record does not parse (a damaged or tampered ``ccvault_meta`` row)."""
+    try:
+        return bytes.fromhex(installation), SubjectType.parse(subject_type)
+    except ValueError:
+        pass
+    raise KeyStoreError(
+        "the key store's installation record (ccvault_meta rows installation_id and "
+        "subject_type) does not parse: it is damaged or was tampered with"
+    )
 
 
 def _existing_installation(store: KeyStore) -> tuple[str, str]:

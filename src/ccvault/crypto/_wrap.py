@@ -65,7 +65,9 @@ def wrap_key(epoch: Aead, key: bytes, binding: KeyBinding) -> tuple[bytes, bytes
 
 
 def unwrap_key(epoch: Aead, wrapped: bytes, stored_commitment: bytes, binding: KeyBinding) -> bytes:
-    if len(wrapped) != WRAPPED_BYTES:
+    # The binding comes from the key-store row: a kind that is not ASCII (a damaged or tampered
+    # row; ccvault's kinds are ASCII words) binds nothing ccvault ever wrapped.
+    if len(wrapped) != WRAPPED_BYTES or not binding.kind.isascii():
         raise UnwrapError
     try:
         key = epoch.open(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], binding.associated_data())

@@ -622,6 +622,15 @@ class SqlKeyStore:
             mac=bytes(mac) if mac is not None else None,
         )
 
+    def has_subjects(self) -> bool:
+        h, k = self._heads, self._keys
+        with self._read() as conn:
+            head = conn.execute(sa.select(h.c.ref).limit(1)).first()
+            key = conn.execute(
+                sa.select(k.c.key_id).where(k.c.kind == KeyKind.SUBJECT).limit(1)
+            ).first()
+        return head is not None or key is not None
+
     def subject_head(self, ref: bytes) -> HeadRecord | None:
         with self._read() as conn:
             row = conn.execute(sa.select(self._heads).where(self._heads.c.ref == ref)).first()
@@ -1132,6 +1141,16 @@ def _make_engine(url: str) -> Engine:
             f"the key store URL {_safe_url(u)} needs the {module or u.drivername!r} driver, "
             f"which is not installed: {install}"
         ) from exc
+    except sa.exc.ArgumentError:  # the dialect's own check (a host in a SQLite URL...)
+        raise ConfigurationError(
+            f"the key store URL {_safe_url(u)} is not one its database dialect takes"
+        ) from None
+    except (ValueError, TypeError):  # its message may quote the URL: neither kept nor chained
+        pass
+    raise ConfigurationError(
+        f"the key store URL {_safe_url(u)} has a query parameter its database driver cannot "
+        "take (a number that is no number?)"
+    )
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

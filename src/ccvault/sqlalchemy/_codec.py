@@ -42,6 +42,8 @@ class Codec:
             return self.decode(data[1:])
         except (ValueError, TypeError, LookupError, decimal.InvalidOperation) as exc:
             raise CodecError from exc
+        except RecursionError:  # JSON nested deeper than the parser goes
+            raise CodecError from None
 
 
 def _utf8(b: bytes) -> str:

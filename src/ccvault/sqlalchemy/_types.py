@@ -259,6 +259,12 @@ class Encrypted(TypeDecorator[Any]):
                 # in SQLAlchemy, searchable or not. Never on the blind index: a shred sets it
                 # to NULL while the (unreadable) value stays.
                 return super().operate(op, *other, **kwargs)
+            if name in ("eq", "ne") and _same_column(self.expr, other[0]):
+                # SQLAlchemy itself compares a column with its own copies: a Core statement run
+                # again from the compiled cache merges its columns into the cached result map, a
+                # dict, whose key lookup calls ``==`` (the expression's truth value compares
+                # identities). Never a comparison of values, so nothing to refuse.
+                return super().operate(op, *other, **kwargs)
             etype = self.type
             if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
                 index = _companion(self.expr)
@@ -284,11 +290,26 @@ class Encrypted(TypeDecorator[Any]):
 def column_name(col: Any) -> str:
     """``table.column`` of the table column behind ``col`` (through labels, aliases and
     subqueries), for error messages."""
-    for candidate in getattr(col, "proxy_set", ()):
-        if isinstance(candidate, sa.Column) and isinstance(candidate.table, sa.Table):
-            return f"{candidate.table.name}.{candidate.name}"
+    base = _base_column(col)
+    if base is not None:
+        return f"{base.table.name}.{base.name}"
     table = getattr(col, "table", None)
     return f"{getattr(table, 'name', '?')}.{getattr(col, 'name', '?')}"
+
+
+def _base_column(col: Any) -> sa.Column[Any] | None:
+    for candidate in getattr(col, "proxy_set", ()):
+        if isinstance(candidate, sa.Column) and isinstance(candidate.table, sa.Table):
+            return candidate
+    return None
+
+
+def _same_column(expr: Any, other: Any) -> bool:
+    """``other`` is ``expr`` itself or an (annotated) copy of the same table column."""
+    if not isinstance(other, sa.ColumnElement):
+        return False
+    mine = _base_column(expr)
+    return mine is not None and _base_column(other) is mine
 
 
 def _is_null(other: Any) -> bool:
