@@ -112,3 +112,19 @@ def raised(call: Callable[..., object]) -> BaseException:
     except Exception as exc:
         return exc
     raise AssertionError("the call did not fail")
+
+
+def chain_text(exc: BaseException) -> str:
+    """Every text an error reporter shows of ``exc`` and of each exception in its cause and
+    context chain: type name, message, repr and the repr of its arguments."""
+    out: list[str] = []
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        out += [type(current).__name__, str(current), repr(current), repr(current.args)]
+        stack += [current.__cause__, current.__context__]
+    return "\n".join(out)

@@ -14,26 +14,11 @@ from sqlalchemy.orm import Session
 
 from ccvault import ConfigurationError, Vault
 from ccvault.kms import LocalKms
+from leaks import chain_text
 from sqla_models import Base, Customer
 
 PHONE = "+1 555 010 0199"  # what must never appear in an error
 NAME = "Ada Plaintext-Lovelace"
-
-
-def _texts(exc: BaseException) -> str:
-    """Every text an error reporter shows of ``exc``: message, repr, args, the whole chain."""
-    out: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    stack = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        out += [str(current), repr(current), *map(repr, current.args)]
-        stack += [current.__cause__, current.__context__]  # type: ignore[list-item]
-    return "\n".join(out)
 
 
 @pytest.fixture
@@ -67,7 +52,7 @@ def test_unattached_engine_refuses_writes_and_searches_without_plaintext(
         s.scalars(select(Customer).where(Customer.phone == PHONE)).all()
     for caught in (orm, core, search):
         assert not isinstance(caught.value, sa.exc.StatementError)
-        text = _texts(caught.value)
+        text = chain_text(caught.value)
         assert PHONE not in text
         assert NAME not in text
 
@@ -86,7 +71,7 @@ def test_detach_then_reads_and_writes_are_refused(app: sa.Engine, vault: Vault) 
         s.add(Customer(name=NAME, phone=PHONE))
         with pytest.raises(ConfigurationError) as refused:
             s.commit()
-    assert PHONE not in _texts(refused.value)
+    assert PHONE not in chain_text(refused.value)
     vault.detach(app)  # again: nothing to do
 
 

@@ -23,6 +23,7 @@ from ccvault._settings import kms_from_url
 from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms
 from conftest import _server_db
+from leaks import chain_text
 
 # Any text SQLAlchemy can carry in a URL (no lone surrogates: they cannot be encoded).
 PASSWORDS = st.text(st.characters(blacklist_categories=("Cs",)), min_size=6, max_size=40)
@@ -50,21 +51,6 @@ def _urls(driver: str, password: str) -> Iterator[str]:
         pass
 
 
-def _chain_text(exc: BaseException) -> str:
-    """The text of an exception and of every exception in its cause and context chain."""
-    out, seen = [], set()
-    current: BaseException | None = exc
-    stack = [current]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        out += [type(current).__name__, str(current), repr(current.args)]
-        stack += [current.__cause__, current.__context__]
-    return "\n".join(out)
-
-
 def _shown(url: str) -> str:
     """Everything ccvault shows of a key-store URL: settings repr and str, the key store's repr
     and location, and the error (with its whole chain) when the server is unreachable."""
@@ -76,7 +62,7 @@ def _shown(url: str) -> str:
         store.close()
     with pytest.raises(KeyStoreError) as caught:
         SqlKeyStore(url)
-    parts.append(_chain_text(caught.value))
+    parts.append(chain_text(caught.value))
     return "\n".join(parts)
 
 
@@ -123,7 +109,7 @@ def test_a_password_the_driver_cannot_encode_is_a_typed_error_without_it() -> No
         SqlKeyStore(url)
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None
-    assert "s3cr" not in _chain_text(caught.value)
+    assert "s3cr" not in chain_text(caught.value)
 
 
 def test_a_url_sqlalchemy_cannot_parse_is_not_shown() -> None:
@@ -176,7 +162,7 @@ def _kms_shown(url: str) -> str:
     try:
         built = kms_from_url(url)
     except CcvaultError as exc:
-        parts.append(_chain_text(exc))
+        parts.append(chain_text(exc))
     else:  # pragma: no cover - every URL here carries a credential, which is refused
         parts.append(repr(built))
     return "\n".join(parts)
@@ -247,4 +233,4 @@ def test_a_key_store_url_that_does_not_parse_is_a_configuration_error(
     for readonly in (False, True):
         with pytest.raises(ConfigurationError) as caught:
             Vault(kms, url, readonly=readonly)
-        assert "hunter2" not in _chain_text(caught.value)
+        assert "hunter2" not in chain_text(caught.value)
