@@ -94,7 +94,7 @@ def _parametrised(
     entries += list(getattr(stmt, "_ordered_values", None) or ())  # SQLAlchemy 2.0
     moves: dict[Any, tuple[str, BindParameter[Any]]] = {}
     for k, v in entries:
-        key = k if isinstance(k, str) else getattr(k, "key", str(k))
+        key = _column_key(k)
         if isinstance(v, BindParameter) and (key in plan.by_key or key == plan.subject.key):
             moves[k] = (key, v)
     if not moves:  # the common case: no parameter set is looked at
@@ -137,6 +137,11 @@ def _parametrised(
     if multiparams:
         return stmt, out, params
     return stmt, multiparams, out[0]
+
+
+def _column_key(k: Any) -> str:
+    """The column key of a ``.values()`` entry (a string or a Column)."""
+    return k if isinstance(k, str) else getattr(k, "key", str(k))
 
 
 def _where_bind_names(stmt: Any) -> set[str]:
@@ -240,7 +245,7 @@ def _refuse_upsert(plan: TablePlan, stmt: sa.Insert) -> None:
 def _literal_row(plan: TablePlan, values: Mapping[Any, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for k, v in values.items():
-        key = k if isinstance(k, str) else getattr(k, "key", str(k))
+        key = _column_key(k)
         if isinstance(v, BindParameter):
             if v.required and (key in plan.by_key or key == plan.subject.key):
                 raise StatementRefused(
