@@ -102,7 +102,7 @@ def test_reattach_to_another_vault(
     finally:
         other.detach(app)
         other.close()
-    assert len(vault._after_shred) == 0
+    assert len(vault._ring.after_shred) == 0
 
 
 def test_attach_with_other_options_is_refused(app: sa.Engine, vault: Vault) -> None:

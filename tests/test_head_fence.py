@@ -407,7 +407,7 @@ def test_one_query_loads_a_batch_of_keys_with_their_heads(kms: LocalKms, sqlite_
             "before_cursor_execute",
             lambda _c, _cur, statement, *_a: statements.append(statement),
         )
-        keys = fresh._read_keys_batch(b[:22] for b in blobs)
+        keys = fresh._ring.keys(b[:22] for b in blobs)
     assert len(keys) == 40
     reads = [st for st in statements if "ccvault_keys" in st or "ccvault_subject_heads" in st]
     assert len(reads) == 1, reads

@@ -96,7 +96,7 @@ def _insert_epoch(
     try:
         seq = max(e.seq for e in store.epochs()) + 1
         epoch_id = random_bytes(16)
-        context = vault._epoch_context(epoch_id)
+        context = vault._epochs.context(epoch_id)
         wraps = [*extra, *(kms.wrap(SecretKey(key), context=context) for kms, key in wraps_by)]
         store.add_epoch(epoch_id, seq, commitment(committed, "epoch", epoch_id, 0), wraps, 0.0)
     finally:

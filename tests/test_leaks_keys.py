@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import ccvault.vault as vault_module
+import ccvault.keyring._epochs as epochs_module  # where the vault draws new keys
 from ccvault import DecryptionError, KeyStoreError, KmsUnavailableError, Vault
 from ccvault.crypto._primitives import Aead
+from ccvault.keystore._records import KeyKind
 from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms, MultiKms
 from ccvault.kms._local import _MAGIC
@@ -176,7 +177,7 @@ def test_a_long_lived_key_failing_its_commitment_leaves_no_key(db_url: str) -> N
     suppressed context. Here the subject-ref key, at the next start."""
     kms = LocalKms.ephemeral()
     with Vault(kms, db_url) as vault:
-        ref_key = vault._ref_key.reveal()
+        ref_key = vault._epochs.long_lived_key(KeyKind.SUBJECT_REF).reveal()
     _set_commitment(db_url, "kind = 'ref'", b"\x00" * 32)
     exc = raised(lambda: Vault(kms, db_url))
     assert isinstance(exc, DecryptionError)
@@ -192,7 +193,7 @@ def test_a_subject_key_failing_its_commitment_leaves_no_key(db_url: str) -> None
         store = vault._store
         rec = next(iter(store.subject_keys([vault.subject_ref(subject)]).values()))[1]
         assert rec is not None
-        subject_key = vault._unwrap_record(rec).reveal()
+        subject_key = vault._epochs.unwrap_record(rec).reveal()
     _set_commitment(db_url, "kind = 'subject'", b"\x00" * 32)
     with Vault(kms, db_url) as fresh:  # cold caches: the write path unwraps the key
         exc = raised(lambda: fresh.encrypt(subject, b"y", context=CTX))
@@ -207,7 +208,7 @@ def test_an_epoch_key_failing_its_commitment_leaves_no_key(sqlite_url: str, mult
     with Vault(kms, sqlite_url) as vault:
         record = vault._store.active_epoch()
         assert record is not None
-        epoch_key = vault._unwrap_epoch(record).reveal()
+        epoch_key = vault._epochs.unwrap_epoch(record).reveal()
     engine = sa.create_engine(sqlite_url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE ccvault_epochs SET commitment = :c"), {"c": b"\x00" * 32})
@@ -225,7 +226,7 @@ class _Recorded:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.keys: list[bytes] = []
-        real = vault_module.random_bytes
+        real = epochs_module.random_bytes
 
         def recording(n: int) -> bytes:
             out = real(n)
@@ -233,7 +234,7 @@ class _Recorded:
                 self.keys.append(out)
             return out
 
-        monkeypatch.setattr(vault_module, "random_bytes", recording)
+        monkeypatch.setattr(epochs_module, "random_bytes", recording)
 
 
 def test_a_new_subject_key_is_not_made_before_the_kms_answers(

@@ -235,7 +235,7 @@ def test_an_unexpected_error_in_the_slow_path_leaves_no_decrypted_row(
     def broken(*raw_row_and_slot: Any) -> Any:  # given the raw row only: no plaintext
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(_read._Reader, "_failed", broken)
+    monkeypatch.setattr(_read.Reader, "_failed", broken)
     exc = raised(lambda: READS["orm all"](app))
     assert isinstance(exc, RuntimeError)
     assert _leaked(exc, [p for _, ps in customers for p in ps]) == []

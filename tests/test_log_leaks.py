@@ -189,7 +189,7 @@ def test_vault_over_aws_kms_logs_no_key_material(
     """A vault creating epochs (per-epoch roots), subject keys and reading values back in a
     second vault (which unwraps every epoch key through Decrypt), with the key store's engine
     echoing: wrapped keys may show, epoch and subject keys must not, nor the plaintext."""
-    drawn = _record_keys(monkeypatch, "ccvault.vault")
+    drawn = _record_keys(monkeypatch, "ccvault.keyring._epochs")
     arn = aws.create_key()
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}", echo="debug")
 
@@ -287,7 +287,7 @@ def test_vault_over_transit_logs_no_key_material(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    drawn = _record_keys(monkeypatch, "ccvault.vault")
+    drawn = _record_keys(monkeypatch, "ccvault.keyring._epochs")
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}", echo="debug")
     kms, credentials = _transit_kms(bao, "injected")
     plaintext = f"note {secrets.token_hex(12)}".encode()
@@ -383,7 +383,7 @@ def test_sqlalchemy_echo_logs_no_key_material_nor_plaintext(
     echoing engine logs at its echo level whatever ``sqlalchemy.engine`` is set to) and the
     application's with ``echo=True`` (statements and parameters): wrapped keys, ciphertexts and
     blind indexes may show; root, epoch and subject keys and the values' plaintext never do."""
-    drawn = _record_keys(monkeypatch, "ccvault.vault", "ccvault.kms._local")
+    drawn = _record_keys(monkeypatch, "ccvault.keyring._epochs", "ccvault.kms._local")
     kms = LocalKms.from_file(tmp_path / "master.key", create=True)
     keystore = sa.create_engine(db_url, echo="debug")
     plain = _app_workload(kms, keystore, _app_url(db_url), echo=True)

@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from ccvault import SubjectShreddedError, Vault
+from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms
 
 pytestmark = pytest.mark.slow
@@ -446,8 +447,10 @@ class _ShredAfterCreation:
 
 def test_shred_is_immediate_in_its_own_process(kms: LocalKms, sqlite_url: str) -> None:
     s = uuid.uuid4()
-    with Vault(kms, sqlite_url) as v:
-        v._store = _ShredAfterCreation(v._store, lambda: v.shred(s))  # type: ignore[assignment]
+    vaults: list[Vault] = []
+    store = _ShredAfterCreation(SqlKeyStore(sqlite_url), lambda: vaults[0].shred(s))
+    with Vault(kms, store) as v:  # type: ignore[arg-type]
+        vaults.append(v)
         try:
             first: bytes | None = v.encrypt(s, b"x", context=CTX)  # the creation won the race
         except SubjectShreddedError:

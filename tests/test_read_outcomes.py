@@ -73,7 +73,7 @@ def _app_url(db_url: str) -> str:
 
 def _reader(vault: Vault, on_error: str = "raise") -> Any:
     compiled = sa.select(DOCS).compile(dialect=sqlite.dialect())
-    reader = _read._build_reader(vault, compiled, False, on_error)  # type: ignore[arg-type]
+    reader = _read._build_reader(vault._ring, compiled, False, on_error)  # type: ignore[arg-type]
     assert reader is not None
     return reader
 

@@ -245,10 +245,10 @@ def test_blind_index_columns_the_database_lacks_hold_nothing_to_sweep(
 
 
 def test_a_hook_that_raises_never_loses_the_receipt(svault: Vault) -> None:
-    def broken(_vault: Vault, _subject: object) -> list[str]:
+    def broken(_subject: object) -> list[str]:
         raise RuntimeError("boom")
 
-    svault._after_shred.append(broken)
+    svault._ring.after_shred.add(broken)
     subject = uuid.uuid4()
     with pytest.raises(ErasureIncompleteError) as info:
         svault.shred(subject)

@@ -19,9 +19,9 @@ import pytest
 
 from ccvault import CcvaultSettings, ConfigurationError, Vault
 from ccvault._settings import MIN_BACKUP_RETENTION, MIN_NONCE_BUDGET, settings_table
+from ccvault.keyring import USE_BLOCK
 from ccvault.kms import LocalKms
 from ccvault.testing import FrozenClock
-from ccvault.vault import _USE_BLOCK
 
 DAY = 86_400.0
 CTX = "calls.notes"
@@ -149,7 +149,7 @@ def test_the_floor_and_a_long_cache_are_accepted(sqlite_url: str) -> None:
 
 
 def test_the_smallest_nonce_budget_is_one_block_of_uses() -> None:
-    assert MIN_NONCE_BUDGET == _USE_BLOCK
+    assert MIN_NONCE_BUDGET == USE_BLOCK
 
 
 # -- destroy_epochs() keeps a just-retired epoch, whatever the attributes say ----------------------

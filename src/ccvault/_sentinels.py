@@ -13,14 +13,26 @@ an API listing customers answers 200 when one of them is erased. It is still no 
 * it pickles and copies to the same instance.
 
 The retention and access issues add ``EXPIRED`` and ``DENIED`` as further subclasses.
-This module is a leaf: it imports nothing of ccvault and nothing of SQLAlchemy.
+
+It also holds :data:`NO_SUBJECT`, the marker a *caller* passes as the subject of vault-wide
+data (no read sentinel: it is never a value), here so that the key ring and the column types
+share it without importing the vault. This module is a leaf: it imports nothing of ccvault and
+nothing of SQLAlchemy.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Final, TypeVar
 
-__all__ = ["SHREDDED", "UNREADABLE", "Sentinel", "Shredded", "Unreadable", "refusal"]
+__all__ = [
+    "NO_SUBJECT",
+    "SHREDDED",
+    "UNREADABLE",
+    "Sentinel",
+    "Shredded",
+    "Unreadable",
+    "refusal",
+]
 
 _S = TypeVar("_S", bound="Sentinel")
 
@@ -99,3 +111,14 @@ def refusal(value: Sentinel) -> str:
     kind = value._name.lower()
     article = "an" if kind[0] in "aeiou" else "a"
     return f"{article} {kind} value ({value!r}) cannot be written back: a read sentinel is no data"
+
+
+class _NoSubject:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_SUBJECT"
+
+
+NO_SUBJECT: Final = _NoSubject()
+"""Pass as the subject to encrypt with the context's vault-wide key (data of no one customer)."""

@@ -61,12 +61,12 @@ from ccvault._settings import _redact, check_environment, kms_from_url
 from ccvault.crypto import _format as fmt
 from ccvault.crypto._primitives import Aead
 from ccvault.crypto._wrap import KeyBinding, UnwrapError, unwrap_key, wrap_key
+from ccvault.erasure._shred import _parse_receipt
 from ccvault.keystore._sql import SqlKeyStore, mask_url
 from ccvault.kms import LocalKms, WrappedKey
 from ccvault.kms._local import _parse
 from ccvault.sqlalchemy import UNREADABLE
 from ccvault.sqlalchemy._codec import CodecError, codec_for
-from ccvault.vault import _parse_receipt
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
 

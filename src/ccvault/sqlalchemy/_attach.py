@@ -32,6 +32,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
+    from ..keyring import KeyRing
     from ..vault import Vault
 
 __all__ = ["attach", "attached_vault", "detach"]
@@ -68,12 +69,16 @@ def check_tables() -> None:
 
 
 class _Attachment:
-    """What an attached engine's listeners use: the vault and the attach options."""
+    """What an attached engine's listeners use: the vault, its key ring (the read and write
+    hooks' one interface to keys) and the attach options."""
 
-    __slots__ = ("collations_checked", "on_error", "shred_hook", "strict", "vault")
+    __slots__ = ("collations_checked", "on_error", "ring", "shred_hook", "strict", "vault")
 
-    def __init__(self, vault: Vault, strict: bool, on_error: OnError, shred_hook: Any) -> None:
+    def __init__(
+        self, vault: Vault, ring: KeyRing, strict: bool, on_error: OnError, shred_hook: Any
+    ) -> None:
         self.vault = vault
+        self.ring = ring
         self.strict = strict
         self.on_error = on_error
         self.shred_hook = shred_hook
@@ -83,8 +88,16 @@ class _Attachment:
 _ATTACHMENT = "_ccvault_attachment"  # on the Engine: the _Attachment, None once detached
 
 
-def attach(vault: Vault, engine: Any, *, strict: bool = False, on_error: OnError = "raise") -> None:
-    """Encrypt every write and decrypt every read of encrypted columns on ``engine``.
+def attach(
+    vault: Vault,
+    ring: KeyRing,
+    engine: Any,
+    *,
+    strict: bool = False,
+    on_error: OnError = "raise",
+) -> None:
+    """Encrypt every write and decrypt every read of encrypted columns on ``engine`` with
+    ``vault``, whose ``ring`` the read and write hooks use.
 
     ``engine`` is an :class:`~sqlalchemy.engine.Engine` or an ``AsyncEngine``. ``strict=True``
     makes reads of shredded values raise SubjectShreddedError instead of returning SHREDDED.
@@ -120,19 +133,19 @@ def attach(vault: Vault, engine: Any, *, strict: bool = False, on_error: OnError
         # refused before they reach the database, attached or not.
         event.listen(sync, "before_cursor_execute", _inspect.before_cursor_execute, retval=True)
         event.listen(sync, "after_cursor_execute", functools.partial(_after_cursor_execute, sync))
-    hook = functools.partial(_clear_blind_indexes, sync)
-    attachment = _Attachment(vault, strict, on_error, hook)
+    hook = functools.partial(_clear_blind_indexes, sync, vault)
+    attachment = _Attachment(vault, ring, strict, on_error, hook)
     setattr(sync, _ATTACHMENT, attachment)
     sync._ccvault_vault = vault  # type: ignore[attr-defined]
     setattr(sync.dialect, VAULT, vault)
     setattr(sync.dialect, ATTACHED, True)
-    vault._after_shred.append(hook)
+    ring.after_shred.add(hook)
     if not sync.dialect.is_async:  # an async engine's are checked at its first sweep
         attachment.collations_checked = True
         _warn_non_binary_collations(sync, vault)
 
 
-def detach(vault: Vault, engine: Any) -> None:
+def detach(vault: Vault, ring: KeyRing, engine: Any) -> None:
     """Undo :func:`attach`: ``engine`` no longer encrypts or decrypts with ``vault`` (and then
     refuses to read or write encrypted columns) and ``vault``'s shreds no longer sweep its
     tables. Another vault may attach it afterwards. Detaching an engine that is not attached
@@ -146,8 +159,7 @@ def detach(vault: Vault, engine: Any) -> None:
     setattr(sync, _ATTACHMENT, None)
     sync._ccvault_vault = None  # type: ignore[attr-defined]
     setattr(sync.dialect, VAULT, None)
-    with contextlib.suppress(ValueError):
-        vault._after_shred.remove(current.shred_hook)
+    ring.after_shred.remove(current.shred_hook)
 
 
 def _sync(engine: Any, what: str) -> Engine:
@@ -164,7 +176,7 @@ def _before_execute(
     if current is None:
         # Detached: values of encrypted columns are refused by their bind step.
         return clause, multiparams, params
-    return _write.before_execute(current.vault, conn, clause, multiparams, params, options)
+    return _write.before_execute(current.ring, conn, clause, multiparams, params, options)
 
 
 def _after_cursor_execute(
@@ -181,7 +193,7 @@ def _after_cursor_execute(
         _refuse_detached_read(context)
         return
     _read.after_cursor_execute(
-        current.vault,
+        current.ring,
         current.strict,
         current.on_error,
         conn,

@@ -8,8 +8,8 @@ key-store query per 500, and where the row also holds the value's subject column
 entity load does), the value's key must belong to that subject.
 
 The row loop has no per-value error handling: when one value of a batch fails, the batch is
-read again value by value (``_Reader._retry``), which knows each value's table, column and
-primary key, and gives the located error (raised by ``_Reader.process`` from a frame that holds
+read again value by value (``Reader._retry``), which knows each value's table, column and
+primary key, and gives the located error (raised by ``Reader.process`` from a frame that holds
 no decrypted value, with no ``__context__``: error trackers send frame locals), or puts
 ``UNREADABLE`` in the value's place where the column or attachment says ``on_error="sentinel"``.
 Whatever else leaves the loop or the retry, they clear what they decrypted first.
@@ -48,7 +48,7 @@ from ._plan import ColumnPlan, plan_for
 from ._types import BlindIndex, Encrypted, OnError
 
 if TYPE_CHECKING:
-    from ..vault import Vault
+    from ..keyring import KeyRing
 
 __all__ = ["after_cursor_execute"]
 
@@ -74,7 +74,7 @@ _FAILURES = (
 _PrimaryKey = tuple[tuple[int, Callable[[Any], Any] | None], ...]
 
 
-class _Slot:
+class Slot:
     __slots__ = ("col", "index", "on_error", "primary_key", "strict", "subject_index")
 
     def __init__(
@@ -136,13 +136,13 @@ Filters = list[tuple[int, Callable[[str], str], frozenset[str]]]
 _NO_FILTERS: Filters = []  # never mutated
 
 
-class _Reader:
+class Reader:
     """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement."""
 
-    __slots__ = ("by_index", "groups", "positions", "slots", "terms", "vault")
+    __slots__ = ("by_index", "groups", "positions", "ring", "slots", "terms")
 
-    def __init__(self, vault: Vault, slots: list[_Slot], terms: list[_IndexTerm]) -> None:
-        self.vault = vault
+    def __init__(self, ring: KeyRing, slots: list[Slot], terms: list[_IndexTerm]) -> None:
+        self.ring = ring
         self.slots = slots
         self.terms = terms
         self.positions = tuple(slot.index for slot in slots)
@@ -228,10 +228,10 @@ class _Reader:
         """The row loop: decrypt ``groups`` of ``rows``. Raises one of ``_FAILURES`` at the first
         value that cannot be read, with no location (``_retry`` finds it). Whatever it raises,
         its frame is left holding nothing it decrypted."""
-        vault = self.vault
-        cached = vault._read_key_lookup()  # warm keys by header
+        ring = self.ring
+        cached = ring.lookup()  # warm keys by header
         known_get = known.get
-        subject_ref = vault.subject_ref
+        subject_ref = ring.subject_ref
         out: list[tuple[Any, ...]] = []
         append = out.append
         try:
@@ -256,7 +256,7 @@ class _Reader:
                             if key is None and not batch_loaded:
                                 # A cold key: resolve every key of the batch together (one
                                 # key-store query per 500 cold ones), not one query per key.
-                                known.update(vault._read_keys_batch(self._headers(rows)))
+                                known.update(ring.keys(self._headers(rows)))
                                 batch_loaded = True
                                 key = known_get(header)
                             if key is None:  # an unknown key, version or suite
@@ -320,7 +320,7 @@ class _Reader:
         row that fails alone (``_salvage``), so the failure is named or replaced and the rest
         reads normally. Returns the rows, or the located error of the first value that must
         raise (``process`` raises it; nothing raised here carries a decrypted row along)."""
-        known.update(self.vault._read_keys_batch(self._headers(rows)))
+        known.update(self.ring.keys(self._headers(rows)))
         out: list[tuple[Any, ...]] = []
         try:
             for row in rows:
@@ -365,7 +365,7 @@ class _Reader:
             raise
         return tuple(values)
 
-    def _failed(self, row: Sequence[Any], slot: _Slot, exc: BaseException) -> Any:
+    def _failed(self, row: Sequence[Any], slot: Slot, exc: BaseException) -> Any:
         """What a value that failed reads as: UNREADABLE (logged with its location, never its
         value) where the column or attachment says ``on_error="sentinel"``, else the located
         error to raise. The error is new: nothing of ``exc`` (whose traceback holds the row
@@ -448,17 +448,17 @@ def _matches(row: Sequence[Any], filters: Filters) -> bool:
 
 # -- building a reader for a compiled statement ------------------------------------------------
 
-_readers: weakref.WeakKeyDictionary[Any, tuple[tuple[int, bool, str], _Reader | None]] = (
+_readers: weakref.WeakKeyDictionary[Any, tuple[tuple[int, bool, str], Reader | None]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _reader_for(vault: Vault, compiled: Any, strict: bool, on_error: OnError) -> _Reader | None:
-    options = (id(vault), strict, on_error)
+def _reader_for(ring: KeyRing, compiled: Any, strict: bool, on_error: OnError) -> Reader | None:
+    options = (id(ring), strict, on_error)
     cached = _readers.get(compiled)
     if cached is not None and cached[0] == options:
         return cached[1]
-    reader = _build_reader(vault, compiled, strict, on_error)
+    reader = _build_reader(ring, compiled, strict, on_error)
     _readers[compiled] = (options, reader)
     return reader
 
@@ -477,8 +477,8 @@ def _base(obj: Any) -> tuple[sa.Column[Any], Any] | None:
 
 
 def _build_reader(
-    vault: Vault, compiled: Any, strict: bool, on_error: OnError = "raise"
-) -> _Reader | None:
+    ring: KeyRing, compiled: Any, strict: bool, on_error: OnError = "raise"
+) -> Reader | None:
     entries = getattr(compiled, "_result_columns", None)
     if not entries or not any(isinstance(e.type, Encrypted) for e in entries):
         return None
@@ -510,7 +510,7 @@ def _build_reader(
             impl = entries[j].type.dialect_impl(compiled.dialect)
             primary_key.append((j, impl.result_processor(compiled.dialect, None)))
         slots.append(
-            _Slot(
+            Slot(
                 i,
                 col,
                 _position(bases, plan.subject, source),
@@ -519,7 +519,7 @@ def _build_reader(
                 tuple(primary_key) if primary_key else None,
             )
         )
-    return _Reader(vault, slots, _index_terms(compiled, bases, slots))
+    return Reader(ring, slots, _index_terms(compiled, bases, slots))
 
 
 def _position(
@@ -533,7 +533,7 @@ def _position(
 
 
 def _index_terms(
-    compiled: Any, bases: list[tuple[sa.Column[Any], Any] | None], slots: list[_Slot]
+    compiled: Any, bases: list[tuple[sa.Column[Any], Any] | None], slots: list[Slot]
 ) -> list[_IndexTerm]:
     """Blind-index terms a post-filter can check: ANDed ``==``/``IN`` of a plain entity select
     (no LIMIT/OFFSET, no GROUP BY) whose encrypted column is selected from the same table."""
@@ -598,7 +598,7 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
         "alternate_cursor_description",
     )
 
-    def __init__(self, inner: Any, reader: _Reader, filters: Filters) -> None:
+    def __init__(self, inner: Any, reader: Reader, filters: Filters) -> None:
         self._inner = inner
         self._reader = reader
         self._filters = filters
@@ -679,7 +679,7 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
 
 
 def after_cursor_execute(
-    vault: Vault,
+    ring: KeyRing,
     strict: bool,
     on_error: OnError,
     conn: Any,
@@ -694,7 +694,7 @@ def after_cursor_execute(
         if conn._echo:
             _log_rows(conn, None)
         return
-    reader = _reader_for(vault, compiled, strict, on_error)
+    reader = _reader_for(ring, compiled, strict, on_error)
     if conn._echo:  # the engine logs (echo=True or "debug", or the sqlalchemy.engine logger)
         _log_rows(conn, compiled if reader is not None else None)
     if reader is None:

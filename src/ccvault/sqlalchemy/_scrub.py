@@ -23,10 +23,10 @@ from sqlalchemy.engine import Connection, Engine
 from .._sentinels import SHREDDED, UNREADABLE
 from ..errors import ConfigurationError
 from ._plan import TablePlan, plan_for
-from ._read import _Reader, _Slot
+from ._read import Reader, Slot
 
 if TYPE_CHECKING:
-    from ..vault import Vault
+    from ..keyring import KeyRing
 
 __all__ = ["ColumnCounts", "Progress", "ScrubReport", "UnreadableValue", "scrub"]
 
@@ -99,23 +99,23 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class _Collector(_Reader):
+class _Collector(Reader):
     """A reader that records each value that fails, and reads it as UNREADABLE, without logging."""
 
     __slots__ = ("found",)
 
-    def __init__(self, vault: Vault, slots: list[_Slot]) -> None:
-        super().__init__(vault, slots, [])
+    def __init__(self, ring: KeyRing, slots: list[Slot]) -> None:
+        super().__init__(ring, slots, [])
         self.found: list[UnreadableValue] = []
 
-    def _failed(self, row: Sequence[Any], slot: _Slot, exc: BaseException) -> Any:
+    def _failed(self, row: Sequence[Any], slot: Slot, exc: BaseException) -> Any:
         where = slot.where(row)
         self.found.append(UnreadableValue(where["table"], where["column"], where["primary_key"]))
         return UNREADABLE
 
 
 def scrub(
-    vault: Vault,
+    ring: KeyRing,
     bind: Engine | Connection,
     models: Any,
     *,
@@ -135,14 +135,14 @@ def scrub(
     counts: list[ColumnCounts] = []
     found: list[UnreadableValue] = []
     for plan in plans:
-        table_counts, table_found = _scrub_table(vault, bind, plan, batch, progress)
+        table_counts, table_found = _scrub_table(ring, bind, plan, batch, progress)
         counts.extend(table_counts)
         found.extend(table_found)
     return ScrubReport(tuple(counts), tuple(found))
 
 
 def _scrub_table(
-    vault: Vault,
+    ring: KeyRing,
     bind: Engine | Connection,
     plan: TablePlan,
     batch: int,
@@ -161,10 +161,10 @@ def _scrub_table(
     primary_key = tuple((i, None) for i in range(len(key)))  # values already processed
     slots = []
     for col in plan.columns:
-        slots.append(_Slot(len(selected), col, subject_index, False, "sentinel", primary_key))
+        slots.append(Slot(len(selected), col, subject_index, False, "sentinel", primary_key))
         # the stored bytes as they are: no attached engine's read hook, no result processor
         selected.append(sa.type_coerce(col.column, sa.LargeBinary()))
-    reader = _Collector(vault, slots)
+    reader = _Collector(ring, slots)
     counts = [ColumnCounts(table.fullname, col.column.name) for col in plan.columns]
     base = sa.select(*selected).order_by(*key).limit(batch)
     total = _read(bind, sa.select(sa.func.count()).select_from(table))[0][0]

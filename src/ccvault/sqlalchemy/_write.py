@@ -25,17 +25,16 @@ from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
-from .._sentinels import Sentinel, refusal
+from .._sentinels import NO_SUBJECT, Sentinel, refusal
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError, ValueRejectedError
-from ..vault import NO_SUBJECT
 from ._codec import STR
 from ._limits import Rejected
 from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
 from ._types import IndexValue, Sealed
 
 if TYPE_CHECKING:
-    from ..vault import Vault
+    from ..keyring import KeyRing
 
 __all__ = ["before_execute", "before_update", "scoped_subject"]
 
@@ -48,10 +47,10 @@ _scope: contextvars.ContextVar[tuple[int, object] | None] = contextvars.ContextV
 
 
 @contextmanager
-def scoped_subject(vault: Vault, subject: object) -> Iterator[None]:
+def scoped_subject(ring: KeyRing, subject: object) -> Iterator[None]:
     """``with vault.subject(x):`` — statements that carry no subject encrypt for ``x``."""
-    vault.subject_ref(subject)  # validates the type now, not at the first statement
-    token = _scope.set((id(vault), subject))
+    ring.subject_ref(subject)  # validates the type now, not at the first statement
+    token = _scope.set((id(ring), subject))
     try:
         yield
     finally:
@@ -64,7 +63,7 @@ class StatementRefused(ConfigurationError):
 
 
 def before_execute(
-    vault: Vault,
+    ring: KeyRing,
     conn: Connection,
     clause: Any,
     multiparams: Any,
@@ -76,11 +75,11 @@ def before_execute(
     plan = plan_for(clause.table)
     if plan is None:
         return clause, multiparams, params
-    _checked(vault, plan)
+    _checked(ring, plan)
     clause, multiparams, params = _parametrised(plan, clause, multiparams, params)
     if isinstance(clause, sa.Insert):
-        return _insert(vault, plan, clause, multiparams, params)
-    return _update(vault, conn, plan, clause, multiparams, params)
+        return _insert(ring, plan, clause, multiparams, params)
+    return _update(ring, conn, plan, clause, multiparams, params)
 
 
 def _parametrised(
@@ -156,10 +155,10 @@ def _where_bind_names(stmt: Any) -> set[str]:
 _checked_plans: set[tuple[int, int]] = set()
 
 
-def _checked(vault: Vault, plan: TablePlan) -> None:
-    key = (id(vault), id(plan))
+def _checked(ring: KeyRing, plan: TablePlan) -> None:
+    key = (id(ring), id(plan))
     if key not in _checked_plans:
-        check_subject_type(plan, vault.subject_type)
+        check_subject_type(plan, ring.subject_type)
         _checked_plans.add(key)
 
 
@@ -167,7 +166,7 @@ def _checked(vault: Vault, plan: TablePlan) -> None:
 
 
 def _insert(
-    vault: Vault, plan: TablePlan, stmt: sa.Insert, multiparams: Any, params: Any
+    ring: KeyRing, plan: TablePlan, stmt: sa.Insert, multiparams: Any, params: Any
 ) -> tuple[Any, Any, Any]:
     if stmt._select_names:  # insert().from_select(...)
         raise StatementRefused(
@@ -180,12 +179,12 @@ def _insert(
             for row in values:
                 if not isinstance(row, Mapping):
                     raise StatementRefused("multi-row VALUES with positional rows: use dicts")
-                rows.append(_encrypt_row(vault, plan, _literal_row(plan, row), None, insert=True))
+                rows.append(_encrypt_row(ring, plan, _literal_row(plan, row), None, insert=True))
         stmt = stmt._clone()
         stmt._multi_values = ()
         stmt = stmt.values(rows)
     elif stmt._values:
-        single = _encrypt_row(vault, plan, _literal_row(plan, stmt._values), None, insert=True)
+        single = _encrypt_row(ring, plan, _literal_row(plan, stmt._values), None, insert=True)
         stmt = stmt.values(**single)
         # The subject given in .values() is the subject of the execution parameters' values too
         # (a column default would otherwise make one up for them).
@@ -204,22 +203,22 @@ def _insert(
                     for d in multiparams
                 ]
             try:
-                keys = vault._keys_for_write(
+                keys = ring.keys_for_write(
                     s for d in multiparams if (s := d.get(plan.subject.key)) is not None
                 )
             except TypeError:
                 keys = None  # a wrong subject type: let the row loop name the column
         # one CSPRNG call for the nonces of the whole statement
         nonces = nonce_batch(len(multiparams) * len(plan.columns))
-        columns = _columns(vault, plan)
+        columns = _columns(ring, plan)
         multiparams = [
             _encrypt_row(
-                vault, plan, d, None, insert=True, keys=keys, nonces=nonces, columns=columns
+                ring, plan, d, None, insert=True, keys=keys, nonces=nonces, columns=columns
             )
             for d in multiparams
         ]
     elif params or not (stmt._values or stmt._multi_values):
-        params = _encrypt_row(vault, plan, params or {}, None, insert=True)
+        params = _encrypt_row(ring, plan, params or {}, None, insert=True)
     return stmt, multiparams, params
 
 
@@ -266,7 +265,7 @@ def _literal_row(plan: TablePlan, values: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def _update(
-    vault: Vault,
+    ring: KeyRing,
     conn: Connection,
     plan: TablePlan,
     stmt: sa.Update,
@@ -302,7 +301,7 @@ def _update(
         if bind is not None:
             return _bound(d, bind), False
         scoped = _scope.get()
-        if scoped is not None and scoped[0] == id(vault):
+        if scoped is not None and scoped[0] == id(ring):
             return scoped[1], False
         return _MISSING, False
 
@@ -322,7 +321,7 @@ def _update(
                 f"filter on {plan.subject.key} ==, update through the ORM, or use "
                 "`with vault.subject(x):`"
             )
-        return _encrypt_row(vault, plan, d, subject, insert=False)
+        return _encrypt_row(ring, plan, d, subject, insert=False)
 
     if literal:
         stmt = stmt.values(**encrypt(literal))
@@ -368,20 +367,20 @@ def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
 _Column = tuple[str, bytes, str, Callable[[str], bytes] | None, bool, int, ColumnPlan]
 
 
-def _columns(vault: Vault, plan: TablePlan) -> tuple[_Column, ...]:
+def _columns(ring: KeyRing, plan: TablePlan) -> tuple[_Column, ...]:
     """The plan's columns for a statement: each blind indexer resolved once."""
     out = []
     for c in plan.columns:
         index_key, index = "", None
         if c.index_key is not None and c.normalizer is not None:
             index_key = c.index_key
-            index = vault.blind_indexer(c.label, c.normalizer, c.index_bytes).index
+            index = ring.blind_indexer(c.label, c.normalizer, c.index_bytes).index
         out.append((c.key, c.ctx_lp, index_key, index, c.is_str, c.max_chars, c))
     return tuple(out)
 
 
 def _encrypt_row(
-    vault: Vault,
+    ring: KeyRing,
     plan: TablePlan,
     row: Mapping[str, Any],
     subject: object,
@@ -413,7 +412,7 @@ def _encrypt_row(
             )
         target = NO_SUBJECT
     if columns is None:
-        columns = _columns(vault, plan)
+        columns = _columns(ring, plan)
     # the row's key, looked up once for all its columns (vault-wide keys are per column)
     key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
     for name, ctx_lp, index_key, index, is_str, max_chars, col in columns:
@@ -437,7 +436,7 @@ def _encrypt_row(
             data = _dumps(col, value)
         if key is None or target is NO_SUBJECT:
             try:
-                key = vault._key_for_write(target, col.label)
+                key = ring.key_for_write(target, col.label)
             except TypeError:
                 raise TypeError(
                     f"{col.label}: the row's subject is not of the installation's type"

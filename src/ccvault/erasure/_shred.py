@@ -1,0 +1,183 @@
+"""Owns shred and its receipts: fence, destroy in one key-store transaction, evict, run the
+after-shred hooks, sign. Must not cache keys (the key ring does) nor talk to the KMS; the journal,
+ledger and subject export of the lifecycle rules belong beside it, in this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from .._secret import SecretKey
+from ..audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
+from ..crypto._primitives import ed25519_public_key
+from ..errors import ErasureIncompleteError, KeyStoreError
+from ..keyring import Epochs, Installation, KeyRing, Rotation, VaultOptions
+from ..keystore._protocol import KeyStore
+from ..keystore._records import EpochRecord, HeadRecord, KeyRecord, State
+
+__all__ = ["Erasure"]
+
+log = logging.getLogger("ccvault")
+
+
+class Erasure:
+    """``shred(subject)``: see :meth:`Vault.shred` for what it promises."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        ring: KeyRing,
+        epochs: Epochs,
+        rotation: Rotation,
+        installation: Installation,
+        options: VaultOptions,
+        *,
+        receipt_seed: SecretKey,
+    ) -> None:
+        self._store = store
+        self._ring = ring
+        self._epochs = epochs
+        self._rotation = rotation
+        self._installation = installation
+        self._options = options
+        self._seed = receipt_seed
+
+    @property
+    def receipt_public_key(self) -> bytes:
+        """The Ed25519 public key that signs this installation's erasure receipts."""
+        return ed25519_public_key(self._seed.reveal())
+
+    def shred(self, subject: object) -> ErasureReceipt:
+        """Fence ``subject``, destroy its keys (keeping tombstones), evict them from this
+        process, run the after-shred hooks and return the signed receipt."""
+        self._options.writable("shred")
+        ring = self._ring
+        ref = ring.subject_ref(subject)
+        now = self._options.now()
+        epoch = self._store.active_epoch() or self._epochs.active()  # fresh, not the cached one
+
+        def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
+            return self._receipt(ref, now, epoch, head, keys).model_dump_json()
+
+        ring.fence(ref)
+        parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
+        try:
+            receipt_json, newly = self._store.shred(ref, now, make_receipt, ring.heads.seal)
+            # Committed (or unknown, when the call failed): nothing may keep this process from
+            # dropping the subject's cached keys, so parsing the receipt cannot raise and the
+            # eviction runs whatever happened.
+            parsed = _parse_receipt(receipt_json)
+        finally:
+            ring.evict_subject(ref, None if parsed is None else parsed[1])
+        if parsed is None:
+            raise KeyStoreError(
+                f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed and this "
+                "process no longer serves them), but the erasure receipt the key store holds "
+                "for it does not parse: the subject-heads row is corrupted or was tampered with"
+            )
+        receipt = parsed[0]
+        if newly:
+            log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
+        self._run_hooks(ref, subject, receipt)
+        return receipt
+
+    def _run_hooks(self, ref: bytes, subject: object, receipt: ErasureReceipt) -> None:
+        """Run the integrations' sweeps after a committed shred: never lose the receipt, never
+        stay silent about what they could not clear."""
+        swept: set[str] = set()
+        failed: list[ErasureIncompleteError] = []
+        crashed: list[str] = []
+        for hook in self._ring.after_shred:
+            try:
+                swept.update(hook(subject))
+            except ErasureIncompleteError as exc:
+                swept.update(exc.swept)
+                failed.append(exc)
+            except Exception as exc:  # the keys are gone: report it, never lose the receipt
+                crashed.append(type(exc).__name__)
+        not_swept = {label for exc in failed for label in exc.columns}
+        try:
+            known = self._ring.searchable_labels()
+        except KeyStoreError:
+            log.warning(
+                "shred of subject ref %s: could not read which columns have blind indexes, so "
+                "columns no engine in this process sweeps are not named",
+                ref.hex()[:16],
+            )
+            known = frozenset()
+        unswept = sorted(known - swept - not_swept)
+        if unswept:
+            # The receipt (v1, frozen) cannot say it: the values are unreadable, but their blind
+            # indexes stay until a process that knows these columns shreds the subject again.
+            log.warning(
+                "shred of subject ref %s left blind indexes in place: no engine attached in this "
+                "process sweeps %s. Repeat vault.shred() for this subject where the models are "
+                "imported and the engine attached "
+                "(docs/sqlalchemy.md, 'Shredding from a process without the models').",
+                ref.hex()[:16],
+                ", ".join(unswept),
+            )
+        if not failed and not crashed:
+            return
+        reasons = [str(exc) for exc in failed]
+        reasons += [f"an after-shred hook raised {name}" for name in crashed]
+        message = (
+            f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed; the signed "
+            f"receipt is this error's .receipt), but the sweep of what it left is incomplete: "
+            f"{'; '.join(reasons)}. Repeat vault.shred() for this subject to sweep again "
+            "(docs/sqlalchemy.md, 'When the sweep fails')."
+        )
+        log.error(message)
+        raise ErasureIncompleteError(
+            message,
+            receipt=receipt,
+            tables=[t for exc in failed for t in exc.tables],
+            columns=sorted(not_swept),
+            swept=swept,
+        )
+
+    def _receipt(
+        self,
+        ref: bytes,
+        now: float,
+        epoch: EpochRecord,
+        head: HeadRecord | None,
+        keys: Sequence[KeyRecord],
+    ) -> ErasureReceipt:
+        shredded_at = datetime.fromtimestamp(now, tz=timezone.utc)
+        horizon = (
+            self._rotation.erasure_horizon(epoch, shredded_at)
+            if self._options.per_epoch_roots
+            else None
+        )
+        receipt = ErasureReceipt(
+            receipt_id=uuid.uuid4().hex,
+            installation_id=self._installation.id,
+            subject_ref=ref.hex(),
+            shredded_at=shredded_at,
+            subject_was_known=head is not None,
+            destroyed_keys=tuple(
+                DestroyedKey(key_id=k.key_id.hex(), version=k.version)
+                for k in sorted(keys, key=lambda k: (k.key_id, k.version))
+                if k.state in (State.LIVE, State.QUARANTINED)
+            ),
+            epoch_seq=epoch.seq,
+            propagation_bound_seconds=self._options.cache_ttl,
+            erasure_horizon=horizon,
+            signing_key="",
+        )
+        return sign_receipt(receipt, self._seed.reveal())
+
+
+def _parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]]] | None:
+    """The receipt the key store returned and the (key id, version) pairs it lists, or None when
+    it does not parse; never raises (it runs after the shred committed)."""
+    try:
+        receipt = ErasureReceipt.model_validate_json(text)  # type: ignore[arg-type]
+        keys = [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
+    except Exception:  # whatever is wrong with it, the caller raises one KeyStoreError
+        return None
+    return receipt, keys

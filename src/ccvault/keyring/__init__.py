@@ -1,0 +1,34 @@
+"""The key hierarchy below the KMS, in parts the vault builds and integrations use.
+
+:class:`Epochs` (epoch keys and key records) ← :class:`KeyRing` (refs, key caches, fences,
+leases, blind-index keys, after-shred hooks) and :class:`Rotation` (rotation, destruction);
+``ccvault.erasure`` builds on them and :class:`ccvault.Vault` is the facade over all of them.
+"""
+
+from ._epochs import NO_REF, Epochs
+from ._heads import FENCE_BREAKS, HeadCheck, Heads, StoreUpgrade
+from ._leases import USE_BLOCK, VAULTWIDE_NONCE_BUDGET
+from ._options import Installation, Progress, VaultOptions
+from ._ring import AfterShred, AfterShredHooks, KeyRing, Tombstone
+from ._rotation import EpochInfo, Rotation, RotationReport
+
+__all__ = [
+    "FENCE_BREAKS",
+    "NO_REF",
+    "USE_BLOCK",
+    "VAULTWIDE_NONCE_BUDGET",
+    "AfterShred",
+    "AfterShredHooks",
+    "EpochInfo",
+    "Epochs",
+    "HeadCheck",
+    "Heads",
+    "Installation",
+    "KeyRing",
+    "Progress",
+    "Rotation",
+    "RotationReport",
+    "StoreUpgrade",
+    "Tombstone",
+    "VaultOptions",
+]

@@ -1,0 +1,54 @@
+"""Owns the settings every part of the key hierarchy reads, and the installation's identity.
+Must not hold keys, caches or connections: the parts own those, the facade owns this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ..crypto._subject import SubjectType
+from ..errors import ConfigurationError
+
+__all__ = ["Installation", "Progress", "VaultOptions"]
+
+Progress = Callable[[int, int], None]
+"""Called after each batch of a long admin operation with (keys done so far, total expected)."""
+
+
+@dataclass(slots=True)
+class VaultOptions:
+    """The vault's settings, checked once by the facade (``check_vault_options``) and shared by
+    its parts, which read them at the moment they use them. ``Vault.cache_ttl`` and the other
+    public attributes read and write these fields: a value assigned after construction applies
+    where the parts read it (epoch-key freshness, receipts, the destroy horizon), not to the
+    maximum age of caches already built."""
+
+    cache_ttl: float
+    kms_grace_period: float
+    cache_max_entries: int
+    epoch_rotation_period: timedelta
+    backup_retention: timedelta
+    per_epoch_roots: bool
+    nonce_budget: int
+    readonly: bool
+    now: Callable[[], float]  # wall clock: receipts, epoch dates
+    monotonic: Callable[[], float]  # cache ages, backoff
+
+    def writable(self, what: str) -> None:
+        """Raise :class:`ConfigurationError` when the vault was opened read-only."""
+        if self.readonly:
+            raise ConfigurationError(
+                f"the vault is read-only (opened with readonly=True): it does not {what}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Installation:
+    """Who the key store belongs to: its id (hex, as stored, and as bytes for associated data)
+    and the subject type recorded at its creation."""
+
+    id: str
+    raw: bytes
+    subject_type: SubjectType

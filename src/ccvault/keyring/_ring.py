@@ -1,0 +1,428 @@
+"""Owns the keys this process holds: subject refs, write keys by ref, value keys by header (with
+tombstones), shred fences, batched load-or-create, vault-wide leases, blind-index keys and the
+after-shred hook registry. Must not talk to the KMS (epochs do) nor destroy keys (erasure does).
+
+This is the interface the SQLAlchemy integration uses; its read and write loops bind
+:meth:`KeyRing.lookup`, :meth:`KeyRing.keys` and :meth:`KeyRing.key_for_write` once per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Final, cast
+
+from .._secret import SecretKey
+from .._sentinels import NO_SUBJECT
+from ..crypto import _format as fmt
+from ..crypto._blind import BlindIndexer, Normalizer
+from ..crypto._primitives import Aead, HmacSha256, random_bytes
+from ..crypto._subject import SubjectType
+from ..errors import DecryptionError, KeyStoreError, SubjectShreddedError
+from ..keystore._cache import TtlCache
+from ..keystore._protocol import KeyStore
+from ..keystore._records import HeadRecord, KeyKind, KeyRecord, State
+from ._blind import BlindIndexes
+from ._epochs import NO_REF, Epochs
+from ._heads import HEADLESS, Heads
+from ._leases import VaultwideKeys
+from ._options import Installation, VaultOptions
+
+__all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "Tombstone"]
+
+_BATCH = 500
+_FENCE_SECONDS = 86_400.0
+
+AfterShred = Callable[[object], Iterable[str]]
+"""An after-shred hook: called with the subject after a committed shred; returns the context
+labels of the blind-index columns it swept, or raises ErasureIncompleteError for those it could
+not."""
+
+
+class Tombstone:
+    """Cached tombstone: the key id is known and its material destroyed by a shred.
+
+    It has a key's ``ref`` and ``checked`` attributes and ``aead = None``, so readers handle it
+    like a key until the point where a key would decrypt."""
+
+    __slots__ = ("checked", "ref")
+    aead = None
+
+    def __init__(self, ref: bytes) -> None:
+        self.ref = ref
+        self.checked: object = None
+
+    def __repr__(self) -> str:
+        return "<shredded>"
+
+
+class AfterShredHooks:
+    """The registry of after-shred hooks (``add``/``remove``, as SQLAlchemy's event registry):
+    integrations register what they must clear of a subject after a shred; the erasure part
+    runs them in the order they were added."""
+
+    __slots__ = ("_hooks", "_lock")
+
+    def __init__(self) -> None:
+        self._hooks: list[AfterShred] = []
+        self._lock = threading.Lock()
+
+    def add(self, hook: AfterShred) -> None:
+        with self._lock:
+            self._hooks.append(hook)
+
+    def remove(self, hook: AfterShred) -> None:
+        """Remove ``hook``; one that is not registered is ignored."""
+        with self._lock:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
+    def __iter__(self) -> Iterator[AfterShred]:
+        with self._lock:
+            return iter(list(self._hooks))
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+
+class KeyRing:
+    """Subject refs and the keys of values, cached for ``cache_ttl`` and fenced by shreds.
+
+    * ``subject_ref(s)``/``subject_refs``: the HMAC pseudonym of a subject, cached per Python
+      type and value;
+    * ``key_for_write``/``keys_for_write``: the key that seals a subject's (or, with
+      ``NO_SUBJECT``, a context's vault-wide) values, loading or creating missing subject keys
+      500 per key-store round trip;
+    * ``lookup()``/``keys(headers)``: value keys by a value's full header (either suite), warm
+      from the cache or resolved in batches, shredded ones as :class:`Tombstone`;
+    * ``fence``/``evict_subject``/``evict_all``: what a shred does to this process's caches;
+      ``after_shred``: the hooks a shred runs.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        epochs: Epochs,
+        installation: Installation,
+        options: VaultOptions,
+        *,
+        ref_key: SecretKey,
+        head_key: SecretKey,
+    ) -> None:
+        self._store = store
+        self._epochs = epochs
+        self._options = options
+        self._subject_type = installation.subject_type
+        ttl, size, monotonic = options.cache_ttl, options.cache_max_entries, options.monotonic
+        self._refs: TtlCache[Hashable, bytes] = TtlCache(size, ttl, monotonic)
+        self._write_keys: TtlCache[bytes, fmt.ValueKey] = TtlCache(size, ttl, monotonic)
+        # value keys (and tombstones) by value header: what a reader slices off a value
+        self._read_keys: TtlCache[bytes, fmt.ValueKey | Tombstone] = TtlCache(size, ttl, monotonic)
+        # Refs shredded by this process: a key read that started before the shred committed must
+        # not put the key back into a cache after shred() cleared it.
+        # Kept far longer than any cached key, so a read stalled in the KMS past cache_ttl
+        # still cannot re-cache a key shredded meanwhile.
+        self._fenced: TtlCache[bytes, bool] = TtlCache(size, max(ttl, _FENCE_SECONDS), monotonic)
+        self._cache_lock = threading.Lock()
+        self._ref_mac = HmacSha256(ref_key.reveal())
+        self.heads = Heads(store, installation.raw, head_key, monotonic)
+        self.after_shred = AfterShredHooks()
+        self._vaultwide = VaultwideKeys(store, epochs, options, self.value_key)
+        self._blind = BlindIndexes(store, epochs, options)
+
+    @property
+    def subject_type(self) -> SubjectType:
+        return self._subject_type
+
+    # -- subject refs ----------------------------------------------------------------------------
+
+    def subject_ref(self, subject: object) -> bytes:
+        """The 32-byte ref of ``subject``; TypeError for a subject of another type, or None."""
+        cache_key = _ref_cache_key(subject)
+        if cache_key is not None:
+            ref = self._refs.get(cache_key)
+            if ref is not None:
+                return ref
+        ref = self._ref_mac(self._subject_type.canonical(subject))
+        if cache_key is not None:
+            self._refs.put(cache_key, ref)
+        return ref
+
+    def subject_refs(self, subjects: Iterable[object]) -> list[bytes]:
+        """:meth:`subject_ref` of each subject, in order, through one pass over the cache."""
+        subjects = list(subjects)
+        cache_keys = [_ref_cache_key(s) for s in subjects]
+        cached = self._refs.get_many([_UNCACHEABLE if k is None else k for k in cache_keys])
+        out: list[bytes] = []
+        for subject, cache_key, ref in zip(subjects, cache_keys, cached, strict=True):
+            if ref is None:
+                ref = self._ref_mac(self._subject_type.canonical(subject))
+                if cache_key is not None:
+                    self._refs.put(cache_key, ref)
+            out.append(ref)
+        return out
+
+    # -- keys for writing ------------------------------------------------------------------------
+
+    def key_for_write(self, subject: object, context: str) -> fmt.ValueKey:
+        """The key that seals ``subject``'s values (for integrations that seal many columns of a
+        row: look the key up once, then ``key.seal(data, context_lp)`` per column);
+        SubjectShreddedError for a shredded subject."""
+        if subject is NO_SUBJECT:
+            return self._vaultwide.key(context)
+        return self._subject_write_key(self.subject_ref(subject))
+
+    def keys_for_write(self, subjects: Iterable[object]) -> dict[object, fmt.ValueKey]:
+        """Write keys of many subjects (creating missing ones in batches), by subject value.
+
+        Shredded subjects are left out; wrong subject types raise TypeError."""
+        # Deduplicated by type and value: True == 1 in Python, yet True is no int subject and
+        # must reach the type check instead of sharing 1's key.
+        unique = list({(type(s), s): s for s in subjects}.values())
+        refs = self.subject_refs(unique)
+        out: dict[object, fmt.ValueKey] = {}
+        by_ref: dict[bytes, list[object]] = {}
+        for subject, ref, key in zip(unique, refs, self._write_keys.get_many(refs), strict=True):
+            if key is not None:
+                out[subject] = key
+            else:
+                by_ref.setdefault(ref, []).append(subject)
+        cold = list(by_ref)
+        for i in range(0, len(cold), _BATCH):
+            for ref, key in self._load_or_create(cold[i : i + _BATCH]).items():
+                for subject in by_ref[ref]:
+                    out[subject] = key
+        return out
+
+    def warm(self, subjects: Iterable[object]) -> int:
+        """Load (or create) and cache the keys of many subjects in batches (:meth:`Vault.warm`)."""
+        self._options.writable("warm keys (it creates missing ones)")
+        refs = list(dict.fromkeys(self.subject_refs(subjects)))
+        ready = 0
+        todo = []
+        for ref in refs:
+            if self._write_keys.get(ref) is not None:
+                ready += 1
+            else:
+                todo.append(ref)
+        for i in range(0, len(todo), _BATCH):
+            ready += len(self._load_or_create(todo[i : i + _BATCH]))
+        return ready
+
+    def _subject_write_key(self, ref: bytes) -> fmt.ValueKey:
+        key = self._write_keys.get(ref)
+        if key is not None:
+            return key
+        keys = self._load_or_create([ref])
+        if ref not in keys:
+            raise SubjectShreddedError
+        return keys[ref]
+
+    def _load_or_create(self, refs: Sequence[bytes]) -> dict[bytes, fmt.ValueKey]:
+        """Current keys of ``refs`` (creating missing ones); shredded subjects are left out."""
+        found = self._store.subject_keys(refs)
+        records: dict[bytes, KeyRecord] = {}
+        for ref, (head, rec) in found.items():
+            usable = self.heads.usable_key(ref, head, rec)
+            if usable is not None:
+                records[ref] = usable
+        missing = [ref for ref in refs if ref not in found]
+        if missing:
+            self._options.writable("create keys for new subjects")
+            new_record, now = self._epochs.new_record, self._options.now
+
+            def create() -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+                candidates = [
+                    new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0] for ref in missing
+                ]
+                return self._store.create_subject_keys(candidates, now(), self.heads.seal)
+
+            created = self._epochs.with_fresh_epoch(create)
+            for ref in missing:
+                if ref not in created:  # refused: key rows without a head
+                    self.heads.report(ref, HEADLESS)
+                    continue
+                usable = self.heads.usable_key(ref, *created[ref])
+                if usable is not None:
+                    records[ref] = usable
+        out = {}
+        for ref, rec in records.items():
+            key = self.value_key(rec)
+            with self._cache_lock:
+                if self._fenced.get(ref) is None:
+                    self._write_keys.put(ref, key)
+            out[ref] = key
+        return out
+
+    def value_key(self, rec: KeyRecord) -> fmt.ValueKey:
+        """The value key of a live subject or vault-wide key row, unwrapped once and cached by
+        its header; DecryptionError for a row no value header can name or that does not
+        authenticate."""
+        if not _names_value_key(rec.key_id, rec.version):
+            raise DecryptionError  # a damaged row: no value can name it, none opens under it
+        header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
+        cached = self._read_keys.get(header)
+        if isinstance(cached, fmt.ValueKey):
+            return cached
+        key = self._unwrapped(rec)
+        self._cache_read_key(header, key)
+        return key
+
+    # -- keys for reading ------------------------------------------------------------------------
+
+    def lookup(self) -> Callable[[bytes], fmt.ValueKey | Tombstone | None]:
+        """Cached keys by a value's full header, for one batch of rows (one clock reading); a
+        miss (cold, expired or unknown) is for :meth:`keys`."""
+        return self._read_keys.getter()
+
+    def keys(self, headers: Iterable[bytes]) -> dict[bytes, fmt.ValueKey | Tombstone]:
+        """The keys of many value headers, with one key-store query per 500 cold ones.
+
+        A header is a value's full header: 22 bytes for suite 1, 38 for suite 2 (a reader
+        slices by ``blob[1]``). Suite-2 headers name retention periods, of which none exist yet:
+        they are left out, as are unknown ids, non-value keys and keys that fail to unwrap (the
+        caller raises DecryptionError for those values only). Shredded ones map to a
+        :class:`Tombstone`, and so do live subject keys whose subject head (read in the same
+        query) is shredded, fails its MAC or is missing.
+        """
+        out: dict[bytes, fmt.ValueKey | Tombstone] = {}
+        lookup = self._read_keys.getter()
+        missing: dict[tuple[bytes, int], bytes] = {}
+        for header in headers:
+            cached = lookup(header)
+            if cached is not None:
+                out[header] = cached
+                continue
+            pair = fmt.suite1_key_ref(header)
+            if pair is not None:
+                missing[pair] = header
+        pairs = list(missing)
+        for i in range(0, len(pairs), _BATCH):
+            # Each key with its subject's head, in one query (never again while it is cached).
+            for pair, (rec, head) in self._store.value_keys(pairs[i : i + _BATCH]).items():
+                header = missing[pair]
+                if rec.kind not in (KeyKind.SUBJECT, KeyKind.VAULTWIDE):
+                    continue  # a long-lived key id is never a value key
+                if rec.kind == KeyKind.SUBJECT and rec.state == State.DESTROYED:
+                    out[header] = self._tombstone(header, rec)
+                    continue
+                if not rec.is_live:
+                    continue
+                try:
+                    key = self._unwrapped(rec)
+                except DecryptionError:
+                    continue  # the row does not authenticate: unreadable, whatever its head says
+                if rec.kind == KeyKind.SUBJECT and self.heads.fenced_read(rec, head):
+                    # A key row that authenticates, under a shredded head (a row restored from a
+                    # backup), a head that fails its MAC, or none: read as shredded.
+                    out[header] = self._tombstone(header, rec)
+                    continue
+                self._cache_read_key(header, key)
+                out[header] = key
+        return out
+
+    def _unwrapped(self, rec: KeyRecord) -> fmt.ValueKey:
+        material = self._epochs.unwrap_record(rec)
+        return fmt.ValueKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or NO_REF)
+
+    def _cache_read_key(self, header: bytes, key: fmt.ValueKey) -> None:
+        with self._cache_lock:
+            if not key.ref or self._fenced.get(key.ref) is None:
+                self._read_keys.put(header, key)
+
+    def _tombstone(self, header: bytes, rec: KeyRecord) -> Tombstone:
+        tombstone = Tombstone(rec.ref or NO_REF)
+        self._read_keys.put(header, tombstone)
+        return tombstone
+
+    # -- shreds ----------------------------------------------------------------------------------
+
+    def is_shredded(self, subject: object) -> bool:
+        """Whether ``subject`` is shredded or treated as such (:meth:`Vault.is_shredded`)."""
+        ref = self.subject_ref(subject)
+        found = self._store.subject_keys([ref]).get(ref)
+        if found is None:
+            if self._store.keyed_refs([ref]):
+                self.heads.report(ref, HEADLESS)
+                return True
+            return False
+        head, rec = found
+        try:
+            return self.heads.usable_key(ref, head, rec) is None
+        except KeyStoreError:
+            return False  # active, but its key row is broken: not a shred
+
+    def fence(self, ref: bytes) -> None:
+        """Keep ``ref``'s keys out of every cache of this process from now on (a shred is
+        about to destroy them: a read in flight must not cache them again)."""
+        with self._cache_lock:
+            self._fenced.put(ref, True)
+
+    def evict_subject(self, ref: bytes, keys: Sequence[tuple[bytes, int]] | None = None) -> None:
+        """Evict a subject's keys: its write key, and the value keys ``keys`` names as
+        (key id, version) pairs (a receipt lists them: no cache scan), or with ``keys=None``
+        every value key of the subject, found by scanning the cache."""
+        with self._cache_lock:
+            self._write_keys.pop(ref)
+            if keys is None:
+                self._read_keys.discard_where(lambda _header, key: key.ref == ref)
+                return
+            for key_id, version in keys:
+                if _names_value_key(key_id, version):  # no other pair can be a cached header
+                    self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
+
+    def evict_all(self) -> None:
+        """Drop every cached ref, key and lease of this process (fences stay)."""
+        self._vaultwide.clear()
+        for cache in (self._refs, self._write_keys, self._read_keys):
+            cache.clear()
+
+    # -- blind indexes ---------------------------------------------------------------------------
+
+    def blind_indexer(self, label: str, normalizer: Normalizer, length: int) -> BlindIndexer:
+        """The blind index of one column as a callable (:meth:`Vault.blind_indexer`)."""
+        return self._blind.indexer(label, normalizer, length)
+
+    def searchable_labels(self) -> frozenset[str]:
+        """Context labels of every column with blind indexes in this installation."""
+        return self._blind.searchable_labels()
+
+
+_UNCACHEABLE: Final = object()
+"""Looked up in place of a subject that has no cache key: never in the cache."""
+
+
+def _ref_cache_key(subject: object) -> Hashable | None:
+    """The key of ``subject``'s ref in the ref cache, or None for a subject that cannot be one
+    (unhashable). Different Python types never share a key: ``1``, ``True`` and ``1.0`` are equal
+    and hash alike in Python, and so are (1, "a") and (True, "a"), yet they are different subjects
+    (or a TypeError) for the installation's subject type.
+
+    The common types skip the tuple and UUID's Python-level ``__hash__``/``__eq__``: a UUID is
+    keyed by its 128-bit int, a str by itself; every other key is a tuple, so the three kinds
+    never compare equal (and only exact types: a subclass takes the tuple)."""
+    kind = type(subject)
+    if kind is uuid.UUID:
+        return cast(uuid.UUID, subject).int
+    if kind is str:
+        return subject
+    if subject is None or subject is NO_SUBJECT:
+        raise TypeError("a subject is required (use NO_SUBJECT for vault-wide data)")
+    # Element types too: (1, "a") and (True, "a") are equal and hash alike in Python.
+    cache_key = (
+        (kind, (tuple(map(type, subject)), subject))
+        if isinstance(subject, tuple | list)
+        else (kind, subject)
+    )
+    try:
+        hash(cache_key)
+    except TypeError:
+        return None
+    return cache_key
+
+
+def _names_value_key(key_id: bytes, version: int) -> bool:
+    """A (key id, version) that a value header can name: a 16-byte id and a version in 1..2^32-1.
+    Anything else read from the key store (a damaged or tampered row, or receipt) names none."""
+    return len(key_id) == 16 and 1 <= version <= 0xFFFFFFFF
