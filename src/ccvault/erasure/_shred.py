@@ -1,6 +1,7 @@
 """Owns shred and its receipts: fence, destroy in one key-store transaction, evict, run the
-after-shred hooks, sign. Must not cache keys (the key ring does) nor talk to the KMS; the journal,
-ledger and subject export of the lifecycle rules belong beside it, in this package.
+after-shred hooks, sign; and reading a stored receipt back. Must not cache keys (the key ring
+does) nor talk to the KMS; the journal and ledger of the lifecycle rules belong beside it, in
+this package.
 """
 
 from __future__ import annotations
