@@ -354,18 +354,11 @@ def test_str_subjects_are_exported_exactly_whatever_the_collation(
 # -- ccvault export-subject -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch, key_path: Path, db_url: str) -> None:
-    """CCVAULT_* for the vault of the `vault` fixture (same master key, same key store)."""
-    monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{key_path}")
-    monkeypatch.setenv("CCVAULT_KEYSTORE_URL", db_url)
-
-
 def test_cli_export_subject(
     vault: Vault,
     dm_app: sa.Engine,
     people: tuple[Person, Person],
-    settings: None,
+    vault_settings: None,
     db_url: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -401,7 +394,7 @@ def _rows_of(data: dict[str, Any], table: str) -> list[dict[str, Any]]:
 
 
 def test_cli_export_subject_errors(
-    dm_app: sa.Engine, settings: None, db_url: str, capsys: pytest.CaptureFixture[str]
+    dm_app: sa.Engine, vault_settings: None, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = dm_app.url.render_as_string(hide_password=False)
     args = ["export-subject", "--models", "datamap_models", "--database-url"]

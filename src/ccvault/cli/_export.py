@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from ..errors import CcvaultError
 from ..vault import Vault
-from ._scrub import app_engine, import_models, report_failure
+from ._scrub import app_inputs, import_models, report_failure
 
 __all__ = ["REGISTER_HOOK", "run_data_map", "run_export_subject"]
 
@@ -55,12 +55,10 @@ def run_data_map(models: Sequence[str], fmt: Literal["json", "markdown"]) -> int
 def run_export_subject(models: Sequence[str], database_url: str, subject: str) -> int:
     """Print the export of ``subject`` from the database at ``database_url`` as JSON; exit
     status 1 on an error (a subject the installation's type refuses included)."""
-    modules = import_models(models, "export-subject")
-    if modules is None:
+    inputs = app_inputs(models, database_url, "export-subject")
+    if inputs is None:
         return 1
-    engine = app_engine(database_url, "export-subject")
-    if engine is None:
-        return 1
+    modules, engine = inputs
     try:
         with Vault.from_settings(readonly=True) as vault:  # the export writes nothing
             try:

@@ -16,7 +16,14 @@ import sqlalchemy as sa
 from ..errors import CcvaultError
 from ..vault import Vault
 
-__all__ = ["FOUND_UNREADABLE", "app_engine", "import_models", "report_failure", "run_scrub"]
+__all__ = [
+    "FOUND_UNREADABLE",
+    "app_engine",
+    "app_inputs",
+    "import_models",
+    "report_failure",
+    "run_scrub",
+]
 
 FOUND_UNREADABLE = 3
 """Exit status when the scrub found unreadable values (1: it could not run)."""
@@ -62,6 +69,18 @@ def app_engine(database_url: str, command: str) -> sa.Engine | None:
     return None
 
 
+def app_inputs(
+    models: Sequence[str], database_url: str, command: str
+) -> tuple[list[ModuleType], sa.Engine] | None:
+    """The ``--models`` modules and the engine of ``--database-url``; None (the reason on
+    stderr) when either cannot be had."""
+    modules = import_models(models, command)
+    if modules is None:
+        return None
+    engine = app_engine(database_url, command)
+    return None if engine is None else (modules, engine)
+
+
 def report_failure(exc: Exception, command: str) -> int:
     """Print a vault or application-database error as one line on stderr; exit status 1."""
     if isinstance(exc, sa.exc.SQLAlchemyError):
@@ -80,12 +99,10 @@ def report_failure(exc: Exception, command: str) -> int:
 def run_scrub(models: Sequence[str], database_url: str, batch: int) -> int:
     """Scrub the tables of ``models`` in the database at ``database_url``; print the report as
     JSON. Exit status 0 when every value is readable, 3 when some are not, 1 on an error."""
-    modules = import_models(models, "scrub")
-    if modules is None:
+    inputs = app_inputs(models, database_url, "scrub")
+    if inputs is None:
         return 1
-    engine = app_engine(database_url, "scrub")
-    if engine is None:
-        return 1
+    modules, engine = inputs
     progress = _progress()
     try:
         with Vault.from_settings(readonly=True) as vault:  # scrub writes nothing
