@@ -110,6 +110,14 @@ def svault(kms: LocalKms, sqlite_url: str) -> Iterator[Vault]:
 
 
 @pytest.fixture
+def vault_settings(monkeypatch: pytest.MonkeyPatch, key_path: Path, db_url: str) -> None:
+    """CCVAULT_* for the vault of the `vault` fixture (same master key, same key store): the
+    ccvault commands of a test open the same installation."""
+    monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{key_path}")
+    monkeypatch.setenv("CCVAULT_KEYSTORE_URL", db_url)
+
+
+@pytest.fixture
 def app(vault: Vault, db_url: str) -> Iterator[sa.Engine]:
     """An application database with the test models (tests/sqla_models.py), attached to `vault`.
     On SQLite it is a file of its own beside the key store; on the servers, the same schema."""

@@ -314,6 +314,8 @@ VAULT_PUBLIC = {
     "close", "decrypt", "destroy_epochs", "detach", "encrypt", "epochs", "from_settings",
     "is_shredded", "open_async", "quarantined_keys", "rotate_epoch", "run", "scrub", "shred",
     "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads", "warm",
+    # the data map and subject export (issue 13), and the stored receipt read without a shred
+    "data_map", "erasure_receipt", "export_subject", "register_personal_table",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     # the settings, assignable as they were

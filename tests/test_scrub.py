@@ -230,15 +230,8 @@ def test_what_scrub_accepts(svault: Vault, tmp_path: Path) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch, key_path: Path, db_url: str) -> None:
-    """CCVAULT_* for the vault of the `vault` fixture (same master key, same key store)."""
-    monkeypatch.setenv("CCVAULT_KMS_URL", f"local://{key_path}")
-    monkeypatch.setenv("CCVAULT_KEYSTORE_URL", db_url)
-
-
 def test_cli_scrub(
-    app: sa.Engine, damage: Damage, settings: None, capsys: pytest.CaptureFixture[str]
+    app: sa.Engine, damage: Damage, vault_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = app.url.render_as_string(hide_password=False)
     status = main(["scrub", "--models", "sqla_models", "--database-url", url, "--batch", "2"])
@@ -252,7 +245,7 @@ def test_cli_scrub(
 
 
 def test_cli_scrub_clean_and_errors(
-    app: sa.Engine, settings: None, capsys: pytest.CaptureFixture[str]
+    app: sa.Engine, vault_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = app.url.render_as_string(hide_password=False)
     with Session(app) as s:

@@ -74,6 +74,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
     from ._settings import CcvaultSettings
+    from .sqlalchemy._datamap import DataMap
+    from .sqlalchemy._export import SubjectExport
     from .sqlalchemy._scrub import ScrubReport
 
 __all__ = [
@@ -479,6 +481,12 @@ class Vault:
         """
         return self._erasure.shred(subject)
 
+    def erasure_receipt(self, subject: object) -> ErasureReceipt | None:
+        """The signed receipt of ``subject``'s shred (what a repeated :meth:`shred` returns),
+        None when it was never shredded. Read-only: it shreds nothing, creates nothing. A stored
+        receipt that does not verify under :attr:`receipt_public_key` is a KeyStoreError."""
+        return self._erasure.receipt(subject)
+
     def is_shredded(self, subject: object) -> bool:
         """Whether ``subject`` is shredded, or treated as such because its head fails
         authentication or its ref has key rows without a head (see :meth:`verify_heads`)."""
@@ -549,6 +557,48 @@ class Vault:
         from .sqlalchemy._scrub import scrub
 
         return scrub(self._ring, bind, models, batch=batch, progress=progress)
+
+    def register_personal_table(self, table: Any, subject_column: Any) -> None:
+        """Declare a plaintext table that holds customer data: ``table`` is a ``Table`` or a
+        mapped class, ``subject_column`` the name of its column naming the data subject, that
+        ``Column`` or a mapped attribute. It joins this vault's :meth:`data_map` and
+        :meth:`export_subject` (registrations are kept per vault). ConfigurationError for a
+        column the table lacks, one whose type is not the installation's subject type, a table
+        with encrypted columns (in the map already) or one registered with another column."""
+        from .sqlalchemy._datamap import register_personal_table
+
+        register_personal_table(self, table, subject_column)
+
+    def data_map(self, models: Any = None) -> DataMap:
+        """Every table and column holding customer data: each table with encrypted columns of
+        ``models`` (as :meth:`scrub` takes them; every such table defined in this process when
+        None) and each table registered with :meth:`register_personal_table`; per column its
+        role, context label, searchable form and ``on_null_subject``. Its warnings name tables
+        outside the map with a foreign key to a subject column, and searchable tables whose
+        subject column has no index. ``.as_dict()`` and ``.as_markdown()`` render it."""
+        from .sqlalchemy._datamap import data_map
+
+        return data_map(self, models)
+
+    def export_subject(self, subject: object, bind: Any, *, models: Any = None) -> SubjectExport:
+        """What this installation holds about ``subject`` (GDPR Art. 15 and 20) in the database
+        at ``bind`` (a synchronous Engine or Connection, attached or not): its rows in every
+        table of :meth:`data_map`, encrypted columns decrypted (shredded ones as the text of
+        ``SHREDDED``), the other columns as stored, the erasure receipt if it was shredded, and
+        an explicit ``scope`` of what was searched and what was not. ``.as_dict()`` is the JSON
+        form. Read-only: it runs SELECTs, writes nothing and creates no key (a read-only vault
+        exports). TypeError for a subject of another type."""
+        from .sqlalchemy._export import export_subject
+
+        return export_subject(
+            self,
+            self._ring,
+            self._erasure,
+            subject,
+            bind,
+            models=models,
+            now=self._options.now,
+        )
 
     def subject(self, subject: object) -> AbstractContextManager[None]:
         """``with vault.subject(x):`` — encrypt statements that cannot name their subject for x."""

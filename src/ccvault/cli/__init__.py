@@ -71,18 +71,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         "unreadable value's table, column and primary key. Exit status 0: all readable; "
         "3: unreadable values found; 1: an error. The vault is configured by CCVAULT_* variables.",
     )
-    scrub.add_argument(
-        "--models",
-        action="append",
-        required=True,
-        metavar="MODULE",
-        help="module defining the models, e.g. app.models (repeatable)",
-    )
+    _models_option(scrub)
     scrub.add_argument(
         "--database-url", required=True, help="SQLAlchemy URL of the application database"
     )
     scrub.add_argument("--batch", type=int, default=1000, help="rows per batch (1000)")
+    data_map = sub.add_parser(
+        "data-map",
+        help="list every table and column of the models holding customer data (read-only)",
+        description="Print the data map of the models: every table with encrypted columns and "
+        "every plaintext table registered as personal (a models module may define "
+        "register_personal_tables(vault), called with the vault opened here), each column's "
+        "role, context label and searchable form, and warnings: tables outside the map with a "
+        "foreign key to a subject column, searchable tables whose subject column has no index. "
+        "The vault is configured by CCVAULT_* variables and opened read-only.",
+    )
+    export = sub.add_parser(
+        "export-subject",
+        help="print everything the data map holds about one customer as JSON (read-only)",
+        description="Print the subject export (GDPR Art. 15/20) of SUBJECT: its rows in every "
+        "table of the data map, encrypted columns decrypted, its erasure receipt if shredded, "
+        "and the scope of what was and was not searched. Read-only; the vault is configured by "
+        "CCVAULT_* variables.",
+    )
+    for command in (data_map, export):
+        _models_option(command)
+    data_map.add_argument(
+        "--format", choices=("json", "markdown"), default="json", help="output format (json)"
+    )
+    export.add_argument(
+        "--database-url", required=True, help="SQLAlchemy URL of the application database"
+    )
+    export.add_argument("subject", metavar="SUBJECT", help="the customer's id (subject)")
     args = parser.parse_args(argv)
+    if args.command == "data-map":
+        from ._export import run_data_map
+
+        return run_data_map(args.models, args.format)
+    if args.command == "export-subject":
+        from ._export import run_export_subject
+
+        return run_export_subject(args.models, args.database_url, args.subject)
     if args.command == "scrub":
         from ._scrub import run_scrub
 
@@ -105,3 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(customers=args.customers, seed=args.seed, keep=args.keep)
     parser.print_help(sys.stderr)
     return 2
+
+
+def _models_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--models",
+        action="append",
+        required=True,
+        metavar="MODULE",
+        help="module defining the models, e.g. app.models (repeatable)",
+    )

@@ -1,7 +1,9 @@
 """Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt.
 
-The journal, ledger, completion records and subject export (rules 3 to 5 of the product
-contract's lifecycle design) are to live in this package.
+The journal, ledger and completion records (rules 3 to 5 of the product contract's lifecycle
+design) are to live in this package. The subject export reads tables, so it lives in the
+SQLAlchemy integration (``ccvault.sqlalchemy._export``) and takes the stored receipt from
+:meth:`Erasure.receipt`.
 """
 
 from ._shred import Erasure

@@ -1,6 +1,7 @@
 """Owns shred and its receipts: fence, destroy in one key-store transaction, evict, run the
-after-shred hooks, sign. Must not cache keys (the key ring does) nor talk to the KMS; the journal,
-ledger and subject export of the lifecycle rules belong beside it, in this package.
+after-shred hooks, sign; and reading a stored receipt back. Must not cache keys (the key ring
+does) nor talk to the KMS; the journal and ledger of the lifecycle rules belong beside it, in
+this package.
 """
 
 from __future__ import annotations
@@ -83,6 +84,31 @@ class Erasure:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
         self._run_hooks(ref, subject, receipt)
         return receipt
+
+    def receipt(self, subject: object) -> ErasureReceipt | None:
+        """The receipt the key store holds for ``subject``'s shred (the one a repeated
+        :meth:`shred` returns), or None when no shred of it is recorded. Read-only: it reads the
+        subject's head and nothing else, creates nothing, restores nothing, runs no hook.
+
+        The receipt is checked before it is returned: it must parse, verify under this
+        installation's receipt key and name this subject's ref, or a KeyStoreError says the
+        stored receipt is damaged (never a receipt that is not what shred() signed)."""
+        ref = self._ring.subject_ref(subject)
+        head = self._store.subject_head(ref)
+        if head is None or head.state != State.SHREDDED or head.receipt is None:
+            return None
+        parsed = _parse_receipt(head.receipt)
+        if (
+            parsed is None
+            or parsed[0].subject_ref != ref.hex()
+            or not parsed[0].verify(self.receipt_public_key, installation_id=self._installation.id)
+        ):
+            raise KeyStoreError(
+                f"the erasure receipt the key store holds for subject ref {ref.hex()[:16]} does "
+                "not parse or does not verify: the subject-heads row is corrupted or was "
+                "tampered with"
+            )
+        return parsed[0]
 
     def _run_hooks(self, ref: bytes, subject: object, receipt: ErasureReceipt) -> None:
         """Run the integrations' sweeps after a committed shred: never lose the receipt, never

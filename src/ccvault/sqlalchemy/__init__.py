@@ -17,6 +17,8 @@ See docs/sqlalchemy.md.
 """
 
 from .._sentinels import SHREDDED, UNREADABLE, Sentinel, Shredded, Unreadable
+from ._datamap import DataMap, MappedColumn, MappedTable, MapWarning, SearchableForm
+from ._export import ErasureState, ExportedTable, ExportScope, NotSearched, SubjectExport
 from ._scrub import ColumnCounts, ScrubReport, UnreadableValue
 from ._types import BlindIndex, Encrypted
 from ._write import StatementRefused
@@ -26,11 +28,21 @@ __all__ = [
     "UNREADABLE",
     "BlindIndex",
     "ColumnCounts",
+    "DataMap",
     "Encrypted",
+    "ErasureState",
+    "ExportScope",
+    "ExportedTable",
+    "MapWarning",
+    "MappedColumn",
+    "MappedTable",
+    "NotSearched",
     "ScrubReport",
+    "SearchableForm",
     "Sentinel",
     "Shredded",
     "StatementRefused",
+    "SubjectExport",
     "Unreadable",
     "UnreadableValue",
 ]

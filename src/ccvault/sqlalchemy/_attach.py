@@ -9,7 +9,6 @@ import logging
 import re
 import threading
 import time
-import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -20,7 +19,9 @@ from sqlalchemy.util import await_only
 
 from ..errors import ConfigurationError, ErasureIncompleteError
 from . import _inspect, _read, _write
+from ._datamap import warn_unindexed_subjects
 from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
+from ._subjects import SubjectMatch, subject_match
 from ._types import (
     ATTACHED,
     ON_ERROR,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from ..keyring import KeyRing
     from ..vault import Vault
 
-__all__ = ["attach", "attached_vault", "detach"]
+__all__ = ["attach", "attached_on_error", "attached_vault", "columns_in_database", "detach"]
 
 log = logging.getLogger("ccvault")
 
@@ -58,6 +59,7 @@ def _check_mapper(mapper: Mapper[Any], _class: type[Any]) -> None:
     """Models mapped after attach() are checked when SQLAlchemy configures them."""
     for table in mapper.tables:
         plan_for(table)
+    warn_unindexed_subjects(mapper.tables)
 
 
 def check_tables() -> None:
@@ -123,6 +125,7 @@ def attach(
             )
         return
     check_tables()
+    warn_unindexed_subjects(list(searchable_tables))
     _install_orm_listeners()
     if not hasattr(sync, _ATTACHMENT):
         # Installed once per engine; they serve whichever vault is attached now, and refuse
@@ -237,14 +240,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
     if current is not None and not current.collations_checked:
         current.collations_checked = True
         _warn_non_binary_collations(engine, vault)
-    value = vault.subject_type.coerce(subject)
-    ref = vault.subject_ref(subject)
-    # str subjects: the stored forms that can map to the subject's ref (canonical NFC, NFD, and
-    # the form the caller passed), compared exactly in Python after the database's prefilter.
-    forms: list[str] | None = None
-    if vault.subject_type.spec == "str":
-        assert isinstance(value, str)
-        forms = sorted({value, unicodedata.normalize("NFD", value), str(subject)})
+    match = subject_match(vault, subject)
     swept: list[str] = []
     failed: dict[str, tuple[str, list[str]]] = {}
     for table in list(searchable_tables):
@@ -255,7 +251,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
             check_subject_type(plan, vault.subject_type)
         except ConfigurationError:
             continue  # never written through this vault: nothing of the subject to sweep
-        done, why, labels = _sweep_table(engine, vault, plan, value, ref, forms)
+        done, why, labels = _sweep_table(engine, plan, match)
         swept += done
         if why is not None:
             failed[table.fullname] = (why, labels)
@@ -271,12 +267,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
 
 
 def _sweep_table(
-    engine: Engine,
-    vault: Vault,
-    plan: TablePlan,
-    value: object,
-    ref: bytes,
-    forms: list[str] | None,
+    engine: Engine, plan: TablePlan, match: SubjectMatch
 ) -> tuple[list[str], str | None, list[str]]:
     """Sweep one table, retried. Returns the labels swept, and when it failed, why (error type
     and database code, never the statement's values) and the labels not swept. Columns the
@@ -291,14 +282,14 @@ def _sweep_table(
         pause = True
         try:
             with engine.begin() as conn:
-                _sweep(conn, vault, plan, columns, value, ref, forms)
+                _sweep(conn, plan, columns, match)
             return [c.label for c in columns], None, []
         except _CannotSweep as exc:
             return [], str(exc), [c.label for c in columns]
         except sa.exc.SQLAlchemyError as exc:
             why = _db_reason(exc)
         if attempt == 0:
-            present = _columns_in_database(engine, plan.table)
+            present = columns_in_database(engine, plan.table)
             if present is None or plan.subject.name not in present:
                 log.debug("blind-index sweep skipped a table", extra={"table": plan.table.name})
                 return [], None, []
@@ -318,31 +309,25 @@ def _sweep_table(
 
 
 def _sweep(
-    conn: sa.Connection,
-    vault: Vault,
-    plan: TablePlan,
-    columns: list[ColumnPlan],
-    value: object,
-    ref: bytes,
-    forms: list[str] | None,
+    conn: sa.Connection, plan: TablePlan, columns: list[ColumnPlan], match: SubjectMatch
 ) -> None:
     table = plan.table
     nulls = {table.c[c.index_key]: None for c in columns if c.index_key is not None}
-    if forms is None:
+    if match.forms is None:
         # int and uuid subjects: the database's equality is exact.
-        conn.execute(sa.update(table).where(plan.subject == value).values(nulls))
+        conn.execute(sa.update(table).where(match.where(plan.subject)).values(nulls))
         return
     # str subjects: the database may compare case-, accent- or trailing-space-insensitively
     # (MariaDB's default collations) and never normalises Unicode. Its comparison only selects
     # candidates (locked); Python keeps exactly the stored values whose ref is the subject's.
     pk = list(table.primary_key.columns)
     candidates = conn.execute(
-        sa.select(*pk, plan.subject).where(plan.subject.in_(forms)).with_for_update()
+        sa.select(*pk, plan.subject).where(match.where(plan.subject)).with_for_update()
     ).all()
     if not candidates:
         return
-    refs = {v: _ref_of(vault, v) for v in {row[-1] for row in candidates}}
-    mine = [row for row in candidates if refs[row[-1]] == ref]
+    owned = {v: match.owns(v) for v in {row[-1] for row in candidates}}
+    mine = [row for row in candidates if owned[row[-1]]]
     if not mine:
         return
     stored = sorted({row[-1] for row in mine})
@@ -366,13 +351,6 @@ def _sweep(
         )
 
 
-def _ref_of(vault: Vault, stored: object) -> bytes | None:
-    try:
-        return vault.subject_ref(stored)
-    except TypeError:
-        return None  # not a valid subject ('' or not text): never the shredded one
-
-
 def _pause(engine: Engine, seconds: float) -> None:
     if engine.dialect.is_async:
         with contextlib.suppress(sa.exc.MissingGreenlet):
@@ -381,17 +359,24 @@ def _pause(engine: Engine, seconds: float) -> None:
     _sleep(seconds)
 
 
-def _columns_in_database(engine: Engine, table: sa.Table) -> set[str] | None:
+def columns_in_database(bind: Engine | sa.Connection, table: sa.Table) -> set[str] | None:
     """The names of ``table``'s columns in the database, None when it has no such table (and
-    every column of the model when the database cannot say)."""
+    every column of the model when the database cannot say). Through a connection of its own
+    when ``bind`` is an Engine."""
     try:
-        with engine.connect() as conn:
-            inspector = sa.inspect(conn)
-            if not inspector.has_table(table.name, schema=table.schema):
-                return None
-            return {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+        if isinstance(bind, sa.Connection):
+            return _columns_through(bind, table)
+        with bind.connect() as conn:
+            return _columns_through(conn, table)
     except sa.exc.SQLAlchemyError:
         return {c.name for c in table.columns}
+
+
+def _columns_through(conn: sa.Connection, table: sa.Table) -> set[str] | None:
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(table.name, schema=table.schema):
+        return None
+    return {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
 
 
 def _db_reason(exc: sa.exc.SQLAlchemyError) -> str:
@@ -460,6 +445,14 @@ def _warn_non_binary_collations(engine: Engine, vault: Vault) -> None:
             column,
             collation,
         )
+
+
+def attached_on_error(bind: Any) -> OnError:
+    """The ``on_error`` of the vault attached to ``bind``'s engine (an Engine or Connection),
+    ``"raise"`` when none is attached."""
+    sync = getattr(bind, "engine", bind)
+    current: _Attachment | None = getattr(getattr(sync, "sync_engine", sync), _ATTACHMENT, None)
+    return "raise" if current is None else current.on_error
 
 
 def attached_vault(engine: Any) -> Vault | None:

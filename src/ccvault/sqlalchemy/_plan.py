@@ -18,7 +18,7 @@ from ..errors import ConfigurationError
 from ._codec import STR, Codec
 from ._types import Encrypted
 
-__all__ = ["ColumnPlan", "TablePlan", "plan_for"]
+__all__ = ["ColumnPlan", "TablePlan", "check_subject_column", "check_subject_type", "plan_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,10 +174,16 @@ def _client_default(subject: sa.Column[Any]) -> Callable[[], Any] | None:
 
 def check_subject_type(plan: TablePlan, subject_type: SubjectType) -> None:
     """``attach()`` refuses a subject column whose type is not the installation's subject type."""
-    col = plan.subject
+    check_subject_column(plan.subject, subject_type)
+
+
+def check_subject_column(col: sa.Column[Any], subject_type: SubjectType) -> None:
+    """ConfigurationError unless ``col`` can hold subjects of ``subject_type`` (Uuid for uuid,
+    Integer for int, String for str subjects): a subject column of encrypted columns or of a
+    registered personal table."""
     expected = {"uuid": sa.Uuid, "int": sa.Integer, "str": sa.String}.get(subject_type.spec)
     if expected is None or not isinstance(col.type, expected):
         raise ConfigurationError(
-            f"{plan.table.name}.{col.name} is {type(col.type).__name__}, but this installation's "
+            f"{col.table.name}.{col.name} is {type(col.type).__name__}, but this installation's "
             f"subject type is {subject_type.spec!r}"
         )
