@@ -37,7 +37,7 @@ LAYERS = {
 }
 
 # Inside the key ring, the parts build on each other one way: epochs <- heads, leases, blind
-# indexes, rotation <- the ring <- the package's re-exports.
+# indexes, rotation <- the ring <- values (decrypt, decrypt_many) <- the package's re-exports.
 KEYRING_ORDER = {
     "_options": 0,
     "_epochs": 1,
@@ -46,7 +46,8 @@ KEYRING_ORDER = {
     "_blind": 2,
     "_rotation": 2,
     "_ring": 3,
-    "__init__": 4,
+    "_values": 4,
+    "__init__": 5,
 }
 
 
@@ -311,9 +312,10 @@ def test_the_private_check_finds_what_it_must() -> None:
 VAULT_PUBLIC = {
     # methods
     "aclose", "active_epoch_seq", "add_kms_wraps", "attach", "blind_index", "blind_indexer",
-    "close", "decrypt", "destroy_epochs", "detach", "encrypt", "epochs", "from_settings",
-    "is_shredded", "open_async", "quarantined_keys", "rotate_epoch", "run", "scrub", "shred",
-    "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads", "warm",
+    "close", "decrypt", "decrypt_many", "destroy_epochs", "detach", "encrypt", "epochs",
+    "from_settings", "is_shredded", "open_async", "quarantined_keys", "rotate_epoch", "run",
+    "scrub", "shred", "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads",
+    "warm",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     # the settings, assignable as they were
