@@ -210,8 +210,8 @@ def run(cfg: Config) -> Results:
     )
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(cold[0]["by_kind"].items()))
     out["keystore_roundtrips_cold_10k_rows_note"] = (
-        f"{kinds}; reads are per cold key today (one key-store read per customer), "
-        "construction not counted"
+        f"{kinds}; vault.decrypt reads each cold key on its own (one key-store read per "
+        "customer), construction not counted"
     )
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(many[0]["by_kind"].items()))
     out["keystore_roundtrips_cold_10k_rows_decrypt_many_note"] = (
