@@ -50,6 +50,10 @@ def statements(vault: Vault) -> Iterator[Counter[str]]:
         sa.event.remove(engine, "before_cursor_execute", count)
 
 
+class _Bytes(bytes):
+    pass
+
+
 def _tampered(blob: bytes) -> bytes:
     return blob[:-1] + bytes([blob[-1] ^ 1])
 
@@ -91,6 +95,7 @@ def _mixed(vault: Vault) -> tuple[list[tuple[Any, ...]], list[bytes | Sentinel |
         ((bytearray(b1), CTX, b), b"b-phone"),
         ((memoryview(wide), WIDE), b"press 1"),
         ([a1, CTX, a], b"a-phone"),  # a list is an item too
+        ((_Bytes(a1), CTX, a), b"a-phone"),  # and a bytes subclass a blob
     ]
     return [item for item, _ in cases], [want for _, want in cases]
 

@@ -139,7 +139,7 @@ class Values:
                 blob, context = item[0], item[1]
                 subject = item[2] if len(item) == 3 else UNCHECKED
                 if type(blob) is not bytes:
-                    if not isinstance(blob, bytearray | memoryview):
+                    if not isinstance(blob, bytes | bytearray | memoryview):
                         raise TypeError(
                             f"blob must be bytes from encrypt(), not {type(blob).__name__}"
                         )
