@@ -37,7 +37,7 @@ LAYERS = {
 }
 
 # Inside the key ring, the parts build on each other one way: epochs <- heads, leases, blind
-# indexes, rotation <- the ring <- the package's re-exports.
+# indexes, rotation <- the ring <- values (decrypt, decrypt_many) <- the package's re-exports.
 KEYRING_ORDER = {
     "_options": 0,
     "_epochs": 1,
@@ -46,7 +46,8 @@ KEYRING_ORDER = {
     "_blind": 2,
     "_rotation": 2,
     "_ring": 3,
-    "__init__": 4,
+    "_values": 4,
+    "__init__": 5,
 }
 
 
@@ -316,6 +317,8 @@ VAULT_PUBLIC = {
     "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads", "warm",
     # the data map and subject export (issue 13), and the stored receipt read without a shred
     "data_map", "erasure_receipt", "export_subject", "register_personal_table",
+    # batched single-value reads (issue 13)
+    "decrypt_many",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     # the settings, assignable as they were

@@ -8,6 +8,7 @@
 >>> receipt = vault.shred(customer_id)                                  # doctest: +SKIP
 """
 
+from ._sentinels import SHREDDED, Sentinel
 from ._settings import CcvaultSettings
 from .audit import DestroyedKey, ErasureReceipt
 from .errors import (
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_SUBJECT",
+    "SHREDDED",
     "CcvaultError",
     "CcvaultSettings",
     "ConfigurationError",
@@ -49,6 +51,7 @@ __all__ = [
     "KmsUnavailableError",
     "RetentionExpiredError",
     "RotationReport",
+    "Sentinel",
     "SubjectShreddedError",
     "ValueRejectedError",
     "Vault",

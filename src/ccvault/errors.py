@@ -9,7 +9,8 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
      ├── DecryptionError           the one opaque failure for tampered, malformed or foreign data
      ├── SubjectShreddedError      the subject was erased (a business state, not a crypto fault)
      │                             (both name table, column and primary key when a column
-     │                             read raises them)
+     │                             read raises them; DecryptionError names the item's
+     │                             index when decrypt_many raises or returns it)
      ├── RetentionExpiredError     the value's retention period expired (a business state)
      ├── ErasureIncompleteError    shred() destroyed the keys but could not clear everything the
      │                             subject left (blind indexes): carries the receipt
@@ -79,9 +80,10 @@ def _show(value: object) -> str:
 
 
 class _Located(Exception):
-    """Where a column read failed: ``table``, ``column`` and ``primary_key`` (the row's primary
-    key values in key order, or None when the statement did not select them all). All None
-    outside column reads. Never the value, its plaintext or its subject."""
+    """Where a read failed: for a column read ``table``, ``column`` and ``primary_key`` (the
+    row's primary key values in key order, or None when the statement did not select them all);
+    for ``vault.decrypt_many``, ``index``, the item's position in its input. None where they do
+    not apply. Never the value, its plaintext or its subject."""
 
     MESSAGE = ""
 
@@ -92,11 +94,15 @@ class _Located(Exception):
         table: str | None = None,
         column: str | None = None,
         primary_key: tuple[object, ...] | None = None,
+        index: int | None = None,
     ) -> None:
         self.table = table
         self.column = column
         self.primary_key = None if primary_key is None else tuple(primary_key)
+        self.index = index
         text = self.MESSAGE if message is None else message
+        if index is not None:
+            text = f"{text}: item {index}"
         if table is not None or column is not None:
             pk = self.primary_key
             if pk is None:
@@ -115,7 +121,8 @@ class DecryptionError(_Located, CcvaultError):
     Raised, always with the same message, for tampering, truncation, an unknown format version,
     suite or key id, a wrong context label and a wrong subject, so that the error is no oracle.
     Raised by a column read, it also names where: ``table``, ``column`` and ``primary_key``
-    (also in the message), never why.
+    (also in the message), never why; raised (or returned) by ``vault.decrypt_many``, the
+    item's ``index`` ("ciphertext could not be decrypted: item 3").
     """
 
     MESSAGE = "ciphertext could not be decrypted"

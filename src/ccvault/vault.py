@@ -21,7 +21,6 @@ its call to the part that owns it.
 
 from __future__ import annotations
 
-import hmac
 import time
 import uuid
 import warnings
@@ -29,7 +28,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast
 
 from sqlalchemy.engine import Engine
 
@@ -42,16 +41,16 @@ from ._install import (
     parse_installation,
 )
 from ._repr import safe_repr
-from ._sentinels import NO_SUBJECT
+from ._sentinels import NO_SUBJECT, Sentinel
 from .audit._receipt import ErasureReceipt
 from .crypto import _format as fmt
 from .crypto._blind import BlindIndexer, Normalizer
 from .crypto._subject import SubjectType
 from .erasure import Erasure
-from .errors import ConfigurationError, DecryptionError, SubjectShreddedError
+from .errors import ConfigurationError, DecryptionError
 from .keyring import (
     FENCE_BREAKS,
-    NO_REF,
+    UNCHECKED,
     VAULTWIDE_NONCE_BUDGET,
     EpochInfo,
     Epochs,
@@ -62,9 +61,11 @@ from .keyring import (
     Rotation,
     RotationReport,
     StoreUpgrade,
-    Tombstone,
+    Values,
     VaultOptions,
+    context_bytes,
 )
+from .keyring import Item as DecryptItem
 from .keystore._protocol import KeyStore
 from .keystore._records import KeyKind
 from .keystore._sql import SqlKeyStore
@@ -96,13 +97,6 @@ T = TypeVar("T")
 
 class DevelopmentDefaultWarning(UserWarning):
     """The embedded default (local key file beside a SQLite key store) is for development only."""
-
-
-class _Unchecked:
-    __slots__ = ()
-
-
-_UNCHECKED: Final = _Unchecked()
 
 
 class Vault:
@@ -208,6 +202,7 @@ class Vault:
         self._ring = KeyRing(
             self._store, self._epochs, ident, self._options, ref_key=ref_key, head_key=head_key
         )
+        self._values = Values(self._ring)
         self._rotation = Rotation(kms, self._store, self._epochs, self._options)
         self._erasure = Erasure(
             self._store,
@@ -423,45 +418,40 @@ class Vault:
         """
         if not isinstance(plaintext, bytes | bytearray | memoryview):
             raise TypeError("plaintext must be bytes")
-        ctx = _context_bytes(context)
+        ctx = context_bytes(context)
         return self._ring.key_for_write(subject, context).seal(
             bytes(plaintext), fmt.context_lp(ctx)
         )
 
-    def decrypt(self, blob: bytes, *, context: str, subject: object = _UNCHECKED) -> bytes:
+    def decrypt(self, blob: bytes, *, context: str, subject: object = UNCHECKED) -> bytes:
         """Open a ciphertext made by :meth:`encrypt` with the same context label.
 
         With ``subject=`` the ciphertext must also belong to that subject. Every failure of
         integrity, format, context or subject raises the same :class:`DecryptionError`; a value
         whose subject was shredded raises :class:`SubjectShreddedError`. A ``blob`` that is not
-        bytes (None, a str) is a :class:`TypeError`.
+        bytes (None, a str) is a :class:`TypeError`. The same read as :meth:`decrypt_many` of
+        one item, raising.
         """
-        if not isinstance(blob, bytes | bytearray | memoryview):
-            raise TypeError(f"blob must be bytes from encrypt(), not {type(blob).__name__}")
-        ctx = _context_bytes(context)
-        try:
-            header, nonce, body = fmt.parse(blob)
-        except fmt.FormatError:
-            raise DecryptionError from None
-        if header.suite != fmt.SUITE_AES256GCM:
-            # Suite 2 (retention periods) is reserved in v1; no period secrets exist yet.
-            raise DecryptionError
-        expected_ref = None
-        if subject is NO_SUBJECT:
-            expected_ref = NO_REF
-        elif subject is not _UNCHECKED:
-            expected_ref = self._ring.subject_ref(subject)  # None: TypeError, never a silent skip
-        key = self._ring.keys([header.raw]).get(header.raw)
-        if key is None:
-            raise DecryptionError
-        if expected_ref is not None and not hmac.compare_digest(expected_ref, key.ref):
-            raise DecryptionError  # checked before the shred state: a moved value is no erasure
-        if isinstance(key, Tombstone):
-            raise SubjectShreddedError
-        try:
-            return fmt.open_value(key.aead, header, nonce, body, ctx, key.ref)
-        except fmt.FormatError:
-            raise DecryptionError from None
+        return self._values.decrypt(blob, context, subject)
+
+    def decrypt_many(
+        self, items: Iterable[DecryptItem], *, errors: Literal["raise", "return"] = "raise"
+    ) -> list[bytes | Sentinel | DecryptionError]:
+        """Open many values at once: a list aligned with ``items``, each ``(blob, context)`` or
+        ``(blob, context, subject)`` (``subject`` may be ``NO_SUBJECT``), checked as
+        :meth:`decrypt` checks one.
+
+        Each place holds the plaintext, or ``SHREDDED`` for a value whose subject was shredded
+        (a sentinel, not an error). A value that fails (integrity, format, context, or another
+        subject's value) raises the :class:`DecryptionError` of the first such item, naming its
+        index (``exc.index``) and never a value, with ``errors="raise"``; with
+        ``errors="return"`` that error instance stands in the item's place instead. A wrong
+        *type* (an item's shape, a blob that is not bytes, a context that is not a non-empty
+        str, a subject of another type) is a :class:`TypeError` naming the item, raised before
+        anything is decrypted. The cold keys of the whole batch are loaded together: one
+        key-store query per 500 cold keys, whatever the number of values.
+        """
+        return self._values.decrypt_many(items, errors)
 
     def warm(self, subjects: Iterable[object]) -> int:
         """Load the keys of many subjects in batches, creating missing ones, and cache them.
@@ -744,9 +734,3 @@ class Vault:
         them all at once. One key-store query per 500 heads, and one for key rows outside
         their fence."""
         return self._ring.heads.verify()
-
-
-def _context_bytes(context: str) -> bytes:
-    if not isinstance(context, str) or not context:
-        raise TypeError("context must be a non-empty str (e.g. 'customers.phone')")
-    return context.encode("utf-8")

@@ -1,7 +1,8 @@
 """The key hierarchy below the KMS, in parts the vault builds and integrations use.
 
 :class:`Epochs` (epoch keys and key records) ← :class:`KeyRing` (refs, key caches, fences,
-leases, blind-index keys, after-shred hooks) and :class:`Rotation` (rotation, destruction);
+leases, blind-index keys, after-shred hooks) ← :class:`Values` (opening values one by one or in
+batches), and :class:`Rotation` (rotation, destruction);
 ``ccvault.erasure`` builds on them and :class:`ccvault.Vault` is the facade over all of them.
 """
 
@@ -11,10 +12,12 @@ from ._leases import USE_BLOCK, VAULTWIDE_NONCE_BUDGET
 from ._options import Installation, Progress, VaultOptions
 from ._ring import AfterShred, AfterShredHooks, KeyRing, Tombstone
 from ._rotation import EpochInfo, Rotation, RotationReport
+from ._values import UNCHECKED, Item, Outcome, Values, context_bytes
 
 __all__ = [
     "FENCE_BREAKS",
     "NO_REF",
+    "UNCHECKED",
     "USE_BLOCK",
     "VAULTWIDE_NONCE_BUDGET",
     "AfterShred",
@@ -24,11 +27,15 @@ __all__ = [
     "HeadCheck",
     "Heads",
     "Installation",
+    "Item",
     "KeyRing",
+    "Outcome",
     "Progress",
     "Rotation",
     "RotationReport",
     "StoreUpgrade",
     "Tombstone",
+    "Values",
     "VaultOptions",
+    "context_bytes",
 ]

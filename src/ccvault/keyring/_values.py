@@ -1,0 +1,207 @@
+"""Owns opening values one by one or in batches (vault.decrypt, decrypt_many) and what each returns.
+Must not load, cache or create keys (the key ring does, through KeyRing.keys) nor know of columns.
+
+One implementation, :meth:`Values.read`, serves both: ``decrypt`` is a batch of one item that
+raises. A batch is read in three passes: the arguments of every item are checked first (a
+``TypeError`` names the item and nothing is decrypted), then the cold keys of the whole batch are
+resolved together (``KeyRing.keys``: one key-store query per 500 cold headers, whatever the
+number of values), then each value gets its outcome, in the order DESIGN.md's "Lifecycle design"
+rule 6 ranks them (see :meth:`Values.read`).
+
+The column types' read loop (``ccvault.sqlalchemy._read``) is the other reader: it names table,
+column and primary key, which a value alone does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from hmac import compare_digest
+from typing import Final, Literal
+
+from .._sentinels import NO_SUBJECT, SHREDDED, Sentinel
+from ..crypto import _format as fmt
+from ..errors import DecryptionError, SubjectShreddedError
+from ._epochs import NO_REF
+from ._ring import KeyRing, Tombstone
+
+__all__ = ["UNCHECKED", "Item", "Outcome", "Values", "context_bytes"]
+
+_Key = fmt.ValueKey | Tombstone
+
+_HEADER: Final = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
+_BODY: Final = fmt.SUITE1_BODY_OFFSET  # where ciphertext || tag starts
+_SUITE1_MIN: Final = fmt.OVERHEAD[fmt.SUITE_AES256GCM]  # header, nonce and tag of an empty value
+_SUITE1: Final = bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM))
+
+
+class _Unchecked:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+UNCHECKED: Final = _Unchecked()
+"""The subject of an item read without an owner check (``decrypt`` without ``subject=``)."""
+
+Item = tuple[bytes, str] | tuple[bytes, str, object]
+"""An item of ``decrypt_many``: ``(blob, context)`` or ``(blob, context, subject)``."""
+
+Outcome = bytes | Sentinel | DecryptionError
+"""What ``decrypt_many`` puts in an item's place: its plaintext, a sentinel, or (with
+``errors="return"``) the item's DecryptionError."""
+
+# The error ``decrypt`` raises for each sentinel a value can read as. The access and retention
+# issues add DENIED -> AccessDeniedError and EXPIRED -> RetentionExpiredError.
+_RAISES: Final[dict[type[Sentinel], type[Exception]]] = {type(SHREDDED): SubjectShreddedError}
+
+_SHAPE = "an item is (blob, context) or (blob, context, subject)"
+
+
+def context_bytes(context: object) -> bytes:
+    """A context label as the bytes bound into a value; TypeError for anything but a non-empty
+    str (the label never depends on data, so a wrong one is a programming error)."""
+    if not isinstance(context, str) or not context:
+        raise TypeError("context must be a non-empty str (e.g. 'customers.phone')")
+    return context.encode("utf-8")
+
+
+class Values:
+    """Opens values by their context label and, when given, their subject (:meth:`read`)."""
+
+    __slots__ = ("_ring",)
+
+    def __init__(self, ring: KeyRing) -> None:
+        self._ring = ring
+
+    def decrypt(self, blob: object, context: object, subject: object) -> bytes:
+        """``vault.decrypt``: :meth:`read` of one item; a sentinel is raised as its error, a
+        failure as the bare DecryptionError (no index: there is one value)."""
+        out = self.read(((blob, context, subject),), stop=True, single=True)
+        if isinstance(out, int):
+            raise DecryptionError
+        value = out[0]
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, Sentinel):
+            raise _RAISES[type(value)]
+        raise value  # never: a failure stopped the read
+
+    def decrypt_many(
+        self, items: Iterable[object], errors: Literal["raise", "return"]
+    ) -> list[Outcome]:
+        """``vault.decrypt_many``: :meth:`read` of every item, aligned with the input."""
+        if errors not in ("raise", "return"):
+            raise ValueError("errors must be 'raise' or 'return'")
+        batch = items if isinstance(items, list | tuple) else list(items)
+        out = self.read(batch, stop=errors == "raise")
+        if isinstance(out, int):
+            # Raised here, from a frame that holds no plaintext (read() cleared its results)
+            # and outside any handler (no __context__ leads back to the failure).
+            raise DecryptionError(index=out)
+        return out
+
+    def read(
+        self, items: Sequence[object], *, stop: bool, single: bool = False
+    ) -> list[Outcome] | int:
+        """The outcome of each item, aligned with ``items``; with ``stop``, the index of the
+        first item that fails instead (the values read before it are dropped).
+
+        An item is ``(blob, context)`` or ``(blob, context, subject)``, the subject being
+        ``UNCHECKED`` (no owner check), ``NO_SUBJECT`` (vault-wide data) or a subject of the
+        installation's type. A wrong type anywhere is a TypeError (naming the item unless
+        ``single``) before any key is looked up. Each value's outcome, first match wins
+        (DESIGN.md rule 6; a failure is a DecryptionError, ranked where UNREADABLE ranks):
+
+        1. DENIED — the access policy, when it exists, answers first: a denied caller learns
+           nothing, not even that the subject was erased;
+        2. failure — malformed or truncated bytes, an unknown key or suite (suite 2 until
+           retention periods exist), a value of another subject (checked *before* the shred
+           state: a moved value is no erasure), then, for a live key, a wrong context or any
+           tampering (authentication);
+        3. SHREDDED — the value's key is a tombstone (destroyed, or its subject's head is);
+        4. EXPIRED — its retention period is tombstoned (the retention issue: suite 2);
+        5. masked — a partial view granted by the access policy;
+        6. the plaintext.
+        """
+        ring = self._ring
+        cached = ring.lookup()  # warm keys by header, one clock reading for the batch
+        subject_ref = ring.subject_ref
+        context_lps: dict[object, bytes] = {}
+        cold: set[bytes] = set()
+        # (blob, u32(len(context)) || context, expected ref or None, header or None, warm key)
+        prepared: list[tuple[bytes, bytes, bytes | None, bytes | None, _Key | None]] = []
+        index = 0
+        try:
+            for index, item in enumerate(items):  # noqa: B007 - read by the handler
+                if not isinstance(item, tuple | list) or not 2 <= len(item) <= 3:
+                    raise TypeError(_SHAPE)
+                blob, context = item[0], item[1]
+                subject = item[2] if len(item) == 3 else UNCHECKED
+                if type(blob) is not bytes:
+                    if not isinstance(blob, bytes | bytearray | memoryview):
+                        raise TypeError(
+                            f"blob must be bytes from encrypt(), not {type(blob).__name__}"
+                        )
+                    blob = bytes(blob)
+                ctx_lp = context_lps.get(context) if type(context) is str else None
+                if ctx_lp is None:
+                    ctx_lp = context_lps[context] = fmt.context_lp(context_bytes(context))
+                if subject is UNCHECKED:
+                    expected = None
+                elif subject is NO_SUBJECT:
+                    expected = NO_REF
+                else:
+                    expected = subject_ref(subject)  # None too: TypeError, never a silent skip
+                key: _Key | None = None
+                header: bytes | None = None
+                if len(blob) >= _SUITE1_MIN and blob[:2] == _SUITE1:
+                    header = blob[:_HEADER]
+                    key = cached(header)
+                    if key is None:
+                        cold.add(header)
+                # else malformed, truncated, or suite 2 (retention periods: ring.keys resolves
+                # their 38-byte headers once period secrets exist, rule 7): a failure.
+                prepared.append((blob, ctx_lp, expected, header, key))
+        except TypeError as exc:
+            if single:
+                raise
+            raise TypeError(f"items[{index}]: {exc}") from None
+        # Every cold key of the batch at once: one key-store query per 500 cold headers.
+        found = ring.keys(cold) if cold else {}
+        out: list[Outcome] = []
+        append = out.append
+        plaintext = b""
+        try:
+            for index, (blob, ctx_lp, expected, header, key) in enumerate(prepared):
+                # 1. DENIED: the access policy answers here, before anything else is looked at.
+                if key is None and header is not None:
+                    key = found.get(header)
+                if key is None or (expected is not None and not compare_digest(expected, key.ref)):
+                    if stop:  # 2. a failure (an unknown key, or another subject's value)
+                        out.clear()
+                        return index
+                    append(DecryptionError(index=index))
+                elif isinstance(key, Tombstone):
+                    append(SHREDDED)  # 3. the key of a shredded subject
+                else:
+                    # 4. EXPIRED and 5. masked slot in here.
+                    try:
+                        plaintext = key.decrypt(
+                            blob[_HEADER:_BODY],
+                            blob[_BODY:],
+                            key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
+                        )
+                    except fmt.InvalidTag:  # 2. a wrong context, or tampering
+                        if stop:
+                            out.clear()
+                            return index
+                        append(DecryptionError(index=index))
+                        continue
+                    append(plaintext)  # 6.
+        except BaseException:
+            # The traceback keeps this frame: leave in it none of the values opened so far.
+            out.clear()
+            plaintext = b""
+            raise
+        return out
