@@ -1,9 +1,41 @@
-"""Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt.
+"""Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt;
+:class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink.
 
-The journal, ledger, completion records and subject export (rules 3 to 5 of the product
-contract's lifecycle design) are to live in this package.
+Completion records and subject export (rules 4 and 7 of the product contract's lifecycle design)
+are to live in this package too; the journal is not wired into ``Vault.shred`` yet.
 """
 
+from ._chain import LedgerProblem, LedgerReport
+from ._journal import Journal, verify_ledger
+from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
+from ._ledger_file import JsonlLedger
+from ._ledger_s3 import S3Ledger
+from ._ledger_sql import SqlLedger
+from ._records import (
+    CompletionRecord,
+    GenesisRecord,
+    JournalEntry,
+    SignedRecord,
+    register_record_type,
+)
 from ._shred import Erasure
 
-__all__ = ["Erasure"]
+__all__ = [
+    "CompletionRecord",
+    "Erasure",
+    "GenesisRecord",
+    "Journal",
+    "JournalEntry",
+    "JsonlLedger",
+    "LedgerProblem",
+    "LedgerReport",
+    "LedgerSink",
+    "S3Ledger",
+    "SignedRecord",
+    "SqlLedger",
+    "StoredEntry",
+    "TornWrite",
+    "ledger_from_url",
+    "register_record_type",
+    "verify_ledger",
+]
