@@ -10,6 +10,7 @@ same that signs :class:`~ccvault.ErasureReceipt` v1.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -67,7 +68,7 @@ class Journal:
         with self._lock:
             if self._read_tip() is None:
                 genesis = GenesisRecord(installation_id=installation_id, created_at=self._now())
-                self._write([genesis.sign(signing_seed)], genesis=True)
+                self._write([genesis.sign(signing_seed, public_key=self._public)], genesis=True)
             self._check_genesis()
 
     @safe_repr
@@ -115,7 +116,7 @@ class Journal:
                 f"installation {self._id}"
             )
         if isinstance(record, SignedRecord) and not record.signature:
-            record = record.sign(self._seed)
+            record = record.sign(self._seed, public_key=self._public)
         elif not isinstance(record, SignedRecord | ErasureReceipt):
             raise TypeError("a journal record is a SignedRecord or an ErasureReceipt")
         if not record.verify(self._public):
@@ -130,10 +131,8 @@ class Journal:
             if genesis and tip is not None:
                 return done  # another process created the ledger first
             batch = records[len(done) : len(done) + MAX_BATCH]
-            built = self._entries_after(tip, batch)
-            written = self._sink.append(
-                self._id, built[0].seq, [e.canonical_bytes() for e in built]
-            )
+            built, data = self._entries_after(tip, batch)
+            written = self._sink.append(self._id, built[0].seq, data)
             done += built[:written]
             if written:
                 self._tip = built[written - 1]
@@ -151,9 +150,12 @@ class Journal:
                 time.sleep(random.uniform(0.0, 0.002) * min(losses, 10))  # noqa: S311
         return done
 
-    def _entries_after(self, tip: JournalEntry | None, records: list[Record]) -> list[JournalEntry]:
+    def _entries_after(
+        self, tip: JournalEntry | None, records: list[Record]
+    ) -> tuple[list[JournalEntry], list[bytes]]:
+        """The signed entries for ``records`` after ``tip``, and their canonical bytes."""
         seq, prev = (0, ZERO_HASH) if tip is None else (tip.seq + 1, tip.digest())
-        built = []
+        built, data = [], []
         now = self._now()
         for record in records:
             entry = JournalEntry(
@@ -163,10 +165,12 @@ class Journal:
                 appended_at=now,
                 kind=record.format,
                 record=record.model_dump(mode="json"),
-            ).sign(self._seed)
+            ).sign(self._seed, public_key=self._public)
+            stored = entry.canonical_bytes()
             built.append(entry)
-            seq, prev = seq + 1, entry.digest()
-        return built
+            data.append(stored)
+            seq, prev = seq + 1, hashlib.sha256(stored).hexdigest()
+        return built, data
 
     # -- reading -----------------------------------------------------------------------------------
 

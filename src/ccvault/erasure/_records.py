@@ -97,12 +97,12 @@ class SignedRecord(BaseModel):
         body = canonical_json(self.model_dump(mode="json", exclude={"signature"}))
         return lp(SIG_DOMAIN, self.format.encode("utf-8"), body)
 
-    def sign(self: R, seed: SecretKey) -> R:
+    def sign(self: R, seed: SecretKey, *, public_key: bytes | None = None) -> R:
         """This record signed with the installation's receipt-signing seed (deterministic:
-        signing a signed record again gives the same signature)."""
-        unsigned = self.model_copy(
-            update={"signing_key": ed25519_public_key(seed.reveal()).hex(), "signature": ""}
-        )
+        signing a signed record again gives the same signature). ``public_key``: the seed's,
+        when the caller holds it already (saves deriving it)."""
+        key = ed25519_public_key(seed.reveal()) if public_key is None else public_key
+        unsigned = self.model_copy(update={"signing_key": key.hex(), "signature": ""})
         signature = ed25519_sign(seed.reveal(), unsigned.signed_bytes())
         return unsigned.model_copy(update={"signature": signature.hex()})
 

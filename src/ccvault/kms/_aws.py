@@ -106,13 +106,11 @@ _STATES = {
 }
 
 
-def _boto3() -> Any:
+def _boto3(what: str = "the AWS KMS backend") -> Any:
     try:
         import boto3
     except ImportError:
-        raise ConfigurationError(
-            "the AWS KMS backend needs boto3: pip install 'ccvault[aws]'"
-        ) from None
+        raise ConfigurationError(f"{what} needs boto3: pip install 'ccvault[aws]'") from None
     return boto3
 
 
@@ -178,7 +176,7 @@ class AwsKms:
                 max_attempts=max_attempts,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                what="AWS KMS",
+                what="AWS KMS backend",
                 no_region="no AWS region: pass region=, use a key ARN or set AWS_REGION",
             )
             region = client.meta.region_name
@@ -556,8 +554,9 @@ def build_aws_client(
 ) -> Any:
     """A boto3 client for ``service`` (also the S3 ledger's): botocore's standard retries,
     ``max_attempts`` calls at most, the given timeouts, no retry of a TLS failure. Credentials
-    from boto3's chain; ``no_region`` is the message when none is configured."""
-    boto3 = _boto3()
+    from boto3's chain. ``what`` names the user in messages ("AWS KMS backend"); ``no_region`` is
+    the message when no region is configured."""
+    boto3 = _boto3(f"the {what}")
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
@@ -573,7 +572,7 @@ def build_aws_client(
             raise ConfigurationError(no_region)
         client = session.client(service, endpoint_url=endpoint_url, config=config)
     except BotoCoreError as exc:
-        error = ConfigurationError(f"cannot build the {what} client ({type(exc).__name__})")
+        error = ConfigurationError(f"cannot build the {what}'s client ({type(exc).__name__})")
     else:
         client.meta.events.register_first(f"needs-retry.{service}", _no_retry_on_tls_failure)
         return client
