@@ -9,8 +9,12 @@
 
 moto ignores key state: a disabled or pending-deletion key still encrypts and decrypts. While the
 server runs, its KMS backend is patched to answer as AWS does (``DisabledException``,
-``KMSInvalidStateException``). ``faults`` injects AWS-shaped errors (throttling, 5xx) into named
-operations, and ``enforce_iam()`` makes the server check signatures and IAM identity policies.
+``KMSInvalidStateException``). The same server answers S3 (``server.client(service="s3")``):
+moto 5.2.5 honours ``If-None-Match: *`` on PutObject (412 PreconditionFailed when the key exists)
+but checks and stores in two steps, so two concurrent conditional puts of one key could both win;
+while the server runs, its PutObject is made one atomic step, as S3's is. ``faults`` injects
+AWS-shaped errors (throttling, 5xx) into named operations, and ``enforce_iam()`` makes the server
+check signatures and IAM identity policies.
 Only one server should run at a time: the patches and the fault plan are process-wide.
 """
 
@@ -308,6 +312,29 @@ def _key_state_enforced() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _conditional_puts_atomic() -> Iterator[None]:
+    """Make moto's conditional PutObject atomic, as S3's is.
+
+    moto 5.2.5 checks ``If-None-Match``/``If-Match`` against the stored object, then stores the
+    new one: two concurrent puts of one key with ``If-None-Match: *`` can both pass the check
+    (seen here: 8 writers racing for one key, 4 rounds in 150 had two winners, and some requests
+    failed with a 500 as one put closed the buffer of the object the other replaced). S3 lets
+    one win and answers the other 412 (or 409 while the winner is in flight). One lock around
+    the handler makes check and store one step."""
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    original = S3Response.put_object
+
+    def put_object(self: Any) -> Any:
+        with lock:
+            return original(self)
+
+    with _patched(S3Response, "put_object", put_object):
+        yield
+
+
+@contextlib.contextmanager
 def _faults_injected(plan: FaultPlan) -> Iterator[None]:
     from moto.kms.responses import KmsResponse
 
@@ -345,7 +372,7 @@ def moto_kms() -> Iterator[MotoKmsServer]:
     access_log = logging.getLogger("werkzeug")  # one line per request otherwise
     level = access_log.level
     access_log.setLevel(logging.ERROR)
-    with _key_state_enforced(), _faults_injected(plan):
+    with _key_state_enforced(), _faults_injected(plan), _conditional_puts_atomic():
         server.start()
         try:
             host, port = server.get_host_and_port()

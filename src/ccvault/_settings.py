@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -40,6 +40,7 @@ __all__ = [
     "check_environment",
     "check_vault_options",
     "kms_from_url",
+    "mask_ledger_url",
     "settings_table",
 ]
 
@@ -138,6 +139,19 @@ class CcvaultSettings(BaseSettings):
     per_epoch_roots: bool = Field(
         default=False, description="a new KMS root per epoch (needed for an erasure horizon)"
     )
+    ledger_url: str | None = Field(
+        default=None,
+        description="where the signed erasure journal is kept, apart from the key store: any "
+        "SQLAlchemy URL (tables ccvault_ledger_*), file:///path/ledger.jsonl (one host) or "
+        "s3://bucket/prefix?region=... (credentials from the boto3 chain). Not used by Vault "
+        'yet (docs/erasure.md, "Journal and ledger")',
+    )
+    ledger_mode: Literal["strict", "best-effort"] = Field(
+        default="strict",
+        description="strict: a shred whose ledger entry cannot be written destroys nothing "
+        "(LedgerUnavailableError); best-effort: it destroys, and the erasure cannot complete "
+        "until the entry is in the ledger. Not used by Vault yet",
+    )
 
     @field_validator("subject_type")
     @classmethod
@@ -173,9 +187,10 @@ class CcvaultSettings(BaseSettings):
     @safe_repr
     def __repr__(self) -> str:
         keystore = None if self.keystore_url is None else mask_url(self.keystore_url)
+        ledger = None if self.ledger_url is None else mask_ledger_url(self.ledger_url)
         return (
             f"CcvaultSettings(kms_url={_redact(self.kms_url)!r}, "
-            f"keystore_url={keystore!r}, home={self.home!r})"
+            f"keystore_url={keystore!r}, ledger_url={ledger!r}, home={self.home!r})"
         )
 
 
@@ -382,6 +397,16 @@ def _redact_one(url: str) -> str:
         elif piece:
             shown.append(_MASK)
     return f"{base}?{'&'.join(shown)}"
+
+
+def mask_ledger_url(url: str) -> str:
+    """A ledger URL as reprs and messages may show it: an ``s3://`` or ``file://`` URL masked as
+    a KMS URL is (userinfo hidden, only known non-secret parameters shown), any other as a
+    key-store URL (parsed by SQLAlchemy, password and secret-looking parameters hidden)."""
+    scheme = url.split(":", 1)[0].strip().lower() if "://" in url else ""
+    if scheme in ("s3", "file"):
+        return _redact_one(url.strip())
+    return mask_url(url)
 
 
 def kms_from_url(url: str) -> Kms:

@@ -15,6 +15,10 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
      ├── ErasureIncompleteError    shred() destroyed the keys but could not clear everything the
      │                             subject left (blind indexes): carries the receipt
      ├── KeyStoreError             the key store is unreachable or inconsistent
+     ├── LedgerUnavailableError    the erasure ledger could not be reached or did not take an
+     │                             entry (it names where, credentials masked)
+     ├── LedgerIntegrityError      a ledger entry is tampered with, missing, reordered, or names
+     │                             another installation (it names each by sequence number)
      └── KmsError                  a KMS backend refused or failed
           ├── KmsUnavailableError  the KMS could not be reached in time (fail closed; retried
           │                        with backoff before it is raised)
@@ -48,6 +52,8 @@ __all__ = [
     "KmsKeyNotFoundError",
     "KmsKeyPendingDeletionError",
     "KmsUnavailableError",
+    "LedgerIntegrityError",
+    "LedgerUnavailableError",
     "RetentionExpiredError",
     "SubjectShreddedError",
     "ValueRejectedError",
@@ -171,6 +177,30 @@ class ErasureIncompleteError(CcvaultError):
 
 class KeyStoreError(CcvaultError):
     """The key store could not be read or written, or holds inconsistent rows."""
+
+
+class LedgerUnavailableError(CcvaultError):
+    """The erasure ledger (``CCVAULT_LEDGER_URL``) could not be read or written: the server,
+    bucket or file is unreachable, refused the credentials, or kept taking the sequence number
+    an append needed. ``location`` is where the ledger is, with credentials masked."""
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class LedgerIntegrityError(CcvaultError):
+    """The erasure ledger holds an entry that is tampered with, missing, out of order, truncated,
+    or that names another installation (a foreign ledger is refused). ``problems`` lists what
+    was found, each naming the entry by sequence number; ``seq`` is the first one (None when
+    none applies). The message names kinds and sequence numbers, never a record's content."""
+
+    def __init__(
+        self, message: str, *, problems: Iterable[Any] = (), seq: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems: tuple[Any, ...] = tuple(problems)  # LedgerProblem (erasure layer)
+        self.seq = seq
 
 
 class KmsError(CcvaultError):

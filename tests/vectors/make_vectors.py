@@ -3,7 +3,7 @@
 Vectors are frozen: once committed, a change of format must still open them. Re-running this
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
-    python tests/vectors/make_vectors.py values refs store heads
+    python tests/vectors/make_vectors.py values refs store heads journal
 """
 
 from __future__ import annotations
@@ -195,6 +195,80 @@ def store() -> None:
     (target / "values.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def journal() -> None:
+    """Journal records and entries (docs/erasure.md, "Journal and ledger"): a genesis, a receipt
+    and a completion appended by a Journal with a fixed seed and clock, as the ledger stores them
+    (one JSONL line each), with the bytes each signature covers and each entry's hash."""
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+
+    from ccvault._secret import SecretKey
+    from ccvault.audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
+    from ccvault.crypto._primitives import ed25519_public_key
+    from ccvault.erasure import CompletionRecord, Journal, JsonlLedger
+
+    seed = bytes(range(0x40, 0x60))
+    installation = "bc63ed65f5ba4740ab92e9a5acd0d5ba"
+    t0 = datetime(2025, 3, 1, 9, 30, 0, 250000, tzinfo=timezone.utc)
+    ticks = iter(t0 + timedelta(seconds=i) for i in range(10))
+    receipt = sign_receipt(
+        ErasureReceipt(
+            receipt_id="5f1c2a8e3b7d4e1f9a2b5c6d7e8f9a0b",
+            installation_id=installation,
+            subject_ref="46" * 32,
+            shredded_at=t0 + timedelta(seconds=1),
+            subject_was_known=True,
+            destroyed_keys=(DestroyedKey(key_id="8a" * 16, version=2),),
+            epoch_seq=7,
+            propagation_bound_seconds=1.0,
+            erasure_horizon=t0 + timedelta(days=66),
+            signing_key="",
+        ),
+        seed,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/ledger.jsonl"
+        clock = lambda: next(ticks)  # noqa: E731
+        journal = Journal(JsonlLedger(path), installation, SecretKey(seed), clock=clock)
+        entry = journal.append(receipt)
+        completion = CompletionRecord.for_receipt(
+            receipt,
+            ledger_seq=entry.seq,
+            completed_at=t0 + timedelta(seconds=3, microseconds=5),
+            bound_waited_seconds=1.25,
+            tables_swept=("clientes_señal", "customers"),
+        )
+        journal.append(completion)
+        entries = list(journal.entries())
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    records = [e.parsed() for e in entries]
+    doc = {
+        "seed": seed.hex(),
+        "public_key": ed25519_public_key(seed).hex(),
+        "installation_id": installation,
+        "clock_start": t0.isoformat(),  # each reading of the journal's clock: one second later
+        "receipt": json.loads(receipt.model_dump_json()),
+        "completion": {
+            "completed_at": (t0 + timedelta(seconds=3, microseconds=5)).isoformat(),
+            "bound_waited_seconds": 1.25,
+            "tables_swept": ["clientes_señal", "customers"],
+        },
+        "entries": [
+            {
+                "seq": e.seq,
+                "kind": e.kind,
+                "line": line,
+                "hash": e.digest(),
+                "signed_bytes": e.signed_bytes().hex(),
+                "record_signed_bytes": r.signed_bytes().hex(),  # type: ignore[union-attr]
+            }
+            for e, r, line in zip(entries, records, lines, strict=True)
+        ],
+    }
+    (HERE / "journal_v1.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
-        {"values": values, "refs": refs, "store": store, "heads": heads}[what]()
+        {"values": values, "refs": refs, "store": store, "heads": heads, "journal": journal}[what]()

@@ -1,11 +1,43 @@
-"""Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt.
+"""Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt;
+:class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink.
 
-The journal, ledger and completion records (rules 3 to 5 of the product contract's lifecycle
-design) are to live in this package. The subject export reads tables, so it lives in the
-SQLAlchemy integration (``ccvault.sqlalchemy._export``) and takes the stored receipt from
-:meth:`Erasure.receipt`.
+The journal is not wired into ``Vault.shred`` yet; completion records (rule 4 of the product
+contract's lifecycle design) are to live in this package too. The subject export reads tables, so
+it lives in the SQLAlchemy integration (``ccvault.sqlalchemy._export``) and takes the stored
+receipt from :meth:`Erasure.receipt`.
 """
 
+from ._chain import LedgerProblem, LedgerReport
+from ._journal import Journal, verify_ledger
+from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
+from ._ledger_file import JsonlLedger
+from ._ledger_s3 import S3Ledger
+from ._ledger_sql import SqlLedger
+from ._records import (
+    CompletionRecord,
+    GenesisRecord,
+    JournalEntry,
+    SignedRecord,
+    register_record_type,
+)
 from ._shred import Erasure
 
-__all__ = ["Erasure"]
+__all__ = [
+    "CompletionRecord",
+    "Erasure",
+    "GenesisRecord",
+    "Journal",
+    "JournalEntry",
+    "JsonlLedger",
+    "LedgerProblem",
+    "LedgerReport",
+    "LedgerSink",
+    "S3Ledger",
+    "SignedRecord",
+    "SqlLedger",
+    "StoredEntry",
+    "TornWrite",
+    "ledger_from_url",
+    "register_record_type",
+    "verify_ledger",
+]

@@ -39,7 +39,14 @@ from ._schema import SCHEMA_VERSION, build_metadata
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
-__all__ = ["SqlKeyStore", "mask_url"]
+__all__ = [
+    "SqlKeyStore",
+    "describe_driver_error",
+    "is_transient_error",
+    "mask_url",
+    "open_engine",
+    "safe_url",
+]
 
 T = TypeVar("T")
 _BATCH = 500
@@ -1071,12 +1078,12 @@ _EXTRAS = {
 _SECRET_QUERY = ("password", "passwd", "secret", "token", "key")
 
 
-def _parse_url(url: str) -> sa.URL:
+def _parse_url(url: str, what: str = "key store") -> sa.URL:
     try:
         return sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         raise ConfigurationError(
-            "the key store URL is no SQLAlchemy URL (dialect+driver://user:password@host:port/db)"
+            f"the {what} URL is no SQLAlchemy URL (dialect+driver://user:password@host:port/db)"
         ) from None
 
 
@@ -1118,8 +1125,8 @@ def _driver_error(exc: BaseException, u: sa.URL) -> str:
     return f"{kind.__name__ if module == 'builtins' else f'{module}.{kind.__name__}'}: {message}"
 
 
-def _make_engine(url: str) -> Engine:
-    u = _parse_url(url)
+def _make_engine(url: str, what: str = "key store") -> Engine:
+    u = _parse_url(url, what)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if u.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
@@ -1131,24 +1138,24 @@ def _make_engine(url: str) -> Engine:
         return sa.create_engine(u, **kwargs)
     except sa.exc.NoSuchModuleError:
         raise ConfigurationError(
-            f"the key store URL {_safe_url(u)} names an unknown database or driver"
+            f"the {what} URL {_safe_url(u)} names an unknown database or driver"
         ) from None
     except ImportError as exc:
         module = (exc.name or "").split(".")[0]
         extra = _EXTRAS.get(module)
         install = f"pip install 'ccvault[{extra}]'" if extra else f"install {module or 'it'}"
         raise ConfigurationError(
-            f"the key store URL {_safe_url(u)} needs the {module or u.drivername!r} driver, "
+            f"the {what} URL {_safe_url(u)} needs the {module or u.drivername!r} driver, "
             f"which is not installed: {install}"
         ) from exc
     except sa.exc.ArgumentError:  # the dialect's own check (a host in a SQLite URL...)
         raise ConfigurationError(
-            f"the key store URL {_safe_url(u)} is not one its database dialect takes"
+            f"the {what} URL {_safe_url(u)} is not one its database dialect takes"
         ) from None
     except (ValueError, TypeError):  # its message may quote the URL: neither kept nor chained
         pass
     raise ConfigurationError(
-        f"the key store URL {_safe_url(u)} has a query parameter its database driver cannot "
+        f"the {what} URL {_safe_url(u)} has a query parameter its database driver cannot "
         "take (a number that is no number?)"
     )
 
@@ -1185,3 +1192,32 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
     if args and isinstance(args[0], int) and args[0] in (1213, 1205):
         return True
     return "database is locked" in str(orig)
+
+
+# -- shared with the SQL ledger (erasure/_ledger_sql.py), which opens a database of its own ----
+
+
+def open_engine(url: str, *, what: str) -> Engine:
+    """An engine for ``url`` set up as the key store sets up its own: pre-ping, and on SQLite
+    WAL, a busy timeout, FULL sync and ``BEGIN IMMEDIATE`` for connections with the execution
+    option ``ccvault_write=True``. A bad URL or a missing driver is a ConfigurationError naming
+    ``what`` ("ledger"...) and the URL with its password masked."""
+    engine = _make_engine(url, what)
+    _install_sqlite_hooks(engine)
+    return engine
+
+
+def safe_url(u: sa.URL) -> str:
+    """``u`` as messages may show it (password and secret-looking parameters masked)."""
+    return _safe_url(u)
+
+
+def describe_driver_error(exc: BaseException, u: sa.URL) -> str:
+    """The driver's error class and message on one line, without the statement, its parameters
+    or the password."""
+    return _driver_error(exc, u)
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """A deadlock, serialisation failure, lock wait timeout or busy SQLite: worth a retry."""
+    return isinstance(exc, sa.exc.DBAPIError) and _is_transient(exc)

@@ -59,7 +59,13 @@ from ..errors import (
 )
 from ._protocol import RootState, WrappedKey
 
-__all__ = ["AwsKms"]
+__all__ = [
+    "AwsKms",
+    "aws_url_params",
+    "build_aws_client",
+    "check_client_options",
+    "check_endpoint",
+]
 
 SCHEME = "aws-kms"
 ROOT_TAG = ("ccvault:role", "epoch-root")
@@ -100,13 +106,11 @@ _STATES = {
 }
 
 
-def _boto3() -> Any:
+def _boto3(what: str = "the AWS KMS backend") -> Any:
     try:
         import boto3
     except ImportError:
-        raise ConfigurationError(
-            "the AWS KMS backend needs boto3: pip install 'ccvault[aws]'"
-        ) from None
+        raise ConfigurationError(f"{what} needs boto3: pip install 'ccvault[aws]'") from None
     return boto3
 
 
@@ -142,17 +146,14 @@ class AwsKms:
             raise ConfigurationError(
                 "key_id must be a KMS key ARN, alias ARN, 'alias/<name>' or key id"
             )
-        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-            raise ConfigurationError("max_attempts must be an integer ≥ 1")
-        if not connect_timeout > 0 or not read_timeout > 0:
-            raise ConfigurationError("connect_timeout and read_timeout must be positive")
+        check_client_options(max_attempts, connect_timeout, read_timeout)
         if not isinstance(pending_window_days, int) or not 7 <= pending_window_days <= 30:
             raise ConfigurationError("pending_window_days must be an integer from 7 to 30")
         tags = dict(root_tags or {})
         if ROOT_TAG[0] in tags or not all(isinstance(v, str) for v in (*tags, *tags.values())):
             raise ConfigurationError(f"root_tags must map str to str and not set {ROOT_TAG[0]!r}")
         if endpoint_url is not None:
-            _check_endpoint(endpoint_url)
+            check_endpoint(endpoint_url)
 
         arn = _KEY_ARN.fullmatch(key_id) or _ALIAS_ARN.fullmatch(key_id)
         if client is not None:
@@ -167,8 +168,16 @@ class AwsKms:
         else:
             if region is None and arn is not None:
                 region = arn["region"]
-            client = self._build_client(
-                region, endpoint_url, profile, max_attempts, connect_timeout, read_timeout
+            client = build_aws_client(
+                "kms",
+                region=region,
+                endpoint_url=endpoint_url,
+                profile=profile,
+                max_attempts=max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                what="AWS KMS backend",
+                no_region="no AWS region: pass region=, use a key ARN or set AWS_REGION",
             )
             region = client.meta.region_name
             self._owns_client = True
@@ -176,7 +185,7 @@ class AwsKms:
         # or the injected client's.
         actual_endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
         if isinstance(actual_endpoint, str):
-            _check_endpoint(actual_endpoint)
+            check_endpoint(actual_endpoint)
         _hide_key_material_from_logs(client)
         if arn is not None and arn["region"] != region:
             raise ConfigurationError(
@@ -200,38 +209,6 @@ class AwsKms:
         self._current: str | None = None
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _build_client(
-        region: str | None,
-        endpoint_url: str | None,
-        profile: str | None,
-        max_attempts: int,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> Any:
-        boto3 = _boto3()
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError
-
-        config = Config(
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
-        try:
-            session = boto3.session.Session(profile_name=profile, region_name=region)
-            if not session.region_name:
-                raise ConfigurationError(
-                    "no AWS region: pass region=, use a key ARN or set AWS_REGION"
-                )
-            client = session.client("kms", endpoint_url=endpoint_url, config=config)
-        except BotoCoreError as exc:
-            error = ConfigurationError(f"cannot build the AWS KMS client ({type(exc).__name__})")
-        else:
-            client.meta.events.register_first("needs-retry.kms", _no_retry_on_tls_failure)
-            return client
-        raise error
-
     @classmethod
     def from_url(cls, url: str, *, client: Any = None) -> AwsKms:
         """``aws-kms://<key ARN | alias ARN | alias/name | key id>?region=..&endpoint_url=..``.
@@ -250,47 +227,10 @@ class AwsKms:
         key_id = unquote(key_part)
         if not key_id:
             raise ConfigurationError("the AWS KMS URL names no key: aws-kms://<arn-or-alias>")
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-        except ValueError:
-            raise ConfigurationError("the query of the AWS KMS URL is malformed") from None
-        params: dict[str, str] = {}
-        for name, value in pairs:
-            if _CREDENTIAL_PARAMS.search(name):
-                raise ConfigurationError(
-                    "credentials never go in the KMS URL: use the environment, a profile or an "
-                    "IAM role"
-                )
-            if name not in URL_PARAMS:
-                raise ConfigurationError(f"unknown AWS KMS URL parameter {name!r}")
-            if name in params:
-                raise ConfigurationError(f"AWS KMS URL parameter {name!r} is given twice")
-            if not value:
-                raise ConfigurationError(f"AWS KMS URL parameter {name!r} is empty")
-            params[name] = value
-        options: dict[str, Any] = {}
-        for name, convert in (
-            ("max_attempts", int),
-            ("pending_window_days", int),
-            ("connect_timeout", float),
-            ("read_timeout", float),
-        ):
-            if name in params:
-                try:
-                    options[name] = convert(params[name])
-                except ValueError:
-                    raise ConfigurationError(
-                        f"AWS KMS URL parameter {name!r} is not a number"
-                    ) from None
+        where, options = aws_url_params(query, URL_PARAMS, what="AWS KMS")
         if client is not None:
             return cls(key_id, client=client, **options)
-        return cls(
-            key_id,
-            region=params.get("region"),
-            endpoint_url=params.get("endpoint_url"),
-            profile=params.get("profile"),
-            **options,
-        )
+        return cls(key_id, **where, **options)
 
     @safe_repr
     def __repr__(self) -> str:
@@ -571,7 +511,9 @@ def _is_key_identifier(key_id: str) -> bool:
     return any(p.fullmatch(key_id) for p in (_KEY_ARN, _ALIAS_ARN, _ALIAS, _KEY_ID))
 
 
-def _check_endpoint(endpoint_url: str) -> None:
+def check_endpoint(endpoint_url: str) -> None:
+    """Refuse an endpoint that is no http(s) URL, carries credentials, or is plain http:// off
+    loopback (also used by the S3 ledger, erasure/_ledger_s3.py)."""
     try:
         parts = urlsplit(endpoint_url)
         host = parts.hostname
@@ -586,8 +528,97 @@ def _check_endpoint(endpoint_url: str) -> None:
     if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigurationError(
             "endpoint_url must be https:// (plain http:// only on a loopback host, for a local "
-            "test server): the epoch keys and the credentials' signatures travel over it"
+            "test server): keys or ledger entries and the credentials' signatures travel over it"
         )
+
+
+def check_client_options(max_attempts: object, connect_timeout: float, read_timeout: float) -> None:
+    """The retry and timeout settings of a boto3 client ccvault builds."""
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+        raise ConfigurationError("max_attempts must be an integer ≥ 1")
+    if not connect_timeout > 0 or not read_timeout > 0:
+        raise ConfigurationError("connect_timeout and read_timeout must be positive")
+
+
+def build_aws_client(
+    service: str,
+    *,
+    region: str | None,
+    endpoint_url: str | None,
+    profile: str | None,
+    max_attempts: int,
+    connect_timeout: float,
+    read_timeout: float,
+    what: str,
+    no_region: str,
+) -> Any:
+    """A boto3 client for ``service`` (also the S3 ledger's): botocore's standard retries,
+    ``max_attempts`` calls at most, the given timeouts, no retry of a TLS failure. Credentials
+    from boto3's chain. ``what`` names the user in messages ("AWS KMS backend"); ``no_region`` is
+    the message when no region is configured."""
+    boto3 = _boto3(f"the {what}")
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
+
+    check_client_options(max_attempts, connect_timeout, read_timeout)
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    try:
+        session = boto3.session.Session(profile_name=profile, region_name=region)
+        if not session.region_name:
+            raise ConfigurationError(no_region)
+        client = session.client(service, endpoint_url=endpoint_url, config=config)
+    except BotoCoreError as exc:
+        error = ConfigurationError(f"cannot build the {what}'s client ({type(exc).__name__})")
+    else:
+        client.meta.events.register_first(f"needs-retry.{service}", _no_retry_on_tls_failure)
+        return client
+    raise error
+
+
+_NUMBERS = {
+    "max_attempts": int,
+    "pending_window_days": int,
+    "connect_timeout": float,
+    "read_timeout": float,
+}
+
+
+def aws_url_params(
+    query: str, known: frozenset[str], *, what: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters of an AWS URL's query (each ``known``, given once, not empty; names that
+    look like credentials refused): ``region``, ``endpoint_url`` and ``profile`` (None when not
+    given), and the numeric ones, converted."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ConfigurationError(f"the query of the {what} URL is malformed") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if _CREDENTIAL_PARAMS.search(name):
+            raise ConfigurationError(
+                f"credentials never go in the {what} URL: use the environment, a profile or an "
+                "IAM role"
+            )
+        if name not in known:
+            raise ConfigurationError(f"unknown {what} URL parameter {name!r}")
+        if name in params:
+            raise ConfigurationError(f"{what} URL parameter {name!r} is given twice")
+        if not value:
+            raise ConfigurationError(f"{what} URL parameter {name!r} is empty")
+        params[name] = value
+    options: dict[str, Any] = {}
+    for name, convert in _NUMBERS.items():
+        if name in params:
+            try:
+                options[name] = convert(params[name])
+            except ValueError:
+                raise ConfigurationError(f"{what} URL parameter {name!r} is not a number") from None
+    return {name: params.get(name) for name in ("region", "endpoint_url", "profile")}, options
 
 
 def _is_loopback(host: str) -> bool:
