@@ -37,9 +37,11 @@ LAYERS = {
 }
 
 # Inside the key ring, the parts build on each other one way: epochs <- heads, leases, blind
-# indexes, rotation <- the ring <- the package's re-exports.
+# indexes, rotation <- the ring <- the package's re-exports; the invalidation channel needs the
+# options only, and the ring uses it.
 KEYRING_ORDER = {
     "_options": 0,
+    "_channel": 1,
     "_epochs": 1,
     "_heads": 2,
     "_leases": 2,
@@ -316,6 +318,7 @@ VAULT_PUBLIC = {
     "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads", "warm",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
+    "propagation_bound", "propagation_interval",
     # the settings, assignable as they were
     "cache_ttl", "kms_grace_period", "epoch_rotation_period",
     "backup_retention", "nonce_budget",
