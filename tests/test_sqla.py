@@ -16,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from ccvault import ConfigurationError, DecryptionError, SubjectShreddedError, Vault
+from ccvault.keyring._channel import POLL_SHARE
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED, Encrypted, StatementRefused
 from ccvault.testing import ephemeral_vault
@@ -467,7 +468,7 @@ def test_cold_reads_load_keys_in_batches(
     vault: Vault, kms: LocalKms, db_url: str, app: sa.Engine
 ) -> None:
     """Cold keys load 500 per statement. The invalidation channel's polls (one statement each,
-    at most one per 0.9 propagation interval while keys are in use) are counted apart."""
+    at most one per POLL_SHARE propagation interval while keys are in use) are counted apart."""
     n = 10_000  # rows of as many customers: the issue's figure is at most 100 round trips
     with Session(app) as s:
         s.execute(insert(Customer), [{"name": f"c{i}", "phone": str(i)} for i in range(n)])
@@ -493,7 +494,8 @@ def test_cold_reads_load_keys_in_batches(
         cold.close()
         engine.dispose()
         polls = [st for st in statements if "ccvault_invalidations" in st]
-        assert len(polls) <= elapsed / (0.9 * cold.propagation_interval) + 1, (polls, elapsed)
+        period = POLL_SHARE * cold.propagation_interval
+        assert len(polls) <= elapsed / period + 1, (polls, elapsed)
         return [st for st in statements if st not in polls], len(polls), elapsed
 
     loads, _, _ = cold_read(None)

@@ -25,7 +25,7 @@ __all__ = ["POLL_SHARE", "Invalidations", "StoreRestored", "StoreRestoredHooks"]
 
 log = logging.getLogger("ccvault")
 
-POLL_SHARE: Final = 0.9
+POLL_SHARE: Final = 0.8
 """Polls start every ``POLL_SHARE * propagation_interval``: the rest of the interval is left for
 the poll's own round trip and the batch it guards, so that a shred committed just after a poll
 began is still honoured within the interval."""
