@@ -1,5 +1,5 @@
-"""The children of tests/test_propagation.py and benchmarks/bench_propagation.py: a warm reader or
-writer in a process of its own, on a real clock, that reports when a shred reached it.
+"""The children of tests/test_propagation.py: a warm reader, writer or watcher in a process of
+its own, on a real clock, that reports when a shred (or a restore) reached it.
 
 Each child opens a vault (``cache_ttl`` 60 s, so only the invalidation channel can make it stop
 serving a key), warms the subject's key, waits for its listener where it has one, says

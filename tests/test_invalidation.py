@@ -27,6 +27,7 @@ from ccvault.keystore._schema import build_metadata
 from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED
+from conftest import run_sql
 from sqla_models import Base, Customer
 
 CTX = "customers.phone"
@@ -67,16 +68,6 @@ def _rows(url: str) -> list[Any]:
         engine.dispose()
 
 
-def _sql(url: str, *statements: Any) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(statement)
-    finally:
-        engine.dispose()
-
-
 def _warm(reader: Vault, subject: uuid.UUID) -> bytes:
     blob = reader.encrypt(subject, b"+1 555 0100", context=CTX)
     assert reader.decrypt(blob, context=CTX) == b"+1 555 0100"  # the read key is cached
@@ -105,9 +96,9 @@ def test_a_lost_counter_row_never_hands_out_a_seq_twice(
     """The counter row is where writers queue; the seq also never falls behind the table."""
     shredder, _ = pair
     shredder.shred(uuid.uuid4())
-    _sql(db_url, sa.delete(META).where(META.c.name == "invalidation_seq"))
+    run_sql(db_url, sa.delete(META).where(META.c.name == "invalidation_seq"))
     shredder.shred(uuid.uuid4())
-    _sql(db_url, sa.update(META).where(META.c.name == "invalidation_seq").values(value="x1"))
+    run_sql(db_url, sa.update(META).where(META.c.name == "invalidation_seq").values(value="x1"))
     shredder.shred(uuid.uuid4())
     assert [r.seq for r in _rows(db_url)] == [1, 2, 3]
 
@@ -275,9 +266,9 @@ def test_a_channel_that_went_backwards_drops_every_key_and_runs_the_hooks(
     restored: list[int] = []
     reader._ring.store_restored.add(lambda: restored.append(len(reader._ring._read_keys)))
     if how == "rows deleted":
-        _sql(db_url, sa.delete(INV).where(INV.c.seq == 2))
+        run_sql(db_url, sa.delete(INV).where(INV.c.seq == 2))
     else:
-        _sql(db_url, sa.update(INV).where(INV.c.seq == 2).values(at=INV.c.at + 1))
+        run_sql(db_url, sa.update(INV).where(INV.c.seq == 2).values(at=INV.c.at + 1))
     caplog.set_level(logging.WARNING, logger="ccvault")
     clock.t += STEP
     assert reader.decrypt(blob, context=CTX) == b"+1 555 0100"  # read again, from the store
@@ -302,7 +293,7 @@ def test_a_failing_store_restored_hook_fails_reads_until_it_succeeds(
             raise failures.pop()
 
     reader._ring.store_restored.add(replay)
-    _sql(db_url, sa.delete(INV))
+    run_sql(db_url, sa.delete(INV))
     clock.t += STEP
     for _ in range(2):
         with pytest.raises(RuntimeError, match="ledger unreachable"):
@@ -404,7 +395,7 @@ def test_a_missing_or_damaged_bound_is_refused(
 ) -> None:
     Vault(kms, sqlite_url, listen_url="off").close()
     name = META.c.name == "propagation_bound_seconds"
-    _sql(
+    run_sql(
         sqlite_url,
         sa.delete(META).where(name)
         if value is None

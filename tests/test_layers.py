@@ -41,6 +41,7 @@ LAYERS = {
 # options only, and the ring uses it.
 KEYRING_ORDER = {
     "_options": 0,
+    "_hooks": 0,
     "_channel": 1,
     "_epochs": 1,
     "_heads": 2,

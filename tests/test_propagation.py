@@ -24,7 +24,6 @@ import contextlib
 import multiprocessing as mp
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from ccvault import SubjectShreddedError, Vault
 from ccvault.keystore._listen import APPLICATION_NAME
 from ccvault.keystore._schema import build_metadata
 from ccvault.kms import LocalKms
-from conftest import PG_URL, _server_db
+from conftest import PG_URL
 
 CTX = propagation_child.CTX
 BOUND = 1.0  # the installation's bound (the default), what the tests assert
@@ -49,14 +48,6 @@ def forkserver() -> Any:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["ccvault", "ccvault.vault", "sqlalchemy", "propagation_child"])
     return ctx
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'keys.db'}"
-    else:
-        yield from _server_db(request.param)
 
 
 class Child:
@@ -111,26 +102,26 @@ def _shred(kms: LocalKms, url: str, subject: uuid.UUID) -> float:
 
 
 def test_warm_readers_and_writers_in_other_processes_honour_a_shred_within_the_bound(
-    forkserver: Any, store_url: str, tmp_path: Path
+    forkserver: Any, db_url: str, tmp_path: Path
 ) -> None:
-    kms, key_path = _installation(tmp_path, store_url)
+    kms, key_path = _installation(tmp_path, db_url)
     customer = uuid.uuid4()
-    with Vault(kms, store_url, listen_url="off") as vault:
+    with Vault(kms, db_url, listen_url="off") as vault:
         blob = vault.encrypt(customer, b"+1 555 0100", context=CTX)
-    reader = Child(forkserver, "read", key_path, store_url, customer, blob)
-    writer = Child(forkserver, "write", key_path, store_url, customer, blob)
+    reader = Child(forkserver, "read", key_path, db_url, customer, blob)
+    writer = Child(forkserver, "write", key_path, db_url, customer, blob)
     try:
         reader.expect("ready")
         writer.expect("ready")
         time.sleep(0.3)  # both use their cached keys for a while (and poll)
-        shredded_at = _shred(kms, store_url, customer)
+        shredded_at = _shred(kms, db_url, customer)
         _, read_refused, _ = reader.expect("refused")
         _, write_refused, written = writer.expect("refused")
     finally:
         reader.stop()
         writer.stop()
     delays = {"reader": read_refused - shredded_at, "writer": write_refused - shredded_at}
-    backend = sa.make_url(store_url).get_backend_name()
+    backend = sa.make_url(db_url).get_backend_name()
     how = "NOTIFY or poll" if backend == "postgresql" else "poll"
     print(
         f"\npropagation ({backend}, {how}): "
@@ -140,15 +131,10 @@ def test_warm_readers_and_writers_in_other_processes_honour_a_shred_within_the_b
     )
     assert all(d <= BOUND for d in delays.values()), delays
     assert written, "the writer wrote nothing"
-    with Vault(kms, store_url, listen_url="off") as fresh:
+    with Vault(kms, db_url, listen_url="off") as fresh:
         for value in [blob, *written]:
             with pytest.raises(SubjectShreddedError):
                 fresh.decrypt(value, context=CTX, subject=customer)
-
-
-@pytest.fixture
-def pg_url(tmp_path: Path) -> Iterator[str]:
-    yield from _server_db("postgresql")
 
 
 def test_notify_reaches_a_warm_reader_in_another_process_at_once(
@@ -178,23 +164,6 @@ def test_notify_reaches_a_warm_reader_in_another_process_at_once(
         + " after shred() returned"
     )
     assert all(d <= 1.0 for d in delays), delays
-
-
-@pytest.fixture
-def listen_role() -> Iterator[str]:
-    """A login role for a child's listener, so that the test can forbid its reconnection."""
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    role = f"ccv_listen_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
-    yield role
-    with admin.connect() as conn:
-        conn.execute(
-            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
-            {"r": role},
-        )
-        conn.exec_driver_sql(f"DROP ROLE {role}")
-    admin.dispose()
 
 
 def test_a_killed_listener_falls_back_to_the_poll(
@@ -259,20 +228,20 @@ def _restore(url: str, tmp_path: Path) -> None:
 
 
 def test_a_restore_under_a_running_process_is_noticed(
-    forkserver: Any, store_url: str, tmp_path: Path
+    forkserver: Any, db_url: str, tmp_path: Path
 ) -> None:
-    kms, key_path = _installation(tmp_path, store_url)
+    kms, key_path = _installation(tmp_path, db_url)
     kept, gone = uuid.uuid4(), uuid.uuid4()
-    with Vault(kms, store_url, listen_url="off") as vault:
+    with Vault(kms, db_url, listen_url="off") as vault:
         blob = vault.encrypt(kept, b"kept", context=CTX)
         vault.encrypt(gone, b"gone", context=CTX)
-    _snapshot(store_url, tmp_path)
-    watcher = Child(forkserver, "watch", key_path, store_url, kept, blob)
+    _snapshot(db_url, tmp_path)
+    watcher = Child(forkserver, "watch", key_path, db_url, kept, blob)
     try:
         watcher.expect("ready")
-        _shred(kms, store_url, gone)
+        _shred(kms, db_url, gone)
         assert watcher.expect("seen", timeout=5)[1] == 1
-        _restore(store_url, tmp_path)
+        _restore(db_url, tmp_path)
         restored_at = time.monotonic()
         _, noticed, cached = watcher.expect("restored", timeout=5)
     finally:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
 from ..errors import KeyStoreError
 from ..keystore._protocol import KeyStore, Listening
 from ..keystore._records import Invalidation
+from ._hooks import Hooks
 from ._options import Installation, VaultOptions
 
 __all__ = ["POLL_SHARE", "Invalidations", "StoreRestored", "StoreRestoredHooks"]
@@ -39,31 +40,10 @@ that the key store went backwards (restored from a backup under a running proces
 replay plugs in here; a hook that raises makes reads raise until it succeeds."""
 
 
-class StoreRestoredHooks:
-    """The registry of store-restored hooks (``add``/``remove``), run in the order added."""
+class StoreRestoredHooks(Hooks[StoreRestored]):
+    """The registry of store-restored hooks, run in the order added."""
 
-    __slots__ = ("_hooks", "_lock")
-
-    def __init__(self) -> None:
-        self._hooks: list[StoreRestored] = []
-        self._lock = threading.Lock()
-
-    def add(self, hook: StoreRestored) -> None:
-        with self._lock:
-            self._hooks.append(hook)
-
-    def remove(self, hook: StoreRestored) -> None:
-        """Remove ``hook``; one that is not registered is ignored."""
-        with self._lock:
-            if hook in self._hooks:
-                self._hooks.remove(hook)
-
-    def __iter__(self) -> Iterator[StoreRestored]:
-        with self._lock:
-            return iter(list(self._hooks))
-
-    def __len__(self) -> int:
-        return len(self._hooks)
+    __slots__ = ()
 
 
 class Invalidations:

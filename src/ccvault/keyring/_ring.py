@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Final, cast
 
 from .._secret import SecretKey
@@ -30,6 +30,7 @@ from ._blind import BlindIndexes
 from ._channel import Invalidations, StoreRestoredHooks
 from ._epochs import NO_REF, Epochs
 from ._heads import HEADLESS, Heads
+from ._hooks import Hooks
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
 
@@ -61,33 +62,11 @@ class Tombstone:
         return "<shredded>"
 
 
-class AfterShredHooks:
-    """The registry of after-shred hooks (``add``/``remove``, as SQLAlchemy's event registry):
-    integrations register what they must clear of a subject after a shred; the erasure part
-    runs them in the order they were added."""
+class AfterShredHooks(Hooks[AfterShred]):
+    """The registry of after-shred hooks: integrations register what they must clear of a
+    subject after a shred; the erasure part runs them in the order they were added."""
 
-    __slots__ = ("_hooks", "_lock")
-
-    def __init__(self) -> None:
-        self._hooks: list[AfterShred] = []
-        self._lock = threading.Lock()
-
-    def add(self, hook: AfterShred) -> None:
-        with self._lock:
-            self._hooks.append(hook)
-
-    def remove(self, hook: AfterShred) -> None:
-        """Remove ``hook``; one that is not registered is ignored."""
-        with self._lock:
-            if hook in self._hooks:
-                self._hooks.remove(hook)
-
-    def __iter__(self) -> Iterator[AfterShred]:
-        with self._lock:
-            return iter(list(self._hooks))
-
-    def __len__(self) -> int:
-        return len(self._hooks)
+    __slots__ = ()
 
 
 class KeyRing:
