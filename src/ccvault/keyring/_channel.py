@@ -194,7 +194,9 @@ class Invalidations:
 
         self._listener = self._store.listen(self._installation.id, notified, url=url)
         if self._listener is not None:
-            weakref.finalize(self, self._listener.stop)
+            # Collected without close(): stop it. At interpreter exit the daemon thread simply
+            # ends with the process.
+            weakref.finalize(self, self._listener.stop).atexit = False
 
     def notified(self, can_poll: bool) -> None:
         """The listener saw a new row (or reconnected): poll now where this thread may read

@@ -32,6 +32,7 @@ _CONNECT_TIMEOUT_S = 5
 _IDLE_CHECK_S = 30.0  # a connection silent this long is checked (SELECT 1): a dead one reconnects
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
+_STOP_WAIT_S = 1.0
 _MIN_GAP_S = 0.05  # notifications within this gap are handled together: one poll, not one each
 
 
@@ -109,7 +110,9 @@ class Listener:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=_CONNECT_TIMEOUT_S + 1)
+            # A thread in the middle of a connection attempt ends when it gives up; close()
+            # does not wait that long (the thread is a daemon, its connection is its own).
+            self._thread.join(timeout=_STOP_WAIT_S)
         for sock in (self._wake_r, self._wake_w):
             sock.close()
 
