@@ -152,6 +152,26 @@ REQUIRED: tuple[Figure, ...] = (
         for backend, label in _KMS_BACKENDS[1:]
         for phase, doing in (("read", "reading"), ("write", "writing"))
     ),
+    _f(
+        "propagation_poll_ms_p50_sqlite",
+        "ms",
+        "propagation",
+        "shred() returned -> a warm reader in another process refuses the value: the poll "
+        "(installation bound 1 s, SQLite key store)",
+    ),
+    _f(
+        "propagation_poll_ms_p50_postgres",
+        "ms",
+        "propagation",
+        "as propagation_poll_ms_p50_sqlite, PostgreSQL key store with the listener off",
+    ),
+    _f(
+        "propagation_notify_ms_p50_postgres",
+        "ms",
+        "propagation",
+        "the same delay through the listener's LISTEN/NOTIFY alone (installation bound 30 s, "
+        "PostgreSQL)",
+    ),
     _f("stream_encrypt_gbps", "GB/s", "", "streaming encryption throughput"),
     _f("stream_rss_growth_mib", "MiB", "", "resident memory growth while streaming"),
     _f("retention_expire_1m_s", "s", "", "expiring a retention period over 1,000,000 values"),
@@ -301,6 +321,16 @@ EXTRA: tuple[Figure, ...] = (
         "shred",
         "baseline: a one-row UPDATE transaction on the same 1M key store",
     ),
+    *(
+        _f(
+            f"propagation_{kind}_ms_max_{db}",
+            "ms",
+            "propagation",
+            f"the longest of the propagation_{kind}_ms_p50_{db} samples (the bound is 1 s for "
+            "the poll)",
+        )
+        for kind, db in (("poll", "sqlite"), ("poll", "postgres"), ("notify", "postgres"))
+    ),
     _f(
         "shred_ms_p50_10k_warm_cache",
         "ms",
@@ -335,6 +365,7 @@ BENCHES: tuple[str, ...] = (
     "cold",
     "orm",
     "kms",
+    "propagation",
     "shred",
 )  # shred last: it fills the time left
 

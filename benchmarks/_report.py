@@ -52,6 +52,8 @@ def _workloads(results: dict[str, Any]) -> str:
             f"ORM: {results['orm_rows']:,} rows, {results.get('orm_repeats')} repeats, "
             f"{results.get('orm_lookups_per_repeat')} lookups a repeat"
         )
+    if "propagation_samples" in results:
+        parts.append(f"propagation: {results['propagation_samples']} shreds per configuration")
     if "shred_samples" in results:
         parts.append(
             f"shred: {results['shred_samples']} shreds per key store, large key store of "

@@ -80,6 +80,50 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database URL on PostgreSQL only (LISTEN/NOTIFY)."""
+    yield from _server_db("postgresql")
+
+
+@pytest.fixture
+def listen_role() -> Iterator[str]:
+    """A PostgreSQL login role of its own, for a listener's ``listen_url``: a test may forbid it
+    to log in (``ALTER ROLE … NOLOGIN``) to keep a killed listener from reconnecting."""
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    role = f"ccv_listen_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        _unavailable("PostgreSQL on 127.0.0.1:5432", exc)
+    try:
+        yield role
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"
+                ),
+                {"r": role},
+            )
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
+
+
+def run_sql(url: str, *statements: Any) -> None:
+    """Run ``statements`` in one transaction behind ccvault's back (what an insider, or a
+    restore of single rows, does to the key store)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(statement)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'keys.db'}"
 

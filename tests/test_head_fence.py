@@ -30,6 +30,7 @@ from ccvault.keystore._schema import build_metadata
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED
 from ccvault.vault import FENCE_BREAKS
+from conftest import run_sql
 
 CTX = "customers.phone"
 VECTORS = Path(__file__).parent / "vectors" / "heads_v1.json"
@@ -42,17 +43,6 @@ def _flip(blob: bytes, bit: int) -> bytes:
     out = bytearray(blob)
     out[bit // 8] ^= 0x80 >> (bit % 8)
     return bytes(out)
-
-
-def _sql(url: str, *statements: Any) -> None:
-    """What an insider (or a restore of single rows) does to the key store, bypassing ccvault."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(statement)
-    finally:
-        engine.dispose()
 
 
 def _rows(url: str, table: sa.Table, ref: bytes) -> list[dict[str, Any]]:
@@ -151,7 +141,7 @@ def test_a_bit_flip_in_a_shredded_heads_ref_gives_the_subject_no_new_key(
             vault.shred(s)
         refs = [vault.subject_ref(s) for s in subjects]
     for ref, bit in zip(refs, (0, 131, 255), strict=True):  # first, middle and last bit
-        _sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(ref=_flip(ref, bit)))
+        run_sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(ref=_flip(ref, bit)))
     caplog.set_level(logging.ERROR, logger="ccvault")
     fresh = reopen()
     for s in subjects:
@@ -182,7 +172,7 @@ def test_a_deleted_head_with_tombstones_gets_no_new_key(
         vault.shred(subject)
         ref = vault.subject_ref(subject)
     assert [k["state"] for k in _rows(db_url, KEYS, ref)] == ["destroyed"]  # the tombstone
-    _sql(db_url, sa.delete(HEADS).where(HEADS.c.ref == ref))
+    run_sql(db_url, sa.delete(HEADS).where(HEADS.c.ref == ref))
     caplog.set_level(logging.ERROR, logger="ccvault")
     fresh = reopen()
     _assert_fenced(fresh, subject, db_url, caplog)
@@ -207,7 +197,7 @@ def test_a_head_flipped_from_shredded_to_active_fails_its_mac(
         for s in (known, never_seen):
             vault.shred(s)
         refs = [vault.subject_ref(s) for s in (known, never_seen)]
-    _sql(
+    run_sql(
         db_url,
         sa.update(HEADS)
         .where(HEADS.c.ref.in_(refs))
@@ -236,7 +226,7 @@ def test_a_head_restored_from_a_backup_over_a_shred_is_refused(
         ref = vault.subject_ref(subject)
         (before,) = _rows(db_url, HEADS, ref)
         vault.shred(subject)
-    _sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(**before))
+    run_sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(**before))
     caplog.set_level(logging.ERROR, logger="ccvault")
     fresh = reopen()
     _assert_fenced(fresh, subject, db_url, caplog)
@@ -270,7 +260,9 @@ def test_an_altered_active_head_fails_closed(
         ref = vault.subject_ref(subject)
         (head,) = _rows(db_url, HEADS, ref)
         (head["other_mac"],) = (h["mac"] for h in _rows(db_url, HEADS, vault.subject_ref(other)))
-    _sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(**ALTERATIONS[alteration](head)))
+    run_sql(
+        db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(**ALTERATIONS[alteration](head))
+    )
     caplog.set_level(logging.ERROR, logger="ccvault")
     fresh = reopen()
     with pytest.raises(SubjectShreddedError):
@@ -285,7 +277,7 @@ def test_a_shred_restores_the_mac_of_a_shredded_head(kms: LocalKms, db_url: str)
     with Vault(kms, db_url) as vault:
         receipt = vault.shred(subject)
         ref = vault.subject_ref(subject)
-        _sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(mac=None))
+        run_sql(db_url, sa.update(HEADS).where(HEADS.c.ref == ref).values(mac=None))
         assert vault.verify_heads().counts["unauthenticated"] == 1
         assert vault.is_shredded(subject)
         assert vault.shred(subject) == receipt  # the stored receipt, and the MAC written again
@@ -342,7 +334,7 @@ def test_a_restored_destroyed_key_row_reads_as_shredded(
     ]
     if head == "deleted":
         statements.append(sa.delete(HEADS).where(HEADS.c.ref == ref))
-    _sql(db_url, *statements)
+    run_sql(db_url, *statements)
     caplog.set_level(logging.ERROR, logger="ccvault")
 
     fresh, engine = fresh_app(False)
@@ -372,7 +364,7 @@ def test_a_tampered_key_row_without_a_head_is_unreadable_not_shredded(
     with Vault(kms, db_url) as vault:
         blob = vault.encrypt(subject, b"x", context=CTX)
         ref = vault.subject_ref(subject)
-    _sql(db_url, sa.update(KEYS).where(KEYS.c.ref == ref).values(ref=_flip(ref, 9)))
+    run_sql(db_url, sa.update(KEYS).where(KEYS.c.ref == ref).values(ref=_flip(ref, 9)))
     with pytest.raises(DecryptionError) as caught:
         reopen().decrypt(blob, context=CTX)
     assert not isinstance(caught.value, SubjectShreddedError)
@@ -428,7 +420,7 @@ def test_cli_verify_heads(
         ref = vault.subject_ref(subject)
     report = run(capsys, "verify-heads")
     assert (report["heads"], report["ok"], report["unauthenticated"]["count"]) == (2, True, 0)
-    _sql(url, sa.update(HEADS).where(HEADS.c.ref == ref).values(state="shredded"))
+    run_sql(url, sa.update(HEADS).where(HEADS.c.ref == ref).values(state="shredded"))
     assert main(["verify-heads"]) == 3
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False

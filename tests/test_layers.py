@@ -37,9 +37,12 @@ LAYERS = {
 }
 
 # Inside the key ring, the parts build on each other one way: epochs <- heads, leases, blind
-# indexes, rotation <- the ring <- values (decrypt, decrypt_many) <- the package's re-exports.
+# indexes, rotation <- the ring <- values (decrypt, decrypt_many) <- the package's re-exports;
+# the invalidation channel needs the options only, and the ring uses it.
 KEYRING_ORDER = {
     "_options": 0,
+    "_hooks": 0,
+    "_channel": 1,
     "_epochs": 1,
     "_heads": 2,
     "_leases": 2,
@@ -321,6 +324,7 @@ VAULT_PUBLIC = {
     "decrypt_many",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
+    "propagation_bound", "propagation_interval",
     # the settings, assignable as they were
     "cache_ttl", "kms_grace_period", "epoch_rotation_period",
     "backup_retention", "nonce_budget",

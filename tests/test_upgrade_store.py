@@ -1,11 +1,13 @@
-"""Key-store schema versions (DESIGN.md, lifecycle rule 1) and the upgrade from schema 1 to 2.
+"""Key-store schema versions (DESIGN.md, lifecycle rule 1) and the upgrades from schemas 1 and 2.
 
 A store newer than the library is refused; an older one is refused too, read-write and
 read-only, until ``ccvault upgrade-store`` / ``Vault.upgrade_store`` brings it up: explicitly,
 idempotently, resumably after a crash, and safely from two processes at once. A store "of
 schema 1" here is a fresh store taken back to what a library of schema 1 leaves: no
 ``subject_heads.mac`` column, no head-MAC key, no version-0 tombstones, ``schema_version = 1``
-(the frozen SQLite store of a real schema-1 library is tests/test_frozen_store.py).
+(the frozen SQLite store of a real schema-1 library is tests/test_frozen_store.py). A store "of
+schema 2" is one without the invalidation channel (schema 3): no ``ccvault_invalidations``
+table, no propagation bound or channel counter in ``ccvault_meta``, ``schema_version = 2``.
 """
 
 from __future__ import annotations
@@ -38,9 +40,23 @@ from ccvault.vault import StoreUpgrade
 CTX = "customers.phone"
 _MD = build_metadata()
 HEADS, KEYS, META = (_MD.tables[f"ccvault_{t}"] for t in ("subject_heads", "keys", "meta"))
+SCHEMA_3_META = ("propagation_bound_seconds", "invalidation_seq")
+
+
+def _as_schema_2(url: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(META).where(META.c.name.in_(SCHEMA_3_META)))
+            conn.execute(sa.update(META).where(META.c.name == "schema_version").values(value="2"))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE ccvault_invalidations")
+    finally:
+        engine.dispose()
 
 
 def _as_schema_1(url: str) -> None:
+    _as_schema_2(url)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -66,6 +82,30 @@ def _schema(url: str) -> tuple[str | None, bool]:
     return version, "mac" in columns
 
 
+def _channel(url: str) -> tuple[bool, dict[str, str], list[tuple[int, str]]]:
+    """(whether the invalidation table exists, the schema-3 meta rows, its (seq, kind) rows)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            present = sa.inspect(conn).has_table("ccvault_invalidations")
+            meta = dict(
+                conn.execute(
+                    sa.select(META.c.name, META.c.value).where(META.c.name.in_(SCHEMA_3_META))
+                ).all()
+            )
+            rows = (
+                [
+                    (r.seq, r.kind)
+                    for r in conn.execute(sa.text("SELECT seq, kind FROM ccvault_invalidations"))
+                ]
+                if present
+                else []
+            )
+    finally:
+        engine.dispose()
+    return present, meta, sorted(rows)
+
+
 def _set_version(url: str, value: str | None) -> None:
     engine = sa.create_engine(url)
     try:
@@ -87,9 +127,14 @@ def _refused(kms: LocalKms, url: str, match: str) -> None:
 
 
 def test_a_new_installation_is_created_at_the_current_schema(db_url: str) -> None:
-    with Vault(LocalKms.ephemeral(), db_url):
+    with Vault(LocalKms.ephemeral(), db_url, propagation_interval=0.5):
         pass
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
+    assert _channel(db_url) == (
+        True,
+        {"propagation_bound_seconds": "0.5", "invalidation_seq": "0"},
+        [],
+    )
 
 
 def test_a_store_older_than_schema_versions_is_schema_1(db_url: str) -> None:
@@ -105,13 +150,13 @@ def test_a_store_older_than_schema_versions_is_schema_1(db_url: str) -> None:
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
 
 
-@pytest.mark.parametrize("stored", ["3", "99", "two"])
+@pytest.mark.parametrize("stored", ["4", "99", "two"])
 def test_a_newer_or_unknown_schema_is_refused(db_url: str, stored: str) -> None:
     kms = LocalKms.ephemeral()
     with Vault(kms, db_url):
         pass
     _set_version(db_url, stored)
-    match = r"schema version 3\w*, newer" if stored.isdigit() else "not a number"
+    match = r"schema version 4\w*, newer" if stored.isdigit() else "not a number"
     if stored == "99":
         match = "schema version 99, newer than this ccvault knows .* never downgraded"
     _refused(kms, db_url, match)
@@ -130,7 +175,7 @@ def test_the_upgrade_from_schema_1(db_url: str, caplog: pytest.LogCaptureFixture
         receipts = [old.shred(bob), old.shred(never)]
         never_ref = old.subject_ref(never)
     _as_schema_1(db_url)
-    _refused(kms, db_url, r"schema version 1, older than this ccvault's \(2\): run `ccvault")
+    _refused(kms, db_url, r"schema version 1, older than this ccvault's \(3\): run `ccvault")
     assert _schema(db_url) == ("1", False)  # a refused open changes nothing
     with pytest.raises(ConfigurationError, match="not read-only"):
         Vault.upgrade_store(kms, db_url, readonly=True)
@@ -140,6 +185,10 @@ def test_the_upgrade_from_schema_1(db_url: str, caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.WARNING, logger="ccvault")
     assert Vault.upgrade_store(kms, db_url) == StoreUpgrade(1, SCHEMA_VERSION, 3, 1)
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
+    assert _channel(db_url)[:2] == (
+        True,
+        {"propagation_bound_seconds": "1.0", "invalidation_seq": "0"},
+    )
     with Vault(kms, db_url) as vault:
         assert vault.verify_heads().ok
         assert vault.decrypt(kept, context=CTX, subject=alice) == b"+1 555 0100"
@@ -211,7 +260,7 @@ def test_two_upgrades_at_once(db_url: str) -> None:
 
     with ThreadPoolExecutor(2) as pool:
         results = [f.result(timeout=120) for f in [pool.submit(upgrade) for _ in range(2)]]
-    assert {(r.from_version, r.to_version) for r in results} <= {(1, 2), (2, 2)}
+    assert {(r.from_version, r.to_version) for r in results} <= {(1, 3), (3, 3)}
     assert sum(r.heads_authenticated for r in results) == 300
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
     with Vault(kms, db_url) as vault:
@@ -272,3 +321,62 @@ def test_cli_upgrade_store(
     assert run(capsys, "upgrade-store")["heads_authenticated"] == 0
     assert run(capsys, "verify-heads")["ok"] is True
     assert run(capsys, "status")["active_epoch"] == 1
+
+
+def test_the_upgrade_from_schema_2(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Schema 2 to 3 adds the invalidation channel and records the propagation bound; a
+    store of schema 2 is refused until then, read-write and read-only, unchanged."""
+    kms = LocalKms.ephemeral()
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    with Vault(kms, db_url) as old:
+        kept = old.encrypt(alice, b"+1 555 0100", context=CTX)
+        erased = old.encrypt(bob, b"+1 555 0199", context=CTX)
+        receipt = old.shred(bob)
+    _as_schema_2(db_url)
+    _refused(kms, db_url, r"schema version 2, older than this ccvault's \(3\): run `ccvault")
+    assert _schema(db_url) == ("2", True)
+    assert _channel(db_url) == (False, {}, [])  # a refused open changes nothing
+    caplog.set_level(logging.WARNING, logger="ccvault")
+    assert Vault.upgrade_store(kms, db_url, propagation_interval=2.0) == StoreUpgrade(
+        2, SCHEMA_VERSION, 0, 0
+    )
+    assert _channel(db_url) == (
+        True,
+        {"propagation_bound_seconds": "2.0", "invalidation_seq": "0"},
+        [],
+    )
+    with Vault(kms, db_url) as vault:
+        assert vault.propagation_bound == 2.0
+        assert vault.decrypt(kept, context=CTX, subject=alice) == b"+1 555 0100"
+        with pytest.raises(SubjectShreddedError):
+            vault.decrypt(erased, context=CTX)
+        assert vault.shred(bob) == receipt
+        assert vault.shred(alice).propagation_bound_seconds == 2.0
+    assert _channel(db_url)[2] == [(1, "shred")]
+    assert Vault.upgrade_store(kms, db_url) == StoreUpgrade(SCHEMA_VERSION, SCHEMA_VERSION, 0, 0)
+    assert _channel(db_url)[1]["propagation_bound_seconds"] == "2.0"  # never overwritten
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_two_upgrades_from_schema_2_at_once(db_url: str) -> None:
+    kms = LocalKms.ephemeral()
+    with Vault(kms, db_url) as old:
+        old.warm([uuid.uuid4() for _ in range(10)])
+    _as_schema_2(db_url)
+    start = threading.Barrier(2)
+
+    def upgrade(interval: float) -> StoreUpgrade:
+        start.wait(10)
+        return Vault.upgrade_store(kms, db_url, propagation_interval=interval)
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(upgrade, interval) for interval in (1.0, 2.0)]
+        results = [f.result(timeout=120) for f in futures]
+    assert {(r.from_version, r.to_version) for r in results} <= {(2, 3), (3, 3)}
+    present, meta, _ = _channel(db_url)
+    assert present
+    assert meta["propagation_bound_seconds"] in ("1.0", "2.0")  # one of them, recorded once
+    with Vault(kms, db_url) as vault:
+        assert vault.propagation_bound == float(meta["propagation_bound_seconds"])
+        vault.shred(uuid.uuid4())
+    assert _channel(db_url)[2] == [(1, "shred")]

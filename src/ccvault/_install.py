@@ -6,6 +6,7 @@ Must not create keys or epochs: the vault's parts do, once the store is known to
 from __future__ import annotations
 
 import contextvars
+import math
 from pathlib import Path
 from typing import Final
 
@@ -14,15 +15,17 @@ from sqlalchemy.engine import Engine
 from .crypto._subject import SubjectType
 from .errors import ConfigurationError, KeyStoreError
 from .keystore._protocol import KeyStore
-from .keystore._schema import SCHEMA_VERSION
+from .keystore._schema import INVALIDATION_SEQ, PROPAGATION_BOUND, SCHEMA_VERSION
 from .keystore._sql import SqlKeyStore
 from .kms._protocol import Kms
 
 __all__ = [
     "UPGRADING",
+    "check_propagation",
     "check_schema",
     "embedded_kms",
     "existing_installation",
+    "installation_facts",
     "is_async_engine",
     "parse_installation",
 ]
@@ -81,6 +84,45 @@ def check_schema(store: KeyStore, *, upgrading: bool) -> None:
             f"({SCHEMA_VERSION}): run `ccvault upgrade-store` (Vault.upgrade_store) once, then "
             "open it (docs/operations.md, 'Upgrading the key store')"
         )
+
+
+def installation_facts(propagation_interval: float) -> dict[str, str]:
+    """The ``ccvault_meta`` rows a new installation (or ``upgrade-store``) records beside its id:
+    the propagation bound (this process's interval) and the invalidation channel's counter."""
+    return {PROPAGATION_BOUND: repr(float(propagation_interval)), INVALIDATION_SEQ: "0"}
+
+
+def check_propagation(store: KeyStore, interval: float, *, upgrading: bool) -> float:
+    """The installation's propagation bound (seconds), recorded at its creation; a process that
+    would poll less often than that is refused. While upgrading a store that records none yet,
+    ``interval`` (the upgrade records it)."""
+    value = store.meta(PROPAGATION_BOUND).get(PROPAGATION_BOUND)
+    where = _where(store)
+    if value is None:
+        if upgrading:
+            return interval
+        raise ConfigurationError(
+            f"the key store at {where} records no propagation bound (ccvault_meta."
+            f"{PROPAGATION_BOUND}): the row was deleted; `ccvault upgrade-store` records it again"
+        )
+    try:
+        bound = float(value)
+    except ValueError:
+        bound = math.nan
+    if not math.isfinite(bound) or bound <= 0:
+        raise ConfigurationError(
+            f"the key store at {where} records a propagation bound that is not a positive "
+            f"number of seconds (ccvault_meta.{PROPAGATION_BOUND} = {value[:20]!r})"
+        )
+    if interval > bound:
+        raise ConfigurationError(
+            f"propagation_interval (CCVAULT_PROPAGATION_INTERVAL_SECONDS) is {interval:g} s, "
+            f"longer than the installation's propagation bound of {bound:g} s recorded in the "
+            f"key store at {where}: every process must poll at least that often, or the bound "
+            "receipts state would not hold. Configure at most "
+            f"{bound:g} s (docs/design.md, 'Caches and the shred propagation bound')"
+        )
+    return bound
 
 
 def embedded_kms(home: Path, *, create: bool = True) -> Kms:

@@ -107,8 +107,24 @@ class CcvaultSettings(BaseSettings):
         default=60.0,
         gt=0,
         allow_inf_nan=False,
-        description="how long a process keeps unwrapped keys: the shred propagation bound for "
-        "other processes and the period between KMS unwraps of an epoch key (finite, > 0)",
+        description="how long a process keeps unwrapped keys: the period between KMS unwraps "
+        "of an epoch key, and how long a process cut off from the key store keeps serving "
+        "cached keys (finite, > 0)",
+    )
+    propagation_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="how often a process polls the key store's invalidation channel when it "
+        "uses cached keys: a shred elsewhere reaches it within this bound; a new installation "
+        "records it, and a process configured with more than the recorded bound refuses to "
+        "open (finite, > 0)",
+    )
+    listen_url: str | None = Field(
+        default=None,
+        description="PostgreSQL key store: the URL of the LISTEN connection that makes the "
+        "poll immediate after a shred (a direct DSN when the key store's URL goes through "
+        "PgBouncer in transaction mode); `off`: poll only; unset: the key store's URL",
     )
     kms_grace_seconds: float = Field(
         default=300.0,
@@ -190,8 +206,15 @@ class CcvaultSettings(BaseSettings):
         ledger = None if self.ledger_url is None else mask_ledger_url(self.ledger_url)
         return (
             f"CcvaultSettings(kms_url={_redact(self.kms_url)!r}, "
-            f"keystore_url={keystore!r}, ledger_url={ledger!r}, home={self.home!r})"
+            f"keystore_url={keystore!r}, ledger_url={ledger!r}, home={self.home!r}, "
+            f"listen_url={_listen_repr(self.listen_url)!r})"
         )
+
+
+def _listen_repr(url: str | None) -> str | None:
+    if url is None or url.strip().lower() == "off":
+        return url
+    return mask_url(url)
 
 
 def settings_table() -> str:
@@ -318,6 +341,7 @@ def check_vault_options(
     epoch_rotation_period: object,
     backup_retention: object,
     nonce_budget: object,
+    propagation_interval: object = 1.0,
 ) -> tuple[float, float]:
     """Check the :class:`~ccvault.Vault` constructor's tuning arguments (a ConfigurationError
     naming the argument); returns (cache_ttl, kms_grace_period) as floats.
@@ -327,6 +351,7 @@ def check_vault_options(
     budget between :data:`MIN_NONCE_BUDGET` and :data:`MAX_NONCE_BUDGET`.
     """
     ttl = _real("cache_ttl", cache_ttl, minimum=0.0, inclusive=False)
+    _real("propagation_interval", propagation_interval, minimum=0.0, inclusive=False)
     grace = _real("kms_grace_period", kms_grace_period, minimum=0.0, inclusive=True)
     _whole("cache_max_entries", cache_max_entries, minimum=1)
     _whole("nonce_budget", nonce_budget, minimum=MIN_NONCE_BUDGET, maximum=MAX_NONCE_BUDGET)

@@ -34,9 +34,11 @@ from sqlalchemy.engine import Engine
 
 from ._install import (
     UPGRADING,
+    check_propagation,
     check_schema,
     embedded_kms,
     existing_installation,
+    installation_facts,
     is_async_engine,
     parse_installation,
 )
@@ -105,8 +107,15 @@ class Vault:
     ``kms`` wraps epoch keys; ``keystore`` is a :class:`~ccvault.keystore.KeyStore`, an SQLAlchemy
     ``Engine`` or a URL. ``subject_type`` declares the installation's subject type on first use
     (``"uuid"`` when not given) and must match what the key store recorded afterwards.
-    ``cache_ttl`` bounds how long a process keeps unwrapped keys: it is the shred propagation
-    bound for other processes and the period between KMS unwraps of an epoch key.
+    ``cache_ttl`` bounds how long a process keeps unwrapped keys: the period between KMS unwraps
+    of an epoch key, and how long a process cut off from the key store keeps serving cached keys.
+    ``propagation_interval`` (seconds, default 1) is how often the vault polls the key store's
+    invalidation channel when it is about to use cached keys, so that a shred made by another
+    process reaches this one within it; a new installation records it as its propagation bound
+    (what receipts state), and a vault configured with a longer interval than the recorded
+    bound refuses to open. On PostgreSQL a listener (LISTEN/NOTIFY, on a connection of its own:
+    ``listen_url`` for a direct DSN behind PgBouncer, ``"off"`` for none) makes the poll
+    immediate after a shred; the poll stays the guarantee.
     ``kms_grace_period`` (seconds) lets a cached *epoch* key keep serving that much longer while
     the KMS is unavailable (an outage, not a refusal); subject keys and shred fences still expire
     after ``cache_ttl``, so a shred elsewhere is honoured within the same bound during an outage.
@@ -137,6 +146,8 @@ class Vault:
         clock: Callable[[], float] | None = None,
         nonce_budget: int = VAULTWIDE_NONCE_BUDGET,
         readonly: bool = False,
+        propagation_interval: float = 1.0,
+        listen_url: str | None = None,
     ) -> None:
         from ._settings import check_vault_options
 
@@ -149,7 +160,10 @@ class Vault:
             epoch_rotation_period=epoch_rotation_period,
             backup_retention=backup_retention,
             nonce_budget=nonce_budget,
+            propagation_interval=propagation_interval,
         )
+        if listen_url is not None and not isinstance(listen_url, str):
+            raise ConfigurationError("listen_url must be a URL (str), 'off', or None")
         if per_epoch_roots and not kms.supports_root_lifecycle:
             raise ConfigurationError("per_epoch_roots needs a KMS that can create roots")
         self._kms = kms
@@ -164,6 +178,8 @@ class Vault:
             readonly=readonly,
             now=clock or time.time,
             monotonic=clock or time.monotonic,
+            propagation_interval=float(propagation_interval),
+            listen_url=listen_url,
         )
         owned = isinstance(keystore, Engine | str) or is_async_engine(keystore)
         if owned:
@@ -178,9 +194,12 @@ class Vault:
                 installation, stored_type = existing_installation(self._store)
             else:
                 installation, stored_type = self._store.ensure_installation(
-                    uuid.uuid4().hex, proposed
+                    uuid.uuid4().hex, proposed, installation_facts(propagation_interval)
                 )
             check_schema(self._store, upgrading=UPGRADING.get())
+            bound = check_propagation(
+                self._store, self._options.propagation_interval, upgrading=UPGRADING.get()
+            )
         except ConfigurationError:
             if owned:
                 self._store.close()
@@ -190,7 +209,7 @@ class Vault:
                 f"the key store records subject type {stored_type!r}, not {declared.spec!r}"
             )
         raw, parsed_type = parse_installation(installation, stored_type)
-        self._installation = ident = Installation(installation, raw, parsed_type)
+        self._installation = ident = Installation(installation, raw, parsed_type, bound)
         # The parts, each built on the ones before it: epochs ← key ring, rotation ← erasure.
         self._epochs = Epochs(kms, self._store, ident, self._options)
         self._epochs.open()
@@ -213,6 +232,8 @@ class Vault:
             self._options,
             receipt_seed=receipt_seed,
         )
+        if not UPGRADING.get():  # a store being upgraded may have no channel to listen to yet
+            self._ring.invalidations.listen(listen_url)
 
     @safe_repr
     def __repr__(self) -> str:
@@ -225,7 +246,9 @@ class Vault:
         raise TypeError("Vault cannot be pickled: build one per process")
 
     def close(self) -> None:
-        """Drop cached keys and release the key store's own connections."""
+        """Stop the invalidation listener, drop cached keys and release the key store's own
+        connections."""
+        self._ring.invalidations.close()
         self._ring.evict_all()
         self._epochs.clear()
         self._store.close()
@@ -244,13 +267,25 @@ class Vault:
 
     @property
     def cache_ttl(self) -> float:
-        """Seconds a process keeps unwrapped keys: the shred propagation bound for other
-        processes, stated on receipts."""
+        """Seconds a process keeps unwrapped keys: the period between KMS unwraps of an epoch
+        key, and how long a process cut off from the key store keeps serving cached keys."""
         return self._options.cache_ttl
 
     @cache_ttl.setter
     def cache_ttl(self, value: float) -> None:
         self._options.cache_ttl = value
+
+    @property
+    def propagation_interval(self) -> float:
+        """Seconds between this process's polls of the invalidation channel (at most the
+        installation's :attr:`propagation_bound`)."""
+        return self._options.propagation_interval
+
+    @property
+    def propagation_bound(self) -> float:
+        """The installation's propagation bound (seconds), recorded at its creation: a shred
+        reaches every process that can read the key store within it; receipts state it."""
+        return self._installation.propagation_bound
 
     @property
     def kms_grace_period(self) -> float:
@@ -402,6 +437,8 @@ class Vault:
                 backup_retention=timedelta(days=s.backup_retention_days),
                 per_epoch_roots=s.per_epoch_roots,
                 readonly=readonly,
+                propagation_interval=s.propagation_interval_seconds,
+                listen_url=s.listen_url,
             )
         except BaseException:
             if isinstance(keystore, SqlKeyStore):
@@ -701,12 +738,15 @@ class Vault:
 
         Schema 1 to 2: adds ``subject_heads.mac``, creates the installation's head-MAC key and
         authenticates every head as it stands, 500 per transaction (``progress(done, total)``
-        after each), gives each never-seen shredded subject a version-0 tombstone, and then
-        records version 2. Idempotent and resumable: an interrupted run (a crash, Ctrl-C, a
-        second process upgrading at the same time) leaves the version unchanged, and the next
-        run goes on from what is done. Run on a store already at this version, it authenticates
-        the heads a process of an older ccvault wrote since (run it again once the last such
-        process has stopped) and changes nothing else.
+        after each), gives each never-seen shredded subject a version-0 tombstone. Schema 2 to
+        3: creates the invalidation channel (``ccvault_invalidations``) and records the
+        installation's propagation bound — this vault's ``propagation_interval``
+        (``CCVAULT_PROPAGATION_INTERVAL_SECONDS``) — unless one is recorded. Then it records
+        version 3 (a store of schema 1 goes there in one run). Idempotent and resumable: an
+        interrupted run (a crash, Ctrl-C, a second process upgrading at the same time) leaves
+        the version unchanged, and the next run goes on from what is done. Run on a store
+        already at this version, it authenticates the heads a process of an older ccvault wrote
+        since (run it again once the last such process has stopped) and changes nothing else.
         """
         if options.get("readonly"):
             raise ConfigurationError("upgrade_store writes to the key store: not read-only")
@@ -725,7 +765,11 @@ class Vault:
         finally:
             UPGRADING.reset(token)
         with vault:
-            return vault._ring.heads.upgrade(vault._options.now, progress)
+            return vault._ring.heads.upgrade(
+                vault._options.now,
+                progress,
+                installation_facts(vault._options.propagation_interval),
+            )
 
     def verify_heads(self) -> HeadCheck:
         """Check the MAC of every subject head and look for key rows whose ref has no head

@@ -4,6 +4,12 @@ Vectors are frozen: once committed, a change of format must still open them. Re-
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
     python tests/vectors/make_vectors.py values refs store heads journal
+
+``store`` (tests/vectors/store_v1) was made by a library of key-store schema 1, ``store2``
+(tests/vectors/store_v2) by ccvault at commit 0a22d8e, of schema 2, run from that tree::
+
+    git archive 0a22d8e src | tar -x -C /tmp/ccvault-v2
+    PYTHONPATH=/tmp/ccvault-v2/src python tests/vectors/make_vectors.py store2
 """
 
 from __future__ import annotations
@@ -149,12 +155,12 @@ def heads() -> None:
     (HERE / "heads_v1.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
-def store() -> None:
+def store(name: str = "store_v1") -> None:
     """A whole installation: master key file, SQLite key store, and values made through Vault."""
     from ccvault import NO_SUBJECT, Vault
     from ccvault.kms import LocalKms
 
-    target = HERE / "store_v1"
+    target = HERE / name
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     kms = LocalKms.generate(target / "master.key")
@@ -271,4 +277,11 @@ def journal() -> None:
 
 if __name__ == "__main__":
     for what in sys.argv[1:]:
-        {"values": values, "refs": refs, "store": store, "heads": heads, "journal": journal}[what]()
+        {
+            "values": values,
+            "refs": refs,
+            "store": store,
+            "store2": lambda: store("store_v2"),
+            "heads": heads,
+            "journal": journal,
+        }[what]()

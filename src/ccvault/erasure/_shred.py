@@ -191,7 +191,8 @@ class Erasure:
                 if k.state in (State.LIVE, State.QUARANTINED)
             ),
             epoch_seq=epoch.seq,
-            propagation_bound_seconds=self._options.cache_ttl,
+            # the installation's guaranteed bound (the poll), never NOTIFY's typical latency
+            propagation_bound_seconds=self._installation.propagation_bound,
             erasure_horizon=horizon,
             signing_key="",
         )

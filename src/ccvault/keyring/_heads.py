@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -193,11 +193,18 @@ class Heads:
             refs={kind: tuple(r.hex() for r in refs[:_LISTED]) for kind, refs in found.items()},
         )
 
-    def upgrade(self, now: Callable[[], float], progress: Progress | None) -> StoreUpgrade:
+    def upgrade(
+        self,
+        now: Callable[[], float],
+        progress: Progress | None,
+        facts: Mapping[str, str] | None = None,
+    ) -> StoreUpgrade:
         """Bring the store to this library's schema, authenticating every head without a MAC
-        (:meth:`Vault.upgrade_store`)."""
+        and recording the installation ``facts`` it lacks (:meth:`Vault.upgrade_store`)."""
         before = self._store.schema_version() or SCHEMA_VERSION
         self._store.upgrade_schema()
+        for name, value in (facts or {}).items():
+            self._store.put_meta_if_absent(name, value)
         total = sealed = tombstones = 0
         after: bytes | None = None
         while True:

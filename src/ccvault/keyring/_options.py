@@ -34,7 +34,9 @@ class VaultOptions:
     nonce_budget: int
     readonly: bool
     now: Callable[[], float]  # wall clock: receipts, epoch dates
-    monotonic: Callable[[], float]  # cache ages, backoff
+    monotonic: Callable[[], float]  # cache ages, backoff, the invalidation poll
+    propagation_interval: float = 1.0  # seconds between polls of the invalidation channel
+    listen_url: str | None = None  # LISTEN connection's URL (None: the key store's; "off": none)
 
     def writable(self, what: str) -> None:
         """Raise :class:`ConfigurationError` when the vault was opened read-only."""
@@ -46,9 +48,11 @@ class VaultOptions:
 
 @dataclass(frozen=True, slots=True)
 class Installation:
-    """Who the key store belongs to: its id (hex, as stored, and as bytes for associated data)
-    and the subject type recorded at its creation."""
+    """Who the key store belongs to: its id (hex, as stored, and as bytes for associated data),
+    the subject type recorded at its creation, and its propagation bound (seconds: no process
+    polls the invalidation channel less often; receipts state it)."""
 
     id: str
     raw: bytes
     subject_type: SubjectType
+    propagation_bound: float

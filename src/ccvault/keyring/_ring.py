@@ -4,13 +4,16 @@ after-shred hook registry. Must not talk to the KMS (epochs do) nor destroy keys
 
 This is the interface the SQLAlchemy integration uses; its read and write loops bind
 :meth:`KeyRing.lookup`, :meth:`KeyRing.keys` and :meth:`KeyRing.key_for_write` once per batch.
+Each of them (and :meth:`KeyRing.keys_for_write`, :meth:`KeyRing.warm`) first checks the
+invalidation channel (``_channel.py``): a poll when one is due, so that a key cached here is
+never used longer than the installation's propagation bound after a shred elsewhere.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Final, cast
 
 from .._secret import SecretKey
@@ -24,8 +27,10 @@ from ..keystore._cache import TtlCache
 from ..keystore._protocol import KeyStore
 from ..keystore._records import HeadRecord, KeyKind, KeyRecord, State
 from ._blind import BlindIndexes
+from ._channel import Invalidations, StoreRestoredHooks
 from ._epochs import NO_REF, Epochs
 from ._heads import HEADLESS, Heads
+from ._hooks import Hooks
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
 
@@ -57,33 +62,11 @@ class Tombstone:
         return "<shredded>"
 
 
-class AfterShredHooks:
-    """The registry of after-shred hooks (``add``/``remove``, as SQLAlchemy's event registry):
-    integrations register what they must clear of a subject after a shred; the erasure part
-    runs them in the order they were added."""
+class AfterShredHooks(Hooks[AfterShred]):
+    """The registry of after-shred hooks: integrations register what they must clear of a
+    subject after a shred; the erasure part runs them in the order they were added."""
 
-    __slots__ = ("_hooks", "_lock")
-
-    def __init__(self) -> None:
-        self._hooks: list[AfterShred] = []
-        self._lock = threading.Lock()
-
-    def add(self, hook: AfterShred) -> None:
-        with self._lock:
-            self._hooks.append(hook)
-
-    def remove(self, hook: AfterShred) -> None:
-        """Remove ``hook``; one that is not registered is ignored."""
-        with self._lock:
-            if hook in self._hooks:
-                self._hooks.remove(hook)
-
-    def __iter__(self) -> Iterator[AfterShred]:
-        with self._lock:
-            return iter(list(self._hooks))
-
-    def __len__(self) -> int:
-        return len(self._hooks)
+    __slots__ = ()
 
 
 class KeyRing:
@@ -97,7 +80,10 @@ class KeyRing:
     * ``lookup()``/``keys(headers)``: value keys by a value's full header (either suite), warm
       from the cache or resolved in batches, shredded ones as :class:`Tombstone`;
     * ``fence``/``evict_subject``/``evict_all``: what a shred does to this process's caches;
-      ``after_shred``: the hooks a shred runs.
+      ``after_shred``: the hooks a shred runs;
+    * ``invalidations``: the poll of the key store's invalidation channel that evicts what
+      other processes shredded; ``store_restored``: the hooks run when it finds the store
+      restored under this process.
     """
 
     def __init__(
@@ -125,11 +111,22 @@ class KeyRing:
         # still cannot re-cache a key shredded meanwhile.
         self._fenced: TtlCache[bytes, bool] = TtlCache(size, max(ttl, _FENCE_SECONDS), monotonic)
         self._cache_lock = threading.Lock()
+        # Bumped by evict_all: a load that started before it does not cache what it read.
+        self._generation = 0
         self._ref_mac = HmacSha256(ref_key.reveal())
         self.heads = Heads(store, installation.raw, head_key, monotonic)
         self.after_shred = AfterShredHooks()
         self._vaultwide = VaultwideKeys(store, epochs, options, self.value_key)
         self._blind = BlindIndexes(store, epochs, options)
+        self.invalidations = Invalidations(
+            store, installation, options, evict_refs=self._evict_refs, evict_all=self.evict_all
+        )
+        self._check = self.invalidations.check
+
+    @property
+    def store_restored(self) -> StoreRestoredHooks:
+        """The hooks run when the poll finds the key store restored under this process."""
+        return self.invalidations.store_restored
 
     @property
     def subject_type(self) -> SubjectType:
@@ -169,6 +166,7 @@ class KeyRing:
         """The key that seals ``subject``'s values (for integrations that seal many columns of a
         row: look the key up once, then ``key.seal(data, context_lp)`` per column);
         SubjectShreddedError for a shredded subject."""
+        self._check()
         if subject is NO_SUBJECT:
             return self._vaultwide.key(context)
         return self._subject_write_key(self.subject_ref(subject))
@@ -177,6 +175,7 @@ class KeyRing:
         """Write keys of many subjects (creating missing ones in batches), by subject value.
 
         Shredded subjects are left out; wrong subject types raise TypeError."""
+        self._check()
         # Deduplicated by type and value: True == 1 in Python, yet True is no int subject and
         # must reach the type check instead of sharing 1's key.
         unique = list({(type(s), s): s for s in subjects}.values())
@@ -198,6 +197,7 @@ class KeyRing:
     def warm(self, subjects: Iterable[object]) -> int:
         """Load (or create) and cache the keys of many subjects in batches (:meth:`Vault.warm`)."""
         self._options.writable("warm keys (it creates missing ones)")
+        self._check()
         refs = list(dict.fromkeys(self.subject_refs(subjects)))
         ready = 0
         todo = []
@@ -221,6 +221,7 @@ class KeyRing:
 
     def _load_or_create(self, refs: Sequence[bytes]) -> dict[bytes, fmt.ValueKey]:
         """Current keys of ``refs`` (creating missing ones); shredded subjects are left out."""
+        generation = self._generation
         found = self._store.subject_keys(refs)
         records: dict[bytes, KeyRecord] = {}
         for ref, (head, rec) in found.items():
@@ -248,17 +249,20 @@ class KeyRing:
                     records[ref] = usable
         out = {}
         for ref, rec in records.items():
-            key = self.value_key(rec)
+            key = self.value_key(rec, generation)
             with self._cache_lock:
-                if self._fenced.get(ref) is None:
+                if self._fenced.get(ref) is None and generation == self._generation:
                     self._write_keys.put(ref, key)
             out[ref] = key
         return out
 
-    def value_key(self, rec: KeyRecord) -> fmt.ValueKey:
+    def value_key(self, rec: KeyRecord, generation: int | None = None) -> fmt.ValueKey:
         """The value key of a live subject or vault-wide key row, unwrapped once and cached by
-        its header; DecryptionError for a row no value header can name or that does not
+        its header (unless every key was dropped since ``generation``, when the caller read the
+        row); DecryptionError for a row no value header can name or that does not
         authenticate."""
+        if generation is None:
+            generation = self._generation
         if not _names_value_key(rec.key_id, rec.version):
             raise DecryptionError  # a damaged row: no value can name it, none opens under it
         header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
@@ -266,14 +270,16 @@ class KeyRing:
         if isinstance(cached, fmt.ValueKey):
             return cached
         key = self._unwrapped(rec)
-        self._cache_read_key(header, key)
+        self._cache_read_key(header, key, generation)
         return key
 
     # -- keys for reading ------------------------------------------------------------------------
 
     def lookup(self) -> Callable[[bytes], fmt.ValueKey | Tombstone | None]:
-        """Cached keys by a value's full header, for one batch of rows (one clock reading); a
-        miss (cold, expired or unknown) is for :meth:`keys`."""
+        """Cached keys by a value's full header, for one batch of rows (one clock reading for the
+        invalidation check, one for the cache); a miss (cold, expired or unknown) is for
+        :meth:`keys`."""
+        self._check()
         return self._read_keys.getter()
 
     def keys(self, headers: Iterable[bytes]) -> dict[bytes, fmt.ValueKey | Tombstone]:
@@ -286,6 +292,8 @@ class KeyRing:
         :class:`Tombstone`, and so do live subject keys whose subject head (read in the same
         query) is shredded, fails its MAC or is missing.
         """
+        self._check()
+        generation = self._generation
         out: dict[bytes, fmt.ValueKey | Tombstone] = {}
         lookup = self._read_keys.getter()
         missing: dict[tuple[bytes, int], bytes] = {}
@@ -318,7 +326,7 @@ class KeyRing:
                     # backup), a head that fails its MAC, or none: read as shredded.
                     out[header] = self._tombstone(header, rec)
                     continue
-                self._cache_read_key(header, key)
+                self._cache_read_key(header, key, generation)
                 out[header] = key
         return out
 
@@ -326,8 +334,10 @@ class KeyRing:
         material = self._epochs.unwrap_record(rec)
         return fmt.ValueKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or NO_REF)
 
-    def _cache_read_key(self, header: bytes, key: fmt.ValueKey) -> None:
+    def _cache_read_key(self, header: bytes, key: fmt.ValueKey, generation: int) -> None:
         with self._cache_lock:
+            if generation != self._generation:
+                return  # every key was dropped after the caller read this one's row
             if not key.ref or self._fenced.get(key.ref) is None:
                 self._read_keys.put(header, key)
 
@@ -372,8 +382,20 @@ class KeyRing:
                 if _names_value_key(key_id, version):  # no other pair can be a cached header
                     self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
 
+    def _evict_refs(self, refs: set[bytes]) -> None:
+        """What the invalidation poll does with subjects shredded elsewhere: fence each ref and
+        evict its keys (one pass over the read-key cache for all of them)."""
+        with self._cache_lock:
+            for ref in refs:
+                self._fenced.put(ref, True)
+                self._write_keys.pop(ref)
+            self._read_keys.discard_where(lambda _header, key: key.ref in refs)
+
     def evict_all(self) -> None:
-        """Drop every cached ref, key and lease of this process (fences stay)."""
+        """Drop every cached ref, key and lease of this process (fences stay); a load already
+        under way does not cache what it read."""
+        with self._cache_lock:
+            self._generation += 1
         self._vaultwide.clear()
         for cache in (self._refs, self._write_keys, self._read_keys):
             cache.clear()

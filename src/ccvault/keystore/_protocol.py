@@ -2,21 +2,23 @@
 
 A key store never sees key material in clear and never sees a subject in clear (only its ref).
 Key creation and shred both go through the subject head so that a creation racing a shred never
-leaves a live key. Each head carries a MAC of its state that the vault computes (a
-:data:`HeadSealer` passed in) and verifies: the store holds no key and trusts no head.
+leaves a live key; a shred also appends, in its transaction, a row to the invalidation channel
+that every process polls (DESIGN.md, lifecycle rule 5). Each head carries a MAC of its state
+that the vault computes (a :data:`HeadSealer` passed in) and verifies: the store holds no key
+and trusts no head.
 :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from ..errors import KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._records import EpochRecord, HeadRecord, KeyRecord
+from ._records import EpochRecord, HeadRecord, Invalidation, KeyRecord
 
-__all__ = ["EpochNotUsableError", "HeadSealer", "KeyStore", "ReceiptFactory"]
+__all__ = ["EpochNotUsableError", "HeadSealer", "KeyStore", "Listening", "ReceiptFactory"]
 
 ReceiptFactory = Callable[[HeadRecord | None, Sequence[KeyRecord]], str]
 
@@ -35,13 +37,24 @@ class EpochNotUsableError(KeyStoreError):
         super().__init__(message)
 
 
+class Listening(Protocol):
+    """A running listener on the invalidation channel (:meth:`KeyStore.listen`)."""
+
+    def stop(self) -> None:
+        """Stop listening and close the listener's connection (idempotent)."""
+        ...
+
+
 class KeyStore(Protocol):
     def close(self) -> None:
         """Release connections this store opened itself."""
         ...
 
-    def ensure_installation(self, installation_id: str, subject_type: str) -> tuple[str, str]:
-        """Record (installation id, subject type) if absent; return the stored pair."""
+    def ensure_installation(
+        self, installation_id: str, subject_type: str, facts: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
+        """Record (installation id, subject type) if absent, with the installation ``facts``
+        when this call creates the installation; return the stored pair."""
         ...
 
     def put_meta_if_absent(self, name: str, value: str) -> bool:
@@ -195,9 +208,40 @@ class KeyStore(Protocol):
         seen gets a version-0 one); the head's shredded state is authenticated by
         ``seal_head``.
 
+        A subject newly shredded gets a ``shred`` row in the invalidation channel, written in
+        the same transaction.
+
         Returns (receipt, newly_shredded). A repeat returns the stored receipt (and restores
         the head's MAC of its shredded state if the row lost it).
         """
+        ...
+
+    def invalidate(self, kind: str, ref: bytes | None, period: bytes | None, now: float) -> int:
+        """Append a row to the invalidation channel in a transaction of its own (``ref`` or
+        ``period`` None: every one); returns its seq. Seqs are gap-free and commit in order."""
+        ...
+
+    def invalidations(self, since: int, limit: int) -> list[Invalidation]:
+        """Up to ``limit`` rows of the channel with ``seq >= since``, in seq order (one
+        statement: what every poll costs)."""
+        ...
+
+    def latest_invalidation(self) -> Invalidation | None:
+        """The channel's latest row; None while it is empty."""
+        ...
+
+    def listen(
+        self,
+        installation_id: str,
+        on_notify: Callable[[bool], None],
+        *,
+        url: str | None = None,
+    ) -> Listening | None:
+        """Start listening for new rows of the channel where the database can push them
+        (PostgreSQL LISTEN/NOTIFY): ``on_notify(can_poll)`` is called from the listener's
+        thread at each notification and after each reconnection, ``can_poll`` saying whether
+        that thread may read the store. None where the store cannot push: the poll alone
+        carries the channel."""
         ...
 
     def keys_before_epoch(self, seq: int, limit: int) -> list[KeyRecord]:

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from .._repr import safe_repr
 from ..kms._protocol import WrappedKey
 
-__all__ = ["EpochRecord", "HeadRecord", "KeyKind", "KeyRecord", "State"]
+__all__ = [
+    "EpochRecord",
+    "HeadRecord",
+    "Invalidation",
+    "InvalidationKind",
+    "KeyKind",
+    "KeyRecord",
+    "State",
+]
 
 
 class KeyKind:
@@ -84,3 +92,27 @@ class HeadRecord:
     # HMAC over (installation, ref, key id, state, current version) under the head-MAC key,
     # computed by the vault (the store holds no key); None in a row of schema 1
     mac: bytes | None = None
+
+
+class InvalidationKind:
+    """What a row of the invalidation channel says changed (DESIGN.md, lifecycle rule 5)."""
+
+    SHRED = "shred"  # a subject's keys were destroyed: evict and fence its ref
+    # later: "expiry", "hold", "lockdown", "policy"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """One row of the key store's invalidation channel (schema 3): ``seq`` is gap-free in
+    commit order; ``ref`` or ``period`` None means every one (``*``)."""
+
+    seq: int
+    kind: str
+    ref: bytes | None
+    period: bytes | None
+    at: float
+
+    @safe_repr
+    def __repr__(self) -> str:
+        ref = "*" if self.ref is None else self.ref.hex()[:16]
+        return f"Invalidation(seq={self.seq}, kind={self.kind!r}, ref={ref})"

@@ -5,16 +5,28 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["SCHEMA_VERSION", "build_metadata"]
+__all__ = ["INVALIDATION_SEQ", "PROPAGATION_BOUND", "SCHEMA_VERSION", "build_metadata"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The key-store schema this library writes and reads (``ccvault_meta.schema_version``).
 
 1. The first release.
 2. ``subject_heads.mac``: each head's fence state authenticated under the installation's
    head-MAC key (docs/format.md, section 3a); never-seen subjects shredded keep a version-0
    tombstone. A store at version 1 is brought here by ``ccvault upgrade-store`` only.
+3. ``invalidations``: the invalidation channel (seq, kind, ref or NULL for every one, period or
+   NULL for every one, at), its seq allocated under the ``invalidation_seq`` row of ``meta``
+   (commit order is seq order), and the installation's propagation bound in ``meta``
+   (``propagation_bound_seconds``). Stores at version 1 or 2 are brought here by
+   ``ccvault upgrade-store`` only.
 """
+
+INVALIDATION_SEQ = "invalidation_seq"
+"""``meta`` row (schema 3): the last seq of the invalidation channel, locked by each writer."""
+
+PROPAGATION_BOUND = "propagation_bound_seconds"
+"""``meta`` row (schema 3): the installation's propagation bound, recorded at its creation (or
+by ``upgrade-store``): no process polls the invalidation channel less often."""
 
 
 def _bin(n: int) -> sa.types.TypeEngine[bytes]:
@@ -81,5 +93,15 @@ def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
         # schema 2: HMAC of (installation, ref, key id, state, current version); NULL only in a
         # row written by a library of schema 1 (read as unauthenticated: fenced)
         sa.Column("mac", _bin(32)),
+    )
+    # schema 3: the invalidation channel every process polls (DESIGN.md, lifecycle rule 5)
+    sa.Table(
+        f"{prefix}invalidations",
+        md,
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("ref", _bin(32)),  # NULL: every subject (`*`)
+        sa.Column("period", _bin(16)),  # NULL: every period (`*`)
+        sa.Column("at", sa.Double, nullable=False),
     )
     return md

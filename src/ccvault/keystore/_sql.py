@@ -7,6 +7,8 @@ Races are settled by the database:
   (``SELECT ... FOR UPDATE``; on SQLite every write transaction is ``BEGIN IMMEDIATE``), so the
   winner's key is the only key and InnoDB under REPEATABLE READ still sees the winner;
 * shred takes the same row lock, so a creation that loses to a shred sees ``shredded`` and fails;
+* a row of the invalidation channel takes its seq under one counter row's lock held until its
+  transaction commits, so seqs commit in order and a poll ``WHERE seq > last`` skips none;
 * deadlocks and serialisation failures are retried a bounded number of times.
 """
 
@@ -18,7 +20,7 @@ import hmac
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, quote_plus
@@ -32,9 +34,18 @@ from .._repr import safe_repr
 from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._protocol import EpochNotUsableError, HeadSealer, ReceiptFactory
-from ._records import EpochRecord, HeadRecord, KeyKind, KeyRecord, State
-from ._schema import SCHEMA_VERSION, build_metadata
+from ._listen import Listener, listen_connect_args, notify_channel
+from ._protocol import EpochNotUsableError, HeadSealer, Listening, ReceiptFactory
+from ._records import (
+    EpochRecord,
+    HeadRecord,
+    Invalidation,
+    InvalidationKind,
+    KeyKind,
+    KeyRecord,
+    State,
+)
+from ._schema import INVALIDATION_SEQ, SCHEMA_VERSION, build_metadata
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
@@ -92,6 +103,7 @@ class SqlKeyStore:
         self._wraps = t[f"{prefix}epoch_wraps"]
         self._keys = t[f"{prefix}keys"]
         self._heads = t[f"{prefix}subject_heads"]
+        self._invalidations = t[f"{prefix}invalidations"]
         if create:
             self._connect().close()  # an unreachable server is reported at once, with its cause
             # A store of another schema version is never changed here: the vault refuses it, and
@@ -217,7 +229,9 @@ class SqlKeyStore:
 
     # -- installation --------------------------------------------------------------------------
 
-    def ensure_installation(self, installation_id: str, subject_type: str) -> tuple[str, str]:
+    def ensure_installation(
+        self, installation_id: str, subject_type: str, facts: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
         def run(conn: Connection) -> tuple[str, str]:
             m = self._meta
             fresh = (
@@ -230,6 +244,7 @@ class SqlKeyStore:
                 # Only a new installation is created at this library's version: an existing
                 # store without the row predates schema versions (version 1).
                 *((("schema_version", str(SCHEMA_VERSION)),) if fresh else ()),
+                *((facts or {}).items() if fresh else ()),
             ):
                 if (
                     conn.execute(
@@ -700,9 +715,110 @@ class SqlKeyStore:
                 .where(h.c.ref == ref)
                 .values(state=State.SHREDDED, shredded_at=now, receipt=receipt, mac=mac)
             )
+            # Last, so that the channel's counter row stays locked only until the commit.
+            self._invalidate(conn, InvalidationKind.SHRED, ref, None, now)
             return receipt, True
 
         return self._write(run)
+
+    # -- the invalidation channel ----------------------------------------------------------------
+
+    def _invalidate(
+        self, conn: Connection, kind: str, ref: bytes | None, period: bytes | None, now: float
+    ) -> int:
+        """Append a row to the invalidation channel in ``conn``'s transaction; returns its seq.
+
+        The seq is taken under the lock of the ``invalidation_seq`` row of ``meta``, held until
+        the transaction ends: transactions that write the channel commit in seq order, so a
+        reader that saw seq n has seen every row below it. On PostgreSQL the transaction also
+        sends ``NOTIFY`` with the seq alone (delivered at commit)."""
+        m, inv = self._meta, self._invalidations
+        locked = sa.select(m.c.value).where(m.c.name == INVALIDATION_SEQ).with_for_update()
+        counter = conn.execute(locked).scalar()
+        if counter is None:  # a store of schema 3 records it at creation: a deleted row
+            self._insert_ignore(conn, m, {"name": INVALIDATION_SEQ, "value": "0"})
+            counter = conn.execute(locked).scalar()
+        # The highest seq stored, read with a lock (InnoDB's REPEATABLE READ would otherwise
+        # answer from this transaction's older snapshot): a counter that was altered or lost
+        # can never hand out a seq twice.
+        top = conn.execute(
+            sa.select(inv.c.seq).order_by(inv.c.seq.desc()).limit(1).with_for_update()
+        ).scalar()
+        stored = str(counter) if counter is not None else ""
+        seq = max(int(stored) if stored.isdigit() else 0, top or 0) + 1
+        conn.execute(sa.update(m).where(m.c.name == INVALIDATION_SEQ).values(value=str(seq)))
+        conn.execute(sa.insert(inv).values(seq=seq, kind=kind, ref=ref, period=period, at=now))
+        if self._dialect == "postgresql":
+            installation = (
+                sa.select(m.c.value).where(m.c.name == "installation_id").scalar_subquery()
+            )
+            conn.execute(
+                sa.select(
+                    sa.func.pg_notify(sa.literal(notify_channel("")) + installation, str(seq))
+                )
+            )
+        return seq
+
+    def invalidate(self, kind: str, ref: bytes | None, period: bytes | None, now: float) -> int:
+        """Append one row to the invalidation channel in a transaction of its own."""
+        return self._write(
+            functools.partial(self._invalidate, kind=kind, ref=ref, period=period, now=now)
+        )
+
+    def invalidations(self, since: int, limit: int) -> list[Invalidation]:
+        """Up to ``limit`` rows of the channel with ``seq >= since``, in seq order."""
+        inv = self._invalidations
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(inv).where(inv.c.seq >= since).order_by(inv.c.seq).limit(limit)
+            ).all()
+        return [_invalidation(r) for r in rows]
+
+    def latest_invalidation(self) -> Invalidation | None:
+        """The channel's latest row; None while it is empty."""
+        inv = self._invalidations
+        with self._read() as conn:
+            row = conn.execute(sa.select(inv).order_by(inv.c.seq.desc()).limit(1)).first()
+        return None if row is None else _invalidation(row)
+
+    def listen(
+        self,
+        installation_id: str,
+        on_notify: Callable[[bool], None],
+        *,
+        url: str | None = None,
+    ) -> Listening | None:
+        """Start a thread that LISTENs on this installation's channel over a connection of its
+        own (outside the pool; ``url``: a direct DSN when the store's URL goes through a
+        pooler) and calls ``on_notify`` at each notification and after each reconnection;
+        None where there is nothing to listen to (not PostgreSQL, or psycopg missing)."""
+        if self._dialect != "postgresql":
+            if url is not None:
+                raise ConfigurationError(
+                    "listen_url (CCVAULT_LISTEN_URL) is set, but the key store is not on "
+                    f"PostgreSQL ({self.location}): only PostgreSQL pushes invalidations"
+                )
+            return None
+        target = self.engine.url if url is None else _parse_url(url)
+        if target.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"listen_url (CCVAULT_LISTEN_URL) {_safe_url(target)} is not a PostgreSQL URL"
+            )
+        args = listen_connect_args(target)
+        if args is None:
+            return None
+        listener = Listener(
+            args,
+            notify_channel(installation_id),
+            on_notify,
+            # an async engine is read from SQLAlchemy's greenlets only: the listener thread
+            # then only marks the poll due, and the next use of a cached key runs it
+            can_poll=not self.engine.dialect.is_async,
+            where=_safe_url(target),
+            describe=functools.partial(_driver_error, u=target),
+        )
+        listener.start()
+        return listener
 
     # -- batches of subjects -------------------------------------------------------------------
 
@@ -1046,6 +1162,16 @@ class SqlKeyStore:
             execution_options={"preserve_rowcount": True},
         )
         return bool(res.rowcount == 1)
+
+
+def _invalidation(row: Any) -> Invalidation:
+    return Invalidation(
+        seq=int(row.seq),
+        kind=row.kind,
+        ref=None if row.ref is None else bytes(row.ref),
+        period=None if row.period is None else bytes(row.period),
+        at=row.at,
+    )
 
 
 def _run_ddl(conn: Connection, *, ddl: str) -> None:

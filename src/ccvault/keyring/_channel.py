@@ -1,0 +1,216 @@
+"""Owns this process's view of the key store's invalidation channel: when to poll, the last row
+seen, the outage warning, the LISTEN accelerator and the store-restored hooks. Must not cache or
+evict keys itself: the key ring hands it what to do with a shredded ref and with "everything".
+
+DESIGN.md, lifecycle rule 5: every process polls the channel at most every
+``propagation_interval`` seconds, only when about to use a cached key; on PostgreSQL a
+notification makes the poll immediate, but the poll stays the guarantee. A channel whose last
+row seen is gone or changed went *backwards*: the key store was restored under this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Final
+
+from ..errors import KeyStoreError
+from ..keystore._protocol import KeyStore, Listening
+from ..keystore._records import Invalidation
+from ._hooks import Hooks
+from ._options import Installation, VaultOptions
+
+__all__ = ["POLL_SHARE", "Invalidations", "StoreRestored", "StoreRestoredHooks"]
+
+log = logging.getLogger("ccvault")
+
+POLL_SHARE: Final = 0.8
+"""Polls start every ``POLL_SHARE * propagation_interval``: the rest of the interval is left for
+the poll's own round trip and the batch it guards, so that a shred committed just after a poll
+began is still honoured within the interval."""
+
+_LIMIT = 1000  # rows read by one poll; more than that since the last poll: every key is dropped
+_NEVER = float("-inf")
+
+StoreRestored = Callable[[], None]
+"""A store-restored hook: called, before this process serves another read, when the poll finds
+that the key store went backwards (restored from a backup under a running process). The ledger
+replay plugs in here; a hook that raises makes reads raise until it succeeds."""
+
+
+class StoreRestoredHooks(Hooks[StoreRestored]):
+    """The registry of store-restored hooks, run in the order added."""
+
+    __slots__ = ()
+
+
+class Invalidations:
+    """The poll of the invalidation channel and what it found.
+
+    ``check()`` is the key ring's gate before it uses a cached key: one clock reading, and a
+    poll when the last one started ``POLL_SHARE * propagation_interval`` ago or more (or a
+    notification made one due). A poll reads the rows after the last one seen and calls
+    ``evict_refs`` with the refs they name, or ``evict_all`` for a row naming every subject,
+    for more rows than one poll reads, and for a store that went backwards (then the
+    store-restored hooks run). A poll that fails (the key store is down) is logged at WARNING
+    once per outage; cached keys keep serving until their own ``cache_ttl`` expiry.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        installation: Installation,
+        options: VaultOptions,
+        *,
+        evict_refs: Callable[[set[bytes]], None],
+        evict_all: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._installation = installation
+        self._monotonic = options.monotonic
+        self._period = options.propagation_interval * POLL_SHARE
+        self._evict_refs = evict_refs
+        self._evict_all = evict_all
+        self._next = _NEVER  # the first use polls: it records where the channel stands
+        self._seen: Invalidation | None = None
+        self._started = False
+        self._failing = False
+        self._restore_pending = False
+        self._lock = threading.Lock()
+        self._listener: Listening | None = None
+        self.store_restored = StoreRestoredHooks()
+        self.polls = 0  # polls that read the channel (for tests and figures)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last row this process has seen (0: none)."""
+        return 0 if self._seen is None else self._seen.seq
+
+    def check(self) -> None:
+        """Poll if one is due (the key ring calls this before it uses a cached key)."""
+        if self._monotonic() >= self._next:
+            self.poll()
+
+    def due(self) -> None:
+        """Make the next :meth:`check` poll, whatever the time (a notification arrived)."""
+        self._next = _NEVER
+
+    def poll(self, *, force: bool = False) -> None:
+        """Read the channel from the last row seen and act on what changed. Without ``force``
+        a poll that another thread ran meanwhile is not repeated."""
+        with self._lock:
+            start = self._monotonic()
+            if self._restore_pending:
+                self.on_store_restored()
+            if not force and start < self._next:
+                return
+            try:
+                if self._started:
+                    self._apply(self._store.invalidations(self.last_seq, _LIMIT))
+                else:
+                    # The first poll of this process: nothing is cached before it (every cache
+                    # fill comes after a check), so it only records where the channel stands.
+                    self._seen = self._store.latest_invalidation()
+                    self._started = True
+            except KeyStoreError as exc:
+                self._next = start + self._period
+                if not self._failing:
+                    self._failing = True
+                    log.warning(
+                        "the key store's invalidation channel cannot be read (%s): this "
+                        "process keeps serving its cached keys until their cache_ttl expiry, "
+                        "and shreds made elsewhere meanwhile reach it only then",
+                        exc,
+                    )
+                return
+            self._next = start + self._period
+            self.polls += 1
+            if self._failing:
+                self._failing = False
+                log.info("the key store's invalidation channel is readable again")
+            if self._restore_pending:
+                self.on_store_restored()
+
+    def _apply(self, rows: list[Invalidation]) -> None:
+        """Act on the rows from the last one seen on (one statement read them)."""
+        seen = self._seen
+        if seen is not None and (not rows or rows[0] != seen):
+            self._restored(seen, self._store.latest_invalidation())
+            return
+        new = rows[1:] if seen is not None else rows
+        if not new:
+            return
+        if len(rows) >= _LIMIT:  # more rows than one poll reads: drop everything, go to the end
+            latest = self._store.latest_invalidation()
+            self._evict_all()
+            self._seen = latest
+            return
+        if any(row.ref is None for row in new):
+            self._evict_all()
+        else:
+            self._evict_refs({row.ref for row in new if row.ref is not None})
+        self._seen = new[-1]
+
+    def _restored(self, seen: Invalidation, latest: Invalidation | None) -> None:
+        log.warning(
+            "the key store's invalidation channel went backwards (this process had seen seq "
+            "%d; the store's latest is %s): the key store was restored under a running "
+            "process. Every cached key is dropped",
+            seen.seq,
+            "none" if latest is None else latest.seq,
+        )
+        self._evict_all()
+        self._seen = latest
+        self._restore_pending = True  # the hooks run once the poll is done
+
+    def on_store_restored(self) -> None:
+        """What this process does once its key store was found restored under it, after its
+        cached keys were dropped and before it serves another read: the registered
+        store-restored hooks, in order (none yet: the ledger replay of DESIGN.md rule 3 plugs in
+        here). A hook that raises fails the read that polled, and every check runs the hooks
+        again until they all succeed. Called with the poll's lock held."""
+        try:
+            for hook in self.store_restored:
+                hook()
+        except BaseException:
+            self._next = _NEVER
+            raise
+        self._restore_pending = False
+
+    # -- the LISTEN accelerator ------------------------------------------------------------------
+
+    def listen(self, url: str | None) -> None:
+        """Start the key store's listener, if it has one (PostgreSQL); ``url`` "off": none."""
+        if url is not None and url.strip().lower() == "off":
+            return
+        me = weakref.ref(self)
+
+        def notified(can_poll: bool) -> None:
+            channel = me()  # the listener never keeps a vault alive
+            if channel is not None:
+                channel.notified(can_poll)
+
+        self._listener = self._store.listen(self._installation.id, notified, url=url)
+        if self._listener is not None:
+            # Collected without close(): stop it. At interpreter exit the daemon thread simply
+            # ends with the process.
+            weakref.finalize(self, self._listener.stop).atexit = False
+
+    def notified(self, can_poll: bool) -> None:
+        """The listener saw a new row (or reconnected): poll now where this thread may read
+        the store, else make the next check poll."""
+        if can_poll:
+            self.poll(force=True)
+        else:
+            self.due()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    def close(self) -> None:
+        """Stop the listener (the poll needs nothing closed)."""
+        if self._listener is not None:
+            self._listener.stop()
