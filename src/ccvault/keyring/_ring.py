@@ -29,7 +29,7 @@ from ._heads import HEADLESS, Heads
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
 
-__all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "Tombstone"]
+__all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "ShredPreviewHook", "Tombstone"]
 
 _BATCH = 500
 _FENCE_SECONDS = 86_400.0
@@ -38,6 +38,11 @@ AfterShred = Callable[[object], Iterable[str]]
 """An after-shred hook: called with the subject after a committed shred; returns the context
 labels of the blind-index columns it swept, or raises ErasureIncompleteError for those it could
 not."""
+
+ShredPreviewHook = Callable[[object], object]
+"""The dry run of an after-shred hook: called with the subject, it reads what the hook would
+clear and writes nothing; returns the erasure part's ``EnginePreview`` (a type this layer does
+not know: the erasure part checks it)."""
 
 
 class Tombstone:
@@ -59,24 +64,33 @@ class Tombstone:
 
 class AfterShredHooks:
     """The registry of after-shred hooks (``add``/``remove``, as SQLAlchemy's event registry):
-    integrations register what they must clear of a subject after a shred; the erasure part
-    runs them in the order they were added."""
+    integrations register what they must clear of a subject after a shred, each with an
+    optional dry run of it (``preview``); the erasure part runs them in the order they were
+    added (iterating gives the hooks, :meth:`previews` their dry runs)."""
 
-    __slots__ = ("_hooks", "_lock")
+    __slots__ = ("_hooks", "_lock", "_previews")
 
     def __init__(self) -> None:
         self._hooks: list[AfterShred] = []
+        self._previews: list[ShredPreviewHook | None] = []  # aligned with _hooks
         self._lock = threading.Lock()
 
-    def add(self, hook: AfterShred) -> None:
+    def add(self, hook: AfterShred, preview: ShredPreviewHook | None = None) -> None:
         with self._lock:
             self._hooks.append(hook)
+            self._previews.append(preview)
 
     def remove(self, hook: AfterShred) -> None:
-        """Remove ``hook``; one that is not registered is ignored."""
+        """Remove ``hook`` (and its dry run); one that is not registered is ignored."""
         with self._lock:
             if hook in self._hooks:
+                del self._previews[self._hooks.index(hook)]
                 self._hooks.remove(hook)
+
+    def previews(self) -> list[ShredPreviewHook]:
+        """The dry runs of the registered hooks that have one, in the order they were added."""
+        with self._lock:
+            return [p for p in self._previews if p is not None]
 
     def __iter__(self) -> Iterator[AfterShred]:
         with self._lock:
