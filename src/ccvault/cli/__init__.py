@@ -107,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shred",
         help="shred one customer and print the signed receipt; --dry-run prints what it would "
         "make unreadable and changes nothing",
-        description="Shred SUBJECT: destroy its keys, so its values read as SHREDDED everywhere, "
-        "and print the signed erasure receipt as JSON. Blind indexes are swept only in the "
+        description="Shred SUBJECT: destroy its keys, so its values read as SHREDDED (in "
+        "running processes once their cache_ttl has passed), and print the signed erasure "
+        "receipt as JSON. Blind indexes are swept only in the "
         "database of --database-url, for the tables of --models: without them this process "
         "attaches no database and sweeps nothing (the output says so; repeat the shred where "
         "the models are). Exit status 0; 3: keys destroyed, the sweep failed for a table (run "

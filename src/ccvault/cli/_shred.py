@@ -27,8 +27,8 @@ failed for some table: run the command again."""
 NO_SWEEP = (
     "no --models and --database-url: this process attaches no database, so the shred makes the "
     "customer's values unreadable everywhere but clears no blind index; repeat it with the "
-    "application's models and database (docs/sqlalchemy.md, 'Shredding from a process without "
-    "the models')"
+    "application's models and database "
+    "(docs/sqlalchemy.md, 'Shredding from a process without the models')"
 )
 
 
