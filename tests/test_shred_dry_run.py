@@ -518,21 +518,29 @@ def test_the_overloads_type_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 # -- ccvault shred --------------------------------------------------------------------------------
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 0) -> dict[str, Any]:
-    assert main(["shred", *argv]) == status
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(["shred", *argv]) == 0
     out: dict[str, Any] = json.loads(capsys.readouterr().out)
     return out
+
+
+@pytest.fixture
+def cli_people(
+    people: tuple[uuid.UUID, uuid.UUID], vault_settings: None
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """Customers a and b in the attached application database, and CCVAULT_* naming the
+    vault's installation for the commands."""
+    return people
 
 
 def test_cli_dry_run_without_models_says_it_sweeps_nothing(
     vault: Vault,
     app: sa.Engine,
-    people: tuple[uuid.UUID, uuid.UUID],
-    vault_settings: None,
+    cli_people: tuple[uuid.UUID, uuid.UUID],
     db_url: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    a, _ = people
+    a, _ = cli_people
     before = _snapshot(db_url)
     assert main(["shred", "--dry-run", str(a)]) == 0
     captured = capsys.readouterr()
@@ -549,12 +557,11 @@ def test_cli_dry_run_without_models_says_it_sweeps_nothing(
 def test_cli_dry_run_then_shred_with_models(
     vault: Vault,
     app: sa.Engine,
-    people: tuple[uuid.UUID, uuid.UUID],
-    vault_settings: None,
+    cli_people: tuple[uuid.UUID, uuid.UUID],
     db_url: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    a, b = people
+    a, b = cli_people
     where = ["--models", "sqla_models", "--database-url", _app_url(db_url)]
     before = _snapshot(db_url)
     out = _cli(capsys, "--dry-run", *where, str(a))
@@ -581,11 +588,10 @@ def test_cli_dry_run_then_shred_with_models(
 def test_cli_shred_without_models_destroys_keys_and_leaves_blind_indexes(
     vault: Vault,
     app: sa.Engine,
-    people: tuple[uuid.UUID, uuid.UUID],
-    vault_settings: None,
+    cli_people: tuple[uuid.UUID, uuid.UUID],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    a, _ = people
+    a, _ = cli_people
     out = _cli(capsys, str(a))
     assert "clears no blind index" in out["warning"]
     assert ErasureReceipt.model_validate(out["receipt"]).subject_ref == vault.subject_ref(a).hex()
@@ -598,8 +604,7 @@ def test_cli_shred_without_models_destroys_keys_and_leaves_blind_indexes(
 def test_cli_shred_reports_an_incomplete_sweep_with_the_receipt(
     vault: Vault,
     app: sa.Engine,
-    people: tuple[uuid.UUID, uuid.UUID],
-    vault_settings: None,
+    cli_people: tuple[uuid.UUID, uuid.UUID],
     db_url: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -610,7 +615,7 @@ def test_cli_shred_reports_an_incomplete_sweep_with_the_receipt(
         raise _attach._CannotSweep("it has no primary key")
 
     monkeypatch.setattr(_attach, "_sweep", cannot)
-    a, _ = people
+    a, _ = cli_people
     argv = ["--models", "sqla_models", "--database-url", _app_url(db_url), str(a)]
     assert main(["shred", *argv]) == 3
     captured = capsys.readouterr()
