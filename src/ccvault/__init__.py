@@ -11,6 +11,7 @@
 from ._sentinels import SHREDDED, Sentinel
 from ._settings import CcvaultSettings
 from .audit import DestroyedKey, ErasureReceipt
+from .erasure import ShredPreview
 from .errors import (
     CcvaultError,
     ConfigurationError,
@@ -56,6 +57,7 @@ __all__ = [
     "RetentionExpiredError",
     "RotationReport",
     "Sentinel",
+    "ShredPreview",
     "SubjectShreddedError",
     "ValueRejectedError",
     "Vault",

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overload
 
 from sqlalchemy.engine import Engine
 
@@ -48,7 +48,7 @@ from .audit._receipt import ErasureReceipt
 from .crypto import _format as fmt
 from .crypto._blind import BlindIndexer, Normalizer
 from .crypto._subject import SubjectType
-from .erasure import Erasure
+from .erasure import Erasure, ShredPreview
 from .errors import ConfigurationError, DecryptionError
 from .keyring import (
     FENCE_BREAKS,
@@ -501,11 +501,27 @@ class Vault:
 
     # -- subjects and shreds ---------------------------------------------------------------------
 
-    def shred(self, subject: object) -> ErasureReceipt:
+    @overload
+    def shred(self, subject: object, *, dry_run: Literal[False] = False) -> ErasureReceipt: ...
+
+    @overload
+    def shred(self, subject: object, *, dry_run: Literal[True]) -> ShredPreview: ...
+
+    @overload
+    def shred(self, subject: object, *, dry_run: bool) -> ErasureReceipt | ShredPreview: ...
+
+    def shred(self, subject: object, *, dry_run: bool = False) -> ErasureReceipt | ShredPreview:
         """Erase ``subject``: fence it, destroy its keys (keeping tombstones), return a receipt.
 
         Idempotent: a repeat returns the original receipt. A never-seen subject is fenced too.
+
+        ``dry_run=True`` destroys and writes nothing (a read-only vault runs it) and returns a
+        :class:`ShredPreview`: the keys the shred would destroy, and per attached engine the
+        tables, encrypted columns, blind-index columns and rows of the subject it would make
+        unreadable or clear.
         """
+        if dry_run:
+            return self._erasure.preview(subject)
         return self._erasure.shred(subject)
 
     def erasure_receipt(self, subject: object) -> ErasureReceipt | None:

@@ -103,7 +103,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--database-url", required=True, help="SQLAlchemy URL of the application database"
     )
     export.add_argument("subject", metavar="SUBJECT", help="the customer's id (subject)")
+    shred = sub.add_parser(
+        "shred",
+        help="shred one customer and print the signed receipt; --dry-run prints what it would "
+        "make unreadable and changes nothing",
+        description="Shred SUBJECT: destroy its keys, so its values read as SHREDDED (in "
+        "running processes once their cache_ttl has passed), and print the signed erasure "
+        "receipt as JSON. Blind indexes are swept only in the "
+        "database of --database-url, for the tables of --models: without them this process "
+        "attaches no database and sweeps nothing (the output says so; repeat the shred where "
+        "the models are). Exit status 0; 3: keys destroyed, the sweep failed for a table (run "
+        "again); 1: an error. --dry-run opens the vault read-only, writes nothing and prints "
+        "the keys, tables, columns and row counts the shred would make unreadable. The vault "
+        "is configured by CCVAULT_* variables.",
+    )
+    shred.add_argument(
+        "--dry-run", action="store_true", help="print what would be made unreadable, change nothing"
+    )
+    shred.add_argument(
+        "--models",
+        action="append",
+        metavar="MODULE",
+        help="module defining the models whose tables to sweep, e.g. app.models (repeatable; "
+        "with --database-url)",
+    )
+    shred.add_argument("--database-url", help="SQLAlchemy URL of the application database")
+    shred.add_argument("subject", metavar="SUBJECT", help="the customer's id (subject)")
     args = parser.parse_args(argv)
+    if args.command == "shred":
+        from ._shred import run_shred
+
+        if bool(args.models) != bool(args.database_url):
+            parser.error("shred: --models and --database-url go together")
+        return run_shred(
+            args.subject, dry_run=args.dry_run, models=args.models, database_url=args.database_url
+        )
     if args.command == "data-map":
         from ._export import run_data_map
 

@@ -1,5 +1,6 @@
 """Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt;
-:class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink.
+:class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink;
+a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadable.
 
 The journal is not wired into ``Vault.shred`` yet; completion records (rule 4 of the product
 contract's lifecycle design) are to live in this package too. The subject export reads tables, so
@@ -13,6 +14,7 @@ from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
 from ._ledger_s3 import S3Ledger
 from ._ledger_sql import SqlLedger
+from ._preview import EnginePreview, PreviewColumn, ShredPreview, SkippedTable, TablePreview
 from ._records import (
     CompletionRecord,
     GenesisRecord,
@@ -24,6 +26,7 @@ from ._shred import Erasure
 
 __all__ = [
     "CompletionRecord",
+    "EnginePreview",
     "Erasure",
     "GenesisRecord",
     "Journal",
@@ -32,10 +35,14 @@ __all__ = [
     "LedgerProblem",
     "LedgerReport",
     "LedgerSink",
+    "PreviewColumn",
     "S3Ledger",
+    "ShredPreview",
     "SignedRecord",
+    "SkippedTable",
     "SqlLedger",
     "StoredEntry",
+    "TablePreview",
     "TornWrite",
     "ledger_from_url",
     "register_record_type",

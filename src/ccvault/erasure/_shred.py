@@ -1,7 +1,7 @@
 """Owns shred and its receipts: fence, destroy in one key-store transaction, evict, run the
-after-shred hooks, sign; and reading a stored receipt back. Must not cache keys (the key ring
-does) nor talk to the KMS; the journal and ledger of the lifecycle rules belong beside it, in
-this package.
+after-shred hooks, sign; reading a stored receipt back; and the dry run (``preview``), which
+writes nothing. Must not cache keys (the key ring does) nor talk to the KMS; the journal and
+ledger of the lifecycle rules belong beside it, in this package.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from .._secret import SecretKey
-from ..audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
+from ..audit._receipt import ErasureReceipt, sign_receipt
 from ..crypto._primitives import ed25519_public_key
 from ..errors import ErasureIncompleteError, KeyStoreError
 from ..keyring import Epochs, Installation, KeyRing, Rotation, VaultOptions
 from ..keystore._protocol import KeyStore
 from ..keystore._records import EpochRecord, HeadRecord, KeyRecord, State
+from ._preview import EnginePreview, ShredPreview, keys_a_shred_destroys
 
 __all__ = ["Erasure"]
 
@@ -84,6 +85,38 @@ class Erasure:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
         self._run_hooks(ref, subject, receipt)
         return receipt
+
+    def preview(self, subject: object) -> ShredPreview:
+        """What :meth:`shred` would make unreadable now, destroying and writing nothing (a
+        read-only vault previews too): the keys it would destroy, read from the key store as its
+        transaction would read them, and each attached engine's tables, columns and rows, from
+        the dry runs registered beside the after-shred hooks."""
+        ring = self._ring
+        ref = ring.subject_ref(subject)  # TypeError for a subject of another type
+        head, keys = self._store.ref_keys(ref)
+        # As the key store's shred decides: a recorded shred returns its receipt and destroys
+        # nothing more; otherwise every live or quarantined key row of the ref goes.
+        shredded = head is not None and head.state == State.SHREDDED and head.receipt is not None
+        engines = []
+        for dry_run in ring.after_shred.previews():
+            engine = dry_run(subject)
+            if not isinstance(engine, EnginePreview):
+                raise TypeError(
+                    f"a shred preview hook returned {type(engine).__name__}, not EnginePreview"
+                )
+            engines.append(engine)
+        swept = {c.label for e in engines for t in e.tables for c in t.columns if c.blind_index}
+        return ShredPreview(
+            installation_id=self._installation.id,
+            subject_ref=ref.hex(),
+            previewed_at=datetime.fromtimestamp(self._options.now(), tz=timezone.utc),
+            # the receipt's subject_was_known: a head with a key lineage (not a version-0 fence)
+            subject_known=head is not None and head.current_version != 0,
+            already_shredded=shredded,
+            keys_to_destroy=() if shredded else keys_a_shred_destroys(keys),
+            engines=tuple(engines),
+            unswept_indexes=tuple(sorted(ring.searchable_labels() - swept)),
+        )
 
     def receipt(self, subject: object) -> ErasureReceipt | None:
         """The receipt the key store holds for ``subject``'s shred (the one a repeated
@@ -185,11 +218,7 @@ class Erasure:
             subject_ref=ref.hex(),
             shredded_at=shredded_at,
             subject_was_known=head is not None,
-            destroyed_keys=tuple(
-                DestroyedKey(key_id=k.key_id.hex(), version=k.version)
-                for k in sorted(keys, key=lambda k: (k.key_id, k.version))
-                if k.state in (State.LIVE, State.QUARANTINED)
-            ),
+            destroyed_keys=keys_a_shred_destroys(keys),
             epoch_seq=epoch.seq,
             # the installation's guaranteed bound (the poll), never NOTIFY's typical latency
             propagation_bound_seconds=self._installation.propagation_bound,

@@ -34,7 +34,7 @@ from ._hooks import Hooks
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
 
-__all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "Tombstone"]
+__all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "ShredPreviewHook", "Tombstone"]
 
 _BATCH = 500
 _FENCE_SECONDS = 86_400.0
@@ -43,6 +43,11 @@ AfterShred = Callable[[object], Iterable[str]]
 """An after-shred hook: called with the subject after a committed shred; returns the context
 labels of the blind-index columns it swept, or raises ErasureIncompleteError for those it could
 not."""
+
+ShredPreviewHook = Callable[[object], object]
+"""The dry run of an after-shred hook: called with the subject, it reads what the hook would
+clear and writes nothing; returns the erasure part's ``EnginePreview`` (a type this layer does
+not know: the erasure part checks it)."""
 
 
 class Tombstone:
@@ -64,9 +69,30 @@ class Tombstone:
 
 class AfterShredHooks(Hooks[AfterShred]):
     """The registry of after-shred hooks: integrations register what they must clear of a
-    subject after a shred; the erasure part runs them in the order they were added."""
+    subject after a shred, each with an optional dry run of it (``preview``); the erasure part
+    runs them in the order they were added (iterating gives the hooks, :meth:`previews` their
+    dry runs)."""
 
-    __slots__ = ()
+    __slots__ = ("_previews",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previews: dict[AfterShred, ShredPreviewHook] = {}
+
+    def add(self, hook: AfterShred, preview: ShredPreviewHook | None = None) -> None:
+        if preview is not None:
+            self._previews[hook] = preview
+        super().add(hook)
+
+    def remove(self, hook: AfterShred) -> None:
+        """Remove ``hook`` and its dry run; one that is not registered is ignored."""
+        super().remove(hook)
+        self._previews.pop(hook, None)
+
+    def previews(self) -> list[ShredPreviewHook]:
+        """The dry runs of the registered hooks that have one, in the order they were added."""
+        previews = self._previews
+        return [p for hook in self if (p := previews.get(hook)) is not None]
 
 
 class KeyRing:

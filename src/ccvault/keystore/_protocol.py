@@ -176,6 +176,12 @@ class KeyStore(Protocol):
         """The refs among ``refs`` that have subject key rows (live or tombstones)."""
         ...
 
+    def ref_keys(self, ref: bytes) -> tuple[HeadRecord | None, list[KeyRecord]]:
+        """The head of ``ref`` (None when it has none) and every key row naming it (what
+        :meth:`shred` would destroy), read together without locking and writing nothing: a
+        shred's dry run."""
+        ...
+
     def heads_after(
         self, after: bytes | None, limit: int, *, unsealed: bool = False
     ) -> list[tuple[HeadRecord, KeyRecord | None]]:

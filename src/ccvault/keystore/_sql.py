@@ -939,6 +939,13 @@ class SqlKeyStore:
                 out |= self._keyed(conn, refs[i : i + _BATCH])
         return out
 
+    def ref_keys(self, ref: bytes) -> tuple[HeadRecord | None, list[KeyRecord]]:
+        h, k = self._heads, self._keys
+        with self._read() as conn:  # one snapshot: the head and the keys a shred would see
+            row = conn.execute(sa.select(h).where(h.c.ref == ref)).first()
+            keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref))]
+        return (self._head(row) if row is not None else None), keys
+
     # -- authenticating heads (upgrade-store, verify_heads) -------------------------------------
 
     def heads_after(

@@ -17,10 +17,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.util import await_only
 
+from ..erasure import EnginePreview, PreviewColumn, SkippedTable, TablePreview
 from ..errors import ConfigurationError, ErasureIncompleteError
+from ..keystore._sql import mask_url
 from . import _inspect, _read, _write
 from ._datamap import warn_unindexed_subjects
-from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
+from ._plan import ColumnPlan, TablePlan, check_subject_column, check_subject_type, plan_for
 from ._subjects import SubjectMatch, subject_match
 from ._types import (
     ATTACHED,
@@ -36,7 +38,15 @@ if TYPE_CHECKING:
     from ..keyring import KeyRing
     from ..vault import Vault
 
-__all__ = ["attach", "attached_on_error", "attached_vault", "columns_in_database", "detach"]
+__all__ = [
+    "attach",
+    "attached_on_error",
+    "attached_vault",
+    "columns_in_database",
+    "detach",
+    "preview_shred",
+    "readable_columns",
+]
 
 log = logging.getLogger("ccvault")
 
@@ -142,7 +152,7 @@ def attach(
     sync._ccvault_vault = vault  # type: ignore[attr-defined]
     setattr(sync.dialect, VAULT, vault)
     setattr(sync.dialect, ATTACHED, True)
-    ring.after_shred.add(hook)
+    ring.after_shred.add(hook, preview=functools.partial(preview_shred, sync, vault))
     if not sync.dialect.is_async:  # an async engine's are checked at its first sweep
         attachment.collations_checked = True
         _warn_non_binary_collations(sync, vault)
@@ -351,6 +361,64 @@ def _sweep(
         )
 
 
+def preview_shred(engine: Engine, vault: Vault, subject: object) -> EnginePreview:
+    """The dry run of a shred on this engine's database (``shred(subject, dry_run=True)``): per
+    table with encrypted columns, the subject's rows — matched as :func:`_sweep` matches them —,
+    the encrypted columns that would read as SHREDDED and the blind-index columns the sweep
+    would set to NULL. Tables are skipped as the sweep skips them. Runs SELECTs only (no lock),
+    one connection per table; a table it cannot read is named in ``not_counted``."""
+    match = subject_match(vault, subject)
+    tables: list[TablePreview] = []
+    skipped: list[SkippedTable] = []
+    failed: list[SkippedTable] = []
+    for table in sorted(list(encrypted_tables), key=lambda t: t.fullname):
+        try:
+            plan = plan_for(table)
+        except ConfigurationError:
+            reason = "attach() refuses its encrypted columns: never written through this vault"
+            skipped.append(SkippedTable(table=table.fullname, reason=reason))
+            continue
+        if plan is None:
+            continue
+        try:
+            with engine.connect() as conn:
+                present = readable_columns(vault, conn, table, plan.subject)
+                rows = match.count(conn, plan.subject) if not isinstance(present, str) else 0
+        except sa.exc.SQLAlchemyError as exc:
+            failed.append(SkippedTable(table=table.fullname, reason=_db_reason(exc)))
+            continue
+        if isinstance(present, str):
+            skipped.append(SkippedTable(table=table.fullname, reason=present))
+            continue
+        columns = [
+            PreviewColumn(
+                column=c.column.name,
+                label=c.label,
+                blind_index=(
+                    table.c[c.index_key].name
+                    if c.index_key is not None and table.c[c.index_key].name in present
+                    else None
+                ),
+            )
+            for c in plan.columns
+            if c.column.name in present
+        ]
+        tables.append(
+            TablePreview(
+                table=table.fullname,
+                subject_column=plan.subject.name,
+                rows=rows,
+                columns=tuple(columns),
+            )
+        )
+    return EnginePreview(
+        database=mask_url(engine.url.render_as_string(hide_password=False)),
+        tables=tuple(tables),
+        skipped=tuple(skipped),
+        not_counted=tuple(failed),
+    )
+
+
 def _pause(engine: Engine, seconds: float) -> None:
     if engine.dialect.is_async:
         with contextlib.suppress(sa.exc.MissingGreenlet):
@@ -370,6 +438,27 @@ def columns_in_database(bind: Engine | sa.Connection, table: sa.Table) -> set[st
             return _columns_through(conn, table)
     except sa.exc.SQLAlchemyError:
         return {c.name for c in table.columns}
+
+
+def readable_columns(
+    vault: Vault, conn: sa.Connection, table: sa.Table, subject: sa.Column[Any]
+) -> set[str] | str:
+    """The names of ``table``'s columns in the database, or why no subject's rows can be read
+    from it by ``subject``: a subject column not of the installation's subject type (never
+    written through this vault), a table or a subject column the database does not have."""
+    try:
+        check_subject_column(subject, vault.subject_type)
+    except ConfigurationError:
+        return (
+            f"its subject column {subject.name} is not of the installation's subject type "
+            f"({vault.subject_type.spec}): never written through this vault"
+        )
+    present = columns_in_database(conn, table)
+    if present is None:
+        return "the database has no such table"
+    if subject.name not in present:
+        return f"the database's table has no column {subject.name}"
+    return present
 
 
 def _columns_through(conn: sa.Connection, table: sa.Table) -> set[str] | None:

@@ -27,9 +27,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..audit._receipt import ErasureReceipt
 from ..errors import ConfigurationError
-from ._attach import attached_on_error, columns_in_database
+from ._attach import attached_on_error, readable_columns
 from ._datamap import MapEntry, map_entries, unmapped_references
-from ._plan import check_subject_column
 from ._read import Reader, Slot
 from ._scrub import tables_of
 from ._subjects import SubjectMatch, subject_match
@@ -155,7 +154,7 @@ def export_subject(
     skipped: list[NotSearched] = []
     with _connection(bind) as conn:
         for entry in entries:
-            present = _searchable_columns(vault, conn, entry)
+            present = readable_columns(vault, conn, entry.table, entry.subject)
             if isinstance(present, str):
                 skipped.append(NotSearched(table=entry.table.fullname, reason=present))
                 continue
@@ -186,24 +185,6 @@ def _connection(bind: Engine | Connection) -> Iterator[Connection]:
         return
     with bind.connect() as conn:
         yield conn
-
-
-def _searchable_columns(vault: Vault, conn: Connection, entry: MapEntry) -> set[str] | str:
-    """The names of the columns of ``entry``'s table in the database, or why the export cannot
-    read it."""
-    try:
-        check_subject_column(entry.subject, vault.subject_type)
-    except ConfigurationError:
-        return (
-            f"its subject column {entry.subject.name} is not of the installation's subject "
-            f"type ({vault.subject_type.spec}): never written through this vault"
-        )
-    present = columns_in_database(conn, entry.table)
-    if present is None:
-        return "the database has no such table"
-    if entry.subject.name not in present:
-        return f"the database's table has no column {entry.subject.name}"
-    return present
 
 
 def _export_table(

@@ -1,6 +1,6 @@
 """Owns how a subject's rows are found in a table by its subject column: the database's
 comparison as a prefilter, then exactly the stored values whose ref is the subject's.
-Must not write, lock or decrypt: the shred sweep and the subject export build on it.
+Must not write, lock or decrypt: the shred sweep, its dry run and the subject export build on it.
 
 ``int`` and ``uuid`` subjects compare exactly in every database. ``str`` subjects do not: no
 database normalises Unicode, and MariaDB/MySQL's default collations ignore case and trailing
@@ -12,6 +12,7 @@ ref (docs/sqlalchemy.md, "How subjects are compared").
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,19 @@ class SubjectMatch:
     def owns(self, stored: object) -> bool:
         """Whether a stored subject value is this subject (always, for exact comparisons)."""
         return self.forms is None or ref_of(self.vault, stored) == self.ref
+
+    def count(self, conn: sa.Connection, column: sa.Column[Any]) -> int:
+        """How many rows of ``column``'s table are the subject's: the rows the sweep clears
+        (counted by the database for exact comparisons; for ``str``, the candidates' stored
+        values confirmed by :meth:`owns`, as the sweep confirms them)."""
+        if self.forms is None:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(column.table).where(self.where(column))
+                ).scalar_one()
+            )
+        stored = Counter(conn.execute(sa.select(column).where(self.where(column))).scalars())
+        return sum(n for value, n in stored.items() if self.owns(value))
 
 
 def subject_match(vault: Vault, subject: object) -> SubjectMatch:
