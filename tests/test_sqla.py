@@ -498,7 +498,10 @@ def test_cold_reads_load_keys_in_batches(
         engine.dispose()
         polls = [st for st in statements if "ccvault_invalidations" in st]
         period = POLL_SHARE * cold.propagation_interval
-        assert len(polls) <= elapsed / period + 1, (polls, elapsed)
+        # one poll at the first use of a key, one per period after it, and on PostgreSQL one
+        # more when the listener's connection is up (it catches up from the last seq seen)
+        extra = 2 if engine.dialect.name == "postgresql" else 1
+        assert len(polls) <= elapsed / period + extra, (polls, elapsed)
         return [st for st in statements if st not in polls], len(polls), elapsed
 
     loads, _, _ = cold_read(None)
