@@ -1,10 +1,11 @@
 """Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt;
-:class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink.
+:class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink;
+:class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
+``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
-The journal is not wired into ``Vault.shred`` yet; completion records (rule 4 of the product
-contract's lifecycle design) are to live in this package too. The subject export reads tables, so
-it lives in the SQLAlchemy integration (``ccvault.sqlalchemy._export``) and takes the stored
-receipt from :meth:`Erasure.receipt`.
+Completion records (rule 4 of the product contract's lifecycle design) are to live in this
+package too. The subject export reads tables, so it lives in the SQLAlchemy integration
+(``ccvault.sqlalchemy._export``) and takes the stored receipt from :meth:`Erasure.receipt`.
 """
 
 from ._chain import LedgerProblem, LedgerReport
@@ -13,6 +14,8 @@ from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
 from ._ledger_s3 import S3Ledger
 from ._ledger_sql import SqlLedger
+from ._link import LedgerLink, check_new_installation
+from ._reconcile import Reconciler
 from ._records import (
     CompletionRecord,
     GenesisRecord,
@@ -21,22 +24,31 @@ from ._records import (
     register_record_type,
 )
 from ._shred import Erasure
+from ._status import ErasureCheck, ErasureProblem, ErasureStatus, Reconciliation, RepairRecord
 
 __all__ = [
     "CompletionRecord",
     "Erasure",
+    "ErasureCheck",
+    "ErasureProblem",
+    "ErasureStatus",
     "GenesisRecord",
     "Journal",
     "JournalEntry",
     "JsonlLedger",
+    "LedgerLink",
     "LedgerProblem",
     "LedgerReport",
     "LedgerSink",
+    "Reconciler",
+    "Reconciliation",
+    "RepairRecord",
     "S3Ledger",
     "SignedRecord",
     "SqlLedger",
     "StoredEntry",
     "TornWrite",
+    "check_new_installation",
     "ledger_from_url",
     "register_record_type",
     "verify_ledger",
