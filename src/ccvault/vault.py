@@ -207,6 +207,8 @@ class Vault:
             listen_url=listen_url,
         )
         owned = isinstance(keystore, Engine | str) or is_async_engine(keystore)
+        if isinstance(keystore, str) and ledger is not None and not readonly and create is None:
+            _refuse_empty_store(keystore)  # before the store's tables are created
         if owned:
             self._store: KeyStore = SqlKeyStore(keystore, create=not readonly)  # type: ignore[arg-type]
         else:

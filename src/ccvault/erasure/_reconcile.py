@@ -211,7 +211,8 @@ class Reconciler:
                 txn.record_completion(receipt_id, seq)
             txn.dequeue(dropped)
             txn.set_applied(todo[-1].seq)
-            return Reconciliation(replayed=len(todo), shredded=shredded)
+            replayed = sum(e.seq > 0 for e in todo)  # the genesis entry is nothing to apply
+            return Reconciliation(replayed=replayed, shredded=shredded)
 
         return self._store.journal_transaction(run, create=True)
 
