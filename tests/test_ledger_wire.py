@@ -591,6 +591,12 @@ def test_verify_erasures_names_what_the_store_and_the_ledger_disagree_about(
         assert check.counts == {
             "not_applied": 1, "missing_from_ledger": 0, "pending": 0, "unverifiable": 1,
         }  # fmt: skip
+        done = vault.reconcile_erasures()  # shreds it again, with the ledger's receipt
+        assert done.shredded == 1
+        assert done.check is not None
+        assert not done.check.not_applied
+        assert done.check.counts["unverifiable"] == 1  # a damaged stored receipt stays named
+        assert vault.erasure_receipt(resurrected) == receipt
 
 
 # -- read-only vaults, vaults without the ledger, an unreachable ledger at open -------------------

@@ -247,12 +247,14 @@ class LedgerLink:
         return total + self._reconciler.flush(journal)
 
     def reconcile(self) -> Reconciliation:
-        """:meth:`catch_up`, then re-add every receipt the store holds and the ledger lacks,
-        then :meth:`check`."""
+        """:meth:`catch_up`, then shred again every subject a ledger receipt names that the
+        store holds as live, re-add every receipt the store holds and the ledger lacks, then
+        :meth:`check`."""
         self._options.writable("reconcile the key store with the erasure ledger")
         self._require_configured("reconcile_erasures")
         with self._lock:
             total = self.catch_up()
+            total += self._reconciler.reapply(self._connect())
             for _ in range(_ROUNDS):
                 try:
                     total += self._reconciler.repair(self._connect(), "ledger-behind")

@@ -12,8 +12,7 @@ store's commit leaves the ledger *ahead*, which the next replay applies, never b
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Final, Literal
 
@@ -28,16 +27,15 @@ from ..keystore._records import (
     OutboxEntry,
     State,
 )
-from ._chain import Fault, judge
+from ._check import check_store, index_ledger, store_receipts
 from ._journal import Journal, JournalMoved
 from ._records import CompletionRecord, JournalEntry, Record, parse_record
-from ._status import ErasureCheck, ErasureProblem, Reconciliation, RepairRecord
+from ._status import ErasureCheck, Reconciliation, RepairRecord
 
 __all__ = ["Reconciler", "receipt_row"]
 
 _BATCH: Final = 500  # entries replayed per key-store transaction; store rows read per page
 _REPAIRED: Final = 499  # receipts after one repair entry (one sink write of 500)
-_LISTED: Final = 1000  # problems an ErasureCheck lists of each kind (its counts count them all)
 
 
 def _ts(value: datetime) -> float:
@@ -84,15 +82,6 @@ def _outbox_record(entry: OutboxEntry) -> Record:
     if record is None:  # pragma: no cover - only this library queues records, of kinds it knows
         raise ConfigurationError(f"the outbox holds a record of unknown kind {entry.kind!r}")
     return record
-
-
-@dataclass
-class _Index:
-    """What a ledger holds, judged entry by entry (an entry that fails is left out: the chain
-    verification names it)."""
-
-    receipts: dict[str, tuple[int, str]] = field(default_factory=dict)  # id -> (seq, ref hex)
-    entries: list[tuple[int, str]] = field(default_factory=list)  # (seq, kind)
 
 
 class Reconciler:
@@ -216,6 +205,45 @@ class Reconciler:
 
         return self._store.journal_transaction(run, create=True)
 
+    def reapply(self, journal: Journal) -> Reconciliation:
+        """Shred again, with the ledger's receipt, every subject a ledger receipt names that the
+        store does not hold as shredded although it applied the entry (its rows were put back
+        piecemeal: an insider, or a restore of single rows)."""
+        index = index_ledger(journal, self._id, self._public)
+        by_ref: dict[bytes, str] = {}
+        for rid, (_, ref_hex) in index.receipts.items():
+            try:
+                by_ref.setdefault(bytes.fromhex(ref_hex), rid)
+            except ValueError:
+                continue
+        refs = list(by_ref)
+        live: list[bytes] = []
+        for i in range(0, len(refs), _BATCH):
+            chunk = refs[i : i + _BATCH]
+            found = self._store.subject_keys(chunk)
+            live += [r for r in chunk if r not in found or found[r][0].state != State.SHREDDED]
+        if not live:
+            return Reconciliation()
+        wanted = {by_ref[r] for r in live}
+        receipts = [
+            (e.seq, r)
+            for e in journal.entries()
+            if e.kind == RECEIPT_FORMAT and e.record.get("receipt_id") in wanted
+            for r in [e.parsed()]
+            if isinstance(r, ErasureReceipt)
+        ]
+
+        def run(txn: JournalTxn) -> Reconciliation:
+            shredded = 0
+            for seq, receipt in receipts:
+                ref = _ref(receipt, seq)
+                _, newly = txn.shred(ref, _ts(receipt.shredded_at), _original(receipt), self._seal)
+                shredded += newly
+                txn.record_erasures([receipt_row(receipt, ErasureOrigin.LEDGER, seq, ref)])
+            return Reconciliation(shredded=shredded)
+
+        return self._store.journal_transaction(run, create=True)
+
     # -- repair: the store's receipts into a ledger that lacks them -------------------------------
 
     def repair(
@@ -233,11 +261,11 @@ class Reconciler:
             applied = -1 if txn.applied is None else max(txn.applied, -1)
             if applied < head and not (applied == -1 and head == 0):
                 raise JournalMoved(head, applied)
-            known = self._index(journal).receipts
+            known = index_ledger(journal, self._id, self._public).receipts
             queued = {o.receipt_id for o in txn.outbox()}
             missing = [
                 r
-                for r, _ in self._store_receipts(txn.shredded_receipts)
+                for r, _ in store_receipts(txn.shredded_receipts, self._id, self._public)
                 if r is not None and r.receipt_id not in known and r.receipt_id not in queued
             ]
             behind = applied > head
@@ -272,131 +300,6 @@ class Reconciler:
 
         return self._store.journal_transaction(run, create=True)
 
-    def _store_receipts(
-        self, page: Callable[[bytes | None, int], list[tuple[bytes, str]]]
-    ) -> Iterator[tuple[ErasureReceipt | None, tuple[bytes, str]]]:
-        """Every receipt the store holds, parsed and verified (None for one that fails)."""
-        after: bytes | None = None
-        while True:
-            rows = page(after, _BATCH)
-            for ref, text in rows:
-                try:
-                    receipt: ErasureReceipt | None = ErasureReceipt.model_validate_json(text)
-                except ValueError:
-                    receipt = None
-                if receipt is not None and not (
-                    receipt.subject_ref == ref.hex()
-                    and receipt.verify(self._public, installation_id=self._id)
-                ):
-                    receipt = None
-                yield receipt, (ref, text)
-            if len(rows) < _BATCH:
-                return
-            after = rows[-1][0]
-
-    def _index(self, journal: Journal) -> _Index:
-        index = _Index()
-        for item in journal.sink.read(self._id):
-            try:
-                entry = judge(item, self._id, self._public)
-            except Fault:
-                continue
-            index.entries.append((entry.seq, entry.kind))
-            if entry.kind == RECEIPT_FORMAT:
-                rid, ref = entry.record.get("receipt_id"), entry.record.get("subject_ref")
-                if isinstance(rid, str) and rid not in index.receipts:
-                    index.receipts[rid] = (entry.seq, str(ref))
-        return index
-
-    # -- the read-only check ----------------------------------------------------------------------
-
     def check(self, journal: Journal) -> ErasureCheck:
         """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing."""
-        applied = self._store.ledger_applied()
-        report = journal.verify(
-            expect_head=applied if applied is not None and applied >= 0 else None, repair=False
-        )
-        index = self._index(journal)
-        start = -1 if applied is None else applied
-        late = [
-            ErasureProblem(
-                receipt_id=None, subject_ref=None, seq=seq, detail=f"a {kind} entry not applied"
-            )
-            for seq, kind in index.entries
-            if seq > start and kind != RECEIPT_FORMAT
-        ]
-        by_ref: dict[bytes, list[tuple[str, int]]] = {}
-        for rid, (seq, ref_hex) in index.receipts.items():
-            try:
-                by_ref.setdefault(bytes.fromhex(ref_hex), []).append((rid, seq))
-            except ValueError:
-                continue
-        refs = list(by_ref)
-        shredded: set[bytes] = set()
-        for i in range(0, len(refs), _BATCH):
-            found = self._store.subject_keys(refs[i : i + _BATCH])
-            shredded |= {r for r, (head, _) in found.items() if head.state == State.SHREDDED}
-        late += [
-            ErasureProblem(
-                receipt_id=rid,
-                subject_ref=ref.hex()[:16],
-                seq=seq,
-                detail="the key store does not hold its subject as shredded"
-                if ref not in shredded
-                else "not applied (after the key store's applied seq)",
-            )
-            for ref, pairs in by_ref.items()
-            for rid, seq in pairs
-            if ref not in shredded or seq > start
-        ]
-        queued = self._store.outbox()
-        pending = [
-            ErasureProblem(
-                receipt_id=o.receipt_id,
-                subject_ref=None,
-                detail=f"a {o.kind} entry waiting in the outbox (ledger_mode='best-effort')",
-            )
-            for o in queued
-        ]
-        missing: list[ErasureProblem] = []
-        unverifiable: list[ErasureProblem] = []
-        stored = 0
-        waiting = {o.receipt_id for o in queued}
-        for receipt, (ref, _) in self._store_receipts(self._store.shredded_receipts):
-            stored += 1
-            if receipt is None:
-                unverifiable.append(
-                    ErasureProblem(
-                        receipt_id=None,
-                        subject_ref=ref.hex()[:16],
-                        detail="the receipt stored for this subject does not parse or verify",
-                    )
-                )
-            elif receipt.receipt_id not in index.receipts and receipt.receipt_id not in waiting:
-                missing.append(
-                    ErasureProblem(
-                        receipt_id=receipt.receipt_id,
-                        subject_ref=ref.hex()[:16],
-                        detail="in the key store, not in the ledger",
-                    )
-                )
-        late.sort(key=lambda p: -1 if p.seq is None else p.seq)
-        return ErasureCheck(
-            installation_id=self._id,
-            location=journal.location,
-            store_applied_seq=applied,
-            ledger_head_seq=report.head_seq,
-            ledger_receipts=len(index.receipts),
-            store_receipts=stored,
-            ledger=report,
-            counts={
-                "not_applied": len(late),
-                "missing_from_ledger": len(missing),
-                "pending": len(pending),
-                "unverifiable": len(unverifiable),
-            },
-            not_applied=tuple(late[:_LISTED]),
-            missing_from_ledger=tuple(missing[:_LISTED]),
-            pending=tuple(pending[:_LISTED]),
-            unverifiable=tuple(unverifiable[:_LISTED]),
-        )
+        return check_store(self._store, journal, self._id, self._public)
