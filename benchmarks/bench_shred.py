@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from benchmarks._config import Config, Results, missing
 from benchmarks._measure import percentile
-from benchmarks.bench_orm import _pg_url
+from benchmarks.bench_orm import _pg_url, pg_unreachable
 from ccvault import Vault
 from ccvault.kms import LocalKms
 
@@ -126,14 +126,7 @@ def run(cfg: Config) -> Results:
     # Stop at the population budget or when the run's time budget is nearly spent, whichever
     # comes first (RESERVE_S keeps time for the measurement and the report).
     budget = max(0.0, min(cfg.shred_populate_budget_s, cfg.remaining_s() - RESERVE_S))
-    deadline = time.monotonic() + budget
-    while population < target and time.monotonic() < deadline:
-        batch = [uuid.uuid4() for _ in range(min(BATCH, target - population))]
-        populator.warm(batch)
-        candidates.extend(rng.sample(batch, min(keep, len(batch))))
-        population += len(batch)
-        if population % 100_000 == 0:
-            cfg.log(f"shred: population {population:,}")
+    population = _grow(cfg, populator, population, budget, keep, candidates, rng, "")
     populator.close()
     grow_s = time.monotonic() - t0
     if len(candidates) <= n:  # a budget cut short: top up from the first batch
@@ -160,6 +153,31 @@ def run(cfg: Config) -> Results:
     cfg.log(f"shred: {population:,} subjects measured")
     _postgres(cfg, out)
     return out
+
+
+def _grow(
+    cfg: Config,
+    vault: Vault,
+    population: int,
+    budget: float,
+    keep: int,
+    candidates: list[uuid.UUID],
+    rng: random.Random,
+    label: str,
+) -> int:
+    """Add subjects (keys made by ``vault.warm``) in batches towards the large population until
+    ``budget`` seconds are spent, keeping ``keep`` shred candidates of every batch so that they
+    are spread over the whole key store; returns the population reached."""
+    target = cfg.shred_large_population
+    deadline = time.monotonic() + budget
+    while population < target and time.monotonic() < deadline:
+        batch = [uuid.uuid4() for _ in range(min(BATCH, target - population))]
+        vault.warm(batch)
+        candidates.extend(rng.sample(batch, min(keep, len(batch))))
+        population += len(batch)
+        if population % 100_000 == 0:
+            cfg.log(f"shred: {label}population {population:,}")
+    return population
 
 
 PG_FIGURES = (
@@ -195,16 +213,11 @@ def _schemas(base: str, *names: str) -> Iterator[list[str]]:
 def _postgres(cfg: Config, out: Results) -> None:
     """Shred latency on PostgreSQL, without and with the SQL ledger on the same server."""
     base = _pg_url()
-    probe = sa.create_engine(base)
-    try:
-        with probe.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # any failure to connect: "not measured here"
+    unreachable = pg_unreachable(base)
+    if unreachable is not None:
         for name in PG_FIGURES:
-            missing(out, name, f"PostgreSQL not reachable: {type(exc).__name__}")
+            missing(out, name, unreachable)
         return
-    finally:
-        probe.dispose()
     n = cfg.shred_samples
     inner = LocalKms.ephemeral()
     rng = random.Random(13)
@@ -230,19 +243,10 @@ def _postgres(cfg: Config, out: Results) -> None:
         population = SMALL
         candidates = rest[: n + 1]
         budget = max(0.0, min(cfg.shred_populate_budget_s / 2, cfg.remaining_s() - RESERVE_S))
-        deadline = time.monotonic() + budget
         keep = max(1, math.ceil(2 * n * BATCH / max(cfg.shred_large_population, BATCH)))
         grower = Vault(inner, url, ledger=ledger, cache_max_entries=1_000, listen_url="off")
         t0 = time.monotonic()
-        while population < cfg.shred_large_population and time.monotonic() < deadline:
-            batch = [
-                uuid.uuid4() for _ in range(min(BATCH, cfg.shred_large_population - population))
-            ]
-            grower.warm(batch)
-            candidates.extend(rng.sample(batch, min(keep, len(batch))))
-            population += len(batch)
-            if population % 100_000 == 0:
-                cfg.log(f"shred: postgres population {population:,}")
+        population = _grow(cfg, grower, population, budget, keep, candidates, rng, "postgres ")
         grower.close()
         grow_s = time.monotonic() - t0
         rng.shuffle(candidates)
