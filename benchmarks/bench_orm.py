@@ -363,17 +363,24 @@ def run(cfg: Config) -> Results:
     _backend(cfg, out, "sqlite", f"sqlite:///{cfg.workdir / 'orm.db'}")
 
     url = _pg_url()
-    probe = sa.create_engine(url)
-    try:
-        with probe.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # any failure to connect: "not measured here"
-        reason = f"PostgreSQL not reachable at {probe.url!r}: {type(exc).__name__}"
+    reason = pg_unreachable(url)
+    if reason is not None:
         for name in _figures("postgres"):
             missing(out, name, reason)
     else:
         cfg.log(f"orm: postgres, {cfg.orm_rows} rows, {cfg.orm_repeats} repeats")
         _backend(cfg, out, "postgres", url)
+    return out
+
+
+def pg_unreachable(url: str) -> str | None:
+    """Why the PostgreSQL server at ``url`` cannot be measured, or None when it answers."""
+    probe = sa.create_engine(url)
+    try:
+        with probe.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # any failure to connect: "not measured here"
+        return f"PostgreSQL not reachable at {probe.url!r}: {type(exc).__name__}"
     finally:
         probe.dispose()
-    return out
+    return None

@@ -1,9 +1,16 @@
-"""Shred latency against the size of the key store (SQLite file, WAL).
+"""Shred latency against the size of the key store: a SQLite file (WAL), and PostgreSQL with the
+erasure ledger (SQL) on the same server.
 
 One key store grows in batches through ``vault.warm`` (which creates each subject's key) to
 10,000 subjects, is measured, then grows to 1,000,000 (``--quick``: a smaller population) and is
 measured again. A run stops growing after a time budget and reports the population it reached in
 ``shred_ms_p50_1m_population``: the figure is never extrapolated.
+
+On PostgreSQL (``CCVAULT_BENCH_PG``, else ``CCVAULT_TEST_PG``, else the local test server) the key
+store and the ledger are two schemas of one database: 10,000 subjects are measured without a
+ledger, then with the ledger (each shred appends its receipt to the ledger inside its key-store
+transaction: DESIGN.md lifecycle rule 3), then the store grows within its own time budget and the
+ledger figure is measured again (``shred_ms_p50_large_postgres_ledger_population``).
 
 Each measurement shreds subjects drawn at random from the whole population, with a fresh vault
 (empty caches) so that only the key store's size changes between the two figures. Beside every
@@ -18,11 +25,14 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from benchmarks._config import Config, Results
+from benchmarks._config import Config, Results, missing
 from benchmarks._measure import percentile
+from benchmarks.bench_orm import _pg_url, pg_unreachable
 from ccvault import Vault
 from ccvault.kms import LocalKms
 
@@ -46,11 +56,12 @@ def _measure(
     live: list[uuid.UUID],
     *,
     warm: list[uuid.UUID] | None = None,
+    ledger: str | None = None,
 ) -> tuple[list[float], list[float]]:
     """Shred each victim; returns shred and baseline-transaction latencies in milliseconds."""
     shreds: list[float] = []
     floor: list[float] = []
-    with Vault(inner, url, cache_ttl=86_400) as vault:
+    with Vault(inner, url, cache_ttl=86_400, ledger=ledger, listen_url="off") as vault:
         if warm:
             vault.warm(warm)
         engine: sa.Engine = vault._store.engine  # type: ignore[attr-defined]
@@ -115,14 +126,7 @@ def run(cfg: Config) -> Results:
     # Stop at the population budget or when the run's time budget is nearly spent, whichever
     # comes first (RESERVE_S keeps time for the measurement and the report).
     budget = max(0.0, min(cfg.shred_populate_budget_s, cfg.remaining_s() - RESERVE_S))
-    deadline = time.monotonic() + budget
-    while population < target and time.monotonic() < deadline:
-        batch = [uuid.uuid4() for _ in range(min(BATCH, target - population))]
-        populator.warm(batch)
-        candidates.extend(rng.sample(batch, min(keep, len(batch))))
-        population += len(batch)
-        if population % 100_000 == 0:
-            cfg.log(f"shred: population {population:,}")
+    population = _grow(cfg, populator, population, budget, keep, candidates, rng, "")
     populator.close()
     grow_s = time.monotonic() - t0
     if len(candidates) <= n:  # a budget cut short: top up from the first batch
@@ -147,4 +151,115 @@ def run(cfg: Config) -> Results:
     out["shred_populate_us_per_subject"] = round(grow_s / population * 1e6, 1)
     out["shred_spread_kind"] = "IQR [p25, p75] of the samples"
     cfg.log(f"shred: {population:,} subjects measured")
+    _postgres(cfg, out)
     return out
+
+
+def _grow(
+    cfg: Config,
+    vault: Vault,
+    population: int,
+    budget: float,
+    keep: int,
+    candidates: list[uuid.UUID],
+    rng: random.Random,
+    label: str,
+) -> int:
+    """Add subjects (keys made by ``vault.warm``) in batches towards the large population until
+    ``budget`` seconds are spent, keeping ``keep`` shred candidates of every batch so that they
+    are spread over the whole key store; returns the population reached."""
+    target = cfg.shred_large_population
+    deadline = time.monotonic() + budget
+    while population < target and time.monotonic() < deadline:
+        batch = [uuid.uuid4() for _ in range(min(BATCH, target - population))]
+        vault.warm(batch)
+        candidates.extend(rng.sample(batch, min(keep, len(batch))))
+        population += len(batch)
+        if population % 100_000 == 0:
+            cfg.log(f"shred: {label}population {population:,}")
+    return population
+
+
+PG_FIGURES = (
+    "shred_ms_p50_10k_postgres",
+    "shred_ms_p50_10k_postgres_ledger",
+    "shred_ms_p50_large_postgres_ledger",
+    "keystore_write_txn_ms_p50_10k_postgres",
+)
+
+
+@contextmanager
+def _schemas(base: str, *names: str) -> Iterator[list[str]]:
+    """Schemas of their own on the PostgreSQL server, as URLs; dropped afterwards."""
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    made = [f"bench_{name}_{uuid.uuid4().hex[:8]}" for name in names]
+    try:
+        with admin.connect() as conn:
+            for schema in made:
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        yield [
+            sa.make_url(base)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+            for schema in made
+        ]
+    finally:
+        with admin.connect() as conn:
+            for schema in made:
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        admin.dispose()
+
+
+def _postgres(cfg: Config, out: Results) -> None:
+    """Shred latency on PostgreSQL, without and with the SQL ledger on the same server."""
+    base = _pg_url()
+    unreachable = pg_unreachable(base)
+    if unreachable is not None:
+        for name in PG_FIGURES:
+            missing(out, name, unreachable)
+        return
+    n = cfg.shred_samples
+    inner = LocalKms.ephemeral()
+    rng = random.Random(13)
+    with _schemas(base, "shred_keys", "shred_ledger") as (url, ledger):
+        populator = Vault(inner, url, cache_max_entries=1_000, listen_url="off")
+        first = [uuid.uuid4() for _ in range(SMALL)]
+        t0 = time.monotonic()
+        populator.warm(first)
+        populator.close()
+        cfg.log(f"shred: postgres, 10k populated in {time.monotonic() - t0:.1f} s")
+        rng.shuffle(first)
+        plain, with_ledger, rest = first[:n], first[n : 2 * n], first[2 * n :]
+        shreds, floor = _measure(inner, url, plain, rest)
+        _p50(out, "shred_ms_p50_10k_postgres", shreds)
+        _p50(out, "keystore_write_txn_ms_p50_10k_postgres", floor)
+        # The ledger from here on (its first open imports the receipts above: a genesis batch).
+        shreds, _ = _measure(inner, url, with_ledger, rest, ledger=ledger)
+        _p50(out, "shred_ms_p50_10k_postgres_ledger", shreds)
+        out["shred_ms_p50_10k_postgres_ledger_note"] = (
+            "key store and SQL ledger: two schemas of one PostgreSQL database on this machine; "
+            "each shred appends its receipt to the ledger inside its key-store transaction"
+        )
+        population = SMALL
+        candidates = rest[: n + 1]
+        budget = max(0.0, min(cfg.shred_populate_budget_s / 2, cfg.remaining_s() - RESERVE_S))
+        keep = max(1, math.ceil(2 * n * BATCH / max(cfg.shred_large_population, BATCH)))
+        grower = Vault(inner, url, ledger=ledger, cache_max_entries=1_000, listen_url="off")
+        t0 = time.monotonic()
+        population = _grow(cfg, grower, population, budget, keep, candidates, rng, "postgres ")
+        grower.close()
+        grow_s = time.monotonic() - t0
+        rng.shuffle(candidates)
+        shreds, _ = _measure(inner, url, candidates[:n], candidates[n:], ledger=ledger)
+        _p50(out, "shred_ms_p50_large_postgres_ledger", shreds)
+        out["shred_ms_p50_large_postgres_ledger_population"] = population
+        out["shred_postgres_populate_us_per_subject"] = round(
+            grow_s / max(population - SMALL, 1) * 1e6, 1
+        )
+        if population < 1_000_000:
+            out["shred_ms_p50_large_postgres_ledger_note"] = (
+                f"measured on {population:,} subjects, not 1,000,000: the PostgreSQL population "
+                f"stopped when its time budget ({budget:.0f} s) ran out or reached --quick's "
+                "target; not extrapolated"
+            )
+    cfg.log(f"shred: postgres measured ({population:,} subjects with the ledger)")

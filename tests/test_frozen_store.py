@@ -78,6 +78,9 @@ def test_frozen_installation_opens_after_the_upgrade(tmp_path: Path, version: in
             frozen.encrypt(shredded, b"new data for an erased customer", context="customers.phone")
         assert frozen.shred(shredded) == receipt
         assert _invalidations(url) == []  # a repeated shred changes nothing
+        status = frozen.erasure_status(receipt.receipt_id)  # the upgrade recorded it: legacy
+        assert status is not None
+        assert (status.phase, status.in_ledger) == ("legacy", False)
         alice = uuid.UUID(int=0xA11CE)
         assert frozen.shred(alice).propagation_bound_seconds == 1.0
         assert _invalidations(url) == [(1, "shred")]
@@ -99,7 +102,7 @@ def test_a_frozen_store_is_refused_without_the_upgrade(
         Vault.from_settings(kms_url=f"local://{tmp_path / 'master.key'}", keystore_url=url)
     assert (_tables(url), _meta(url)) == before  # refused without changing anything
     assert _meta(url).get("schema_version", "1") == str(version)
-    assert "ccvault_invalidations" not in _tables(url)
+    assert not {"ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures"} & _tables(url)
     with sqlite3.connect(tmp_path / "keys.db") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(ccvault_subject_heads)")}
         assert ("mac" in columns) == (version >= 2)

@@ -322,6 +322,8 @@ VAULT_PUBLIC = {
     "data_map", "erasure_receipt", "export_subject", "register_personal_table",
     # batched single-value reads (issue 13)
     "decrypt_many",
+    # the erasure ledger wired in (issue 13): status, check, reconciliation
+    "erasure_status", "ledger_unverified", "reconcile_erasures", "verify_erasures",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     "propagation_bound", "propagation_interval",

@@ -11,8 +11,8 @@ after ``shred()`` returned each one stops serving them:
 * a killed listener connection (``pg_terminate_backend``, its role unable to log in again)
   falls back to the poll: still within 1 s, not ``cache_ttl``;
 * every value the writer made, before or after the shred, is unreadable afterwards;
-* a key store restored under a running process (the SQLite file copied back through SQLite's
-  backup API; the tables copied back on the servers) is noticed within the bound: the child
+* a key store restored under a running process (SQLite's backup API, pg_dump and psql, a table
+  copy on MariaDB: tests/vault_ledgers.py) is noticed within the bound: the child
   drops every cached key and runs its store-restored hooks.
 
 Run with ``-s`` to see the figures.
@@ -31,16 +31,14 @@ import pytest
 import sqlalchemy as sa
 
 import propagation_child
-from admin_cli import sqlite_backup
 from ccvault import SubjectShreddedError, Vault
 from ccvault.keystore._listen import APPLICATION_NAME
-from ccvault.keystore._schema import build_metadata
 from ccvault.kms import LocalKms
 from conftest import PG_URL
+from vault_ledgers import restore, snapshot
 
 CTX = propagation_child.CTX
 BOUND = 1.0  # the installation's bound (the default), what the tests assert
-TABLES = [t.name for t in build_metadata().sorted_tables]
 
 
 @pytest.fixture(scope="module")
@@ -203,30 +201,6 @@ def test_a_killed_listener_falls_back_to_the_poll(
     assert delay <= BOUND
 
 
-def _snapshot(url: str, tmp_path: Path) -> None:
-    if url.startswith("sqlite"):
-        sqlite_backup(Path(sa.make_url(url).database or ""), tmp_path / "snapshot.db")
-        return
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in TABLES:
-            conn.exec_driver_sql(f"CREATE TABLE snap_{table} AS SELECT * FROM {table}")
-    engine.dispose()
-
-
-def _restore(url: str, tmp_path: Path) -> None:
-    if url.startswith("sqlite"):
-        sqlite_backup(tmp_path / "snapshot.db", Path(sa.make_url(url).database or ""))
-        return
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(TABLES):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
-        for table in TABLES:
-            conn.exec_driver_sql(f"INSERT INTO {table} SELECT * FROM snap_{table}")
-    engine.dispose()
-
-
 def test_a_restore_under_a_running_process_is_noticed(
     forkserver: Any, db_url: str, tmp_path: Path
 ) -> None:
@@ -235,13 +209,13 @@ def test_a_restore_under_a_running_process_is_noticed(
     with Vault(kms, db_url, listen_url="off") as vault:
         blob = vault.encrypt(kept, b"kept", context=CTX)
         vault.encrypt(gone, b"gone", context=CTX)
-    _snapshot(db_url, tmp_path)
+    snapshot(db_url, tmp_path)
     watcher = Child(forkserver, "watch", key_path, db_url, kept, blob)
     try:
         watcher.expect("ready")
         _shred(kms, db_url, gone)
         assert watcher.expect("seen", timeout=5)[1] == 1
-        _restore(db_url, tmp_path)
+        restore(db_url, tmp_path)
         restored_at = time.monotonic()
         _, noticed, cached = watcher.expect("restored", timeout=5)
     finally:

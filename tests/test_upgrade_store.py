@@ -41,6 +41,7 @@ CTX = "customers.phone"
 _MD = build_metadata()
 HEADS, KEYS, META = (_MD.tables[f"ccvault_{t}"] for t in ("subject_heads", "keys", "meta"))
 SCHEMA_3_META = ("propagation_bound_seconds", "invalidation_seq")
+SCHEMA_3_TABLES = ("ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures")
 
 
 def _as_schema_2(url: str) -> None:
@@ -49,8 +50,9 @@ def _as_schema_2(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(sa.delete(META).where(META.c.name.in_(SCHEMA_3_META)))
             conn.execute(sa.update(META).where(META.c.name == "schema_version").values(value="2"))
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE ccvault_invalidations")
+        for table in SCHEMA_3_TABLES:
+            with engine.begin() as conn:  # DDL on its own (MariaDB commits it anyway)
+                conn.exec_driver_sql(f"DROP TABLE {table}")
     finally:
         engine.dispose()
 
@@ -104,6 +106,15 @@ def _channel(url: str) -> tuple[bool, dict[str, str], list[tuple[int, str]]]:
     finally:
         engine.dispose()
     return present, meta, sorted(rows)
+
+
+def _has_tables(url: str, names: tuple[str, ...]) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {n for n in names if sa.inspect(conn).has_table(n)}
+    finally:
+        engine.dispose()
 
 
 def _set_version(url: str, value: str | None) -> None:
@@ -334,6 +345,7 @@ def test_the_upgrade_from_schema_2(db_url: str, caplog: pytest.LogCaptureFixture
         receipt = old.shred(bob)
     _as_schema_2(db_url)
     _refused(kms, db_url, r"schema version 2, older than this ccvault's \(3\): run `ccvault")
+    assert not _has_tables(db_url, SCHEMA_3_TABLES)
     assert _schema(db_url) == ("2", True)
     assert _channel(db_url) == (False, {}, [])  # a refused open changes nothing
     caplog.set_level(logging.WARNING, logger="ccvault")
@@ -345,7 +357,9 @@ def test_the_upgrade_from_schema_2(db_url: str, caplog: pytest.LogCaptureFixture
         {"propagation_bound_seconds": "2.0", "invalidation_seq": "0"},
         [],
     )
+    assert _has_tables(db_url, SCHEMA_3_TABLES) == set(SCHEMA_3_TABLES)
     with Vault(kms, db_url) as vault:
+        assert vault.erasure_status(receipt.receipt_id).phase == "legacy"  # type: ignore[union-attr]
         assert vault.propagation_bound == 2.0
         assert vault.decrypt(kept, context=CTX, subject=alice) == b"+1 555 0100"
         with pytest.raises(SubjectShreddedError):

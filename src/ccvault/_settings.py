@@ -159,14 +159,17 @@ class CcvaultSettings(BaseSettings):
         default=None,
         description="where the signed erasure journal is kept, apart from the key store: any "
         "SQLAlchemy URL (tables ccvault_ledger_*), file:///path/ledger.jsonl (one host) or "
-        "s3://bucket/prefix?region=... (credentials from the boto3 chain). Not used by Vault "
-        'yet (docs/erasure.md, "Journal and ledger")',
+        "s3://bucket/prefix?region=... (credentials from the boto3 chain). Every shred appends "
+        "its receipt there before anything is destroyed, and a vault replays it into a restored "
+        "key store at open; an empty key store becomes a new installation only with "
+        'create=True (docs/operations.md, "Configuring the erasure ledger")',
     )
     ledger_mode: Literal["strict", "best-effort"] = Field(
         default="strict",
         description="strict: a shred whose ledger entry cannot be written destroys nothing "
-        "(LedgerUnavailableError); best-effort: it destroys, and the erasure cannot complete "
-        "until the entry is in the ledger. Not used by Vault yet",
+        "(LedgerUnavailableError); best-effort: it destroys, its entry waits in the key store's "
+        "outbox until the next shred, open or reconcile appends it, and the erasure cannot "
+        "complete until then",
     )
 
     @field_validator("subject_type")

@@ -48,8 +48,22 @@ from .audit._receipt import ErasureReceipt
 from .crypto import _format as fmt
 from .crypto._blind import BlindIndexer, Normalizer
 from .crypto._subject import SubjectType
-from .erasure import Erasure, ShredPreview
-from .errors import ConfigurationError, DecryptionError
+from .erasure import (
+    Erasure,
+    ErasureCheck,
+    ErasureStatus,
+    LedgerLink,
+    LedgerSink,
+    Reconciliation,
+    ShredPreview,
+    check_new_installation,
+)
+from .errors import (
+    ConfigurationError,
+    DecryptionError,
+    LedgerIntegrityError,
+    LedgerUnavailableError,
+)
 from .keyring import (
     FENCE_BREAKS,
     UNCHECKED,
@@ -121,7 +135,16 @@ class Vault:
     after ``cache_ttl``, so a shred elsewhere is honoured within the same bound during an outage.
     ``readonly=True`` opens an existing installation without writing anything: no table, no
     installation, epoch or key is created (an empty store is a :class:`ConfigurationError`), and
-    every operation that would write raises one.
+    every operation that would write raises one; with a ledger it does not replay either.
+    ``ledger`` (a :class:`~ccvault.erasure.LedgerSink` or a ledger URL: SQLAlchemy,
+    ``file:///…jsonl``, ``s3://…``) keeps the signed journal of erasures outside the key store:
+    each shred appends its receipt there before anything is destroyed, and a vault replays the
+    ledger into a key store restored from a backup before it serves a read (docs/erasure.md,
+    "The ledger and the vault"). ``ledger_mode="best-effort"`` shreds while the ledger is
+    unreachable and queues the entry; ``"strict"`` (the default) raises
+    :class:`LedgerUnavailableError` and destroys nothing. ``create``: whether an empty key store
+    becomes a new installation — None (the default) creates one unless a ledger is configured,
+    True always (the first start of a ledgered installation), False never.
     Every number must be finite, and ``backup_retention`` at least a day and at least
     ``cache_ttl + kms_grace_period`` (a :class:`ConfigurationError` names the argument otherwise;
     see :func:`ccvault._settings.check_vault_options`).
@@ -148,6 +171,9 @@ class Vault:
         readonly: bool = False,
         propagation_interval: float = 1.0,
         listen_url: str | None = None,
+        ledger: LedgerSink | str | None = None,
+        ledger_mode: Literal["strict", "best-effort"] = "strict",
+        create: bool | None = None,
     ) -> None:
         from ._settings import check_vault_options
 
@@ -182,6 +208,8 @@ class Vault:
             listen_url=listen_url,
         )
         owned = isinstance(keystore, Engine | str) or is_async_engine(keystore)
+        if isinstance(keystore, str) and ledger is not None and not readonly and create is None:
+            _refuse_empty_store(keystore)  # before the store's tables are created
         if owned:
             self._store: KeyStore = SqlKeyStore(keystore, create=not readonly)  # type: ignore[arg-type]
         else:
@@ -189,18 +217,23 @@ class Vault:
 
         declared = SubjectType.parse(subject_type) if subject_type is not None else None
         proposed = declared.spec if declared is not None else "uuid"
+        # An upgrade opens a store of an older schema: no ledger until it is upgraded.
+        ledger = None if UPGRADING.get() else ledger
         try:
-            if readonly:
+            if readonly or create is False:
                 installation, stored_type = existing_installation(self._store)
             else:
+                new_id = uuid.uuid4().hex
+                if ledger is not None and self._store.installation() is None:
+                    _new_ledgered_installation(self._store, ledger, new_id, create)
                 installation, stored_type = self._store.ensure_installation(
-                    uuid.uuid4().hex, proposed, installation_facts(propagation_interval)
+                    new_id, proposed, installation_facts(propagation_interval)
                 )
             check_schema(self._store, upgrading=UPGRADING.get())
             bound = check_propagation(
                 self._store, self._options.propagation_interval, upgrading=UPGRADING.get()
             )
-        except ConfigurationError:
+        except (ConfigurationError, LedgerIntegrityError, LedgerUnavailableError):
             if owned:
                 self._store.close()
             raise
@@ -223,6 +256,15 @@ class Vault:
         )
         self._values = Values(self._ring)
         self._rotation = Rotation(kms, self._store, self._epochs, self._options)
+        self._link = LedgerLink(
+            self._store,
+            ident,
+            self._options,
+            self._ring.heads,
+            seed=receipt_seed,
+            ledger=ledger,
+            mode=ledger_mode,
+        )
         self._erasure = Erasure(
             self._store,
             self._ring,
@@ -231,8 +273,17 @@ class Vault:
             ident,
             self._options,
             receipt_seed=receipt_seed,
+            link=self._link,
         )
         if not UPGRADING.get():  # a store being upgraded may have no channel to listen to yet
+            try:
+                self._link.open()  # replays a restored store before the first read
+            except BaseException:
+                self._link.close()
+                if owned:
+                    self._store.close()
+                raise
+            self._ring.store_restored.add(self._link.on_store_restored)
             self._ring.invalidations.listen(listen_url)
 
     @safe_repr
@@ -251,6 +302,7 @@ class Vault:
         self._ring.invalidations.close()
         self._ring.evict_all()
         self._epochs.clear()
+        self._link.close()
         self._store.close()
 
     # -- identity and settings (the settings are read by the parts where they use them) ---------
@@ -333,6 +385,16 @@ class Vault:
         """Whether this vault was opened with ``readonly=True``."""
         return self._options.readonly
 
+    @property
+    def ledger_unverified(self) -> bool:
+        """True while this vault has not brought its key store and its erasure ledger into
+        agreement: the ledger was unreachable or failed a check at open (or after a restore),
+        a ``best-effort`` shred queued an entry, a read-only vault found entries it does not
+        replay, or the key store records a ledger this vault has none of. ``destroy_epochs``
+        refuses meanwhile; the next shred or :meth:`reconcile_erasures` that reaches the ledger
+        clears it."""
+        return self._link.unverified
+
     # -- asyncio ---------------------------------------------------------------------------------
 
     @classmethod
@@ -376,7 +438,7 @@ class Vault:
         settings: CcvaultSettings | None = None,
         *,
         readonly: bool = False,
-        create: bool = True,
+        create: bool | None = None,
         **overrides: Any,
     ) -> Vault:
         """Build a vault from ``CCVAULT_*`` environment variables (see :class:`CcvaultSettings`).
@@ -388,7 +450,10 @@ class Vault:
         ``readonly=True``: see :class:`Vault`; on the embedded default it creates no folder and
         no master key either. ``create=False`` opens an existing installation read-write and
         refuses an empty store the same way (the admin commands use it: a mistyped URL never
-        becomes a new installation).
+        becomes a new installation). ``create=None`` (the default) creates a new installation on
+        an empty store unless ``CCVAULT_LEDGER_URL`` is set; with a ledger, the first start of
+        an installation passes ``create=True`` (docs/operations.md, "Configuring the erasure
+        ledger").
         """
         from ._settings import CcvaultSettings, kms_from_url
 
@@ -411,11 +476,13 @@ class Vault:
         url = s.keystore_url or f"sqlite:///{home / 'keys.db'}"
         # Read-only or create=False: the store is checked before the KMS, so an empty one
         # creates nothing at all.
-        existing = readonly or not create
+        existing = readonly or create is False
         keystore: KeyStore | str = SqlKeyStore(url, create=False) if existing else url
         try:
             if isinstance(keystore, SqlKeyStore):
                 existing_installation(keystore)
+            elif s.ledger_url is not None and create is None:
+                _refuse_empty_store(url)  # before the KMS: nothing is created for it
             if s.kms_url is None:
                 kms = embedded_kms(home, create=not existing)
                 warnings.warn(
@@ -439,6 +506,9 @@ class Vault:
                 readonly=readonly,
                 propagation_interval=s.propagation_interval_seconds,
                 listen_url=s.listen_url,
+                ledger=s.ledger_url,
+                ledger_mode=s.ledger_mode,
+                create=create,
             )
         except BaseException:
             if isinstance(keystore, SqlKeyStore):
@@ -515,6 +585,11 @@ class Vault:
 
         Idempotent: a repeat returns the original receipt. A never-seen subject is fenced too.
 
+        With a ledger the receipt is appended to it in the key-store transaction that destroys
+        the keys, before it commits: an unreachable ledger raises
+        :class:`LedgerUnavailableError` and destroys nothing (``ledger_mode="strict"``), or the
+        entry waits in the key store's outbox (``"best-effort"``).
+
         ``dry_run=True`` destroys and writes nothing (a read-only vault runs it) and returns a
         :class:`ShredPreview`: the keys the shred would destroy, and per attached engine the
         tables, encrypted columns, blind-index columns and rows of the subject it would make
@@ -523,6 +598,30 @@ class Vault:
         if dry_run:
             return self._erasure.preview(subject)
         return self._erasure.shred(subject)
+
+    def erasure_status(self, receipt_id: str) -> ErasureStatus | None:
+        """Where the erasure of receipt ``receipt_id`` stands: ``destroyed`` (its receipt is in
+        the ledger; ``in_ledger`` False while it waits in a ``best-effort`` outbox),
+        ``completed`` (a completion record is in the ledger) or ``legacy`` (shredded without a
+        ledger, or before one was configured). None for a receipt id the key store does not
+        know. Read-only: one key-store query."""
+        return self._link.status(receipt_id)
+
+    def verify_erasures(self) -> ErasureCheck:
+        """Check the erasure ledger and the key store against each other (admin operation,
+        read-only: ``ccvault verify-erasures``): the ledger's chain (every tampered, missing,
+        reordered, truncated or foreign entry named by seq), entries the store has not applied,
+        receipts in the store the ledger lacks, entries waiting in the outbox. Reads the whole
+        ledger and every stored receipt. :class:`ConfigurationError` without a ledger."""
+        return self._link.check()
+
+    def reconcile_erasures(self) -> Reconciliation:
+        """Bring the key store and the ledger into agreement (admin operation:
+        ``ccvault reconcile-erasures``): replay the entries the store has not applied (with the
+        ledger's own receipts), re-add to the ledger the receipts it lacks after a signed
+        ``repair`` entry, append the outbox; then :meth:`verify_erasures`. Idempotent; clears
+        :attr:`ledger_unverified` when it reaches the ledger."""
+        return self._link.reconcile()
 
     def erasure_receipt(self, subject: object) -> ErasureReceipt | None:
         """The signed receipt of ``subject``'s shred (what a repeated :meth:`shred` returns),
@@ -704,7 +803,13 @@ class Vault:
         repaired row could not be read). The decision is recorded in the key store, in the
         transaction that destroys the epoch, and logged at WARNING. With ``dry_run`` the epochs
         holding quarantined keys are left out unless ``accept_unreadable``.
+
+        While the erasure ledger is unverified (:attr:`ledger_unverified`) it first tries to
+        catch up with it, and refuses (:class:`LedgerUnavailableError`) if it cannot: a dry run
+        does not.
         """
+        if not dry_run:
+            self._link.require_verified_ledger("destroy_epochs")
         return self._rotation.destroy(
             dry_run=dry_run, progress=progress, accept_unreadable=accept_unreadable
         )
@@ -781,11 +886,13 @@ class Vault:
         finally:
             UPGRADING.reset(token)
         with vault:
-            return vault._ring.heads.upgrade(
+            upgrade = vault._ring.heads.upgrade(
                 vault._options.now,
                 progress,
                 installation_facts(vault._options.propagation_interval),
             )
+            vault._erasure.record_legacy_erasures()
+            return upgrade
 
     def verify_heads(self) -> HeadCheck:
         """Check the MAC of every subject head and look for key rows whose ref has no head
@@ -794,3 +901,28 @@ class Vault:
         them all at once. One key-store query per 500 heads, and one for key rows outside
         their fence."""
         return self._ring.heads.verify()
+
+
+def _refuse_empty_store(url: str) -> None:
+    probe = SqlKeyStore(url, create=False)
+    try:
+        if probe.installation() is None:
+            _new_ledgered_installation(probe, "", "", None)
+    finally:
+        probe.close()
+
+
+def _new_ledgered_installation(
+    store: KeyStore, ledger: LedgerSink | str, new_id: str, create: bool | None
+) -> None:
+    """An empty key store beside a ledger becomes an installation only when asked (DESIGN.md,
+    lifecycle rule 2: a mistyped URL never becomes a fresh installation), and only beside a
+    ledger that holds nothing of anyone else's."""
+    if create is not True:
+        where = store.location if isinstance(store, SqlKeyStore) else repr(store)
+        raise ConfigurationError(
+            f"no ccvault installation at {where}, and a ledger is configured: an empty key store "
+            "is not made a new installation unless asked (Vault(..., create=True), "
+            "Vault.from_settings(create=True)); is CCVAULT_KEYSTORE_URL right?"
+        )
+    check_new_installation(ledger, new_id)

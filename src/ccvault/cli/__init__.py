@@ -50,9 +50,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "check every subject head's MAC and find key rows without a head; exit status 3 "
             "when any ref is treated as shredded for a broken fence (read-only)",
         ),
+        (
+            "verify-erasures",
+            "verify the erasure ledger's chain and check the key store against it: entries not "
+            "applied, receipts missing from the ledger, entries waiting in the outbox; exit "
+            "status 3 on any problem (read-only)",
+        ),
+        (
+            "reconcile-erasures",
+            "replay ledger entries into the key store, re-add receipts the ledger lacks after a "
+            "signed repair entry, append the outbox; then verify (exit status 3 on a problem "
+            "left; admin)",
+        ),
     ):
         admin[name] = sub.add_parser(
             name, help=text, description=f"{text}. Configured by CCVAULT_* variables."
+        )
+    for name in ("verify-erasures", "reconcile-erasures"):
+        admin[name].add_argument(
+            "--format", choices=("json", "text"), default="json", help="output format (json)"
         )
     admin["destroy-epochs"].add_argument(
         "--dry-run", action="store_true", help="print what would be destroyed, change nothing"
@@ -159,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command,
             dry_run=getattr(args, "dry_run", False),
             accept_unreadable=getattr(args, "accept_unreadable", False),
+            output=getattr(args, "format", "json"),
         )
     if args.command == "demo":
         from ._demo import run_demo

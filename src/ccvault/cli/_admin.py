@@ -1,9 +1,10 @@
 """Admin commands over the vault configured by ``CCVAULT_*``: run them from a scheduled job with
 the admin KMS principal (docs/kms.md, "Who may do what").
 
-``status``, ``verify-heads`` and ``destroy-epochs --dry-run`` open the vault read-only: they
-create nothing, not even on an empty store. Long commands report progress on stderr; Ctrl-C stops
-them with exit status 130 and a store the next run completes.
+``status``, ``verify-heads``, ``verify-erasures`` and ``destroy-epochs --dry-run`` open the
+vault read-only: they create nothing, not even on an empty store, and replay no ledger. Long
+commands report progress on stderr; Ctrl-C stops them with exit status 130 and a store the next
+run completes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from ..erasure import ErasureCheck
 from ..errors import CcvaultError
 from ..vault import EpochInfo, HeadCheck, Vault
 
@@ -30,8 +32,13 @@ _AFTER_INTERRUPT = {
     "version is unchanged; run `ccvault upgrade-store` again: it goes on from there",
     "status": "nothing was changed",
     "verify-heads": "nothing was changed",
+    "verify-erasures": "nothing was changed",
+    "reconcile-erasures": "each step is its own key-store transaction; run `ccvault "
+    "reconcile-erasures` again: it goes on from what is applied",
 }
 _BROKEN_FENCES = 3  # exit status of verify-heads when it finds any
+_PROBLEMS = 3  # exit status of verify-erasures / reconcile-erasures when problems remain
+_READONLY = ("status", "verify-heads", "verify-erasures")
 
 
 def _when(ts: float | None) -> str | None:
@@ -62,12 +69,20 @@ class _Progress:
         return f" after {self.verb}ing {self.done} of {self.total} {self.what}"
 
 
-def run_admin(command: str, *, dry_run: bool = False, accept_unreadable: bool = False) -> int:
-    """One admin command; prints one JSON object; exit status 1 on an error (one line on stderr,
-    no traceback), 130 on Ctrl-C."""
+def run_admin(
+    command: str,
+    *,
+    dry_run: bool = False,
+    accept_unreadable: bool = False,
+    output: str = "json",
+) -> int:
+    """One admin command; prints one JSON object (``verify-erasures`` and
+    ``reconcile-erasures`` with ``output="text"``: lines); exit status 1 on an error (one line on
+    stderr, no traceback), 130 on Ctrl-C."""
     progress = _Progress(command)
-    readonly = command in ("status", "verify-heads") or (command == "destroy-epochs" and dry_run)
+    readonly = command in _READONLY or (command == "destroy-epochs" and dry_run)
     status = 0
+    erasures: ErasureCheck | None = None
     try:
         out: dict[str, object]
         if command == "upgrade-store":
@@ -107,6 +122,16 @@ def run_admin(command: str, *, dry_run: bool = False, accept_unreadable: bool = 
                 }
             elif command == "add-kms-wraps":
                 out = {"wraps_added": vault.add_kms_wraps()}
+            elif command == "verify-erasures":
+                erasures = vault.verify_erasures()
+                out = _erasure_check(erasures)
+            elif command == "reconcile-erasures":
+                done = vault.reconcile_erasures()
+                erasures = done.check
+                out = {
+                    **done.model_dump(mode="json", exclude={"check"}),
+                    "check": None if erasures is None else _erasure_check(erasures),
+                }
             else:
                 out = _status(vault)
     except KeyboardInterrupt:
@@ -119,8 +144,44 @@ def run_admin(command: str, *, dry_run: bool = False, accept_unreadable: bool = 
         message = " ".join(str(exc).split())
         print(f"ccvault {command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
+    if erasures is not None:
+        status = 0 if erasures.ok else _PROBLEMS
+        if output == "text":
+            print("\n".join(_erasure_lines(command, out, erasures)))
+            return status
     print(json.dumps(out, indent=2))
     return status
+
+
+def _erasure_check(check: ErasureCheck) -> dict[str, object]:
+    return {"ok": check.ok, **check.model_dump(mode="json")}
+
+
+def _erasure_lines(command: str, out: dict[str, object], check: ErasureCheck) -> list[str]:
+    lines = []
+    if command == "reconcile-erasures":
+        done = ", ".join(
+            f"{k} {out[k]}" for k in ("replayed", "shredded", "imported", "repaired", "flushed")
+        )
+        lines.append(f"reconciled: {done}")
+    lines.append(
+        f"ledger {check.location}: head seq {check.ledger_head_seq}, key store applied seq "
+        f"{check.store_applied_seq}, {check.ledger_receipts} receipts in the ledger, "
+        f"{check.store_receipts} in the key store"
+    )
+    problems = check.lines()
+    hidden = sum(check.counts.values()) - (len(problems) - len(check.ledger.problems))
+    lines += problems
+    if hidden > 0:
+        lines.append(f"... and {hidden} more (the JSON output counts them all)")
+    lines.append("ok" if check.ok else f"problems: {', '.join(_counts(check))}")
+    return lines
+
+
+def _counts(check: ErasureCheck) -> list[str]:
+    named = [f"{n} {k.replace('_', ' ')}" for k, n in check.counts.items() if n]
+    failed = [p for p in check.ledger.problems if not (p.kind == "torn" and p.repaired)]
+    return ([f"{len(failed)} in the ledger"] if failed else []) + named
 
 
 def _head_check(check: HeadCheck) -> dict[str, object]:

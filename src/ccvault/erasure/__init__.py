@@ -1,11 +1,12 @@
 """Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt;
 :class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink;
-a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadable.
+a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadable;
+:class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
+``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
-The journal is not wired into ``Vault.shred`` yet; completion records (rule 4 of the product
-contract's lifecycle design) are to live in this package too. The subject export reads tables, so
-it lives in the SQLAlchemy integration (``ccvault.sqlalchemy._export``) and takes the stored
-receipt from :meth:`Erasure.receipt`.
+Completion records (rule 4 of the product contract's lifecycle design) are to live in this
+package too. The subject export reads tables, so it lives in the SQLAlchemy integration
+(``ccvault.sqlalchemy._export``) and takes the stored receipt from :meth:`Erasure.receipt`.
 """
 
 from ._chain import LedgerProblem, LedgerReport
@@ -14,7 +15,9 @@ from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
 from ._ledger_s3 import S3Ledger
 from ._ledger_sql import SqlLedger
+from ._link import LedgerLink, check_new_installation
 from ._preview import EnginePreview, PreviewColumn, ShredPreview, SkippedTable, TablePreview
+from ._reconcile import Reconciler
 from ._records import (
     CompletionRecord,
     GenesisRecord,
@@ -23,19 +26,27 @@ from ._records import (
     register_record_type,
 )
 from ._shred import Erasure
+from ._status import ErasureCheck, ErasureProblem, ErasureStatus, Reconciliation, RepairRecord
 
 __all__ = [
     "CompletionRecord",
     "EnginePreview",
     "Erasure",
+    "ErasureCheck",
+    "ErasureProblem",
+    "ErasureStatus",
     "GenesisRecord",
     "Journal",
     "JournalEntry",
     "JsonlLedger",
+    "LedgerLink",
     "LedgerProblem",
     "LedgerReport",
     "LedgerSink",
     "PreviewColumn",
+    "Reconciler",
+    "Reconciliation",
+    "RepairRecord",
     "S3Ledger",
     "ShredPreview",
     "SignedRecord",
@@ -44,6 +55,7 @@ __all__ = [
     "StoredEntry",
     "TablePreview",
     "TornWrite",
+    "check_new_installation",
     "ledger_from_url",
     "register_record_type",
     "verify_ledger",

@@ -1,11 +1,13 @@
 """Owns the erasure journal: signed, hash-chained, gap-free entries appended to a ledger sink.
-Must not destroy keys nor touch the key store; Erasure (a later step) appends before destroying.
+Must not destroy keys nor touch the key store; the ledger link appends before anything is destroyed.
 
 ``Journal(sink, installation_id, signing_seed)`` opens the installation's ledger, writing the
-genesis entry on an empty one and refusing one whose genesis names another installation. Appends
-are conditional on the expected seq; when another writer took it, the journal re-reads the head
-and tries again (bounded). Records are signed with the installation's receipt-signing key, the
-same that signs :class:`~ccvault.ErasureReceipt` v1.
+genesis entry on an empty one (unless ``create=False``) and refusing one whose genesis names
+another installation. Appends are conditional on the expected seq; when another writer took it,
+:meth:`Journal.append` re-reads the head and tries again (bounded), while
+:meth:`Journal.append_after` (the vault's ledger-first shred) raises :class:`JournalMoved`.
+Records are signed with the installation's receipt-signing key, the same that signs
+:class:`~ccvault.ErasureReceipt` v1.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Final
 
@@ -28,13 +30,25 @@ from ._chain import Fault, LedgerProblem, LedgerReport, analyse, integrity_error
 from ._ledger import MAX_BATCH, LedgerSink, StoredEntry
 from ._records import ZERO_HASH, GenesisRecord, JournalEntry, Record, SignedRecord
 
-__all__ = ["Journal", "verify_ledger"]
+__all__ = ["Journal", "JournalMoved", "verify_ledger"]
 
 log = logging.getLogger("ccvault")
 
 CONFLICT_RETRIES: Final = 100
 """Appends that lose their seq to another writer this many times in a row give up
 (``LedgerUnavailableError``): each loss means another writer made progress."""
+
+
+class JournalMoved(Exception):
+    """The ledger's last entry is not the one an :meth:`Journal.append_after` expected:
+    ``head`` is the seq it holds (None: the ledger is empty), ``expected`` the caller's.
+    ``head > expected``: the caller is behind the ledger (replay first); lower: the ledger is
+    behind the caller (repair)."""
+
+    def __init__(self, head: int | None, expected: int) -> None:
+        super().__init__(f"the ledger's last entry is seq {head}, not {expected}")
+        self.head = head
+        self.expected = expected
 
 
 class Journal:
@@ -51,6 +65,7 @@ class Journal:
         signing_seed: SecretKey,
         *,
         clock: Callable[[], datetime] | None = None,
+        create: bool = True,
     ) -> None:
         if not isinstance(signing_seed, SecretKey):
             raise TypeError("signing_seed must be a SecretKey (the receipt-signing seed)")
@@ -67,6 +82,8 @@ class Journal:
         self.conflicts = 0  # appends that lost their seq to another writer (and were retried)
         with self._lock:
             if self._read_tip() is None:
+                if not create:
+                    raise self._error("missing", 0, self.location, "the ledger is empty")
                 genesis = GenesisRecord(installation_id=installation_id, created_at=self._now())
                 self._write([genesis.sign(signing_seed, public_key=self._public)], genesis=True)
             self._check_genesis()
@@ -88,6 +105,11 @@ class Journal:
     def location(self) -> str:
         return self._sink.location
 
+    @property
+    def sink(self) -> LedgerSink:
+        """Where the entries are stored (for readers that judge entries one by one)."""
+        return self._sink
+
     def _now(self) -> datetime:
         now = self._clock()
         return now.astimezone(timezone.utc)
@@ -105,6 +127,50 @@ class Journal:
         prepared = [self._prepare(r) for r in records]
         with self._lock:
             return self._write(prepared)
+
+    def append_after(self, after: int, records: Sequence[Record]) -> list[JournalEntry]:
+        """Append ``records`` only where the ledger's last entry is seq ``after``: the first
+        goes in at ``after + 1``. Raises :class:`JournalMoved` when the ledger's head is another
+        (nothing written, or the batches of 500 before it: durable, the caller's to apply) and
+        never retries: whoever serialises its appends (the key store's ledger lock) decides."""
+        prepared = [self._prepare(r) for r in records]
+        done: list[JournalEntry] = []
+        with self._lock:
+            for i in range(0, len(prepared), MAX_BATCH):
+                tip = self._tip
+                if tip is None or tip.seq != after:
+                    tip = self._peek_tip()
+                if tip is None or tip.seq != after:
+                    raise JournalMoved(None if tip is None else tip.seq, after)
+                built, data = self._entries_after(tip, prepared[i : i + MAX_BATCH])
+                written = self._sink.append(self._id, after + 1, data)
+                if written:
+                    self._tip = built[written - 1]
+                    self._high = max(self._high, self._tip.seq)
+                done += built[:written]
+                if written < len(built):  # another writer took a seq: see where the head is
+                    moved = self._peek_tip()
+                    raise JournalMoved(None if moved is None else moved.seq, after + written)
+                after = built[-1].seq
+        return done
+
+    def tip(self) -> JournalEntry | None:
+        """The sink's last entry, read now and checked on its own, wherever it is (None: the
+        ledger is empty). Unlike :meth:`head` it does not refuse a ledger shorter than this
+        journal has seen: the caller compares it with what it expects."""
+        with self._lock:
+            return self._peek_tip()
+
+    def _peek_tip(self) -> JournalEntry | None:
+        item = self._sink.head(self._id)
+        if item is None:
+            self._tip = None
+            return None
+        entry = self._checked(item)
+        if item.seq is not None and item.seq != entry.seq:
+            raise self._error("tampered", entry.seq, item.where, f"stored as seq {item.seq}")
+        self._tip = entry
+        return entry
 
     def _prepare(self, record: Record) -> Record:
         if isinstance(record, GenesisRecord):

@@ -1,28 +1,35 @@
-"""Owns shred and its receipts: fence, destroy in one key-store transaction, evict, run the
-after-shred hooks, sign; reading a stored receipt back; and the dry run (``preview``), which
-writes nothing. Must not cache keys (the key ring does) nor talk to the KMS; the journal and
-ledger of the lifecycle rules belong beside it, in this package.
+"""Owns shred and its receipts: fence, destroy in one key-store transaction whose last step
+appends the receipt to the ledger (ledger first: :class:`~ccvault.erasure.LedgerLink`), evict,
+run the after-shred hooks, sign; reading a stored receipt back; and the dry run (``preview``),
+which writes nothing. Must not cache keys (the key ring does) nor talk to the KMS or the ledger
+itself (the ledger link does).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 from .._secret import SecretKey
 from ..audit._receipt import ErasureReceipt, sign_receipt
 from ..crypto._primitives import ed25519_public_key
-from ..errors import ErasureIncompleteError, KeyStoreError
+from ..errors import ErasureIncompleteError, KeyStoreError, LedgerUnavailableError
 from ..keyring import Epochs, Installation, KeyRing, Rotation, VaultOptions
 from ..keystore._protocol import KeyStore
-from ..keystore._records import EpochRecord, HeadRecord, KeyRecord, State
+from ..keystore._records import EpochRecord, ErasureOrigin, HeadRecord, KeyRecord, State
+from ._journal import JournalMoved
+from ._link import LedgerLink
 from ._preview import EnginePreview, ShredPreview, keys_a_shred_destroys
+from ._reconcile import receipt_row
 
 __all__ = ["Erasure"]
 
 log = logging.getLogger("ccvault")
+
+_PAGE = 500
+_MOVES = 5  # shreds that find the ledger moved (caught up each time) before giving up
 
 
 class Erasure:
@@ -38,6 +45,7 @@ class Erasure:
         options: VaultOptions,
         *,
         receipt_seed: SecretKey,
+        link: LedgerLink,
     ) -> None:
         self._store = store
         self._ring = ring
@@ -46,6 +54,7 @@ class Erasure:
         self._installation = installation
         self._options = options
         self._seed = receipt_seed
+        self._link = link
 
     @property
     def receipt_public_key(self) -> bytes:
@@ -53,9 +62,11 @@ class Erasure:
         return ed25519_public_key(self._seed.reveal())
 
     def shred(self, subject: object) -> ErasureReceipt:
-        """Fence ``subject``, destroy its keys (keeping tombstones), evict them from this
-        process, run the after-shred hooks and return the signed receipt."""
+        """Fence ``subject``, destroy its keys (keeping tombstones) in the transaction that
+        appends the receipt to the ledger, evict them from this process, run the after-shred
+        hooks and return the signed receipt."""
         self._options.writable("shred")
+        self._link.before_shred()
         ring = self._ring
         ref = ring.subject_ref(subject)
         now = self._options.now()
@@ -67,7 +78,7 @@ class Erasure:
         ring.fence(ref)
         parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
         try:
-            receipt_json, newly = self._store.shred(ref, now, make_receipt, ring.heads.seal)
+            receipt_json, newly = self._shred_ledger_first(ref, now, make_receipt)
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
             # eviction runs whatever happened.
@@ -118,6 +129,27 @@ class Erasure:
             unswept_indexes=tuple(sorted(ring.searchable_labels() - swept)),
         )
 
+    def _shred_ledger_first(
+        self,
+        ref: bytes,
+        now: float,
+        make_receipt: Callable[[HeadRecord | None, Sequence[KeyRecord]], str],
+    ) -> tuple[str, bool]:
+        """The key store's shred with the ledger step; when the ledger has moved past the
+        store (another process crashed after its append, or a restore), catch up and retry:
+        the replay may shred this subject with the ledger's receipt, which is then returned."""
+        for _ in range(_MOVES):
+            try:
+                return self._store.shred(
+                    ref, now, make_receipt, self._ring.heads.seal, self._link.shred_journal
+                )
+            except JournalMoved:
+                self._link.catch_up()
+        raise LedgerUnavailableError(
+            "the erasure ledger kept moving past the key store during a shred: nothing was "
+            "destroyed by this call; retry it"
+        )
+
     def receipt(self, subject: object) -> ErasureReceipt | None:
         """The receipt the key store holds for ``subject``'s shred (the one a repeated
         :meth:`shred` returns), or None when no shred of it is recorded. Read-only: it reads the
@@ -142,6 +174,25 @@ class Erasure:
                 "tampered with"
             )
         return parsed[0]
+
+    def record_legacy_erasures(self) -> int:
+        """Give every receipt the key store holds without an erasure row a ``legacy`` one (a
+        store written before the rows existed: ``upgrade-store``); returns how many receipts it
+        read. Idempotent: rows present are kept."""
+        seen = 0
+        after: bytes | None = None
+        while True:
+            page = self._store.shredded_receipts(after, _PAGE)
+            rows = []
+            for ref, text in page:
+                parsed = _parse_receipt(text)
+                if parsed is not None and parsed[0].subject_ref == ref.hex():
+                    rows.append(receipt_row(parsed[0], ErasureOrigin.LEGACY, None, ref))
+            self._store.record_erasures(rows)
+            seen += len(page)
+            if len(page) < _PAGE:
+                return seen
+            after = page[-1][0]
 
     def _run_hooks(self, ref: bytes, subject: object, receipt: ErasureReceipt) -> None:
         """Run the integrations' sweeps after a committed shred: never lose the receipt, never

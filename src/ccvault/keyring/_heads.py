@@ -97,6 +97,14 @@ class Heads:
         self._installation = installation
         self._mac = HmacSha256(mac_key.reveal())
         self._reported: TtlCache[bytes, bool] = TtlCache(10_000, _REPORT_SECONDS, monotonic)
+        # refs a ledger entry shreds that the store has not applied (a read-only vault, which
+        # never replays: DESIGN.md lifecycle rule 2); frozen, replaced whole
+        self._ledger_shredded: frozenset[bytes] = frozenset()
+
+    def treat_as_shredded(self, refs: set[bytes]) -> None:
+        """Read these refs as shredded in this process, whatever their heads say: the ledger
+        shreds them and this read-only vault does not replay it into the store."""
+        self._ledger_shredded = self._ledger_shredded | frozenset(refs)
 
     def seal(self, ref: bytes, key_id: bytes, state: str, current_version: int) -> bytes:
         """The MAC of a subject head's fence state (the key store's ``HeadSealer``)."""
@@ -119,6 +127,8 @@ class Heads:
         this subject's live key; None when the subject is shredded or treated as shredded (a
         head that fails authentication, or that says active but names a destroyed key: both
         reported). A head whose key row is missing or broken is a KeyStoreError."""
+        if ref in self._ledger_shredded:
+            return None
         if not self.authentic(head):
             self.report(ref, "its subject head fails authentication (MAC)")
             return None
@@ -147,6 +157,8 @@ class Heads:
         """Whether a live subject key must read as shredded: its ref has no head, or a head
         that fails authentication or does not say active (each reported)."""
         ref = rec.ref or NO_REF
+        if ref in self._ledger_shredded:
+            return True
         if head is None:
             self.report(ref, "a live key of its ref has no subject head")
         elif not self.authentic(head):

@@ -3,8 +3,10 @@
 A key store never sees key material in clear and never sees a subject in clear (only its ref).
 Key creation and shred both go through the subject head so that a creation racing a shred never
 leaves a live key; a shred also appends, in its transaction, a row to the invalidation channel
-that every process polls (DESIGN.md, lifecycle rule 5). Each head carries a MAC of its state
-that the vault computes (a :data:`HeadSealer` passed in) and verifies: the store holds no key
+that every process polls (DESIGN.md, lifecycle rule 5), and every transaction that applies the
+erasure journal (a shred with a ledger, a replay, a repair, an outbox flush) runs under the lock
+of one row, ``ledger_applied_seq`` (rule 3: :class:`JournalTxn`). Each head carries a MAC of its
+state that the vault computes (a :data:`HeadSealer` passed in) and verifies: the store holds no key
 and trusts no head.
 :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
 """
@@ -12,19 +14,83 @@ and trusts no head.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..errors import KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._records import EpochRecord, HeadRecord, Invalidation, KeyRecord
+from ._records import EpochRecord, ErasureRow, HeadRecord, Invalidation, KeyRecord, OutboxEntry
 
-__all__ = ["EpochNotUsableError", "HeadSealer", "KeyStore", "Listening", "ReceiptFactory"]
+__all__ = [
+    "EpochNotUsableError",
+    "HeadSealer",
+    "JournalTxn",
+    "KeyStore",
+    "Listening",
+    "ReceiptFactory",
+    "ShredJournal",
+]
+
+T = TypeVar("T")
 
 ReceiptFactory = Callable[[HeadRecord | None, Sequence[KeyRecord]], str]
 
 HeadSealer = Callable[[bytes, bytes, str, int], bytes]
 """The MAC of a subject head (ref, key id, state, current version), computed by the vault under
 the installation's head-MAC key (docs/format.md, section 3a)."""
+
+
+class JournalTxn(Protocol):
+    """One key-store transaction that holds the lock of the ``ledger_applied_seq`` row (taken
+    first, before any subject head): what the erasure journal does to the store happens here,
+    in one commit with the store's record of the ledger seq it reached. The caller may write to
+    the ledger inside it (ledger first): a rollback leaves the ledger ahead, never behind."""
+
+    @property
+    def applied(self) -> int | None:
+        """The store's ``ledger_applied_seq`` as locked (None: no ledger was ever configured;
+        -1: configured, nothing applied)."""
+        ...
+
+    def set_applied(self, seq: int) -> None:
+        """Record ``seq`` as the last ledger entry applied (creating the row if absent)."""
+        ...
+
+    def shred(
+        self, ref: bytes, now: float, make_receipt: ReceiptFactory, seal_head: HeadSealer
+    ) -> tuple[str, bool]:
+        """:meth:`KeyStore.shred` in this transaction (a replay stores the ledger's receipt)."""
+        ...
+
+    def outbox(self) -> list[OutboxEntry]:
+        """The entries waiting for the ledger, in order."""
+        ...
+
+    def enqueue(self, kind: str, receipt_id: str | None, record: str, now: float) -> int:
+        """Queue a signed record (JSON) for the ledger; returns its outbox seq."""
+        ...
+
+    def dequeue(self, seqs: Sequence[int]) -> None:
+        """Remove outbox entries (they are in the ledger now)."""
+        ...
+
+    def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
+        """Record erasures: a row absent is inserted; one present keeps its origin and takes the
+        ``ledger_seq`` given (when not None)."""
+        ...
+
+    def record_completion(self, receipt_id: str, seq: int) -> None:
+        """Mark an erasure completed by the ledger entry ``seq``."""
+        ...
+
+    def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
+        """:meth:`KeyStore.shredded_receipts` in this transaction."""
+        ...
+
+
+ShredJournal = Callable[[JournalTxn, str], None]
+"""Given to :meth:`KeyStore.shred`: called with the transaction and the new receipt (JSON) once
+the subject's keys are destroyed in it and before it commits; it appends the receipt to the
+ledger (or queues it) and records where. Raising rolls the shred back: nothing is destroyed."""
 
 
 class EpochNotUsableError(KeyStoreError):
@@ -208,18 +274,51 @@ class KeyStore(Protocol):
         ...
 
     def shred(
-        self, ref: bytes, now: float, make_receipt: ReceiptFactory, seal_head: HeadSealer
+        self,
+        ref: bytes,
+        now: float,
+        make_receipt: ReceiptFactory,
+        seal_head: HeadSealer,
+        journal: ShredJournal | None = None,
     ) -> tuple[str, bool]:
         """Fence the subject and destroy its key material, keeping tombstones (a subject never
         seen gets a version-0 one); the head's shredded state is authenticated by
         ``seal_head``.
 
         A subject newly shredded gets a ``shred`` row in the invalidation channel, written in
-        the same transaction.
+        the same transaction. With ``journal`` the transaction is a :class:`JournalTxn`: it
+        locks ``ledger_applied_seq`` first, and ``journal`` runs before the commit.
 
         Returns (receipt, newly_shredded). A repeat returns the stored receipt (and restores
-        the head's MAC of its shredded state if the row lost it).
+        the head's MAC of its shredded state if the row lost it) and does not call ``journal``.
         """
+        ...
+
+    def journal_transaction(self, fn: Callable[[JournalTxn], T], *, create: bool = False) -> T:
+        """Run ``fn`` in one :class:`JournalTxn` (retried as a whole on a deadlock or a
+        serialisation failure). ``create``: record ``ledger_applied_seq`` as -1 first when the
+        store has none (the first configuration of a ledger)."""
+        ...
+
+    def ledger_applied(self) -> int | None:
+        """``ledger_applied_seq`` as committed (None: no ledger was ever configured)."""
+        ...
+
+    def outbox(self) -> list[OutboxEntry]:
+        """The entries waiting for the ledger, in order (read without locking)."""
+        ...
+
+    def erasure(self, receipt_id: str) -> ErasureRow | None:
+        """The erasure recorded for a receipt id, or None."""
+        ...
+
+    def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
+        """:meth:`JournalTxn.record_erasures` in a transaction of its own (``upgrade-store``)."""
+        ...
+
+    def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
+        """Up to ``limit`` (ref, receipt JSON) of shredded heads with a receipt, refs after
+        ``after`` in ref order."""
         ...
 
     def invalidate(self, kind: str, ref: bytes | None, period: bytes | None, now: float) -> int:

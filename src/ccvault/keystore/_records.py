@@ -9,11 +9,14 @@ from ..kms._protocol import WrappedKey
 
 __all__ = [
     "EpochRecord",
+    "ErasureOrigin",
+    "ErasureRow",
     "HeadRecord",
     "Invalidation",
     "InvalidationKind",
     "KeyKind",
     "KeyRecord",
+    "OutboxEntry",
     "State",
 ]
 
@@ -116,3 +119,48 @@ class Invalidation:
     def __repr__(self) -> str:
         ref = "*" if self.ref is None else self.ref.hex()[:16]
         return f"Invalidation(seq={self.seq}, kind={self.kind!r}, ref={ref})"
+
+
+class ErasureOrigin:
+    """How an erasure came to be recorded in the key store (``erasures.origin``)."""
+
+    LEDGER = "ledger"  # its receipt went to the ledger first (or was replayed from it)
+    OUTBOX = "outbox"  # ledger_mode="best-effort": destroyed first, its entry queued
+    LEGACY = "legacy"  # shredded without a ledger (none configured, or before one was)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRow:
+    """One erasure as the key store records it (schema 3): its receipt's id, the subject ref,
+    its origin (:class:`ErasureOrigin`), the seq of its receipt's ledger entry (None: not in
+    the ledger yet, or no ledger) and of its completion's entry (None: not completed)."""
+
+    receipt_id: str
+    ref: bytes
+    origin: str
+    ledger_seq: int | None
+    shredded_at: float
+    completion_seq: int | None = None
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return (
+            f"ErasureRow(receipt={self.receipt_id}, ref={self.ref.hex()[:16]}, "
+            f"origin={self.origin!r}, ledger_seq={self.ledger_seq})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A signed record waiting in the key store for the ledger (``ledger_mode="best-effort"``):
+    ``seq`` orders the outbox (it is not a ledger seq), ``record`` is the record's JSON."""
+
+    seq: int
+    kind: str
+    receipt_id: str | None
+    record: str
+    at: float
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return f"OutboxEntry(seq={self.seq}, kind={self.kind!r}, receipt={self.receipt_id})"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["INVALIDATION_SEQ", "PROPAGATION_BOUND", "SCHEMA_VERSION", "build_metadata"]
+__all__ = [
+    "INVALIDATION_SEQ",
+    "LEDGER_APPLIED",
+    "PROPAGATION_BOUND",
+    "SCHEMA_VERSION",
+    "build_metadata",
+]
 
 SCHEMA_VERSION = 3
 """The key-store schema this library writes and reads (``ccvault_meta.schema_version``).
@@ -17,7 +23,11 @@ SCHEMA_VERSION = 3
 3. ``invalidations``: the invalidation channel (seq, kind, ref or NULL for every one, period or
    NULL for every one, at), its seq allocated under the ``invalidation_seq`` row of ``meta``
    (commit order is seq order), and the installation's propagation bound in ``meta``
-   (``propagation_bound_seconds``). Stores at version 1 or 2 are brought here by
+   (``propagation_bound_seconds``); the erasure journal's side in the key store (DESIGN.md,
+   lifecycle rule 3): ``ledger_applied_seq`` in ``meta`` (the last ledger entry applied here),
+   ``ledger_outbox`` (entries of ``ledger_mode="best-effort"`` shreds waiting for the ledger)
+   and ``erasures`` (one row per receipt: its subject ref, its origin, its ledger seq and, once
+   completed, its completion's seq). Stores at version 1 or 2 are brought here by
    ``ccvault upgrade-store`` only.
 """
 
@@ -27,6 +37,13 @@ INVALIDATION_SEQ = "invalidation_seq"
 PROPAGATION_BOUND = "propagation_bound_seconds"
 """``meta`` row (schema 3): the installation's propagation bound, recorded at its creation (or
 by ``upgrade-store``): no process polls the invalidation channel less often."""
+
+
+LEDGER_APPLIED = "ledger_applied_seq"
+"""``meta`` row (schema 3): the seq of the last ledger entry applied to this store; ``-1``: a
+ledger is configured and nothing is applied yet; absent: no ledger was ever configured. Every
+transaction that applies journal entries (a shred, a replay, a repair, an outbox flush) locks it
+first, so they are serialised and the ledger's sequence follows the store's."""
 
 
 def _bin(n: int) -> sa.types.TypeEngine[bytes]:
@@ -103,5 +120,25 @@ def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
         sa.Column("ref", _bin(32)),  # NULL: every subject (`*`)
         sa.Column("period", _bin(16)),  # NULL: every period (`*`)
         sa.Column("at", sa.Double, nullable=False),
+    )
+    # schema 3: the erasure journal's side (DESIGN.md, lifecycle rule 3)
+    sa.Table(
+        f"{prefix}ledger_outbox",
+        md,
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("kind", sa.String(64), nullable=False),  # the record's format
+        sa.Column("receipt_id", sa.String(64)),
+        sa.Column("record", sa.Text, nullable=False),  # the signed record as JSON
+        sa.Column("at", sa.Double, nullable=False),
+    )
+    sa.Table(
+        f"{prefix}erasures",
+        md,
+        sa.Column("receipt_id", sa.String(64), primary_key=True),
+        sa.Column("ref", _bin(32), nullable=False),
+        sa.Column("origin", sa.String(16), nullable=False),
+        sa.Column("ledger_seq", sa.BigInteger),  # NULL: not in the ledger (yet)
+        sa.Column("completion_seq", sa.BigInteger),  # the completion's entry, once completed
+        sa.Column("shredded_at", sa.Double, nullable=False),
     )
     return md

@@ -35,17 +35,36 @@ from ..crypto._primitives import random_bytes
 from ..errors import ConfigurationError, KeyStoreError
 from ..kms._protocol import WrappedKey
 from ._listen import Listener, listen_connect_args, notify_channel
-from ._protocol import EpochNotUsableError, HeadSealer, Listening, ReceiptFactory
+from ._protocol import (
+    EpochNotUsableError,
+    HeadSealer,
+    JournalTxn,
+    Listening,
+    ReceiptFactory,
+    ShredJournal,
+)
 from ._records import (
     EpochRecord,
+    ErasureRow,
     HeadRecord,
     Invalidation,
     InvalidationKind,
     KeyKind,
     KeyRecord,
+    OutboxEntry,
     State,
 )
 from ._schema import INVALIDATION_SEQ, SCHEMA_VERSION, build_metadata
+from ._sql_journal import (
+    JournalTables,
+    SqlJournalTxn,
+    erasure_row,
+    journal_step,
+    read_applied,
+    read_outbox,
+    read_shredded_receipts,
+    write_erasures,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
@@ -104,6 +123,15 @@ class SqlKeyStore:
         self._keys = t[f"{prefix}keys"]
         self._heads = t[f"{prefix}subject_heads"]
         self._invalidations = t[f"{prefix}invalidations"]
+        self._jt = JournalTables(
+            meta=self._meta,
+            outbox=t[f"{prefix}ledger_outbox"],
+            erasures=t[f"{prefix}erasures"],
+            heads=self._heads,
+            insert_ignore=self._insert_ignore,
+            insert_ignore_many=self._insert_ignore_many,
+            shred_in=self._shred_in,
+        )
         if create:
             self._connect().close()  # an unreachable server is reported at once, with its cause
             # A store of another schema version is never changed here: the vault refuses it, and
@@ -665,61 +693,108 @@ class SqlKeyStore:
         return self._head(row) if row is not None else None
 
     def shred(
-        self, ref: bytes, now: float, make_receipt: ReceiptFactory, seal_head: HeadSealer
+        self,
+        ref: bytes,
+        now: float,
+        make_receipt: ReceiptFactory,
+        seal_head: HeadSealer,
+        journal: ShredJournal | None = None,
     ) -> tuple[str, bool]:
-        h, k = self._heads, self._keys
-
         def run(conn: Connection) -> tuple[str, bool]:
-            head = self._locked_head(conn, ref)
-            if head is None:
-                # Never seen: fence it anyway, so that no key is ever created for it.
-                self._insert_ignore(
-                    conn,
-                    h,
-                    {
-                        "ref": ref,
-                        "key_id": random_bytes(16),
-                        "state": State.ACTIVE,
-                        "current_version": 0,
-                        "created_at": now,
-                    },
-                )
-                head = self._locked_head(conn, ref)
-                if head is None:
-                    raise KeyStoreError("subject head vanished")
-                if head.state == State.ACTIVE and head.current_version == 0:
-                    # ... and keep a tombstone of it too, as for a subject that had keys: the
-                    # fence then outlives its head row (see create_subject_keys).
-                    self._insert_ignore(conn, k, _fence_tombstone(head.key_id, ref, now))
-            mac = seal_head(ref, head.key_id, State.SHREDDED, head.current_version)
-            if head.state == State.SHREDDED and head.receipt is not None:
-                if head.mac is None or not hmac.compare_digest(head.mac, mac):
-                    # A shredded state may always be (re-)authenticated: that fails closed.
-                    conn.execute(sa.update(h).where(h.c.ref == ref).values(mac=mac))
-                return head.receipt, False
-            keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref)).all()]
-            receipt = make_receipt(head if head.current_version else None, keys)
-            conn.execute(
-                sa.update(k)
-                .where(k.c.ref == ref)
-                .values(
-                    wrapped=None,
-                    commitment=None,
-                    epoch_id=None,
-                    state=State.DESTROYED,
-                    destroyed_at=now,
-                )
-            )
-            conn.execute(
-                sa.update(h)
-                .where(h.c.ref == ref)
-                .values(state=State.SHREDDED, shredded_at=now, receipt=receipt, mac=mac)
-            )
-            # Last, so that the channel's counter row stays locked only until the commit.
-            self._invalidate(conn, InvalidationKind.SHRED, ref, None, now)
-            return receipt, True
+            step = None
+            if journal is not None:  # the ledger lock first, then the head (one lock order)
+                step = journal_step(SqlJournalTxn(conn, self._jt, create=False), journal)
+            return self._shred_in(conn, ref, now, make_receipt, seal_head, step)
 
         return self._write(run)
+
+    def _shred_in(
+        self,
+        conn: Connection,
+        ref: bytes,
+        now: float,
+        make_receipt: ReceiptFactory,
+        seal_head: HeadSealer,
+        before_commit: Callable[[str], None] | None,
+    ) -> tuple[str, bool]:
+        """Shred ``ref`` in ``conn``'s transaction; ``before_commit(receipt)`` runs once the
+        keys are destroyed and the head says shredded, before the invalidation row."""
+        h, k = self._heads, self._keys
+        head = self._locked_head(conn, ref)
+        if head is None:
+            # Never seen: fence it anyway, so that no key is ever created for it.
+            self._insert_ignore(
+                conn,
+                h,
+                {
+                    "ref": ref,
+                    "key_id": random_bytes(16),
+                    "state": State.ACTIVE,
+                    "current_version": 0,
+                    "created_at": now,
+                },
+            )
+            head = self._locked_head(conn, ref)
+            if head is None:
+                raise KeyStoreError("subject head vanished")
+            if head.state == State.ACTIVE and head.current_version == 0:
+                # ... and keep a tombstone of it too, as for a subject that had keys: the
+                # fence then outlives its head row (see create_subject_keys).
+                self._insert_ignore(conn, k, _fence_tombstone(head.key_id, ref, now))
+        mac = seal_head(ref, head.key_id, State.SHREDDED, head.current_version)
+        if head.state == State.SHREDDED and head.receipt is not None:
+            if head.mac is None or not hmac.compare_digest(head.mac, mac):
+                # A shredded state may always be (re-)authenticated: that fails closed.
+                conn.execute(sa.update(h).where(h.c.ref == ref).values(mac=mac))
+            return head.receipt, False
+        keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref)).all()]
+        receipt = make_receipt(head if head.current_version else None, keys)
+        conn.execute(
+            sa.update(k)
+            .where(k.c.ref == ref)
+            .values(
+                wrapped=None,
+                commitment=None,
+                epoch_id=None,
+                state=State.DESTROYED,
+                destroyed_at=now,
+            )
+        )
+        conn.execute(
+            sa.update(h)
+            .where(h.c.ref == ref)
+            .values(state=State.SHREDDED, shredded_at=now, receipt=receipt, mac=mac)
+        )
+        if before_commit is not None:
+            before_commit(receipt)  # the ledger append: raising rolls everything back
+        # Last, so that the channel's counter row stays locked only until the commit.
+        self._invalidate(conn, InvalidationKind.SHRED, ref, None, now)
+        return receipt, True
+
+    # -- the erasure journal's side (DESIGN.md, lifecycle rule 3) --------------------------------
+
+    def journal_transaction(self, fn: Callable[[JournalTxn], T], *, create: bool = False) -> T:
+        return self._write(lambda conn: fn(SqlJournalTxn(conn, self._jt, create=create)))
+
+    def ledger_applied(self) -> int | None:
+        with self._read() as conn:
+            return read_applied(conn, self._jt)
+
+    def outbox(self) -> list[OutboxEntry]:
+        with self._read() as conn:
+            return read_outbox(conn, self._jt)
+
+    def erasure(self, receipt_id: str) -> ErasureRow | None:
+        with self._read() as conn:
+            return erasure_row(conn, self._jt, receipt_id)
+
+    def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
+        for i in range(0, len(rows), _BATCH):
+            self._write(functools.partial(write_erasures, t=self._jt, rows=rows[i : i + _BATCH]))
+
+    def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
+        with self._read() as conn:
+            return read_shredded_receipts(conn, self._jt, after, limit)
 
     # -- the invalidation channel ----------------------------------------------------------------
 

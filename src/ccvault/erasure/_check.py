@@ -1,0 +1,166 @@
+"""Owns reading the ledger and the key store side by side: every receipt each holds (entries
+judged one by one, stored receipts verified) and the read-only check of one against the other
+(:class:`ErasureCheck`). Must not write: the reconciler repairs what this finds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
+from ..keystore._protocol import KeyStore
+from ..keystore._records import State
+from ._chain import Fault, judge
+from ._journal import Journal
+from ._status import ErasureCheck, ErasureProblem
+
+__all__ = ["LedgerIndex", "check_store", "index_ledger", "store_receipts"]
+
+_BATCH: Final = 500  # store rows read per page; subject heads per query
+_LISTED: Final = 1000  # problems an ErasureCheck lists of each kind (its counts count them all)
+
+Page = Callable[[bytes | None, int], list[tuple[bytes, str]]]
+
+
+@dataclass
+class LedgerIndex:
+    """What a ledger holds, judged entry by entry (an entry that fails is left out: the chain
+    verification names it)."""
+
+    receipts: dict[str, tuple[int, str]] = field(default_factory=dict)  # id -> (seq, ref hex)
+    entries: list[tuple[int, str]] = field(default_factory=list)  # (seq, kind)
+
+
+def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> LedgerIndex:
+    index = LedgerIndex()
+    for item in journal.sink.read(installation_id):
+        try:
+            entry = judge(item, installation_id, public_key)
+        except Fault:
+            continue
+        index.entries.append((entry.seq, entry.kind))
+        if entry.kind == RECEIPT_FORMAT:
+            rid, ref = entry.record.get("receipt_id"), entry.record.get("subject_ref")
+            if isinstance(rid, str) and rid not in index.receipts:
+                index.receipts[rid] = (entry.seq, str(ref))
+    return index
+
+
+def store_receipts(
+    page: Page, installation_id: str, public_key: bytes
+) -> Iterator[tuple[ErasureReceipt | None, tuple[bytes, str]]]:
+    """Every receipt the store holds, parsed and verified (None for one that fails), with its
+    ref and stored text."""
+    after: bytes | None = None
+    while True:
+        rows = page(after, _BATCH)
+        for ref, text in rows:
+            try:
+                receipt: ErasureReceipt | None = ErasureReceipt.model_validate_json(text)
+            except ValueError:
+                receipt = None
+            if receipt is not None and not (
+                receipt.subject_ref == ref.hex()
+                and receipt.verify(public_key, installation_id=installation_id)
+            ):
+                receipt = None
+            yield receipt, (ref, text)
+        if len(rows) < _BATCH:
+            return
+        after = rows[-1][0]
+
+
+def check_store(
+    store: KeyStore, journal: Journal, installation_id: str, public_key: bytes
+) -> ErasureCheck:
+    """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing."""
+    applied = store.ledger_applied()
+    report = journal.verify(
+        expect_head=applied if applied is not None and applied >= 0 else None, repair=False
+    )
+    index = index_ledger(journal, installation_id, public_key)
+    start = -1 if applied is None else applied
+    late = [
+        ErasureProblem(
+            receipt_id=None, subject_ref=None, seq=seq, detail=f"a {kind} entry not applied"
+        )
+        for seq, kind in index.entries
+        if seq > start and kind != RECEIPT_FORMAT
+    ]
+    by_ref: dict[bytes, list[tuple[str, int]]] = {}
+    for rid, (seq, ref_hex) in index.receipts.items():
+        try:
+            by_ref.setdefault(bytes.fromhex(ref_hex), []).append((rid, seq))
+        except ValueError:
+            continue
+    refs = list(by_ref)
+    shredded: set[bytes] = set()
+    for i in range(0, len(refs), _BATCH):
+        found = store.subject_keys(refs[i : i + _BATCH])
+        shredded |= {r for r, (head, _) in found.items() if head.state == State.SHREDDED}
+    late += [
+        ErasureProblem(
+            receipt_id=rid,
+            subject_ref=ref.hex()[:16],
+            seq=seq,
+            detail="the key store does not hold its subject as shredded"
+            if ref not in shredded
+            else "not applied (after the key store's applied seq)",
+        )
+        for ref, pairs in by_ref.items()
+        for rid, seq in pairs
+        if ref not in shredded or seq > start
+    ]
+    queued = store.outbox()
+    pending = [
+        ErasureProblem(
+            receipt_id=o.receipt_id,
+            subject_ref=None,
+            detail=f"a {o.kind} entry waiting in the outbox (ledger_mode='best-effort')",
+        )
+        for o in queued
+    ]
+    missing: list[ErasureProblem] = []
+    unverifiable: list[ErasureProblem] = []
+    stored = 0
+    waiting = {o.receipt_id for o in queued}
+    for receipt, (ref, _) in store_receipts(store.shredded_receipts, installation_id, public_key):
+        stored += 1
+        if receipt is None:
+            unverifiable.append(
+                ErasureProblem(
+                    receipt_id=None,
+                    subject_ref=ref.hex()[:16],
+                    detail="the receipt stored for this subject does not parse or verify",
+                )
+            )
+        elif receipt.receipt_id not in index.receipts and receipt.receipt_id not in waiting:
+            missing.append(
+                ErasureProblem(
+                    receipt_id=receipt.receipt_id,
+                    subject_ref=ref.hex()[:16],
+                    detail="in the key store, not in the ledger",
+                )
+            )
+    late.sort(key=lambda p: -1 if p.seq is None else p.seq)
+    return ErasureCheck(
+        installation_id=installation_id,
+        location=journal.location,
+        store_applied_seq=applied,
+        ledger_head_seq=report.head_seq,
+        ledger_receipts=len(index.receipts),
+        store_receipts=stored,
+        ledger=report,
+        counts={
+            "not_applied": len(late),
+            "missing_from_ledger": len(missing),
+            "pending": len(pending),
+            "unverifiable": len(unverifiable),
+        },
+        not_applied=tuple(late[:_LISTED]),
+        missing_from_ledger=tuple(missing[:_LISTED]),
+        pending=tuple(pending[:_LISTED]),
+        unverifiable=tuple(unverifiable[:_LISTED]),
+    )

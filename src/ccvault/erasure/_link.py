@@ -1,0 +1,420 @@
+"""Owns the vault's link to its ledger: opening it, the ``strict`` and ``best-effort`` modes,
+the ledger-first step of every shred, catching the key store up (at open, after a restore,
+before a shred), ``ledger_unverified`` and the guard of the operations that need a verified
+ledger. Must not destroy keys itself (the key store's shred does) nor judge entries (the
+journal does).
+
+DESIGN.md, lifecycle rule 3. A vault with no ledger configured records each receipt as a
+``legacy`` erasure and refuses to shred in a key store that records a ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Final, Literal
+
+from .._secret import SecretKey
+from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
+from ..crypto._primitives import ed25519_public_key
+from ..errors import ConfigurationError, LedgerIntegrityError, LedgerUnavailableError
+from ..keyring import Heads, Installation, VaultOptions
+from ..keystore._protocol import JournalTxn, KeyStore
+from ..keystore._records import ErasureOrigin
+from ..keystore._sql import SqlKeyStore
+from ._journal import Journal, JournalMoved
+from ._ledger import LedgerSink, ledger_from_url
+from ._ledger_sql import SqlLedger
+from ._reconcile import Reconciler, receipt_row
+from ._status import ErasureCheck, ErasureStatus, Reconciliation
+
+__all__ = ["MODES", "LedgerLink", "LedgerMode", "check_new_installation"]
+
+log = logging.getLogger("ccvault")
+
+LedgerMode = Literal["strict", "best-effort"]
+MODES: Final = ("strict", "best-effort")
+_ROUNDS: Final = 20  # catch-up rounds that may each find another process moved the ledger
+
+
+def _foreign(exc: LedgerIntegrityError) -> bool:
+    return any(getattr(p, "kind", None) == "foreign" for p in exc.problems)
+
+
+class LedgerLink:
+    """The ledger of one vault (or none); see the module docstring."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        installation: Installation,
+        options: VaultOptions,
+        heads: Heads,
+        *,
+        seed: SecretKey,
+        ledger: LedgerSink | str | None,
+        mode: str,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigurationError("ledger_mode must be 'strict' or 'best-effort'")
+        if ledger is not None and not isinstance(ledger, str | LedgerSink):
+            raise ConfigurationError("ledger must be a LedgerSink, a ledger URL (str) or None")
+        self._store = store
+        self._id = installation.id
+        self._options = options
+        self._seed = seed
+        self._source = ledger
+        self._mode = mode
+        self._sink: LedgerSink | None = ledger if isinstance(ledger, LedgerSink) else None
+        self._journal: Journal | None = None
+        self._unverified = False
+        self._lock = threading.RLock()
+        self._heads = heads
+        self._reconciler = Reconciler(
+            store, installation.id, ed25519_public_key(seed.reveal()), heads.seal, options.now
+        )
+
+    @property
+    def configured(self) -> bool:
+        return self._source is not None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def unverified(self) -> bool:
+        """True while this vault has not brought its key store and its ledger into agreement
+        (the ledger was unreachable or failed a check, or the store records a ledger this vault
+        has none of); cleared by the next catch-up that succeeds."""
+        return self._unverified
+
+    def close(self) -> None:
+        if isinstance(self._source, str) and self._sink is not None:
+            self._sink.close()
+
+    # -- opening -----------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """At the vault's open: connect and catch the store up (read-only: compare only).
+        Unreachable or failing a check: the vault opens, logs ERROR and reports
+        :attr:`unverified`; a ledger of another installation is refused (raised)."""
+        if not self.configured:
+            if self._store.ledger_applied() is not None:
+                self._unverified = True
+                level = logging.WARNING if self._options.readonly else logging.ERROR
+                log.log(
+                    level,
+                    "the key store records an erasure ledger but this vault has none "
+                    "configured (CCVAULT_LEDGER_URL): it cannot replay erasures after a restore "
+                    "and refuses to shred (docs/operations.md, 'Configuring the erasure ledger')",
+                )
+            return
+        try:
+            self._connect()
+            if self._options.readonly:
+                self._compare()
+            else:
+                self.catch_up()
+        except LedgerIntegrityError as exc:
+            if _foreign(exc):
+                raise
+            self._failed("failed a check", exc)
+        except LedgerUnavailableError as exc:
+            self._failed("could not be reached", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self._unverified = True
+        log.error(
+            "the erasure ledger %s at open: %s. The vault serves reads, but erasures made "
+            "since the key store's backup may not be replayed yet (ledger_unverified); "
+            "destroy_epochs refuses until `ccvault reconcile-erasures` succeeds",
+            what,
+            " ".join(str(exc).split()),
+        )
+
+    def _open_sink(self) -> LedgerSink:
+        if self._sink is None:
+            assert isinstance(self._source, str)  # configured, and not a sink: a URL
+            sink = ledger_from_url(self._source)
+            _refuse_same_file(sink, self._store)
+            self._sink = sink
+        return self._sink
+
+    def _connect(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(
+                self._open_sink(),
+                self._id,
+                self._seed,
+                create=not self._options.readonly,
+            )
+        return self._journal
+
+    def _compare(self) -> None:
+        """Read-only: no replay (DESIGN.md rule 2). Refs the ledger says are shredded and the
+        store does not apply yet read as shredded in this process."""
+        journal = self._connect()
+        applied = self._store.ledger_applied()
+        tip = journal.tip()
+        head = -1 if tip is None else tip.seq
+        start = -1 if applied is None else applied
+        self._unverified = head != start
+        if head > start:
+            refs = {
+                bytes.fromhex(str(e.record.get("subject_ref", "")))
+                for e in journal.entries(after=start)
+                if e.kind == RECEIPT_FORMAT
+            }
+            self._heads.treat_as_shredded(refs)
+            log.error(
+                "the key store has applied the erasure ledger up to seq %d, the ledger is at "
+                "seq %d: this read-only vault does not replay, and reads the %d subjects of the "
+                "entries after it as shredded. A read-write vault replays them at open",
+                start,
+                head,
+                len(refs),
+            )
+        elif head < start:
+            log.error(
+                "the erasure ledger is behind the key store (seq %d < %d): a read-write vault "
+                "repairs it (`ccvault reconcile-erasures`)",
+                head,
+                start,
+            )
+
+    # -- catching up -------------------------------------------------------------------------------
+
+    def catch_up(self) -> Reconciliation:
+        """Replay what the store has not applied, repair a ledger behind it, import the store's
+        receipts when the ledger is new to it, and append the outbox. Clears :attr:`unverified`."""
+        with self._lock:
+            journal = self._connect()
+            total = Reconciliation()
+            for _ in range(_ROUNDS):
+                try:
+                    total += self._round(journal)
+                    break
+                except JournalMoved:
+                    continue  # another process moved the store or the ledger: look again
+            else:
+                raise LedgerUnavailableError(
+                    f"the ledger at {journal.location} and the key store kept moving while "
+                    "this vault caught up",
+                    location=journal.location,
+                )
+            self._unverified = False
+        if total.replayed or total.imported or total.repaired or total.flushed:
+            log.warning(
+                "the key store caught up with the erasure ledger: %d entries replayed (%d "
+                "subjects shredded again), %d receipts imported, %d repaired, %d flushed",
+                total.replayed,
+                total.shredded,
+                total.imported,
+                total.repaired,
+                total.flushed,
+            )
+        return total
+
+    def _round(self, journal: Journal) -> Reconciliation:
+        applied = self._store.ledger_applied()
+        tip = journal.tip()
+        if tip is None:  # emptied under a running vault: a new genesis, then the repair
+            self._journal = None
+            journal = self._connect()
+            tip = journal.tip()
+        head = -1 if tip is None else tip.seq
+        total = Reconciliation()
+        if applied is None or applied < 0:
+            total += self._reconciler.replay(journal, -1)
+            total += self._reconciler.repair(journal, "genesis-import")
+        elif head > applied:
+            total += self._reconciler.replay(journal, applied)
+        elif head < applied:
+            log.error(
+                "the erasure ledger at %s is behind the key store (its last entry is seq %d, "
+                "the store applied seq %d): it lost entries (restored from an older copy, or "
+                "cut off). Re-adding the store's receipts after a signed repair entry",
+                journal.location,
+                head,
+                applied,
+            )
+            self._journal = None  # this journal has seen the lost seqs: a fresh one
+            journal = self._connect()
+            total += self._reconciler.repair(journal, "ledger-behind")
+        return total + self._reconciler.flush(journal)
+
+    def reconcile(self) -> Reconciliation:
+        """:meth:`catch_up`, then shred again every subject a ledger receipt names that the
+        store holds as live, re-add every receipt the store holds and the ledger lacks, then
+        :meth:`check`."""
+        self._options.writable("reconcile the key store with the erasure ledger")
+        self._require_configured("reconcile_erasures")
+        with self._lock:
+            total = self.catch_up()
+            total += self._reconciler.reapply(self._connect())
+            for _ in range(_ROUNDS):
+                try:
+                    total += self._reconciler.repair(self._connect(), "ledger-behind")
+                    break
+                except JournalMoved:
+                    total += self.catch_up()
+            return total + Reconciliation(check=self.check())
+
+    def check(self) -> ErasureCheck:
+        self._require_configured("verify_erasures")
+        return self._reconciler.check(self._connect())
+
+    def _require_configured(self, operation: str) -> None:
+        if not self.configured:
+            raise ConfigurationError(
+                f"{operation} needs an erasure ledger: configure ledger= (CCVAULT_LEDGER_URL)"
+            )
+
+    def on_store_restored(self) -> None:
+        """The store-restored hook: replay before the next read (raising keeps reads refused
+        until it succeeds: the ledger must be reachable to know what the restore undid)."""
+        if not self.configured:
+            if self._store.ledger_applied() is not None:
+                log.error(
+                    "the key store was restored under this process and records an erasure "
+                    "ledger, which this vault has none of: erasures made since the backup are "
+                    "not replayed here"
+                )
+            return
+        self._unverified = True
+        if self._options.readonly:
+            self._compare()
+        else:
+            self.catch_up()
+
+    # -- the guard ---------------------------------------------------------------------------------
+
+    def require_verified_ledger(self, operation: str) -> None:
+        """The one guard of the operations that must not run while the ledger is unverified
+        (``destroy_epochs``; ``complete_erasures`` and ``enforce_retention`` when they exist):
+        it tries to catch up first, and raises :class:`LedgerUnavailableError` if it cannot."""
+        if not self._unverified:
+            return
+        if not self.configured:
+            raise ConfigurationError(
+                f"{operation} refuses to run: the key store records an erasure ledger and this "
+                "vault has none configured (CCVAULT_LEDGER_URL)"
+            )
+        try:
+            self.catch_up()
+        except (LedgerUnavailableError, LedgerIntegrityError) as exc:
+            raise LedgerUnavailableError(
+                f"{operation} refuses to run while the erasure ledger is unverified: "
+                f"{' '.join(str(exc).split())}",
+                location=getattr(exc, "location", None),
+            ) from exc
+
+    # -- the shred's ledger-first step -------------------------------------------------------------
+
+    def before_shred(self) -> None:
+        """Catch up first when unverified: strict mode raises if the ledger is unreachable
+        (nothing is destroyed); best-effort goes on (the receipt will wait in the outbox)."""
+        if not self.configured or not self._unverified:
+            return
+        try:
+            self.catch_up()
+        except LedgerUnavailableError:
+            if self._mode == "strict":
+                raise
+
+    def shred_journal(self, txn: JournalTxn, receipt_json: str) -> None:
+        """The key store's :data:`~ccvault.keystore.ShredJournal`: inside the shred's
+        transaction, after the keys are destroyed and before the commit, append the receipt
+        (after the outbox) and record the store's applied seq; or queue it (best-effort)."""
+        receipt = ErasureReceipt.model_validate_json(receipt_json)
+        if not self.configured:
+            if txn.applied is not None:
+                raise ConfigurationError(
+                    "the key store records an erasure ledger and this vault has none "
+                    "configured (CCVAULT_LEDGER_URL): a shred here would destroy keys with no "
+                    "ledger entry, so it refuses (nothing was destroyed)"
+                )
+            txn.record_erasures([receipt_row(receipt, ErasureOrigin.LEGACY, None)])
+            return
+        try:
+            journal = self._journal
+            if journal is None:
+                raise LedgerUnavailableError(
+                    "the erasure ledger could not be reached when the vault opened"
+                )
+            self._reconciler.append(txn, journal, [receipt])
+        except LedgerUnavailableError as exc:
+            if self._mode == "strict":
+                raise
+            txn.enqueue(RECEIPT_FORMAT, receipt.receipt_id, receipt_json, self._options.now())
+            txn.record_erasures([receipt_row(receipt, ErasureOrigin.OUTBOX, None)])
+            self._unverified = True
+            log.warning(
+                "subject ref %s is shredded but its receipt %s is not in the erasure ledger "
+                "yet (ledger_mode='best-effort'; %s): it waits in the key store's outbox until "
+                "the next shred, open or reconcile appends it",
+                receipt.subject_ref[:16],
+                receipt.receipt_id,
+                " ".join(str(exc).split()),
+            )
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self, receipt_id: str) -> ErasureStatus | None:
+        if not isinstance(receipt_id, str):
+            raise TypeError("receipt_id must be a str")
+        row = self._store.erasure(receipt_id)
+        if row is None:
+            return None
+        phase: Literal["destroyed", "completed", "legacy"] = (
+            "completed"
+            if row.completion_seq is not None
+            else "legacy"
+            if row.origin == ErasureOrigin.LEGACY
+            else "destroyed"
+        )
+        return ErasureStatus(
+            receipt_id=row.receipt_id,
+            phase=phase,
+            in_ledger=row.ledger_seq is not None,
+            ledger_seq=row.ledger_seq,
+            completion_seq=row.completion_seq,
+            subject_ref=row.ref.hex(),
+            shredded_at=datetime.fromtimestamp(row.shredded_at, tz=timezone.utc),
+        )
+
+
+def check_new_installation(ledger: LedgerSink | str, proposed_id: str) -> None:
+    """Before a new installation is created beside ``ledger``: it must hold nothing for it (a
+    JSONL file or an S3 prefix is one installation's; a SQL ledger keeps one sequence per id).
+    An unreachable ledger is raised: no installation starts with an unverified ledger."""
+    sink = ledger if isinstance(ledger, LedgerSink) else ledger_from_url(ledger)
+    try:
+        first = next(iter(sink.read(proposed_id, -1, 1)), None)
+    finally:
+        if isinstance(ledger, str):
+            sink.close()
+    if first is not None:
+        raise LedgerIntegrityError(
+            f"the ledger at {sink.location} holds another installation's entries: a new "
+            "installation is not created beside them (is CCVAULT_LEDGER_URL right?)"
+        )
+
+
+def _refuse_same_file(sink: LedgerSink, store: KeyStore) -> None:
+    """A SQLite ledger in the key store's own file would wait on the shred's own write lock."""
+    if not (isinstance(sink, SqlLedger) and isinstance(store, SqlKeyStore)):
+        return
+    a, b = sink.engine.url, store.engine.url
+    if (
+        a.get_backend_name() == b.get_backend_name() == "sqlite"
+        and Path(a.database or "").resolve() == Path(b.database or "").resolve()
+    ):
+        sink.close()
+        raise ConfigurationError(
+            "the ledger is the key store's own SQLite file: keep it apart (another file, "
+            "another database), or a restore of the key store takes the ledger with it"
+        )

@@ -1,0 +1,203 @@
+"""Owns the SQL key store's side of the erasure journal: the ``ledger_applied_seq`` lock, the
+outbox and the erasure rows, in one transaction (:class:`SqlJournalTxn`). Must not talk to the
+ledger nor judge records: the erasure package does, inside the transaction this opens.
+
+Lock order: ``ledger_applied_seq`` first, then subject heads, then the invalidation channel's
+counter row (a shred and a replay take them in that order, so they never deadlock each other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ._protocol import HeadSealer, ReceiptFactory, ShredJournal
+from ._records import ErasureRow, OutboxEntry, State
+from ._schema import LEDGER_APPLIED
+
+__all__ = [
+    "JournalTables",
+    "ShredIn",
+    "SqlJournalTxn",
+    "erasure_row",
+    "journal_step",
+    "read_applied",
+    "read_outbox",
+    "read_shredded_receipts",
+    "write_erasures",
+]
+
+ShredIn = Callable[
+    [Connection, bytes, float, ReceiptFactory, HeadSealer, Callable[[str], None] | None],
+    tuple[str, bool],
+]
+"""The key store's shred in a given connection's transaction; the last argument runs before the
+invalidation row is written (the shred's journal step)."""
+
+
+@dataclass(frozen=True)
+class JournalTables:
+    meta: sa.Table
+    outbox: sa.Table
+    erasures: sa.Table
+    heads: sa.Table
+    insert_ignore: Callable[[Connection, sa.Table, dict[str, Any]], bool]
+    insert_ignore_many: Callable[[Connection, sa.Table, list[dict[str, Any]]], None]
+    shred_in: ShredIn
+
+
+def _applied_value(value: object) -> int | None:
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return int(text)
+    except ValueError:
+        # A damaged row: -2 is below anything the ledger holds, so everything is replayed
+        # and the store's receipts are checked against the ledger (a repair if missing).
+        return -2
+
+
+def read_applied(conn: Connection, t: JournalTables, *, lock: bool = False) -> int | None:
+    query = sa.select(t.meta.c.value).where(t.meta.c.name == LEDGER_APPLIED)
+    if lock:
+        query = query.with_for_update()
+    return _applied_value(conn.execute(query).scalar())
+
+
+def read_outbox(conn: Connection, t: JournalTables) -> list[OutboxEntry]:
+    o = t.outbox
+    return [
+        OutboxEntry(int(r.seq), r.kind, r.receipt_id, r.record, r.at)
+        for r in conn.execute(sa.select(o).order_by(o.c.seq)).all()
+    ]
+
+
+def erasure_row(conn: Connection, t: JournalTables, receipt_id: str) -> ErasureRow | None:
+    e = t.erasures
+    r = conn.execute(sa.select(e).where(e.c.receipt_id == receipt_id)).first()
+    if r is None:
+        return None
+    return ErasureRow(
+        receipt_id=r.receipt_id,
+        ref=bytes(r.ref),
+        origin=r.origin,
+        ledger_seq=None if r.ledger_seq is None else int(r.ledger_seq),
+        shredded_at=r.shredded_at,
+        completion_seq=None if r.completion_seq is None else int(r.completion_seq),
+    )
+
+
+def read_shredded_receipts(
+    conn: Connection, t: JournalTables, after: bytes | None, limit: int
+) -> list[tuple[bytes, str]]:
+    h = t.heads
+    query = (
+        sa.select(h.c.ref, h.c.receipt)
+        .where(h.c.state == State.SHREDDED, h.c.receipt.is_not(None))
+        .order_by(h.c.ref)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(h.c.ref > after)
+    return [(bytes(ref), receipt) for ref, receipt in conn.execute(query).all()]
+
+
+def write_erasures(conn: Connection, t: JournalTables, rows: Sequence[ErasureRow]) -> None:
+    """Insert the rows absent; set ``ledger_seq`` where given on those present."""
+    if not rows:
+        return
+    e = t.erasures
+    t.insert_ignore_many(
+        conn,
+        e,
+        [
+            {
+                "receipt_id": r.receipt_id,
+                "ref": r.ref,
+                "origin": r.origin,
+                "ledger_seq": r.ledger_seq,
+                "completion_seq": r.completion_seq,
+                "shredded_at": r.shredded_at,
+            }
+            for r in rows
+        ],
+    )
+    placed = [{"rid": r.receipt_id, "seq": r.ledger_seq} for r in rows if r.ledger_seq is not None]
+    if placed:
+        conn.execute(
+            sa.update(e)
+            .where(e.c.receipt_id == sa.bindparam("rid"))
+            .values(ledger_seq=sa.bindparam("seq")),
+            placed,
+        )
+
+
+class SqlJournalTxn:
+    """:class:`~ccvault.keystore.JournalTxn` on one connection, its transaction already begun:
+    the constructor locks ``ledger_applied_seq`` (creating it as -1 first when ``create``)."""
+
+    def __init__(self, conn: Connection, tables: JournalTables, *, create: bool) -> None:
+        self._conn = conn
+        self._t = tables
+        if create:
+            tables.insert_ignore(conn, tables.meta, {"name": LEDGER_APPLIED, "value": "-1"})
+        self._applied = read_applied(conn, tables, lock=True)
+
+    @property
+    def applied(self) -> int | None:
+        return self._applied
+
+    def set_applied(self, seq: int) -> None:
+        m = self._t.meta
+        if self._applied is None:
+            self._t.insert_ignore(self._conn, m, {"name": LEDGER_APPLIED, "value": str(seq)})
+        self._conn.execute(sa.update(m).where(m.c.name == LEDGER_APPLIED).values(value=str(seq)))
+        self._applied = seq
+
+    def shred(
+        self, ref: bytes, now: float, make_receipt: ReceiptFactory, seal_head: HeadSealer
+    ) -> tuple[str, bool]:
+        return self._t.shred_in(self._conn, ref, now, make_receipt, seal_head, None)
+
+    def outbox(self) -> list[OutboxEntry]:
+        return read_outbox(self._conn, self._t)
+
+    def enqueue(self, kind: str, receipt_id: str | None, record: str, now: float) -> int:
+        o = self._t.outbox
+        top = self._conn.execute(sa.select(sa.func.max(o.c.seq))).scalar()
+        seq = (top or 0) + 1
+        self._conn.execute(
+            sa.insert(o).values(seq=seq, kind=kind, receipt_id=receipt_id, record=record, at=now)
+        )
+        return seq
+
+    def dequeue(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            o = self._t.outbox
+            self._conn.execute(sa.delete(o).where(o.c.seq.in_(list(seqs))))
+
+    def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
+        write_erasures(self._conn, self._t, rows)
+
+    def record_completion(self, receipt_id: str, seq: int) -> None:
+        e = self._t.erasures
+        self._conn.execute(
+            sa.update(e).where(e.c.receipt_id == receipt_id).values(completion_seq=seq)
+        )
+
+    def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
+        return read_shredded_receipts(self._conn, self._t, after, limit)
+
+
+def journal_step(txn: SqlJournalTxn, journal: ShredJournal) -> Callable[[str], None]:
+    """The shred's callback for ``shred_in``: ``journal`` with this transaction."""
+
+    def step(receipt: str) -> None:
+        journal(txn, receipt)
+
+    return step
