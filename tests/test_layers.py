@@ -20,6 +20,7 @@ LAYERS = {
     "_secret": 0,
     "_sentinels": 0,
     "_repr": 0,
+    "_fs": 0,
     "crypto": 1,
     "kms": 2,
     "keystore": 2,

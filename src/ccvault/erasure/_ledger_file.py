@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from .._fs import fsync_dir
 from .._repr import safe_repr
 from ..errors import LedgerUnavailableError
 from ._ledger import StoredEntry, TornWrite, check_batch
@@ -62,7 +63,7 @@ class JsonlLedger:
             raise self._unavailable("opened", exc) from exc
         try:
             if created:
-                _fsync_dir(self._path.parent)  # the new file's name survives a power cut
+                fsync_dir(self._path.parent)  # the new file's name survives a power cut
             fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield f
         except OSError as exc:
@@ -189,11 +190,3 @@ def _claimed_seq(line: bytes | None) -> int | None:
     except (ValueError, AttributeError):
         return None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

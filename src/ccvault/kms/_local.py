@@ -38,6 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from .._fs import fsync_dir
 from .._repr import safe_repr
 from .._secret import SecretKey
 from ..crypto._encoding import lp
@@ -116,7 +117,7 @@ class LocalKms:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(p.parent)
+        fsync_dir(p.parent)
         return kms._cleaned_at_open()
 
     @classmethod
@@ -255,7 +256,7 @@ class LocalKms:
         except OSError:
             os.unlink(tmp)
             raise
-        _fsync_dir(self._path.parent)
+        fsync_dir(self._path.parent)
 
     def _cleaned_at_open(self) -> LocalKms:
         """Delete leftover temporary copies of the key file (under the file lock, so that no
@@ -289,7 +290,7 @@ class LocalKms:
                     "(it may hold destroyed roots): remove it"
                 ) from exc
         if copies:
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -364,14 +365,6 @@ def _write_private(target: Path, render: Callable[[], str]) -> str:
         os.unlink(tmp)
         raise
     return tmp
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _open_folder(folder: Path) -> int:
