@@ -320,7 +320,9 @@ class Reader:
         row that fails alone (``_salvage``), so the failure is named or replaced and the rest
         reads normally. Returns the rows, or the located error of the first value that must
         raise (``process`` raises it; nothing raised here carries a decrypted row along)."""
-        known.update(self.ring.keys(self._headers(rows)))
+        cold = self._headers(rows) - known.keys()  # the fast path resolved the others
+        if cold:
+            known.update(self.ring.keys(cold))
         out: list[tuple[Any, ...]] = []
         try:
             for row in rows:
