@@ -45,7 +45,7 @@ from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, SubjectShreddedError
 from ._codec import STR, CodecError
 from ._plan import ColumnPlan, plan_for
-from ._types import BlindIndex, Encrypted, OnError
+from ._types import BlindIndex, Encrypted, OnError, base_column
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing
@@ -469,13 +469,13 @@ def _base(obj: Any) -> tuple[sa.Column[Any], Any] | None:
     """The table column behind a selected column element, and the FROM object it comes from."""
     if not isinstance(obj, ColumnElement):
         return None
-    for candidate in obj.proxy_set:
-        if isinstance(candidate, sa.Column) and isinstance(candidate.table, sa.Table):
-            source = getattr(obj, "table", None)
-            if source is not None and hasattr(source, "_deannotate"):
-                source = source._deannotate()
-            return candidate, source
-    return None
+    column = base_column(obj)
+    if column is None:
+        return None
+    source = getattr(obj, "table", None)
+    if source is not None and hasattr(source, "_deannotate"):
+        source = source._deannotate()
+    return column, source
 
 
 def _build_reader(

@@ -39,6 +39,7 @@ __all__ = [
     "Sealed",
     "Sentinel",
     "Shredded",
+    "base_column",
 ]
 
 ATTACHED = "_ccvault_attached"  # set on an engine's dialect by attach()
@@ -290,14 +291,15 @@ class Encrypted(TypeDecorator[Any]):
 def column_name(col: Any) -> str:
     """``table.column`` of the table column behind ``col`` (through labels, aliases and
     subqueries), for error messages."""
-    base = _base_column(col)
+    base = base_column(col)
     if base is not None:
         return f"{base.table.name}.{base.name}"
     table = getattr(col, "table", None)
     return f"{getattr(table, 'name', '?')}.{getattr(col, 'name', '?')}"
 
 
-def _base_column(col: Any) -> sa.Column[Any] | None:
+def base_column(col: Any) -> sa.Column[Any] | None:
+    """The table column behind a column element (through labels, aliases, ORM annotations)."""
     for candidate in getattr(col, "proxy_set", ()):
         if isinstance(candidate, sa.Column) and isinstance(candidate.table, sa.Table):
             return candidate
@@ -308,8 +310,8 @@ def _same_column(expr: Any, other: Any) -> bool:
     """``other`` is ``expr`` itself or an (annotated) copy of the same table column."""
     if not isinstance(other, sa.ColumnElement):
         return False
-    mine = _base_column(expr)
-    return mine is not None and _base_column(other) is mine
+    mine = base_column(expr)
+    return mine is not None and base_column(other) is mine
 
 
 def _is_null(other: Any) -> bool:
