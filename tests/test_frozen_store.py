@@ -1,6 +1,7 @@
 """Whole installations frozen in tests/vectors must keep opening, forever: after the explicit
 ``upgrade-store`` step, never without it. ``store_v1`` was written by a library of key-store
-schema 1, ``store_v2`` by one of schema 2 (ccvault at commit 0a22d8e)."""
+schema 1, ``store_v2`` by one of schema 2 (ccvault at commit 0a22d8e), ``store_v3`` by one of
+schema 3 (ccvault at commit 0fbfd34)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ccvault.vault import StoreUpgrade
 
 VECTORS = Path(__file__).parent / "vectors"
 # schema version -> (folder, subject heads a first upgrade authenticates)
-FROZEN = {1: ("store_v1", 2), 2: ("store_v2", 0)}
+FROZEN = {1: ("store_v1", 2), 2: ("store_v2", 0), 3: ("store_v3", 0)}
 
 
 def _doc(version: int) -> Any:
@@ -76,14 +77,16 @@ def test_frozen_installation_opens_after_the_upgrade(tmp_path: Path, version: in
         assert frozen.is_shredded(shredded)
         with pytest.raises(SubjectShreddedError):
             frozen.encrypt(shredded, b"new data for an erased customer", context="customers.phone")
+        channel = _invalidations(url)  # schema 3 wrote its own shred's row; 1 and 2 had none
+        assert channel == ([(1, "shred")] if version >= 3 else [])
         assert frozen.shred(shredded) == receipt
-        assert _invalidations(url) == []  # a repeated shred changes nothing
+        assert _invalidations(url) == channel  # a repeated shred changes nothing
         status = frozen.erasure_status(receipt.receipt_id)  # the upgrade recorded it: legacy
         assert status is not None
         assert (status.phase, status.in_ledger) == ("legacy", False)
         alice = uuid.UUID(int=0xA11CE)
         assert frozen.shred(alice).propagation_bound_seconds == 1.0
-        assert _invalidations(url) == [(1, "shred")]
+        assert _invalidations(url) == [*channel, (len(channel) + 1, "shred")]
 
 
 @pytest.mark.parametrize("version", sorted(FROZEN))
@@ -102,7 +105,10 @@ def test_a_frozen_store_is_refused_without_the_upgrade(
         Vault.from_settings(kms_url=f"local://{tmp_path / 'master.key'}", keystore_url=url)
     assert (_tables(url), _meta(url)) == before  # refused without changing anything
     assert _meta(url).get("schema_version", "1") == str(version)
-    assert not {"ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures"} & _tables(url)
+    schema3 = {"ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures"}
+    assert (schema3 <= _tables(url)) == (version >= 3)
+    assert not (schema3 - _tables(url)) or not (schema3 & _tables(url))  # all or none
+    assert "ccvault_erasure_queue" not in _tables(url)  # schema 4
     with sqlite3.connect(tmp_path / "keys.db") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(ccvault_subject_heads)")}
         assert ("mac" in columns) == (version >= 2)

@@ -324,7 +324,8 @@ VAULT_PUBLIC = {
     # batched single-value reads (issue 13)
     "decrypt_many",
     # the erasure ledger wired in (issue 13): status, check, reconciliation
-    "erasure_status", "ledger_unverified", "reconcile_erasures", "verify_erasures",
+    "complete_erasures", "erasure_status", "ledger_unverified", "reconcile_erasures",
+    "verify_erasures",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     "propagation_bound", "propagation_interval",

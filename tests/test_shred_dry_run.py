@@ -428,7 +428,7 @@ def test_the_hook_registry_keeps_each_dry_run_with_its_hook() -> None:
 
 
 def test_a_preview_hook_of_the_wrong_type_is_refused(svault: Vault) -> None:
-    def sweep(_s: object) -> list[str]:
+    def sweep(_s: object) -> list[tuple[str, str]]:
         return []
 
     svault._ring.after_shred.add(sweep, preview=lambda _s: 42)

@@ -245,7 +245,7 @@ def test_blind_index_columns_the_database_lacks_hold_nothing_to_sweep(
 
 
 def test_a_hook_that_raises_never_loses_the_receipt(svault: Vault) -> None:
-    def broken(_subject: object) -> list[str]:
+    def broken(_subject: object) -> list[tuple[str, str]]:
         raise RuntimeError("boom")
 
     svault._ring.after_shred.add(broken)

@@ -44,7 +44,19 @@ SCHEMA_3_META = ("propagation_bound_seconds", "invalidation_seq")
 SCHEMA_3_TABLES = ("ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures")
 
 
+def _as_schema_3(url: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(META).where(META.c.name == "schema_version").values(value="3"))
+        with engine.begin() as conn:  # DDL on its own (MariaDB commits it anyway)
+            conn.exec_driver_sql("DROP TABLE ccvault_erasure_queue")
+    finally:
+        engine.dispose()
+
+
 def _as_schema_2(url: str) -> None:
+    _as_schema_3(url)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -161,13 +173,13 @@ def test_a_store_older_than_schema_versions_is_schema_1(db_url: str) -> None:
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
 
 
-@pytest.mark.parametrize("stored", ["4", "99", "two"])
+@pytest.mark.parametrize("stored", ["5", "99", "two"])
 def test_a_newer_or_unknown_schema_is_refused(db_url: str, stored: str) -> None:
     kms = LocalKms.ephemeral()
     with Vault(kms, db_url):
         pass
     _set_version(db_url, stored)
-    match = r"schema version 4\w*, newer" if stored.isdigit() else "not a number"
+    match = r"schema version 5\w*, newer" if stored.isdigit() else "not a number"
     if stored == "99":
         match = "schema version 99, newer than this ccvault knows .* never downgraded"
     _refused(kms, db_url, match)
@@ -186,7 +198,7 @@ def test_the_upgrade_from_schema_1(db_url: str, caplog: pytest.LogCaptureFixture
         receipts = [old.shred(bob), old.shred(never)]
         never_ref = old.subject_ref(never)
     _as_schema_1(db_url)
-    _refused(kms, db_url, r"schema version 1, older than this ccvault's \(3\): run `ccvault")
+    _refused(kms, db_url, r"schema version 1, older than this ccvault's \(4\): run `ccvault")
     assert _schema(db_url) == ("1", False)  # a refused open changes nothing
     with pytest.raises(ConfigurationError, match="not read-only"):
         Vault.upgrade_store(kms, db_url, readonly=True)
@@ -271,7 +283,7 @@ def test_two_upgrades_at_once(db_url: str) -> None:
 
     with ThreadPoolExecutor(2) as pool:
         results = [f.result(timeout=120) for f in [pool.submit(upgrade) for _ in range(2)]]
-    assert {(r.from_version, r.to_version) for r in results} <= {(1, 3), (3, 3)}
+    assert {(r.from_version, r.to_version) for r in results} <= {(1, 4), (4, 4)}
     assert sum(r.heads_authenticated for r in results) == 300
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
     with Vault(kms, db_url) as vault:
@@ -344,7 +356,7 @@ def test_the_upgrade_from_schema_2(db_url: str, caplog: pytest.LogCaptureFixture
         erased = old.encrypt(bob, b"+1 555 0199", context=CTX)
         receipt = old.shred(bob)
     _as_schema_2(db_url)
-    _refused(kms, db_url, r"schema version 2, older than this ccvault's \(3\): run `ccvault")
+    _refused(kms, db_url, r"schema version 2, older than this ccvault's \(4\): run `ccvault")
     assert not _has_tables(db_url, SCHEMA_3_TABLES)
     assert _schema(db_url) == ("2", True)
     assert _channel(db_url) == (False, {}, [])  # a refused open changes nothing
@@ -399,8 +411,32 @@ def test_two_upgrades_from_schema_2_at_once(db_url: str) -> None:
         assert "longer than the installation's propagation bound" in str(second)
         assert meta["propagation_bound_seconds"] == "1.0"
     results = [r for r in outcomes if isinstance(r, StoreUpgrade)]
-    assert {(r.from_version, r.to_version) for r in results} <= {(2, 3), (3, 3)}
+    assert {(r.from_version, r.to_version) for r in results} <= {(2, 4), (4, 4)}
     with Vault(kms, db_url) as vault:
         assert vault.propagation_bound == float(meta["propagation_bound_seconds"])
         vault.shred(uuid.uuid4())
     assert _channel(db_url)[2] == [(1, "shred")]
+
+
+def test_the_upgrade_from_schema_3(db_url: str) -> None:
+    """Schema 3 to 4 adds the queue of erasures awaiting completion (empty: the shreds made
+    before it have no queued subject)."""
+    kms = LocalKms.ephemeral()
+    subject = uuid.uuid4()
+    with Vault(kms, db_url) as old:
+        blob = old.encrypt(subject, b"+1 555 0100", context=CTX)
+        receipt = old.shred(uuid.uuid4())
+    _as_schema_3(db_url)
+    _refused(kms, db_url, r"schema version 3, older than this ccvault's \(4\): run `ccvault")
+    assert Vault.upgrade_store(kms, db_url) == StoreUpgrade(3, SCHEMA_VERSION, 0, 0)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert sa.inspect(conn).has_table("ccvault_erasure_queue")
+    finally:
+        engine.dispose()
+    with Vault(kms, db_url) as new:
+        assert new.decrypt(blob, context=CTX) == b"+1 555 0100"
+        status = new.erasure_status(receipt.receipt_id)
+        assert status is not None
+        assert status.phase == "legacy"

@@ -45,6 +45,18 @@ def dump_store(url: str) -> dict[str, list[tuple[Any, ...]]]:
         engine.dispose()
 
 
+def but_new_queue_keys(
+    before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]
+) -> dict[str, list[tuple[Any, ...]]]:
+    """``after`` less the erasure-queue key rows (kind ``queue``) that ``before`` lacks and that
+    are live: a shred seals its subject under the day's version, created before the shred's
+    transaction, so a shred that destroys nothing may still have added that key (and only it)."""
+    known = set(before["ccvault_keys"])
+    added = [r for r in after["ccvault_keys"] if r not in known]
+    assert all(r[2] == "queue" and r[8] == "live" for r in added), added
+    return {**after, "ccvault_keys": [r for r in after["ccvault_keys"] if r in known]}
+
+
 def _pg_parts(url: str) -> tuple[str, str]:
     """(libpq connection string of the test server, the test's schema) of a _server_db URL."""
     u = sa.make_url(url)

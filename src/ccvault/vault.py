@@ -49,8 +49,11 @@ from .crypto import _format as fmt
 from .crypto._blind import BlindIndexer, Normalizer
 from .crypto._subject import SubjectType
 from .erasure import (
+    Completer,
+    CompletionReport,
     Erasure,
     ErasureCheck,
+    ErasureQueue,
     ErasureStatus,
     LedgerLink,
     LedgerSink,
@@ -61,6 +64,7 @@ from .erasure import (
 from .errors import (
     ConfigurationError,
     DecryptionError,
+    ErasureIncompleteError,
     LedgerIntegrityError,
     LedgerUnavailableError,
 )
@@ -265,6 +269,7 @@ class Vault:
             ledger=ledger,
             mode=ledger_mode,
         )
+        queue = ErasureQueue(self._store, self._epochs, self._ring, ident, self._options)
         self._erasure = Erasure(
             self._store,
             self._ring,
@@ -274,6 +279,16 @@ class Vault:
             self._options,
             receipt_seed=receipt_seed,
             link=self._link,
+            queue=queue,
+        )
+        self._completer = Completer(
+            self._store,
+            self._ring,
+            queue,
+            self._link,
+            self._options,
+            ident.propagation_bound,
+            self._erasure.stored_receipt,
         )
         if not UPGRADING.get():  # a store being upgraded may have no channel to listen to yet
             try:
@@ -572,15 +587,21 @@ class Vault:
     # -- subjects and shreds ---------------------------------------------------------------------
 
     @overload
-    def shred(self, subject: object, *, dry_run: Literal[False] = False) -> ErasureReceipt: ...
+    def shred(
+        self, subject: object, *, dry_run: Literal[False] = False, wait: bool = False
+    ) -> ErasureReceipt: ...
 
     @overload
     def shred(self, subject: object, *, dry_run: Literal[True]) -> ShredPreview: ...
 
     @overload
-    def shred(self, subject: object, *, dry_run: bool) -> ErasureReceipt | ShredPreview: ...
+    def shred(
+        self, subject: object, *, dry_run: bool, wait: bool = False
+    ) -> ErasureReceipt | ShredPreview: ...
 
-    def shred(self, subject: object, *, dry_run: bool = False) -> ErasureReceipt | ShredPreview:
+    def shred(
+        self, subject: object, *, dry_run: bool = False, wait: bool = False
+    ) -> ErasureReceipt | ShredPreview:
         """Erase ``subject``: fence it, destroy its keys (keeping tombstones), return a receipt.
 
         Idempotent: a repeat returns the original receipt. A never-seen subject is fenced too.
@@ -588,7 +609,16 @@ class Vault:
         With a ledger the receipt is appended to it in the key-store transaction that destroys
         the keys, before it commits: an unreachable ledger raises
         :class:`LedgerUnavailableError` and destroys nothing (``ledger_mode="strict"``), or the
-        entry waits in the key store's outbox (``"best-effort"``).
+        entry waits in the key store's outbox (``"best-effort"``). The erasure is then queued
+        for its completion (phase 2: :meth:`complete_erasures`), its subject sealed under the
+        day's erasure-queue key.
+
+        ``wait=True`` (needs a ledger) completes the erasure before returning: it waits for the
+        propagation bound, sweeps the blind indexes again and appends the signed completion
+        record; when it cannot (a sweep fails, a column's engine is not attached here, the
+        ledger is unreachable) it raises :class:`ErasureIncompleteError` with the receipt, and
+        the erasure stays queued. A repeated shred of an erasure not completed yet queues it
+        again.
 
         ``dry_run=True`` destroys and writes nothing (a read-only vault runs it) and returns a
         :class:`ShredPreview`: the keys the shred would destroy, and per attached engine the
@@ -596,8 +626,42 @@ class Vault:
         unreadable or clear.
         """
         if dry_run:
+            if wait:
+                raise ConfigurationError("shred(): dry_run=True and wait=True exclude each other")
             return self._erasure.preview(subject)
-        return self._erasure.shred(subject)
+        if not wait:
+            return self._erasure.shred(subject)
+        self._link.require_configured("shred(wait=True)")  # before anything is destroyed
+        try:
+            receipt = self._erasure.shred(subject)
+        except ErasureIncompleteError as exc:  # the first sweep failed: the second may not
+            if exc.receipt is None:
+                raise
+            receipt = exc.receipt
+        self._completer.complete_now(subject, receipt, self._options.now())
+        return receipt
+
+    def complete_erasures(self, *, models: Any = None) -> CompletionReport:
+        """Complete the erasures whose propagation bound has passed (phase 2, DESIGN.md
+        lifecycle rule 4; ``ccvault complete-erasures`` from cron): for each, check that no key
+        material remains, sweep the blind indexes again with the subject opened from the
+        erasure queue, and append a signed completion record listing the tables swept; the
+        queue row (the sealed subject) goes in the same commit. Erasures not due, or whose
+        receipt still waits in a ``best-effort`` outbox, wait; those that cannot be completed
+        (a sweep fails, a column with blind indexes has no engine attached here) stay queued
+        and are reported. Idempotent and safe from several hosts at once. Refuses while the
+        ledger is unverified (:class:`LedgerUnavailableError`) or without a ledger
+        (:class:`ConfigurationError`).
+
+        ``models``: the application's models (modules, classes, tables or MetaData, as for
+        :meth:`data_map`): each of their tables with blind indexes must then be swept, or the
+        erasure is not completed. Sweeps run on the engines attached to this vault."""
+        required: frozenset[str] | None = None
+        if models is not None:
+            from .sqlalchemy._datamap import searchable_tables_of
+
+            required = searchable_tables_of(models)
+        return self._completer.run(required)
 
     def erasure_status(self, receipt_id: str) -> ErasureStatus | None:
         """Where the erasure of receipt ``receipt_id`` stands: ``destroyed`` (its receipt is in

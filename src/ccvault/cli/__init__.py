@@ -110,8 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and the scope of what was and was not searched. Read-only; the vault is configured by "
         "CCVAULT_* variables.",
     )
-    for command in (data_map, export):
+    complete = sub.add_parser(
+        "complete-erasures",
+        help="complete the erasures whose propagation bound has passed (cron-safe, idempotent)",
+        description="Complete the erasures whose propagation bound has passed: sweep the blind "
+        "indexes of each shredded customer again in the database of --database-url, for the "
+        "tables of --models, and append a signed completion record to the erasure ledger. "
+        "Erasures not due yet wait; those that cannot be completed stay queued. Prints the "
+        "report as JSON. Exit status 0; 3: due erasures were left incomplete or lapsed (named "
+        "on stderr); 1: an error. The vault is configured by CCVAULT_* variables (a ledger is "
+        "needed).",
+    )
+    for command in (data_map, export, complete):
         _models_option(command)
+    complete.add_argument(
+        "--database-url", required=True, help="SQLAlchemy URL of the application database"
+    )
     data_map.add_argument(
         "--format", choices=("json", "markdown"), default="json", help="output format (json)"
     )
@@ -154,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_shred(
             args.subject, dry_run=args.dry_run, models=args.models, database_url=args.database_url
         )
+    if args.command == "complete-erasures":
+        from ._complete import run_complete
+
+        return run_complete(args.models, args.database_url)
     if args.command == "data-map":
         from ._export import run_data_map
 

@@ -4,12 +4,15 @@ a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadabl
 :class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
 ``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
-Completion records (rule 4 of the product contract's lifecycle design) are to live in this
-package too. The subject export reads tables, so it lives in the SQLAlchemy integration
-(``ccvault.sqlalchemy._export``) and takes the stored receipt from :meth:`Erasure.receipt`.
+:class:`ErasureQueue` keeps the subjects of erasures awaiting completion sealed, and
+:class:`Completer` completes them (phase 2, lifecycle rule 4 of the product contract: the
+second sweep and the signed completion record). The subject export reads tables, so it lives
+in the SQLAlchemy integration (``ccvault.sqlalchemy._export``) and takes the stored receipt
+from :meth:`Erasure.receipt`.
 """
 
 from ._chain import LedgerProblem, LedgerReport
+from ._complete import Completer
 from ._journal import Journal, verify_ledger
 from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
@@ -17,6 +20,7 @@ from ._ledger_s3 import S3Ledger
 from ._ledger_sql import SqlLedger
 from ._link import LedgerLink, check_new_installation
 from ._preview import EnginePreview, PreviewColumn, ShredPreview, SkippedTable, TablePreview
+from ._queue import ErasureQueue
 from ._reconcile import Reconciler
 from ._records import (
     CompletionRecord,
@@ -26,14 +30,24 @@ from ._records import (
     register_record_type,
 )
 from ._shred import Erasure
-from ._status import ErasureCheck, ErasureProblem, ErasureStatus, Reconciliation, RepairRecord
+from ._status import (
+    CompletionReport,
+    ErasureCheck,
+    ErasureProblem,
+    ErasureStatus,
+    Reconciliation,
+    RepairRecord,
+)
 
 __all__ = [
+    "Completer",
     "CompletionRecord",
+    "CompletionReport",
     "EnginePreview",
     "Erasure",
     "ErasureCheck",
     "ErasureProblem",
+    "ErasureQueue",
     "ErasureStatus",
     "GenesisRecord",
     "Journal",

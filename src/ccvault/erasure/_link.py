@@ -10,8 +10,10 @@ DESIGN.md, lifecycle rule 3. A vault with no ledger configured records each rece
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Literal
@@ -27,7 +29,8 @@ from ..keystore._sql import SqlKeyStore
 from ._journal import Journal, JournalMoved
 from ._ledger import LedgerSink, ledger_from_url
 from ._ledger_sql import SqlLedger
-from ._reconcile import Reconciler, receipt_row
+from ._reconcile import CompletionDraft, Reconciler, receipt_row
+from ._records import CompletionRecord
 from ._status import ErasureCheck, ErasureStatus, Reconciliation
 
 __all__ = ["MODES", "LedgerLink", "LedgerMode", "check_new_installation"]
@@ -251,7 +254,7 @@ class LedgerLink:
         store holds as live, re-add every receipt the store holds and the ledger lacks, then
         :meth:`check`."""
         self._options.writable("reconcile the key store with the erasure ledger")
-        self._require_configured("reconcile_erasures")
+        self.require_configured("reconcile_erasures")
         with self._lock:
             total = self.catch_up()
             total += self._reconciler.reapply(self._connect())
@@ -264,10 +267,10 @@ class LedgerLink:
             return total + Reconciliation(check=self.check())
 
     def check(self) -> ErasureCheck:
-        self._require_configured("verify_erasures")
+        self.require_configured("verify_erasures")
         return self._reconciler.check(self._connect())
 
-    def _require_configured(self, operation: str) -> None:
+    def require_configured(self, operation: str) -> None:
         if not self.configured:
             raise ConfigurationError(
                 f"{operation} needs an erasure ledger: configure ledger= (CCVAULT_LEDGER_URL)"
@@ -360,6 +363,31 @@ class LedgerLink:
                 receipt.receipt_id,
                 " ".join(str(exc).split()),
             )
+
+    # -- completion ------------------------------------------------------------------------------
+
+    def complete(
+        self, drafts: Sequence[CompletionDraft], stale: Sequence[str] = ()
+    ) -> list[CompletionRecord]:
+        """Append the completions of ``drafts`` (those not completed yet, whose receipt is in
+        the ledger) in one key-store journal transaction: ledger first, then each erasure
+        marked completed and its queue row dropped, in the same commit."""
+        self.require_configured("complete_erasures")
+        with self._lock:
+            for _ in range(_ROUNDS):
+                journal = self._connect()
+                try:
+                    return self._store.journal_transaction(
+                        functools.partial(
+                            self._reconciler.complete, journal=journal, drafts=drafts, stale=stale
+                        )
+                    )
+                except JournalMoved:
+                    self.catch_up()
+        raise LedgerUnavailableError(
+            "the erasure ledger kept moving past the key store while completions were "
+            "appended: none was recorded by this call; run it again"
+        )
 
     # -- status ------------------------------------------------------------------------------------
 

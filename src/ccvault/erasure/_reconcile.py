@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final, Literal
 
@@ -32,7 +33,7 @@ from ._journal import Journal, JournalMoved
 from ._records import CompletionRecord, JournalEntry, Record, parse_record
 from ._status import ErasureCheck, Reconciliation, RepairRecord
 
-__all__ = ["Reconciler", "receipt_row"]
+__all__ = ["CompletionDraft", "Reconciler", "receipt_row"]
 
 _BATCH: Final = 500  # entries replayed per key-store transaction; store rows read per page
 _REPAIRED: Final = 499  # receipts after one repair entry (one sink write of 500)
@@ -77,6 +78,17 @@ def _original(receipt: ErasureReceipt) -> ReceiptFactory:
     return same
 
 
+@dataclass(frozen=True, slots=True)
+class CompletionDraft:
+    """What a completion record says, before the transaction that appends it reads where its
+    receipt is in the ledger."""
+
+    receipt: ErasureReceipt
+    completed_at: datetime
+    bound_waited_seconds: float
+    tables_swept: tuple[str, ...]
+
+
 def _outbox_record(entry: OutboxEntry) -> Record:
     record = parse_record(entry.kind, json.loads(entry.record))
     if record is None:  # pragma: no cover - only this library queues records, of kinds it knows
@@ -103,9 +115,10 @@ class Reconciler:
 
     # -- ledger first: appending with the outbox ---------------------------------------------------
 
-    def append(self, txn: JournalTxn, journal: Journal, new: Sequence[ErasureReceipt]) -> int:
+    def append(self, txn: JournalTxn, journal: Journal, new: Sequence[Record]) -> int:
         """Append the outbox and then ``new`` after the store's applied seq, record where they
-        went, empty the outbox; returns how many entries were appended. Raises
+        went (a receipt's erasure row; a completion marks its erasure completed and drops it
+        from the queue), empty the outbox; returns how many entries were appended. Raises
         :class:`JournalMoved` when the ledger is not where the store says (nothing written)."""
         applied = txn.applied
         if applied is None or applied < 0:
@@ -122,9 +135,49 @@ class Reconciler:
             if isinstance(r, ErasureReceipt)
         ]
         txn.record_erasures(rows)
+        done = [
+            (r.receipt_id, e.seq)
+            for r, e in zip(records, entries, strict=True)
+            if isinstance(r, CompletionRecord)
+        ]
+        for receipt_id, seq in done:
+            txn.record_completion(receipt_id, seq)
+        txn.unqueue_erasures([receipt_id for receipt_id, _ in done])
         txn.dequeue([o.seq for o in outbox])
         txn.set_applied(entries[-1].seq)
         return len(entries)
+
+    def complete(
+        self,
+        txn: JournalTxn,
+        journal: Journal,
+        drafts: Sequence[CompletionDraft],
+        stale: Sequence[str] = (),
+    ) -> list[CompletionRecord]:
+        """Append a completion record for each draft whose erasure is in the ledger and not
+        completed yet (read in this transaction: two hosts completing at once append one
+        each), after the outbox; returns the records appended. ``stale``: receipt ids found
+        completed already, whose queue rows go."""
+        rows = txn.erasure_rows([d.receipt.receipt_id for d in drafts] + list(stale))
+        records: list[CompletionRecord] = []
+        for d in drafts:
+            row = rows.get(d.receipt.receipt_id)
+            if row is None or row.ledger_seq is None or row.completion_seq is not None:
+                continue
+            records.append(
+                CompletionRecord.for_receipt(
+                    d.receipt,
+                    ledger_seq=row.ledger_seq,
+                    completed_at=d.completed_at,
+                    bound_waited_seconds=d.bound_waited_seconds,
+                    tables_swept=d.tables_swept,
+                )
+            )
+        # completed meanwhile (another host, a replay): their queue rows go all the same
+        txn.unqueue_erasures([r.receipt_id for r in rows.values() if r.completion_seq is not None])
+        if records:
+            self.append(txn, journal, records)
+        return records
 
     def flush(self, journal: Journal) -> Reconciliation:
         """Append whatever waits in the outbox."""
@@ -198,6 +251,7 @@ class Reconciler:
             txn.record_erasures(rows)
             for receipt_id, seq in completions:
                 txn.record_completion(receipt_id, seq)
+            txn.unqueue_erasures([receipt_id for receipt_id, _ in completions])
             txn.dequeue(dropped)
             txn.set_applied(todo[-1].seq)
             replayed = sum(e.seq > 0 for e in todo)  # the genesis entry is nothing to apply

@@ -17,12 +17,21 @@ from ..audit._receipt import ErasureReceipt, sign_receipt
 from ..crypto._primitives import ed25519_public_key
 from ..errors import ErasureIncompleteError, KeyStoreError, LedgerUnavailableError
 from ..keyring import Epochs, Installation, KeyRing, Rotation, VaultOptions
-from ..keystore._protocol import KeyStore
-from ..keystore._records import EpochRecord, ErasureOrigin, HeadRecord, KeyRecord, State
+from ..keystore._protocol import JournalTxn, KeyStore
+from ..keystore._records import (
+    EpochRecord,
+    ErasureOrigin,
+    HeadRecord,
+    KeyRecord,
+    QueuedErasure,
+    State,
+)
 from ._journal import JournalMoved
 from ._link import LedgerLink
 from ._preview import EnginePreview, ShredPreview, keys_a_shred_destroys
+from ._queue import COMMIT_SLACK, ErasureQueue, Sealed
 from ._reconcile import receipt_row
+from ._sweep import sweep
 
 __all__ = ["Erasure"]
 
@@ -46,6 +55,7 @@ class Erasure:
         *,
         receipt_seed: SecretKey,
         link: LedgerLink,
+        queue: ErasureQueue,
     ) -> None:
         self._store = store
         self._ring = ring
@@ -55,6 +65,7 @@ class Erasure:
         self._options = options
         self._seed = receipt_seed
         self._link = link
+        self._queue = queue
 
     @property
     def receipt_public_key(self) -> bytes:
@@ -75,10 +86,13 @@ class Erasure:
         def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
             return self._receipt(ref, now, epoch, head, keys).model_dump_json()
 
+        # The subject sealed for the erasure's completion (a ledger is where completions go):
+        # sealed before the transaction, queued inside it with the receipt.
+        sealed = self._queue.seal(subject, ref, now) if self._link.configured else None
         ring.fence(ref)
         parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
         try:
-            receipt_json, newly = self._shred_ledger_first(ref, now, make_receipt)
+            receipt_json, newly = self._shred_ledger_first(ref, now, make_receipt, sealed)
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
             # eviction runs whatever happened.
@@ -94,8 +108,36 @@ class Erasure:
         receipt = parsed[0]
         if newly:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
+        elif self._link.configured:
+            self._requeue(subject, ref, receipt)
         self._run_hooks(ref, subject, receipt)
         return receipt
+
+    def _requeue(self, subject: object, ref: bytes, receipt: ErasureReceipt) -> None:
+        """A repeated shred of an erasure not completed yet queues it again (a replay shreds
+        with no subject in hand, a lapsed queue row cannot be opened): its completion can run."""
+        row = self._store.erasure(receipt.receipt_id)
+        if row is None or row.completion_seq is not None or row.origin == ErasureOrigin.LEGACY:
+            return
+        now = self._options.now()
+        sealed = self._queue.seal(subject, ref, now)
+        # the bound runs from the shred's commit, long past for a repeat
+        shredded = receipt.shredded_at.timestamp()
+        self._store.queue_erasure(self._queued(receipt.receipt_id, ref, sealed, shredded, now))
+
+    def _queued(
+        self, receipt_id: str, ref: bytes, sealed: Sealed, shredded: float, now: float
+    ) -> QueuedErasure:
+        """The queue row of an erasure whose shred commits at (about) ``shredded``."""
+        return QueuedErasure(
+            receipt_id=receipt_id,
+            ref=ref,
+            key_id=sealed.key_id,
+            key_version=sealed.key_version,
+            sealed=sealed.blob,
+            due=shredded + self._installation.propagation_bound + COMMIT_SLACK,
+            queued_at=now,
+        )
 
     def preview(self, subject: object) -> ShredPreview:
         """What :meth:`shred` would make unreadable now, destroying and writing nothing (a
@@ -134,15 +176,23 @@ class Erasure:
         ref: bytes,
         now: float,
         make_receipt: Callable[[HeadRecord | None, Sequence[KeyRecord]], str],
+        sealed: Sealed | None,
     ) -> tuple[str, bool]:
-        """The key store's shred with the ledger step; when the ledger has moved past the
-        store (another process crashed after its append, or a restore), catch up and retry:
-        the replay may shred this subject with the ledger's receipt, which is then returned."""
+        """The key store's shred with the ledger step (and, with ``sealed``, the erasure queued
+        for completion in the same transaction); when the ledger has moved past the store
+        (another process crashed after its append, or a restore), catch up and retry: the replay
+        may shred this subject with the ledger's receipt, which is then returned."""
+
+        def journal(txn: JournalTxn, receipt_json: str) -> None:
+            self._link.shred_journal(txn, receipt_json)
+            if sealed is not None:
+                receipt_id = ErasureReceipt.model_validate_json(receipt_json).receipt_id
+                now = self._options.now()
+                txn.queue_erasure(self._queued(receipt_id, ref, sealed, now, now))
+
         for _ in range(_MOVES):
             try:
-                return self._store.shred(
-                    ref, now, make_receipt, self._ring.heads.seal, self._link.shred_journal
-                )
+                return self._store.shred(ref, now, make_receipt, self._ring.heads.seal, journal)
             except JournalMoved:
                 self._link.catch_up()
         raise LedgerUnavailableError(
@@ -158,7 +208,10 @@ class Erasure:
         The receipt is checked before it is returned: it must parse, verify under this
         installation's receipt key and name this subject's ref, or a KeyStoreError says the
         stored receipt is damaged (never a receipt that is not what shred() signed)."""
-        ref = self._ring.subject_ref(subject)
+        return self.stored_receipt(self._ring.subject_ref(subject))
+
+    def stored_receipt(self, ref: bytes) -> ErasureReceipt | None:
+        """:meth:`receipt` by subject ref."""
         head = self._store.subject_head(ref)
         if head is None or head.state != State.SHREDDED or head.receipt is None:
             return None
@@ -197,18 +250,9 @@ class Erasure:
     def _run_hooks(self, ref: bytes, subject: object, receipt: ErasureReceipt) -> None:
         """Run the integrations' sweeps after a committed shred: never lose the receipt, never
         stay silent about what they could not clear."""
-        swept: set[str] = set()
-        failed: list[ErasureIncompleteError] = []
-        crashed: list[str] = []
-        for hook in self._ring.after_shred:
-            try:
-                swept.update(hook(subject))
-            except ErasureIncompleteError as exc:
-                swept.update(exc.swept)
-                failed.append(exc)
-            except Exception as exc:  # the keys are gone: report it, never lose the receipt
-                crashed.append(type(exc).__name__)
-        not_swept = {label for exc in failed for label in exc.columns}
+        outcome = sweep(self._ring, subject)
+        swept, failed = outcome.labels, outcome.failed
+        not_swept = outcome.not_swept
         try:
             known = self._ring.searchable_labels()
         except KeyStoreError:
@@ -230,10 +274,9 @@ class Erasure:
                 ref.hex()[:16],
                 ", ".join(unswept),
             )
-        if not failed and not crashed:
+        if not failed and not outcome.crashed:
             return
-        reasons = [str(exc) for exc in failed]
-        reasons += [f"an after-shred hook raised {name}" for name in crashed]
+        reasons = outcome.reasons()
         message = (
             f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed; the signed "
             f"receipt is this error's .receipt), but the sweep of what it left is incomplete: "

@@ -20,6 +20,7 @@ from ._records import SignedRecord, UtcDatetime, register_record_type
 
 __all__ = [
     "REPAIR_FORMAT",
+    "CompletionReport",
     "ErasureCheck",
     "ErasureProblem",
     "ErasureStatus",
@@ -165,3 +166,42 @@ class Reconciliation(BaseModel):
             flushed=self.flushed + other.flushed,
             check=other.check or self.check,
         )
+
+
+class CompletionReport(BaseModel):
+    """What :meth:`Vault.complete_erasures` did.
+
+    * ``completed``: erasures completed by this run (a signed completion record of each is in
+      the ledger); ``receipt_ids`` lists the first 1,000 of them;
+    * ``tables_swept``: the tables the second sweeps cleared (of the engines attached in this
+      process: tables outside the data map are outside the promise);
+    * ``waiting``: queued erasures whose propagation bound has not passed yet (``next_due``:
+      the first of them); ``not_in_ledger``: due, but their receipt still waits in the outbox of a
+      ``best-effort`` vault (completed once it is in the ledger);
+    * ``incomplete``: due erasures not completed because a sweep failed, a column with blind
+      indexes has no engine attached here to sweep it, or key material of the subject remains;
+      they stay queued and the next run tries again;
+    * ``lapsed``: queued erasures whose erasure-queue key version was destroyed
+      (``backup_retention`` passed): the subject cannot be swept from the queue any more;
+      ``vault.shred(subject, wait=True)`` with the subject in hand completes it.
+    """
+
+    model_config = _FROZEN
+
+    completed: int = 0
+    receipt_ids: tuple[str, ...] = ()
+    tables_swept: tuple[str, ...] = ()
+    waiting: int = 0
+    next_due: datetime | None = None
+    not_in_ledger: int = 0
+    incomplete: tuple[ErasureProblem, ...] = ()
+    lapsed: tuple[ErasureProblem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Nothing due was left behind (waiting and not-in-ledger erasures are not problems)."""
+        return not self.incomplete and not self.lapsed
+
+    def lines(self) -> list[str]:
+        """Every problem as one line of text (empty when :attr:`ok`)."""
+        return [f"incomplete: {p}" for p in self.incomplete] + [f"lapsed: {p}" for p in self.lapsed]

@@ -39,10 +39,10 @@ __all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "ShredPreviewHook", "Tomb
 _BATCH = 500
 _FENCE_SECONDS = 86_400.0
 
-AfterShred = Callable[[object], Iterable[str]]
-"""An after-shred hook: called with the subject after a committed shred; returns the context
-labels of the blind-index columns it swept, or raises ErasureIncompleteError for those it could
-not."""
+AfterShred = Callable[[object], Iterable[tuple[str, str]]]
+"""An after-shred hook: called with the subject after a committed shred (and again by the
+erasure's completion); returns (table, context label) of each blind-index column it swept, or
+raises ErasureIncompleteError for those it could not."""
 
 ShredPreviewHook = Callable[[object], object]
 """The dry run of an after-shred hook: called with the subject, it reads what the hook would

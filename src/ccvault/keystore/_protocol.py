@@ -18,7 +18,15 @@ from typing import Protocol, TypeVar
 
 from ..errors import KeyStoreError
 from ..kms._protocol import WrappedKey
-from ._records import EpochRecord, ErasureRow, HeadRecord, Invalidation, KeyRecord, OutboxEntry
+from ._records import (
+    EpochRecord,
+    ErasureRow,
+    HeadRecord,
+    Invalidation,
+    KeyRecord,
+    OutboxEntry,
+    QueuedErasure,
+)
 
 __all__ = [
     "EpochNotUsableError",
@@ -78,12 +86,24 @@ class JournalTxn(Protocol):
         ``ledger_seq`` given (when not None)."""
         ...
 
+    def erasure_rows(self, receipt_ids: Sequence[str]) -> dict[str, ErasureRow]:
+        """The erasure rows of ``receipt_ids`` that exist, by receipt id."""
+        ...
+
     def record_completion(self, receipt_id: str, seq: int) -> None:
         """Mark an erasure completed by the ledger entry ``seq``."""
         ...
 
     def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
         """:meth:`KeyStore.shredded_receipts` in this transaction."""
+        ...
+
+    def queue_erasure(self, row: QueuedErasure) -> None:
+        """:meth:`KeyStore.queue_erasure` in this transaction."""
+        ...
+
+    def unqueue_erasures(self, receipt_ids: Sequence[str]) -> None:
+        """Remove the queued erasures of ``receipt_ids`` (completed: their subjects go)."""
         ...
 
 
@@ -312,6 +332,10 @@ class KeyStore(Protocol):
         """The erasure recorded for a receipt id, or None."""
         ...
 
+    def erasure_rows(self, receipt_ids: Sequence[str]) -> dict[str, ErasureRow]:
+        """The erasure rows of ``receipt_ids`` that exist, by receipt id."""
+        ...
+
     def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
         """:meth:`JournalTxn.record_erasures` in a transaction of its own (``upgrade-store``)."""
         ...
@@ -319,6 +343,24 @@ class KeyStore(Protocol):
     def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
         """Up to ``limit`` (ref, receipt JSON) of shredded heads with a receipt, refs after
         ``after`` in ref order."""
+        ...
+
+    def queue_erasure(self, row: QueuedErasure) -> None:
+        """Queue an erasure for completion (schema 4), replacing a row of the same receipt."""
+        ...
+
+    def queued_erasures(self, due_by: float, after: str | None, limit: int) -> list[QueuedErasure]:
+        """Up to ``limit`` queued erasures due at ``due_by``, receipt ids after ``after`` in
+        order."""
+        ...
+
+    def queue_waiting(self, due_by: float) -> tuple[int, float | None]:
+        """How many queued erasures are not due at ``due_by``, and the earliest due time."""
+        ...
+
+    def destroy_key_versions(self, kind: str, label: str, below: int, now: float) -> int:
+        """Destroy (tombstone) the live key rows of ``kind``/``label`` with a version below
+        ``below``; returns how many."""
         ...
 
     def invalidate(self, kind: str, ref: bytes | None, period: bytes | None, now: float) -> int:

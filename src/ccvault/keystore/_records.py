@@ -17,6 +17,7 @@ __all__ = [
     "KeyKind",
     "KeyRecord",
     "OutboxEntry",
+    "QueuedErasure",
     "State",
 ]
 
@@ -28,6 +29,7 @@ class KeyKind:
     RECEIPT_SIGNING = "receipt"
     BLIND_INDEX = "bidx"
     HEAD_MAC = "head"  # long-lived: authenticates subject heads (schema 2)
+    ERASURE_QUEUE = "queue"  # seals the subjects of erasures awaiting completion (schema 4)
 
 
 class State:
@@ -164,3 +166,26 @@ class OutboxEntry:
     @safe_repr
     def __repr__(self) -> str:
         return f"OutboxEntry(seq={self.seq}, kind={self.kind!r}, receipt={self.receipt_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedErasure:
+    """An erasure waiting for its completion (schema 4): its receipt's id, the subject ref, the
+    subject sealed under version ``key_version`` of the erasure-queue key ``key_id`` (AES-256-GCM:
+    ``sealed`` is nonce, ciphertext and tag; the subject is never stored in clear), and ``due``,
+    the time from which its completion may run (the shred plus the propagation bound)."""
+
+    receipt_id: str
+    ref: bytes
+    key_id: bytes
+    key_version: int
+    sealed: bytes
+    due: float
+    queued_at: float
+
+    @safe_repr
+    def __repr__(self) -> str:
+        return (
+            f"QueuedErasure(receipt={self.receipt_id}, ref={self.ref.hex()[:16]}, "
+            f"key_version={self.key_version}, due={self.due})"
+        )

@@ -13,7 +13,7 @@ __all__ = [
     "build_metadata",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The key-store schema this library writes and reads (``ccvault_meta.schema_version``).
 
 1. The first release.
@@ -29,6 +29,11 @@ SCHEMA_VERSION = 3
    and ``erasures`` (one row per receipt: its subject ref, its origin, its ledger seq and, once
    completed, its completion's seq). Stores at version 1 or 2 are brought here by
    ``ccvault upgrade-store`` only.
+4. ``erasure_queue``: the erasures awaiting completion (DESIGN.md, lifecycle rule 4): receipt id,
+   subject ref, the subject sealed under a version of the vault-wide erasure-queue key (kind
+   ``queue`` in ``keys``; one version a UTC day, destroyed ``backup_retention`` after its day),
+   and when the completion may run. A row goes when its completion is committed. Stores at
+   version 1 to 3 are brought here by ``ccvault upgrade-store`` only.
 """
 
 INVALIDATION_SEQ = "invalidation_seq"
@@ -140,5 +145,17 @@ def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
         sa.Column("ledger_seq", sa.BigInteger),  # NULL: not in the ledger (yet)
         sa.Column("completion_seq", sa.BigInteger),  # the completion's entry, once completed
         sa.Column("shredded_at", sa.Double, nullable=False),
+    )
+    # schema 4: erasures awaiting completion, their subjects sealed (DESIGN.md, lifecycle rule 4)
+    sa.Table(
+        f"{prefix}erasure_queue",
+        md,
+        sa.Column("receipt_id", sa.String(64), primary_key=True),
+        sa.Column("ref", _bin(32), nullable=False),
+        sa.Column("key_id", _bin(16), nullable=False),
+        sa.Column("key_version", sa.Integer, nullable=False),
+        sa.Column("sealed", sa.LargeBinary, nullable=False),
+        sa.Column("due", sa.Double, nullable=False),
+        sa.Column("queued_at", sa.Double, nullable=False),
     )
     return md

@@ -52,6 +52,7 @@ from ._records import (
     KeyKind,
     KeyRecord,
     OutboxEntry,
+    QueuedErasure,
     State,
 )
 from ._schema import INVALIDATION_SEQ, SCHEMA_VERSION, build_metadata
@@ -59,9 +60,12 @@ from ._sql_journal import (
     JournalTables,
     SqlJournalTxn,
     erasure_row,
+    erasure_rows,
     journal_step,
+    queue_erasure,
     read_applied,
     read_outbox,
+    read_queue,
     read_shredded_receipts,
     write_erasures,
 )
@@ -84,6 +88,17 @@ _RETRIES = 12
 _REWRAP_PENDING = "rewrap_pending"  # ccvault_meta: the epoch whose rotation has keys to re-wrap
 # ccvault_meta, one row per epoch destroyed with quarantined keys under it (operator decision)
 _UNREADABLE_ACCEPTED = "unreadable_accepted:"
+
+
+def _destroyed(now: float) -> dict[str, Any]:
+    """The values of a key row whose material is destroyed: a tombstone."""
+    return {
+        "wrapped": None,
+        "commitment": None,
+        "epoch_id": None,
+        "state": State.DESTROYED,
+        "destroyed_at": now,
+    }
 
 
 class SqlKeyStore:
@@ -127,6 +142,7 @@ class SqlKeyStore:
             meta=self._meta,
             outbox=t[f"{prefix}ledger_outbox"],
             erasures=t[f"{prefix}erasures"],
+            queue=t[f"{prefix}erasure_queue"],
             heads=self._heads,
             insert_ignore=self._insert_ignore,
             insert_ignore_many=self._insert_ignore_many,
@@ -752,13 +768,7 @@ class SqlKeyStore:
         conn.execute(
             sa.update(k)
             .where(k.c.ref == ref)
-            .values(
-                wrapped=None,
-                commitment=None,
-                epoch_id=None,
-                state=State.DESTROYED,
-                destroyed_at=now,
-            )
+            .values(_destroyed(now))
         )
         conn.execute(
             sa.update(h)
@@ -788,6 +798,10 @@ class SqlKeyStore:
         with self._read() as conn:
             return erasure_row(conn, self._jt, receipt_id)
 
+    def erasure_rows(self, receipt_ids: Sequence[str]) -> dict[str, ErasureRow]:
+        with self._read() as conn:
+            return erasure_rows(conn, self._jt, receipt_ids)
+
     def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
         for i in range(0, len(rows), _BATCH):
             self._write(functools.partial(write_erasures, t=self._jt, rows=rows[i : i + _BATCH]))
@@ -795,6 +809,40 @@ class SqlKeyStore:
     def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
         with self._read() as conn:
             return read_shredded_receipts(conn, self._jt, after, limit)
+
+    def queue_erasure(self, row: QueuedErasure) -> None:
+        self._write(functools.partial(queue_erasure, t=self._jt, row=row))
+
+    def queued_erasures(self, due_by: float, after: str | None, limit: int) -> list[QueuedErasure]:
+        with self._read() as conn:
+            return read_queue(conn, self._jt, due_by, after, limit)
+
+    def queue_waiting(self, due_by: float) -> tuple[int, float | None]:
+        q = self._jt.queue
+        with self._read() as conn:
+            count, first = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(q.c.due)).where(q.c.due > due_by)
+            ).one()
+        return int(count), None if first is None else float(first)
+
+    def destroy_key_versions(self, kind: str, label: str, below: int, now: float) -> int:
+        k = self._keys
+
+        def run(conn: Connection) -> int:
+            result = conn.execute(
+                sa.update(k)
+                .where(
+                    k.c.kind == kind,
+                    k.c.label == label,
+                    k.c.version < below,
+                    k.c.state == State.LIVE,
+                )
+                .values(_destroyed(now)),
+                execution_options={"preserve_rowcount": True},
+            )
+            return int(result.rowcount)
+
+        return self._write(run)
 
     # -- the invalidation channel ----------------------------------------------------------------
 

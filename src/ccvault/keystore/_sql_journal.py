@@ -1,5 +1,6 @@
 """Owns the SQL key store's side of the erasure journal: the ``ledger_applied_seq`` lock, the
-outbox and the erasure rows, in one transaction (:class:`SqlJournalTxn`). Must not talk to the
+outbox, the erasure rows and the queue of erasures awaiting completion, in one transaction
+(:class:`SqlJournalTxn`). Must not talk to the
 ledger nor judge records: the erasure package does, inside the transaction this opens.
 
 Lock order: ``ledger_applied_seq`` first, then subject heads, then the invalidation channel's
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._protocol import HeadSealer, ReceiptFactory, ShredJournal
-from ._records import ErasureRow, OutboxEntry, State
+from ._records import ErasureRow, OutboxEntry, QueuedErasure, State
 from ._schema import LEDGER_APPLIED
 
 __all__ = [
@@ -24,10 +25,14 @@ __all__ = [
     "ShredIn",
     "SqlJournalTxn",
     "erasure_row",
+    "erasure_rows",
     "journal_step",
+    "queue_erasure",
     "read_applied",
     "read_outbox",
+    "read_queue",
     "read_shredded_receipts",
+    "unqueue_erasures",
     "write_erasures",
 ]
 
@@ -44,6 +49,7 @@ class JournalTables:
     meta: sa.Table
     outbox: sa.Table
     erasures: sa.Table
+    queue: sa.Table
     heads: sa.Table
     insert_ignore: Callable[[Connection, sa.Table, dict[str, Any]], bool]
     insert_ignore_many: Callable[[Connection, sa.Table, list[dict[str, Any]]], None]
@@ -77,11 +83,7 @@ def read_outbox(conn: Connection, t: JournalTables) -> list[OutboxEntry]:
     ]
 
 
-def erasure_row(conn: Connection, t: JournalTables, receipt_id: str) -> ErasureRow | None:
-    e = t.erasures
-    r = conn.execute(sa.select(e).where(e.c.receipt_id == receipt_id)).first()
-    if r is None:
-        return None
+def _erasure(r: Any) -> ErasureRow:
     return ErasureRow(
         receipt_id=r.receipt_id,
         ref=bytes(r.ref),
@@ -90,6 +92,24 @@ def erasure_row(conn: Connection, t: JournalTables, receipt_id: str) -> ErasureR
         shredded_at=r.shredded_at,
         completion_seq=None if r.completion_seq is None else int(r.completion_seq),
     )
+
+
+def erasure_row(conn: Connection, t: JournalTables, receipt_id: str) -> ErasureRow | None:
+    e = t.erasures
+    r = conn.execute(sa.select(e).where(e.c.receipt_id == receipt_id)).first()
+    return None if r is None else _erasure(r)
+
+
+def erasure_rows(
+    conn: Connection, t: JournalTables, receipt_ids: Sequence[str]
+) -> dict[str, ErasureRow]:
+    e = t.erasures
+    ids = sorted(set(receipt_ids))
+    out: dict[str, ErasureRow] = {}
+    for i in range(0, len(ids), 500):
+        for r in conn.execute(sa.select(e).where(e.c.receipt_id.in_(ids[i : i + 500]))).all():
+            out[r.receipt_id] = _erasure(r)
+    return out
 
 
 def read_shredded_receipts(
@@ -135,6 +155,52 @@ def write_erasures(conn: Connection, t: JournalTables, rows: Sequence[ErasureRow
             .values(ledger_seq=sa.bindparam("seq")),
             placed,
         )
+
+
+def queue_erasure(conn: Connection, t: JournalTables, row: QueuedErasure) -> None:
+    """Queue ``row`` for completion, replacing the row of the same receipt if there is one (a
+    repeated shred queues it again under the day's key version)."""
+    q = t.queue
+    conn.execute(sa.delete(q).where(q.c.receipt_id == row.receipt_id))
+    conn.execute(
+        sa.insert(q).values(
+            receipt_id=row.receipt_id,
+            ref=row.ref,
+            key_id=row.key_id,
+            key_version=row.key_version,
+            sealed=row.sealed,
+            due=row.due,
+            queued_at=row.queued_at,
+        )
+    )
+
+
+def unqueue_erasures(conn: Connection, t: JournalTables, receipt_ids: Sequence[str]) -> None:
+    if receipt_ids:
+        q = t.queue
+        conn.execute(sa.delete(q).where(q.c.receipt_id.in_(sorted(set(receipt_ids)))))
+
+
+def read_queue(
+    conn: Connection, t: JournalTables, due_by: float, after: str | None, limit: int
+) -> list[QueuedErasure]:
+    """Queued erasures due at ``due_by`` (``due <= due_by``), by receipt id after ``after``."""
+    q = t.queue
+    query = sa.select(q).where(q.c.due <= due_by).order_by(q.c.receipt_id).limit(limit)
+    if after is not None:
+        query = query.where(q.c.receipt_id > after)
+    return [
+        QueuedErasure(
+            receipt_id=r.receipt_id,
+            ref=bytes(r.ref),
+            key_id=bytes(r.key_id),
+            key_version=int(r.key_version),
+            sealed=bytes(r.sealed),
+            due=float(r.due),
+            queued_at=float(r.queued_at),
+        )
+        for r in conn.execute(query).all()
+    ]
 
 
 class SqlJournalTxn:
@@ -184,6 +250,9 @@ class SqlJournalTxn:
     def record_erasures(self, rows: Sequence[ErasureRow]) -> None:
         write_erasures(self._conn, self._t, rows)
 
+    def erasure_rows(self, receipt_ids: Sequence[str]) -> dict[str, ErasureRow]:
+        return erasure_rows(self._conn, self._t, receipt_ids)
+
     def record_completion(self, receipt_id: str, seq: int) -> None:
         e = self._t.erasures
         self._conn.execute(
@@ -192,6 +261,12 @@ class SqlJournalTxn:
 
     def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
         return read_shredded_receipts(self._conn, self._t, after, limit)
+
+    def queue_erasure(self, row: QueuedErasure) -> None:
+        queue_erasure(self._conn, self._t, row)
+
+    def unqueue_erasures(self, receipt_ids: Sequence[str]) -> None:
+        unqueue_erasures(self._conn, self._t, receipt_ids)
 
 
 def journal_step(txn: SqlJournalTxn, journal: ShredJournal) -> Callable[[str], None]:

@@ -241,9 +241,9 @@ class _CannotSweep(Exception):
     """A table whose rows of the subject cannot be told apart from other subjects' rows."""
 
 
-def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[str]:
+def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[tuple[str, str]]:
     """After a shred: NULL the subject's blind-index values in every searchable table of this
-    engine's database. Returns the context labels of the columns swept. A table the database
+    engine's database. Returns (table, context label) of each column swept. A table the database
     does not have is skipped; one that still fails after SWEEP_ATTEMPTS tries is named in the
     ErasureIncompleteError raised once every table was tried."""
     current: _Attachment | None = getattr(engine, _ATTACHMENT, None)
@@ -251,7 +251,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
         current.collations_checked = True
         _warn_non_binary_collations(engine, vault)
     match = subject_match(vault, subject)
-    swept: list[str] = []
+    swept: list[tuple[str, str]] = []
     failed: dict[str, tuple[str, list[str]]] = {}
     for table in list(searchable_tables):
         try:
@@ -262,7 +262,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
         except ConfigurationError:
             continue  # never written through this vault: nothing of the subject to sweep
         done, why, labels = _sweep_table(engine, plan, match)
-        swept += done
+        swept += [(table.fullname, label) for label in done]
         if why is not None:
             failed[table.fullname] = (why, labels)
     if failed:
@@ -271,7 +271,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
             + ", ".join(f"table {name} ({why})" for name, (why, _) in failed.items()),
             tables=list(failed),
             columns=[label for _, labels in failed.values() for label in labels],
-            swept=swept,
+            swept=[label for _, label in swept],
         )
     return swept
 

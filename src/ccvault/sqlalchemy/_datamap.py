@@ -128,6 +128,17 @@ class MapEntry:
         return "encrypted" if self.plan is not None else "personal"
 
 
+def searchable_tables_of(models: Any) -> frozenset[str]:
+    """The full names of ``models``' tables with blind-index columns (what a completed
+    erasure must have swept: :meth:`ccvault.Vault.complete_erasures`)."""
+    out = set()
+    for table in tables_of(models):
+        plan = plan_for(table)
+        if plan is not None and any(c.index_key is not None for c in plan.columns):
+            out.add(table.fullname)
+    return frozenset(out)
+
+
 def map_entries(vault: Vault, models: Any = None) -> list[MapEntry]:
     """The tables of ``vault``'s data map, by name: every table with encrypted columns of
     ``models`` (every one this process defined when None) and every personal table registered

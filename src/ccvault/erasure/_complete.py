@@ -1,0 +1,254 @@
+"""Owns phase 2 of an erasure (DESIGN.md, lifecycle rule 4): once the propagation bound has
+passed since a shred, check that no key material of the subject remains, run the second
+blind-index sweep with the subject (opened from the erasure queue, or the caller's own for
+``shred(wait=True)``), and have the ledger link append a signed completion record. Must not
+destroy keys (the shred did) nor write the ledger or the queue itself (the ledger link does, in
+the key-store transaction that marks the erasure completed and drops its queue row).
+
+The bound is why it waits: every process drops a shredded subject's cached keys within it, so a
+warm writer cannot add a blind index after it, and the second sweep clears what was added
+between the shred's first sweep and then. Never a completion while key material or a blind
+index the sweep knows of remains: a subject with a live key row, a failed sweep, or a column with
+blind indexes that no engine attached in this process sweeps leaves the erasure queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Final
+
+from ..audit._receipt import ErasureReceipt
+from ..crypto._primitives import Aead
+from ..errors import (
+    ConfigurationError,
+    ErasureIncompleteError,
+    KeyStoreError,
+    LedgerUnavailableError,
+)
+from ..keyring import KeyRing, VaultOptions
+from ..keystore._protocol import KeyStore
+from ..keystore._records import QueuedErasure, State
+from ._link import LedgerLink
+from ._queue import COMMIT_SLACK, ErasureQueue
+from ._reconcile import CompletionDraft
+from ._status import CompletionReport, ErasureProblem
+from ._sweep import sweep
+
+__all__ = ["Completer"]
+
+log = logging.getLogger("ccvault")
+
+_PAGE: Final = 500  # queued erasures read, swept and completed per key-store transaction
+_LISTED: Final = 1000  # receipt ids and problems a report lists (counts are whole)
+_sleep: Callable[[float], None] = time.sleep  # tests replace it: they never wait for time to pass
+
+
+class Completer:
+    """``complete_erasures()`` and the completion of ``shred(wait=True)``."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        ring: KeyRing,
+        queue: ErasureQueue,
+        link: LedgerLink,
+        options: VaultOptions,
+        bound: float,
+        receipt_of: Callable[[bytes], ErasureReceipt | None],
+    ) -> None:
+        self._store = store
+        self._ring = ring
+        self._queue = queue
+        self._link = link
+        self._options = options
+        self._bound = bound
+        self._receipt_of = receipt_of
+
+    def _guard(self) -> None:
+        self._options.writable("complete erasures")
+        self._link.require_configured("complete_erasures")
+        self._link.require_verified_ledger("complete_erasures")
+
+    # -- the queue (cron) ------------------------------------------------------------------------
+
+    def run(self, required_tables: frozenset[str] | None = None) -> CompletionReport:
+        """Complete every queued erasure that is due; see :class:`CompletionReport`.
+        ``required_tables``: tables (the data map's searchable ones) each completion must have
+        swept. Idempotent and safe from several hosts at once."""
+        self._guard()
+        now = self._options.now()
+        self._queue.lapse(now)
+        due_by = now  # a row's due time includes the bound and the commit slack
+        keys: dict[tuple[bytes, int], Aead | None] = {}
+        completed: list[str] = []
+        tables: set[str] = set()
+        incomplete: list[ErasureProblem] = []
+        lapsed: list[ErasureProblem] = []
+        not_in_ledger = 0
+        after: str | None = None
+        while True:
+            rows = self._store.queued_erasures(due_by, after, _PAGE)
+            if not rows:
+                break
+            erasures = self._store.erasure_rows([r.receipt_id for r in rows])
+            drafts: list[CompletionDraft] = []
+            stale: list[str] = []
+            for row in rows:
+                found = erasures.get(row.receipt_id)
+                if found is not None and found.completion_seq is not None:
+                    stale.append(row.receipt_id)  # completed elsewhere (a replay, another host)
+                    continue
+                if found is not None and found.ledger_seq is None:
+                    not_in_ledger += 1
+                    continue
+                seq = None if found is None else found.ledger_seq
+                try:
+                    subject = self._queue.open(row, keys)
+                except KeyStoreError as exc:
+                    incomplete.append(_problem(row, seq, str(exc)))
+                    continue
+                if subject is None:
+                    lapsed.append(
+                        _problem(
+                            row,
+                            seq,
+                            "its erasure-queue key version was destroyed (backup_retention "
+                            "passed): repeat vault.shred(subject, wait=True) with the subject",
+                        )
+                    )
+                    continue
+                draft, why = self._sweep(row.ref, row.receipt_id, subject, required_tables)
+                if draft is None:
+                    incomplete.append(_problem(row, seq, why))
+                    continue
+                drafts.append(draft)
+                tables.update(draft.tables_swept)
+            if drafts or stale:
+                records = self._link.complete(drafts, stale)
+                completed += [r.receipt_id for r in records]
+            if len(rows) < _PAGE:
+                break
+            after = rows[-1].receipt_id
+        waiting, first = self._store.queue_waiting(due_by)
+        if incomplete or lapsed:
+            log.warning(
+                "complete_erasures left %d due erasures incomplete and %d lapsed: %s",
+                len(incomplete),
+                len(lapsed),
+                "; ".join(str(p) for p in (incomplete + lapsed)[:5]),
+            )
+        return CompletionReport(
+            completed=len(completed),
+            receipt_ids=tuple(completed[:_LISTED]),
+            tables_swept=tuple(sorted(tables)),
+            waiting=waiting,
+            next_due=None if first is None else datetime.fromtimestamp(first, tz=timezone.utc),
+            not_in_ledger=not_in_ledger,
+            incomplete=tuple(incomplete[:_LISTED]),
+            lapsed=tuple(lapsed[:_LISTED]),
+        )
+
+    # -- one erasure, the subject in hand (shred(wait=True)) -------------------------------------
+
+    def complete_now(self, subject: object, receipt: ErasureReceipt, committed_at: float) -> None:
+        """Wait for the bound (from ``committed_at``, when the shred returned), sweep again and
+        complete ``receipt``'s erasure; ErasureIncompleteError (with the receipt) when it
+        cannot be completed now: it stays queued for ``complete_erasures``."""
+        deadline = max(
+            committed_at + self._bound,
+            receipt.shredded_at.timestamp() + self._bound + COMMIT_SLACK,
+        )
+        self._wait_until(deadline)
+        try:
+            self._guard()
+        except (ConfigurationError, LedgerUnavailableError) as exc:
+            why = f"the erasure ledger is unverified ({type(exc).__name__})"
+            raise _incomplete(receipt, why) from None
+        ref = bytes.fromhex(receipt.subject_ref)
+        found = self._store.erasure(receipt.receipt_id)
+        if found is not None and found.completion_seq is not None:
+            return
+        if found is None or found.ledger_seq is None:
+            raise _incomplete(receipt, "its receipt is not in the erasure ledger yet")
+        draft, why = self._sweep(ref, receipt.receipt_id, subject, None)
+        if draft is None:
+            raise _incomplete(receipt, why)
+        self._link.complete([draft])
+
+    def _wait_until(self, deadline: float) -> None:
+        now = self._options.now()
+        while now < deadline:
+            _sleep(deadline - now)
+            before, now = now, self._options.now()
+            if now <= before:
+                break
+        else:
+            return
+        raise ConfigurationError(
+            "the vault's clock does not advance while shred(wait=True) waits for the "
+            "propagation bound (a clock= that stands still?)"
+        )
+
+    # -- the second sweep ------------------------------------------------------------------------
+
+    def _sweep(
+        self, ref: bytes, receipt_id: str, subject: object, required: frozenset[str] | None
+    ) -> tuple[CompletionDraft | None, str]:
+        """The checks and the second sweep of one erasure: a draft of its completion, or None
+        and why it cannot be completed now."""
+        head, keys = self._store.ref_keys(ref)
+        if head is None or head.state != State.SHREDDED:
+            return None, "the key store does not hold the subject as shredded"
+        if any(k.wrapped is not None or k.state == State.LIVE for k in keys):
+            return None, "key material of the subject remains in the key store"
+        receipt = self._receipt_of(ref)
+        if receipt is None or receipt.receipt_id != receipt_id:
+            return None, "the key store holds no verifiable receipt of this erasure"
+        started = self._options.now()
+        outcome = sweep(self._ring, subject)
+        if outcome.failed or outcome.crashed:
+            return None, "the second sweep failed: " + "; ".join(outcome.reasons())
+        try:
+            known = self._ring.searchable_labels()
+        except KeyStoreError:
+            return None, "could not read which columns have blind indexes"
+        unswept = sorted(known - outcome.labels)
+        if unswept:
+            return None, (
+                "no engine attached in this process sweeps the blind indexes of "
+                + ", ".join(unswept)
+                + " (attach the application's engine with its models imported)"
+            )
+        missing = sorted((required or frozenset()) - outcome.tables)
+        if missing:
+            return None, "the data map's tables " + ", ".join(missing) + " were not swept"
+        return (
+            CompletionDraft(
+                receipt=receipt,
+                completed_at=datetime.fromtimestamp(self._options.now(), tz=timezone.utc),
+                bound_waited_seconds=round(max(started - receipt.shredded_at.timestamp(), 0), 3),
+                tables_swept=tuple(sorted(outcome.tables)),
+            ),
+            "",
+        )
+
+
+def _problem(row: QueuedErasure, seq: int | None, detail: str) -> ErasureProblem:
+    """A queued erasure not completed; ``seq``: its receipt's ledger entry."""
+    return ErasureProblem(
+        receipt_id=row.receipt_id, subject_ref=row.ref.hex()[:16], seq=seq, detail=detail
+    )
+
+
+def _incomplete(receipt: ErasureReceipt, why: str) -> ErasureIncompleteError:
+    message = (
+        f"subject ref {receipt.subject_ref[:16]} is shredded (its keys are destroyed; the "
+        f"signed receipt is this error's .receipt), but its erasure could not be completed: "
+        f"{why}. It stays queued: vault.complete_erasures() (`ccvault complete-erasures`) "
+        "completes it"
+    )
+    log.error(message)
+    return ErasureIncompleteError(message, receipt=receipt)
