@@ -249,7 +249,8 @@ class LedgerLink:
     def reconcile(self) -> Reconciliation:
         """:meth:`catch_up`, then shred again every subject a ledger receipt names that the
         store holds as live, re-add every receipt the store holds and the ledger lacks, then
-        :meth:`check`."""
+        :meth:`check`, cutting a torn write from the ledger's end (a crash mid-line, which the
+        check reports ``repaired``)."""
         self._options.writable("reconcile the key store with the erasure ledger")
         self._require_configured("reconcile_erasures")
         with self._lock:
@@ -261,7 +262,8 @@ class LedgerLink:
                     break
                 except JournalMoved:
                     total += self.catch_up()
-            return total + Reconciliation(check=self.check())
+            check = self._reconciler.check(self._connect(), repair_torn=True)
+            return total + Reconciliation(check=check)
 
     def check(self) -> ErasureCheck:
         self._require_configured("verify_erasures")

@@ -300,6 +300,7 @@ class Reconciler:
 
         return self._store.journal_transaction(run, create=True)
 
-    def check(self, journal: Journal) -> ErasureCheck:
-        """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing."""
-        return check_store(self._store, journal, self._id, self._public)
+    def check(self, journal: Journal, *, repair_torn: bool = False) -> ErasureCheck:
+        """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing but,
+        with ``repair_torn``, the cut of a torn write at the ledger's end."""
+        return check_store(self._store, journal, self._id, self._public, repair_torn=repair_torn)
