@@ -5,7 +5,9 @@ ledger. Must not destroy keys itself (the key store's shred does) nor judge entr
 journal does).
 
 DESIGN.md, lifecycle rule 3. A vault with no ledger configured records each receipt as a
-``legacy`` erasure and refuses to shred in a key store that records a ledger.
+``legacy`` erasure and refuses to shred in a key store that records a ledger. The shred's
+ledger step holds the failpoints ``before-intent`` and ``after-intent`` (ccvault/_failpoints.py,
+a test hook; docs/erasure.md, 'Crash safety').
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Literal
 
+from .._failpoints import failpoint
 from .._secret import SecretKey
 from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..crypto._primitives import ed25519_public_key
@@ -347,7 +350,9 @@ class LedgerLink:
                 raise LedgerUnavailableError(
                     "the erasure ledger could not be reached when the vault opened"
                 )
+            failpoint("before-intent")
             self._reconciler.append(txn, journal, [receipt])
+            failpoint("after-intent")
         except LedgerUnavailableError as exc:
             if self._mode == "strict":
                 raise
