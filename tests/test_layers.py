@@ -21,6 +21,7 @@ LAYERS = {
     "_sentinels": 0,
     "_repr": 0,
     "_fs": 0,
+    "_failpoints": 0,
     "crypto": 1,
     "kms": 2,
     "keystore": 2,
@@ -212,6 +213,8 @@ THIRD_PARTY_PRIVATES = {
     "_fields": "Row._fields (public API despite the underscore): logged rows are masked by key",
     "_expanded_parameters": "the parameters of an expanded IN (...) blind-index search",
     "_rowbuffer": "the rows a buffered fetch strategy holds, decrypted as they are fetched",
+    # The standard library
+    "_exit": "os._exit (public API despite the underscore): the crash tests' failpoints",
 }
 
 

@@ -52,6 +52,8 @@ OTHER_VARIABLES = frozenset(
         "CCVAULT_VAULT_TOKEN",
         "CCVAULT_VAULT_ROLE_ID",
         "CCVAULT_VAULT_SECRET_ID",
+        # _failpoints.py: the crash tests' hook, never a setting (never set it in production)
+        "CCVAULT_FAILPOINT",
     }
 )
 """``CCVAULT_*`` variables read outside :class:`CcvaultSettings`."""

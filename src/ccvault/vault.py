@@ -683,7 +683,8 @@ class Vault:
         """Bring the key store and the ledger into agreement (admin operation:
         ``ccvault reconcile-erasures``): replay the entries the store has not applied (with the
         ledger's own receipts), re-add to the ledger the receipts it lacks after a signed
-        ``repair`` entry, append the outbox; then :meth:`verify_erasures`. Idempotent; clears
+        ``repair`` entry, append the outbox; then :meth:`verify_erasures`, cutting a torn last
+        JSONL line (a crash mid-write; reported ``torn``, ``repaired``). Idempotent; clears
         :attr:`ledger_unverified` when it reaches the ledger."""
         return self._link.reconcile()
 

@@ -73,12 +73,19 @@ def store_receipts(
 
 
 def check_store(
-    store: KeyStore, journal: Journal, installation_id: str, public_key: bytes
+    store: KeyStore,
+    journal: Journal,
+    installation_id: str,
+    public_key: bytes,
+    *,
+    repair_torn: bool = False,
 ) -> ErasureCheck:
-    """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing."""
+    """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing, except
+    that ``repair_torn`` cuts a torn write from the ledger's end (the sink's own repair, under
+    its write lock: a write no process acknowledged)."""
     applied = store.ledger_applied()
     report = journal.verify(
-        expect_head=applied if applied is not None and applied >= 0 else None, repair=False
+        expect_head=applied if applied is not None and applied >= 0 else None, repair=repair_torn
     )
     index = index_ledger(journal, installation_id, public_key)
     start = -1 if applied is None else applied

@@ -5,7 +5,8 @@ Appends take an exclusive ``flock`` on the file, check that its last line is the
 first new one, write the lines in one ``write``, flush and ``fsync``. A crash mid-write leaves an
 incomplete last line (no newline): the next append, or :meth:`JsonlLedger.torn` with
 ``repair=True``, cuts the file back to its last complete line and logs a WARNING. Readers take a
-shared lock and never return an incomplete line.
+shared lock and never return an incomplete line. The ``mid-JSONL-line`` failpoint (a test hook,
+ccvault/_failpoints.py) makes that crash: half the first line, fsynced, then the process ends.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from .._failpoints import armed, failpoint
 from .._fs import fsync_dir
 from .._repr import safe_repr
 from ..errors import LedgerUnavailableError
@@ -122,6 +124,11 @@ class JsonlLedger:
             line, _, _ = _tail(f)
             if _claimed_seq(line) != first_seq - 1:
                 return 0
+            if armed("mid-JSONL-line"):  # the crash tests: half of the first line, durable
+                f.write(entries[0][: max(len(entries[0]) // 2, 1)])
+                f.flush()
+                os.fsync(f.fileno())
+                failpoint("mid-JSONL-line")
             f.write(b"".join(data + b"\n" for data in entries))
             f.flush()
             os.fsync(f.fileno())

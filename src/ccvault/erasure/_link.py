@@ -5,7 +5,9 @@ ledger. Must not destroy keys itself (the key store's shred does) nor judge entr
 journal does).
 
 DESIGN.md, lifecycle rule 3. A vault with no ledger configured records each receipt as a
-``legacy`` erasure and refuses to shred in a key store that records a ledger.
+``legacy`` erasure and refuses to shred in a key store that records a ledger. The shred's
+ledger step holds the failpoints ``before-intent`` and ``after-intent`` (ccvault/_failpoints.py,
+a test hook; docs/erasure.md, 'Crash safety').
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Literal
 
+from .._failpoints import failpoint
 from .._secret import SecretKey
 from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..crypto._primitives import ed25519_public_key
@@ -252,7 +255,8 @@ class LedgerLink:
     def reconcile(self) -> Reconciliation:
         """:meth:`catch_up`, then shred again every subject a ledger receipt names that the
         store holds as live, re-add every receipt the store holds and the ledger lacks, then
-        :meth:`check`."""
+        :meth:`check`, cutting a torn write from the ledger's end (a crash mid-line, which the
+        check reports ``repaired``)."""
         self._options.writable("reconcile the key store with the erasure ledger")
         self.require_configured("reconcile_erasures")
         with self._lock:
@@ -264,7 +268,8 @@ class LedgerLink:
                     break
                 except JournalMoved:
                     total += self.catch_up()
-            return total + Reconciliation(check=self.check())
+            check = self._reconciler.check(self._connect(), repair_torn=True)
+            return total + Reconciliation(check=check)
 
     def check(self) -> ErasureCheck:
         self.require_configured("verify_erasures")
@@ -348,7 +353,9 @@ class LedgerLink:
                 raise LedgerUnavailableError(
                     "the erasure ledger could not be reached when the vault opened"
                 )
+            failpoint("before-intent")
             self._reconciler.append(txn, journal, [receipt])
+            failpoint("after-intent")
         except LedgerUnavailableError as exc:
             if self._mode == "strict":
                 raise
@@ -377,11 +384,13 @@ class LedgerLink:
             for _ in range(_ROUNDS):
                 journal = self._connect()
                 try:
-                    return self._store.journal_transaction(
+                    done = self._store.journal_transaction(
                         functools.partial(
                             self._reconciler.complete, journal=journal, drafts=drafts, stale=stale
                         )
                     )
+                    failpoint("after-completion")  # the crash tests: committed
+                    return done
                 except JournalMoved:
                     self.catch_up()
         raise LedgerUnavailableError(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final, Literal
 
+from .._failpoints import failpoint
 from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..errors import ConfigurationError, LedgerIntegrityError
 from ..keystore._protocol import HeadSealer, JournalTxn, KeyStore, ReceiptFactory
@@ -177,6 +178,7 @@ class Reconciler:
         txn.unqueue_erasures([r.receipt_id for r in rows.values() if r.completion_seq is not None])
         if records:
             self.append(txn, journal, records)
+            failpoint("after-ledger-append")  # the crash tests: in the ledger, not committed
         return records
 
     def flush(self, journal: Journal) -> Reconciliation:
@@ -354,6 +356,7 @@ class Reconciler:
 
         return self._store.journal_transaction(run, create=True)
 
-    def check(self, journal: Journal) -> ErasureCheck:
-        """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing."""
-        return check_store(self._store, journal, self._id, self._public)
+    def check(self, journal: Journal, *, repair_torn: bool = False) -> ErasureCheck:
+        """The key store against the ledger; see :class:`ErasureCheck`. Writes nothing but,
+        with ``repair_torn``, the cut of a torn write at the ledger's end."""
+        return check_store(self._store, journal, self._id, self._public, repair_torn=repair_torn)

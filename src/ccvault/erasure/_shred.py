@@ -2,7 +2,8 @@
 appends the receipt to the ledger (ledger first: :class:`~ccvault.erasure.LedgerLink`), evict,
 run the after-shred hooks, sign; reading a stored receipt back; and the dry run (``preview``),
 which writes nothing. Must not cache keys (the key ring does) nor talk to the KMS or the ledger
-itself (the ledger link does).
+itself (the ledger link does). Failpoints (ccvault/_failpoints.py, a test hook):
+``after-keystore-commit`` and ``after-sweep-1``; the ledger link has the two around the append.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
+from .._failpoints import failpoint
 from .._secret import SecretKey
 from ..audit._receipt import ErasureReceipt, sign_receipt
 from ..crypto._primitives import ed25519_public_key
@@ -93,6 +95,7 @@ class Erasure:
         parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
         try:
             receipt_json, newly = self._shred_ledger_first(ref, now, make_receipt, sealed)
+            failpoint("after-keystore-commit")
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
             # eviction runs whatever happened.
@@ -251,6 +254,7 @@ class Erasure:
         """Run the integrations' sweeps after a committed shred: never lose the receipt, never
         stay silent about what they could not clear."""
         outcome = sweep(self._ring, subject)
+        failpoint("after-sweep-1")
         swept, failed = outcome.labels, outcome.failed
         not_swept = outcome.not_swept
         try:

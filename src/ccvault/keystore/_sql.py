@@ -765,11 +765,7 @@ class SqlKeyStore:
             return head.receipt, False
         keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref)).all()]
         receipt = make_receipt(head if head.current_version else None, keys)
-        conn.execute(
-            sa.update(k)
-            .where(k.c.ref == ref)
-            .values(_destroyed(now))
-        )
+        conn.execute(sa.update(k).where(k.c.ref == ref).values(_destroyed(now)))
         conn.execute(
             sa.update(h)
             .where(h.c.ref == ref)
