@@ -331,7 +331,7 @@ VAULT_PUBLIC = {
     "verify_erasures",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
-    "propagation_bound", "propagation_interval",
+    "propagation_bound", "propagation_interval", "ledger_check_interval",
     # the settings, assignable as they were
     "cache_ttl", "kms_grace_period", "epoch_rotation_period",
     "backup_retention", "nonce_budget",

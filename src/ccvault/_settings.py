@@ -173,6 +173,17 @@ class CcvaultSettings(BaseSettings):
         "outbox until the next shred, open or reconcile appends it, and the erasure cannot "
         "complete until then",
     )
+    ledger_check_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="with a ledger: how often a process compares the ledger's head with what "
+        "its key store applied (one ledger round trip, inside the invalidation poll). A key "
+        "store restored from a backup under a process that was idle while others shredded is "
+        "noticed and replayed within it; until then that process may serve the subjects shredded "
+        'since the backup (docs/erasure.md, "A process that was idle across the shreds") '
+        "(finite, > 0)",
+    )
 
     @field_validator("subject_type")
     @classmethod
@@ -347,6 +358,7 @@ def check_vault_options(
     backup_retention: object,
     nonce_budget: object,
     propagation_interval: object = 1.0,
+    ledger_check_interval: object = 60.0,
 ) -> tuple[float, float]:
     """Check the :class:`~ccvault.Vault` constructor's tuning arguments (a ConfigurationError
     naming the argument); returns (cache_ttl, kms_grace_period) as floats.
@@ -357,6 +369,7 @@ def check_vault_options(
     """
     ttl = _real("cache_ttl", cache_ttl, minimum=0.0, inclusive=False)
     _real("propagation_interval", propagation_interval, minimum=0.0, inclusive=False)
+    _real("ledger_check_interval", ledger_check_interval, minimum=0.0, inclusive=False)
     grace = _real("kms_grace_period", kms_grace_period, minimum=0.0, inclusive=True)
     _whole("cache_max_entries", cache_max_entries, minimum=1)
     _whole("nonce_budget", nonce_budget, minimum=MIN_NONCE_BUDGET, maximum=MAX_NONCE_BUDGET)

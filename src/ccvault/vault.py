@@ -146,7 +146,11 @@ class Vault:
     ledger into a key store restored from a backup before it serves a read (docs/erasure.md,
     "The ledger and the vault"). ``ledger_mode="best-effort"`` shreds while the ledger is
     unreachable and queues the entry; ``"strict"`` (the default) raises
-    :class:`LedgerUnavailableError` and destroys nothing. ``create``: whether an empty key store
+    :class:`LedgerUnavailableError` and destroys nothing. ``ledger_check_interval`` (seconds,
+    default 60) is how often a vault with a ledger compares the ledger's head with what its key
+    store applied, inside the invalidation poll: a store restored from a backup under a process
+    that was idle while others shredded is noticed (and replayed) within it (docs/erasure.md,
+    "A process that was idle across the shreds"). ``create``: whether an empty key store
     becomes a new installation — None (the default) creates one unless a ledger is configured,
     True always (the first start of a ledgered installation), False never.
     Every number must be finite, and ``backup_retention`` at least a day and at least
@@ -177,6 +181,7 @@ class Vault:
         listen_url: str | None = None,
         ledger: LedgerSink | str | None = None,
         ledger_mode: Literal["strict", "best-effort"] = "strict",
+        ledger_check_interval: float = 60.0,
         create: bool | None = None,
     ) -> None:
         from ._settings import check_vault_options
@@ -191,6 +196,7 @@ class Vault:
             backup_retention=backup_retention,
             nonce_budget=nonce_budget,
             propagation_interval=propagation_interval,
+            ledger_check_interval=ledger_check_interval,
         )
         if listen_url is not None and not isinstance(listen_url, str):
             raise ConfigurationError("listen_url must be a URL (str), 'off', or None")
@@ -210,6 +216,7 @@ class Vault:
             monotonic=clock or time.monotonic,
             propagation_interval=float(propagation_interval),
             listen_url=listen_url,
+            ledger_check_interval=float(ledger_check_interval),
         )
         owned = isinstance(keystore, Engine | str) or is_async_engine(keystore)
         if isinstance(keystore, str) and ledger is not None and not readonly and create is None:
@@ -299,6 +306,8 @@ class Vault:
                     self._store.close()
                 raise
             self._ring.store_restored.add(self._link.on_store_restored)
+            if self._link.configured:  # no ledger: nothing to compare, no probe
+                self._ring.store_probes.add(self._link.store_behind)
             self._ring.invalidations.listen(listen_url)
 
     @safe_repr
@@ -347,6 +356,12 @@ class Vault:
         """Seconds between this process's polls of the invalidation channel (at most the
         installation's :attr:`propagation_bound`)."""
         return self._options.propagation_interval
+
+    @property
+    def ledger_check_interval(self) -> float:
+        """Seconds between this process's comparisons of the erasure ledger's head with what
+        its key store applied (a vault with a ledger; made inside the invalidation poll)."""
+        return self._options.ledger_check_interval
 
     @property
     def propagation_bound(self) -> float:
@@ -523,6 +538,7 @@ class Vault:
                 listen_url=s.listen_url,
                 ledger=s.ledger_url,
                 ledger_mode=s.ledger_mode,
+                ledger_check_interval=s.ledger_check_interval_seconds,
                 create=create,
             )
         except BaseException:

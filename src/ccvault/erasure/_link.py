@@ -1,10 +1,12 @@
 """Owns the vault's link to its ledger: opening it, the ``strict`` and ``best-effort`` modes,
 the ledger-first step of every shred, catching the key store up (at open, after a restore,
-before a shred), ``ledger_unverified`` and the guard of the operations that need a verified
-ledger. Must not destroy keys itself (the key store's shred does) nor judge entries (the
-journal does).
+before a shred), the periodic check that the store is not behind the ledger (the store probe
+the invalidation poll runs), ``ledger_unverified`` and the guard of the operations that need a
+verified ledger. Must not destroy keys itself (the key store's shred does), judge entries (the
+journal does) nor decide when to check (the poll does).
 
-DESIGN.md, lifecycle rule 3. A vault with no ledger configured records each receipt as a
+DESIGN.md, lifecycle rule 3, with its trigger amended in docs/erasure.md ('A process that was
+idle across the shreds'). A vault with no ledger configured records each receipt as a
 ``legacy`` erasure and refuses to shred in a key store that records a ledger. The shred's
 ledger step holds the failpoints ``before-intent`` and ``after-intent`` (ccvault/_failpoints.py,
 a test hook; docs/erasure.md, 'Crash safety').
@@ -24,7 +26,12 @@ from .._failpoints import failpoint
 from .._secret import SecretKey
 from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..crypto._primitives import ed25519_public_key
-from ..errors import ConfigurationError, LedgerIntegrityError, LedgerUnavailableError
+from ..errors import (
+    ConfigurationError,
+    KeyStoreError,
+    LedgerIntegrityError,
+    LedgerUnavailableError,
+)
 from ..keyring import Heads, Installation, VaultOptions
 from ..keystore._protocol import JournalTxn, KeyStore
 from ..keystore._records import ErasureOrigin
@@ -43,6 +50,9 @@ log = logging.getLogger("ccvault")
 LedgerMode = Literal["strict", "best-effort"]
 MODES: Final = ("strict", "best-effort")
 _ROUNDS: Final = 20  # catch-up rounds that may each find another process moved the ledger
+
+
+_PROBE_FAILURES: Final = (LedgerUnavailableError, LedgerIntegrityError, KeyStoreError)
 
 
 def _foreign(exc: LedgerIntegrityError) -> bool:
@@ -76,6 +86,9 @@ class LedgerLink:
         self._sink: LedgerSink | None = ledger if isinstance(ledger, LedgerSink) else None
         self._journal: Journal | None = None
         self._unverified = False
+        self._probe_failing = False  # the store probe's outage (one WARNING per outage)
+        self._check_failed = False  # the ledger failed a check at open: no probe until fixed
+        self._covered: tuple[int, int] | None = None  # read-only: the (applied, head) compared
         self._lock = threading.RLock()
         self._heads = heads
         self._reconciler = Reconciler(
@@ -133,6 +146,8 @@ class LedgerLink:
 
     def _failed(self, what: str, exc: Exception) -> None:
         self._unverified = True
+        self._probe_failing = True  # the probe reports the ledger's return, not this outage
+        self._check_failed = isinstance(exc, LedgerIntegrityError)
         log.error(
             "the erasure ledger %s at open: %s. The vault serves reads, but erasures made "
             "since the key store's backup may not be replayed yet (ledger_unverified); "
@@ -190,6 +205,8 @@ class LedgerLink:
                 head,
                 start,
             )
+        self._covered = (start, head)  # what the probe need not report again
+        self._check_failed = False
 
     # -- catching up -------------------------------------------------------------------------------
 
@@ -212,6 +229,7 @@ class LedgerLink:
                     location=journal.location,
                 )
             self._unverified = False
+            self._check_failed = False
         if total.replayed or total.imported or total.repaired or total.flushed:
             log.warning(
                 "the key store caught up with the erasure ledger: %d entries replayed (%d "
@@ -297,6 +315,94 @@ class LedgerLink:
             self._compare()
         else:
             self.catch_up()
+
+    # -- the store probe: a restore the invalidation channel does not show ------------------------
+
+    def store_behind(self) -> bool:
+        """The store probe the invalidation poll runs every ``ledger_check_interval``: whether
+        the key store has applied less of the ledger than the ledger holds (restored under this
+        process from a backup: docs/erasure.md, 'A process that was idle across the shreds').
+        True makes the poll drop every cached key and run :meth:`on_store_restored` before the
+        next read. Costs one key-store read and the ledger's head (SQL: one SELECT of the head
+        row and one of its entry; JSONL: the file's last block; S3: a few HEADs from the last
+        seq seen, one LIST, one GET) and one signature check.
+
+        A read-write vault confirms a store behind under the key store's ``ledger_applied_seq``
+        lock, so a shred in flight elsewhere (its entry in the ledger, its transaction not yet
+        committed) is not taken for a restore. A read-only vault, which never replays, answers
+        True only when the store or the ledger moved since it last compared them. A ledger or
+        key store that cannot be read is logged at WARNING once per outage, sets
+        :attr:`unverified`, and answers False: reads go on. A ledger that failed a check at open
+        (logged at ERROR then; the vault serves reads, as documented for an unverified ledger)
+        is not compared until a catch-up succeeds (a shred, ``reconcile_erasures``): the
+        replay a True would start would fail the same check, and every read with it."""
+        if not self.configured or self._check_failed:
+            return False
+        with self._lock:
+            try:
+                journal = self._connect()
+                start, head = self._applied(), self._head(journal)
+                if head > start:  # confirm: read the store again after the ledger
+                    start = self._applied(locked=not self._options.readonly)
+                behind = head > start and not self._known(start, head)
+                if not behind and self._probe_failing and self._unverified:
+                    if self._options.readonly:
+                        self._compare()
+                    else:
+                        self.catch_up()
+            except _PROBE_FAILURES as exc:
+                self._probe_failed(exc)
+                return False
+            if self._probe_failing:
+                self._probe_failing = False
+                log.info("the erasure ledger and the key store can be compared again")
+        if behind:
+            log.warning(
+                "the key store has applied the erasure ledger up to seq %d, the ledger is at "
+                "seq %d: the key store was restored under this process (or a shred elsewhere "
+                "stopped between the ledger and the store). Every cached key is dropped and %s",
+                start,
+                head,
+                "the entries after it read as shredded"
+                if self._options.readonly
+                else "the ledger is replayed before the next read",
+            )
+        return behind
+
+    def _applied(self, *, locked: bool = False) -> int:
+        if locked:
+            applied = self._store.journal_transaction(lambda txn: txn.applied)
+        else:
+            applied = self._store.ledger_applied()
+        return -1 if applied is None else applied
+
+    @staticmethod
+    def _head(journal: Journal) -> int:
+        tip = journal.tip()
+        return -1 if tip is None else tip.seq
+
+    def _known(self, start: int, head: int) -> bool:
+        """Read-only: whether the last :meth:`_compare` already read every entry in
+        (``start``, ``head``] as shredded."""
+        covered = self._covered
+        return (
+            self._options.readonly
+            and covered is not None
+            and covered[0] <= start
+            and head <= covered[1]
+        )
+
+    def _probe_failed(self, exc: Exception) -> None:
+        self._unverified = True
+        if self._probe_failing:
+            return
+        self._probe_failing = True
+        log.warning(
+            "the erasure ledger could not be compared with the key store (%s): this process "
+            "goes on serving reads, but a key store restored under it is not noticed until the "
+            "ledger can be read again (ledger_unverified)",
+            " ".join(str(exc).split()),
+        )
 
     # -- the guard ---------------------------------------------------------------------------------
 

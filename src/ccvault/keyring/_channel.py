@@ -1,11 +1,16 @@
 """Owns this process's view of the key store's invalidation channel: when to poll, the last row
-seen, the outage warning, the LISTEN accelerator and the store-restored hooks. Must not cache or
-evict keys itself: the key ring hands it what to do with a shredded ref and with "everything".
+seen, the outage warning, the LISTEN accelerator, the store probes and the store-restored hooks.
+Must not cache or evict keys itself (the key ring hands it what to do with a shredded ref and
+with "everything"), nor know what a probe compares (the erasure ledger's link registers one).
 
 DESIGN.md, lifecycle rule 5: every process polls the channel at most every
 ``propagation_interval`` seconds, only when about to use a cached key; on PostgreSQL a
 notification makes the poll immediate, but the poll stays the guarantee. A channel whose last
 row seen is gone or changed went *backwards*: the key store was restored under this process.
+A process that was idle while others shredded, then served a store restored from a backup taken
+at the row it last saw, finds the channel as it left it: the store probes catch that (at most
+every ``ledger_check_interval``, inside a poll; docs/erasure.md, 'A process that was idle across
+the shreds').
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from ..keystore._records import Invalidation
 from ._hooks import Hooks
 from ._options import Installation, VaultOptions
 
-__all__ = ["POLL_SHARE", "Invalidations", "StoreRestored", "StoreRestoredHooks"]
+__all__ = [
+    "POLL_SHARE",
+    "Invalidations",
+    "StoreProbe",
+    "StoreProbes",
+    "StoreRestored",
+    "StoreRestoredHooks",
+]
 
 log = logging.getLogger("ccvault")
 
@@ -46,6 +58,21 @@ class StoreRestoredHooks(Hooks[StoreRestored]):
     __slots__ = ()
 
 
+StoreProbe = Callable[[], bool]
+"""A store probe: called by a poll at most every ``ledger_check_interval`` seconds (the vault's
+setting), it returns True when the key store is behind something kept outside it, as a store
+restored from a backup is (the ledger's link compares the ledger's head with the store's applied
+seq). True makes this process drop every cached key and run the store-restored hooks before it
+serves another read. A probe logs why it said True, and reports its own outages (it returns
+False then): it must not raise for one, and what it raises fails the read that polled."""
+
+
+class StoreProbes(Hooks[StoreProbe]):
+    """The registry of store probes, run in the order added (none: no probe is ever due)."""
+
+    __slots__ = ()
+
+
 class Invalidations:
     """The poll of the invalidation channel and what it found.
 
@@ -56,6 +83,12 @@ class Invalidations:
     for more rows than one poll reads, and for a store that went backwards (then the
     store-restored hooks run). A poll that fails (the key store is down) is logged at WARNING
     once per outage; cached keys keep serving until their own ``cache_ttl`` expiry.
+
+    A poll that read the channel also runs the store probes when ``ledger_check_interval``
+    seconds have passed since they last ran (a second deadline, read only inside the poll: the
+    check before each use of a cached key stays one clock reading), in the polling thread but
+    outside the poll's lock. A probe that says the store is behind is a restore, handled as one
+    that went backwards. While the store-restored hooks run, every check waits for them.
     """
 
     def __init__(
@@ -71,6 +104,8 @@ class Invalidations:
         self._installation = installation
         self._monotonic = options.monotonic
         self._period = options.propagation_interval * POLL_SHARE
+        self._probe_period = options.ledger_check_interval
+        self._probe_next = _NEVER  # set by the first poll, which follows the vault's open
         self._evict_refs = evict_refs
         self._evict_all = evict_all
         self._next = _NEVER  # the first use polls: it records where the channel stands
@@ -81,7 +116,9 @@ class Invalidations:
         self._lock = threading.Lock()
         self._listener: Listening | None = None
         self.store_restored = StoreRestoredHooks()
+        self.store_probes = StoreProbes()
         self.polls = 0  # polls that read the channel (for tests and figures)
+        self.probes = 0  # times the store probes ran (for tests and figures)
 
     @property
     def last_seq(self) -> int:
@@ -98,39 +135,69 @@ class Invalidations:
         self._next = _NEVER
 
     def poll(self, *, force: bool = False) -> None:
-        """Read the channel from the last row seen and act on what changed. Without ``force``
-        a poll that another thread ran meanwhile is not repeated."""
+        """Read the channel from the last row seen and act on what changed; then run the store
+        probes if theirs is due. Without ``force`` a poll that another thread ran meanwhile is
+        not repeated."""
         with self._lock:
-            start = self._monotonic()
-            if self._restore_pending:
-                self.on_store_restored()
-            if not force and start < self._next:
+            if not self._poll(force):
                 return
-            try:
-                if self._started:
-                    self._apply(self._store.invalidations(self.last_seq, _LIMIT))
-                else:
-                    # The first poll of this process: nothing is cached before it (every cache
-                    # fill comes after a check), so it only records where the channel stands.
-                    self._seen = self._store.latest_invalidation()
-                    self._started = True
-            except KeyStoreError as exc:
-                self._next = start + self._period
-                if not self._failing:
-                    self._failing = True
-                    log.warning(
-                        "the key store's invalidation channel cannot be read (%s): this "
-                        "process keeps serving its cached keys until their cache_ttl expiry, "
-                        "and shreds made elsewhere meanwhile reach it only then",
-                        exc,
-                    )
-                return
+        self._probe()
+
+    def _poll(self, force: bool) -> bool:
+        """The poll, under the lock; returns whether the store probes are due (and claims
+        them: their deadline moves now, so one thread runs them)."""
+        start = self._monotonic()
+        if self._restore_pending:
+            self.on_store_restored()
+        if not force and start < self._next:
+            return False
+        try:
+            if self._started:
+                self._apply(self._store.invalidations(self.last_seq, _LIMIT))
+            else:
+                # The first poll of this process: nothing is cached before it (every cache
+                # fill comes after a check), so it only records where the channel stands.
+                # The vault's open has just compared the store with the ledger: the first
+                # probe is one interval away.
+                self._seen = self._store.latest_invalidation()
+                self._started = True
+                self._probe_next = start + self._probe_period
+        except KeyStoreError as exc:
             self._next = start + self._period
-            self.polls += 1
-            if self._failing:
-                self._failing = False
-                log.info("the key store's invalidation channel is readable again")
-            if self._restore_pending:
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "the key store's invalidation channel cannot be read (%s): this "
+                    "process keeps serving its cached keys until their cache_ttl expiry, "
+                    "and shreds made elsewhere meanwhile reach it only then",
+                    exc,
+                )
+            return False
+        self._next = start + self._period
+        self.polls += 1
+        if self._failing:
+            self._failing = False
+            log.info("the key store's invalidation channel is readable again")
+        if self._restore_pending:
+            self.on_store_restored()
+            return False
+        if start < self._probe_next or not len(self.store_probes):
+            return False
+        self._probe_next = start + self._probe_period
+        return True
+
+    def _probe(self) -> None:
+        """Run the store probes (their deadline passed and this thread claimed them), outside
+        the poll's lock: the other threads' polls and reads do not wait for the ledger. One
+        that says the store is behind is a restore: every cached key is dropped and the
+        store-restored hooks run, under the lock, before this thread serves its read; from
+        then on every check waits for them. A probe that raises fails this read only (the
+        deadline moved already)."""
+        self.probes += 1
+        if any(probe() for probe in list(self.store_probes)):
+            with self._lock:
+                self._evict_all()
+                self._restore_pending = True
                 self.on_store_restored()
 
     def _apply(self, rows: list[Invalidation]) -> None:
@@ -168,16 +235,18 @@ class Invalidations:
     def on_store_restored(self) -> None:
         """What this process does once its key store was found restored under it, after its
         cached keys were dropped and before it serves another read: the registered
-        store-restored hooks, in order (none yet: the ledger replay of DESIGN.md rule 3 plugs in
-        here). A hook that raises fails the read that polled, and every check runs the hooks
-        again until they all succeed. Called with the poll's lock held."""
-        try:
-            for hook in self.store_restored:
-                hook()
-        except BaseException:
-            self._next = _NEVER
-            raise
+        store-restored hooks, in order (the ledger replay of DESIGN.md rule 3 is one). A hook
+        that raises fails the read that polled, and every check runs the hooks again until they
+        all succeed. Called with the poll's lock held."""
+        # Meanwhile every check polls, so waits on the lock; a hook that raises leaves it so:
+        # the next check runs the hooks again.
+        next_poll, self._next = self._next, _NEVER
+        for hook in self.store_restored:
+            hook()
         self._restore_pending = False
+        self._next = next_poll
+        # The hooks brought the store up to date: the next probe is one interval away.
+        self._probe_next = self._monotonic() + self._probe_period
 
     # -- the LISTEN accelerator ------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ class VaultOptions:
     monotonic: Callable[[], float]  # cache ages, backoff, the invalidation poll
     propagation_interval: float = 1.0  # seconds between polls of the invalidation channel
     listen_url: str | None = None  # LISTEN connection's URL (None: the key store's; "off": none)
+    # seconds between the polls that also run the store probes (the erasure ledger's check of
+    # the key store's applied seq: a store restored under an idle process)
+    ledger_check_interval: float = 60.0
 
     def writable(self, what: str) -> None:
         """Raise :class:`ConfigurationError` when the vault was opened read-only."""

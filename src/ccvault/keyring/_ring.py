@@ -27,7 +27,7 @@ from ..keystore._cache import TtlCache
 from ..keystore._protocol import KeyStore
 from ..keystore._records import HeadRecord, KeyKind, KeyRecord, State
 from ._blind import BlindIndexes
-from ._channel import Invalidations, StoreRestoredHooks
+from ._channel import Invalidations, StoreProbes, StoreRestoredHooks
 from ._epochs import NO_REF, Epochs
 from ._heads import HEADLESS, Heads
 from ._hooks import Hooks
@@ -109,7 +109,8 @@ class KeyRing:
       ``after_shred``: the hooks a shred runs;
     * ``invalidations``: the poll of the key store's invalidation channel that evicts what
       other processes shredded; ``store_restored``: the hooks run when it finds the store
-      restored under this process.
+      restored under this process; ``store_probes``: what it asks, now and then, to find a
+      restore the channel does not show.
     """
 
     def __init__(
@@ -153,6 +154,12 @@ class KeyRing:
     def store_restored(self) -> StoreRestoredHooks:
         """The hooks run when the poll finds the key store restored under this process."""
         return self.invalidations.store_restored
+
+    @property
+    def store_probes(self) -> StoreProbes:
+        """The probes a poll runs every ``ledger_check_interval``: one that finds the key store
+        behind (restored under an idle process) makes the poll handle it as a restore."""
+        return self.invalidations.store_probes
 
     @property
     def subject_type(self) -> SubjectType:
