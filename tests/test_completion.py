@@ -329,6 +329,23 @@ def test_an_edited_queue_row_is_never_swept_as_someone_else(app: App) -> None:
     assert problem.subject_ref == ref_a.hex()[:16]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_queue_row_without_its_erasure_row_is_reported(app: App) -> None:
+    a = app.customer("+44 20 7946 0014")
+    receipt = app.vault.shred(a)
+    engine = sa.create_engine(app.url)
+    with engine.begin() as conn:  # an edited store: the erasure's own row is gone
+        conn.execute(sa.text("DELETE FROM ccvault_erasures"))
+    engine.dispose()
+    app.clock.advance(10)
+    report = app.vault.complete_erasures()
+    [problem] = report.incomplete
+    assert problem.receipt_id == receipt.receipt_id
+    assert "no record of this erasure" in problem.detail
+    assert report.completed == 0
+    assert app.completions() == []
+
+
 # -- the queue key: daily versions, destroyed after backup_retention -------------------------------
 
 

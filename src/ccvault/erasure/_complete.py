@@ -101,10 +101,15 @@ class Completer:
                 if found is not None and found.completion_seq is not None:
                     stale.append(row.receipt_id)  # completed elsewhere (a replay, another host)
                     continue
-                if found is not None and found.ledger_seq is None:
+                if found is None:  # the queue row and the erasure row are written together
+                    incomplete.append(
+                        _problem(row, None, "the key store has no record of this erasure")
+                    )
+                    continue
+                if found.ledger_seq is None:
                     not_in_ledger += 1
                     continue
-                seq = None if found is None else found.ledger_seq
+                seq = found.ledger_seq
                 try:
                     subject = self._queue.open(row, keys)
                 except KeyStoreError as exc:
