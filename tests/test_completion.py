@@ -275,6 +275,8 @@ def test_the_models_tables_must_be_swept(app: App) -> None:
     [problem] = report.incomplete
     assert "callers" in problem.detail
     assert report.completed == 0
+    with pytest.raises(TypeError, match="models are a module, .* not int"):
+        app.vault.complete_erasures(models=42)
     report = app.vault.complete_erasures(models=sqla_models)
     assert report.completed == 1
     assert report.tables_swept == SWEPT

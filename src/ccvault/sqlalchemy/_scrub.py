@@ -242,8 +242,8 @@ def tables_of(models: Any) -> list[sa.Table]:
                 add(item, True)
         elif top:
             raise TypeError(
-                "scrub() takes a module, a declarative base, a MetaData, a mapped class, a Table "
-                f"or a list of them, not {type(obj).__name__}"
+                "models are a module, a declarative base, a MetaData, a mapped class, a Table or "
+                f"a list of them, not {type(obj).__name__}"
             )
 
     add(models, True)
