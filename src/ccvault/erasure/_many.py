@@ -145,7 +145,8 @@ class ShredMany:
                 continue
             item = items.setdefault(ref, _Item(subject, ref))
             item.indices.append(i)
-            item.values.append(subject)
+            if subject not in item.values:  # another form of it (a str in NFD, a UUID as text)
+                item.values.append(subject)
         order = list(items.values())
         stop: str | None = None
         for start in range(0, len(order), BATCH):
