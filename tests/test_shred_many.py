@@ -397,6 +397,17 @@ def test_best_effort_ledger_unreachable_destroys_and_queues_in_the_outbox(
         assert vault.verify_erasures().ok
 
 
+def _three_customers(vault: Vault, engine: sa.Engine) -> list[uuid.UUID]:
+    """Three customers with blind indexes in ``engine``'s database, attached to ``vault``."""
+    Base.metadata.create_all(engine)
+    vault.attach(engine)
+    with Session(engine) as s:
+        rows = [Customer(name="A", phone=f"+44 20 7946 000{i}") for i in range(3)]
+        s.add_all(rows)
+        s.commit()
+        return [r.id for r in rows]
+
+
 # -- the sweep -------------------------------------------------------------------------------------
 
 
@@ -409,13 +420,7 @@ def test_a_failed_sweep_keeps_the_receipts_and_says_so(
     monkeypatch.setattr(_attach, "_sleep", lambda _s: None)
     with Vault(kms, db_url) as vault:
         engine = _short_wait_engine(db_url)
-        Base.metadata.create_all(engine)
-        vault.attach(engine)
-        with Session(engine) as s:
-            rows = [Customer(name="A", phone=f"+44 20 7946 000{i}") for i in range(3)]
-            s.add_all(rows)
-            s.commit()
-            ids = [r.id for r in rows]
+        ids = _three_customers(vault, engine)
         blocker = _Blocker(db_url, ids[0])
         try:
             results = vault.shred_many(ids)
@@ -515,13 +520,7 @@ def test_cli_shred_many(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     engine = sa.create_engine(_app_url(db_url))
-    Base.metadata.create_all(engine)
-    vault.attach(engine)
-    with Session(engine) as s:
-        rows = [Customer(name="A", phone=f"+44 20 7946 000{i}") for i in range(3)]
-        s.add_all(rows)
-        s.commit()
-        a, b, c = (r.id for r in rows)
+    a, b, c = _three_customers(vault, engine)
     vault.detach(engine)
     before = vault.shred(c)
     listing = tmp_path / "requests.txt"
