@@ -269,6 +269,8 @@ def test_unknown_repeated_wrong_type_and_duplicate_subjects(
     with pytest.raises(SubjectShreddedError):
         app.vault.decrypt(blob, context=CTX)
     assert app.vault.shred_many([]) == []
+    with pytest.raises(TypeError, match="not one: use shred"):
+        app.vault.shred_many(str(known))  # one subject, not its characters
 
 
 def test_a_stored_receipt_that_does_not_parse_is_that_subjects_error(app: App) -> None:

@@ -687,7 +687,8 @@ class Vault:
         ``error`` results (nothing destroyed for them). A sweep that fails for a table leaves
         the receipts and says so in ``sweep_incomplete`` of each subject of the batch.
         ``progress(done, total)`` is called after each batch. A read-only vault raises
-        :class:`ConfigurationError`. Read docs/erasure.md, 'Shredding many subjects'."""
+        :class:`ConfigurationError`; a ``str`` or ``bytes`` (one subject, not many) TypeError.
+        Read docs/erasure.md, 'Shredding many subjects'."""
         return self._many.run(subjects, progress)
 
     def complete_erasures(self, *, models: Any = None) -> CompletionReport:

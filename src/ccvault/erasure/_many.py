@@ -96,7 +96,7 @@ class _Done:
     sweep_incomplete: str | None = None
 
 
-def describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
     """An error as a result states it: ccvault's typed errors with their message (which never
     holds a subject), anything else by its class alone (its text may quote data)."""
     if isinstance(exc, CcvaultError):
@@ -131,6 +131,8 @@ class ShredMany:
     ) -> list[ShredResult]:
         """Shred every subject; one result per input position, in order."""
         self._options.writable("shred")
+        if isinstance(subjects, str | bytes):  # iterating it would shred each character
+            raise TypeError("shred_many takes an iterable of subjects, not one: use shred()")
         given = list(subjects)
         total = len(given)
         results: list[ShredResult | None] = [None] * total
@@ -197,7 +199,7 @@ class ShredMany:
                 ring.evict_subjects({it.ref for it in batch})  # committed or not: evicted
                 raise
         except _STOPS as exc:
-            why = describe(exc)
+            why = _describe(exc)
             log.error("shred_many: a batch of %d subjects failed: %s", len(batch), why)
             return {it.ref: _Done("error", error=why) for it in batch}, why
         except Exception as exc:
@@ -205,7 +207,7 @@ class ShredMany:
                 "shred_many: the transaction of a batch of %d subjects failed (%s): shredding "
                 "them one at a time",
                 len(batch),
-                describe(exc),
+                _describe(exc),
             )
             outcomes, stop = self._one_by_one(batch)
         else:
@@ -288,7 +290,7 @@ class ShredMany:
             parsed = parse_receipt(text)
             if parsed is None:
                 lost.add(it.ref)
-                outcomes[it.ref] = _Done("error", error=describe(unparsable_receipt(it.ref)))
+                outcomes[it.ref] = _Done("error", error=_describe(unparsable_receipt(it.ref)))
                 continue
             ring.evict_subject(it.ref, parsed[1])
             outcomes[it.ref] = _Done("already_shredded", parsed[0])
@@ -316,10 +318,10 @@ class ShredMany:
             try:
                 receipt, newly = self._erasure.destroy(it.subject)
             except _STOPS as exc:
-                stop = describe(exc)
+                stop = _describe(exc)
                 outcomes[it.ref] = _Done("error", error=stop)
             except Exception as exc:
-                last = describe(exc)
+                last = _describe(exc)
                 outcomes[it.ref] = _Done("error", error=last)
             else:
                 outcomes[it.ref] = _Done("shredded" if newly else "already_shredded", receipt)
