@@ -321,6 +321,7 @@ VAULT_PUBLIC = {
     "aclose", "active_epoch_seq", "add_kms_wraps", "attach", "blind_index", "blind_indexer",
     "close", "decrypt", "destroy_epochs", "detach", "encrypt", "epochs", "from_settings",
     "is_shredded", "open_async", "quarantined_keys", "rotate_epoch", "run", "scrub", "shred",
+    "shred_many",
     "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads", "warm",
     # the data map and subject export (issue 13), and the stored receipt read without a shred
     "data_map", "erasure_receipt", "export_subject", "register_personal_table",

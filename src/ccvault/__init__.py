@@ -11,7 +11,7 @@
 from ._sentinels import SHREDDED, Sentinel
 from ._settings import CcvaultSettings
 from .audit import DestroyedKey, ErasureReceipt
-from .erasure import ShredPreview
+from .erasure import ShredPreview, ShredResult
 from .errors import (
     CcvaultError,
     ConfigurationError,
@@ -58,6 +58,7 @@ __all__ = [
     "RotationReport",
     "Sentinel",
     "ShredPreview",
+    "ShredResult",
     "SubjectShreddedError",
     "ValueRejectedError",
     "Vault",

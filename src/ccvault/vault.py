@@ -58,7 +58,9 @@ from .erasure import (
     LedgerLink,
     LedgerSink,
     Reconciliation,
+    ShredMany,
     ShredPreview,
+    ShredResult,
     check_new_installation,
 )
 from .errors import (
@@ -287,6 +289,15 @@ class Vault:
             receipt_seed=receipt_seed,
             link=self._link,
             queue=queue,
+        )
+        self._many = ShredMany(
+            self._store,
+            self._ring,
+            self._epochs,
+            self._options,
+            link=self._link,
+            queue=queue,
+            erasure=self._erasure,
         )
         self._completer = Completer(
             self._store,
@@ -656,6 +667,29 @@ class Vault:
             receipt = exc.receipt
         self._completer.complete_now(subject, receipt, self._options.now())
         return receipt
+
+    def shred_many(
+        self, subjects: Iterable[object], *, progress: Progress | None = None
+    ) -> list[ShredResult]:
+        """Shred many subjects (the nightly queue of deletion requests): one
+        :class:`ShredResult` per subject, in the input's order — ``shredded`` with its receipt,
+        ``already_shredded`` with the stored receipt, or ``error`` (nothing destroyed for it) —,
+        never all-or-nothing. Each subject gets what :meth:`shred` gives it: fenced, keys
+        destroyed, receipt in the ledger first (strict) or in the outbox (best-effort), the
+        erasure queued for completion, keys evicted here, blind indexes swept.
+
+        500 subjects per key-store transaction, with one ledger append of their receipts (at
+        most 500 entries per sink write) and one blind-index sweep per table of each attached
+        engine. A subject of the wrong type is an ``error`` result (the TypeError's message); a
+        subject repeated in the input is shredded once, its later places ``already_shredded``
+        with the same receipt. A batch whose transaction fails is shredded again one subject at
+        a time. With a ``strict`` ledger unreachable, the batch and every later one are
+        ``error`` results (nothing destroyed for them). A sweep that fails for a table leaves
+        the receipts and says so in ``sweep_incomplete`` of each subject of the batch.
+        ``progress(done, total)`` is called after each batch. A read-only vault raises
+        :class:`ConfigurationError`; a ``str`` or ``bytes`` (one subject, not many) TypeError.
+        Read docs/erasure.md, 'Shredding many subjects'."""
+        return self._many.run(subjects, progress)
 
     def complete_erasures(self, *, models: Any = None) -> CompletionReport:
         """Complete the erasures whose propagation bound has passed (phase 2, DESIGN.md

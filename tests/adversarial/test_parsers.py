@@ -61,7 +61,7 @@ from ccvault._settings import _redact, check_environment, kms_from_url
 from ccvault.crypto import _format as fmt
 from ccvault.crypto._primitives import Aead
 from ccvault.crypto._wrap import KeyBinding, UnwrapError, unwrap_key, wrap_key
-from ccvault.erasure._shred import _parse_receipt
+from ccvault.erasure._shred import parse_receipt
 from ccvault.keystore._sql import SqlKeyStore, mask_url
 from ccvault.kms import LocalKms, WrappedKey
 from ccvault.kms._local import _parse
@@ -423,7 +423,7 @@ def test_receipts_parse_and_verify_only_as_documented(
             data.draw(TEXT),
         ]
         for candidate in candidates:
-            if _parse_receipt(candidate) is None:  # never raises
+            if parse_receipt(candidate) is None:  # never raises
                 pass
             try:
                 parsed = ErasureReceipt.model_validate_json(candidate)

@@ -150,21 +150,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     shred.add_argument(
         "--dry-run", action="store_true", help="print what would be made unreadable, change nothing"
     )
-    shred.add_argument(
-        "--models",
-        action="append",
-        metavar="MODULE",
-        help="module defining the models whose tables to sweep, e.g. app.models (repeatable; "
-        "with --database-url)",
-    )
-    shred.add_argument("--database-url", help="SQLAlchemy URL of the application database")
+    _sweep_options(shred)
     shred.add_argument("subject", metavar="SUBJECT", help="the customer's id (subject)")
+    many = sub.add_parser(
+        "shred-many",
+        help="shred every customer a file lists (one per line) and print one result per line",
+        description="Shred every subject of FILE (one per line; blank lines and lines starting "
+        "with # are skipped; '-' reads standard input), 500 per key-store transaction and "
+        "ledger append, and print JSON: a summary and, per subject, its line number, outcome "
+        "(shredded, already_shredded, error), receipt id, error and sweep problem — never the "
+        "subject. One subject's error never stops the others; an unreachable strict ledger "
+        "stops the rest (nothing destroyed for them). Blind indexes are swept only in the "
+        "database of --database-url, for the tables of --models. Exit status 0; 3: some "
+        "subject has an error or an incomplete sweep (named by line on stderr; run the file "
+        "again); 1: an error. The vault is configured by CCVAULT_* variables.",
+    )
+    many.add_argument(
+        "--from", dest="path", required=True, metavar="FILE", help="the subjects, one per line"
+    )
+    _sweep_options(many)
     args = parser.parse_args(argv)
-    if args.command == "shred":
-        from ._shred import run_shred
+    if args.command in ("shred", "shred-many"):
+        from ._shred import run_shred, run_shred_many
 
         if bool(args.models) != bool(args.database_url):
-            parser.error("shred: --models and --database-url go together")
+            parser.error(f"{args.command}: --models and --database-url go together")
+        if args.command == "shred-many":
+            return run_shred_many(args.path, models=args.models, database_url=args.database_url)
         return run_shred(
             args.subject, dry_run=args.dry_run, models=args.models, database_url=args.database_url
         )
@@ -213,3 +225,15 @@ def _models_option(command: argparse.ArgumentParser) -> None:
         metavar="MODULE",
         help="module defining the models, e.g. app.models (repeatable)",
     )
+
+
+def _sweep_options(command: argparse.ArgumentParser) -> None:
+    """--models and --database-url of the shred commands: the tables to sweep, optional."""
+    command.add_argument(
+        "--models",
+        action="append",
+        metavar="MODULE",
+        help="module defining the models whose tables to sweep, e.g. app.models (repeatable; "
+        "with --database-url)",
+    )
+    command.add_argument("--database-url", help="SQLAlchemy URL of the application database")

@@ -1,6 +1,7 @@
 """Crypto-shredding: :class:`Erasure` fences a subject, destroys its keys and signs the receipt;
 :class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink;
 a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadable;
+:class:`ShredMany` shreds a queue of subjects 500 per transaction, one :class:`ShredResult` each;
 :class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
 ``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
@@ -19,6 +20,7 @@ from ._ledger_file import JsonlLedger
 from ._ledger_s3 import S3Ledger
 from ._ledger_sql import SqlLedger
 from ._link import LedgerLink, check_new_installation
+from ._many import ShredMany, ShredResult
 from ._preview import EnginePreview, PreviewColumn, ShredPreview, SkippedTable, TablePreview
 from ._queue import ErasureQueue
 from ._reconcile import Reconciler
@@ -62,7 +64,9 @@ __all__ = [
     "Reconciliation",
     "RepairRecord",
     "S3Ledger",
+    "ShredMany",
     "ShredPreview",
+    "ShredResult",
     "SignedRecord",
     "SkippedTable",
     "SqlLedger",

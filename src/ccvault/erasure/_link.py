@@ -17,10 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from .._failpoints import failpoint
 from .._secret import SecretKey
@@ -50,6 +50,8 @@ log = logging.getLogger("ccvault")
 LedgerMode = Literal["strict", "best-effort"]
 MODES: Final = ("strict", "best-effort")
 _ROUNDS: Final = 20  # catch-up rounds that may each find another process moved the ledger
+_MOVES: Final = 5  # shreds that find the ledger moved (caught up each time) before giving up
+T = TypeVar("T")
 
 
 _PROBE_FAILURES: Final = (LedgerUnavailableError, LedgerIntegrityError, KeyStoreError)
@@ -443,7 +445,12 @@ class LedgerLink:
         """The key store's :data:`~ccvault.keystore.ShredJournal`: inside the shred's
         transaction, after the keys are destroyed and before the commit, append the receipt
         (after the outbox) and record the store's applied seq; or queue it (best-effort)."""
-        receipt = ErasureReceipt.model_validate_json(receipt_json)
+        self.journal_receipts(txn, [ErasureReceipt.model_validate_json(receipt_json)])
+
+    def journal_receipts(self, txn: JournalTxn, receipts: Sequence[ErasureReceipt]) -> None:
+        """:meth:`shred_journal` of a batch's receipts (``shred_many``): one append of all of
+        them after the outbox, in order, at most 500 entries per sink write; or, best-effort
+        with the ledger unreachable, all of them queued in the outbox."""
         if not self.configured:
             if txn.applied is not None:
                 raise ConfigurationError(
@@ -451,7 +458,7 @@ class LedgerLink:
                     "configured (CCVAULT_LEDGER_URL): a shred here would destroy keys with no "
                     "ledger entry, so it refuses (nothing was destroyed)"
                 )
-            txn.record_erasures([receipt_row(receipt, ErasureOrigin.LEGACY, None)])
+            txn.record_erasures([receipt_row(r, ErasureOrigin.LEGACY, None) for r in receipts])
             return
         try:
             journal = self._journal
@@ -460,22 +467,44 @@ class LedgerLink:
                     "the erasure ledger could not be reached when the vault opened"
                 )
             failpoint("before-intent")
-            self._reconciler.append(txn, journal, [receipt])
+            self._reconciler.append(txn, journal, receipts)
             failpoint("after-intent")
         except LedgerUnavailableError as exc:
             if self._mode == "strict":
                 raise
-            txn.enqueue(RECEIPT_FORMAT, receipt.receipt_id, receipt_json, self._options.now())
-            txn.record_erasures([receipt_row(receipt, ErasureOrigin.OUTBOX, None)])
+            now = self._options.now()
+            for r in receipts:
+                txn.enqueue(RECEIPT_FORMAT, r.receipt_id, r.model_dump_json(), now)
+            txn.record_erasures([receipt_row(r, ErasureOrigin.OUTBOX, None) for r in receipts])
             self._unverified = True
+            which = (
+                f"subject ref {receipts[0].subject_ref[:16]} is shredded but its receipt "
+                f"{receipts[0].receipt_id} is"
+                if len(receipts) == 1
+                else f"{len(receipts)} subjects are shredded but their receipts are"
+            )
             log.warning(
-                "subject ref %s is shredded but its receipt %s is not in the erasure ledger "
-                "yet (ledger_mode='best-effort'; %s): it waits in the key store's outbox until "
-                "the next shred, open or reconcile appends it",
-                receipt.subject_ref[:16],
-                receipt.receipt_id,
+                "%s not in the erasure ledger yet (ledger_mode='best-effort'; %s): waiting in the "
+                "key store's outbox until the next shred, open or reconcile appends them",
+                which,
                 " ".join(str(exc).split()),
             )
+
+    def ledger_first(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` (a key-store transaction whose journal step appends to the ledger);
+        when the ledger has moved past the store (another process crashed after its append, or
+        a restore), catch up and run it again: the replay may shred subjects of the attempt
+        with the ledger's receipts, which the next attempt then finds. LedgerUnavailableError
+        when the ledger keeps moving (nothing was destroyed by the attempts)."""
+        for _ in range(_MOVES):
+            try:
+                return attempt()
+            except JournalMoved:
+                self.catch_up()
+        raise LedgerUnavailableError(
+            "the erasure ledger kept moving past the key store during a shred: nothing was "
+            "destroyed by this call; retry it"
+        )
 
     # -- completion ------------------------------------------------------------------------------
 

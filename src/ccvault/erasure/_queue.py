@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -101,13 +102,23 @@ class ErasureQueue:
 
     def seal(self, subject: object, ref: bytes, now: float) -> Sealed:
         """``subject`` sealed under today's version, bound to ``ref``."""
-        coerced = self._installation.subject_type.coerce(subject)
-        plain = json.dumps(_plain(coerced), ensure_ascii=False).encode("utf-8")
+        return self.seal_many([(subject, ref)], now)[0]
+
+    def seal_many(self, items: Sequence[tuple[object, bytes]], now: float) -> list[Sealed]:
+        """Each (subject, ref) of ``items`` sealed under today's version (read once)."""
+        coerce = self._installation.subject_type.coerce
+        plains = [
+            (json.dumps(_plain(coerce(subject)), ensure_ascii=False).encode("utf-8"), ref)
+            for subject, ref in items
+        ]
         rec = self._current(now)
         aead = Aead(self._epochs.unwrap_record(rec).reveal())
-        nonce = random_bytes(_NONCE)
-        blob = nonce + aead.seal(nonce, plain, self._ad(ref, rec.key_id, rec.version))
-        return Sealed(rec.key_id, rec.version, blob)
+        out = []
+        for plain, ref in plains:
+            nonce = random_bytes(_NONCE)
+            blob = nonce + aead.seal(nonce, plain, self._ad(ref, rec.key_id, rec.version))
+            out.append(Sealed(rec.key_id, rec.version, blob))
+        return out
 
     def open(self, row: QueuedErasure, keys: dict[tuple[bytes, int], Aead | None]) -> object:
         """The subject of ``row``; None when its key version is destroyed (the row lapsed).

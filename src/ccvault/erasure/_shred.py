@@ -17,30 +17,29 @@ from .._failpoints import failpoint
 from .._secret import SecretKey
 from ..audit._receipt import ErasureReceipt, sign_receipt
 from ..crypto._primitives import ed25519_public_key
-from ..errors import ErasureIncompleteError, KeyStoreError, LedgerUnavailableError
+from ..errors import ErasureIncompleteError, KeyStoreError
 from ..keyring import Epochs, Installation, KeyRing, Rotation, VaultOptions
 from ..keystore._protocol import JournalTxn, KeyStore
 from ..keystore._records import (
     EpochRecord,
     ErasureOrigin,
+    ErasureRow,
     HeadRecord,
     KeyRecord,
     QueuedErasure,
     State,
 )
-from ._journal import JournalMoved
 from ._link import LedgerLink
 from ._preview import EnginePreview, ShredPreview, keys_a_shred_destroys
 from ._queue import COMMIT_SLACK, ErasureQueue, Sealed
 from ._reconcile import receipt_row
-from ._sweep import sweep
+from ._sweep import sweep, warn_unswept
 
-__all__ = ["Erasure"]
+__all__ = ["Erasure", "parse_receipt", "requeues", "unparsable_receipt"]
 
 log = logging.getLogger("ccvault")
 
 _PAGE = 500
-_MOVES = 5  # shreds that find the ledger moved (caught up each time) before giving up
 
 
 class Erasure:
@@ -78,6 +77,13 @@ class Erasure:
         """Fence ``subject``, destroy its keys (keeping tombstones) in the transaction that
         appends the receipt to the ledger, evict them from this process, run the after-shred
         hooks and return the signed receipt."""
+        receipt, _ = self.destroy(subject)
+        self._run_hooks(self._ring.subject_ref(subject), subject, receipt)
+        return receipt
+
+    def destroy(self, subject: object) -> tuple[ErasureReceipt, bool]:
+        """:meth:`shred` but the after-shred hooks: the receipt, and whether this call shredded
+        the subject (False: the stored receipt of an earlier shred)."""
         self._options.writable("shred")
         self._link.before_shred()
         ring = self._ring
@@ -86,7 +92,7 @@ class Erasure:
         epoch = self._store.active_epoch() or self._epochs.active()  # fresh, not the cached one
 
         def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
-            return self._receipt(ref, now, epoch, head, keys).model_dump_json()
+            return self.new_receipt(ref, now, epoch, head, keys).model_dump_json()
 
         # The subject sealed for the erasure's completion (a ledger is where completions go):
         # sealed before the transaction, queued inside it with the receipt.
@@ -99,36 +105,35 @@ class Erasure:
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
             # eviction runs whatever happened.
-            parsed = _parse_receipt(receipt_json)
+            parsed = parse_receipt(receipt_json)
         finally:
             ring.evict_subject(ref, None if parsed is None else parsed[1])
         if parsed is None:
-            raise KeyStoreError(
-                f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed and this "
-                "process no longer serves them), but the erasure receipt the key store holds "
-                "for it does not parse: the subject-heads row is corrupted or was tampered with"
-            )
+            raise unparsable_receipt(ref)
         receipt = parsed[0]
         if newly:
             log.info("subject shredded", extra={"subject_ref": ref.hex()[:16]})
         elif self._link.configured:
             self._requeue(subject, ref, receipt)
-        self._run_hooks(ref, subject, receipt)
-        return receipt
+        return receipt, newly
 
     def _requeue(self, subject: object, ref: bytes, receipt: ErasureReceipt) -> None:
         """A repeated shred of an erasure not completed yet queues it again (a replay shreds
         with no subject in hand, a lapsed queue row cannot be opened): its completion can run."""
-        row = self._store.erasure(receipt.receipt_id)
-        if row is None or row.completion_seq is not None or row.origin == ErasureOrigin.LEGACY:
+        if not requeues(self._store.erasure(receipt.receipt_id)):
             return
         now = self._options.now()
         sealed = self._queue.seal(subject, ref, now)
-        # the bound runs from the shred's commit, long past for a repeat
-        shredded = receipt.shredded_at.timestamp()
-        self._store.queue_erasure(self._queued(receipt.receipt_id, ref, sealed, shredded, now))
+        self._store.queue_erasure(self.requeue_row(receipt, ref, sealed, now))
 
-    def _queued(
+    def requeue_row(
+        self, receipt: ErasureReceipt, ref: bytes, sealed: Sealed, now: float
+    ) -> QueuedErasure:
+        """The queue row of a repeated shred's erasure (see :func:`requeues`)."""
+        # the bound runs from the shred's commit, long past for a repeat
+        return self.queue_row(receipt.receipt_id, ref, sealed, receipt.shredded_at.timestamp(), now)
+
+    def queue_row(
         self, receipt_id: str, ref: bytes, sealed: Sealed, shredded: float, now: float
     ) -> QueuedErasure:
         """The queue row of an erasure whose shred commits at (about) ``shredded``."""
@@ -191,16 +196,10 @@ class Erasure:
             if sealed is not None:
                 receipt_id = ErasureReceipt.model_validate_json(receipt_json).receipt_id
                 now = self._options.now()
-                txn.queue_erasure(self._queued(receipt_id, ref, sealed, now, now))
+                txn.queue_erasure(self.queue_row(receipt_id, ref, sealed, now, now))
 
-        for _ in range(_MOVES):
-            try:
-                return self._store.shred(ref, now, make_receipt, self._ring.heads.seal, journal)
-            except JournalMoved:
-                self._link.catch_up()
-        raise LedgerUnavailableError(
-            "the erasure ledger kept moving past the key store during a shred: nothing was "
-            "destroyed by this call; retry it"
+        return self._link.ledger_first(
+            lambda: self._store.shred(ref, now, make_receipt, self._ring.heads.seal, journal)
         )
 
     def receipt(self, subject: object) -> ErasureReceipt | None:
@@ -218,7 +217,7 @@ class Erasure:
         head = self._store.subject_head(ref)
         if head is None or head.state != State.SHREDDED or head.receipt is None:
             return None
-        parsed = _parse_receipt(head.receipt)
+        parsed = parse_receipt(head.receipt)
         if (
             parsed is None
             or parsed[0].subject_ref != ref.hex()
@@ -241,7 +240,7 @@ class Erasure:
             page = self._store.shredded_receipts(after, _PAGE)
             rows = []
             for ref, text in page:
-                parsed = _parse_receipt(text)
+                parsed = parse_receipt(text)
                 if parsed is not None and parsed[0].subject_ref == ref.hex():
                     rows.append(receipt_row(parsed[0], ErasureOrigin.LEGACY, None, ref))
             self._store.record_erasures(rows)
@@ -255,48 +254,25 @@ class Erasure:
         stay silent about what they could not clear."""
         outcome = sweep(self._ring, subject)
         failpoint("after-sweep-1")
-        swept, failed = outcome.labels, outcome.failed
-        not_swept = outcome.not_swept
-        try:
-            known = self._ring.searchable_labels()
-        except KeyStoreError:
-            log.warning(
-                "shred of subject ref %s: could not read which columns have blind indexes, so "
-                "columns no engine in this process sweeps are not named",
-                ref.hex()[:16],
-            )
-            known = frozenset()
-        unswept = sorted(known - swept - not_swept)
-        if unswept:
-            # The receipt (v1, frozen) cannot say it: the values are unreadable, but their blind
-            # indexes stay until a process that knows these columns shreds the subject again.
-            log.warning(
-                "shred of subject ref %s left blind indexes in place: no engine attached in this "
-                "process sweeps %s. Repeat vault.shred() for this subject where the models are "
-                "imported and the engine attached "
-                "(docs/sqlalchemy.md, 'Shredding from a process without the models').",
-                ref.hex()[:16],
-                ", ".join(unswept),
-            )
-        if not failed and not outcome.crashed:
+        warn_unswept(self._ring, outcome, f"shred of subject ref {ref.hex()[:16]}")
+        if not outcome.incomplete:
             return
-        reasons = outcome.reasons()
         message = (
             f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed; the signed "
             f"receipt is this error's .receipt), but the sweep of what it left is incomplete: "
-            f"{'; '.join(reasons)}. Repeat vault.shred() for this subject to sweep again "
-            "(docs/sqlalchemy.md, 'When the sweep fails')."
+            f"{'; '.join(outcome.reasons())}. Repeat vault.shred() for this subject to sweep "
+            "again (docs/sqlalchemy.md, 'When the sweep fails')."
         )
         log.error(message)
         raise ErasureIncompleteError(
             message,
             receipt=receipt,
-            tables=[t for exc in failed for t in exc.tables],
-            columns=sorted(not_swept),
-            swept=swept,
+            tables=[t for exc in outcome.failed for t in exc.tables],
+            columns=sorted(outcome.not_swept),
+            swept=outcome.labels,
         )
 
-    def _receipt(
+    def new_receipt(
         self,
         ref: bytes,
         now: float,
@@ -326,7 +302,12 @@ class Erasure:
         return sign_receipt(receipt, self._seed.reveal())
 
 
-def _parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]]] | None:
+def requeues(row: ErasureRow | None) -> bool:
+    """Whether a repeated shred queues its erasure again: recorded, not legacy, not completed."""
+    return row is not None and row.completion_seq is None and row.origin != ErasureOrigin.LEGACY
+
+
+def parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]]] | None:
     """The receipt the key store returned and the (key id, version) pairs it lists, or None when
     it does not parse; never raises (it runs after the shred committed)."""
     try:
@@ -335,3 +316,12 @@ def _parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]
     except Exception:  # whatever is wrong with it, the caller raises one KeyStoreError
         return None
     return receipt, keys
+
+
+def unparsable_receipt(ref: bytes) -> KeyStoreError:
+    """The error of a shred whose stored receipt does not parse (committed, keys evicted)."""
+    return KeyStoreError(
+        f"subject ref {ref.hex()[:16]} is shredded (its keys are destroyed and this process no "
+        "longer serves them), but the erasure receipt the key store holds for it does not "
+        "parse: the subject-heads row is corrupted or was tampered with"
+    )

@@ -10,7 +10,7 @@ from ._epochs import NO_REF, Epochs
 from ._heads import FENCE_BREAKS, HeadCheck, Heads, StoreUpgrade
 from ._leases import USE_BLOCK, VAULTWIDE_NONCE_BUDGET
 from ._options import Installation, Progress, VaultOptions
-from ._ring import AfterShred, AfterShredHooks, KeyRing, Tombstone
+from ._ring import AfterShred, AfterShredHooks, AfterShredMany, KeyRing, Tombstone
 from ._rotation import EpochInfo, Rotation, RotationReport
 from ._values import UNCHECKED, Item, Outcome, Values, context_bytes
 
@@ -22,6 +22,7 @@ __all__ = [
     "VAULTWIDE_NONCE_BUDGET",
     "AfterShred",
     "AfterShredHooks",
+    "AfterShredMany",
     "EpochInfo",
     "Epochs",
     "HeadCheck",

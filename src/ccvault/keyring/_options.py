@@ -14,7 +14,8 @@ from ..errors import ConfigurationError
 __all__ = ["Installation", "Progress", "VaultOptions"]
 
 Progress = Callable[[int, int], None]
-"""Called after each batch of a long admin operation with (keys done so far, total expected)."""
+"""Called after each batch of a long operation with (items done so far, total expected): keys
+for the admin operations, subjects for ``shred_many``."""
 
 
 @dataclass(slots=True)

@@ -34,7 +34,14 @@ from ._hooks import Hooks
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
 
-__all__ = ["AfterShred", "AfterShredHooks", "KeyRing", "ShredPreviewHook", "Tombstone"]
+__all__ = [
+    "AfterShred",
+    "AfterShredHooks",
+    "AfterShredMany",
+    "KeyRing",
+    "ShredPreviewHook",
+    "Tombstone",
+]
 
 _BATCH = 500
 _FENCE_SECONDS = 86_400.0
@@ -43,6 +50,12 @@ AfterShred = Callable[[object], Iterable[tuple[str, str]]]
 """An after-shred hook: called with the subject after a committed shred (and again by the
 erasure's completion); returns (table, context label) of each blind-index column it swept, or
 raises ErasureIncompleteError for those it could not."""
+
+AfterShredMany = Callable[[Sequence[object]], Iterable[tuple[str, str]]]
+"""The batched form of an after-shred hook (``shred_many``): called once with the subjects of a
+committed batch, it clears what the hook clears for each of them; returns (table, context label)
+of each column it swept for all of them, or raises ErasureIncompleteError for those it could
+not (for every subject of the call)."""
 
 ShredPreviewHook = Callable[[object], object]
 """The dry run of an after-shred hook: called with the subject, it reads what the hook would
@@ -69,25 +82,40 @@ class Tombstone:
 
 class AfterShredHooks(Hooks[AfterShred]):
     """The registry of after-shred hooks: integrations register what they must clear of a
-    subject after a shred, each with an optional dry run of it (``preview``); the erasure part
-    runs them in the order they were added (iterating gives the hooks, :meth:`previews` their
-    dry runs)."""
+    subject after a shred, each with an optional dry run of it (``preview``) and an optional
+    batched form (``many``, what ``shred_many`` calls once per batch); the erasure part runs them
+    in the order they were added (iterating gives the hooks, :meth:`previews` their dry runs,
+    :meth:`many` a hook's batched form)."""
 
-    __slots__ = ("_previews",)
+    __slots__ = ("_many", "_previews")
 
     def __init__(self) -> None:
         super().__init__()
         self._previews: dict[AfterShred, ShredPreviewHook] = {}
+        self._many: dict[AfterShred, AfterShredMany] = {}
 
-    def add(self, hook: AfterShred, preview: ShredPreviewHook | None = None) -> None:
+    def add(
+        self,
+        hook: AfterShred,
+        preview: ShredPreviewHook | None = None,
+        many: AfterShredMany | None = None,
+    ) -> None:
         if preview is not None:
             self._previews[hook] = preview
+        if many is not None:
+            self._many[hook] = many
         super().add(hook)
 
     def remove(self, hook: AfterShred) -> None:
-        """Remove ``hook`` and its dry run; one that is not registered is ignored."""
+        """Remove ``hook``, its dry run and its batched form; one not registered is ignored."""
         super().remove(hook)
         self._previews.pop(hook, None)
+        self._many.pop(hook, None)
+
+    def many(self, hook: AfterShred) -> AfterShredMany | None:
+        """The batched form ``hook`` was registered with, None when it has none (``shred_many``
+        then calls ``hook`` once per subject)."""
+        return self._many.get(hook)
 
     def previews(self) -> list[ShredPreviewHook]:
         """The dry runs of the registered hooks that have one, in the order they were added."""
@@ -146,7 +174,7 @@ class KeyRing:
         self._vaultwide = VaultwideKeys(store, epochs, options, self.value_key)
         self._blind = BlindIndexes(store, epochs, options)
         self.invalidations = Invalidations(
-            store, installation, options, evict_refs=self._evict_refs, evict_all=self.evict_all
+            store, installation, options, evict_refs=self.evict_subjects, evict_all=self.evict_all
         )
         self._check = self.invalidations.check
 
@@ -415,9 +443,10 @@ class KeyRing:
                 if _names_value_key(key_id, version):  # no other pair can be a cached header
                     self._read_keys.pop(fmt.build_header(fmt.SUITE_AES256GCM, key_id, version))
 
-    def _evict_refs(self, refs: set[bytes]) -> None:
-        """What the invalidation poll does with subjects shredded elsewhere: fence each ref and
-        evict its keys (one pass over the read-key cache for all of them)."""
+    def evict_subjects(self, refs: set[bytes]) -> None:
+        """Fence each ref and evict its keys, one pass over the read-key cache for all of them:
+        what the invalidation poll does with subjects shredded elsewhere, and ``shred_many`` with
+        a batch whose outcome it does not know."""
         with self._cache_lock:
             for ref in refs:
                 self._fenced.put(ref, True)

@@ -35,12 +35,17 @@ __all__ = [
     "KeyStore",
     "Listening",
     "ReceiptFactory",
+    "RefReceiptFactory",
     "ShredJournal",
+    "ShredManyJournal",
 ]
 
 T = TypeVar("T")
 
 ReceiptFactory = Callable[[HeadRecord | None, Sequence[KeyRecord]], str]
+
+RefReceiptFactory = Callable[[bytes, HeadRecord | None, Sequence[KeyRecord]], str]
+"""The receipt factory of :meth:`KeyStore.shred_many`: a :data:`ReceiptFactory` told the ref."""
 
 HeadSealer = Callable[[bytes, bytes, str, int], bytes]
 """The MAC of a subject head (ref, key id, state, current version), computed by the vault under
@@ -102,6 +107,10 @@ class JournalTxn(Protocol):
         """:meth:`KeyStore.queue_erasure` in this transaction."""
         ...
 
+    def queue_erasures(self, rows: Sequence[QueuedErasure]) -> None:
+        """:meth:`queue_erasure` of many rows (of distinct receipts), a few statements for all."""
+        ...
+
     def unqueue_erasures(self, receipt_ids: Sequence[str]) -> None:
         """Remove the queued erasures of ``receipt_ids`` (completed: their subjects go)."""
         ...
@@ -111,6 +120,12 @@ ShredJournal = Callable[[JournalTxn, str], None]
 """Given to :meth:`KeyStore.shred`: called with the transaction and the new receipt (JSON) once
 the subject's keys are destroyed in it and before it commits; it appends the receipt to the
 ledger (or queues it) and records where. Raising rolls the shred back: nothing is destroyed."""
+
+ShredManyJournal = Callable[[JournalTxn, Sequence[tuple[str, bool]]], None]
+"""Given to :meth:`KeyStore.shred_many`: called with the transaction and each ref's (receipt
+JSON, newly shredded), in the refs' order, once the keys of the refs newly shredded are
+destroyed and before the commit (a :data:`ShredJournal` for a batch; it also sees the repeats).
+Raising rolls the whole batch back: nothing is destroyed."""
 
 
 class EpochNotUsableError(KeyStoreError):
@@ -312,6 +327,20 @@ class KeyStore(Protocol):
         Returns (receipt, newly_shredded). A repeat returns the stored receipt (and restores
         the head's MAC of its shredded state if the row lost it) and does not call ``journal``.
         """
+        ...
+
+    def shred_many(
+        self,
+        refs: Sequence[bytes],
+        now: float,
+        make_receipt: RefReceiptFactory,
+        seal_head: HeadSealer,
+        journal: ShredManyJournal,
+    ) -> list[tuple[str, bool]]:
+        """:meth:`shred` of many distinct refs in one :class:`JournalTxn` (``shred_many``'s
+        batches): the ledger lock, then every head (in ref order), a few statements for all of
+        them; ``journal`` runs once, before the invalidation rows and the commit. Returns each
+        ref's (receipt, newly_shredded) in order; one failure rolls back every ref."""
         ...
 
     def journal_transaction(self, fn: Callable[[JournalTxn], T], *, create: bool = False) -> T:

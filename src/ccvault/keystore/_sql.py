@@ -41,7 +41,9 @@ from ._protocol import (
     JournalTxn,
     Listening,
     ReceiptFactory,
+    RefReceiptFactory,
     ShredJournal,
+    ShredManyJournal,
 )
 from ._records import (
     EpochRecord,
@@ -62,7 +64,7 @@ from ._sql_journal import (
     erasure_row,
     erasure_rows,
     journal_step,
-    queue_erasure,
+    queue_erasures,
     read_applied,
     read_outbox,
     read_queue,
@@ -702,11 +704,20 @@ class SqlKeyStore:
             row = conn.execute(sa.select(self._heads).where(self._heads.c.ref == ref)).first()
         return self._head(row) if row is not None else None
 
-    def _locked_head(self, conn: Connection, ref: bytes) -> HeadRecord | None:
-        row = conn.execute(
-            sa.select(self._heads).where(self._heads.c.ref == ref).with_for_update()
-        ).first()
-        return self._head(row) if row is not None else None
+    def _locked_heads(self, conn: Connection, refs: Sequence[bytes]) -> dict[bytes, HeadRecord]:
+        """The heads of ``refs`` that exist, locked (in ref order, 500 per statement)."""
+        h = self._heads
+        found: dict[bytes, HeadRecord] = {}
+        ordered = sorted(set(refs))
+        for i in range(0, len(ordered), _BATCH):
+            rows = conn.execute(
+                sa.select(h)
+                .where(h.c.ref.in_(ordered[i : i + _BATCH]))
+                .order_by(h.c.ref)
+                .with_for_update()
+            ).all()
+            found.update((bytes(r.ref), self._head(r)) for r in rows)
+        return found
 
     def shred(
         self,
@@ -724,6 +735,25 @@ class SqlKeyStore:
 
         return self._write(run)
 
+    def shred_many(
+        self,
+        refs: Sequence[bytes],
+        now: float,
+        make_receipt: RefReceiptFactory,
+        seal_head: HeadSealer,
+        journal: ShredManyJournal,
+    ) -> list[tuple[str, bool]]:
+        if len(set(refs)) != len(refs):
+            raise ValueError("shred_many takes distinct refs")
+
+        def run(conn: Connection) -> list[tuple[str, bool]]:
+            txn = SqlJournalTxn(conn, self._jt, create=False)  # the ledger lock first
+            return self._shred_many_in(
+                conn, refs, now, make_receipt, seal_head, lambda out: journal(txn, out)
+            )
+
+        return self._write(run)
+
     def _shred_in(
         self,
         conn: Connection,
@@ -734,48 +764,116 @@ class SqlKeyStore:
         before_commit: Callable[[str], None] | None,
     ) -> tuple[str, bool]:
         """Shred ``ref`` in ``conn``'s transaction; ``before_commit(receipt)`` runs once the
-        keys are destroyed and the head says shredded, before the invalidation row."""
+        keys are destroyed and the head says shredded, before the invalidation row (not for a
+        repeat, which returns the stored receipt)."""
+
+        def step(out: Sequence[tuple[str, bool]]) -> None:
+            receipt, newly = out[0]
+            if newly and before_commit is not None:
+                before_commit(receipt)
+
+        def receipt_of(_ref: bytes, head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
+            return make_receipt(head, keys)
+
+        return self._shred_many_in(conn, [ref], now, receipt_of, seal_head, step)[0]
+
+    def _shred_many_in(
+        self,
+        conn: Connection,
+        refs: Sequence[bytes],
+        now: float,
+        make_receipt: RefReceiptFactory,
+        seal_head: HeadSealer,
+        before_commit: Callable[[Sequence[tuple[str, bool]]], None] | None,
+    ) -> list[tuple[str, bool]]:
+        """Shred the distinct ``refs`` in ``conn``'s transaction, a few statements for all of
+        them; returns each ref's (receipt, newly shredded) in order. ``before_commit(results)``
+        runs once the keys of the refs newly shredded are destroyed and their heads say
+        shredded, before the invalidation rows."""
         h, k = self._heads, self._keys
-        head = self._locked_head(conn, ref)
-        if head is None:
-            # Never seen: fence it anyway, so that no key is ever created for it.
-            self._insert_ignore(
+        heads = self._locked_heads(conn, refs)
+        missing = [ref for ref in refs if ref not in heads]
+        if missing:
+            # Never seen: fence them anyway, so that no key is ever created for them.
+            self._insert_ignore_many(
                 conn,
                 h,
-                {
-                    "ref": ref,
-                    "key_id": random_bytes(16),
-                    "state": State.ACTIVE,
-                    "current_version": 0,
-                    "created_at": now,
-                },
+                [
+                    {
+                        "ref": ref,
+                        "key_id": random_bytes(16),
+                        "state": State.ACTIVE,
+                        "current_version": 0,
+                        "created_at": now,
+                    }
+                    for ref in missing
+                ],
             )
-            head = self._locked_head(conn, ref)
-            if head is None:
+            fenced = self._locked_heads(conn, missing)
+            if len(fenced) != len(missing):
                 raise KeyStoreError("subject head vanished")
-            if head.state == State.ACTIVE and head.current_version == 0:
-                # ... and keep a tombstone of it too, as for a subject that had keys: the
-                # fence then outlives its head row (see create_subject_keys).
-                self._insert_ignore(conn, k, _fence_tombstone(head.key_id, ref, now))
-        mac = seal_head(ref, head.key_id, State.SHREDDED, head.current_version)
-        if head.state == State.SHREDDED and head.receipt is not None:
-            if head.mac is None or not hmac.compare_digest(head.mac, mac):
-                # A shredded state may always be (re-)authenticated: that fails closed.
-                conn.execute(sa.update(h).where(h.c.ref == ref).values(mac=mac))
-            return head.receipt, False
-        keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref)).all()]
-        receipt = make_receipt(head if head.current_version else None, keys)
-        conn.execute(sa.update(k).where(k.c.ref == ref).values(_destroyed(now)))
-        conn.execute(
-            sa.update(h)
-            .where(h.c.ref == ref)
-            .values(state=State.SHREDDED, shredded_at=now, receipt=receipt, mac=mac)
-        )
+            # ... and keep a tombstone of each too, as for a subject that had keys: the fence
+            # then outlives its head row (see create_subject_keys).
+            tombstones = [
+                _fence_tombstone(head.key_id, ref, now)
+                for ref, head in fenced.items()
+                if head.state == State.ACTIVE and head.current_version == 0
+            ]
+            if tombstones:
+                self._insert_ignore_many(conn, k, tombstones)
+            heads.update(fenced)
+        out: dict[bytes, tuple[str, bool]] = {}
+        macs: dict[bytes, bytes] = {}
+        remac: list[dict[str, Any]] = []
+        for ref in refs:
+            head = heads[ref]
+            mac = seal_head(ref, head.key_id, State.SHREDDED, head.current_version)
+            if head.state == State.SHREDDED and head.receipt is not None:
+                if head.mac is None or not hmac.compare_digest(head.mac, mac):
+                    # A shredded state may always be (re-)authenticated: that fails closed.
+                    remac.append({"h_ref": ref, "h_mac": mac})
+                out[ref] = (head.receipt, False)
+            else:
+                macs[ref] = mac
+        if remac:
+            conn.execute(
+                sa.update(h)
+                .where(h.c.ref == sa.bindparam("h_ref"))
+                .values(mac=sa.bindparam("h_mac")),
+                remac,
+            )
+        todo = list(macs)
+        if todo:
+            keys: dict[bytes, list[KeyRecord]] = {ref: [] for ref in todo}
+            for i in range(0, len(todo), _BATCH):
+                chunk = todo[i : i + _BATCH]
+                for row in conn.execute(sa.select(k).where(k.c.ref.in_(chunk))).all():
+                    keys[bytes(row.ref)].append(self._key(row))
+                conn.execute(sa.update(k).where(k.c.ref.in_(chunk)).values(_destroyed(now)))
+            updates = []
+            for ref in todo:
+                head = heads[ref]
+                receipt = make_receipt(ref, head if head.current_version else None, keys[ref])
+                out[ref] = (receipt, True)
+                updates.append({"h_ref": ref, "h_receipt": receipt, "h_mac": macs[ref]})
+            conn.execute(
+                sa.update(h)
+                .where(h.c.ref == sa.bindparam("h_ref"))
+                .values(
+                    state=State.SHREDDED,
+                    shredded_at=now,
+                    receipt=sa.bindparam("h_receipt"),
+                    mac=sa.bindparam("h_mac"),
+                ),
+                updates,
+            )
+        results = [out[ref] for ref in refs]
         if before_commit is not None:
-            before_commit(receipt)  # the ledger append: raising rolls everything back
-        # Last, so that the channel's counter row stays locked only until the commit.
-        self._invalidate(conn, InvalidationKind.SHRED, ref, None, now)
-        return receipt, True
+            before_commit(results)  # the ledger append: raising rolls everything back
+        if todo:
+            # Last, so that the channel's counter row stays locked only until the commit.
+            self._invalidate_many(conn, InvalidationKind.SHRED, todo, now)
+        return results
 
     # -- the erasure journal's side (DESIGN.md, lifecycle rule 3) --------------------------------
 
@@ -807,7 +905,7 @@ class SqlKeyStore:
             return read_shredded_receipts(conn, self._jt, after, limit)
 
     def queue_erasure(self, row: QueuedErasure) -> None:
-        self._write(functools.partial(queue_erasure, t=self._jt, row=row))
+        self._write(functools.partial(queue_erasures, t=self._jt, rows=[row]))
 
     def queued_erasures(self, due_by: float, after: str | None, limit: int) -> list[QueuedErasure]:
         with self._read() as conn:
@@ -842,15 +940,21 @@ class SqlKeyStore:
 
     # -- the invalidation channel ----------------------------------------------------------------
 
-    def _invalidate(
-        self, conn: Connection, kind: str, ref: bytes | None, period: bytes | None, now: float
+    def _invalidate_many(
+        self,
+        conn: Connection,
+        kind: str,
+        refs: Sequence[bytes | None],
+        now: float,
+        period: bytes | None = None,
     ) -> int:
-        """Append a row to the invalidation channel in ``conn``'s transaction; returns its seq.
+        """Append a row per ref to the invalidation channel in ``conn``'s transaction, seqs in
+        the refs' order; returns the last seq.
 
-        The seq is taken under the lock of the ``invalidation_seq`` row of ``meta``, held until
-        the transaction ends: transactions that write the channel commit in seq order, so a
-        reader that saw seq n has seen every row below it. On PostgreSQL the transaction also
-        sends ``NOTIFY`` with the seq alone (delivered at commit)."""
+        The seqs are taken under the lock of the ``invalidation_seq`` row of ``meta``, held
+        until the transaction ends: transactions that write the channel commit in seq order, so
+        a reader that saw seq n has seen every row below it. On PostgreSQL the transaction also
+        sends one ``NOTIFY`` with the last seq alone (delivered at commit)."""
         m, inv = self._meta, self._invalidations
         locked = sa.select(m.c.value).where(m.c.name == INVALIDATION_SEQ).with_for_update()
         counter = conn.execute(locked).scalar()
@@ -864,9 +968,16 @@ class SqlKeyStore:
             sa.select(inv.c.seq).order_by(inv.c.seq.desc()).limit(1).with_for_update()
         ).scalar()
         stored = str(counter) if counter is not None else ""
-        seq = max(int(stored) if stored.isdigit() else 0, top or 0) + 1
+        first = max(int(stored) if stored.isdigit() else 0, top or 0) + 1
+        seq = first + len(refs) - 1
         conn.execute(sa.update(m).where(m.c.name == INVALIDATION_SEQ).values(value=str(seq)))
-        conn.execute(sa.insert(inv).values(seq=seq, kind=kind, ref=ref, period=period, at=now))
+        conn.execute(
+            sa.insert(inv),
+            [
+                {"seq": first + i, "kind": kind, "ref": ref, "period": period, "at": now}
+                for i, ref in enumerate(refs)
+            ],
+        )
         if self._dialect == "postgresql":
             installation = (
                 sa.select(m.c.value).where(m.c.name == "installation_id").scalar_subquery()
@@ -881,7 +992,7 @@ class SqlKeyStore:
     def invalidate(self, kind: str, ref: bytes | None, period: bytes | None, now: float) -> int:
         """Append one row to the invalidation channel in a transaction of its own."""
         return self._write(
-            functools.partial(self._invalidate, kind=kind, ref=ref, period=period, now=now)
+            functools.partial(self._invalidate_many, kind=kind, refs=[ref], now=now, period=period)
         )
 
     def invalidations(self, since: int, limit: int) -> list[Invalidation]:

@@ -27,7 +27,7 @@ __all__ = [
     "erasure_row",
     "erasure_rows",
     "journal_step",
-    "queue_erasure",
+    "queue_erasures",
     "read_applied",
     "read_outbox",
     "read_queue",
@@ -157,28 +157,35 @@ def write_erasures(conn: Connection, t: JournalTables, rows: Sequence[ErasureRow
         )
 
 
-def queue_erasure(conn: Connection, t: JournalTables, row: QueuedErasure) -> None:
-    """Queue ``row`` for completion, replacing the row of the same receipt if there is one (a
+def queue_erasures(conn: Connection, t: JournalTables, rows: Sequence[QueuedErasure]) -> None:
+    """Queue ``rows`` for completion, replacing the row of the same receipt if there is one (a
     repeated shred queues it again under the day's key version)."""
+    if not rows:
+        return
     q = t.queue
-    conn.execute(sa.delete(q).where(q.c.receipt_id == row.receipt_id))
+    unqueue_erasures(conn, t, [row.receipt_id for row in rows])
     conn.execute(
-        sa.insert(q).values(
-            receipt_id=row.receipt_id,
-            ref=row.ref,
-            key_id=row.key_id,
-            key_version=row.key_version,
-            sealed=row.sealed,
-            due=row.due,
-            queued_at=row.queued_at,
-        )
+        sa.insert(q),
+        [
+            {
+                "receipt_id": row.receipt_id,
+                "ref": row.ref,
+                "key_id": row.key_id,
+                "key_version": row.key_version,
+                "sealed": row.sealed,
+                "due": row.due,
+                "queued_at": row.queued_at,
+            }
+            for row in rows
+        ],
     )
 
 
 def unqueue_erasures(conn: Connection, t: JournalTables, receipt_ids: Sequence[str]) -> None:
-    if receipt_ids:
-        q = t.queue
-        conn.execute(sa.delete(q).where(q.c.receipt_id.in_(sorted(set(receipt_ids)))))
+    q = t.queue
+    ids = sorted(set(receipt_ids))
+    for i in range(0, len(ids), 500):
+        conn.execute(sa.delete(q).where(q.c.receipt_id.in_(ids[i : i + 500])))
 
 
 def read_queue(
@@ -263,7 +270,10 @@ class SqlJournalTxn:
         return read_shredded_receipts(self._conn, self._t, after, limit)
 
     def queue_erasure(self, row: QueuedErasure) -> None:
-        queue_erasure(self._conn, self._t, row)
+        queue_erasures(self._conn, self._t, [row])
+
+    def queue_erasures(self, rows: Sequence[QueuedErasure]) -> None:
+        queue_erasures(self._conn, self._t, rows)
 
     def unqueue_erasures(self, receipt_ids: Sequence[str]) -> None:
         unqueue_erasures(self._conn, self._t, receipt_ids)

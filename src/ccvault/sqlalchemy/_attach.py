@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from ..keystore._sql import mask_url
 from . import _inspect, _read, _write
 from ._datamap import warn_unindexed_subjects
 from ._plan import ColumnPlan, TablePlan, check_subject_column, check_subject_type, plan_for
-from ._subjects import SubjectMatch, subject_match
+from ._subjects import SubjectsMatch, subject_match, subjects_match
 from ._types import (
     ATTACHED,
     ON_ERROR,
@@ -152,7 +153,11 @@ def attach(
     sync._ccvault_vault = vault  # type: ignore[attr-defined]
     setattr(sync.dialect, VAULT, vault)
     setattr(sync.dialect, ATTACHED, True)
-    ring.after_shred.add(hook, preview=functools.partial(preview_shred, sync, vault))
+    ring.after_shred.add(
+        hook,
+        preview=functools.partial(preview_shred, sync, vault),
+        many=functools.partial(_clear_blind_indexes_many, sync, vault),
+    )
     if not sync.dialect.is_async:  # an async engine's are checked at its first sweep
         attachment.collations_checked = True
         _warn_non_binary_collations(sync, vault)
@@ -246,11 +251,21 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
     engine's database. Returns (table, context label) of each column swept. A table the database
     does not have is skipped; one that still fails after SWEEP_ATTEMPTS tries is named in the
     ErasureIncompleteError raised once every table was tried."""
+    return _clear_blind_indexes_many(engine, vault, [subject])
+
+
+def _clear_blind_indexes_many(
+    engine: Engine, vault: Vault, subjects: Sequence[object]
+) -> list[tuple[str, str]]:
+    """:func:`_clear_blind_indexes` of a ``shred_many`` batch: one transaction per table for all
+    of ``subjects`` (``UPDATE ... WHERE subject IN (...)``, 500 values per statement; for
+    ``str`` subjects the candidates, then exactly the stored values whose ref is one of theirs).
+    A table that fails is not cleared for any of them."""
     current: _Attachment | None = getattr(engine, _ATTACHMENT, None)
     if current is not None and not current.collations_checked:
         current.collations_checked = True
         _warn_non_binary_collations(engine, vault)
-    match = subject_match(vault, subject)
+    match = subjects_match(vault, subjects)
     swept: list[tuple[str, str]] = []
     failed: dict[str, tuple[str, list[str]]] = {}
     for table in list(searchable_tables):
@@ -277,7 +292,7 @@ def _clear_blind_indexes(engine: Engine, vault: Vault, subject: object) -> list[
 
 
 def _sweep_table(
-    engine: Engine, plan: TablePlan, match: SubjectMatch
+    engine: Engine, plan: TablePlan, match: SubjectsMatch
 ) -> tuple[list[str], str | None, list[str]]:
     """Sweep one table, retried. Returns the labels swept, and when it failed, why (error type
     and database code, never the statement's values) and the labels not swept. Columns the
@@ -319,21 +334,26 @@ def _sweep_table(
 
 
 def _sweep(
-    conn: sa.Connection, plan: TablePlan, columns: list[ColumnPlan], match: SubjectMatch
+    conn: sa.Connection, plan: TablePlan, columns: list[ColumnPlan], match: SubjectsMatch
 ) -> None:
     table = plan.table
     nulls = {table.c[c.index_key]: None for c in columns if c.index_key is not None}
-    if match.forms is None:
+    if match.exact:
         # int and uuid subjects: the database's equality is exact.
-        conn.execute(sa.update(table).where(match.where(plan.subject)).values(nulls))
+        for values in match.chunks():
+            conn.execute(sa.update(table).where(plan.subject.in_(values)).values(nulls))
         return
     # str subjects: the database may compare case-, accent- or trailing-space-insensitively
     # (MariaDB's default collations) and never normalises Unicode. Its comparison only selects
-    # candidates (locked); Python keeps exactly the stored values whose ref is the subject's.
+    # candidates (locked); Python keeps exactly the stored values whose ref is a subject's.
     pk = list(table.primary_key.columns)
-    candidates = conn.execute(
-        sa.select(*pk, plan.subject).where(match.where(plan.subject)).with_for_update()
-    ).all()
+    candidates = [
+        row
+        for values in match.chunks()
+        for row in conn.execute(
+            sa.select(*pk, plan.subject).where(plan.subject.in_(values)).with_for_update()
+        ).all()
+    ]
     if not candidates:
         return
     owned = {v: match.owns(v) for v in {row[-1] for row in candidates}}
@@ -347,17 +367,18 @@ def _sweep(
                 "it has no primary key, and its subject column's comparison does not tell this "
                 "subject's rows from other subjects' rows: add a primary key"
             )
-        conn.execute(sa.update(table).where(plan.subject.in_(stored)).values(nulls))
+        for i in range(0, len(stored), _CHUNK):
+            chunk = stored[i : i + _CHUNK]
+            conn.execute(sa.update(table).where(plan.subject.in_(chunk)).values(nulls))
         return
     key = pk[0] if len(pk) == 1 else sa.tuple_(*pk)
     for i in range(0, len(mine), _CHUNK):
-        chunk = mine[i : i + _CHUNK]
-        ids = [row[0] if len(pk) == 1 else tuple(row[:-1]) for row in chunk]
+        rows = mine[i : i + _CHUNK]
+        ids = [row[0] if len(pk) == 1 else tuple(row[:-1]) for row in rows]
+        # unchanged since it was read
+        values = sorted({row[-1] for row in rows})
         conn.execute(
-            sa.update(table)
-            .where(key.in_(ids))
-            .where(plan.subject.in_(stored))  # unchanged since it was read
-            .values(nulls)
+            sa.update(table).where(key.in_(ids)).where(plan.subject.in_(values)).values(nulls)
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from ..vault import Vault
 
-__all__ = ["SubjectMatch", "ref_of", "subject_match"]
+__all__ = ["SubjectMatch", "SubjectsMatch", "ref_of", "subject_match", "subjects_match"]
+
+_CHUNK = 500  # values per IN (...) of a batched sweep
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,42 @@ def subject_match(vault: Vault, subject: object) -> SubjectMatch:
         # the caller passed; compared exactly in Python after the database's prefilter
         forms = tuple(sorted({value, unicodedata.normalize("NFD", value), str(subject)}))
     return SubjectMatch(vault, value, ref, forms)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectsMatch:
+    """Many subjects as the rows of a table hold them (the sweep of a shred, of one subject or
+    of a ``shred_many`` batch): the database is asked for ``values`` (the coerced subjects, or
+    for ``str`` every stored form of each), 500 per statement; for ``str``, :meth:`owns` then
+    keeps the stored values whose ref is one of ``refs``."""
+
+    vault: Vault
+    values: tuple[object, ...]
+    refs: frozenset[bytes]
+    exact: bool  # the database's equality is exact (int, uuid): no owns() check needed
+
+    def chunks(self) -> Iterator[list[object]]:
+        """The values, 500 at a time (one ``IN (...)`` each)."""
+        for i in range(0, len(self.values), _CHUNK):
+            yield list(self.values[i : i + _CHUNK])
+
+    def owns(self, stored: object) -> bool:
+        """Whether a stored subject value is one of the subjects."""
+        return self.exact or ref_of(self.vault, stored) in self.refs
+
+
+def subjects_match(vault: Vault, subjects: Sequence[object]) -> SubjectsMatch:
+    """The match of all of ``subjects``; TypeError for one the installation's type refuses."""
+    matches = [subject_match(vault, s) for s in subjects]
+    values: dict[object, None] = {}  # ordered, without repeats
+    for m in matches:
+        values.update(dict.fromkeys((m.value,) if m.forms is None else m.forms))
+    return SubjectsMatch(
+        vault,
+        tuple(values),
+        frozenset(m.ref for m in matches),
+        exact=all(m.forms is None for m in matches),
+    )
 
 
 def ref_of(vault: Vault, stored: object) -> bytes | None:
