@@ -212,6 +212,31 @@ def test_shred_wait_completes_before_it_returns(app: App, monkeypatch: pytest.Mo
     assert len(app.completions()) == 1
 
 
+def test_complete_erasures_sweeps_a_page_in_one_batch(app: App) -> None:
+    customers = [app.customer(f"+44 20 7946 2{i:03d}") for i in range(5)]
+    kept = app.customer("+44 20 7946 2999")
+    for c in customers:
+        app.vault.shred(c)
+        app.late_write(c, like=kept)  # each gets a blind index back after its first sweep
+    app.clock.advance(10)
+    updates: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE CUSTOMERS"):
+            updates.append(statement)
+
+    sa.event.listen(app.engine, "before_cursor_execute", count)
+    try:
+        report = app.vault.complete_erasures()
+    finally:
+        sa.event.remove(app.engine, "before_cursor_execute", count)
+    assert report.completed == len(customers)
+    assert len(updates) == 1  # one UPDATE ... WHERE id IN (...) for the page, not one each
+    assert all(app.bidx(c) == (None, None) for c in customers)
+    assert app.bidx(kept)[0] is not None
+    assert len(app.completions()) == len(customers)
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_wait_needs_a_ledger_and_refuses_before_destroying(tmp_path: Path, db_url: str) -> None:
     with Vault(LocalKms.ephemeral(), db_url, listen_url="off") as vault:
@@ -275,7 +300,7 @@ def test_the_models_tables_must_be_swept(app: App) -> None:
     [problem] = report.incomplete
     assert "callers" in problem.detail
     assert report.completed == 0
-    with pytest.raises(TypeError, match="models are a module, .* not int"):
+    with pytest.raises(TypeError, match=r"models are a module, .* not int"):
         app.vault.complete_erasures(models=42)
     report = app.vault.complete_erasures(models=sqla_models)
     assert report.completed == 1

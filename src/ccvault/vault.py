@@ -306,7 +306,7 @@ class Vault:
             self._link,
             self._options,
             ident.propagation_bound,
-            self._erasure.stored_receipt,
+            self._erasure.receipt_in,
         )
         if not UPGRADING.get():  # a store being upgraded may have no channel to listen to yet
             try:

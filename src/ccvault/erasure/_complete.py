@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final
 
@@ -30,18 +31,18 @@ from ..errors import (
 )
 from ..keyring import KeyRing, VaultOptions
 from ..keystore._protocol import KeyStore
-from ..keystore._records import QueuedErasure, State
+from ..keystore._records import HeadRecord, QueuedErasure, State
 from ._link import LedgerLink
 from ._queue import COMMIT_SLACK, ErasureQueue
 from ._reconcile import CompletionDraft
 from ._status import CompletionReport, ErasureProblem
-from ._sweep import sweep
+from ._sweep import SweepOutcome, sweep_many
 
 __all__ = ["Completer"]
 
 log = logging.getLogger("ccvault")
 
-_PAGE: Final = 500  # queued erasures read, swept and completed per key-store transaction
+_PAGE: Final = 500  # queued erasures read, swept (one batch) and completed per transaction
 _LISTED: Final = 1000  # receipt ids and problems a report lists (counts are whole)
 _sleep: Callable[[float], None] = time.sleep  # tests replace it: they never wait for time to pass
 
@@ -57,7 +58,7 @@ class Completer:
         link: LedgerLink,
         options: VaultOptions,
         bound: float,
-        receipt_of: Callable[[bytes], ErasureReceipt | None],
+        receipt_of: Callable[[bytes, HeadRecord], ErasureReceipt | None],
     ) -> None:
         self._store = store
         self._ring = ring
@@ -96,6 +97,7 @@ class Completer:
             erasures = self._store.erasure_rows([r.receipt_id for r in rows])
             drafts: list[CompletionDraft] = []
             stale: list[str] = []
+            due: list[_Due] = []
             for row in rows:
                 found = erasures.get(row.receipt_id)
                 if found is not None and found.completion_seq is not None:
@@ -125,11 +127,16 @@ class Completer:
                         )
                     )
                     continue
-                draft, why = self._sweep(row.ref, row.receipt_id, subject, required_tables)
-                if draft is None:
-                    incomplete.append(_problem(row, seq, why))
-                    continue
-                drafts.append(draft)
+                due.append(_Due(row.ref, row.receipt_id, seq, subject))
+            batch, problems = self._complete_batch(due, required_tables)
+            drafts += batch
+            incomplete += [
+                ErasureProblem(
+                    receipt_id=d.receipt_id, subject_ref=d.ref.hex()[:16], seq=d.seq, detail=why
+                )
+                for d, why in problems
+            ]
+            for draft in batch:
                 tables.update(draft.tables_swept)
             if drafts or stale:
                 records = self._link.complete(drafts, stale)
@@ -178,10 +185,12 @@ class Completer:
             return
         if found is None or found.ledger_seq is None:
             raise _incomplete(receipt, "its receipt is not in the erasure ledger yet")
-        draft, why = self._sweep(ref, receipt.receipt_id, subject, None)
-        if draft is None:
-            raise _incomplete(receipt, why)
-        self._link.complete([draft])
+        drafts, problems = self._complete_batch(
+            [_Due(ref, receipt.receipt_id, found.ledger_seq, subject)], None
+        )
+        if problems:
+            raise _incomplete(receipt, problems[0][1])
+        self._link.complete(drafts)
 
     def _wait_until(self, deadline: float) -> None:
         now = self._options.now()
@@ -199,46 +208,85 @@ class Completer:
 
     # -- the second sweep ------------------------------------------------------------------------
 
-    def _sweep(
-        self, ref: bytes, receipt_id: str, subject: object, required: frozenset[str] | None
-    ) -> tuple[CompletionDraft | None, str]:
-        """The checks and the second sweep of one erasure: a draft of its completion, or None
-        and why it cannot be completed now."""
-        head, keys = self._store.ref_keys(ref)
-        if head is None or head.state != State.SHREDDED:
-            return None, "the key store does not hold the subject as shredded"
-        if any(k.wrapped is not None or k.state == State.LIVE for k in keys):
-            return None, "key material of the subject remains in the key store"
-        receipt = self._receipt_of(ref)
-        if receipt is None or receipt.receipt_id != receipt_id:
-            return None, "the key store holds no verifiable receipt of this erasure"
+    def _complete_batch(
+        self, due: list[_Due], required: frozenset[str] | None
+    ) -> tuple[list[CompletionDraft], list[tuple[_Due, str]]]:
+        """The checks and the second sweep of a batch of erasures (their subjects opened): the
+        drafts of their completions, and each erasure that cannot be completed now with why.
+        One read of the batch's heads and keys, one batched sweep (a table that fails it fails
+        the batch: the next run tries again)."""
+        material = self._store.refs_keys([d.ref for d in due])
+        ready: list[tuple[_Due, ErasureReceipt]] = []
+        problems: list[tuple[_Due, str]] = []
+        for d in due:
+            head, keys = material.get(d.ref, (None, []))
+            if head is None or head.state != State.SHREDDED:
+                problems.append((d, "the key store does not hold the subject as shredded"))
+                continue
+            if any(k.wrapped is not None or k.state == State.LIVE for k in keys):
+                problems.append((d, "key material of the subject remains in the key store"))
+                continue
+            try:
+                receipt = self._receipt_of(d.ref, head)
+            except KeyStoreError as exc:
+                problems.append((d, str(exc)))
+                continue
+            if receipt is None or receipt.receipt_id != d.receipt_id:
+                problems.append((d, "the key store holds no verifiable receipt of this erasure"))
+                continue
+            ready.append((d, receipt))
+        if not ready:
+            return [], problems
         started = self._options.now()
-        outcome = sweep(self._ring, subject)
-        if outcome.failed or outcome.crashed:
-            return None, "the second sweep failed: " + "; ".join(outcome.reasons())
+        outcome = sweep_many(self._ring, [d.subject for d, _ in ready])
+        why = self._unswept(outcome, required)
+        if why:
+            return [], problems + [(d, why) for d, _ in ready]
+        completed_at = datetime.fromtimestamp(self._options.now(), tz=timezone.utc)
+        swept = tuple(sorted(outcome.tables))
+        drafts = [
+            CompletionDraft(
+                receipt=receipt,
+                completed_at=completed_at,
+                bound_waited_seconds=round(max(started - receipt.shredded_at.timestamp(), 0), 3),
+                tables_swept=swept,
+            )
+            for _, receipt in ready
+        ]
+        return drafts, problems
+
+    def _unswept(self, outcome: SweepOutcome, required: frozenset[str] | None) -> str:
+        """Why a second sweep does not complete its erasures ("" when it does)."""
+        if outcome.incomplete:
+            return "the second sweep failed: " + "; ".join(outcome.reasons())
         try:
             known = self._ring.searchable_labels()
         except KeyStoreError:
-            return None, "could not read which columns have blind indexes"
+            return "could not read which columns have blind indexes"
         unswept = sorted(known - outcome.labels)
         if unswept:
-            return None, (
+            return (
                 "no engine attached in this process sweeps the blind indexes of "
                 + ", ".join(unswept)
                 + " (attach the application's engine with its models imported)"
             )
         missing = sorted((required or frozenset()) - outcome.tables)
         if missing:
-            return None, "the data map's tables " + ", ".join(missing) + " were not swept"
-        return (
-            CompletionDraft(
-                receipt=receipt,
-                completed_at=datetime.fromtimestamp(self._options.now(), tz=timezone.utc),
-                bound_waited_seconds=round(max(started - receipt.shredded_at.timestamp(), 0), 3),
-                tables_swept=tuple(sorted(outcome.tables)),
-            ),
-            "",
-        )
+            return "the data map's tables " + ", ".join(missing) + " were not swept"
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A due erasure whose subject is in hand."""
+
+    ref: bytes
+    receipt_id: str
+    seq: int | None
+    subject: object
+
+    def __repr__(self) -> str:  # never the subject
+        return f"_Due(receipt={self.receipt_id}, ref={self.ref.hex()[:16]})"
 
 
 def _problem(row: QueuedErasure, seq: int | None, detail: str) -> ErasureProblem:

@@ -214,7 +214,11 @@ class Erasure:
 
     def stored_receipt(self, ref: bytes) -> ErasureReceipt | None:
         """:meth:`receipt` by subject ref."""
-        head = self._store.subject_head(ref)
+        return self.receipt_in(ref, self._store.subject_head(ref))
+
+    def receipt_in(self, ref: bytes, head: HeadRecord | None) -> ErasureReceipt | None:
+        """The receipt ``head`` (read by the caller) holds for ``ref``, checked as
+        :meth:`receipt` checks it."""
         if head is None or head.state != State.SHREDDED or head.receipt is None:
             return None
         parsed = parse_receipt(head.receipt)

@@ -283,6 +283,12 @@ class KeyStore(Protocol):
         shred's dry run."""
         ...
 
+    def refs_keys(
+        self, refs: Sequence[bytes]
+    ) -> dict[bytes, tuple[HeadRecord | None, list[KeyRecord]]]:
+        """:meth:`ref_keys` of many refs, in as few reads as possible."""
+        ...
+
     def heads_after(
         self, after: bytes | None, limit: int, *, unsealed: bool = False
     ) -> list[tuple[HeadRecord, KeyRecord | None]]:

@@ -1176,6 +1176,26 @@ class SqlKeyStore:
             keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref))]
         return (self._head(row) if row is not None else None), keys
 
+    def refs_keys(
+        self, refs: Sequence[bytes]
+    ) -> dict[bytes, tuple[HeadRecord | None, list[KeyRecord]]]:
+        h, k = self._heads, self._keys
+        out: dict[bytes, tuple[HeadRecord | None, list[KeyRecord]]] = {}
+        unique = sorted(set(refs))
+        with self._read() as conn:
+            for i in range(0, len(unique), _BATCH):
+                chunk = unique[i : i + _BATCH]
+                heads = {
+                    bytes(r.ref): self._head(r)
+                    for r in conn.execute(sa.select(h).where(h.c.ref.in_(chunk)))
+                }
+                keys: dict[bytes, list[KeyRecord]] = {}
+                for r in conn.execute(sa.select(k).where(k.c.ref.in_(chunk))):
+                    keys.setdefault(bytes(r.ref), []).append(self._key(r))
+                for ref in chunk:
+                    out[ref] = (heads.get(ref), keys.get(ref, []))
+        return out
+
     # -- authenticating heads (upgrade-store, verify_heads) -------------------------------------
 
     def heads_after(
