@@ -520,6 +520,12 @@ def test_cli_complete_erasures(
     )
     assert main(args) == 0  # idempotent: nothing left
     assert json.loads(capsys.readouterr().out)["completed"] == 0
+    assert main(["erasure-status", receipt.receipt_id]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["phase"], status["in_ledger"]) == ("completed", True)
+    assert status["completion_seq"] == status["ledger_seq"] + 1
+    assert main(["erasure-status", "f" * 32]) == 1
+    assert "no erasure with that receipt id" in capsys.readouterr().err
     assert (
         main(["complete-erasures", "--models", "no_such_module_x", "--database-url", app_url]) == 1
     )

@@ -121,6 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on stderr); 1: an error. The vault is configured by CCVAULT_* variables (a ledger is "
         "needed).",
     )
+    status = sub.add_parser(
+        "erasure-status",
+        help="where one erasure stands: destroyed, completed or legacy (read-only)",
+        description="Print, as JSON, the status of the erasure whose receipt id is RECEIPT_ID: "
+        "its phase (destroyed, completed or legacy), whether its receipt is in the ledger and "
+        "at which seq, and the seq of its completion record. Exit status 1 for a receipt id "
+        "the installation does not know. The vault is configured by CCVAULT_* variables and "
+        "opened read-only.",
+    )
+    status.add_argument("receipt_id", metavar="RECEIPT_ID", help="the receipt's receipt_id")
     for command in (data_map, export, complete):
         _models_option(command)
     complete.add_argument(
@@ -180,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_shred(
             args.subject, dry_run=args.dry_run, models=args.models, database_url=args.database_url
         )
+    if args.command == "erasure-status":
+        from ._complete import run_status
+
+        return run_status(args.receipt_id)
     if args.command == "complete-erasures":
         from ._complete import run_complete
 

@@ -1,6 +1,7 @@
 """``ccvault complete-erasures --models M --database-url URL``: complete the erasures whose
-propagation bound has passed (``Vault.complete_erasures``), for cron. Must not sweep tables it
-was not given: it attaches the database of ``--database-url`` only, and an erasure whose blind
+propagation bound has passed (``Vault.complete_erasures``), for cron; and ``ccvault
+erasure-status RECEIPT_ID``: where one erasure stands (read-only). Must not sweep tables it was
+not given: it attaches the database of ``--database-url`` only, and an erasure whose blind
 indexes it cannot sweep there stays queued (reported, exit status 3).
 """
 
@@ -16,7 +17,7 @@ from ..errors import CcvaultError
 from ..vault import Vault
 from ._scrub import app_inputs, report_failure
 
-__all__ = ["INCOMPLETE", "run_complete"]
+__all__ = ["INCOMPLETE", "run_complete", "run_status"]
 
 INCOMPLETE = 3
 """Exit status when due erasures were left incomplete or lapsed (the report names them)."""
@@ -44,3 +45,21 @@ def run_complete(models: Sequence[str], database_url: str) -> int:
         print(f"ccvault complete-erasures: {line}", file=sys.stderr)
     print(json.dumps(report.model_dump(mode="json"), indent=2))
     return 0 if report.ok else INCOMPLETE
+
+
+def run_status(receipt_id: str) -> int:
+    """Print the status of the erasure of ``receipt_id`` as JSON (``Vault.erasure_status``);
+    exit status 1 for a receipt id the installation does not know."""
+    try:
+        with Vault.from_settings(readonly=True, create=False) as vault:
+            status = vault.erasure_status(receipt_id)
+    except CcvaultError as exc:
+        return report_failure(exc, "erasure-status")
+    if status is None:
+        print(
+            "ccvault erasure-status: this installation records no erasure with that receipt id",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(status.model_dump(mode="json"), indent=2))
+    return 0
