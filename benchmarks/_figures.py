@@ -419,6 +419,21 @@ EXTRA += tuple(
     )
 )
 
+EXTRA += tuple(
+    _f(
+        f"shred_ms_p50_ledger_{sink}_postgres",
+        "ms",
+        "ledger",
+        f"median vault.shred on a PostgreSQL key store of 5,000 subjects, {what}",
+    )
+    for sink, what in (
+        ("none", "no erasure ledger"),
+        ("sql", "SQL ledger in another schema of the same database"),
+        ("jsonl", "JSONL ledger (a local file: flock, fsync)"),
+        ("s3", "S3 ledger on moto's S3 server over HTTP on loopback (a floor for a real bucket)"),
+    )
+)
+
 ALL: tuple[Figure, ...] = REQUIRED + EXTRA
 BY_NAME: dict[str, Figure] = {f.name: f for f in ALL}
 BENCHES: tuple[str, ...] = (
@@ -427,6 +442,7 @@ BENCHES: tuple[str, ...] = (
     "orm",
     "kms",
     "propagation",
+    "ledger",
     "shred_many",
     "shred",
 )  # shred last: it fills the time left
