@@ -45,7 +45,7 @@ class _Problems:
     """Problems found so far, each with its key path, and the line of each key where known."""
 
     def __init__(self, lines: Mapping[Path_, int] | None) -> None:
-        self.lines = lines or {}
+        self.lines = lines if lines is not None else {}
         self.found: list[str] = []
 
     def add(self, path: Path_, message: str) -> None:
@@ -151,7 +151,7 @@ def load_policy(path: str | os.PathLike[str]) -> RetentionPolicy:
         )
     text = _read(where)
     if suffix in _TOML:
-        return policy_from_data(_parse_toml(text, where), source=where)
+        return policy_from_data(_parse_toml(text, where), source=where, lines=_toml_lines(text))
     data, lines = _parse_yaml(text, where)
     return policy_from_data(data, source=where, lines=lines)
 
@@ -163,6 +163,8 @@ def _read(where: str) -> str:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigurationError(f"retention policy {where}: cannot be read ({reason})") from None
+    except ValueError:  # a NUL byte or an unencodable character in the path
+        raise ConfigurationError(f"retention policy {where!r}: not a valid path") from None
     if len(raw) > MAX_POLICY_BYTES:
         raise ConfigurationError(
             f"retention policy {where}: larger than {MAX_POLICY_BYTES // 1024} KiB"
@@ -211,6 +213,38 @@ def _toml_error(exc: Exception) -> tuple[str, int | None, int | None]:
         msg,
     )
     return msg, line, col
+
+
+_TOML_KEY = r"""(?:[A-Za-z0-9_-]+|"[^"\\]*"|'[^']*')"""
+_TOML_DOTTED = rf"{_TOML_KEY}(?:\s*\.\s*{_TOML_KEY})*"
+_TOML_TABLE = re.compile(rf"\[\s*({_TOML_DOTTED})\s*\]\s*(?:#.*)?")
+_TOML_ASSIGN = re.compile(rf"({_TOML_DOTTED})\s*=")
+
+
+def _toml_lines(text: str) -> dict[Path_, int]:
+    """The line of each table header and key of a TOML document that tomllib parsed, for error
+    messages (tomllib gives lines for syntax errors only). Best effort and conservative: a
+    document with multi-line strings or arrays of tables gets no lines at all (a line inside
+    them could look like a key)."""
+    if '"""' in text or "'''" in text or re.search(r"^\s*\[\[", text, re.M):
+        return {}
+    lines: dict[Path_, int] = {}
+    table: Path_ | None = ()
+    for number, line in enumerate(text.split("\n"), 1):  # TOML's newlines only
+        stripped = line.strip()
+        if stripped.startswith("["):
+            header = _TOML_TABLE.fullmatch(stripped)
+            table = None if header is None else _toml_parts(header[1])  # None: lost track
+            if table is not None:
+                lines.setdefault(table, number)
+        elif table is not None and (assign := _TOML_ASSIGN.match(stripped)) is not None:
+            lines.setdefault((*table, *_toml_parts(assign[1])), number)
+    return lines
+
+
+def _toml_parts(dotted: str) -> Path_:
+    parts = re.findall(rf"\s*({_TOML_KEY})\s*(?:\.|$)", dotted)
+    return tuple(p[1:-1] if p[:1] in ('"', "'") else p for p in parts)
 
 
 # A quoted token in a PyYAML message is a character or name from the file, except the parser's
