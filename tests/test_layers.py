@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ LAYERS = {
     "kms": 2,
     "keystore": 2,
     "audit": 2,
+    "retention": 2,
     "keyring": 3,
     "_settings": 3,
     "_install": 3,
@@ -118,6 +120,31 @@ def test_hazmat_only_in_the_crypto_core() -> None:
         )
     ]
     assert users == ["crypto/_primitives.py"]
+
+
+def test_retention_builds_on_errors_repr_and_the_length_prefix_only() -> None:
+    """The retention package is pure (policies and time arithmetic): of ccvault it imports only
+    the errors, safe_repr and lp(); of third-party code only pydantic (and PyYAML, lazily)."""
+    allowed = {"ccvault.errors", "ccvault._repr", "ccvault.crypto._encoding"}
+    problems = []
+    for path in (SRC / "retention").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                if node.level == 1:
+                    continue  # the package's own modules
+                name = "ccvault." + (node.module or "")
+            elif isinstance(node, ast.ImportFrom):
+                name = node.module or ""
+            elif isinstance(node, ast.Import):
+                name = node.names[0].name
+            else:
+                continue
+            top = name.split(".")[0]
+            ours = name in allowed if top == "ccvault" else None
+            third = top in ("pydantic", "yaml", "tomli") or top in sys.stdlib_module_names
+            if ours is False or (ours is None and not third):
+                problems.append(f"retention/{path.name} imports {name}")
+    assert problems == []
 
 
 def test_every_unit_has_a_layer() -> None:

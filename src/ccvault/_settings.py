@@ -28,6 +28,7 @@ from .keystore._sql import mask_url
 from .kms._aws import URL_PARAMS as AWS_URL_PARAMS
 from .kms._protocol import Kms
 from .kms._vault_transit import URL_PARAMS as VAULT_URL_PARAMS
+from .retention import RetentionPolicy, load_policy
 
 __all__ = [
     "MAX_NONCE_BUDGET",
@@ -184,6 +185,28 @@ class CcvaultSettings(BaseSettings):
         'since the backup (docs/erasure.md, "A process that was idle across the shreds") '
         "(finite, > 0)",
     )
+
+    retention_policy: str | None = Field(
+        default=None,
+        description="path of the retention policy file (*.toml, or *.yaml/*.yml with the yaml "
+        "extra): categories with keep_for, granularity and tz (docs/retention.md); checked "
+        "when set (the file must exist and load); unset: no retention policy",
+    )
+
+    @field_validator("retention_policy")
+    @classmethod
+    def _policy_loads(cls, value: str | None) -> str | None:
+        if value is not None:
+            # A ConfigurationError (not a ValueError) leaves pydantic as it is.
+            try:
+                load_policy(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"CCVAULT_RETENTION_POLICY: {exc}") from None
+        return value
+
+    def load_retention_policy(self) -> RetentionPolicy | None:
+        """The policy ``retention_policy`` names, loaded (None when unset)."""
+        return None if self.retention_policy is None else load_policy(self.retention_policy)
 
     @field_validator("subject_type")
     @classmethod

@@ -3,7 +3,7 @@
 Vectors are frozen: once committed, a change of format must still open them. Re-running this
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
-    python tests/vectors/make_vectors.py values refs store heads journal
+    python tests/vectors/make_vectors.py values refs store heads journal periods
 
 ``store`` (tests/vectors/store_v1) was made by a library of key-store schema 1, ``store2``
 (tests/vectors/store_v2) by ccvault at commit 0a22d8e, of schema 2, run from that tree::
@@ -277,6 +277,75 @@ def journal() -> None:
     (HERE / "journal_v1.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
+# Retention periods (docs/format.md, "7. Retention periods"): category, an event time, and what
+# the period arithmetic makes of it. Each case is there for a rule: DST inside a month, days of
+# 23 and 25 hours, an ISO week 53 across the new year, month-end clamping, a leap day, a
+# half-hour offset, a day whose 00:00 a DST change skips. Dates are past ones, whose offsets a
+# tz database update will not change.
+PERIOD_CASES = [
+    ("transcripts", "P90D", "month", "Europe/Paris", "2025-03-15T12:00:00+00:00"),
+    ("calls", "P1M", "day", "America/New_York", "2025-03-09T15:00:00+00:00"),
+    ("calls", "P1M", "day", "America/New_York", "2025-11-02T15:00:00+00:00"),
+    ("chats", "P2W", "week", "UTC", "2020-12-31T23:59:59.999999+00:00"),
+    ("emails", "P1M", "day", "UTC", "2025-01-30T08:00:00+00:00"),
+    ("leap", "P1Y", "day", "UTC", "2024-02-28T12:00:00+00:00"),
+    ("archive", "P7Y", "month", "Asia/Kolkata", "2025-02-28T20:00:00+00:00"),
+    ("recordings", "P1Y6M", "day", "America/Sao_Paulo", "2018-11-04T12:00:00+00:00"),
+]
+
+
+def periods() -> None:
+    """A policy's canonical JSON and digest, and periods with bounds, label, ref and expiry."""
+    from datetime import datetime
+
+    from ccvault.retention import (
+        Category,
+        RetentionPolicy,
+        expires_at,
+        period_iso,
+        period_label,
+        period_of,
+        period_ref,
+        period_ref_message,
+    )
+
+    policy = RetentionPolicy(
+        categories=(
+            Category(name="transcripts", keep_for="P90D", granularity="month", tz="Europe/Paris"),
+            Category(name="chats", keep_for="P2W", granularity="week"),
+            Category(name="recordings", keep_for="P18M", granularity="day", tz="America/New_York"),
+        )
+    )
+    out = []
+    for name, keep_for, granularity, tz, t in PERIOD_CASES:
+        category = Category(name=name, keep_for=keep_for, granularity=granularity, tz=tz)
+        period = period_of(category, datetime.fromisoformat(t))
+        expiry = expires_at(period)
+        out.append(
+            {
+                "category": category.canonical(),
+                "t": t,
+                "start": period_iso(period.start),
+                "end": period_iso(period.end),
+                "start_utc": period_iso(period.start_utc),
+                "end_utc": period_iso(period.end_utc),
+                "label": period_label(period),
+                "ref_message": period_ref_message(period).hex(),
+                "ref": period_ref(period).hex(),
+                "expires_at": period_iso(expiry),
+            }
+        )
+    doc = {
+        "policy": {
+            "categories": [c.canonical() for c in policy.categories],
+            "canonical_json": policy.canonical_json().decode(),
+            "digest": policy.digest(),
+        },
+        "periods": out,
+    }
+    (HERE / "retention_periods_v1.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
         {
@@ -287,4 +356,5 @@ if __name__ == "__main__":
             "store3": lambda: store("store_v3"),
             "heads": heads,
             "journal": journal,
+            "periods": periods,
         }[what]()
