@@ -30,6 +30,7 @@ from ccvault import (
 )
 from ccvault.erasure import CompletionRecord, _complete
 from ccvault.kms import LocalKms
+from ccvault.testing import FrozenClock
 from sqla_models import Base, Customer
 from vault_ledgers import Blockable, blockable, entries, kinds, restore, snapshot
 
@@ -39,19 +40,6 @@ BOUND = 1.0  # the vault's propagation interval: the installation's bound
 SWEPT = ("customers", "migrating")  # the searchable tables of sqla_models in the database
 
 
-class Clock:
-    """The vault's clock: wall and monotonic time at once, moved by the test."""
-
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class App:
     """A vault with a ledger, the application's tables attached, and its customers."""
 
@@ -59,7 +47,7 @@ class App:
         self, tmp_path: Path, db_url: str, ledger: str | None = None, **options: Any
     ) -> None:
         self.kms = LocalKms.ephemeral()
-        self.clock = Clock()
+        self.clock = FrozenClock()
         self.url = db_url
         self.ledger = ledger or f"sqlite:///{tmp_path / 'ledger.db'}"
         app_url = db_url.replace("keys.db", "app.db") if db_url.startswith("sqlite") else db_url

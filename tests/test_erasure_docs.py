@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from ccvault import Vault
 from ccvault.erasure import _complete
 from ccvault.kms import LocalKms
+from ccvault.testing import FrozenClock
 from sqla_models import Base, Customer
 from vault_ledgers import entries
 
@@ -46,24 +47,11 @@ def run(name: str, **namespace: Any) -> dict[str, Any]:
     return namespace
 
 
-class Clock:
-    """The vault's clock, moved by the test (and by shred(wait=True) through ``_sleep``)."""
-
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class Installation:
     """A vault with a ledger and the application's tables attached."""
 
     def __init__(self, tmp_path: Path, ledger: str) -> None:
-        self.clock = Clock()
+        self.clock = FrozenClock()
         self.ledger = (
             f"file://{tmp_path / 'ledger.jsonl'}"
             if ledger == "jsonl"

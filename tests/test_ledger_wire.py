@@ -45,6 +45,7 @@ from ccvault.kms import LocalKms
 from ledgers import Raw, ledger_url, s3_bucket, s3_env, s3_url
 from vault_ledgers import (
     Blockable,
+    applied_seq,
     blockable,
     but_new_queue_keys,
     copy_ledger_file,
@@ -71,16 +72,7 @@ def _new(tmp_path: Path, ledger: str, **options: Any) -> tuple[LocalKms, str, Va
     return kms, url, _vault(kms, url, ledger, create=True, **options)
 
 
-def _applied(url: str) -> int | None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            value = conn.execute(
-                sa.text("SELECT value FROM ccvault_meta WHERE name = 'ledger_applied_seq'")
-            ).scalar()
-    finally:
-        engine.dispose()
-    return None if value is None else int(value)
+_applied = applied_seq
 
 
 # -- a new installation, a foreign ledger ---------------------------------------------------------

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from admin_cli import configure
 from ccvault import ConfigurationError, SubjectShreddedError, Vault
@@ -40,7 +39,15 @@ from ccvault.erasure import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ccvault.kms import LocalKms
 from conftest import _server_db
 from ledgers import Raw
-from vault_ledgers import Blockable, blockable, dump_store, entries, restore, snapshot
+from vault_ledgers import (
+    Blockable,
+    applied_seq,
+    blockable,
+    dump_store,
+    entries,
+    restore,
+    snapshot,
+)
 
 __all__ = ["blockable"]  # a fixture, for pytest
 
@@ -54,16 +61,7 @@ def _vault(kms: LocalKms, url: str, ledger: str | LedgerSink, **options: Any) ->
     return Vault(kms, url, ledger=ledger, listen_url="off", **options)
 
 
-def _applied(url: str) -> int | None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            value = conn.execute(
-                sa.text("SELECT value FROM ccvault_meta WHERE name = 'ledger_applied_seq'")
-            ).scalar()
-    finally:
-        engine.dispose()
-    return None if value is None else int(value)
+_applied = applied_seq
 
 
 def _ledger(kind: str, tmp_path: Path) -> str:

@@ -45,6 +45,19 @@ def dump_store(url: str) -> dict[str, list[tuple[Any, ...]]]:
         engine.dispose()
 
 
+def applied_seq(url: str) -> int | None:
+    """The key store's ``ledger_applied_seq`` as committed (None: no ledger ever configured)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(
+                sa.text("SELECT value FROM ccvault_meta WHERE name = 'ledger_applied_seq'")
+            ).scalar()
+    finally:
+        engine.dispose()
+    return None if value is None else int(value)
+
+
 def but_new_queue_keys(
     before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]
 ) -> dict[str, list[tuple[Any, ...]]]:
