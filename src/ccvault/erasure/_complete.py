@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final
 
+from .._repr import safe_repr
 from ..audit._receipt import ErasureReceipt
 from ..crypto._primitives import Aead
 from ..errors import (
@@ -285,6 +286,7 @@ class _Due:
     seq: int | None
     subject: object
 
+    @safe_repr
     def __repr__(self) -> str:  # never the subject
         return f"_Due(receipt={self.receipt_id}, ref={self.ref.hex()[:16]})"
 
