@@ -11,7 +11,8 @@ script overwrites them and is only right when adding new vectors, never to "fix"
     git archive 0a22d8e src | tar -x -C /tmp/ccvault-v2
     PYTHONPATH=/tmp/ccvault-v2/src python tests/vectors/make_vectors.py store2
 
-``store3`` (tests/vectors/store_v3) by ccvault at commit 0fbfd34, of schema 3, the same way.
+``store3`` (tests/vectors/store_v3) by ccvault at commit 0fbfd34, of schema 3, the same way;
+``store4`` (tests/vectors/store_v4) by ccvault at commit 1fca118, of schema 4, the same way.
 """
 
 from __future__ import annotations
@@ -285,6 +286,7 @@ if __name__ == "__main__":
             "store": store,
             "store2": lambda: store("store_v2"),
             "store3": lambda: store("store_v3"),
+            "store4": lambda: store("store_v4"),
             "heads": heads,
             "journal": journal,
         }[what]()
