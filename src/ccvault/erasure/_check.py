@@ -14,8 +14,9 @@ from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..keystore._protocol import KeyStore
 from ..keystore._records import State
 from ._chain import Fault, judge
-from ._hold_records import HOLD_FORMAT, OVERRIDE_FORMAT, RELEASE_FORMAT
+from ._hold_records import HOLD_FORMAT, HOLD_KINDS, OVERRIDE_FORMAT, RELEASE_FORMAT
 from ._journal import Journal
+from ._records import JournalEntry
 from ._status import ErasureCheck, ErasureProblem
 
 __all__ = ["LedgerIndex", "check_store", "index_ledger", "store_receipts"]
@@ -35,6 +36,7 @@ class LedgerIndex:
     entries: list[tuple[int, str]] = field(default_factory=list)  # (seq, kind)
     holds: dict[str, tuple[int, str]] = field(default_factory=dict)  # hold id -> (seq, ref hex)
     released: dict[str, int] = field(default_factory=dict)  # hold id -> seq of its release
+    hold_entries: list[JournalEntry] = field(default_factory=list)  # holds, releases, overrides
 
 
 def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> LedgerIndex:
@@ -49,7 +51,9 @@ def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> L
             rid, ref = entry.record.get("receipt_id"), entry.record.get("subject_ref")
             if isinstance(rid, str) and rid not in index.receipts:
                 index.receipts[rid] = (entry.seq, str(ref))
-        elif entry.kind == HOLD_FORMAT:
+        if entry.kind in HOLD_KINDS:
+            index.hold_entries.append(entry)
+        if entry.kind == HOLD_FORMAT:
             hid = entry.record.get("hold_id")
             if isinstance(hid, str):
                 index.holds.setdefault(hid, (entry.seq, str(entry.record.get("subject_ref"))))

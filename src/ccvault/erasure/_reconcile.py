@@ -31,7 +31,7 @@ from ..keystore._records import (
     State,
 )
 from ._check import check_store, index_ledger, store_receipts
-from ._hold_records import HOLD_FORMAT, HOLD_KINDS, RELEASE_FORMAT, apply_hold_record
+from ._hold_records import HOLD_FORMAT, RELEASE_FORMAT, apply_hold_record
 from ._journal import Journal, JournalMoved
 from ._records import CompletionRecord, JournalEntry, Record, parse_record
 from ._status import ErasureCheck, Reconciliation, RepairRecord
@@ -284,7 +284,7 @@ class Reconciler:
                 by_ref.setdefault(bytes.fromhex(ref_hex), rid)
             except ValueError:
                 continue
-        holds = [e for e in journal.entries() if e.kind in HOLD_KINDS]
+        holds = index.hold_entries  # judged one by one: a tampered entry is the check's to name
         refs = list(by_ref)
         live: list[bytes] = []
         for i in range(0, len(refs), _BATCH):
