@@ -169,8 +169,8 @@ class _ShredReturns:
         self.receipt: str | None = None
         self.fail_after_commit = False
 
-    def shred(self, ref: bytes, now: float, *args: Any) -> tuple[str, bool]:
-        receipt, newly = self._inner.shred(ref, now, *args)
+    def shred(self, ref: bytes, now: float, *args: Any, **kwargs: Any) -> tuple[str, bool]:
+        receipt, newly = self._inner.shred(ref, now, *args, **kwargs)
         if self.fail_after_commit:
             raise KeyStoreError("the key store could not be written")
         return (self.receipt if self.receipt is not None else receipt), newly

@@ -1,7 +1,8 @@
 """Whole installations frozen in tests/vectors must keep opening, forever: after the explicit
 ``upgrade-store`` step, never without it. ``store_v1`` was written by a library of key-store
 schema 1, ``store_v2`` by one of schema 2 (ccvault at commit 0a22d8e), ``store_v3`` by one of
-schema 3 (ccvault at commit 0fbfd34)."""
+schema 3 (ccvault at commit 0fbfd34), ``store_v4`` by one of schema 4 (ccvault at commit
+1fca118)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ccvault.vault import StoreUpgrade
 
 VECTORS = Path(__file__).parent / "vectors"
 # schema version -> (folder, subject heads a first upgrade authenticates)
-FROZEN = {1: ("store_v1", 2), 2: ("store_v2", 0), 3: ("store_v3", 0)}
+FROZEN = {1: ("store_v1", 2), 2: ("store_v2", 0), 3: ("store_v3", 0), 4: ("store_v4", 0)}
 
 
 def _doc(version: int) -> Any:
@@ -108,7 +109,8 @@ def test_a_frozen_store_is_refused_without_the_upgrade(
     schema3 = {"ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures"}
     assert (schema3 <= _tables(url)) == (version >= 3)
     assert not (schema3 - _tables(url)) or not (schema3 & _tables(url))  # all or none
-    assert "ccvault_erasure_queue" not in _tables(url)  # schema 4
+    assert ("ccvault_erasure_queue" in _tables(url)) == (version >= 4)
+    assert "ccvault_holds" not in _tables(url)  # schema 5
     with sqlite3.connect(tmp_path / "keys.db") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(ccvault_subject_heads)")}
         assert ("mac" in columns) == (version >= 2)

@@ -539,6 +539,7 @@ def test_cli_shred_many(
         "subjects": 5,
         "shredded": 2,
         "already_shredded": 2,
+        "held": 0,
         "errors": 1,
         "sweep_incomplete": 0,
     }

@@ -1,4 +1,4 @@
-"""Key-store schema versions (DESIGN.md, lifecycle rule 1) and the upgrades from schemas 1 and 2.
+"""Key-store schema versions (DESIGN.md, lifecycle rule 1) and the upgrades from schemas 1 to 4.
 
 A store newer than the library is refused; an older one is refused too, read-write and
 read-only, until ``ccvault upgrade-store`` / ``Vault.upgrade_store`` brings it up: explicitly,
@@ -7,7 +7,9 @@ schema 1" here is a fresh store taken back to what a library of schema 1 leaves:
 ``subject_heads.mac`` column, no head-MAC key, no version-0 tombstones, ``schema_version = 1``
 (the frozen SQLite store of a real schema-1 library is tests/test_frozen_store.py). A store "of
 schema 2" is one without the invalidation channel (schema 3): no ``ccvault_invalidations``
-table, no propagation bound or channel counter in ``ccvault_meta``, ``schema_version = 2``.
+table, no propagation bound or channel counter in ``ccvault_meta``, ``schema_version = 2``;
+"of schema 3" one without the erasure queue (schema 4), "of schema 4" one without the legal
+holds (schema 5).
 """
 
 from __future__ import annotations
@@ -44,7 +46,19 @@ SCHEMA_3_META = ("propagation_bound_seconds", "invalidation_seq")
 SCHEMA_3_TABLES = ("ccvault_invalidations", "ccvault_ledger_outbox", "ccvault_erasures")
 
 
+def _as_schema_4(url: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(META).where(META.c.name == "schema_version").values(value="4"))
+        with engine.begin() as conn:  # DDL on its own (MariaDB commits it anyway)
+            conn.exec_driver_sql("DROP TABLE ccvault_holds")
+    finally:
+        engine.dispose()
+
+
 def _as_schema_3(url: str) -> None:
+    _as_schema_4(url)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -173,13 +187,13 @@ def test_a_store_older_than_schema_versions_is_schema_1(db_url: str) -> None:
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
 
 
-@pytest.mark.parametrize("stored", ["5", "99", "two"])
+@pytest.mark.parametrize("stored", ["6", "99", "two"])
 def test_a_newer_or_unknown_schema_is_refused(db_url: str, stored: str) -> None:
     kms = LocalKms.ephemeral()
     with Vault(kms, db_url):
         pass
     _set_version(db_url, stored)
-    match = r"schema version 5\w*, newer" if stored.isdigit() else "not a number"
+    match = r"schema version 6\w*, newer" if stored.isdigit() else "not a number"
     if stored == "99":
         match = "schema version 99, newer than this ccvault knows .* never downgraded"
     _refused(kms, db_url, match)
@@ -198,7 +212,7 @@ def test_the_upgrade_from_schema_1(db_url: str, caplog: pytest.LogCaptureFixture
         receipts = [old.shred(bob), old.shred(never)]
         never_ref = old.subject_ref(never)
     _as_schema_1(db_url)
-    _refused(kms, db_url, r"schema version 1, older than this ccvault's \(4\): run `ccvault")
+    _refused(kms, db_url, r"schema version 1, older than this ccvault's \(5\): run `ccvault")
     assert _schema(db_url) == ("1", False)  # a refused open changes nothing
     with pytest.raises(ConfigurationError, match="not read-only"):
         Vault.upgrade_store(kms, db_url, readonly=True)
@@ -283,7 +297,7 @@ def test_two_upgrades_at_once(db_url: str) -> None:
 
     with ThreadPoolExecutor(2) as pool:
         results = [f.result(timeout=120) for f in [pool.submit(upgrade) for _ in range(2)]]
-    assert {(r.from_version, r.to_version) for r in results} <= {(1, 4), (4, 4)}
+    assert {(r.from_version, r.to_version) for r in results} <= {(1, 5), (5, 5)}
     assert sum(r.heads_authenticated for r in results) == 300
     assert _schema(db_url) == (str(SCHEMA_VERSION), True)
     with Vault(kms, db_url) as vault:
@@ -356,7 +370,7 @@ def test_the_upgrade_from_schema_2(db_url: str, caplog: pytest.LogCaptureFixture
         erased = old.encrypt(bob, b"+1 555 0199", context=CTX)
         receipt = old.shred(bob)
     _as_schema_2(db_url)
-    _refused(kms, db_url, r"schema version 2, older than this ccvault's \(4\): run `ccvault")
+    _refused(kms, db_url, r"schema version 2, older than this ccvault's \(5\): run `ccvault")
     assert not _has_tables(db_url, SCHEMA_3_TABLES)
     assert _schema(db_url) == ("2", True)
     assert _channel(db_url) == (False, {}, [])  # a refused open changes nothing
@@ -411,7 +425,7 @@ def test_two_upgrades_from_schema_2_at_once(db_url: str) -> None:
         assert "longer than the installation's propagation bound" in str(second)
         assert meta["propagation_bound_seconds"] == "1.0"
     results = [r for r in outcomes if isinstance(r, StoreUpgrade)]
-    assert {(r.from_version, r.to_version) for r in results} <= {(2, 4), (4, 4)}
+    assert {(r.from_version, r.to_version) for r in results} <= {(2, 5), (5, 5)}
     with Vault(kms, db_url) as vault:
         assert vault.propagation_bound == float(meta["propagation_bound_seconds"])
         vault.shred(uuid.uuid4())
@@ -427,7 +441,7 @@ def test_the_upgrade_from_schema_3(db_url: str) -> None:
         blob = old.encrypt(subject, b"+1 555 0100", context=CTX)
         receipt = old.shred(uuid.uuid4())
     _as_schema_3(db_url)
-    _refused(kms, db_url, r"schema version 3, older than this ccvault's \(4\): run `ccvault")
+    _refused(kms, db_url, r"schema version 3, older than this ccvault's \(5\): run `ccvault")
     assert Vault.upgrade_store(kms, db_url) == StoreUpgrade(3, SCHEMA_VERSION, 0, 0)
     engine = sa.create_engine(db_url)
     try:
@@ -440,3 +454,24 @@ def test_the_upgrade_from_schema_3(db_url: str) -> None:
         status = new.erasure_status(receipt.receipt_id)
         assert status is not None
         assert status.phase == "legacy"
+
+
+def test_the_upgrade_from_schema_4(db_url: str) -> None:
+    """Schema 4 to 5 adds the legal holds (empty: no hold predates it)."""
+    kms = LocalKms.ephemeral()
+    subject = uuid.uuid4()
+    with Vault(kms, db_url) as old:
+        blob = old.encrypt(subject, b"+1 555 0100", context=CTX)
+    _as_schema_4(db_url)
+    _refused(kms, db_url, r"schema version 4, older than this ccvault's \(5\): run `ccvault")
+    assert Vault.upgrade_store(kms, db_url) == StoreUpgrade(4, SCHEMA_VERSION, 0, 0)
+    assert Vault.upgrade_store(kms, db_url) == StoreUpgrade(SCHEMA_VERSION, SCHEMA_VERSION, 0, 0)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert sa.inspect(conn).has_table("ccvault_holds")
+    finally:
+        engine.dispose()
+    with Vault(kms, db_url) as new:
+        assert new.decrypt(blob, context=CTX) == b"+1 555 0100"
+        assert new.holds() == []

@@ -155,6 +155,9 @@ def kinds(url: str, installation_id: str) -> list[str]:
         "ccvault-erasure-receipt/v1": "receipt",
         "ccvault-journal-repair/v1": "repair",
         "ccvault-erasure-completion/v1": "completion",
+        "ccvault-hold/v1": "hold",
+        "ccvault-hold-release/v1": "release",
+        "ccvault-hold-override/v1": "override",
     }
     return [short.get(e.kind, e.kind) for e in entries(url, installation_id)]
 

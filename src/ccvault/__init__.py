@@ -11,12 +11,13 @@
 from ._sentinels import SHREDDED, Sentinel
 from ._settings import CcvaultSettings
 from .audit import DestroyedKey, ErasureReceipt
-from .erasure import ShredPreview, ShredResult
+from .erasure import Hold, ShredPreview, ShredResult
 from .errors import (
     CcvaultError,
     ConfigurationError,
     DecryptionError,
     ErasureIncompleteError,
+    HoldNotFoundError,
     KeyStoreError,
     KmsAccessDeniedError,
     KmsError,
@@ -27,6 +28,7 @@ from .errors import (
     LedgerIntegrityError,
     LedgerUnavailableError,
     RetentionExpiredError,
+    SubjectHeldError,
     SubjectShreddedError,
     ValueRejectedError,
 )
@@ -45,6 +47,8 @@ __all__ = [
     "DevelopmentDefaultWarning",
     "ErasureIncompleteError",
     "ErasureReceipt",
+    "Hold",
+    "HoldNotFoundError",
     "KeyStoreError",
     "KmsAccessDeniedError",
     "KmsError",
@@ -59,6 +63,7 @@ __all__ = [
     "Sentinel",
     "ShredPreview",
     "ShredResult",
+    "SubjectHeldError",
     "SubjectShreddedError",
     "ValueRejectedError",
     "Vault",

@@ -12,6 +12,9 @@ Every exception ccvault raises on purpose derives from :class:`CcvaultError`::
      │                             read raises them; DecryptionError names the item's
      │                             index when decrypt_many raises or returns it)
      ├── RetentionExpiredError     the value's retention period expired (a business state)
+     ├── SubjectHeldError          shred() of a subject under an active legal hold, refused
+     │                             (nothing destroyed); override_hold=True overrides it
+     ├── HoldNotFoundError         no legal hold of that id (also a LookupError)
      ├── ErasureIncompleteError    shred() destroyed the keys but could not clear everything the
      │                             subject left (blind indexes): carries the receipt
      ├── KeyStoreError             the key store is unreachable or inconsistent
@@ -45,6 +48,7 @@ __all__ = [
     "ConfigurationError",
     "DecryptionError",
     "ErasureIncompleteError",
+    "HoldNotFoundError",
     "KeyStoreError",
     "KmsAccessDeniedError",
     "KmsError",
@@ -55,6 +59,7 @@ __all__ = [
     "LedgerIntegrityError",
     "LedgerUnavailableError",
     "RetentionExpiredError",
+    "SubjectHeldError",
     "SubjectShreddedError",
     "ValueRejectedError",
 ]
@@ -145,6 +150,31 @@ class SubjectShreddedError(_Located, CcvaultError):
 
 class RetentionExpiredError(CcvaultError):
     """The value belongs to a retention period whose key material has expired."""
+
+
+class SubjectHeldError(CcvaultError):
+    """``shred()`` of a subject under one or more active legal holds: nothing was destroyed.
+    ``hold_ids`` are the active holds' ids (the message names them and their number, never a
+    case or the subject); ``shred(subject, override_hold=True)`` shreds it all the same and
+    records the override in the erasure ledger (docs/erasure.md, 'Legal holds')."""
+
+    def __init__(self, hold_ids: Iterable[str]) -> None:
+        self.hold_ids = tuple(hold_ids)
+        n = len(self.hold_ids)
+        super().__init__(
+            f"the data subject is under {n} active legal hold{'s' if n != 1 else ''} "
+            f"({', '.join(self.hold_ids)}): nothing was destroyed; release the holds, or shred "
+            "with override_hold=True (recorded in the erasure ledger)"
+        )
+
+
+class HoldNotFoundError(CcvaultError, LookupError):
+    """No legal hold of the given id in this installation (``vault.release(hold_id)``).
+    ``hold_id`` is the id asked for."""
+
+    def __init__(self, hold_id: str) -> None:
+        self.hold_id = hold_id
+        super().__init__(f"this installation records no legal hold with id {hold_id[:64]!r}")
 
 
 class ErasureIncompleteError(CcvaultError):

@@ -26,7 +26,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overload
 
@@ -55,6 +55,8 @@ from .erasure import (
     ErasureCheck,
     ErasureQueue,
     ErasureStatus,
+    Hold,
+    Holds,
     LedgerLink,
     LedgerSink,
     Reconciliation,
@@ -299,6 +301,7 @@ class Vault:
             queue=queue,
             erasure=self._erasure,
         )
+        self._holds = Holds(self._store, self._ring, ident.id, self._options, self._link)
         self._completer = Completer(
             self._store,
             self._ring,
@@ -615,7 +618,13 @@ class Vault:
 
     @overload
     def shred(
-        self, subject: object, *, dry_run: Literal[False] = False, wait: bool = False
+        self,
+        subject: object,
+        *,
+        dry_run: Literal[False] = False,
+        wait: bool = False,
+        override_hold: bool = False,
+        by: str | None = None,
     ) -> ErasureReceipt: ...
 
     @overload
@@ -623,11 +632,23 @@ class Vault:
 
     @overload
     def shred(
-        self, subject: object, *, dry_run: bool, wait: bool = False
+        self,
+        subject: object,
+        *,
+        dry_run: bool,
+        wait: bool = False,
+        override_hold: bool = False,
+        by: str | None = None,
     ) -> ErasureReceipt | ShredPreview: ...
 
     def shred(
-        self, subject: object, *, dry_run: bool = False, wait: bool = False
+        self,
+        subject: object,
+        *,
+        dry_run: bool = False,
+        wait: bool = False,
+        override_hold: bool = False,
+        by: str | None = None,
     ) -> ErasureReceipt | ShredPreview:
         """Erase ``subject``: fence it, destroy its keys (keeping tombstones), return a receipt.
 
@@ -647,20 +668,28 @@ class Vault:
         the erasure stays queued. A repeated shred of an erasure not completed yet queues it
         again.
 
+        A subject under an active legal hold (:meth:`hold`) raises :class:`SubjectHeldError`
+        and nothing is destroyed — checked inside the shred's key-store transaction, under the
+        lock every hold takes, so a hold committed before the shred is never missed.
+        ``override_hold=True`` shreds it all the same: a signed override entry naming the shred's
+        receipt, the holds and ``by`` (who decided, optional) goes to the ledger right before
+        the receipt, in the same transaction, and the holds read as released by that shred
+        (docs/erasure.md, 'Legal holds').
+
         ``dry_run=True`` destroys and writes nothing (a read-only vault runs it) and returns a
         :class:`ShredPreview`: the keys the shred would destroy, and per attached engine the
         tables, encrypted columns, blind-index columns and rows of the subject it would make
-        unreadable or clear.
+        unreadable or clear, and the subject's active holds (``held``, ``hold_ids``).
         """
         if dry_run:
             if wait:
                 raise ConfigurationError("shred(): dry_run=True and wait=True exclude each other")
             return self._erasure.preview(subject)
         if not wait:
-            return self._erasure.shred(subject)
+            return self._erasure.shred(subject, override_hold=override_hold, by=by)
         self._link.require_configured("shred(wait=True)")  # before anything is destroyed
         try:
-            receipt = self._erasure.shred(subject)
+            receipt = self._erasure.shred(subject, override_hold=override_hold, by=by)
         except ErasureIncompleteError as exc:  # the first sweep failed: the second may not
             if exc.receipt is None:
                 raise
@@ -669,14 +698,21 @@ class Vault:
         return receipt
 
     def shred_many(
-        self, subjects: Iterable[object], *, progress: Progress | None = None
+        self,
+        subjects: Iterable[object],
+        *,
+        progress: Progress | None = None,
+        override_hold: bool = False,
+        by: str | None = None,
     ) -> list[ShredResult]:
         """Shred many subjects (the nightly queue of deletion requests): one
         :class:`ShredResult` per subject, in the input's order — ``shredded`` with its receipt,
-        ``already_shredded`` with the stored receipt, or ``error`` (nothing destroyed for it) —,
-        never all-or-nothing. Each subject gets what :meth:`shred` gives it: fenced, keys
-        destroyed, receipt in the ledger first (strict) or in the outbox (best-effort), the
-        erasure queued for completion, keys evicted here, blind indexes swept.
+        ``already_shredded`` with the stored receipt, ``held`` (under an active legal hold:
+        nothing destroyed, its ``hold_ids``; ``override_hold=True`` shreds it as
+        :meth:`shred` does) or ``error`` (nothing destroyed for it) —, never all-or-nothing.
+        Each subject gets what :meth:`shred` gives it: fenced, keys destroyed, receipt in the
+        ledger first (strict) or in the outbox (best-effort), the erasure queued for
+        completion, keys evicted here, blind indexes swept.
 
         500 subjects per key-store transaction, with one ledger append of their receipts (at
         most 500 entries per sink write) and one blind-index sweep per table of each attached
@@ -689,7 +725,7 @@ class Vault:
         ``progress(done, total)`` is called after each batch. A read-only vault raises
         :class:`ConfigurationError`; a ``str`` or ``bytes`` (one subject, not many) TypeError.
         Read docs/erasure.md, 'Shredding many subjects'."""
-        return self._many.run(subjects, progress)
+        return self._many.run(subjects, progress, override_hold=override_hold, by=by)
 
     def complete_erasures(self, *, models: Any = None) -> CompletionReport:
         """Complete the erasures whose propagation bound has passed (phase 2, DESIGN.md
@@ -737,6 +773,46 @@ class Vault:
         JSONL line (a crash mid-write; reported ``torn``, ``repaired``). Idempotent; clears
         :attr:`ledger_unverified` when it reaches the ledger."""
         return self._link.reconcile()
+
+    # -- legal holds -----------------------------------------------------------------------------
+
+    def hold(self, subject: object, *, case: str, by: str, until: datetime | None = None) -> str:
+        """Place a legal hold on ``subject`` and return its id (32 hex digits): from then on
+        :meth:`shred` of the subject raises :class:`SubjectHeldError` unless
+        ``override_hold=True``, until the hold is released (:meth:`release`) or ``until`` (an
+        aware datetime after now) passes. A subject may have several holds; it is held while
+        any is active. ``case`` is an opaque reference of the matter (a case number, a ticket
+        id), never personal data; ``case`` and ``by`` (who places it) are 1 to 128 printable
+        characters (ValueError otherwise, never quoting them). The subject need not have keys
+        yet; a shredded one raises :class:`SubjectShreddedError` (a hold is not retroactive).
+
+        Ledger first (DESIGN.md, lifecycle rule 3): a signed ``ccvault-hold/v1`` entry is
+        appended in the key-store transaction that records the hold, under the
+        ``ledger_applied_seq`` lock that every shred takes first, so a hold and a shred of the
+        same subject are serialised; a key store restored from a backup gets the hold back by
+        the replay. Needs a ledger (:class:`ConfigurationError` without one, naming
+        ``CCVAULT_LEDGER_URL``); an unreachable ledger raises :class:`LedgerUnavailableError`
+        and places nothing, whatever the ``ledger_mode``. A read-only vault raises
+        :class:`ConfigurationError`. Retention periods expired before the hold are not brought
+        back: the report of them comes with retention enforcement (docs/erasure.md,
+        'Legal holds')."""
+        return self._holds.hold(subject, case=case, by=by, until=until)
+
+    def release(self, hold_id: str, *, by: str) -> None:
+        """Release the legal hold ``hold_id`` (what :meth:`hold` returned), ``by`` naming who
+        releases it: a signed ``ccvault-hold-release/v1`` entry, ledger first, as for
+        :meth:`hold`. The subject stays held while another of its holds is active. Idempotent:
+        a hold released (or overridden by a shred) already is left as it is, with no second
+        entry. :class:`HoldNotFoundError` (a ``LookupError``) for an id the installation does
+        not know; ValueError for one that is not 32 lowercase hex digits."""
+        self._holds.release(hold_id, by=by)
+
+    def holds(self, subject: object = None, *, active_only: bool = True) -> list[Hold]:
+        """The legal holds of ``subject`` (None: of every subject), oldest first, each a
+        frozen :class:`~ccvault.erasure.Hold` naming the subject by its ref only; active ones
+        only (not released, ``until`` not passed by the vault's clock) unless
+        ``active_only=False``. Read-only: one key-store query (a read-only vault lists them)."""
+        return self._holds.holds(subject, active_only=active_only)
 
     def erasure_receipt(self, subject: object) -> ErasureReceipt | None:
         """The signed receipt of ``subject``'s shred (what a repeated :meth:`shred` returns),
@@ -977,12 +1053,17 @@ class Vault:
         after each), gives each never-seen shredded subject a version-0 tombstone. Schema 2 to
         3: creates the invalidation channel (``ccvault_invalidations``) and records the
         installation's propagation bound — this vault's ``propagation_interval``
-        (``CCVAULT_PROPAGATION_INTERVAL_SECONDS``) — unless one is recorded. Then it records
-        version 3 (a store of schema 1 goes there in one run). Idempotent and resumable: an
-        interrupted run (a crash, Ctrl-C, a second process upgrading at the same time) leaves
-        the version unchanged, and the next run goes on from what is done. Run on a store
-        already at this version, it authenticates the heads a process of an older ccvault wrote
-        since (run it again once the last such process has stopped) and changes nothing else.
+        (``CCVAULT_PROPAGATION_INTERVAL_SECONDS``) — unless one is recorded, and creates the
+        ledger's side (``ccvault_ledger_outbox``, ``ccvault_erasures``: every stored receipt
+        recorded as a ``legacy`` erasure). Schema 3 to 4: creates the queue of erasures awaiting
+        completion (``ccvault_erasure_queue``). Schema 4 to 5: creates the legal holds
+        (``ccvault_holds``). Then it records this library's version (a store of schema 1 goes
+        there in one run; docs/operations.md, 'Upgrading the key store'). Idempotent and
+        resumable: an interrupted run (a crash, Ctrl-C, a second process upgrading at the same
+        time) leaves the version unchanged, and the next run goes on from what is done. Run on
+        a store already at this version, it authenticates the heads a process of an older
+        ccvault wrote since (run it again once the last such process has stopped) and changes
+        nothing else.
         """
         if options.get("readonly"):
             raise ConfigurationError("upgrade_store writes to the key store: not read-only")

@@ -3,7 +3,7 @@
 Vectors are frozen: once committed, a change of format must still open them. Re-running this
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
-    python tests/vectors/make_vectors.py values refs store heads journal periods
+    python tests/vectors/make_vectors.py values refs store heads journal periods holds
 
 ``store`` (tests/vectors/store_v1) was made by a library of key-store schema 1, ``store2``
 (tests/vectors/store_v2) by ccvault at commit 0a22d8e, of schema 2, run from that tree::
@@ -11,7 +11,8 @@ script overwrites them and is only right when adding new vectors, never to "fix"
     git archive 0a22d8e src | tar -x -C /tmp/ccvault-v2
     PYTHONPATH=/tmp/ccvault-v2/src python tests/vectors/make_vectors.py store2
 
-``store3`` (tests/vectors/store_v3) by ccvault at commit 0fbfd34, of schema 3, the same way.
+``store3`` (tests/vectors/store_v3) by ccvault at commit 0fbfd34, of schema 3, the same way;
+``store4`` (tests/vectors/store_v4) by ccvault at commit 1fca118, of schema 4, the same way.
 """
 
 from __future__ import annotations
@@ -346,6 +347,112 @@ def periods() -> None:
     (HERE / "retention_periods_v1.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def holds() -> None:
+    """Legal-hold records (docs/erasure.md, "Legal holds"): two holds (one with ``until``), the
+    release of the first, and the override of the second by a shred, followed by that shred's
+    receipt, appended by a Journal with the seed and clock of ``journal``; as the ledger stores
+    them, with the bytes each signature covers and each entry's hash."""
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+
+    from ccvault._secret import SecretKey
+    from ccvault.audit._receipt import DestroyedKey, ErasureReceipt, sign_receipt
+    from ccvault.crypto._primitives import ed25519_public_key
+    from ccvault.erasure import (
+        HoldOverrideRecord,
+        HoldRecord,
+        HoldReleaseRecord,
+        Journal,
+        JsonlLedger,
+    )
+
+    seed = bytes(range(0x40, 0x60))
+    installation = "bc63ed65f5ba4740ab92e9a5acd0d5ba"
+    ref = "46" * 32
+    t0 = datetime(2025, 3, 1, 9, 30, 0, 250000, tzinfo=timezone.utc)
+    ticks = iter(t0 + timedelta(seconds=i) for i in range(20))
+    first = HoldRecord(
+        hold_id="0c1d2e3f405162738495a6b7c8d9eafb",
+        installation_id=installation,
+        subject_ref=ref,
+        case="LIT-2025-0042",
+        by="legal@acme.example",
+        placed_at=t0 + timedelta(seconds=1),
+    )
+    second = HoldRecord(
+        hold_id="1a2b3c4d5e6f708192a3b4c5d6e7f809",
+        installation_id=installation,
+        subject_ref=ref,
+        case="Prüfung/7 — §12",
+        by="compliance",
+        placed_at=t0 + timedelta(seconds=2),
+        until=datetime(2031, 6, 30, tzinfo=timezone.utc),
+    )
+    release = HoldReleaseRecord(
+        hold_id=first.hold_id,
+        installation_id=installation,
+        by="legal@acme.example",
+        released_at=t0 + timedelta(seconds=3),
+    )
+    receipt = sign_receipt(
+        ErasureReceipt(
+            receipt_id="6a7b8c9d0e1f4a2b8c3d4e5f6a7b8c9d",
+            installation_id=installation,
+            subject_ref=ref,
+            shredded_at=t0 + timedelta(seconds=4),
+            subject_was_known=True,
+            destroyed_keys=(DestroyedKey(key_id="8a" * 16, version=1),),
+            epoch_seq=7,
+            propagation_bound_seconds=1.0,
+            erasure_horizon=None,
+            signing_key="",
+        ),
+        seed,
+    )
+    override = HoldOverrideRecord(
+        installation_id=installation,
+        receipt_id=receipt.receipt_id,
+        subject_ref=ref,
+        hold_ids=(second.hold_id,),
+        by="dpo@acme.example",
+        overridden_at=t0 + timedelta(seconds=4),
+    )
+    records = [first, second, release, override, receipt]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/ledger.jsonl"
+        clock = lambda: next(ticks)  # noqa: E731
+        journal = Journal(JsonlLedger(path), installation, SecretKey(seed), clock=clock)
+        for record in records:
+            journal.append(record)
+        entries = list(journal.entries())
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    parsed = [e.parsed() for e in entries]
+    doc = {
+        "seed": seed.hex(),
+        "public_key": ed25519_public_key(seed).hex(),
+        "installation_id": installation,
+        "clock_start": t0.isoformat(),  # each reading of the journal's clock: one second later
+        "records": [
+            json.loads(r.model_dump_json(exclude={"signing_key", "signature"}))
+            for r in records[:-1]
+        ],
+        "receipt": json.loads(receipt.model_dump_json()),
+        "entries": [
+            {
+                "seq": e.seq,
+                "kind": e.kind,
+                "line": line,
+                "hash": e.digest(),
+                "signed_bytes": e.signed_bytes().hex(),
+                "record_signed_bytes": r.signed_bytes().hex(),  # type: ignore[union-attr]
+            }
+            for e, r, line in zip(entries, parsed, lines, strict=True)
+        ],
+    }
+    (HERE / "holds_v1.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
         {
@@ -354,7 +461,9 @@ if __name__ == "__main__":
             "store": store,
             "store2": lambda: store("store_v2"),
             "store3": lambda: store("store_v3"),
+            "store4": lambda: store("store_v4"),
             "heads": heads,
             "journal": journal,
             "periods": periods,
+            "holds": holds,
         }[what]()

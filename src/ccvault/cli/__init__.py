@@ -149,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "make unreadable and changes nothing",
         description="Shred SUBJECT: destroy its keys, so its values read as SHREDDED (in "
         "running processes once their cache_ttl has passed), and print the signed erasure "
-        "receipt as JSON. Blind indexes are swept only in the "
+        "receipt as JSON. A customer under an active legal hold is refused (exit status 1, "
+        "nothing destroyed) unless --override-hold. Blind indexes are swept only in the "
         "database of --database-url, for the tables of --models: without them this process "
         "attaches no database and sweeps nothing (the output says so; repeat the shred where "
         "the models are). Exit status 0; 3: keys destroyed, the sweep failed for a table (run "
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shred.add_argument(
         "--dry-run", action="store_true", help="print what would be made unreadable, change nothing"
     )
+    _override_options(shred)
     _sweep_options(shred)
     shred.add_argument("subject", metavar="SUBJECT", help="the customer's id (subject)")
     many = sub.add_parser(
@@ -168,27 +170,99 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Shred every subject of FILE (one per line; blank lines and lines starting "
         "with # are skipped; '-' reads standard input), 500 per key-store transaction and "
         "ledger append, and print JSON: a summary and, per subject, its line number, outcome "
-        "(shredded, already_shredded, error), receipt id, error and sweep problem — never the "
-        "subject. One subject's error never stops the others; an unreachable strict ledger "
-        "stops the rest (nothing destroyed for them). Blind indexes are swept only in the "
-        "database of --database-url, for the tables of --models. Exit status 0; 3: some "
-        "subject has an error or an incomplete sweep (named by line on stderr; run the file "
-        "again); 1: an error. The vault is configured by CCVAULT_* variables.",
+        "(shredded, already_shredded, held, error), receipt id, hold ids, error and sweep "
+        "problem — never the subject. A customer under an active legal hold is left out "
+        "(held) unless --override-hold. One subject's error never stops the others; an "
+        "unreachable strict ledger stops the rest (nothing destroyed for them). Blind indexes "
+        "are swept only in the database of --database-url, for the tables of --models. Exit "
+        "status 0; 3: some subject is held, has an error or an incomplete sweep (named by line "
+        "on stderr; run the file again); 1: an error. The vault is configured by CCVAULT_* "
+        "variables.",
     )
     many.add_argument(
         "--from", dest="path", required=True, metavar="FILE", help="the subjects, one per line"
     )
+    _override_options(many)
     _sweep_options(many)
+    hold = sub.add_parser(
+        "hold",
+        help="place a legal hold on one customer: its shred is refused until it is released",
+        description="Place a legal hold on SUBJECT and print its id and the subject's ref as "
+        "JSON: shred and shred-many refuse the subject (nothing destroyed) while any of its "
+        "holds is active, unless --override-hold. The hold is a signed entry of the erasure "
+        "ledger (a ledger is needed). Exit status 0; 1: an error (a shredded subject, no "
+        "ledger, a bad --case, --by or --until), nothing placed. The vault is configured by "
+        "CCVAULT_* variables.",
+    )
+    hold.add_argument("subject", metavar="SUBJECT", help="the customer's id (subject)")
+    hold.add_argument(
+        "--case",
+        required=True,
+        help="an opaque reference of the matter (case or ticket number), never personal data; "
+        "1 to 128 printable characters",
+    )
+    hold.add_argument("--by", required=True, help="who places the hold (1 to 128 characters)")
+    hold.add_argument(
+        "--until",
+        metavar="ISO",
+        help="when the hold lapses by itself: an ISO 8601 date-time with its offset "
+        "(2031-06-30T00:00:00Z); default: until released",
+    )
+    release = sub.add_parser(
+        "release",
+        help="release a legal hold",
+        description="Release the legal hold HOLD_ID (a signed entry of the erasure ledger) and "
+        "print it as JSON; the customer stays held while another of its holds is active. A hold "
+        "released already is left as it is (exit status 0). Exit status 1: an unknown hold id "
+        "or another error. The vault is configured by CCVAULT_* variables.",
+    )
+    release.add_argument("hold_id", metavar="HOLD_ID", help="the id `ccvault hold` printed")
+    release.add_argument("--by", required=True, help="who releases it (1 to 128 characters)")
+    holds = sub.add_parser(
+        "holds",
+        help="list the active legal holds, of one customer or of all (read-only)",
+        description="Print the legal holds as JSON, oldest first: of SUBJECT, or of every "
+        "customer; active ones only unless --all (released, overridden by a shred, or past "
+        "their --until). Each names the customer by its ref, never by its id. The vault is "
+        "configured by CCVAULT_* variables and opened read-only.",
+    )
+    holds.add_argument("subject", metavar="SUBJECT", nargs="?", help="the customer's id")
+    holds.add_argument(
+        "--all", dest="all_holds", action="store_true", help="released and lapsed holds too"
+    )
     args = parser.parse_args(argv)
+    if args.command in ("hold", "release", "holds"):
+        from ._holds import run_hold, run_holds, run_release
+
+        if args.command == "hold":
+            return run_hold(args.subject, case=args.case, by=args.by, until=args.until)
+        if args.command == "release":
+            return run_release(args.hold_id, by=args.by)
+        return run_holds(args.subject, all_holds=args.all_holds)
     if args.command in ("shred", "shred-many"):
         from ._shred import run_shred, run_shred_many
 
         if bool(args.models) != bool(args.database_url):
             parser.error(f"{args.command}: --models and --database-url go together")
+        if args.by is not None and not args.override_hold:
+            parser.error(f"{args.command}: --by goes with --override-hold")
         if args.command == "shred-many":
-            return run_shred_many(args.path, models=args.models, database_url=args.database_url)
+            return run_shred_many(
+                args.path,
+                models=args.models,
+                database_url=args.database_url,
+                override_hold=args.override_hold,
+                by=args.by,
+            )
+        if args.dry_run and args.override_hold:
+            parser.error("shred: --dry-run changes nothing, it overrides no hold")
         return run_shred(
-            args.subject, dry_run=args.dry_run, models=args.models, database_url=args.database_url
+            args.subject,
+            dry_run=args.dry_run,
+            models=args.models,
+            database_url=args.database_url,
+            override_hold=args.override_hold,
+            by=args.by,
         )
     if args.command == "erasure-status":
         from ._complete import run_status
@@ -238,6 +312,19 @@ def _models_option(command: argparse.ArgumentParser) -> None:
         required=True,
         metavar="MODULE",
         help="module defining the models, e.g. app.models (repeatable)",
+    )
+
+
+def _override_options(command: argparse.ArgumentParser) -> None:
+    """--override-hold and --by of the shred commands."""
+    command.add_argument(
+        "--override-hold",
+        action="store_true",
+        help="shred customers under an active legal hold all the same (a signed override entry "
+        "in the erasure ledger, before the receipt)",
+    )
+    command.add_argument(
+        "--by", help="with --override-hold: who decided the override (recorded in its entry)"
     )
 
 

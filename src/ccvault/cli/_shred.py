@@ -1,6 +1,7 @@
-"""``ccvault shred SUBJECT [--dry-run]``: shred one customer of the vault configured by
-``CCVAULT_*`` (``Vault.shred``), or print what the shred would make unreadable; and
-``ccvault shred-many --from FILE``: shred every customer the file lists (``Vault.shred_many``).
+"""``ccvault shred SUBJECT [--dry-run] [--override-hold [--by ACTOR]]``: shred one customer of
+the vault configured by ``CCVAULT_*`` (``Vault.shred``), or print what the shred would make
+unreadable; and ``ccvault shred-many --from FILE [--override-hold]``: shred every customer the
+file lists (``Vault.shred_many``).
 Must not sweep or count tables it was not given: only with ``--models`` and ``--database-url``
 does it attach that database, and without them it says that it sweeps nothing. Must not print
 a subject: ``shred-many`` names each one by its line number in the file.
@@ -49,11 +50,18 @@ NO_SWEEP = (
 
 
 def run_shred(
-    subject: str, *, dry_run: bool, models: Sequence[str] | None, database_url: str | None
+    subject: str,
+    *,
+    dry_run: bool,
+    models: Sequence[str] | None,
+    database_url: str | None,
+    override_hold: bool = False,
+    by: str | None = None,
 ) -> int:
     """Shred ``subject`` (or preview it with ``dry_run``) and print a JSON object: the receipt,
     or the preview. Exit status 0; 3 when the sweep is incomplete (the receipt is printed and
-    the keys are destroyed); 1 on an error, the subject's keys untouched."""
+    the keys are destroyed); 1 on an error (a held subject without ``override_hold``
+    included), the subject's keys untouched."""
     out: dict[str, object]
     status = 0
     try:
@@ -70,7 +78,8 @@ def run_shred(
                 out = vault.shred(subject, dry_run=True).model_dump(mode="json")
             else:
                 try:
-                    out = {"receipt": vault.shred(subject).model_dump(mode="json")}
+                    receipt = vault.shred(subject, override_hold=override_hold, by=by)
+                    out = {"receipt": receipt.model_dump(mode="json")}
                 except ErasureIncompleteError as exc:
                     print(f"ccvault shred: {exc}", file=sys.stderr)
                     out = {"receipt": exc.receipt.model_dump(mode="json") if exc.receipt else None}
@@ -104,11 +113,19 @@ def read_subjects(path: str) -> tuple[list[str], list[int]]:
     return subjects, lines
 
 
-def run_shred_many(path: str, *, models: Sequence[str] | None, database_url: str | None) -> int:
+def run_shred_many(
+    path: str,
+    *,
+    models: Sequence[str] | None,
+    database_url: str | None,
+    override_hold: bool = False,
+    by: str | None = None,
+) -> int:
     """Shred every subject of the file at ``path`` and print a JSON object: a summary and, per
-    subject, its line number, outcome, receipt id, error and sweep problem (never the subject).
-    Exit status 0 when every subject is shredded (now or before) and swept; 3 when some has an
-    error or an incomplete sweep; 1 when the file or the vault cannot be used."""
+    subject, its line number, outcome, receipt id, hold ids, error and sweep problem (never the
+    subject). Exit status 0 when every subject is shredded (now or before) and swept; 3 when
+    some is held, has an error or an incomplete sweep; 1 when the file or the vault cannot be
+    used."""
     try:
         subjects, lines = read_subjects(path)
     except (OSError, UnicodeError) as exc:
@@ -126,13 +143,16 @@ def run_shred_many(path: str, *, models: Sequence[str] | None, database_url: str
         with _vault("shred-many", models, database_url) as vault:
             if vault is None:
                 return 1
-            results = vault.shred_many(subjects, progress=progress)
+            results = vault.shred_many(
+                subjects, progress=progress, override_hold=override_hold, by=by
+            )
     except (CcvaultError, sa.exc.SQLAlchemyError) as exc:
         return report_failure(exc, "shred-many")
     summary = {
         "subjects": len(results),
         "shredded": sum(r.outcome == "shredded" for r in results),
         "already_shredded": sum(r.outcome == "already_shredded" for r in results),
+        "held": sum(r.outcome == "held" for r in results),
         "errors": sum(r.outcome == "error" for r in results),
         "sweep_incomplete": sum(r.sweep_incomplete is not None for r in results),
     }
@@ -143,6 +163,7 @@ def run_shred_many(path: str, *, models: Sequence[str] | None, database_url: str
                 "line": lines[r.index],
                 "outcome": r.outcome,
                 "receipt_id": r.receipt.receipt_id if r.receipt else None,
+                "hold_ids": list(r.hold_ids),
                 "error": r.error,
                 "sweep_incomplete": r.sweep_incomplete,
             }
@@ -154,7 +175,11 @@ def run_shred_many(path: str, *, models: Sequence[str] | None, database_url: str
         print(f"ccvault shred-many: {NO_SWEEP}", file=sys.stderr)
     for r in results:
         if not r.ok:
-            why = r.error or f"shredded, sweep incomplete: {r.sweep_incomplete}"
+            why = r.error or (
+                f"held by {len(r.hold_ids)} legal hold(s): {', '.join(r.hold_ids)}"
+                if r.outcome == "held"
+                else f"shredded, sweep incomplete: {r.sweep_incomplete}"
+            )
             print(f"ccvault shred-many: line {lines[r.index]}: {why}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0 if all(r.ok for r in results) else NOT_ALL_SHREDDED

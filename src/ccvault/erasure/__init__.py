@@ -2,6 +2,8 @@
 :class:`Journal` keeps the signed, hash-chained, gap-free journal of erasures in a ledger sink;
 a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadable;
 :class:`ShredMany` shreds a queue of subjects 500 per transaction, one :class:`ShredResult` each;
+:class:`Holds` places and releases legal holds (signed journal entries; a held subject's shred is
+refused or overridden inside its transaction) and reports them as :class:`Hold`;
 :class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
 ``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
@@ -14,6 +16,8 @@ from :meth:`Erasure.receipt`.
 
 from ._chain import LedgerProblem, LedgerReport
 from ._complete import Completer
+from ._hold_records import Hold, HoldOverrideRecord, HoldRecord, HoldReleaseRecord
+from ._holds import Holds
 from ._journal import Journal, verify_ledger
 from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
@@ -52,6 +56,11 @@ __all__ = [
     "ErasureQueue",
     "ErasureStatus",
     "GenesisRecord",
+    "Hold",
+    "HoldOverrideRecord",
+    "HoldRecord",
+    "HoldReleaseRecord",
+    "Holds",
     "Journal",
     "JournalEntry",
     "JsonlLedger",

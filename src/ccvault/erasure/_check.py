@@ -1,6 +1,7 @@
-"""Owns reading the ledger and the key store side by side: every receipt each holds (entries
-judged one by one, stored receipts verified) and the read-only check of one against the other
-(:class:`ErasureCheck`). Must not write: the reconciler repairs what this finds.
+"""Owns reading the ledger and the key store side by side: every receipt and legal hold each
+holds (entries judged one by one, stored receipts verified) and the read-only check of one
+against the other (:class:`ErasureCheck`). Must not write: the reconciler repairs what this
+finds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..keystore._protocol import KeyStore
 from ..keystore._records import State
 from ._chain import Fault, judge
+from ._hold_records import HOLD_FORMAT, HOLD_KINDS, OVERRIDE_FORMAT, RELEASE_FORMAT
 from ._journal import Journal
+from ._records import JournalEntry
 from ._status import ErasureCheck, ErasureProblem
 
 __all__ = ["LedgerIndex", "check_store", "index_ledger", "store_receipts"]
@@ -31,6 +34,9 @@ class LedgerIndex:
 
     receipts: dict[str, tuple[int, str]] = field(default_factory=dict)  # id -> (seq, ref hex)
     entries: list[tuple[int, str]] = field(default_factory=list)  # (seq, kind)
+    holds: dict[str, tuple[int, str]] = field(default_factory=dict)  # hold id -> (seq, ref hex)
+    released: dict[str, int] = field(default_factory=dict)  # hold id -> seq of its release
+    hold_entries: list[JournalEntry] = field(default_factory=list)  # holds, releases, overrides
 
 
 def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> LedgerIndex:
@@ -45,6 +51,17 @@ def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> L
             rid, ref = entry.record.get("receipt_id"), entry.record.get("subject_ref")
             if isinstance(rid, str) and rid not in index.receipts:
                 index.receipts[rid] = (entry.seq, str(ref))
+        if entry.kind in HOLD_KINDS:
+            index.hold_entries.append(entry)
+        if entry.kind == HOLD_FORMAT:
+            hid = entry.record.get("hold_id")
+            if isinstance(hid, str):
+                index.holds.setdefault(hid, (entry.seq, str(entry.record.get("subject_ref"))))
+        elif entry.kind in (RELEASE_FORMAT, OVERRIDE_FORMAT):
+            ids = entry.record.get("hold_ids") or [entry.record.get("hold_id")]
+            for hid in ids if isinstance(ids, list) else []:
+                if isinstance(hid, str):
+                    index.released.setdefault(hid, entry.seq)
     return index
 
 
@@ -151,6 +168,36 @@ def check_store(
                     detail="in the key store, not in the ledger",
                 )
             )
+    held = {h.hold_id: h for h in store.holds()}
+    late += [
+        ErasureProblem(
+            receipt_id=None,
+            subject_ref=ref_hex[:16],
+            seq=seq,
+            detail=f"the key store does not hold the legal hold {hid}",
+        )
+        for hid, (seq, ref_hex) in index.holds.items()
+        if seq <= start and hid not in held
+    ]
+    late += [
+        ErasureProblem(
+            receipt_id=None,
+            subject_ref=held[hid].ref.hex()[:16],
+            seq=seq,
+            detail=f"the key store holds the legal hold {hid} as not released",
+        )
+        for hid, seq in index.released.items()
+        if seq <= start and hid in held and held[hid].released_at is None
+    ]
+    missing += [
+        ErasureProblem(
+            receipt_id=None,
+            subject_ref=row.ref.hex()[:16],
+            detail=f"the legal hold {hid}: in the key store, not in the ledger",
+        )
+        for hid, row in held.items()
+        if hid not in index.holds
+    ]
     late.sort(key=lambda p: -1 if p.seq is None else p.seq)
     return ErasureCheck(
         installation_id=installation_id,

@@ -1,9 +1,10 @@
 """Owns the vault's link to its ledger: opening it, the ``strict`` and ``best-effort`` modes,
-the ledger-first step of every shred, catching the key store up (at open, after a restore,
-before a shred), the periodic check that the store is not behind the ledger (the store probe
-the invalidation poll runs), ``ledger_unverified`` and the guard of the operations that need a
-verified ledger. Must not destroy keys itself (the key store's shred does), judge entries (the
-journal does) nor decide when to check (the poll does).
+the ledger-first step of every shred (with the override entry of a held subject's) and of every
+legal hold and release, catching the key store up (at open, after a restore, before a shred),
+the periodic check that the store is not behind the ledger (the store probe the invalidation
+poll runs), ``ledger_unverified`` and the guard of the operations that need a verified ledger.
+Must not destroy keys itself (the key store's shred does), judge entries (the journal does) nor
+decide when to check (the poll does).
 
 DESIGN.md, lifecycle rule 3, with its trigger amended in docs/erasure.md ('A process that was
 idle across the shreds'). A vault with no ledger configured records each receipt as a
@@ -17,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Literal, TypeVar
@@ -36,11 +37,12 @@ from ..keyring import Heads, Installation, VaultOptions
 from ..keystore._protocol import JournalTxn, KeyStore
 from ..keystore._records import ErasureOrigin
 from ..keystore._sql import SqlKeyStore
+from ._hold_records import HoldOverrideRecord, apply_hold_record
 from ._journal import Journal, JournalMoved
 from ._ledger import LedgerSink, ledger_from_url
 from ._ledger_sql import SqlLedger
 from ._reconcile import CompletionDraft, Reconciler, receipt_row
-from ._records import CompletionRecord
+from ._records import CompletionRecord, Record
 from ._status import ErasureCheck, ErasureStatus, Reconciliation
 
 __all__ = ["MODES", "LedgerLink", "LedgerMode", "check_new_installation"]
@@ -441,18 +443,37 @@ class LedgerLink:
             if self._mode == "strict":
                 raise
 
-    def shred_journal(self, txn: JournalTxn, receipt_json: str) -> None:
+    def shred_journal(
+        self,
+        txn: JournalTxn,
+        receipt_json: str,
+        overrides: Mapping[str, HoldOverrideRecord] | None = None,
+    ) -> None:
         """The key store's :data:`~ccvault.keystore.ShredJournal`: inside the shred's
         transaction, after the keys are destroyed and before the commit, append the receipt
-        (after the outbox) and record the store's applied seq; or queue it (best-effort)."""
-        self.journal_receipts(txn, [ErasureReceipt.model_validate_json(receipt_json)])
+        (after the outbox; after its hold override, if any) and record the store's applied
+        seq; or queue them (best-effort)."""
+        receipt = ErasureReceipt.model_validate_json(receipt_json)
+        self.journal_receipts(txn, [receipt], overrides)
 
-    def journal_receipts(self, txn: JournalTxn, receipts: Sequence[ErasureReceipt]) -> None:
+    def journal_receipts(
+        self,
+        txn: JournalTxn,
+        receipts: Sequence[ErasureReceipt],
+        overrides: Mapping[str, HoldOverrideRecord] | None = None,
+    ) -> None:
         """:meth:`shred_journal` of a batch's receipts (``shred_many``): one append of all of
-        them after the outbox, in order, at most 500 entries per sink write; or, best-effort
-        with the ledger unreachable, all of them queued in the outbox."""
+        them after the outbox, in order, each right after its hold override (``overrides``, by
+        receipt id: the override entry of a held subject's shred), at most 500 entries per sink
+        write; or, best-effort with the ledger unreachable, all of them queued in the outbox."""
+        overrides = overrides or {}
+        records: list[Record] = []
+        for r in receipts:
+            if r.receipt_id in overrides:
+                records.append(overrides[r.receipt_id])
+            records.append(r)
         if not self.configured:
-            if txn.applied is not None:
+            if txn.applied is not None or overrides:
                 raise ConfigurationError(
                     "the key store records an erasure ledger and this vault has none "
                     "configured (CCVAULT_LEDGER_URL): a shred here would destroy keys with no "
@@ -467,14 +488,20 @@ class LedgerLink:
                     "the erasure ledger could not be reached when the vault opened"
                 )
             failpoint("before-intent")
-            self._reconciler.append(txn, journal, receipts)
+            self._reconciler.append(txn, journal, records)
             failpoint("after-intent")
         except LedgerUnavailableError as exc:
             if self._mode == "strict":
                 raise
             now = self._options.now()
-            for r in receipts:
-                txn.enqueue(RECEIPT_FORMAT, r.receipt_id, r.model_dump_json(), now)
+            for record in records:
+                if isinstance(record, HoldOverrideRecord):
+                    signed = record.sign(self._seed)
+                    txn.enqueue(signed.format, record.receipt_id, signed.model_dump_json(), now)
+                    apply_hold_record(txn, signed, None)
+                else:
+                    assert isinstance(record, ErasureReceipt)
+                    txn.enqueue(RECEIPT_FORMAT, record.receipt_id, record.model_dump_json(), now)
             txn.record_erasures([receipt_row(r, ErasureOrigin.OUTBOX, None) for r in receipts])
             self._unverified = True
             which = (
@@ -489,6 +516,31 @@ class LedgerLink:
                 which,
                 " ".join(str(exc).split()),
             )
+
+    def journal_entries(self, operation: str, step: Callable[[JournalTxn, Journal], T]) -> T:
+        """Ledger first for the entries that are not a shred's (a hold, a release): ``step``
+        runs in one key-store journal transaction (the ``ledger_applied_seq`` lock) with the
+        journal, appends its records (:meth:`append`) and writes what follows from them; retried
+        after a catch-up when the ledger moved. Strict whatever the ``ledger_mode``: an
+        unreachable ledger raises :class:`LedgerUnavailableError` and nothing is recorded (such
+        an entry is no emergency that must go on without the ledger). ConfigurationError
+        without a ledger, or in a read-only vault."""
+        self._options.writable(operation)
+        self.require_configured(operation)
+        with self._lock:
+            if self._unverified or self._journal is None:
+                self.catch_up()  # raises when the ledger cannot be reached
+
+        def attempt() -> T:
+            journal = self._connect()
+            return self._store.journal_transaction(lambda txn: step(txn, journal))
+
+        return self.ledger_first(attempt)
+
+    def append(self, txn: JournalTxn, journal: Journal, records: Sequence[Record]) -> None:
+        """Append ``records`` after the outbox in ``txn`` (the step of :meth:`journal_entries`)
+        and record where they went; JournalMoved when the ledger is not where the store says."""
+        self._reconciler.append(txn, journal, records)
 
     def ledger_first(self, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` (a key-store transaction whose journal step appends to the ledger);

@@ -1,9 +1,10 @@
 """Owns ``shred_many``: shredding a queue of subjects (the nightly batch of deletion requests)
-500 per key-store journal transaction, one result per subject — shredded, already shredded or
-an error, never all-or-nothing —, then the blind-index sweep of each batch at once. Must not
-destroy keys itself (the key store's ``shred_many`` does), talk to the ledger (the ledger link
-does: one append per batch, at most 500 entries per sink write) nor sweep tables (the
-after-shred hooks do, through their batched form when they have one).
+500 per key-store journal transaction, one result per subject — shredded, already shredded,
+held (a legal hold: left out, nothing destroyed) or an error, never all-or-nothing —, then the
+blind-index sweep of each batch at once. Must not destroy keys itself (the key store's
+``shred_many`` does), talk to the ledger (the ledger link does: one append per batch, at most
+500 entries per sink write) nor sweep tables (the after-shred hooks do, through their batched
+form when they have one).
 
 Each batch keeps every promise of :meth:`Erasure.shred` (docs/erasure.md, 'Ledger first' and
 'Shredding many subjects'): the ledger lock, then the heads in ref order, the keys destroyed,
@@ -23,13 +24,20 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..audit._receipt import ErasureReceipt
-from ..errors import CcvaultError, ConfigurationError, LedgerIntegrityError, LedgerUnavailableError
+from ..errors import (
+    CcvaultError,
+    ConfigurationError,
+    LedgerIntegrityError,
+    LedgerUnavailableError,
+    SubjectHeldError,
+)
 from ..keyring import Epochs, KeyRing, Progress, VaultOptions
 from ..keystore._protocol import JournalTxn, KeyStore
 from ..keystore._records import EpochRecord, HeadRecord, KeyRecord, QueuedErasure
+from ._holds import HeldGuard
 from ._link import LedgerLink
 from ._queue import ErasureQueue, Sealed
-from ._shred import Erasure, parse_receipt, requeues, unparsable_receipt
+from ._shred import Erasure, check_override, parse_receipt, requeues, unparsable_receipt
 from ._sweep import sweep_many, warn_unswept
 
 __all__ = ["BATCH", "ShredMany", "ShredResult"]
@@ -43,7 +51,7 @@ BATCH: Final = 500
 # for all of them, and nothing is ever destroyed without the ledger.
 _STOPS: Final = (LedgerUnavailableError, LedgerIntegrityError, ConfigurationError)
 
-Outcome = Literal["shredded", "already_shredded", "error"]
+Outcome = Literal["shredded", "already_shredded", "held", "error"]
 
 
 class ShredResult(BaseModel):
@@ -55,8 +63,9 @@ class ShredResult(BaseModel):
     outcome: Outcome = Field(
         description="shredded: this call destroyed its keys (or fenced a subject never seen: "
         "the receipt's subject_was_known is False); already_shredded: an earlier shred did "
-        "(the stored receipt; also every repeat of a subject within the input); error: nothing "
-        "was destroyed for it by this call"
+        "(the stored receipt; also every repeat of a subject within the input); held: the "
+        "subject is under an active legal hold, nothing was destroyed (hold_ids; "
+        "override_hold=True overrides it); error: nothing was destroyed for it by this call"
     )
     receipt: ErasureReceipt | None = Field(
         default=None, description="the signed receipt, as vault.shred() returns it"
@@ -64,6 +73,11 @@ class ShredResult(BaseModel):
     error: str | None = Field(
         default=None,
         description="outcome error: the error's class and message (never the subject)",
+    )
+    hold_ids: tuple[str, ...] = Field(
+        default=(),
+        description="outcome held: the subject's active legal holds; shredded with "
+        "override_hold=True: the holds its shred overrode",
     )
     sweep_incomplete: str | None = Field(
         default=None,
@@ -74,7 +88,7 @@ class ShredResult(BaseModel):
     @property
     def ok(self) -> bool:
         """Shredded (now or before) and swept."""
-        return self.outcome != "error" and self.sweep_incomplete is None
+        return self.outcome in ("shredded", "already_shredded") and self.sweep_incomplete is None
 
 
 @dataclass
@@ -94,6 +108,7 @@ class _Done:
     receipt: ErasureReceipt | None = None
     error: str | None = None
     sweep_incomplete: str | None = None
+    hold_ids: tuple[str, ...] = ()
 
 
 def _describe(exc: BaseException) -> str:
@@ -127,10 +142,17 @@ class ShredMany:
         self._erasure = erasure
 
     def run(
-        self, subjects: Iterable[object], progress: Progress | None = None
+        self,
+        subjects: Iterable[object],
+        progress: Progress | None = None,
+        *,
+        override_hold: bool = False,
+        by: str | None = None,
     ) -> list[ShredResult]:
-        """Shred every subject; one result per input position, in order."""
+        """Shred every subject; one result per input position, in order. A held subject is
+        left out (``held``) unless ``override_hold`` (its override entry naming ``by``)."""
         self._options.writable("shred")
+        check_override(override_hold, by)
         if isinstance(subjects, str | bytes):  # iterating it would shred each character
             raise TypeError("shred_many takes an iterable of subjects, not one: use shred()")
         given = list(subjects)
@@ -154,20 +176,21 @@ class ShredMany:
         for start in range(0, len(order), BATCH):
             batch = order[start : start + BATCH]
             if stop is None:
-                outcomes, stop = self._batch(batch)
+                outcomes, stop = self._batch(batch, override_hold, by)
             else:
                 why = f"{stop} (not attempted: an earlier batch failed so)"
                 outcomes = {it.ref: _Done("error", error=why) for it in batch}
             for it in batch:
                 first = outcomes[it.ref]
                 for n, i in enumerate(it.indices):
-                    repeat = n > 0 and first.outcome != "error"
+                    repeat = n > 0 and first.outcome in ("shredded", "already_shredded")
                     results[i] = ShredResult(
                         index=i,
                         outcome="already_shredded" if repeat else first.outcome,
                         receipt=first.receipt,
                         error=first.error,
                         sweep_incomplete=first.sweep_incomplete,
+                        hold_ids=first.hold_ids,
                     )
                 done += len(it.indices)
             if progress is not None:
@@ -178,13 +201,16 @@ class ShredMany:
 
     # -- one batch ---------------------------------------------------------------------------------
 
-    def _batch(self, batch: list[_Item]) -> tuple[dict[bytes, _Done], str | None]:
+    def _batch(
+        self, batch: list[_Item], override_hold: bool, by: str | None
+    ) -> tuple[dict[bytes, _Done], str | None]:
         """Shred a batch and sweep what it shredded: each ref's outcome, and the error that
         stops the later batches (None: go on)."""
         ring = self._ring
         try:
             self._link.before_shred()  # strict, ledger unreachable: raises, nothing destroyed
             now = self._options.now()
+            guard = HeldGuard(now, override=override_hold, raising=False)
             epoch = self._store.active_epoch() or self._epochs.active()
             sealed = (
                 self._queue.seal_many([(it.subject, it.ref) for it in batch], now)
@@ -194,7 +220,7 @@ class ShredMany:
             for it in batch:
                 ring.fence(it.ref)
             try:
-                out, made = self._commit(batch, now, epoch, sealed)
+                out, made = self._commit(batch, now, epoch, sealed, guard, by)
             except BaseException:
                 ring.evict_subjects({it.ref for it in batch})  # committed or not: evicted
                 raise
@@ -209,16 +235,24 @@ class ShredMany:
                 len(batch),
                 _describe(exc),
             )
-            outcomes, stop = self._one_by_one(batch)
+            outcomes, stop = self._one_by_one(batch, override_hold, by)
         else:
-            outcomes, stop = self._outcomes(batch, out, made), None
+            outcomes, stop = self._outcomes(batch, out, made, guard), None
         return self._sweep(batch, outcomes), stop
 
     def _commit(
-        self, batch: list[_Item], now: float, epoch: EpochRecord, sealed: list[Sealed] | None
-    ) -> tuple[list[tuple[str, bool]], dict[bytes, ErasureReceipt]]:
-        """The batch's key-store transaction, ledger first (caught up and retried when the
-        ledger moved); returns each ref's (receipt JSON, newly shredded) and the receipts made."""
+        self,
+        batch: list[_Item],
+        now: float,
+        epoch: EpochRecord,
+        sealed: list[Sealed] | None,
+        guard: HeldGuard,
+        by: str | None,
+    ) -> tuple[list[tuple[str, bool] | None], dict[bytes, ErasureReceipt]]:
+        """The batch's key-store transaction, hold check first (``guard``: held refs are left
+        out, or their holds overridden), ledger first (caught up and retried when the ledger
+        moved); returns each ref's (receipt JSON, newly shredded) — None for a held ref — and
+        the receipts made."""
         made: dict[bytes, ErasureReceipt] = {}
         seals = None if sealed is None else {it.ref: s for it, s in zip(batch, sealed, strict=True)}
 
@@ -227,10 +261,13 @@ class ShredMany:
             made[ref] = receipt  # a retried transaction makes it again: the last one commits
             return receipt.model_dump_json()
 
-        def journal(txn: JournalTxn, out: Sequence[tuple[str, bool]]) -> None:
-            new = [it.ref for it, (_, newly) in zip(batch, out, strict=True) if newly]
+        def journal(txn: JournalTxn, out: Sequence[tuple[str, bool] | None]) -> None:
+            new = [it.ref for it, o in zip(batch, out, strict=True) if o is not None and o[1]]
             if new:
-                self._link.journal_receipts(txn, [made[ref] for ref in new])
+                overrides = guard.overrides(
+                    self._erasure.installation_id, [(r, made[r].receipt_id) for r in new], by
+                )
+                self._link.journal_receipts(txn, [made[ref] for ref in new], overrides)
             if seals is not None:
                 t = self._options.now()
                 rows = [
@@ -243,7 +280,7 @@ class ShredMany:
         refs = [it.ref for it in batch]
         seal_head = self._ring.heads.seal
         out = self._link.ledger_first(
-            lambda: self._store.shred_many(refs, now, make, seal_head, journal)
+            lambda: self._store.shred_many(refs, now, make, seal_head, journal, guard=guard)
         )
         return out, made
 
@@ -251,15 +288,15 @@ class ShredMany:
         self,
         txn: JournalTxn,
         batch: list[_Item],
-        out: Sequence[tuple[str, bool]],
+        out: Sequence[tuple[str, bool] | None],
         seals: dict[bytes, Sealed],
         now: float,
     ) -> list[QueuedErasure]:
         """The repeats' erasures not completed yet, queued again (as a repeated shred does)."""
         repeats = [
             (it.ref, parsed[0])
-            for it, (text, newly) in zip(batch, out, strict=True)
-            if not newly and (parsed := parse_receipt(text)) is not None
+            for it, o in zip(batch, out, strict=True)
+            if o is not None and not o[1] and (parsed := parse_receipt(o[0])) is not None
         ]
         if not repeats:
             return []
@@ -273,19 +310,25 @@ class ShredMany:
     def _outcomes(
         self,
         batch: list[_Item],
-        out: Sequence[tuple[str, bool]],
+        out: Sequence[tuple[str, bool] | None],
         made: dict[bytes, ErasureReceipt],
+        guard: HeldGuard,
     ) -> dict[bytes, _Done]:
         """Each ref's outcome after the commit, its keys evicted from this process."""
         ring = self._ring
         outcomes: dict[bytes, _Done] = {}
         lost: set[bytes] = set()
-        for it, (text, newly) in zip(batch, out, strict=True):
+        for it, o in zip(batch, out, strict=True):
+            if o is None:  # held: left out, nothing destroyed
+                outcomes[it.ref] = _Done("held", hold_ids=tuple(guard.held.get(it.ref, ())))
+                continue
+            text, newly = o
             if newly:
                 receipt = made[it.ref]
                 keys = [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
                 ring.evict_subject(it.ref, keys)
-                outcomes[it.ref] = _Done("shredded", receipt)
+                overridden = tuple(guard.overridden.get(it.ref, ()))
+                outcomes[it.ref] = _Done("shredded", receipt, hold_ids=overridden)
                 continue
             parsed = parse_receipt(text)
             if parsed is None:
@@ -297,13 +340,20 @@ class ShredMany:
         if lost:
             ring.evict_subjects(lost)
         shredded = sum(o.outcome == "shredded" for o in outcomes.values())
+        held = sum(o.outcome == "held" for o in outcomes.values())
         log.info(
             "shred_many: a batch committed",
-            extra={"shredded": shredded, "already_shredded": len(batch) - shredded - len(lost)},
+            extra={
+                "shredded": shredded,
+                "already_shredded": len(batch) - shredded - held - len(lost),
+                "held": held,
+            },
         )
         return outcomes
 
-    def _one_by_one(self, batch: list[_Item]) -> tuple[dict[bytes, _Done], str | None]:
+    def _one_by_one(
+        self, batch: list[_Item], override_hold: bool, by: str | None
+    ) -> tuple[dict[bytes, _Done], str | None]:
         """The batch shredded as :meth:`Erasure.shred` does, one subject at a time (its
         after-shred hooks apart: the batch sweep follows). A ledger error stops here as in a
         batch; a batch of several in which no subject could be shredded stops too (the key
@@ -316,7 +366,11 @@ class ShredMany:
                 outcomes[it.ref] = _Done("error", error=stop)
                 continue
             try:
-                receipt, newly = self._erasure.destroy(it.subject)
+                receipt, newly = self._erasure.destroy(
+                    it.subject, override_hold=override_hold, by=by
+                )
+            except SubjectHeldError as exc:
+                outcomes[it.ref] = _Done("held", hold_ids=exc.hold_ids)
             except _STOPS as exc:
                 stop = _describe(exc)
                 outcomes[it.ref] = _Done("error", error=stop)
@@ -332,7 +386,8 @@ class ShredMany:
     def _sweep(self, batch: list[_Item], outcomes: dict[bytes, _Done]) -> dict[bytes, _Done]:
         """Run the after-shred hooks for every subject the batch shredded (now or before); a
         failure is stated in each of their results, never loses a receipt."""
-        values = [v for it in batch if outcomes[it.ref].outcome != "error" for v in it.values]
+        swept = ("shredded", "already_shredded")
+        values = [v for it in batch if outcomes[it.ref].outcome in swept for v in it.values]
         if not values:
             return outcomes
         outcome = sweep_many(self._ring, values)
@@ -348,6 +403,8 @@ class ShredMany:
             why,
         )
         return {
-            ref: o if o.outcome == "error" else _Done(o.outcome, o.receipt, sweep_incomplete=why)
+            ref: o
+            if o.outcome not in swept
+            else _Done(o.outcome, o.receipt, sweep_incomplete=why, hold_ids=o.hold_ids)
             for ref, o in outcomes.items()
         }

@@ -121,6 +121,14 @@ class ShredPreview(_Frozen):
         description="context labels of columns with blind indexes in this installation that "
         "no attached engine would sweep (the WARNING a shred from this process logs)"
     )
+    held: bool = Field(
+        default=False,
+        description="the subject is under an active legal hold: the shred raises "
+        "SubjectHeldError and destroys nothing, unless override_hold=True",
+    )
+    hold_ids: tuple[str, ...] = Field(
+        default=(), description="the ids of the subject's active legal holds"
+    )
 
     @property
     def rows(self) -> int:

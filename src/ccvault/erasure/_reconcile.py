@@ -1,5 +1,6 @@
 """Owns bringing the key store and the ledger into agreement: replaying ledger entries into the
-store, re-adding the store's receipts to a ledger behind it (after a signed repair entry),
+store (receipts, completions, legal holds, their releases and overrides), re-adding the store's
+receipts to a ledger behind it (after a signed repair entry),
 appending the outbox, and the read-only check of one against the other. Must not decide when:
 the ledger link does (at open, after a restore, before a shred, on request).
 
@@ -30,6 +31,7 @@ from ..keystore._records import (
     State,
 )
 from ._check import check_store, index_ledger, store_receipts
+from ._hold_records import HOLD_FORMAT, RELEASE_FORMAT, apply_hold_record
 from ._journal import Journal, JournalMoved
 from ._records import CompletionRecord, JournalEntry, Record, parse_record
 from ._status import ErasureCheck, Reconciliation, RepairRecord
@@ -119,7 +121,8 @@ class Reconciler:
     def append(self, txn: JournalTxn, journal: Journal, new: Sequence[Record]) -> int:
         """Append the outbox and then ``new`` after the store's applied seq, record where they
         went (a receipt's erasure row; a completion marks its erasure completed and drops it
-        from the queue), empty the outbox; returns how many entries were appended. Raises
+        from the queue; a hold, release or override its hold rows), empty the outbox; returns
+        how many entries were appended. Raises
         :class:`JournalMoved` when the ledger is not where the store says (nothing written)."""
         applied = txn.applied
         if applied is None or applied < 0:
@@ -136,6 +139,8 @@ class Reconciler:
             if isinstance(r, ErasureReceipt)
         ]
         txn.record_erasures(rows)
+        for r, e in zip(records, entries, strict=True):
+            apply_hold_record(txn, r, e.seq)  # a hold, release or override: its rows follow
         done = [
             (r.receipt_id, e.seq)
             for r, e in zip(records, entries, strict=True)
@@ -198,7 +203,8 @@ class Reconciler:
     def replay(self, journal: Journal, after: int) -> Reconciliation:
         """Apply every entry after seq ``after`` in order, ``_BATCH`` per key-store transaction:
         a receipt shreds its subject with the ledger's own receipt (never a new one), a
-        completion marks its erasure completed; the store's applied seq follows."""
+        completion marks its erasure completed, a hold records its hold, a release or an
+        override marks its holds released; the store's applied seq follows."""
         total = Reconciliation()
         legacy: set[str] = set()
         batch: list[JournalEntry] = []
@@ -219,7 +225,10 @@ class Reconciler:
                 return Reconciliation()  # another process applied them meanwhile
             if todo[0].seq != start + 1:  # the store went back meanwhile: look again
                 raise JournalMoved(todo[0].seq - 1, start)
-            queued = {o.receipt_id: o.seq for o in txn.outbox() if o.receipt_id}
+            queued: dict[str, list[int]] = {}
+            for o in txn.outbox():
+                if o.receipt_id:  # a receipt, and the override entry that went with it
+                    queued.setdefault(o.receipt_id, []).append(o.seq)
             rows: list[ErasureRow] = []
             completions: list[tuple[str, int]] = []
             dropped: list[int] = []
@@ -246,10 +255,11 @@ class Reconciler:
                         else ErasureOrigin.LEDGER
                     )
                     rows.append(receipt_row(record, origin, entry.seq, ref))
-                    if record.receipt_id in queued:
-                        dropped.append(queued[record.receipt_id])
+                    dropped += queued.get(record.receipt_id, [])
                 elif isinstance(record, CompletionRecord):
                     completions.append((record.receipt_id, entry.seq))
+                else:
+                    apply_hold_record(txn, record, entry.seq)
             txn.record_erasures(rows)
             for receipt_id, seq in completions:
                 txn.record_completion(receipt_id, seq)
@@ -264,7 +274,9 @@ class Reconciler:
     def reapply(self, journal: Journal) -> Reconciliation:
         """Shred again, with the ledger's receipt, every subject a ledger receipt names that the
         store does not hold as shredded although it applied the entry (its rows were put back
-        piecemeal: an insider, or a restore of single rows)."""
+        piecemeal: an insider, or a restore of single rows); and apply again every hold,
+        release and override entry when the store lacks a hold or holds a released one as
+        active."""
         index = index_ledger(journal, self._id, self._public)
         by_ref: dict[bytes, str] = {}
         for rid, (_, ref_hex) in index.receipts.items():
@@ -272,22 +284,27 @@ class Reconciler:
                 by_ref.setdefault(bytes.fromhex(ref_hex), rid)
             except ValueError:
                 continue
+        holds = index.hold_entries  # judged one by one: a tampered entry is the check's to name
         refs = list(by_ref)
         live: list[bytes] = []
         for i in range(0, len(refs), _BATCH):
             chunk = refs[i : i + _BATCH]
             found = self._store.subject_keys(chunk)
             live += [r for r in chunk if r not in found or found[r][0].state != State.SHREDDED]
-        if not live:
+        if not live and not self._holds_lost(holds):
             return Reconciliation()
         wanted = {by_ref[r] for r in live}
-        receipts = [
-            (e.seq, r)
-            for e in journal.entries()
-            if e.kind == RECEIPT_FORMAT and e.record.get("receipt_id") in wanted
-            for r in [e.parsed()]
-            if isinstance(r, ErasureReceipt)
-        ]
+        receipts = (
+            [
+                (e.seq, r)
+                for e in journal.entries()
+                if e.kind == RECEIPT_FORMAT and e.record.get("receipt_id") in wanted
+                for r in [e.parsed()]
+                if isinstance(r, ErasureReceipt)
+            ]
+            if wanted
+            else []
+        )
 
         def run(txn: JournalTxn) -> Reconciliation:
             shredded = 0
@@ -296,9 +313,32 @@ class Reconciler:
                 _, newly = txn.shred(ref, _ts(receipt.shredded_at), _original(receipt), self._seal)
                 shredded += newly
                 txn.record_erasures([receipt_row(receipt, ErasureOrigin.LEDGER, seq, ref)])
+            for entry in holds:  # holds, releases and overrides: idempotent
+                record = entry.parsed()
+                if record is not None:
+                    apply_hold_record(txn, record, entry.seq)
             return Reconciliation(shredded=shredded)
 
         return self._store.journal_transaction(run, create=True)
+
+    def _holds_lost(self, entries: Sequence[JournalEntry]) -> bool:
+        """Whether the store lacks a hold the ledger holds, or holds one as active that the
+        ledger released (its rows deleted or put back piecemeal)."""
+        placed = {str(e.record.get("hold_id")) for e in entries if e.kind == HOLD_FORMAT}
+        released = {
+            str(h)
+            for e in entries
+            if e.kind != HOLD_FORMAT
+            for h in (
+                [e.record.get("hold_id")]
+                if e.kind == RELEASE_FORMAT
+                else list(e.record.get("hold_ids") or [])
+            )
+        }
+        rows = {r.hold_id: r for r in self._store.holds()}
+        return any(h not in rows for h in placed) or any(
+            h in rows and rows[h].released_at is None for h in released
+        )
 
     # -- repair: the store's receipts into a ledger that lacks them -------------------------------
 

@@ -29,13 +29,15 @@ from ..keystore._records import (
     QueuedErasure,
     State,
 )
+from ._hold_records import check_text
+from ._holds import HeldGuard
 from ._link import LedgerLink
 from ._preview import EnginePreview, ShredPreview, keys_a_shred_destroys
 from ._queue import COMMIT_SLACK, ErasureQueue, Sealed
 from ._reconcile import receipt_row
 from ._sweep import sweep, warn_unswept
 
-__all__ = ["Erasure", "parse_receipt", "requeues", "unparsable_receipt"]
+__all__ = ["Erasure", "check_override", "parse_receipt", "requeues", "unparsable_receipt"]
 
 log = logging.getLogger("ccvault")
 
@@ -69,26 +71,38 @@ class Erasure:
         self._queue = queue
 
     @property
+    def installation_id(self) -> str:
+        return self._installation.id
+
+    @property
     def receipt_public_key(self) -> bytes:
         """The Ed25519 public key that signs this installation's erasure receipts."""
         return ed25519_public_key(self._seed.reveal())
 
-    def shred(self, subject: object) -> ErasureReceipt:
+    def shred(
+        self, subject: object, *, override_hold: bool = False, by: str | None = None
+    ) -> ErasureReceipt:
         """Fence ``subject``, destroy its keys (keeping tombstones) in the transaction that
         appends the receipt to the ledger, evict them from this process, run the after-shred
-        hooks and return the signed receipt."""
-        receipt, _ = self.destroy(subject)
+        hooks and return the signed receipt. A subject under an active legal hold raises
+        :class:`SubjectHeldError` (nothing destroyed) unless ``override_hold``: then the
+        override entry (naming ``by``) goes to the ledger right before the receipt."""
+        receipt, _ = self.destroy(subject, override_hold=override_hold, by=by)
         self._run_hooks(self._ring.subject_ref(subject), subject, receipt)
         return receipt
 
-    def destroy(self, subject: object) -> tuple[ErasureReceipt, bool]:
+    def destroy(
+        self, subject: object, *, override_hold: bool = False, by: str | None = None
+    ) -> tuple[ErasureReceipt, bool]:
         """:meth:`shred` but the after-shred hooks: the receipt, and whether this call shredded
         the subject (False: the stored receipt of an earlier shred)."""
         self._options.writable("shred")
+        check_override(override_hold, by)
         self._link.before_shred()
         ring = self._ring
         ref = ring.subject_ref(subject)
         now = self._options.now()
+        guard = HeldGuard(now, override=override_hold, raising=True)
         epoch = self._store.active_epoch() or self._epochs.active()  # fresh, not the cached one
 
         def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
@@ -97,10 +111,12 @@ class Erasure:
         # The subject sealed for the erasure's completion (a ledger is where completions go):
         # sealed before the transaction, queued inside it with the receipt.
         sealed = self._queue.seal(subject, ref, now) if self._link.configured else None
-        ring.fence(ref)
+        ring.fence(ref)  # a refused shred (a held subject) leaves it fenced: uncached, not refused
         parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
         try:
-            receipt_json, newly = self._shred_ledger_first(ref, now, make_receipt, sealed)
+            receipt_json, newly = self._shred_ledger_first(
+                ref, now, make_receipt, sealed, guard, by
+            )
             failpoint("after-keystore-commit")
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
@@ -155,6 +171,8 @@ class Erasure:
         ring = self._ring
         ref = ring.subject_ref(subject)  # TypeError for a subject of another type
         head, keys = self._store.ref_keys(ref)
+        now = self._options.now()
+        held = tuple(r.hold_id for r in self._store.holds([ref], unreleased=True) if r.active(now))
         # As the key store's shred decides: a recorded shred returns its receipt and destroys
         # nothing more; otherwise every live or quarantined key row of the ref goes.
         shredded = head is not None and head.state == State.SHREDDED and head.receipt is not None
@@ -170,13 +188,15 @@ class Erasure:
         return ShredPreview(
             installation_id=self._installation.id,
             subject_ref=ref.hex(),
-            previewed_at=datetime.fromtimestamp(self._options.now(), tz=timezone.utc),
+            previewed_at=datetime.fromtimestamp(now, tz=timezone.utc),
             # the receipt's subject_was_known: a head with a key lineage (not a version-0 fence)
             subject_known=head is not None and head.current_version != 0,
             already_shredded=shredded,
             keys_to_destroy=() if shredded else keys_a_shred_destroys(keys),
             engines=tuple(engines),
             unswept_indexes=tuple(sorted(ring.searchable_labels() - swept)),
+            held=bool(held),
+            hold_ids=held,
         )
 
     def _shred_ledger_first(
@@ -185,21 +205,27 @@ class Erasure:
         now: float,
         make_receipt: Callable[[HeadRecord | None, Sequence[KeyRecord]], str],
         sealed: Sealed | None,
+        guard: HeldGuard,
+        by: str | None,
     ) -> tuple[str, bool]:
-        """The key store's shred with the ledger step (and, with ``sealed``, the erasure queued
-        for completion in the same transaction); when the ledger has moved past the store
-        (another process crashed after its append, or a restore), catch up and retry: the replay
-        may shred this subject with the ledger's receipt, which is then returned."""
+        """The key store's shred with the hold check (``guard``, first under the ledger lock)
+        and the ledger step (and, with ``sealed``, the erasure queued for completion in the
+        same transaction); when the ledger has moved past the store (another process crashed
+        after its append, or a restore), catch up and retry: the replay may shred this subject
+        with the ledger's receipt, which is then returned."""
 
         def journal(txn: JournalTxn, receipt_json: str) -> None:
-            self._link.shred_journal(txn, receipt_json)
+            receipt_id = ErasureReceipt.model_validate_json(receipt_json).receipt_id
+            overrides = guard.overrides(self._installation.id, [(ref, receipt_id)], by)
+            self._link.shred_journal(txn, receipt_json, overrides)
             if sealed is not None:
-                receipt_id = ErasureReceipt.model_validate_json(receipt_json).receipt_id
                 now = self._options.now()
                 txn.queue_erasure(self.queue_row(receipt_id, ref, sealed, now, now))
 
         return self._link.ledger_first(
-            lambda: self._store.shred(ref, now, make_receipt, self._ring.heads.seal, journal)
+            lambda: self._store.shred(
+                ref, now, make_receipt, self._ring.heads.seal, journal, guard=guard
+            )
         )
 
     def receipt(self, subject: object) -> ErasureReceipt | None:
@@ -304,6 +330,17 @@ class Erasure:
             signing_key="",
         )
         return sign_receipt(receipt, self._seed.reveal())
+
+
+def check_override(override_hold: object, by: object) -> None:
+    """``override_hold`` is a bool; ``by`` (who overrides, for the override entry) a case-like
+    text or None, and only with ``override_hold``."""
+    if not isinstance(override_hold, bool):
+        raise TypeError("override_hold must be a bool")
+    if by is not None:
+        if not override_hold:
+            raise ValueError("by= names who overrides a legal hold: only with override_hold=True")
+        check_text(by, "by")
 
 
 def requeues(row: ErasureRow | None) -> bool:

@@ -97,9 +97,11 @@ class ErasureCheck(BaseModel):
     * ``ledger``: the chain verification (every tampered, missing, reordered, truncated, foreign
       or torn entry by seq; the store's applied seq is its known head);
     * ``not_applied``: ledger entries the key store has not applied (seq after its applied seq),
-      and receipts in the ledger whose subject the store does not hold as shredded;
+      receipts in the ledger whose subject the store does not hold as shredded, legal holds the
+      store lacks, and holds the ledger released that the store holds as not released;
     * ``missing_from_ledger``: receipts the store holds that the ledger lacks (a ledger behind:
-      ``reconcile_erasures()`` re-adds them after a signed repair entry);
+      ``reconcile_erasures()`` re-adds them after a signed repair entry), and hold rows the
+      ledger has no entry for;
     * ``pending``: entries of ``best-effort`` shreds still waiting in the outbox;
     * ``unverifiable``: receipts in the store that do not parse or verify under the
       installation's receipt key (a damaged or edited row: never copied to the ledger).

@@ -4,16 +4,17 @@ A key store never sees key material in clear and never sees a subject in clear (
 Key creation and shred both go through the subject head so that a creation racing a shred never
 leaves a live key; a shred also appends, in its transaction, a row to the invalidation channel
 that every process polls (DESIGN.md, lifecycle rule 5), and every transaction that applies the
-erasure journal (a shred with a ledger, a replay, a repair, an outbox flush) runs under the lock
-of one row, ``ledger_applied_seq`` (rule 3: :class:`JournalTxn`). Each head carries a MAC of its
-state that the vault computes (a :data:`HeadSealer` passed in) and verifies: the store holds no key
-and trusts no head.
+erasure journal (a shred with a ledger, a replay, a repair, an outbox flush, a legal hold or its
+release) runs under the lock of one row, ``ledger_applied_seq`` (rule 3: :class:`JournalTxn`),
+and a shred checks the subject's legal holds under it (a :data:`ShredGuard`). Each head carries
+a MAC of its state that the vault computes (a :data:`HeadSealer` passed in) and verifies: the
+store holds no key and trusts no head.
 :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from ..errors import KeyStoreError
@@ -22,6 +23,7 @@ from ._records import (
     EpochRecord,
     ErasureRow,
     HeadRecord,
+    HoldRow,
     Invalidation,
     KeyRecord,
     OutboxEntry,
@@ -36,6 +38,7 @@ __all__ = [
     "Listening",
     "ReceiptFactory",
     "RefReceiptFactory",
+    "ShredGuard",
     "ShredJournal",
     "ShredManyJournal",
 ]
@@ -115,17 +118,56 @@ class JournalTxn(Protocol):
         """Remove the queued erasures of ``receipt_ids`` (completed: their subjects go)."""
         ...
 
+    def head_state(self, ref: bytes) -> str | None:
+        """The state of ``ref``'s subject head, locked (None: it has none)."""
+        ...
+
+    def holds(self, refs: Sequence[bytes]) -> list[HoldRow]:
+        """The hold rows of ``refs`` not released (their ``until`` is the caller's to judge),
+        locked until the transaction ends: a release or another shred waits."""
+        ...
+
+    def hold_rows(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
+        """The hold rows of ``hold_ids`` that exist, released or not, locked, by hold id."""
+        ...
+
+    def record_holds(self, rows: Sequence[HoldRow]) -> None:
+        """Record holds: a row absent is inserted; one present takes the ``ledger_seq`` given
+        (when not None) and keeps the rest."""
+        ...
+
+    def release_holds(
+        self,
+        hold_ids: Sequence[str],
+        *,
+        at: float,
+        by: str | None,
+        seq: int | None,
+        override_receipt: str | None = None,
+    ) -> None:
+        """Mark holds released at ``at`` by ``by`` — by the shred of ``override_receipt`` when
+        given — unless already released, with ``seq`` the seq of the entry (None: not in the
+        ledger yet); a hold released with no seq yet takes ``seq`` (an outbox flushed)."""
+        ...
+
 
 ShredJournal = Callable[[JournalTxn, str], None]
 """Given to :meth:`KeyStore.shred`: called with the transaction and the new receipt (JSON) once
 the subject's keys are destroyed in it and before it commits; it appends the receipt to the
 ledger (or queues it) and records where. Raising rolls the shred back: nothing is destroyed."""
 
-ShredManyJournal = Callable[[JournalTxn, Sequence[tuple[str, bool]]], None]
+ShredManyJournal = Callable[[JournalTxn, Sequence[tuple[str, bool] | None]], None]
 """Given to :meth:`KeyStore.shred_many`: called with the transaction and each ref's (receipt
-JSON, newly shredded), in the refs' order, once the keys of the refs newly shredded are
-destroyed and before the commit (a :data:`ShredJournal` for a batch; it also sees the repeats).
-Raising rolls the whole batch back: nothing is destroyed."""
+JSON, newly shredded), in the refs' order (None for a ref its guard left out), once the keys of
+the refs newly shredded are destroyed and before the commit (a :data:`ShredJournal` for a batch;
+it also sees the repeats). Raising rolls the whole batch back: nothing is destroyed."""
+
+ShredGuard = Callable[[JournalTxn, Sequence[bytes]], Collection[bytes]]
+"""Given to :meth:`KeyStore.shred` and :meth:`KeyStore.shred_many`: called in the shred's
+transaction once it holds the ``ledger_applied_seq`` lock and before any subject head is read,
+with the refs to shred; returns the refs to leave out (``shred_many``: a held subject), or
+raises to shred nothing (``shred``'s only way to refuse). What it reads under that lock cannot
+change before the commit: a hold and a shred serialise on it."""
 
 
 class EpochNotUsableError(KeyStoreError):
@@ -321,14 +363,17 @@ class KeyStore(Protocol):
         make_receipt: ReceiptFactory,
         seal_head: HeadSealer,
         journal: ShredJournal | None = None,
+        *,
+        guard: ShredGuard | None = None,
     ) -> tuple[str, bool]:
         """Fence the subject and destroy its key material, keeping tombstones (a subject never
         seen gets a version-0 one); the head's shredded state is authenticated by
         ``seal_head``.
 
         A subject newly shredded gets a ``shred`` row in the invalidation channel, written in
-        the same transaction. With ``journal`` the transaction is a :class:`JournalTxn`: it
-        locks ``ledger_applied_seq`` first, and ``journal`` runs before the commit.
+        the same transaction. With ``journal`` or ``guard`` the transaction is a
+        :class:`JournalTxn`: it locks ``ledger_applied_seq`` first, ``guard`` runs next (it
+        refuses by raising) and ``journal`` before the commit.
 
         Returns (receipt, newly_shredded). A repeat returns the stored receipt (and restores
         the head's MAC of its shredded state if the row lost it) and does not call ``journal``.
@@ -342,11 +387,14 @@ class KeyStore(Protocol):
         make_receipt: RefReceiptFactory,
         seal_head: HeadSealer,
         journal: ShredManyJournal,
-    ) -> list[tuple[str, bool]]:
+        *,
+        guard: ShredGuard | None = None,
+    ) -> list[tuple[str, bool] | None]:
         """:meth:`shred` of many distinct refs in one :class:`JournalTxn` (``shred_many``'s
-        batches): the ledger lock, then every head (in ref order), a few statements for all of
-        them; ``journal`` runs once, before the invalidation rows and the commit. Returns each
-        ref's (receipt, newly_shredded) in order; one failure rolls back every ref."""
+        batches): the ledger lock, then ``guard`` (the refs it returns are left out), then
+        every other head (in ref order), a few statements for all of them; ``journal`` runs
+        once, before the invalidation rows and the commit. Returns each ref's (receipt,
+        newly_shredded) in order, None for a ref left out; one failure rolls back every ref."""
         ...
 
     def journal_transaction(self, fn: Callable[[JournalTxn], T], *, create: bool = False) -> T:
@@ -378,6 +426,13 @@ class KeyStore(Protocol):
     def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
         """Up to ``limit`` (ref, receipt JSON) of shredded heads with a receipt, refs after
         ``after`` in ref order."""
+        ...
+
+    def holds(
+        self, refs: Sequence[bytes] | None = None, *, unreleased: bool = False
+    ) -> list[HoldRow]:
+        """The legal holds of ``refs`` (None: every one), only those not released when
+        ``unreleased``, in the order they were placed (read without locking, schema 5)."""
         ...
 
     def queue_erasure(self, row: QueuedErasure) -> None:

@@ -12,6 +12,7 @@ __all__ = [
     "ErasureOrigin",
     "ErasureRow",
     "HeadRecord",
+    "HoldRow",
     "Invalidation",
     "InvalidationKind",
     "KeyKind",
@@ -188,4 +189,37 @@ class QueuedErasure:
         return (
             f"QueuedErasure(receipt={self.receipt_id}, ref={self.ref.hex()[:16]}, "
             f"key_version={self.key_version}, due={self.due})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """One legal hold as the key store records it (schema 5): its id, the subject ref (never the
+    subject), the case (an opaque reference), who placed it and when, until when it lasts (None:
+    until released), the seq of its ledger entry; once released, when, by whom (None for an
+    override that named no one), the receipt id of the shred that overrode it (None for a
+    release) and the seq of the release's or override's ledger entry. Times are seconds since
+    the epoch (UTC)."""
+
+    hold_id: str
+    ref: bytes
+    case: str
+    by: str
+    placed_at: float
+    until: float | None
+    ledger_seq: int | None
+    released_at: float | None = None
+    released_by: str | None = None
+    override_receipt: str | None = None
+    release_seq: int | None = None
+
+    def active(self, now: float) -> bool:
+        """Whether the hold holds at ``now``: not released, and its ``until`` not passed."""
+        return self.released_at is None and (self.until is None or self.until > now)
+
+    @safe_repr
+    def __repr__(self) -> str:  # never the case: an opaque reference, kept out of logs all the same
+        return (
+            f"HoldRow(hold={self.hold_id}, ref={self.ref.hex()[:16]}, "
+            f"released={self.released_at is not None}, ledger_seq={self.ledger_seq})"
         )

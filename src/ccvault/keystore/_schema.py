@@ -13,7 +13,7 @@ __all__ = [
     "build_metadata",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The key-store schema this library writes and reads (``ccvault_meta.schema_version``).
 
 1. The first release.
@@ -34,6 +34,12 @@ SCHEMA_VERSION = 4
    ``queue`` in ``keys``; one version a UTC day, destroyed ``backup_retention`` after its day),
    and when the completion may run. A row goes when its completion is committed. Stores at
    version 1 to 3 are brought here by ``ccvault upgrade-store`` only.
+5. ``holds``: legal holds (DESIGN.md, lifecycle rules 3 and 8): hold id, subject ref (never the
+   subject), case (an opaque reference), who placed it, when, until when, the seq of its ledger
+   entry and, once released or overridden by a shred, when, by whom, the overriding receipt's id
+   and the seq of that entry. A hold, its release and its override are ledger entries first;
+   the rows follow them under the ``ledger_applied_seq`` lock. Stores at version 1 to 4 are
+   brought here by ``ccvault upgrade-store`` only.
 """
 
 INVALIDATION_SEQ = "invalidation_seq"
@@ -157,5 +163,22 @@ def build_metadata(prefix: str = "ccvault_") -> sa.MetaData:
         sa.Column("sealed", sa.LargeBinary, nullable=False),
         sa.Column("due", sa.Double, nullable=False),
         sa.Column("queued_at", sa.Double, nullable=False),
+    )
+    # schema 5: legal holds (DESIGN.md, lifecycle rules 3 and 8)
+    sa.Table(
+        f"{prefix}holds",
+        md,
+        sa.Column("hold_id", sa.String(32), primary_key=True),
+        sa.Column("ref", _bin(32), nullable=False),
+        sa.Column("legal_case", sa.String(128), nullable=False),  # opaque reference, never PII
+        sa.Column("placed_by", sa.String(128), nullable=False),
+        sa.Column("placed_at", sa.Double, nullable=False),
+        sa.Column("held_until", sa.Double),  # NULL: until released
+        sa.Column("ledger_seq", sa.BigInteger),  # the hold's entry
+        sa.Column("released_at", sa.Double),  # NULL: not released
+        sa.Column("released_by", sa.String(128)),
+        sa.Column("override_receipt", sa.String(64)),  # the shred that overrode it
+        sa.Column("release_seq", sa.BigInteger),  # the release's or override's entry
+        sa.Index(f"{prefix}holds_ref_ix", "ref"),
     )
     return md

@@ -42,6 +42,7 @@ from ._protocol import (
     Listening,
     ReceiptFactory,
     RefReceiptFactory,
+    ShredGuard,
     ShredJournal,
     ShredManyJournal,
 )
@@ -49,6 +50,7 @@ from ._records import (
     EpochRecord,
     ErasureRow,
     HeadRecord,
+    HoldRow,
     Invalidation,
     InvalidationKind,
     KeyKind,
@@ -66,6 +68,7 @@ from ._sql_journal import (
     journal_step,
     queue_erasures,
     read_applied,
+    read_holds,
     read_outbox,
     read_queue,
     read_shredded_receipts,
@@ -146,6 +149,7 @@ class SqlKeyStore:
             erasures=t[f"{prefix}erasures"],
             queue=t[f"{prefix}erasure_queue"],
             heads=self._heads,
+            holds=t[f"{prefix}holds"],
             insert_ignore=self._insert_ignore,
             insert_ignore_many=self._insert_ignore_many,
             shred_in=self._shred_in,
@@ -726,11 +730,18 @@ class SqlKeyStore:
         make_receipt: ReceiptFactory,
         seal_head: HeadSealer,
         journal: ShredJournal | None = None,
+        *,
+        guard: ShredGuard | None = None,
     ) -> tuple[str, bool]:
         def run(conn: Connection) -> tuple[str, bool]:
             step = None
-            if journal is not None:  # the ledger lock first, then the head (one lock order)
-                step = journal_step(SqlJournalTxn(conn, self._jt, create=False), journal)
+            if journal is not None or guard is not None:
+                # the ledger lock first, then holds, then the head (one lock order)
+                txn = SqlJournalTxn(conn, self._jt, create=False)
+                if guard is not None and guard(txn, [ref]):
+                    raise KeyStoreError("a shred guard may refuse a single shred only by raising")
+                if journal is not None:
+                    step = journal_step(txn, journal)
             return self._shred_in(conn, ref, now, make_receipt, seal_head, step)
 
         return self._write(run)
@@ -742,15 +753,25 @@ class SqlKeyStore:
         make_receipt: RefReceiptFactory,
         seal_head: HeadSealer,
         journal: ShredManyJournal,
-    ) -> list[tuple[str, bool]]:
+        *,
+        guard: ShredGuard | None = None,
+    ) -> list[tuple[str, bool] | None]:
         if len(set(refs)) != len(refs):
             raise ValueError("shred_many takes distinct refs")
 
-        def run(conn: Connection) -> list[tuple[str, bool]]:
+        def run(conn: Connection) -> list[tuple[str, bool] | None]:
             txn = SqlJournalTxn(conn, self._jt, create=False)  # the ledger lock first
-            return self._shred_many_in(
-                conn, refs, now, make_receipt, seal_head, lambda out: journal(txn, out)
+            skip = set(guard(txn, refs)) if guard is not None else set()
+            todo = [ref for ref in refs if ref not in skip]
+
+            def aligned(out: Sequence[tuple[str, bool]]) -> list[tuple[str, bool] | None]:
+                done = dict(zip(todo, out, strict=True))
+                return [done.get(ref) for ref in refs]
+
+            out = self._shred_many_in(
+                conn, todo, now, make_receipt, seal_head, lambda o: journal(txn, aligned(o))
             )
+            return aligned(out)
 
         return self._write(run)
 
@@ -903,6 +924,12 @@ class SqlKeyStore:
     def shredded_receipts(self, after: bytes | None, limit: int) -> list[tuple[bytes, str]]:
         with self._read() as conn:
             return read_shredded_receipts(conn, self._jt, after, limit)
+
+    def holds(
+        self, refs: Sequence[bytes] | None = None, *, unreleased: bool = False
+    ) -> list[HoldRow]:
+        with self._read() as conn:
+            return read_holds(conn, self._jt, refs=refs, unreleased=unreleased)
 
     def queue_erasure(self, row: QueuedErasure) -> None:
         self._write(functools.partial(queue_erasures, t=self._jt, rows=[row]))

@@ -1,10 +1,11 @@
 """Owns the SQL key store's side of the erasure journal: the ``ledger_applied_seq`` lock, the
-outbox, the erasure rows and the queue of erasures awaiting completion, in one transaction
-(:class:`SqlJournalTxn`). Must not talk to the
-ledger nor judge records: the erasure package does, inside the transaction this opens.
+outbox, the erasure rows, the queue of erasures awaiting completion and the legal holds, in one
+transaction (:class:`SqlJournalTxn`). Must not talk to the ledger nor judge records: the erasure
+package does, inside the transaction this opens.
 
-Lock order: ``ledger_applied_seq`` first, then subject heads, then the invalidation channel's
-counter row (a shred and a replay take them in that order, so they never deadlock each other).
+Lock order: ``ledger_applied_seq`` first, then hold rows, then subject heads, then the
+invalidation channel's counter row (a shred, a hold, a release and a replay take them in that
+order, so they never deadlock each other).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._protocol import HeadSealer, ReceiptFactory, ShredJournal
-from ._records import ErasureRow, OutboxEntry, QueuedErasure, State
+from ._records import ErasureRow, HoldRow, OutboxEntry, QueuedErasure, State
 from ._schema import LEDGER_APPLIED
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "journal_step",
     "queue_erasures",
     "read_applied",
+    "read_holds",
     "read_outbox",
     "read_queue",
     "read_shredded_receipts",
@@ -51,6 +53,7 @@ class JournalTables:
     erasures: sa.Table
     queue: sa.Table
     heads: sa.Table
+    holds: sa.Table
     insert_ignore: Callable[[Connection, sa.Table, dict[str, Any]], bool]
     insert_ignore_many: Callable[[Connection, sa.Table, list[dict[str, Any]]], None]
     shred_in: ShredIn
@@ -210,6 +213,127 @@ def read_queue(
     ]
 
 
+def _hold(r: Any) -> HoldRow:
+    return HoldRow(
+        hold_id=r.hold_id,
+        ref=bytes(r.ref),
+        case=r.legal_case,
+        by=r.placed_by,
+        placed_at=float(r.placed_at),
+        until=None if r.held_until is None else float(r.held_until),
+        ledger_seq=None if r.ledger_seq is None else int(r.ledger_seq),
+        released_at=None if r.released_at is None else float(r.released_at),
+        released_by=r.released_by,
+        override_receipt=r.override_receipt,
+        release_seq=None if r.release_seq is None else int(r.release_seq),
+    )
+
+
+def read_holds(
+    conn: Connection,
+    t: JournalTables,
+    *,
+    refs: Sequence[bytes] | None = None,
+    hold_ids: Sequence[str] | None = None,
+    unreleased: bool = False,
+    lock: bool = False,
+) -> list[HoldRow]:
+    """Hold rows of ``refs`` (or ``hold_ids``; neither: every one), only those not released when
+    ``unreleased``, locked (``FOR UPDATE``, in hold-id order) when ``lock``; in the order they
+    were placed (their ledger entries' order)."""
+    ho = t.holds
+    keys: list[Any] | None = None
+    column: Any = None
+    if refs is not None:
+        keys, column = sorted(set(refs)), ho.c.ref
+    elif hold_ids is not None:
+        keys, column = sorted(set(hold_ids)), ho.c.hold_id
+    query = sa.select(ho).order_by(ho.c.hold_id)
+    if unreleased:
+        query = query.where(ho.c.released_at.is_(None))
+    if lock:
+        query = query.with_for_update()
+    out: list[HoldRow] = []
+    if keys is None:
+        out = [_hold(r) for r in conn.execute(query).all()]
+    for i in range(0, len(keys or ()), 500):
+        chunk = (keys or [])[i : i + 500]
+        out += [_hold(r) for r in conn.execute(query.where(column.in_(chunk))).all()]
+    return sorted(
+        out, key=lambda h: (h.ledger_seq is None, h.ledger_seq or 0, h.placed_at, h.hold_id)
+    )
+
+
+def write_holds(conn: Connection, t: JournalTables, rows: Sequence[HoldRow]) -> None:
+    """Insert the hold rows absent; set ``ledger_seq`` where given on those present."""
+    if not rows:
+        return
+    ho = t.holds
+    t.insert_ignore_many(
+        conn,
+        ho,
+        [
+            {
+                "hold_id": r.hold_id,
+                "ref": r.ref,
+                "legal_case": r.case,
+                "placed_by": r.by,
+                "placed_at": r.placed_at,
+                "held_until": r.until,
+                "ledger_seq": r.ledger_seq,
+            }
+            for r in rows
+        ],
+    )
+    placed = [{"hid": r.hold_id, "seq": r.ledger_seq} for r in rows if r.ledger_seq is not None]
+    if placed:
+        conn.execute(
+            sa.update(ho)
+            .where(ho.c.hold_id == sa.bindparam("hid"))
+            .values(ledger_seq=sa.bindparam("seq")),
+            placed,
+        )
+
+
+def release_holds(
+    conn: Connection,
+    t: JournalTables,
+    hold_ids: Sequence[str],
+    *,
+    at: float,
+    by: str | None,
+    seq: int | None,
+    override_receipt: str | None = None,
+) -> None:
+    """Mark the holds of ``hold_ids`` released (by a release, or by the shred of
+    ``override_receipt``) unless they are already; give ``seq`` to those released without a
+    seq of their entry yet (an override that waited in the outbox)."""
+    ho = t.holds
+    ids = sorted(set(hold_ids))
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        conn.execute(
+            sa.update(ho)
+            .where(ho.c.hold_id.in_(chunk), ho.c.released_at.is_(None))
+            .values(
+                released_at=at,
+                released_by=by,
+                override_receipt=override_receipt,
+                release_seq=seq,
+            )
+        )
+        if seq is not None:
+            conn.execute(
+                sa.update(ho)
+                .where(
+                    ho.c.hold_id.in_(chunk),
+                    ho.c.release_seq.is_(None),
+                    ho.c.override_receipt.is_not_distinct_from(override_receipt),
+                )
+                .values(release_seq=seq)
+            )
+
+
 class SqlJournalTxn:
     """:class:`~ccvault.keystore.JournalTxn` on one connection, its transaction already begun:
     the constructor locks ``ledger_applied_seq`` (creating it as -1 first when ``create``)."""
@@ -277,6 +401,41 @@ class SqlJournalTxn:
 
     def unqueue_erasures(self, receipt_ids: Sequence[str]) -> None:
         unqueue_erasures(self._conn, self._t, receipt_ids)
+
+    def head_state(self, ref: bytes) -> str | None:
+        h = self._t.heads
+        return self._conn.execute(
+            sa.select(h.c.state).where(h.c.ref == ref).with_for_update()
+        ).scalar()
+
+    def holds(self, refs: Sequence[bytes]) -> list[HoldRow]:
+        return read_holds(self._conn, self._t, refs=refs, unreleased=True, lock=True)
+
+    def hold_rows(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
+        rows = read_holds(self._conn, self._t, hold_ids=hold_ids, lock=True)
+        return {r.hold_id: r for r in rows}
+
+    def record_holds(self, rows: Sequence[HoldRow]) -> None:
+        write_holds(self._conn, self._t, rows)
+
+    def release_holds(
+        self,
+        hold_ids: Sequence[str],
+        *,
+        at: float,
+        by: str | None,
+        seq: int | None,
+        override_receipt: str | None = None,
+    ) -> None:
+        release_holds(
+            self._conn,
+            self._t,
+            hold_ids,
+            at=at,
+            by=by,
+            seq=seq,
+            override_receipt=override_receipt,
+        )
 
 
 def journal_step(txn: SqlJournalTxn, journal: ShredJournal) -> Callable[[str], None]:
