@@ -26,6 +26,7 @@ from ccvault.erasure import (
     StoredEntry,
     TornWrite,
     ledger_from_url,
+    read_entry,
     register_record_type,
     verify_ledger,
 )
@@ -470,3 +471,38 @@ def test_a_journal_with_the_vector_inputs_writes_the_vector_bytes(tmp_path: Path
         )
     )
     assert path.read_text(encoding="utf-8").splitlines() == [v["line"] for v in VECTORS["entries"]]
+
+
+# -- an auditor's reading of one entry -------------------------------------------------------------
+
+
+def test_read_entry_returns_a_verified_record_and_names_what_is_wrong(
+    tmp_path: Path, seed: SecretKey
+) -> None:
+    url = f"file://{tmp_path / 'ledger.jsonl'}"
+    journal = _filled(url, seed, 3)
+    r = receipt(seed, 2)
+    journal.append(_completion(r, 2))
+    sink = ledger_from_url(url)
+    try:
+        assert read_entry(sink, INSTALLATION, public_of(seed), 2) == r
+        completion = read_entry(sink, INSTALLATION, public_of(seed), 4)
+        assert isinstance(completion, CompletionRecord)
+        assert completion.completes(r)
+        assert isinstance(read_entry(sink, INSTALLATION, public_of(seed), 0), GenesisRecord)
+        with pytest.raises(LedgerIntegrityError, match="missing seq 9"):
+            read_entry(sink, INSTALLATION, public_of(seed), 9)
+        with pytest.raises(LedgerIntegrityError, match="tampered seq 2"):
+            read_entry(sink, INSTALLATION, public_of(new_seed()), 2)  # another key
+        with pytest.raises(ValueError, match="sequence number"):
+            read_entry(sink, INSTALLATION, public_of(seed), -1)
+        path = tmp_path / "ledger.jsonl"
+        lines = path.read_bytes().splitlines(keepends=True)
+        lines[2] = lines[2].replace(b'"epoch_seq":', b'"epoch_seq":1', 1)  # an edited receipt
+        path.write_bytes(b"".join(lines))
+        with pytest.raises(LedgerIntegrityError, match="tampered seq 2") as caught:
+            read_entry(sink, INSTALLATION, public_of(seed), 2)
+        assert caught.value.seq == 2
+        assert read_entry(sink, INSTALLATION, public_of(seed), 1) == receipt(seed, 1)
+    finally:
+        sink.close()

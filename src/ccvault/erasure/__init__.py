@@ -18,7 +18,7 @@ from ._chain import LedgerProblem, LedgerReport
 from ._complete import Completer
 from ._hold_records import Hold, HoldOverrideRecord, HoldRecord, HoldReleaseRecord
 from ._holds import Holds
-from ._journal import Journal, verify_ledger
+from ._journal import Journal, read_entry, verify_ledger
 from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
 from ._ledger_s3 import S3Ledger
@@ -84,6 +84,7 @@ __all__ = [
     "TornWrite",
     "check_new_installation",
     "ledger_from_url",
+    "read_entry",
     "register_record_type",
     "verify_ledger",
 ]

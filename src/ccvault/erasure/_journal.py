@@ -30,7 +30,7 @@ from ._chain import Fault, LedgerProblem, LedgerReport, analyse, integrity_error
 from ._ledger import MAX_BATCH, LedgerSink, StoredEntry
 from ._records import ZERO_HASH, GenesisRecord, JournalEntry, Record, SignedRecord
 
-__all__ = ["Journal", "JournalMoved", "verify_ledger"]
+__all__ = ["Journal", "JournalMoved", "read_entry", "verify_ledger"]
 
 log = logging.getLogger("ccvault")
 
@@ -376,3 +376,33 @@ def _claims(item: StoredEntry, installation_id: str, public_key: bytes) -> bool:
         return judge(item, installation_id, public_key).seq == item.seq
     except Fault:
         return False
+
+
+def read_entry(sink: LedgerSink, installation_id: str, public_key: bytes, seq: int) -> Record:
+    """The record of the ledger's entry at ``seq``, with the installation's public receipt key
+    alone (an auditor's reading): the entry and its record must verify under that key, name this
+    installation and sit at ``seq``, or :class:`LedgerIntegrityError` names what is wrong. It
+    checks that one entry; the chain around it is :func:`verify_ledger`'s to check. ValueError
+    for a seq below 0 and for a kind this library does not know (a newer ccvault wrote it)."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ValueError("seq is a ledger sequence number (an int, 0 or more)")
+    found = next(iter(sink.read(installation_id, after=seq - 1, limit=1)), None)
+
+    def failed(kind: str, detail: str) -> LedgerIntegrityError:
+        problem = LedgerProblem.model_validate(
+            {"kind": kind, "seq": seq, "last_seq": seq, "where": sink.location, "detail": detail}
+        )
+        return integrity_error(sink.location, [problem])
+
+    if found is None:
+        raise failed("missing", "the ledger holds no entry there")
+    try:
+        entry = judge(found, installation_id, public_key)
+    except Fault as fault:
+        raise failed(fault.kind, fault.detail) from None
+    if entry.seq != seq:
+        raise failed("tampered", f"the entry stored there claims seq {entry.seq}")
+    record = entry.parsed()
+    if record is None:
+        raise ValueError(f"the entry at seq {seq} is of a kind this ccvault does not know")
+    return record
