@@ -57,6 +57,26 @@ KEYRING_ORDER = {
     "__init__": 5,
 }
 
+# Inside the key store, the SQL store's parts build on each other one way: the plumbing <- epochs
+# (and the rotation's rows), the invalidation channel <- key rows <- subject heads and the shred's
+# body <- shreds with the journal <- SqlKeyStore, which composes them <- the package's re-exports.
+KEYSTORE_ORDER = {
+    "_records": 0,
+    "_schema": 0,
+    "_cache": 0,
+    "_listen": 0,
+    "_protocol": 1,
+    "_sql_base": 2,
+    "_sql_journal": 2,
+    "_sql_epochs": 3,
+    "_sql_channel": 3,
+    "_sql_keys": 4,
+    "_sql_subjects": 5,
+    "_sql_erasure": 6,
+    "_sql": 7,
+    "__init__": 8,
+}
+
 
 def _unit(path: Path) -> str:
     rel = path.relative_to(SRC).with_suffix("")
@@ -152,7 +172,7 @@ def test_every_unit_has_a_layer() -> None:
     assert units <= set(LAYERS), units - set(LAYERS)
 
 
-def _keyring_imports(path: Path) -> set[str]:
+def _package_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
@@ -160,13 +180,18 @@ def _keyring_imports(path: Path) -> set[str]:
     return found
 
 
-def test_the_key_ring_parts_build_on_each_other_one_way() -> None:
+@pytest.mark.parametrize(
+    ("package", "order"), [("keyring", KEYRING_ORDER), ("keystore", KEYSTORE_ORDER)]
+)
+def test_the_parts_of_a_package_build_on_each_other_one_way(
+    package: str, order: dict[str, int]
+) -> None:
     problems = []
-    for path in (SRC / "keyring").glob("*.py"):
-        own = KEYRING_ORDER[path.stem]
-        for imported in _keyring_imports(path):
-            if KEYRING_ORDER[imported] >= own and imported != path.stem:
-                problems.append(f"keyring/{path.name} imports {imported}")
+    for path in (SRC / package).glob("*.py"):
+        own = order[path.stem]
+        for imported in _package_imports(path):
+            if order[imported] >= own and imported != path.stem:
+                problems.append(f"{package}/{path.name} imports {imported}")
     assert problems == []
 
 

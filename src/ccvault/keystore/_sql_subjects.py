@@ -1,0 +1,428 @@
+"""Owns the SQL key store's subject heads: creating heads and first keys under the head rows'
+locks (one lock order: by ref), fences for subjects shredded before they had a key, the body of
+a shred (keys destroyed, head shredded, then the invalidation rows, in the caller's
+transaction), heads read with their keys, and heads sealed with their MACs. Must not talk to
+the journal or the ledger, nor make receipts or MACs: the caller's factories do, and
+``_sql_erasure`` opens the shred's transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..crypto._primitives import random_bytes
+from ..errors import KeyStoreError
+from ._protocol import HeadSealer, ReceiptFactory, RefReceiptFactory
+from ._records import HeadRecord, InvalidationKind, KeyKind, KeyRecord, State
+from ._sql_base import BATCH
+from ._sql_channel import SqlChannel
+from ._sql_keys import SqlKeys, destroyed_values
+
+__all__ = ["SqlSubjects"]
+
+
+class SqlSubjects(SqlChannel, SqlKeys):
+    """Subject heads and subject keys: creation, fences, the shred's body, sealing."""
+
+    def has_subjects(self) -> bool:
+        h, k = self._heads, self._keys
+        with self._read() as conn:
+            head = conn.execute(sa.select(h.c.ref).limit(1)).first()
+            key = conn.execute(
+                sa.select(k.c.key_id).where(k.c.kind == KeyKind.SUBJECT).limit(1)
+            ).first()
+        return head is not None or key is not None
+
+    def subject_head(self, ref: bytes) -> HeadRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(self._heads).where(self._heads.c.ref == ref)).first()
+        return self._head(row) if row is not None else None
+
+    def _locked_heads(self, conn: Connection, refs: Sequence[bytes]) -> dict[bytes, HeadRecord]:
+        """The heads of ``refs`` that exist, locked (in ref order, 500 per statement)."""
+        h = self._heads
+        found: dict[bytes, HeadRecord] = {}
+        ordered = sorted(set(refs))
+        for i in range(0, len(ordered), BATCH):
+            rows = conn.execute(
+                sa.select(h)
+                .where(h.c.ref.in_(ordered[i : i + BATCH]))
+                .order_by(h.c.ref)
+                .with_for_update()
+            ).all()
+            found.update((bytes(r.ref), self._head(r)) for r in rows)
+        return found
+
+    def _shred_in(
+        self,
+        conn: Connection,
+        ref: bytes,
+        now: float,
+        make_receipt: ReceiptFactory,
+        seal_head: HeadSealer,
+        before_commit: Callable[[str], None] | None,
+    ) -> tuple[str, bool]:
+        """Shred ``ref`` in ``conn``'s transaction; ``before_commit(receipt)`` runs once the
+        keys are destroyed and the head says shredded, before the invalidation row (not for a
+        repeat, which returns the stored receipt)."""
+
+        def step(out: Sequence[tuple[str, bool]]) -> None:
+            receipt, newly = out[0]
+            if newly and before_commit is not None:
+                before_commit(receipt)
+
+        def receipt_of(_ref: bytes, head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
+            return make_receipt(head, keys)
+
+        return self._shred_many_in(conn, [ref], now, receipt_of, seal_head, step)[0]
+
+    def _shred_many_in(
+        self,
+        conn: Connection,
+        refs: Sequence[bytes],
+        now: float,
+        make_receipt: RefReceiptFactory,
+        seal_head: HeadSealer,
+        before_commit: Callable[[Sequence[tuple[str, bool]]], None] | None,
+    ) -> list[tuple[str, bool]]:
+        """Shred the distinct ``refs`` in ``conn``'s transaction, a few statements for all of
+        them; returns each ref's (receipt, newly shredded) in order. ``before_commit(results)``
+        runs once the keys of the refs newly shredded are destroyed and their heads say
+        shredded, before the invalidation rows."""
+        h, k = self._heads, self._keys
+        heads = self._locked_heads(conn, refs)
+        missing = [ref for ref in refs if ref not in heads]
+        if missing:
+            # Never seen: fence them anyway, so that no key is ever created for them.
+            self._insert_ignore_many(
+                conn,
+                h,
+                [
+                    {
+                        "ref": ref,
+                        "key_id": random_bytes(16),
+                        "state": State.ACTIVE,
+                        "current_version": 0,
+                        "created_at": now,
+                    }
+                    for ref in missing
+                ],
+            )
+            fenced = self._locked_heads(conn, missing)
+            if len(fenced) != len(missing):
+                raise KeyStoreError("subject head vanished")
+            # ... and keep a tombstone of each too, as for a subject that had keys: the fence
+            # then outlives its head row (see create_subject_keys).
+            tombstones = [
+                _fence_tombstone(head.key_id, ref, now)
+                for ref, head in fenced.items()
+                if head.state == State.ACTIVE and head.current_version == 0
+            ]
+            if tombstones:
+                self._insert_ignore_many(conn, k, tombstones)
+            heads.update(fenced)
+        out: dict[bytes, tuple[str, bool]] = {}
+        macs: dict[bytes, bytes] = {}
+        remac: list[dict[str, Any]] = []
+        for ref in refs:
+            head = heads[ref]
+            mac = seal_head(ref, head.key_id, State.SHREDDED, head.current_version)
+            if head.state == State.SHREDDED and head.receipt is not None:
+                if head.mac is None or not hmac.compare_digest(head.mac, mac):
+                    # A shredded state may always be (re-)authenticated: that fails closed.
+                    remac.append({"h_ref": ref, "h_mac": mac})
+                out[ref] = (head.receipt, False)
+            else:
+                macs[ref] = mac
+        if remac:
+            conn.execute(
+                sa.update(h)
+                .where(h.c.ref == sa.bindparam("h_ref"))
+                .values(mac=sa.bindparam("h_mac")),
+                remac,
+            )
+        todo = list(macs)
+        if todo:
+            keys: dict[bytes, list[KeyRecord]] = {ref: [] for ref in todo}
+            for i in range(0, len(todo), BATCH):
+                chunk = todo[i : i + BATCH]
+                for row in conn.execute(sa.select(k).where(k.c.ref.in_(chunk))).all():
+                    keys[bytes(row.ref)].append(self._key(row))
+                conn.execute(sa.update(k).where(k.c.ref.in_(chunk)).values(destroyed_values(now)))
+            updates = []
+            for ref in todo:
+                head = heads[ref]
+                receipt = make_receipt(ref, head if head.current_version else None, keys[ref])
+                out[ref] = (receipt, True)
+                updates.append({"h_ref": ref, "h_receipt": receipt, "h_mac": macs[ref]})
+            conn.execute(
+                sa.update(h)
+                .where(h.c.ref == sa.bindparam("h_ref"))
+                .values(
+                    state=State.SHREDDED,
+                    shredded_at=now,
+                    receipt=sa.bindparam("h_receipt"),
+                    mac=sa.bindparam("h_mac"),
+                ),
+                updates,
+            )
+        results = [out[ref] for ref in refs]
+        if before_commit is not None:
+            before_commit(results)  # the ledger append: raising rolls everything back
+        if todo:
+            # Last, so that the channel's counter row stays locked only until the commit.
+            self._invalidate_many(conn, InvalidationKind.SHRED, todo, now)
+        return results
+
+    # -- batches of subjects -------------------------------------------------------------------
+
+    def subject_keys(
+        self, refs: Sequence[bytes]
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        h = self._heads
+        out: dict[bytes, tuple[HeadRecord, KeyRecord | None]] = {}
+        with self._read() as conn:
+            for i in range(0, len(refs), BATCH):
+                heads = [
+                    self._head(r)
+                    for r in conn.execute(sa.select(h).where(h.c.ref.in_(refs[i : i + BATCH])))
+                ]
+                keys = self._current_keys(conn, heads)
+                for head in heads:
+                    out[head.ref] = (head, keys.get(head.ref))
+        return out
+
+    def _current_keys(
+        self, conn: Connection, heads: Sequence[HeadRecord]
+    ) -> dict[bytes, KeyRecord]:
+        k = self._keys
+        wanted = {(hd.key_id, hd.current_version): hd.ref for hd in heads if hd.current_version}
+        if not wanted:
+            return {}
+        rows = conn.execute(sa.select(k).where(k.c.key_id.in_([kid for kid, _ in wanted])))
+        out = {}
+        for row in rows:
+            rec = self._key(row)
+            ref = wanted.get((rec.key_id, rec.version))
+            if ref is not None:
+                out[ref] = rec
+        return out
+
+    def create_subject_keys(
+        self, candidates: Sequence[KeyRecord], now: float, seal_head: HeadSealer
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        """Create heads and first keys for subjects that have none, in one transaction per batch.
+
+        Returns the head of every candidate's subject, with its current key where the head says
+        active (the candidate where it won, the existing key where another writer got there
+        first). A subject whose ref has no head but key rows gets no head and no key and is left
+        out: ccvault never deletes a head, so its tombstones (or a key row restored from a
+        backup) say it was shredded, whatever became of the head row.
+        """
+        for c in candidates:
+            if c.ref is None or c.kind != KeyKind.SUBJECT:
+                raise ValueError("not a subject key")
+        ordered = sorted(candidates, key=lambda c: c.ref or b"")  # one lock order for everyone
+        out: dict[bytes, tuple[HeadRecord, KeyRecord | None]] = {}
+        for i in range(0, len(ordered), BATCH):
+            batch = ordered[i : i + BATCH]
+            out.update(
+                self._write(
+                    functools.partial(self._create_batch, batch=batch, now=now, seal_head=seal_head)
+                )
+            )
+        return out
+
+    def _create_batch(
+        self, conn: Connection, *, batch: Sequence[KeyRecord], now: float, seal_head: HeadSealer
+    ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        h, k = self._heads, self._keys
+        refs = [c.ref for c in batch]
+        self._check_epochs(conn, batch)
+
+        def locked_heads() -> dict[bytes, HeadRecord]:
+            rows = conn.execute(
+                sa.select(h).where(h.c.ref.in_(refs)).order_by(h.c.ref).with_for_update()
+            )
+            return {hd.ref: hd for hd in map(self._head, rows)}
+
+        heads = locked_heads()
+        missing = [c for c in batch if c.ref not in heads]
+        if missing:
+            fenced = self._keyed(conn, [c.ref for c in missing if c.ref is not None])
+            missing = [c for c in missing if c.ref not in fenced]
+            if missing:
+                self._insert_ignore_many(
+                    conn,
+                    h,
+                    [
+                        {
+                            "ref": c.ref,
+                            "key_id": c.key_id,
+                            "state": State.ACTIVE,
+                            "current_version": c.version,
+                            "created_at": now,
+                            "mac": seal_head(c.ref or b"", c.key_id, State.ACTIVE, c.version),
+                        }
+                        for c in missing
+                    ],
+                )
+            # Read again even when nothing was inserted: the key rows of a ref fenced above may
+            # be those of a writer that created its head after our first read (READ COMMITTED).
+            heads = locked_heads()
+            won = [c for c in missing if c.ref in heads and heads[c.ref].key_id == c.key_id]
+            if won:
+                conn.execute(sa.insert(k), [self._key_values(c) for c in won])
+        keys = self._current_keys(conn, [hd for hd in heads.values() if hd.state == State.ACTIVE])
+        return {ref: (hd, keys.get(ref)) for ref, hd in heads.items()}
+
+    def _keyed(self, conn: Connection, refs: Sequence[bytes]) -> set[bytes]:
+        """The refs among ``refs`` that have subject key rows (live or tombstones)."""
+        k = self._keys
+        if not refs:
+            return set()
+        rows = conn.execute(
+            sa.select(k.c.ref).where(k.c.ref.in_(refs), k.c.kind == KeyKind.SUBJECT).distinct()
+        ).scalars()
+        return {bytes(r) for r in rows}
+
+    def keyed_refs(self, refs: Sequence[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        with self._read() as conn:
+            for i in range(0, len(refs), BATCH):
+                out |= self._keyed(conn, refs[i : i + BATCH])
+        return out
+
+    def ref_keys(self, ref: bytes) -> tuple[HeadRecord | None, list[KeyRecord]]:
+        h, k = self._heads, self._keys
+        with self._read() as conn:  # one snapshot: the head and the keys a shred would see
+            row = conn.execute(sa.select(h).where(h.c.ref == ref)).first()
+            keys = [self._key(r) for r in conn.execute(sa.select(k).where(k.c.ref == ref))]
+        return (self._head(row) if row is not None else None), keys
+
+    def refs_keys(
+        self, refs: Sequence[bytes]
+    ) -> dict[bytes, tuple[HeadRecord | None, list[KeyRecord]]]:
+        h, k = self._heads, self._keys
+        out: dict[bytes, tuple[HeadRecord | None, list[KeyRecord]]] = {}
+        unique = sorted(set(refs))
+        with self._read() as conn:
+            for i in range(0, len(unique), BATCH):
+                chunk = unique[i : i + BATCH]
+                heads = {
+                    bytes(r.ref): self._head(r)
+                    for r in conn.execute(sa.select(h).where(h.c.ref.in_(chunk)))
+                }
+                keys: dict[bytes, list[KeyRecord]] = {}
+                for r in conn.execute(sa.select(k).where(k.c.ref.in_(chunk))):
+                    keys.setdefault(bytes(r.ref), []).append(self._key(r))
+                for ref in chunk:
+                    out[ref] = (heads.get(ref), keys.get(ref, []))
+        return out
+
+    # -- authenticating heads (upgrade-store, verify_heads) -------------------------------------
+
+    def heads_after(
+        self, after: bytes | None, limit: int, *, unsealed: bool = False
+    ) -> list[tuple[HeadRecord, KeyRecord | None]]:
+        """Up to ``limit`` heads with refs after ``after`` in ref order (only those without a
+        MAC when ``unsealed``), each with its current key where it says active."""
+        h = self._heads
+        query = sa.select(h).order_by(h.c.ref).limit(limit)
+        if after is not None:
+            query = query.where(h.c.ref > after)
+        if unsealed:
+            query = query.where(h.c.mac.is_(None))
+        with self._read() as conn:
+            heads = [self._head(r) for r in conn.execute(query)]
+            keys = self._current_keys(conn, [hd for hd in heads if hd.state == State.ACTIVE])
+        return [(hd, keys.get(hd.ref)) for hd in heads]
+
+    def seal_heads(
+        self, updates: Sequence[tuple[HeadRecord, bytes]], now: float
+    ) -> tuple[int, int]:
+        """Store the MAC of each head that still has none and is still as in ``updates``. A
+        shredded head whose ref has no key row at all (a never-seen subject fenced by a library
+        of schema 1) gets its version-0 tombstone in the same transaction. Returns (MACs
+        stored, tombstones added)."""
+        h, k = self._heads, self._keys
+
+        def run(conn: Connection) -> tuple[int, int]:
+            sealed = added = 0
+            for head, mac in updates:
+                res = conn.execute(
+                    sa.update(h)
+                    .where(
+                        h.c.ref == head.ref,
+                        h.c.mac.is_(None),
+                        h.c.key_id == head.key_id,
+                        h.c.state == head.state,
+                        h.c.current_version == head.current_version,
+                    )
+                    .values(mac=mac),
+                    execution_options={"preserve_rowcount": True},
+                )
+                sealed += res.rowcount == 1
+            shredded = [hd.ref for hd, _ in updates if hd.state == State.SHREDDED]
+            if shredded:
+                with_keys = {
+                    bytes(r)
+                    for r in conn.execute(
+                        sa.select(k.c.ref).where(k.c.ref.in_(shredded)).distinct()
+                    ).scalars()
+                }
+                for hd, _ in updates:
+                    if hd.state == State.SHREDDED and hd.ref not in with_keys:
+                        added += self._insert_ignore(
+                            conn, k, _fence_tombstone(hd.key_id, hd.ref, now)
+                        )
+            return sealed, added
+
+        return self._write(run)
+
+    def unfenced_key_refs(self) -> dict[bytes, str]:
+        """Refs of subject key rows outside what a head allows, each with why: ``"headless"``
+        (no head, and a destroyed key), ``"orphan"`` (no head, live keys only) or
+        ``"restored"`` (a live key under a head that does not say active)."""
+        k, h = self._keys, self._heads
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(k.c.ref, k.c.state, h.c.ref.is_(None))
+                .outerjoin(h, h.c.ref == k.c.ref)
+                .where(
+                    k.c.kind == KeyKind.SUBJECT,
+                    k.c.ref.is_not(None),
+                    sa.or_(
+                        h.c.ref.is_(None),
+                        sa.and_(h.c.state != State.ACTIVE, k.c.state == State.LIVE),
+                    ),
+                )
+                .distinct()
+            ).all()
+        out: dict[bytes, str] = {}
+        for ref, state, headless in rows:
+            if not headless:
+                out[bytes(ref)] = "restored"
+            elif state == State.DESTROYED or out.get(bytes(ref)) != "headless":
+                out[bytes(ref)] = "headless" if state == State.DESTROYED else "orphan"
+        return out
+
+
+def _fence_tombstone(key_id: bytes, ref: bytes, now: float) -> dict[str, Any]:
+    """The key row that fences a subject shredded before it had a key: version 0 (never a
+    value's), destroyed from the start."""
+    return {
+        "key_id": key_id,
+        "version": 0,
+        "kind": KeyKind.SUBJECT,
+        "ref": ref,
+        "state": State.DESTROYED,
+        "created_at": now,
+        "destroyed_at": now,
+    }
