@@ -443,29 +443,17 @@ class LedgerLink:
             if self._mode == "strict":
                 raise
 
-    def shred_journal(
-        self,
-        txn: JournalTxn,
-        receipt_json: str,
-        overrides: Mapping[str, HoldOverrideRecord] | None = None,
-    ) -> None:
-        """The key store's :data:`~ccvault.keystore.ShredJournal`: inside the shred's
-        transaction, after the keys are destroyed and before the commit, append the receipt
-        (after the outbox; after its hold override, if any) and record the store's applied
-        seq; or queue them (best-effort)."""
-        receipt = ErasureReceipt.model_validate_json(receipt_json)
-        self.journal_receipts(txn, [receipt], overrides)
-
     def journal_receipts(
         self,
         txn: JournalTxn,
         receipts: Sequence[ErasureReceipt],
         overrides: Mapping[str, HoldOverrideRecord] | None = None,
     ) -> None:
-        """:meth:`shred_journal` of a batch's receipts (``shred_many``): one append of all of
-        them after the outbox, in order, each right after its hold override (``overrides``, by
-        receipt id: the override entry of a held subject's shred), at most 500 entries per sink
-        write; or, best-effort with the ledger unreachable, all of them queued in the outbox."""
+        """The shred's journal step: inside the shred's key-store transaction, after the keys
+        are destroyed and before the commit, one append of ``receipts`` (one for ``shred``, a
+        batch's for ``shred_many``) after the outbox, in order, each right after its hold
+        override (``overrides``, by receipt id), at most 500 entries per sink write; or,
+        best-effort with the ledger unreachable, all of them queued in the outbox."""
         overrides = overrides or {}
         records: list[Record] = []
         for r in receipts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from .._failpoints import failpoint
@@ -105,8 +105,13 @@ class Erasure:
         guard = HeldGuard(now, override=override_hold, raising=True)
         epoch = self._store.active_epoch() or self._epochs.active()  # fresh, not the cached one
 
+        made: dict[str, ErasureReceipt] = {}  # by its JSON: the journal step and the end reuse it
+
         def make_receipt(head: HeadRecord | None, keys: Sequence[KeyRecord]) -> str:
-            return self.new_receipt(ref, now, epoch, head, keys).model_dump_json()
+            receipt = self.new_receipt(ref, now, epoch, head, keys)
+            text = receipt.model_dump_json()
+            made[text] = receipt
+            return text
 
         # The subject sealed for the erasure's completion (a ledger is where completions go):
         # sealed before the transaction, queued inside it with the receipt.
@@ -115,13 +120,14 @@ class Erasure:
         parsed: tuple[ErasureReceipt, list[tuple[bytes, int]]] | None = None
         try:
             receipt_json, newly = self._shred_ledger_first(
-                ref, now, make_receipt, sealed, guard, by
+                ref, now, make_receipt, made, sealed, guard, by
             )
             failpoint("after-keystore-commit")
             # Committed (or unknown, when the call failed): nothing may keep this process from
             # dropping the subject's cached keys, so parsing the receipt cannot raise and the
-            # eviction runs whatever happened.
-            parsed = parse_receipt(receipt_json)
+            # eviction runs whatever happened. A receipt this call made is not parsed again.
+            mine = made.get(receipt_json)
+            parsed = parse_receipt(receipt_json) if mine is None else (mine, destroyed(mine))
         finally:
             ring.evict_subject(ref, None if parsed is None else parsed[1])
         if parsed is None:
@@ -204,6 +210,7 @@ class Erasure:
         ref: bytes,
         now: float,
         make_receipt: Callable[[HeadRecord | None, Sequence[KeyRecord]], str],
+        made: Mapping[str, ErasureReceipt],
         sealed: Sealed | None,
         guard: HeldGuard,
         by: str | None,
@@ -215,9 +222,10 @@ class Erasure:
         with the ledger's receipt, which is then returned."""
 
         def journal(txn: JournalTxn, receipt_json: str) -> None:
-            receipt_id = ErasureReceipt.model_validate_json(receipt_json).receipt_id
+            receipt = made[receipt_json]  # the store journals only the receipt just made
+            receipt_id = receipt.receipt_id
             overrides = guard.overrides(self._installation.id, [(ref, receipt_id)], by)
-            self._link.shred_journal(txn, receipt_json, overrides)
+            self._link.journal_receipts(txn, [receipt], overrides)
             if sealed is not None:
                 now = self._options.now()
                 txn.queue_erasure(self.queue_row(receipt_id, ref, sealed, now, now))
@@ -353,10 +361,15 @@ def parse_receipt(text: object) -> tuple[ErasureReceipt, list[tuple[bytes, int]]
     it does not parse; never raises (it runs after the shred committed)."""
     try:
         receipt = ErasureReceipt.model_validate_json(text)  # type: ignore[arg-type]
-        keys = [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
+        keys = destroyed(receipt)
     except Exception:  # whatever is wrong with it, the caller raises one KeyStoreError
         return None
     return receipt, keys
+
+
+def destroyed(receipt: ErasureReceipt) -> list[tuple[bytes, int]]:
+    """The (key id, version) pairs a receipt lists as destroyed."""
+    return [(bytes.fromhex(k.key_id), k.version) for k in receipt.destroyed_keys]
 
 
 def unparsable_receipt(ref: bytes) -> KeyStoreError:

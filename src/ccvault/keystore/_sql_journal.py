@@ -134,10 +134,11 @@ def write_erasures(conn: Connection, t: JournalTables, rows: Sequence[ErasureRow
     """Insert the rows absent; set ``ledger_seq`` where given on those present."""
     if not rows:
         return
-    e = t.erasures
-    t.insert_ignore_many(
+    _insert_then_place(
         conn,
-        e,
+        t,
+        t.erasures,
+        "receipt_id",
         [
             {
                 "receipt_id": r.receipt_id,
@@ -150,11 +151,19 @@ def write_erasures(conn: Connection, t: JournalTables, rows: Sequence[ErasureRow
             for r in rows
         ],
     )
-    placed = [{"rid": r.receipt_id, "seq": r.ledger_seq} for r in rows if r.ledger_seq is not None]
+
+
+def _insert_then_place(
+    conn: Connection, t: JournalTables, table: sa.Table, key: str, rows: list[dict[str, Any]]
+) -> None:
+    """Insert the rows absent (by primary key ``key``), then set ``ledger_seq`` on every row
+    given one, present before or not: where an entry went is learnt after the row was made."""
+    t.insert_ignore_many(conn, table, rows)
+    placed = [{"k": r[key], "seq": r["ledger_seq"]} for r in rows if r["ledger_seq"] is not None]
     if placed:
         conn.execute(
-            sa.update(e)
-            .where(e.c.receipt_id == sa.bindparam("rid"))
+            sa.update(table)
+            .where(table.c[key] == sa.bindparam("k"))
             .values(ledger_seq=sa.bindparam("seq")),
             placed,
         )
@@ -268,10 +277,11 @@ def write_holds(conn: Connection, t: JournalTables, rows: Sequence[HoldRow]) -> 
     """Insert the hold rows absent; set ``ledger_seq`` where given on those present."""
     if not rows:
         return
-    ho = t.holds
-    t.insert_ignore_many(
+    _insert_then_place(
         conn,
-        ho,
+        t,
+        t.holds,
+        "hold_id",
         [
             {
                 "hold_id": r.hold_id,
@@ -285,14 +295,6 @@ def write_holds(conn: Connection, t: JournalTables, rows: Sequence[HoldRow]) -> 
             for r in rows
         ],
     )
-    placed = [{"hid": r.hold_id, "seq": r.ledger_seq} for r in rows if r.ledger_seq is not None]
-    if placed:
-        conn.execute(
-            sa.update(ho)
-            .where(ho.c.hold_id == sa.bindparam("hid"))
-            .values(ledger_seq=sa.bindparam("seq")),
-            placed,
-        )
 
 
 def release_holds(
