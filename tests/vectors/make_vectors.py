@@ -22,6 +22,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from ccvault.crypto import _format as fmt
 from ccvault.crypto._primitives import Aead, hmac_sha256
@@ -204,6 +205,22 @@ def store(name: str = "store_v1") -> None:
     (target / "values.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def _entries_doc(entries: list[Any], records: list[Any], lines: list[str]) -> list[dict[str, Any]]:
+    """Journal entries as a vector shows them: the stored line, the entry's hash and the bytes
+    the entry's and its record's signatures cover."""
+    return [
+        {
+            "seq": e.seq,
+            "kind": e.kind,
+            "line": line,
+            "hash": e.digest(),
+            "signed_bytes": e.signed_bytes().hex(),
+            "record_signed_bytes": r.signed_bytes().hex(),
+        }
+        for e, r, line in zip(entries, records, lines, strict=True)
+    ]
+
+
 def journal() -> None:
     """Journal records and entries (docs/erasure.md, "Journal and ledger"): a genesis, a receipt
     and a completion appended by a Journal with a fixed seed and clock, as the ledger stores them
@@ -263,17 +280,7 @@ def journal() -> None:
             "bound_waited_seconds": 1.25,
             "tables_swept": ["clientes_señal", "customers"],
         },
-        "entries": [
-            {
-                "seq": e.seq,
-                "kind": e.kind,
-                "line": line,
-                "hash": e.digest(),
-                "signed_bytes": e.signed_bytes().hex(),
-                "record_signed_bytes": r.signed_bytes().hex(),  # type: ignore[union-attr]
-            }
-            for e, r, line in zip(entries, records, lines, strict=True)
-        ],
+        "entries": _entries_doc(entries, records, lines),
     }
     (HERE / "journal_v1.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
@@ -438,17 +445,7 @@ def holds() -> None:
             for r in records[:-1]
         ],
         "receipt": json.loads(receipt.model_dump_json()),
-        "entries": [
-            {
-                "seq": e.seq,
-                "kind": e.kind,
-                "line": line,
-                "hash": e.digest(),
-                "signed_bytes": e.signed_bytes().hex(),
-                "record_signed_bytes": r.signed_bytes().hex(),  # type: ignore[union-attr]
-            }
-            for e, r, line in zip(entries, parsed, lines, strict=True)
-        ],
+        "entries": _entries_doc(entries, parsed, lines),
     }
     (HERE / "holds_v1.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
