@@ -37,7 +37,7 @@ from ._link import LedgerLink
 from ._queue import COMMIT_SLACK, ErasureQueue
 from ._reconcile import CompletionDraft
 from ._status import CompletionReport, ErasureProblem
-from ._sweep import SweepOutcome, sweep_many
+from ._sweep import SweepOutcome, sweep_many, unswept_labels
 
 __all__ = ["Completer"]
 
@@ -260,11 +260,9 @@ class Completer:
         """Why a second sweep does not complete its erasures ("" when it does)."""
         if outcome.incomplete:
             return "the second sweep failed: " + "; ".join(outcome.reasons())
-        try:
-            known = self._ring.searchable_labels()
-        except KeyStoreError:
+        unswept = unswept_labels(self._ring, outcome)  # nothing failed: every label is here
+        if unswept is None:
             return "could not read which columns have blind indexes"
-        unswept = sorted(known - outcome.labels)
         if unswept:
             return (
                 "no engine attached in this process sweeps the blind indexes of "

@@ -279,10 +279,7 @@ class Journal:
             raise self._error(fault.kind, seq, item.where, fault.detail) from None
 
     def _error(self, kind: str, seq: int | None, where: str, detail: str) -> LedgerIntegrityError:
-        problem = LedgerProblem.model_validate(
-            {"kind": kind, "seq": seq, "last_seq": seq, "where": where, "detail": detail}
-        )
-        return integrity_error(self.location, [problem])
+        return _one_problem(self.location, kind, seq, where, detail)
 
     def head(self) -> JournalEntry:
         """The last entry, read from the sink now and checked on its own."""
@@ -378,6 +375,16 @@ def _claims(item: StoredEntry, installation_id: str, public_key: bytes) -> bool:
         return False
 
 
+def _one_problem(
+    location: str, kind: str, seq: int | None, where: str, detail: str
+) -> LedgerIntegrityError:
+    """The error of a ledger with one problem, at one seq."""
+    problem = LedgerProblem.model_validate(
+        {"kind": kind, "seq": seq, "last_seq": seq, "where": where, "detail": detail}
+    )
+    return integrity_error(location, [problem])
+
+
 def read_entry(sink: LedgerSink, installation_id: str, public_key: bytes, seq: int) -> Record:
     """The record of the ledger's entry at ``seq``, with the installation's public receipt key
     alone (an auditor's reading): the entry and its record must verify under that key, name this
@@ -389,10 +396,7 @@ def read_entry(sink: LedgerSink, installation_id: str, public_key: bytes, seq: i
     found = next(iter(sink.read(installation_id, after=seq - 1, limit=1)), None)
 
     def failed(kind: str, detail: str) -> LedgerIntegrityError:
-        problem = LedgerProblem.model_validate(
-            {"kind": kind, "seq": seq, "last_seq": seq, "where": sink.location, "detail": detail}
-        )
-        return integrity_error(sink.location, [problem])
+        return _one_problem(sink.location, kind, seq, sink.location, detail)
 
     if found is None:
         raise failed("missing", "the ledger holds no entry there")

@@ -15,7 +15,7 @@ from typing import TypeVar
 from ..errors import ErasureIncompleteError, KeyStoreError
 from ..keyring import KeyRing
 
-__all__ = ["SweepOutcome", "sweep", "sweep_many", "warn_unswept"]
+__all__ = ["SweepOutcome", "sweep", "sweep_many", "unswept_labels", "warn_unswept"]
 
 log = logging.getLogger("ccvault")
 
@@ -88,19 +88,27 @@ def sweep_many(ring: KeyRing, subjects: Sequence[object]) -> SweepOutcome:
     return outcome
 
 
-def warn_unswept(ring: KeyRing, outcome: SweepOutcome, what: str) -> None:
-    """Log a WARNING naming the columns with blind indexes in this installation that no hook of
-    this process swept for ``what`` (\"shred of subject ref …\", never a subject)."""
+def unswept_labels(ring: KeyRing, outcome: SweepOutcome) -> list[str] | None:
+    """The context labels of the columns with blind indexes in this installation that no hook
+    swept nor reported failing, sorted; None when the key store cannot say which they are."""
     try:
         known = ring.searchable_labels()
     except KeyStoreError:
+        return None
+    return sorted(known - outcome.labels - outcome.not_swept)
+
+
+def warn_unswept(ring: KeyRing, outcome: SweepOutcome, what: str) -> None:
+    """Log a WARNING naming the columns with blind indexes in this installation that no hook of
+    this process swept for ``what`` (\"shred of subject ref …\", never a subject)."""
+    unswept = unswept_labels(ring, outcome)
+    if unswept is None:
         log.warning(
             "%s: could not read which columns have blind indexes, so columns no engine in this "
             "process sweeps are not named",
             what,
         )
         return
-    unswept = sorted(known - outcome.labels - outcome.not_swept)
     if unswept:
         # The receipt (v1, frozen) cannot say it: the values are unreadable, but their blind
         # indexes stay until a process that knows these columns shreds the subject again.
