@@ -11,6 +11,7 @@ Time is the vault's clock (``clock=``), never slept.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from ccvault import (
     ConfigurationError,
     ErasureIncompleteError,
     LedgerUnavailableError,
+    SubjectHeldError,
     Vault,
 )
 from ccvault.erasure import CompletionRecord, _complete
@@ -523,3 +525,34 @@ def test_cli_complete_erasures(
     err = capsys.readouterr().err
     assert "ConfigurationError" in err
     assert "ledger" in err
+
+
+# -- DEBUG logging ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_erasure_lifecycle_logs_no_subject_nor_plaintext_at_debug(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    phones = [f"+44 20 7946 3{i:03d}" for i in range(4)]
+    a, b, c, kept = (app.customer(p) for p in phones)
+    monkeypatch.setattr(_complete, "_sleep", app.clock.advance)
+    secrets = {str(s) for s in (a, b, c)} | {s.hex for s in (a, b, c)} | set(phones)
+    with caplog.at_level(logging.DEBUG, logger="ccvault"):
+        app.vault.shred(a, wait=True)
+        app.vault.shred_many([b, "not a uuid"])
+        app.vault.detach(app.engine)  # the completion of b is left incomplete, and says so
+        app.clock.advance(10)
+        incomplete = app.vault.complete_erasures()
+        app.vault.attach(app.engine)
+        hold = app.vault.hold(c, case="LIT-7", by="legal")
+        with pytest.raises(SubjectHeldError):
+            app.vault.shred(c)
+        app.vault.release(hold, by="legal")
+        app.vault.complete_erasures()
+    assert incomplete.incomplete  # the warning path ran
+    text = "\n".join(f"{r.getMessage()} {getattr(r, '__dict__', {})}" for r in caplog.records)
+    assert "complete_erasures left 1 due erasures incomplete" in text  # what was logged
+    leaked = sorted(s for s in secrets if s in text)
+    assert leaked == []
+    assert app.bidx(kept)[0] is not None
