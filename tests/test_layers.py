@@ -382,8 +382,8 @@ VAULT_PUBLIC = {
     # the erasure ledger wired in (issue 13): status, check, reconciliation
     "complete_erasures", "erasure_status", "ledger_unverified", "reconcile_erasures",
     "verify_erasures",
-    # legal holds (issue 14)
-    "hold", "holds", "release",
+    # legal holds and retention (issue 14)
+    "hold", "holds", "release", "retention_policy",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     "propagation_bound", "propagation_interval", "ledger_check_interval",

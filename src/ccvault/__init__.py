@@ -8,7 +8,7 @@
 >>> receipt = vault.shred(customer_id)                                  # doctest: +SKIP
 """
 
-from ._sentinels import SHREDDED, Sentinel
+from ._sentinels import EXPIRED, SHREDDED, Sentinel
 from ._settings import CcvaultSettings
 from .audit import DestroyedKey, ErasureReceipt
 from .erasure import Hold, ShredPreview, ShredResult
@@ -37,6 +37,7 @@ from .vault import NO_SUBJECT, DevelopmentDefaultWarning, RotationReport, Vault
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXPIRED",
     "NO_SUBJECT",
     "SHREDDED",
     "CcvaultError",

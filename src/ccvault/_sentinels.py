@@ -1,4 +1,4 @@
-"""The values a column read returns instead of data: ``SHREDDED``, ``UNREADABLE``.
+"""The values a column read returns instead of data: ``SHREDDED``, ``EXPIRED``, ``UNREADABLE``.
 
 Each sentinel is the one instance of a :class:`Sentinel` subclass. A sentinel is a ``str`` whose
 text is its documented rendering (``"[shredded]"``, ``"[unreadable]"``), so that it passes a
@@ -12,7 +12,7 @@ an API listing customers answers 200 when one of them is erased. It is still no 
   search arguments (ccvault.sqlalchemy);
 * it pickles and copies to the same instance.
 
-The retention and access issues add ``EXPIRED`` and ``DENIED`` as further subclasses.
+The access issue adds ``DENIED`` as a further subclass.
 
 It also holds :data:`NO_SUBJECT`, the marker a *caller* passes as the subject of vault-wide
 data (no read sentinel: it is never a value), here so that the key ring and the column types
@@ -25,9 +25,11 @@ from __future__ import annotations
 from typing import Any, ClassVar, Final, TypeVar
 
 __all__ = [
+    "EXPIRED",
     "NO_SUBJECT",
     "SHREDDED",
     "UNREADABLE",
+    "Expired",
     "Sentinel",
     "Shredded",
     "Unreadable",
@@ -90,6 +92,12 @@ class Shredded(Sentinel, name="SHREDDED", text="[shredded]"):
     __slots__ = ()
 
 
+class Expired(Sentinel, name="EXPIRED", text="[expired]"):
+    """The value of an encrypted column whose retention period expired (see :data:`EXPIRED`)."""
+
+    __slots__ = ()
+
+
 class Unreadable(Sentinel, name="UNREADABLE", text="[unreadable]"):
     """A value that failed to decrypt where the column or attachment says
     ``on_error="sentinel"`` (see :data:`UNREADABLE`)."""
@@ -100,6 +108,11 @@ class Unreadable(Sentinel, name="UNREADABLE", text="[unreadable]"):
 SHREDDED: Final = Shredded()
 """Reads of a shredded customer's values return this (unless the column or attachment is
 strict): falsy, renders as ``"[shredded]"``, refused by every write."""
+
+EXPIRED: Final = Expired()
+"""Reads of a value whose retention period expired (its period secret destroyed by
+``enforce_retention``, and its subject not held) return this unless strict: falsy, renders as
+``"[expired]"``, refused by every write."""
 
 UNREADABLE: Final = Unreadable()
 """Reads of a value that fails to decrypt (tampered, truncated, an unknown key, another

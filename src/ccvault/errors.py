@@ -148,8 +148,14 @@ class SubjectShreddedError(_Located, CcvaultError):
     MESSAGE = "the data subject has been shredded"
 
 
-class RetentionExpiredError(CcvaultError):
-    """The value belongs to a retention period whose key material has expired."""
+class RetentionExpiredError(_Located, CcvaultError):
+    """The value belongs to a retention period whose secret was destroyed by retention
+    enforcement (and its subject was not held), or a write names a period already expired.
+
+    Raised by a strict column read, it names ``table``, ``column`` and ``primary_key`` as
+    :class:`DecryptionError` does."""
+
+    MESSAGE = "the value's retention period has expired"
 
 
 class SubjectHeldError(CcvaultError):

@@ -94,6 +94,7 @@ from .keystore._protocol import KeyStore
 from .keystore._records import KeyKind
 from .keystore._sql import SqlKeyStore
 from .kms._protocol import Kms
+from .retention import RetentionPolicy
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
@@ -154,7 +155,10 @@ class Vault:
     default 60) is how often a vault with a ledger compares the ledger's head with what its key
     store applied, inside the invalidation poll: a store restored from a backup under a process
     that was idle while others shredded is noticed (and replayed) within it (docs/erasure.md,
-    "A process that was idle across the shreds"). ``create``: whether an empty key store
+    "A process that was idle across the shreds"). ``retention_policy``: the retention
+    categories (:class:`~ccvault.retention.RetentionPolicy`; ``CCVAULT_RETENTION_POLICY`` in
+    :meth:`from_settings`) that ``encrypt(..., retention=)``, the columns' ``retention=`` and
+    ``enforce_retention()`` name (docs/retention.md). ``create``: whether an empty key store
     becomes a new installation — None (the default) creates one unless a ledger is configured,
     True always (the first start of a ledgered installation), False never.
     Every number must be finite, and ``backup_retention`` at least a day and at least
@@ -187,6 +191,7 @@ class Vault:
         ledger_mode: Literal["strict", "best-effort"] = "strict",
         ledger_check_interval: float = 60.0,
         create: bool | None = None,
+        retention_policy: RetentionPolicy | None = None,
     ) -> None:
         from ._settings import check_vault_options
 
@@ -202,6 +207,11 @@ class Vault:
             propagation_interval=propagation_interval,
             ledger_check_interval=ledger_check_interval,
         )
+        if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
+            raise ConfigurationError(
+                "retention_policy must be a ccvault.retention.RetentionPolicy (load a file with "
+                "ccvault.retention.load_policy), or None"
+            )
         if listen_url is not None and not isinstance(listen_url, str):
             raise ConfigurationError("listen_url must be a URL (str), 'off', or None")
         if per_epoch_roots and not kms.supports_root_lifecycle:
@@ -221,6 +231,7 @@ class Vault:
             propagation_interval=float(propagation_interval),
             listen_url=listen_url,
             ledger_check_interval=float(ledger_check_interval),
+            retention_policy=retention_policy,
         )
         owned = isinstance(keystore, Engine | str) or is_async_engine(keystore)
         if isinstance(keystore, str) and ledger is not None and not readonly and create is None:
@@ -376,6 +387,11 @@ class Vault:
         """Seconds between this process's comparisons of the erasure ledger's head with what
         its key store applied (a vault with a ledger; made inside the invalidation poll)."""
         return self._options.ledger_check_interval
+
+    @property
+    def retention_policy(self) -> RetentionPolicy | None:
+        """The retention categories this vault was given (None: no policy)."""
+        return self._options.retention_policy
 
     @property
     def propagation_bound(self) -> float:
@@ -554,6 +570,7 @@ class Vault:
                 ledger_mode=s.ledger_mode,
                 ledger_check_interval=s.ledger_check_interval_seconds,
                 create=create,
+                retention_policy=s.load_retention_policy(),
             )
         except BaseException:
             if isinstance(keystore, SqlKeyStore):

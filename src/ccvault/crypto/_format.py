@@ -23,6 +23,7 @@ vault maps to the one opaque :class:`~ccvault.errors.DecryptionError`.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from typing import NoReturn
@@ -55,6 +56,7 @@ __all__ = [
     "ValueKey",
     "derive_period_key",
     "fresh_nonce",
+    "held_key_id",
     "nonce_batch",
     "open_value",
     "parse",
@@ -73,6 +75,7 @@ _HEADER_LEN = {SUITE_AES256GCM: _HEAD.size, SUITE_AES256GCM_PERIOD: _HEAD.size +
 _AD_LABEL = b"ccvault/value/v1"
 _AD_PREFIX = U32.pack(len(_AD_LABEL)) + _AD_LABEL
 _PERIOD_INFO = b"ccvault/v1/suite2/period-key"
+_HELD_LABEL = b"ccvault/held/v1"
 
 OVERHEAD = {suite: n + NONCE_BYTES + TAG_BYTES for suite, n in _HEADER_LEN.items()}
 
@@ -268,3 +271,13 @@ def derive_period_key(
     """Suite 2: HKDF-SHA256(data key, salt=period secret, info=label||key id||version||period)."""
     info = _PERIOD_INFO + key_id + U32.pack(key_version) + period_id
     return hkdf_sha256(data_key, salt=period_secret, info=info)
+
+
+def held_key_id(key_id: bytes, key_version: int, period_id: bytes) -> bytes:
+    """The key id of a held key (DESIGN.md, lifecycle rule 7): the suite-2 value key of subject
+    key (``key_id``, ``key_version``) in period ``period_id``, preserved by a legal hold when the
+    period expired. SHA-256("ccvault/held/v1" || key id || u32(version) || period id)[:16]: a
+    reader derives it from the value header alone."""
+    if len(key_id) != KEY_ID_BYTES or len(period_id) != PERIOD_ID_BYTES:
+        raise ValueError("a held key id needs a 16-byte key id and a 16-byte period id")
+    return hashlib.sha256(_HELD_LABEL + key_id + U32.pack(key_version) + period_id).digest()[:16]

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from ..crypto._subject import SubjectType
 from ..errors import ConfigurationError
+from ..retention import RetentionPolicy
 
 __all__ = ["Installation", "Progress", "VaultOptions"]
 
@@ -41,6 +42,8 @@ class VaultOptions:
     # seconds between the polls that also run the store probes (the erasure ledger's check of
     # the key store's applied seq: a store restored under an idle process)
     ledger_check_interval: float = 60.0
+    # the retention categories (None: no policy; retention= is refused)
+    retention_policy: RetentionPolicy | None = None
 
     def writable(self, what: str) -> None:
         """Raise :class:`ConfigurationError` when the vault was opened read-only."""

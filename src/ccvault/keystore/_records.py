@@ -31,6 +31,12 @@ class KeyKind:
     BLIND_INDEX = "bidx"
     HEAD_MAC = "head"  # long-lived: authenticates subject heads (schema 2)
     ERASURE_QUEUE = "queue"  # seals the subjects of erasures awaiting completion (schema 4)
+    # a retention period's secret: key id = the period id, version 1, label
+    # "<category>/<start date>", ref = the period ref (DESIGN.md, lifecycle rule 7)
+    PERIOD = "period"
+    # a held subject's suite-2 value key of an expired period: key id = held_key_id(...),
+    # version = the subject key's, ref = the subject ref (rule 7)
+    HELD = "held"
 
 
 class State:
@@ -104,7 +110,8 @@ class InvalidationKind:
     """What a row of the invalidation channel says changed (DESIGN.md, lifecycle rule 5)."""
 
     SHRED = "shred"  # a subject's keys were destroyed: evict and fence its ref
-    # later: "expiry", "hold", "lockdown", "policy"
+    EXPIRY = "expiry"  # a retention period's secret was destroyed: evict its derived keys
+    # later: "hold", "lockdown", "policy"
 
 
 @dataclass(frozen=True, slots=True)
