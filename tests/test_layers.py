@@ -50,6 +50,7 @@ KEYRING_ORDER = {
     "_epochs": 1,
     "_heads": 2,
     "_leases": 2,
+    "_periods": 2,
     "_blind": 2,
     "_rotation": 2,
     "_ring": 3,

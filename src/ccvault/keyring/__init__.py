@@ -10,6 +10,7 @@ from ._epochs import NO_REF, Epochs
 from ._heads import FENCE_BREAKS, HeadCheck, Heads, StoreUpgrade
 from ._leases import USE_BLOCK, VAULTWIDE_NONCE_BUDGET
 from ._options import Installation, Progress, VaultOptions
+from ._periods import PERIOD_VERSION, Periods, PeriodSecret
 from ._ring import AfterShred, AfterShredHooks, AfterShredMany, KeyRing, Tombstone
 from ._rotation import EpochInfo, Rotation, RotationReport
 from ._values import UNCHECKED, Item, Outcome, Values, context_bytes
@@ -17,6 +18,7 @@ from ._values import UNCHECKED, Item, Outcome, Values, context_bytes
 __all__ = [
     "FENCE_BREAKS",
     "NO_REF",
+    "PERIOD_VERSION",
     "UNCHECKED",
     "USE_BLOCK",
     "VAULTWIDE_NONCE_BUDGET",
@@ -31,6 +33,8 @@ __all__ = [
     "Item",
     "KeyRing",
     "Outcome",
+    "PeriodSecret",
+    "Periods",
     "Progress",
     "Rotation",
     "RotationReport",
