@@ -75,6 +75,7 @@ from .errors import (
 from .keyring import (
     FENCE_BREAKS,
     UNCHECKED,
+    VAULTWIDE_NO_RETENTION,
     VAULTWIDE_NONCE_BUDGET,
     EpochInfo,
     Epochs,
@@ -581,8 +582,24 @@ class Vault:
 
     # -- values ----------------------------------------------------------------------------------
 
-    def encrypt(self, subject: object, plaintext: bytes, *, context: str) -> bytes:
+    def encrypt(
+        self,
+        subject: object,
+        plaintext: bytes,
+        *,
+        context: str,
+        retention: str | None = None,
+        retention_from: datetime | None = None,
+    ) -> bytes:
         """Seal ``plaintext`` for ``subject`` under the context label ``context``.
+
+        With ``retention=`` (a category of the vault's retention policy) the value goes into
+        the category's period of ``retention_from`` (an aware datetime; None: the vault clock's
+        now) and reads as ``EXPIRED`` once ``enforce_retention()`` destroyed that period
+        (docs/retention.md, "Values and columns"). A naive ``retention_from`` or one more than
+        one period in the future is a :class:`ValueError`, a period already expired a
+        :class:`RetentionExpiredError`, an unknown category a :class:`ConfigurationError`;
+        vault-wide values (``NO_SUBJECT``) take no retention (TypeError).
 
         Raises :class:`SubjectShreddedError` if the subject was shredded (the shred fence) and
         :class:`TypeError` if the subject is not of the installation's subject type.
@@ -590,9 +607,18 @@ class Vault:
         if not isinstance(plaintext, bytes | bytearray | memoryview):
             raise TypeError("plaintext must be bytes")
         ctx = context_bytes(context)
-        return self._ring.key_for_write(subject, context).seal(
-            bytes(plaintext), fmt.context_lp(ctx)
-        )
+        if retention is None:
+            if retention_from is not None:
+                raise TypeError("retention_from needs retention= (a category name)")
+            key = self._ring.key_for_write(subject, context)
+        else:
+            category = self._periods.category(retention)
+            if subject is NO_SUBJECT:
+                raise TypeError(VAULTWIDE_NO_RETENTION)
+            self._ring.subject_ref(subject)  # a wrong type before a period is created
+            period = self._periods.for_write(category, retention_from)
+            key = self._ring.period_key_for_write(subject, period)
+        return key.seal(bytes(plaintext), fmt.context_lp(ctx))
 
     def decrypt(self, blob: bytes, *, context: str, subject: object = UNCHECKED) -> bytes:
         """Open a ciphertext made by :meth:`encrypt` with the same context label.

@@ -47,6 +47,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SUITE1_BODY_OFFSET",
     "SUITE1_HEADER_BYTES",
+    "SUITE2_HEADER_BYTES",
     "SUITE_AES256GCM",
     "SUITE_AES256GCM_PERIOD",
     "FormatError",
@@ -183,16 +184,30 @@ def suite1_key_ref(header: bytes) -> tuple[bytes, int] | None:
     return key_id, version
 
 
+SUITE2_HEADER_BYTES = _HEAD.size + PERIOD_ID_BYTES  # ... and the period id
+_SUITE2_PREFIX = bytes((FORMAT_VERSION, SUITE_AES256GCM_PERIOD))
+_SUITE2_REF = struct.Struct(">2x16sI16s").unpack
+
+
+def suite2_key_ref(header: bytes) -> tuple[bytes, int, bytes] | None:
+    """(key id, key version, period id) of a suite-2 value header, or None when it is not one."""
+    if len(header) != SUITE2_HEADER_BYTES or header[:2] != _SUITE2_PREFIX:
+        return None
+    key_id, version, period_id = _SUITE2_REF(header)
+    return key_id, version, period_id
+
+
 _MAX_ADS = 64  # context labels whose associated data a ValueKey keeps
 
 
 class ValueKey:
-    """A data key ready to seal and open suite-1 values, with its header and the fixed parts of
-    the associated data computed once (they depend only on the key and its subject ref).
+    """A value key ready to seal and open values, with its header and the fixed parts of the
+    associated data computed once (they depend only on the key and its subject ref): a data key
+    (suite 1), or with ``period_id`` a suite-2 key derived for one retention period.
 
     A reader that opens many values in one loop may inline :meth:`open`::
 
-        key.decrypt(blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET], blob[SUITE1_BODY_OFFSET:],
+        key.decrypt(blob[key.nonce_at], blob[key.body_at],
                     key.ads.get(context_lp) or key.associated_data(context_lp))
 
     which raises :class:`InvalidTag` where :meth:`open` raises :class:`FormatError`.
@@ -203,20 +218,37 @@ class ValueKey:
         "ad_suffix",
         "ads",
         "aead",
+        "body_at",
         "checked",
         "decrypt",
         "header",
         "key_id",
+        "nonce_at",
+        "period_id",
         "ref",
         "version",
     )
 
-    def __init__(self, aead: Aead, key_id: bytes, version: int, ref: bytes) -> None:
+    def __init__(
+        self,
+        aead: Aead,
+        key_id: bytes,
+        version: int,
+        ref: bytes,
+        period_id: bytes | None = None,
+    ) -> None:
         self.aead = aead
         self.key_id = key_id
         self.version = version
         self.ref = ref
-        self.header = build_header(SUITE_AES256GCM, key_id, version)
+        # suite 1: the data key itself; suite 2 (``period_id``): the key derived from the data
+        # key and the period secret (or a held key), sealing under the 38-byte header
+        self.period_id = period_id
+        suite = SUITE_AES256GCM if period_id is None else SUITE_AES256GCM_PERIOD
+        self.header = build_header(suite, key_id, version, period_id)
+        # where a value under this key keeps its nonce and its ciphertext || tag
+        self.nonce_at = slice(len(self.header), len(self.header) + NONCE_BYTES)
+        self.body_at = slice(len(self.header) + NONCE_BYTES, None)
         # associated data = ad_prefix || u32(len(context)) || context || ad_suffix
         self.ad_prefix = _AD_PREFIX + U32.pack(len(self.header)) + self.header
         self.ad_suffix = U32.pack(len(ref)) + ref
@@ -229,7 +261,8 @@ class ValueKey:
 
     @safe_repr
     def __repr__(self) -> str:
-        return f"ValueKey(id={self.key_id.hex()}, v={self.version})"
+        period = "" if self.period_id is None else ", suite=2"
+        return f"ValueKey(id={self.key_id.hex()}, v={self.version}{period})"
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("ValueKey cannot be pickled")
@@ -250,12 +283,10 @@ class ValueKey:
         return self.header + nonce + self.aead.seal(nonce, plaintext, ad)
 
     def open(self, blob: bytes, context_lp: bytes) -> bytes:
-        """Open a suite-1 value whose header names this key (the caller looked it up by it)."""
+        """Open a value whose header names this key (the caller looked it up by it)."""
         try:
             return self.decrypt(
-                blob[SUITE1_HEADER_BYTES:SUITE1_BODY_OFFSET],
-                blob[SUITE1_BODY_OFFSET:],
-                self.associated_data(context_lp),
+                blob[self.nonce_at], blob[self.body_at], self.associated_data(context_lp)
             )
         except InvalidTag:
             raise FormatError from None

@@ -11,7 +11,15 @@ from ._heads import FENCE_BREAKS, HeadCheck, Heads, StoreUpgrade
 from ._leases import USE_BLOCK, VAULTWIDE_NONCE_BUDGET
 from ._options import Installation, Progress, VaultOptions
 from ._periods import PERIOD_VERSION, Periods, PeriodSecret
-from ._ring import AfterShred, AfterShredHooks, AfterShredMany, KeyRing, Tombstone
+from ._ring import (
+    VAULTWIDE_NO_RETENTION,
+    AfterShred,
+    AfterShredHooks,
+    AfterShredMany,
+    Expired,
+    KeyRing,
+    Tombstone,
+)
 from ._rotation import EpochInfo, Rotation, RotationReport
 from ._values import UNCHECKED, Item, Outcome, Values, context_bytes
 
@@ -22,11 +30,13 @@ __all__ = [
     "UNCHECKED",
     "USE_BLOCK",
     "VAULTWIDE_NONCE_BUDGET",
+    "VAULTWIDE_NO_RETENTION",
     "AfterShred",
     "AfterShredHooks",
     "AfterShredMany",
     "EpochInfo",
     "Epochs",
+    "Expired",
     "HeadCheck",
     "Heads",
     "Installation",

@@ -17,12 +17,17 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Final, cast
 
 from .._secret import SecretKey
-from .._sentinels import NO_SUBJECT
+from .._sentinels import EXPIRED, NO_SUBJECT, SHREDDED, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import BlindIndexer, Normalizer
 from ..crypto._primitives import Aead, HmacSha256, random_bytes
 from ..crypto._subject import SubjectType
-from ..errors import DecryptionError, KeyStoreError, SubjectShreddedError
+from ..errors import (
+    DecryptionError,
+    KeyStoreError,
+    RetentionExpiredError,
+    SubjectShreddedError,
+)
 from ..keystore._cache import TtlCache
 from ..keystore._protocol import KeyStore
 from ..keystore._records import HeadRecord, KeyKind, KeyRecord, State
@@ -33,6 +38,7 @@ from ._heads import HEADLESS, Heads
 from ._hooks import Hooks
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
+from ._periods import PERIOD_VERSION, PeriodSecret
 
 __all__ = [
     "AfterShred",
@@ -45,6 +51,11 @@ __all__ = [
 
 _BATCH = 500
 _FENCE_SECONDS = 86_400.0
+VAULTWIDE_NO_RETENTION: Final = (
+    "vault-wide values (NO_SUBJECT) take no retention: a retention period's key is derived from "
+    "a subject's key (docs/retention.md, 'Values and columns')"
+)
+_PERIOD_AT: Final = fmt.SUITE1_HEADER_BYTES  # where a suite-2 header's period id starts
 
 AfterShred = Callable[[object], Iterable[tuple[str, str]]]
 """An after-shred hook: called with the subject after a committed shred (and again by the
@@ -67,10 +78,13 @@ class Tombstone:
     """Cached tombstone: the key id is known and its material destroyed by a shred.
 
     It has a key's ``ref`` and ``checked`` attributes and ``aead = None``, so readers handle it
-    like a key until the point where a key would decrypt."""
+    like a key until the point where a key would decrypt; there they read ``sentinel`` (what a
+    column read returns) and ``error`` (what a strict read raises)."""
 
     __slots__ = ("checked", "ref")
     aead = None
+    sentinel: Sentinel = SHREDDED
+    error: type[Exception] = SubjectShreddedError
 
     def __init__(self, ref: bytes) -> None:
         self.ref = ref
@@ -78,6 +92,19 @@ class Tombstone:
 
     def __repr__(self) -> str:
         return "<shredded>"
+
+
+class Expired(Tombstone):
+    """Cached outcome of a suite-2 header whose retention period is tombstoned and whose
+    subject holds no held key for it: reads as EXPIRED (its subject's ref still checked first:
+    a moved value is no expiry)."""
+
+    __slots__ = ()
+    sentinel = EXPIRED
+    error = RetentionExpiredError
+
+    def __repr__(self) -> str:
+        return "<expired>"
 
 
 class AfterShredHooks(Hooks[AfterShred]):
@@ -160,6 +187,15 @@ class KeyRing:
         self._write_keys: TtlCache[bytes, fmt.ValueKey] = TtlCache(size, ttl, monotonic)
         # value keys (and tombstones) by value header: what a reader slices off a value
         self._read_keys: TtlCache[bytes, fmt.ValueKey | Tombstone] = TtlCache(size, ttl, monotonic)
+        # the subject key rows behind the write keys (wrapped: a period key is derived from them)
+        self._write_recs: TtlCache[bytes, KeyRecord] = TtlCache(size, ttl, monotonic)
+        # suite-2 write keys by (subject ref, period id)
+        self._period_keys: TtlCache[tuple[bytes, bytes], fmt.ValueKey] = TtlCache(
+            size, ttl, monotonic
+        )
+        # the suite-2 headers cached per subject ref (read and write): a shred evicts them at
+        # once without a scan (DESIGN.md rule 7: derived and held keys go with their subject)
+        self._derived: dict[bytes, set[bytes]] = {}
         # Refs shredded by this process: a key read that started before the shred committed must
         # not put the key back into a cache after shred() cleared it.
         # Kept far longer than any cached key, so a read stalled in the KMS past cache_ttl
@@ -314,8 +350,47 @@ class KeyRing:
             with self._cache_lock:
                 if self._fenced.get(ref) is None and generation == self._generation:
                     self._write_keys.put(ref, key)
+                    self._write_recs.put(ref, rec)
             out[ref] = key
         return out
+
+    # -- suite-2 keys (retention periods) --------------------------------------------------------
+
+    def period_key_for_write(self, subject: object, period: PeriodSecret) -> fmt.ValueKey:
+        """The suite-2 key that seals ``subject``'s values of retention period ``period``: its
+        current data key's key derived with the period secret (docs/format.md, suite 2).
+        SubjectShreddedError for a shredded subject; TypeError for a wrong type (vault-wide
+        data has no retention)."""
+        self._check()
+        if subject is NO_SUBJECT:
+            raise TypeError(VAULTWIDE_NO_RETENTION)
+        ref = self.subject_ref(subject)
+        pid = period.period_id
+        key = self._period_keys.get((ref, pid))
+        if key is not None:
+            return key
+        generation = self._generation
+        rec = self._write_recs.get(ref)
+        if rec is None or self._write_keys.get(ref) is None:
+            if ref not in self._load_or_create([ref]):
+                raise SubjectShreddedError
+            rec = self._write_recs.get(ref)
+            if rec is None:  # fenced meanwhile: a shred is under way
+                raise SubjectShreddedError
+        key = self._derived_key(rec, period.secret, pid)
+        with self._cache_lock:
+            if self._fenced.get(ref) is None and generation == self._generation:
+                self._period_keys.put((ref, pid), key)
+                self._track(ref, key.header)
+        return key
+
+    def _derived_key(self, rec: KeyRecord, secret: SecretKey, period_id: bytes) -> fmt.ValueKey:
+        """The suite-2 value key of subject key row ``rec`` in period ``period_id``."""
+        material = self._epochs.unwrap_record(rec)
+        derived = fmt.derive_period_key(
+            material.reveal(), secret.reveal(), rec.key_id, rec.version, period_id
+        )
+        return fmt.ValueKey(Aead(derived), rec.key_id, rec.version, rec.ref or NO_REF, period_id)
 
     def value_key(self, rec: KeyRecord, generation: int | None = None) -> fmt.ValueKey:
         """The value key of a live subject or vault-wide key row, unwrapped once and cached by
@@ -358,6 +433,7 @@ class KeyRing:
         out: dict[bytes, fmt.ValueKey | Tombstone] = {}
         lookup = self._read_keys.getter()
         missing: dict[tuple[bytes, int], bytes] = {}
+        suite2: list[tuple[bytes, tuple[bytes, int, bytes]]] = []
         for header in headers:
             cached = lookup(header)
             if cached is not None:
@@ -366,6 +442,12 @@ class KeyRing:
             pair = fmt.suite1_key_ref(header)
             if pair is not None:
                 missing[pair] = header
+            else:
+                named = fmt.suite2_key_ref(header)
+                if named is not None:
+                    suite2.append((header, named))
+        for i in range(0, len(suite2), _BATCH):
+            out.update(self._suite2_keys(suite2[i : i + _BATCH], generation))
         pairs = list(missing)
         for i in range(0, len(pairs), _BATCH):
             # Each key with its subject's head, in one query (never again while it is cached).
@@ -391,6 +473,73 @@ class KeyRing:
                 out[header] = key
         return out
 
+    def _suite2_keys(
+        self, named: Sequence[tuple[bytes, tuple[bytes, int, bytes]]], generation: int
+    ) -> dict[bytes, fmt.ValueKey | Tombstone]:
+        """Suite-2 headers resolved by one batched lookup of their subject keys, periods and
+        held keys (DESIGN.md rule 7: a held key's id is derived from the header). Outcome per
+        header, first match wins: the subject key unknown, not a subject key or unreadable —
+        left out (DecryptionError); shredded — Tombstone; the period unknown or unreadable —
+        left out; the period live — the derived key; tombstoned — the subject's held key for it
+        if live, else :class:`Expired`."""
+        wanted: set[tuple[bytes, int]] = set()
+        for _header, (key_id, version, pid) in named:
+            wanted.add((key_id, version))
+            wanted.add((pid, PERIOD_VERSION))
+            wanted.add((fmt.held_key_id(key_id, version, pid), version))
+        rows = self._store.value_keys(list(wanted))
+        secrets: dict[bytes, SecretKey | None] = {}
+        out: dict[bytes, fmt.ValueKey | Tombstone] = {}
+        for header, (key_id, version, pid) in named:
+            found = rows.get((key_id, version))
+            if found is None:
+                continue
+            rec, head = found
+            if rec.kind != KeyKind.SUBJECT:
+                continue  # vault-wide values take no retention; other kinds are no value keys
+            if rec.state == State.DESTROYED:
+                out[header] = self._tombstone(header, rec)
+                continue
+            if not rec.is_live:
+                continue
+            if self.heads.fenced_read(rec, head):
+                out[header] = self._tombstone(header, rec)
+                continue
+            period = rows.get((pid, PERIOD_VERSION))
+            if period is None or period[0].kind != KeyKind.PERIOD:
+                continue  # an unknown period id: a DecryptionError
+            prec = period[0]
+            ref = rec.ref or NO_REF
+            if prec.state == State.DESTROYED:
+                held = rows.get((fmt.held_key_id(key_id, version, pid), version))
+                hrec = held[0] if held is not None else None
+                if hrec is None or hrec.kind != KeyKind.HELD or not hrec.is_live or hrec.ref != ref:
+                    expired = Expired(ref)
+                    self._read_keys.put(header, expired)
+                    out[header] = expired
+                    continue
+                try:
+                    material = self._epochs.unwrap_record(hrec).reveal()
+                except DecryptionError:
+                    continue
+                key = fmt.ValueKey(Aead(material), key_id, version, ref, pid)
+            else:
+                if pid not in secrets:
+                    try:
+                        secrets[pid] = self._epochs.unwrap_record(prec)
+                    except DecryptionError:
+                        secrets[pid] = None
+                secret = secrets[pid]
+                if secret is None:
+                    continue
+                try:
+                    key = self._derived_key(rec, secret, pid)
+                except DecryptionError:
+                    continue
+            self._cache_read_key(header, key, generation)
+            out[header] = key
+        return out
+
     def _unwrapped(self, rec: KeyRecord) -> fmt.ValueKey:
         material = self._epochs.unwrap_record(rec)
         return fmt.ValueKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or NO_REF)
@@ -401,6 +550,8 @@ class KeyRing:
                 return  # every key was dropped after the caller read this one's row
             if not key.ref or self._fenced.get(key.ref) is None:
                 self._read_keys.put(header, key)
+                if key.period_id is not None:
+                    self._track(key.ref, header)
 
     def _tombstone(self, header: bytes, rec: KeyRecord) -> Tombstone:
         tombstone = Tombstone(rec.ref or NO_REF)
@@ -436,6 +587,8 @@ class KeyRing:
         every value key of the subject, found by scanning the cache."""
         with self._cache_lock:
             self._write_keys.pop(ref)
+            self._write_recs.pop(ref)
+            self._evict_derived(ref)
             if keys is None:
                 self._read_keys.discard_where(lambda _header, key: key.ref == ref)
                 return
@@ -451,7 +604,49 @@ class KeyRing:
             for ref in refs:
                 self._fenced.put(ref, True)
                 self._write_keys.pop(ref)
+                self._write_recs.pop(ref)
+                self._evict_derived(ref)
             self._read_keys.discard_where(lambda _header, key: key.ref in refs)
+
+    def _track(self, ref: bytes, header: bytes) -> None:
+        """Note a cached suite-2 header of ``ref``; the caller holds the cache lock. Entries the
+        caches dropped by age are pruned when the index outgrows them."""
+        if len(self._derived) >= self._options.cache_max_entries:
+            live = self._read_keys.get_many
+            for r in list(self._derived):
+                headers = self._derived[r]
+                kept = {
+                    h for h, k in zip(headers, live(list(headers)), strict=True) if k is not None
+                }
+                kept |= {
+                    h for h in headers if self._period_keys.get((r, h[_PERIOD_AT:])) is not None
+                }
+                if kept:
+                    self._derived[r] = kept
+                else:
+                    del self._derived[r]
+        self._derived.setdefault(ref, set()).add(header)
+
+    def _evict_derived(self, ref: bytes) -> None:
+        """Drop ``ref``'s suite-2 keys (read and write); the caller holds the cache lock."""
+        for header in self._derived.pop(ref, ()):
+            self._read_keys.pop(header)
+            self._period_keys.pop((ref, header[_PERIOD_AT:]))
+
+    def evict_periods(self, period_ids: set[bytes] | None) -> None:
+        """Drop every cached key and outcome of the retention periods ``period_ids`` (None:
+        of every period): an expiry, here or in another process, or a held key destroyed."""
+
+        def named(header: bytes, _key: object) -> bool:
+            return len(header) == fmt.SUITE2_HEADER_BYTES and (
+                period_ids is None or header[_PERIOD_AT:] in period_ids
+            )
+
+        with self._cache_lock:
+            self._read_keys.discard_where(named)
+            self._period_keys.discard_where(lambda k, _v: period_ids is None or k[1] in period_ids)
+            for headers in self._derived.values():
+                headers.difference_update([h for h in headers if named(h, None)])
 
     def evict_all(self) -> None:
         """Drop every cached ref, key and lease of this process (fences stay); a load already
@@ -461,6 +656,10 @@ class KeyRing:
         self._vaultwide.clear()
         for cache in (self._refs, self._write_keys, self._read_keys):
             cache.clear()
+        with self._cache_lock:
+            self._write_recs.clear()
+            self._period_keys.clear()
+            self._derived.clear()
 
     # -- blind indexes ---------------------------------------------------------------------------
 

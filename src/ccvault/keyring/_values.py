@@ -18,20 +18,22 @@ from collections.abc import Iterable, Sequence
 from hmac import compare_digest
 from typing import Final, Literal
 
-from .._sentinels import NO_SUBJECT, SHREDDED, Sentinel
+from .._sentinels import NO_SUBJECT, Sentinel
 from ..crypto import _format as fmt
-from ..errors import DecryptionError, SubjectShreddedError
+from ..errors import DecryptionError
 from ._epochs import NO_REF
-from ._ring import KeyRing, Tombstone
+from ._ring import Expired, KeyRing, Tombstone
 
 __all__ = ["UNCHECKED", "Item", "Outcome", "Values", "context_bytes"]
 
 _Key = fmt.ValueKey | Tombstone
 
 _HEADER: Final = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
-_BODY: Final = fmt.SUITE1_BODY_OFFSET  # where ciphertext || tag starts
+_HEADER2: Final = fmt.SUITE2_HEADER_BYTES  # ... and the period id
 _SUITE1_MIN: Final = fmt.OVERHEAD[fmt.SUITE_AES256GCM]  # header, nonce and tag of an empty value
+_SUITE2_MIN: Final = fmt.OVERHEAD[fmt.SUITE_AES256GCM_PERIOD]
 _SUITE1: Final = bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM))
+_SUITE2: Final = bytes((fmt.FORMAT_VERSION, fmt.SUITE_AES256GCM_PERIOD))
 
 
 class _Unchecked:
@@ -51,10 +53,6 @@ Outcome = bytes | Sentinel | DecryptionError
 """What ``decrypt_many`` puts in an item's place: its plaintext, a sentinel, or (with
 ``errors="return"``) the item's DecryptionError."""
 
-# The error ``decrypt`` raises for each sentinel a value can read as. The access and retention
-# issues add DENIED -> AccessDeniedError and EXPIRED -> RetentionExpiredError.
-_RAISES: Final[dict[type[Sentinel], type[Exception]]] = {type(SHREDDED): SubjectShreddedError}
-
 _SHAPE = "an item is (blob, context) or (blob, context, subject)"
 
 
@@ -69,10 +67,15 @@ def context_bytes(context: object) -> bytes:
 class Values:
     """Opens values by their context label and, when given, their subject (:meth:`read`)."""
 
-    __slots__ = ("_ring",)
+    __slots__ = ("_errors", "_ring")
 
     def __init__(self, ring: KeyRing) -> None:
         self._ring = ring
+        # The error ``decrypt`` raises for each sentinel a value can read as (the access issue
+        # adds DENIED -> AccessDeniedError).
+        self._errors: dict[type[Sentinel], type[Exception]] = {
+            type(kind.sentinel): kind.error for kind in (Tombstone, Expired)
+        }
 
     def decrypt(self, blob: object, context: object, subject: object) -> bytes:
         """``vault.decrypt``: :meth:`read` of one item; a sentinel is raised as its error, a
@@ -84,7 +87,7 @@ class Values:
         if isinstance(value, bytes):
             return value
         if isinstance(value, Sentinel):
-            raise _RAISES[type(value)]
+            raise self._errors[type(value)]
         raise value  # never: a failure stopped the read
 
     def decrypt_many(
@@ -115,12 +118,13 @@ class Values:
 
         1. DENIED — the access policy, when it exists, answers first: a denied caller learns
            nothing, not even that the subject was erased;
-        2. failure — malformed or truncated bytes, an unknown key or suite (suite 2 until
-           retention periods exist), a value of another subject (checked *before* the shred
-           state: a moved value is no erasure), then, for a live key, a wrong context or any
-           tampering (authentication);
+        2. failure — malformed or truncated bytes, an unknown key, suite or retention period,
+           a value of another subject (checked *before* the shred and retention states: a
+           moved value is no erasure), then, for a live key, a wrong context or any tampering
+           (authentication);
         3. SHREDDED — the value's key is a tombstone (destroyed, or its subject's head is);
-        4. EXPIRED — its retention period is tombstoned (the retention issue: suite 2);
+        4. EXPIRED — a suite-2 value whose retention period is tombstoned and whose subject
+           holds no held key for it;
         5. masked — a partial view granted by the access policy;
         6. the plaintext.
         """
@@ -157,11 +161,13 @@ class Values:
                 header: bytes | None = None
                 if len(blob) >= _SUITE1_MIN and blob[:2] == _SUITE1:
                     header = blob[:_HEADER]
+                elif len(blob) >= _SUITE2_MIN and blob[:2] == _SUITE2:
+                    header = blob[:_HEADER2]  # a retention period's value (rule 7)
+                # else malformed or truncated: a failure
+                if header is not None:
                     key = cached(header)
                     if key is None:
                         cold.add(header)
-                # else malformed, truncated, or suite 2 (retention periods: ring.keys resolves
-                # their 38-byte headers once period secrets exist, rule 7): a failure.
                 prepared.append((blob, ctx_lp, expected, header, key))
         except TypeError as exc:
             if single:
@@ -183,13 +189,15 @@ class Values:
                         return index
                     append(DecryptionError(index=index))
                 elif isinstance(key, Tombstone):
-                    append(SHREDDED)  # 3. the key of a shredded subject
+                    # 3. SHREDDED: the key of a shredded subject; 4. EXPIRED: a period
+                    # tombstoned, its subject not held (Expired is a Tombstone)
+                    append(key.sentinel)
                 else:
-                    # 4. EXPIRED and 5. masked slot in here.
+                    # 5. masked slots in here.
                     try:
                         plaintext = key.decrypt(
-                            blob[_HEADER:_BODY],
-                            blob[_BODY:],
+                            blob[key.nonce_at],
+                            blob[key.body_at],
                             key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
                         )
                     except fmt.InvalidTag:  # 2. a wrong context, or tampering

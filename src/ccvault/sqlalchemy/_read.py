@@ -39,10 +39,10 @@ from sqlalchemy.sql.elements import (
 )
 
 from .._repr import safe_repr
-from .._sentinels import SHREDDED, UNREADABLE, Sentinel
+from .._sentinels import UNREADABLE, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
-from ..errors import DecryptionError, SubjectShreddedError
+from ..errors import DecryptionError, RetentionExpiredError, SubjectShreddedError
 from ._codec import STR, CodecError
 from ._plan import ColumnPlan, plan_for
 from ._types import BlindIndex, Encrypted, OnError, base_column
@@ -56,10 +56,12 @@ log = logging.getLogger("ccvault")
 
 _READ_AHEAD = 100
 _HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
-_BODY = fmt.SUITE1_BODY_OFFSET
+_HEADER2 = fmt.SUITE2_HEADER_BYTES  # ... and a retention period id (suite 2)
+_SUITE2 = bytes((fmt.SUITE_AES256GCM_PERIOD,))  # a value's second byte, sliced
 _STR_TAG = STR.tag
 # What a failed value raises inside the row loop (a wrong subject and an unknown key raise
-# DecryptionError; a shredded value in strict mode SubjectShreddedError).
+# DecryptionError; a shredded or expired value in strict mode SubjectShreddedError or
+# RetentionExpiredError).
 _FAILURES = (
     fmt.InvalidTag,
     CodecError,
@@ -67,6 +69,7 @@ _FAILURES = (
     ValueError,
     DecryptionError,
     SubjectShreddedError,
+    RetentionExpiredError,
     RecursionError,  # JSON nested deeper than the parser goes (a sealed or a legacy value)
 )
 
@@ -190,10 +193,11 @@ class Reader:
         for row in rows:
             for i in positions:
                 v = row[i]
-                if type(v) is bytes:
-                    add(v[:_HEADER])
-                elif isinstance(v, bytearray | memoryview):
-                    add(bytes(v[:_HEADER]))
+                if type(v) is not bytes:
+                    if not isinstance(v, bytearray | memoryview):
+                        continue
+                    v = bytes(v)
+                add(v[:_HEADER2] if v[1:2] == _SUITE2 else v[:_HEADER])
         return headers
 
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
@@ -251,6 +255,10 @@ class Reader:
                             blob = bytes(blob)
                         header = blob[:_HEADER]
                         key: Any = known_get(header)
+                        if key is None and blob[1:2] == _SUITE2:
+                            # a retention period's value: by its 38-byte header (rule 7)
+                            header = blob[:_HEADER2]
+                            key = known_get(header)
                         if key is None:
                             key = cached(header)
                             if key is None and not batch_loaded:
@@ -282,16 +290,16 @@ class Reader:
                                         raise DecryptionError  # another customer's value
                                     key.checked = subject
                             verified = key
-                        if key.aead is None:  # the shredded tombstone
+                        if key.aead is None:  # a shredded or expired tombstone
                             if strict:
-                                raise SubjectShreddedError
-                            new[index] = SHREDDED
+                                raise key.error
+                            new[index] = key.sentinel
                             continue
                         # (a value too short for its nonce and tag fails here too: ValueError
                         # for the nonce, InvalidTag for the tag)
                         plaintext = key.decrypt(
-                            blob[_HEADER:_BODY],
-                            blob[_BODY:],
+                            blob[key.nonce_at],
+                            blob[key.body_at],
                             key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
                         )
                         if loads is not None:
@@ -373,8 +381,8 @@ class Reader:
         error to raise. The error is new: nothing of ``exc`` (whose traceback holds the row
         loop) goes with it."""
         where = slot.where(row)
-        if isinstance(exc, SubjectShreddedError):  # a strict column or attachment
-            return SubjectShreddedError(**where)
+        if isinstance(exc, SubjectShreddedError | RetentionExpiredError):  # strict
+            return type(exc)(**where)
         error = DecryptionError(**where)
         if slot.on_error != "sentinel":
             return error
