@@ -384,7 +384,7 @@ VAULT_PUBLIC = {
     "complete_erasures", "erasure_status", "ledger_unverified", "reconcile_erasures",
     "verify_erasures",
     # legal holds and retention (issue 14)
-    "hold", "holds", "release", "retention_policy",
+    "hold", "holds", "release", "retention_policy", "purge_expired",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     "propagation_bound", "propagation_interval", "ledger_check_interval",

@@ -104,6 +104,7 @@ if TYPE_CHECKING:
     from ._settings import CcvaultSettings
     from .sqlalchemy._datamap import DataMap
     from .sqlalchemy._export import SubjectExport
+    from .sqlalchemy._purge import PurgeReport
     from .sqlalchemy._scrub import ScrubReport
 
 __all__ = [
@@ -935,6 +936,34 @@ class Vault:
         from .sqlalchemy._scrub import scrub
 
         return scrub(self._ring, bind, models, batch=batch, progress=progress)
+
+    def purge_expired(
+        self,
+        bind: Any,
+        models: Any,
+        *,
+        batch: int = 1000,
+        dry_run: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> list[PurgeReport]:
+        """Delete the rows of ``models`` (a mapped class, Table, declarative base, module or a
+        list) whose encrypted values are each NULL, EXPIRED or SHREDDED, at least one not NULL,
+        through ``bind`` (a Session, Engine or Connection of the application database); one
+        :class:`~ccvault.sqlalchemy.PurgeReport` per table.
+
+        Decided from each value's header and its key's state, never by decrypting; rows with a
+        live value (a held subject's included), all-NULL rows and rows with a value of no known
+        key or of another subject are counted and kept. ``batch`` rows per transaction, in
+        primary-key order, a row rewritten meanwhile is kept (``changed``); ``progress(table,
+        rows_read, rows_total)`` after each batch; ``dry_run`` deletes nothing
+        (docs/retention.md, "Purging expired rows")."""
+        from .sqlalchemy._purge import purge_expired
+
+        if not dry_run:
+            self._options.writable("purge rows")
+        return purge_expired(
+            self._ring, bind, models, batch=batch, dry_run=dry_run, progress=progress
+        )
 
     def register_personal_table(self, table: Any, subject_column: Any) -> None:
         """Declare a plaintext table that holds customer data: ``table`` is a ``Table`` or a

@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scrub",
         help="read every encrypted value of the application's models; report unreadable ones",
         description="Read every encrypted value of the models' tables in batches (read-only) and "
-        "print a JSON report: per column the values readable, shredded and unreadable, and each "
+        "print a JSON report: per column the values readable, shredded, expired and unreadable, "
+        "and each "
         "unreadable value's table, column and primary key. Exit status 0: all readable; "
         "3: unreadable values found; 1: an error. The vault is configured by CCVAULT_* variables.",
     )

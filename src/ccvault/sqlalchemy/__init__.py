@@ -19,6 +19,7 @@ See docs/sqlalchemy.md.
 from .._sentinels import SHREDDED, UNREADABLE, Sentinel, Shredded, Unreadable
 from ._datamap import DataMap, MappedColumn, MappedTable, MapWarning, SearchableForm
 from ._export import ErasureState, ExportedTable, ExportScope, NotSearched, SubjectExport
+from ._purge import PurgeReport
 from ._scrub import ColumnCounts, ScrubReport, UnreadableValue
 from ._types import BlindIndex, Encrypted
 from ._write import StatementRefused
@@ -37,6 +38,7 @@ __all__ = [
     "MappedColumn",
     "MappedTable",
     "NotSearched",
+    "PurgeReport",
     "ScrubReport",
     "SearchableForm",
     "Sentinel",

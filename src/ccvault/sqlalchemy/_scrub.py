@@ -6,8 +6,9 @@ older than the application database) — makes every read of its row fail, or re
 ``UNREADABLE`` where ``on_error="sentinel"``. The scrub finds them all before users do: it reads
 each table with encrypted columns in batches (keyset pagination on the primary key, never
 OFFSET), through the same row loop as the application's reads, and reports per column how many
-values are readable, shredded and unreadable, and where each unreadable one is (table, column,
-primary key). It never writes: no statement it runs changes the database, and it creates no key.
+values are readable, shredded, expired and unreadable, and where each unreadable one is (table,
+column, primary key). It never writes: no statement it runs changes the database, and it
+creates no key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .._sentinels import SHREDDED, UNREADABLE
+from .._sentinels import EXPIRED, SHREDDED, UNREADABLE
 from ..errors import ConfigurationError
 from ._plan import TablePlan, plan_for
 from ._read import Reader, Slot
@@ -28,7 +29,16 @@ from ._read import Reader, Slot
 if TYPE_CHECKING:
     from ..keyring import KeyRing
 
-__all__ = ["ColumnCounts", "Progress", "ScrubReport", "UnreadableValue", "scrub"]
+__all__ = [
+    "ColumnCounts",
+    "Progress",
+    "ScrubReport",
+    "UnreadableValue",
+    "keyset_after",
+    "read_rows",
+    "scrub",
+    "tables_of",
+]
 
 Progress = Callable[[str, int, int], None]
 """``progress(table, rows_read, rows_total)``, called after each batch (``rows_total`` is the
@@ -54,6 +64,7 @@ class ColumnCounts:
     readable: int = 0
     shredded: int = 0
     unreadable: int = 0
+    expired: int = 0  # a retention period destroyed (issue 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +76,7 @@ class ScrubReport:
 
     @property
     def clean(self) -> bool:
-        """True when every value could be read (or was shredded)."""
+        """True when every value could be read (or was shredded or expired)."""
         return not self.unreadable
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +89,7 @@ class ScrubReport:
                     "rows": c.rows,
                     "readable": c.readable,
                     "shredded": c.shredded,
+                    "expired": c.expired,
                     "unreadable": c.unreadable,
                 }
                 for c in self.columns
@@ -167,12 +179,12 @@ def _scrub_table(
     reader = _Collector(ring, slots)
     counts = [ColumnCounts(table.fullname, col.column.name) for col in plan.columns]
     base = sa.select(*selected).order_by(*key).limit(batch)
-    total = _read(bind, sa.select(sa.func.count()).select_from(table))[0][0]
+    total = read_rows(bind, sa.select(sa.func.count()).select_from(table))[0][0]
     done = 0
     last: tuple[Any, ...] | None = None
     while True:
-        stmt = base if last is None else base.where(_after(key, last))
-        rows = _read(bind, stmt)
+        stmt = base if last is None else base.where(keyset_after(key, last))
+        rows = read_rows(bind, stmt)
         if not rows:
             break
         for row in reader.process(rows):
@@ -183,6 +195,8 @@ def _scrub_table(
                     continue
                 if value is SHREDDED:
                     c.shredded += 1
+                elif value is EXPIRED:
+                    c.expired += 1
                 elif value is UNREADABLE:
                     c.unreadable += 1
                 else:
@@ -196,14 +210,14 @@ def _scrub_table(
     return counts, reader.found
 
 
-def _after(key: list[sa.Column[Any]], last: tuple[Any, ...]) -> Any:
+def keyset_after(key: list[sa.Column[Any]], last: tuple[Any, ...]) -> Any:
     """The keyset condition: rows whose primary key sorts after ``last``."""
     if len(key) == 1:
         return key[0] > last[0]
     return sa.tuple_(*key) > sa.tuple_(*last)
 
 
-def _read(bind: Engine | Connection, stmt: Any) -> list[tuple[Any, ...]]:
+def read_rows(bind: Engine | Connection, stmt: Any) -> list[tuple[Any, ...]]:
     """One read, on a connection of its own (each batch sees a fresh snapshot; no long
     transaction) unless the caller passed a connection."""
     if isinstance(bind, Connection):
