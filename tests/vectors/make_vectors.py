@@ -3,7 +3,7 @@
 Vectors are frozen: once committed, a change of format must still open them. Re-running this
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
-    python tests/vectors/make_vectors.py values refs store heads journal periods holds
+    python tests/vectors/make_vectors.py values refs store heads journal periods holds records
 
 ``store`` (tests/vectors/store_v1) was made by a library of key-store schema 1, ``store2``
 (tests/vectors/store_v2) by ccvault at commit 0a22d8e, of schema 2, run from that tree::
@@ -450,6 +450,90 @@ def holds() -> None:
     (HERE / "holds_v1.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
+def records() -> None:
+    """Retention records (DESIGN.md rule 7): a period row's wrap (its ref bound in the associated
+    data), a held key (id derived from the value header, material = the suite-2 value key) and
+    a suite-2 value that opens under it, and the tombstone a period leaves."""
+    from datetime import datetime, timezone
+
+    from ccvault.crypto._wrap import KeyBinding, commitment
+    from ccvault.retention import Category, period_label, period_of, period_ref
+
+    installation = bytes([0x1A]) * 16
+    epoch_id, epoch_key = bytes([0xE0]) * 16, bytes([0xE1]) * 32
+    category = Category(name="transcripts", keep_for="P90D", granularity="month", tz="Europe/Paris")
+    period = period_of(category, datetime(2025, 3, 15, 12, tzinfo=timezone.utc))
+    ref, label = period_ref(period), period_label(period)
+    period_id, secret = bytes([0x9D]) * 16, bytes([0x5E]) * 32
+    binding = KeyBinding(installation, "period", period_id, 1, epoch_id, ref)
+    wrap_nonce = bytes([0xA0]) * 12
+    wrapped = wrap_nonce + Aead(epoch_key).seal(wrap_nonce, secret, binding.associated_data())
+    data_key, key_id, version = bytes(range(32)), bytes([0x77]) * 16, 3
+    subject_ref = bytes([0xCC]) * 32
+    value_key = fmt.derive_period_key(data_key, secret, key_id, version, period_id)
+    held_id = fmt.held_key_id(key_id, version, period_id)
+    held_binding = KeyBinding(installation, "held", held_id, version, epoch_id, subject_ref)
+    held_nonce = bytes([0xA1]) * 12
+    held_wrapped = held_nonce + Aead(epoch_key).seal(
+        held_nonce, value_key, held_binding.associated_data()
+    )
+    header = fmt.build_header(fmt.SUITE_AES256GCM_PERIOD, key_id, version, period_id)
+    nonce = bytes([0xD1]) * 12
+    blob = fmt.seal_value(
+        Aead(value_key), header, b"held transcript", b"calls.transcript", subject_ref, nonce=nonce
+    )
+    doc = {
+        "installation_id": installation.hex(),
+        "epoch_id": epoch_id.hex(),
+        "epoch_key": epoch_key.hex(),
+        "period": {
+            "kind": "period",
+            "category": category.canonical(),
+            "label": label,
+            "key_id": period_id.hex(),
+            "version": 1,
+            "ref": ref.hex(),
+            "secret": secret.hex(),
+            "wrap_associated_data": binding.associated_data().hex(),
+            "wrapped": wrapped.hex(),
+            "commitment": commitment(secret, "period", period_id, 1).hex(),
+        },
+        "tombstone": {
+            "kind": "period",
+            "label": label,
+            "key_id": period_id.hex(),
+            "version": 1,
+            "ref": ref.hex(),
+            "state": "destroyed",
+            "wrapped": None,
+            "commitment": None,
+            "epoch_id": None,
+        },
+        "held": {
+            "kind": "held",
+            "subject_key": {"key_id": key_id.hex(), "version": version, "key": data_key.hex()},
+            "subject_ref": subject_ref.hex(),
+            "period_id": period_id.hex(),
+            "id_message": (
+                b"ccvault/held/v1" + key_id + version.to_bytes(4, "big") + period_id
+            ).hex(),
+            "key_id": held_id.hex(),
+            "version": version,
+            "material": value_key.hex(),
+            "wrap_associated_data": held_binding.associated_data().hex(),
+            "wrapped": held_wrapped.hex(),
+            "commitment": commitment(value_key, "held", held_id, version).hex(),
+        },
+        "value": {
+            "context": "calls.transcript",
+            "nonce": nonce.hex(),
+            "plaintext": b"held transcript".hex(),
+            "ciphertext": blob.hex(),
+        },
+    }
+    (HERE / "retention_records_v1.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
         {
@@ -463,4 +547,5 @@ if __name__ == "__main__":
             "journal": journal,
             "periods": periods,
             "holds": holds,
+            "records": records,
         }[what]()
