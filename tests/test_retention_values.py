@@ -356,3 +356,26 @@ def test_reprs_name_no_period_secret(rvault: Vault, tmp_path: Path):
     for text in (repr(period), repr(key)):
         assert period.secret.reveal().hex() not in text
         assert "transcripts" in text or "suite=2" in text
+
+
+def test_another_process_sees_an_expiry_at_its_next_poll_and_nothing_else_is_dropped(
+    rvault: Vault, kms: LocalKms, db_url: str, clock: FrozenClock
+):
+    customer = uuid.uuid4()
+    blob = rvault.encrypt(customer, b"secret", context="calls.transcript", retention="transcripts")
+    plain = rvault.encrypt(customer, b"plain", context="calls.summary")
+    with reopen(kms, db_url, clock) as other:
+        assert other.decrypt(blob, context="calls.transcript") == b"secret"  # cached there
+        assert other.decrypt(plain, context="calls.summary") == b"plain"
+        period_id = fmt.parse(blob)[0].period_id
+        assert period_id is not None
+        tombstone_period(db_url, period_id)
+        rvault._store.invalidate(InvalidationKind.EXPIRY, None, period_id, clock())  # type: ignore[attr-defined]
+        assert other.decrypt(blob, context="calls.transcript") == b"secret"  # before its poll
+        clock.advance(other.propagation_interval)
+        with pytest.raises(RetentionExpiredError):
+            other.decrypt(blob, context="calls.transcript")
+        # an expiry is no shred: the subject's other keys stay cached and usable
+        assert not other.is_shredded(customer)
+        assert other.decrypt(plain, context="calls.summary") == b"plain"
+        assert other._ring.lookup()(plain[:22]) is not None

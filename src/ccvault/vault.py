@@ -82,7 +82,6 @@ from .keyring import (
     HeadCheck,
     Installation,
     KeyRing,
-    Periods,
     Progress,
     Rotation,
     RotationReport,
@@ -284,7 +283,7 @@ class Vault:
             self._store, self._epochs, ident, self._options, ref_key=ref_key, head_key=head_key
         )
         self._values = Values(self._ring)
-        self._periods = Periods(self._store, self._epochs, self._options)
+        self._periods = self._ring.periods
         self._rotation = Rotation(kms, self._store, self._epochs, self._options)
         self._link = LedgerLink(
             self._store,

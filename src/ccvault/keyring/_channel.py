@@ -19,11 +19,11 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from ..errors import KeyStoreError
 from ..keystore._protocol import KeyStore, Listening
-from ..keystore._records import Invalidation
+from ..keystore._records import Invalidation, InvalidationKind
 from ._hooks import Hooks
 from ._options import Installation, VaultOptions
 
@@ -99,6 +99,7 @@ class Invalidations:
         *,
         evict_refs: Callable[[set[bytes]], None],
         evict_all: Callable[[], None],
+        evict_periods: Callable[[set[bytes] | None], None] | None = None,
     ) -> None:
         self._store = store
         self._installation = installation
@@ -108,6 +109,7 @@ class Invalidations:
         self._probe_next = _NEVER  # set by the first poll, which follows the vault's open
         self._evict_refs = evict_refs
         self._evict_all = evict_all
+        self._evict_periods = evict_periods
         self._next = _NEVER  # the first use polls: it records where the channel stands
         self._seen: Invalidation | None = None
         self._started = False
@@ -214,10 +216,21 @@ class Invalidations:
             self._evict_all()
             self._seen = latest
             return
-        if any(row.ref is None for row in new):
+        expiries = [row for row in new if row.kind == InvalidationKind.EXPIRY]
+        shreds = [row for row in new if row.kind != InvalidationKind.EXPIRY] if expiries else new
+        if any(row.ref is None for row in shreds):
             self._evict_all()
         else:
-            self._evict_refs({row.ref for row in new if row.ref is not None})
+            if shreds:
+                self._evict_refs({row.ref for row in shreds if row.ref is not None})
+            if expiries:
+                # a period destroyed (or a held key of it): its keys and outcomes, in every
+                # subject's cache; a row naming no period (``*``): every period's
+                periods = {row.period for row in expiries}
+                if self._evict_periods is None:
+                    self._evict_all()
+                else:
+                    self._evict_periods(None if None in periods else cast(set[bytes], periods))
         self._seen = new[-1]
 
     def _restored(self, seen: Invalidation, latest: Invalidation | None) -> None:

@@ -38,7 +38,7 @@ from ._heads import HEADLESS, Heads
 from ._hooks import Hooks
 from ._leases import VaultwideKeys
 from ._options import Installation, VaultOptions
-from ._periods import PERIOD_VERSION, PeriodSecret
+from ._periods import PERIOD_VERSION, Periods, PeriodSecret
 
 __all__ = [
     "AfterShred",
@@ -209,8 +209,15 @@ class KeyRing:
         self.after_shred = AfterShredHooks()
         self._vaultwide = VaultwideKeys(store, epochs, options, self.value_key)
         self._blind = BlindIndexes(store, epochs, options)
+        # the period secrets the write path uses (dropped with an expiry, like derived keys)
+        self.periods = Periods(store, epochs, options)
         self.invalidations = Invalidations(
-            store, installation, options, evict_refs=self.evict_subjects, evict_all=self.evict_all
+            store,
+            installation,
+            options,
+            evict_refs=self.evict_subjects,
+            evict_all=self.evict_all,
+            evict_periods=self.evict_periods,
         )
         self._check = self.invalidations.check
 
@@ -642,6 +649,7 @@ class KeyRing:
                 period_ids is None or header[_PERIOD_AT:] in period_ids
             )
 
+        self.periods.forget(period_ids)
         with self._cache_lock:
             self._read_keys.discard_where(named)
             self._period_keys.discard_where(lambda k, _v: period_ids is None or k[1] in period_ids)
@@ -654,6 +662,7 @@ class KeyRing:
         with self._cache_lock:
             self._generation += 1
         self._vaultwide.clear()
+        self.periods.forget(None)
         for cache in (self._refs, self._write_keys, self._read_keys):
             cache.clear()
         with self._cache_lock:
