@@ -385,6 +385,8 @@ VAULT_PUBLIC = {
     "verify_erasures",
     # legal holds and retention (issue 14)
     "hold", "holds", "release", "retention_policy", "purge_expired",
+    # the retention policy recorded in the key store (issue 14 item 1; lifecycle rule 8)
+    "policy_grace", "recorded_retention_policy", "set_retention_policy",
     # read-only properties
     "per_epoch_roots", "readonly", "receipt_public_key", "installation_id", "subject_type",
     "propagation_bound", "propagation_interval", "ledger_check_interval",

@@ -31,6 +31,7 @@ from .kms._vault_transit import URL_PARAMS as VAULT_URL_PARAMS
 from .retention import RetentionPolicy, load_policy
 
 __all__ = [
+    "DEFAULT_POLICY_GRACE",
     "MAX_NONCE_BUDGET",
     "MAX_PERIOD",
     "MIN_BACKUP_RETENTION",
@@ -79,6 +80,10 @@ MIN_NONCE_BUDGET: Final = 4096
 MAX_NONCE_BUDGET: Final = 2**32
 """The largest nonce budget of a vault-wide key version: NIST SP 800-38D's limit for random
 96-bit nonces under one AES-GCM key."""
+
+DEFAULT_POLICY_GRACE: Final = timedelta(days=7)
+"""How long a recorded retention-policy change that may expire data earlier waits before it
+takes effect, unless configured (DESIGN.md, lifecycle rule 8)."""
 
 _DAY: Final = 86_400.0
 
@@ -203,6 +208,18 @@ class CcvaultSettings(BaseSettings):
             except ConfigurationError as exc:
                 raise ConfigurationError(f"CCVAULT_RETENTION_POLICY: {exc}") from None
         return value
+
+    retention_policy_grace_days: float = Field(
+        default=DEFAULT_POLICY_GRACE.total_seconds() / _DAY,
+        ge=0,
+        le=MAX_PERIOD.days,
+        allow_inf_nan=False,
+        description="how long a change of the retention policy recorded with `ccvault "
+        "retention set-policy` that may expire data earlier (a shorter keep_for, a category "
+        "dropped, a category with periods back in the policy) waits before it takes effect; "
+        "the recording prints what it would then expire, and a typo can be fixed meanwhile "
+        "(0: at once; at most 36500)",
+    )
 
     def load_retention_policy(self) -> RetentionPolicy | None:
         """The policy ``retention_policy`` names, loaded (None when unset)."""
@@ -382,13 +399,15 @@ def check_vault_options(
     nonce_budget: object,
     propagation_interval: object = 1.0,
     ledger_check_interval: object = 60.0,
+    policy_grace: object = DEFAULT_POLICY_GRACE,
 ) -> tuple[float, float]:
     """Check the :class:`~ccvault.Vault` constructor's tuning arguments (a ConfigurationError
     naming the argument); returns (cache_ttl, kms_grace_period) as floats.
 
     Every number must be finite; ``backup_retention`` at least :data:`MIN_BACKUP_RETENTION` and
     at least ``cache_ttl + kms_grace_period``; periods at most :data:`MAX_PERIOD`; the nonce
-    budget between :data:`MIN_NONCE_BUDGET` and :data:`MAX_NONCE_BUDGET`.
+    budget between :data:`MIN_NONCE_BUDGET` and :data:`MAX_NONCE_BUDGET`; ``policy_grace`` a
+    timedelta from zero to :data:`MAX_PERIOD`.
     """
     ttl = _real("cache_ttl", cache_ttl, minimum=0.0, inclusive=False)
     _real("propagation_interval", propagation_interval, minimum=0.0, inclusive=False)
@@ -398,6 +417,12 @@ def check_vault_options(
     _whole("nonce_budget", nonce_budget, minimum=MIN_NONCE_BUDGET, maximum=MAX_NONCE_BUDGET)
     _period("epoch_rotation_period", epoch_rotation_period, minimum=timedelta(0))
     retention = _period("backup_retention", backup_retention, minimum=MIN_BACKUP_RETENTION)
+    if not isinstance(policy_grace, timedelta):
+        raise ConfigurationError("policy_grace must be a datetime.timedelta")
+    if not timedelta(0) <= policy_grace <= MAX_PERIOD:
+        raise ConfigurationError(
+            f"policy_grace must be zero or more, at most {MAX_PERIOD.days} days"
+        )
     _check_retention(
         retention.total_seconds(),
         ttl + grace,

@@ -59,7 +59,10 @@ from .erasure import (
     Holds,
     LedgerLink,
     LedgerSink,
+    PolicyChange,
     Reconciliation,
+    RecordedPolicy,
+    RetentionPolicies,
     ShredMany,
     ShredPreview,
     ShredResult,
@@ -160,7 +163,11 @@ class Vault:
     "A process that was idle across the shreds"). ``retention_policy``: the retention
     categories (:class:`~ccvault.retention.RetentionPolicy`; ``CCVAULT_RETENTION_POLICY`` in
     :meth:`from_settings`) that ``encrypt(..., retention=)``, the columns' ``retention=`` and
-    ``enforce_retention()`` name (docs/retention.md). ``create``: whether an empty key store
+    ``enforce_retention()`` name (docs/retention.md); enforcement follows the policy recorded
+    in the key store (:meth:`set_retention_policy`) once there is one, and a vault whose
+    policy differs from it logs a WARNING at open. ``policy_grace`` (a timedelta, default 7
+    days; ``CCVAULT_RETENTION_POLICY_GRACE_DAYS``) is how long a recorded change that may
+    expire data earlier waits before it takes effect. ``create``: whether an empty key store
     becomes a new installation — None (the default) creates one unless a ledger is configured,
     True always (the first start of a ledgered installation), False never.
     Every number must be finite, and ``backup_retention`` at least a day and at least
@@ -194,6 +201,7 @@ class Vault:
         ledger_check_interval: float = 60.0,
         create: bool | None = None,
         retention_policy: RetentionPolicy | None = None,
+        policy_grace: timedelta = timedelta(days=7),
     ) -> None:
         from ._settings import check_vault_options
 
@@ -208,6 +216,7 @@ class Vault:
             nonce_budget=nonce_budget,
             propagation_interval=propagation_interval,
             ledger_check_interval=ledger_check_interval,
+            policy_grace=policy_grace,
         )
         if retention_policy is not None and not isinstance(retention_policy, RetentionPolicy):
             raise ConfigurationError(
@@ -234,6 +243,7 @@ class Vault:
             listen_url=listen_url,
             ledger_check_interval=float(ledger_check_interval),
             retention_policy=retention_policy,
+            policy_grace=policy_grace,
         )
         owned = isinstance(keystore, Engine | str) or is_async_engine(keystore)
         if isinstance(keystore, str) and ledger is not None and not readonly and create is None:
@@ -316,6 +326,9 @@ class Vault:
             erasure=self._erasure,
         )
         self._holds = Holds(self._store, self._ring, ident.id, self._options, self._link)
+        self._policies = RetentionPolicies(
+            self._store, ident.id, self._options, self._link, seed=receipt_seed
+        )
         self._completer = Completer(
             self._store,
             self._ring,
@@ -334,6 +347,7 @@ class Vault:
                     self._store.close()
                 raise
             self._ring.store_restored.add(self._link.on_store_restored)
+            self._policies.check_at_open()  # after the replay: the ledger's policy is back
             if self._link.configured:  # no ledger: nothing to compare, no probe
                 self._ring.store_probes.add(self._link.store_behind)
             self._ring.invalidations.listen(listen_url)
@@ -395,6 +409,13 @@ class Vault:
     def retention_policy(self) -> RetentionPolicy | None:
         """The retention categories this vault was given (None: no policy)."""
         return self._options.retention_policy
+
+    @property
+    def policy_grace(self) -> timedelta:
+        """How long a recorded retention-policy change that may expire data earlier waits
+        before it takes effect (``CCVAULT_RETENTION_POLICY_GRACE_DAYS``; default 7 days): see
+        :meth:`set_retention_policy`."""
+        return self._options.policy_grace
 
     @property
     def propagation_bound(self) -> float:
@@ -574,6 +595,7 @@ class Vault:
                 ledger_check_interval=s.ledger_check_interval_seconds,
                 create=create,
                 retention_policy=s.load_retention_policy(),
+                policy_grace=timedelta(days=s.retention_policy_grace_days),
             )
         except BaseException:
             if isinstance(keystore, SqlKeyStore):
@@ -858,6 +880,60 @@ class Vault:
         only (not released, ``until`` not passed by the vault's clock) unless
         ``active_only=False``. Read-only: one key-store query (a read-only vault lists them)."""
         return self._holds.holds(subject, active_only=active_only)
+
+    # -- the recorded retention policy ------------------------------------------------------------
+
+    def set_retention_policy(
+        self, policy: RetentionPolicy, *, by: str, dry_run: bool = False
+    ) -> PolicyChange:
+        """Record ``policy`` as the installation's retention policy, in the key store (admin
+        operation: ``ccvault retention set-policy FILE --by NAME``; DESIGN.md, lifecycle rule
+        8). Enforcement follows the recorded policy, never a process's own file; what is in
+        force at a time is :meth:`RecordedPolicy.at` of :meth:`recorded_retention_policy`.
+
+        Per category, compared with the policy in force now (the one recorded, or — for the
+        first recording — this vault's :attr:`retention_policy`): ``added`` (no period yet) and
+        ``lengthened`` (every period's expiry moves later or stays) take effect at once;
+        ``shortened`` (a ``keep_for`` that may give an earlier expiry), ``dropped`` and
+        ``resumed`` (back in the policy while it has periods, which were never expired while it
+        was absent) take effect only after :attr:`policy_grace` — the policy in force until
+        then — so that a typo destroys nothing before someone notices. A category absent from
+        the policy in force is never expired. The :class:`PolicyChange` returned lists the
+        changes, when each takes effect, and per delayed change the labels of the periods the
+        first enforcement after it would destroy because of it (counted from the key store's
+        period rows; no data table is read). Recording the policy already recorded changes
+        nothing (``recorded`` False): it is safe to run at every deployment.
+
+        Refused with :class:`ConfigurationError` naming the category, nothing recorded: a
+        category whose periods in the key store were made with another granularity or ``tz``
+        (those never change once a category has a period). ``by`` (who records it) is 1 to 128
+        printable characters (ValueError otherwise); ``policy`` a
+        :class:`~ccvault.retention.RetentionPolicy` (TypeError otherwise).
+
+        With a ledger, the signed ``ccvault-retention-policy/v1`` entry is appended first, in
+        the key-store transaction that records it (strict whatever the ``ledger_mode``:
+        :class:`LedgerUnavailableError` and nothing recorded when it cannot be reached), and a
+        key store restored from a backup gets it back by the replay. Without one it is recorded
+        in the key store alone (and reaches the first ledger configured); a key store that
+        records a ledger refuses a vault without one. ``dry_run=True`` writes nothing and
+        returns what would change (a read-only vault runs it); otherwise a read-only vault
+        raises :class:`ConfigurationError`."""
+        return self._policies.set(policy, by=by, dry_run=dry_run)
+
+    def recorded_retention_policy(self) -> RecordedPolicy | None:
+        """The retention policy recorded in the key store (:meth:`set_retention_policy`),
+        verified under the installation's key: the policy recorded, its digest, when and by
+        whom, its changes and the ledger seq of its entry; ``.at(now)`` is the policy in force
+        then. None when none is recorded. :class:`KeyStoreError` when the one recorded does not
+        verify (edited behind ccvault's back). Read-only: one key-store query."""
+        return self._policies.recorded()
+
+    def _policy_at(self, now: float) -> RetentionPolicy | None:
+        """The retention policy in force at ``now`` (seconds since the epoch, the vault's
+        clock): what enforcement follows — the recorded one's at that time, or this vault's
+        :attr:`retention_policy` while none is recorded (None: no policy). KeyStoreError when
+        the recorded one does not verify."""
+        return self._policies.policy_at(now)
 
     def erasure_receipt(self, subject: object) -> ErasureReceipt | None:
         """The signed receipt of ``subject``'s shred (what a repeated :meth:`shred` returns),

@@ -3,7 +3,8 @@
 Vectors are frozen: once committed, a change of format must still open them. Re-running this
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
-    python tests/vectors/make_vectors.py values refs store heads journal periods holds records
+    python tests/vectors/make_vectors.py values refs store heads journal periods holds records \
+        policy
 
 ``store`` (tests/vectors/store_v1) was made by a library of key-store schema 1, ``store2``
 (tests/vectors/store_v2) by ccvault at commit 0a22d8e, of schema 2, run from that tree::
@@ -534,6 +535,101 @@ def records() -> None:
     (HERE / "retention_records_v1.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def policy() -> None:
+    """Retention-policy records (docs/erasure.md, "Entries"; docs/retention.md, "Recording the
+    policy"): a first recording (two categories added), then one that shortens a category, drops
+    one and adds one, planned by ``plan_changes`` and appended by a Journal with the seed and
+    clock of ``journal``; as the ledger stores them, with the bytes each signature covers, each
+    entry's hash, and the key store's ``ccvault_meta`` rows of the last one."""
+    import hashlib
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+
+    from ccvault._secret import SecretKey
+    from ccvault.crypto._primitives import ed25519_public_key
+    from ccvault.erasure import Journal, JsonlLedger, RetentionPolicyRecord
+    from ccvault.retention import Category, RetentionPolicy, plan_changes
+
+    seed = bytes(range(0x40, 0x60))
+    installation = "bc63ed65f5ba4740ab92e9a5acd0d5ba"
+    t0 = datetime(2025, 3, 1, 9, 30, 0, 250000, tzinfo=timezone.utc)
+    ticks = iter(t0 + timedelta(seconds=i) for i in range(20))
+    grace = timedelta(days=7)
+    first = RetentionPolicy(
+        categories=(
+            Category(name="transcripts", keep_for="P1Y", granularity="month", tz="Europe/Paris"),
+            Category(name="chats", keep_for="P6M", granularity="week"),
+        )
+    )
+    second = RetentionPolicy(
+        categories=(
+            Category(name="transcripts", keep_for="P90D", granularity="month", tz="Europe/Paris"),
+            Category(name="calls", keep_for="P1M", granularity="day", tz="America/New_York"),
+        )
+    )
+    at1, at2 = t0 + timedelta(seconds=1), t0 + timedelta(days=3)
+    records = []
+    before = RetentionPolicy()
+    previous: RetentionPolicy | None = None
+    for policy, at in ((first, at1), (second, at2)):
+        changes = plan_changes(
+            policy,
+            at=at,
+            grace=grace,
+            before=before,
+            has_periods=lambda name: False,
+            previous_target=previous,
+        )
+        records.append(
+            RetentionPolicyRecord(
+                installation_id=installation,
+                categories=policy.categories,
+                policy_digest=policy.digest(),
+                previous_policy_digest=None if previous is None else previous.digest(),
+                recorded_at=at,
+                by="ops@acme.example" if previous is None else "Jürgen (DPO)",
+                grace_seconds=grace.total_seconds(),
+                changes=changes,
+            )
+        )
+        before, previous = policy, policy
+    signed = [r.sign(SecretKey(seed)) for r in records]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/ledger.jsonl"
+        clock = lambda: next(ticks)  # noqa: E731
+        journal = Journal(JsonlLedger(path), installation, SecretKey(seed), clock=clock)
+        for record in signed:
+            journal.append(record)
+        entries = list(journal.entries())
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    parsed = [e.parsed() for e in entries]
+    text = signed[-1].canonical_bytes().decode("utf-8")
+    chunks = [text[i : i + 250] for i in range(0, len(text), 250)]
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    meta = {"retention_policy": f"{len(chunks)} {digest} {entries[-1].seq}"}
+    meta.update({f"retention_policy/{i:04d}": c for i, c in enumerate(chunks)})
+    doc = {
+        "seed": seed.hex(),
+        "public_key": ed25519_public_key(seed).hex(),
+        "installation_id": installation,
+        "clock_start": t0.isoformat(),  # each reading of the journal's clock: one second later
+        "grace_seconds": grace.total_seconds(),
+        "policies": [
+            {"canonical_json": p.canonical_json().decode(), "digest": p.digest()}
+            for p in (first, second)
+        ],
+        "records": [
+            json.loads(r.model_dump_json(exclude={"signing_key", "signature"})) for r in records
+        ],
+        "entries": _entries_doc(entries, parsed, lines),
+        "meta_rows": meta,
+    }
+    (HERE / "retention_policy_v1.json").write_text(
+        json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    )
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
         {
@@ -548,4 +644,5 @@ if __name__ == "__main__":
             "periods": periods,
             "holds": holds,
             "records": records,
+            "policy": policy,
         }[what]()

@@ -231,7 +231,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     holds.add_argument(
         "--all", dest="all_holds", action="store_true", help="released and lapsed holds too"
     )
+    retention = sub.add_parser(
+        "retention",
+        help="the retention policy recorded in the key store: set-policy, show",
+        description="The retention policy recorded in the key store, which enforcement follows "
+        "(docs/retention.md, 'Recording the policy'). The vault is configured by CCVAULT_* "
+        "variables.",
+    )
+    policy_sub = retention.add_subparsers(dest="retention_command", metavar="ACTION")
+    set_policy = policy_sub.add_parser(
+        "set-policy",
+        help="record the policy of FILE; print what changes, when, and what it would expire",
+        description="Record the retention policy of FILE (TOML, or YAML with the yaml extra) in "
+        "the key store — a signed entry of the erasure ledger first when a ledger is "
+        "configured — and print, per category, what changes and when: an added category and a "
+        "longer keep_for at once; a keep_for that may be shorter, a dropped category and a "
+        "category with periods back in the policy only after the policy grace "
+        "(CCVAULT_RETENTION_POLICY_GRACE_DAYS, 7 by default), with the periods the first "
+        "enforcement after it would expire because of it. Recording the policy already "
+        "recorded changes nothing (safe at every deployment). A category whose periods were "
+        "made with another granularity or tz is refused. Exit status 0; 1: an error (a policy "
+        "file with errors, each key path named; a refused category; no ledger reachable), "
+        "nothing recorded.",
+    )
+    set_policy.add_argument("file", metavar="FILE", help="the policy file (retention.toml)")
+    set_policy.add_argument(
+        "--by", required=True, help="who records it (1 to 128 printable characters)"
+    )
+    set_policy.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would change, record nothing (opens the vault read-only)",
+    )
+    set_policy.add_argument(
+        "--format", choices=("json", "text"), default="json", help="output format (json)"
+    )
+    policy_sub.add_parser(
+        "show",
+        help="print the recorded policy, what is in force now and the changes waiting (read-only)",
+        description="Print, as JSON, the retention policy recorded in the key store (its "
+        "categories, digest, who recorded it and when, the ledger seq of its entry), the "
+        "categories in force now, the changes still waiting for the policy grace, and whether "
+        "this process's policy (CCVAULT_RETENTION_POLICY) is the recorded one. Read-only.",
+    )
+    sub.add_parser(
+        "doctor",
+        help="check this process's configuration against its installation (read-only)",
+        description="Check this process's configuration against its installation and print "
+        "one line per check (ok, warn or FAIL): the retention policy of CCVAULT_RETENTION_POLICY "
+        "against the one recorded in the key store (a difference fails, naming both digests "
+        "and the command that records the file), and the erasure ledger's agreement with the "
+        "key store. Read-only. Exit status 0; 3: a check failed; 1: the vault could not be "
+        "opened. The vault is configured by CCVAULT_* variables.",
+    )
     args = parser.parse_args(argv)
+    if args.command == "retention":
+        from ._retention import run_set_policy, run_show_policy
+
+        if args.retention_command == "set-policy":
+            return run_set_policy(args.file, by=args.by, dry_run=args.dry_run, output=args.format)
+        if args.retention_command == "show":
+            return run_show_policy()
+        retention.print_help(sys.stderr)
+        return 2
+    if args.command == "doctor":
+        from ._retention import run_doctor
+
+        return run_doctor()
     if args.command in ("hold", "release", "holds"):
         from ._holds import run_hold, run_holds, run_release
 

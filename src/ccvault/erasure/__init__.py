@@ -4,6 +4,9 @@ a shred's dry run (:meth:`Erasure.preview`) reports what it would make unreadabl
 :class:`ShredMany` shreds a queue of subjects 500 per transaction, one :class:`ShredResult` each;
 :class:`Holds` places and releases legal holds (signed journal entries; a held subject's shred is
 refused or overridden inside its transaction) and reports them as :class:`Hold`;
+:class:`RetentionPolicies` records the retention policy in the key store (a signed
+:class:`RetentionPolicyRecord`, ledger first when there is a ledger), reports it as
+:class:`RecordedPolicy` and a recording as :class:`PolicyChange`, and gives the policy in force;
 :class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
 ``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
@@ -25,6 +28,13 @@ from ._ledger_s3 import S3Ledger
 from ._ledger_sql import SqlLedger
 from ._link import LedgerLink, check_new_installation
 from ._many import ShredMany, ShredResult
+from ._policies import RetentionPolicies
+from ._policy_records import (
+    PolicyChange,
+    RecordedPolicy,
+    RetentionPolicyRecord,
+    policy_mismatch,
+)
 from ._preview import EnginePreview, PreviewColumn, ShredPreview, SkippedTable, TablePreview
 from ._queue import ErasureQueue
 from ._reconcile import Reconciler
@@ -68,10 +78,14 @@ __all__ = [
     "LedgerProblem",
     "LedgerReport",
     "LedgerSink",
+    "PolicyChange",
     "PreviewColumn",
     "Reconciler",
     "Reconciliation",
+    "RecordedPolicy",
     "RepairRecord",
+    "RetentionPolicies",
+    "RetentionPolicyRecord",
     "S3Ledger",
     "ShredMany",
     "ShredPreview",
@@ -84,6 +98,7 @@ __all__ = [
     "TornWrite",
     "check_new_installation",
     "ledger_from_url",
+    "policy_mismatch",
     "read_entry",
     "register_record_type",
     "verify_ledger",

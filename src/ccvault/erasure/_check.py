@@ -1,7 +1,7 @@
-"""Owns reading the ledger and the key store side by side: every receipt and legal hold each
-holds (entries judged one by one, stored receipts verified) and the read-only check of one
-against the other (:class:`ErasureCheck`). Must not write: the reconciler repairs what this
-finds.
+"""Owns reading the ledger and the key store side by side: every receipt, legal hold and
+recorded retention policy each holds (entries judged one by one, stored receipts verified) and
+the read-only check of one against the other (:class:`ErasureCheck`). Must not write: the
+reconciler repairs what this finds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..keystore._records import State
 from ._chain import Fault, judge
 from ._hold_records import HOLD_FORMAT, HOLD_KINDS, OVERRIDE_FORMAT, RELEASE_FORMAT
 from ._journal import Journal
+from ._policy_records import POLICY_RECORD_FORMAT, RetentionPolicyRecord
 from ._records import JournalEntry
 from ._status import ErasureCheck, ErasureProblem
 
@@ -37,6 +38,7 @@ class LedgerIndex:
     holds: dict[str, tuple[int, str]] = field(default_factory=dict)  # hold id -> (seq, ref hex)
     released: dict[str, int] = field(default_factory=dict)  # hold id -> seq of its release
     hold_entries: list[JournalEntry] = field(default_factory=list)  # holds, releases, overrides
+    policy: JournalEntry | None = None  # the last retention policy recorded
 
 
 def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> LedgerIndex:
@@ -53,6 +55,8 @@ def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> L
                 index.receipts[rid] = (entry.seq, str(ref))
         if entry.kind in HOLD_KINDS:
             index.hold_entries.append(entry)
+        if entry.kind == POLICY_RECORD_FORMAT:
+            index.policy = entry
         if entry.kind == HOLD_FORMAT:
             hid = entry.record.get("hold_id")
             if isinstance(hid, str):
@@ -142,7 +146,13 @@ def check_store(
         ErasureProblem(
             receipt_id=o.receipt_id,
             subject_ref=None,
-            detail=f"a {o.kind} entry waiting in the outbox (ledger_mode='best-effort')",
+            detail=f"a {o.kind} entry waiting in the outbox ("
+            + (
+                "recorded without a ledger"
+                if o.kind == POLICY_RECORD_FORMAT
+                else "ledger_mode='best-effort'"
+            )
+            + ")",
         )
         for o in queued
     ]
@@ -198,6 +208,8 @@ def check_store(
         for hid, row in held.items()
         if hid not in index.holds
     ]
+    late += _policy_late(store, index, start)
+    missing += _policy_missing(store, index, {o.kind for o in queued})
     late.sort(key=lambda p: -1 if p.seq is None else p.seq)
     return ErasureCheck(
         installation_id=installation_id,
@@ -218,3 +230,63 @@ def check_store(
         pending=tuple(pending[:_LISTED]),
         unverifiable=tuple(unverifiable[:_LISTED]),
     )
+
+
+def _stored_policy(store: KeyStore) -> tuple[RetentionPolicyRecord | None, int | None, bool]:
+    """The store's recorded policy: (record or None when it does not parse, its seq, whether
+    one is recorded at all)."""
+    raw = store.recorded_policy()
+    if raw is None:
+        return None, None, False
+    try:
+        return RetentionPolicyRecord.model_validate_json(raw[0]), raw[1], True
+    except ValueError:
+        return None, raw[1], True
+
+
+def _policy_late(store: KeyStore, index: LedgerIndex, start: int) -> list[ErasureProblem]:
+    """The ledger's last retention policy, applied (seq <= the store's), that the store does
+    not hold as its recorded one."""
+    entry = index.policy
+    if entry is None or entry.seq > start:
+        return []  # none, or after the store's applied seq: the entries' own problem above
+    record, seq, _ = _stored_policy(store)
+    ledger = entry.parsed()
+    if (
+        record is not None
+        and seq == entry.seq
+        and isinstance(ledger, RetentionPolicyRecord)
+        and record.canonical_bytes() == ledger.canonical_bytes()
+    ):
+        return []
+    return [
+        ErasureProblem(
+            receipt_id=None,
+            subject_ref=None,
+            seq=entry.seq,
+            detail="the key store does not hold the retention policy recorded at this seq as "
+            "its recorded policy",
+        )
+    ]
+
+
+def _policy_missing(
+    store: KeyStore, index: LedgerIndex, queued_kinds: set[str]
+) -> list[ErasureProblem]:
+    """A retention policy the store records that no ledger entry holds (nor the outbox)."""
+    record, seq, present = _stored_policy(store)
+    if not present or POLICY_RECORD_FORMAT in queued_kinds:
+        return []
+    entry = index.policy
+    if entry is not None and (record is None or (seq is not None and seq <= entry.seq)):
+        return []  # damaged, or older than the ledger's last: the check above names it
+    digest = "unparsable" if record is None else record.policy_digest[:16]
+    return [
+        ErasureProblem(
+            receipt_id=None,
+            subject_ref=None,
+            seq=seq,
+            detail=f"the retention policy recorded in the key store (digest {digest}): "
+            "in the key store, not in the ledger",
+        )
+    ]

@@ -1,7 +1,7 @@
 """Owns bringing the key store and the ledger into agreement: replaying ledger entries into the
-store (receipts, completions, legal holds, their releases and overrides), re-adding the store's
-receipts to a ledger behind it (after a signed repair entry),
-appending the outbox, and the read-only check of one against the other. Must not decide when:
+store (receipts, completions, legal holds, their releases and overrides, retention policies),
+re-adding the store's receipts to a ledger behind it (after a signed repair entry), appending
+the outbox, and the read-only check of one against the other. Must not decide when:
 the ledger link does (at open, after a restore, before a shred, on request).
 
 Every step that writes runs in one key-store :class:`~ccvault.keystore.JournalTxn` (the
@@ -33,10 +33,11 @@ from ..keystore._records import (
 from ._check import check_store, index_ledger, store_receipts
 from ._hold_records import HOLD_FORMAT, RELEASE_FORMAT, apply_hold_record
 from ._journal import Journal, JournalMoved
+from ._policy_records import RetentionPolicyRecord, apply_policy_record
 from ._records import CompletionRecord, JournalEntry, Record, parse_record
 from ._status import ErasureCheck, Reconciliation, RepairRecord
 
-__all__ = ["CompletionDraft", "Reconciler", "receipt_row"]
+__all__ = ["CompletionDraft", "Reconciler", "policy_text", "receipt_row"]
 
 _BATCH: Final = 500  # entries replayed per key-store transaction; store rows read per page
 _REPAIRED: Final = 499  # receipts after one repair entry (one sink write of 500)
@@ -92,6 +93,18 @@ class CompletionDraft:
     tables_swept: tuple[str, ...]
 
 
+def policy_text(entry: JournalEntry) -> str | None:
+    """The key store's text of the retention policy of ledger entry ``entry`` (None: it does
+    not parse as one)."""
+    try:
+        record = entry.parsed()
+    except ValueError:
+        return None
+    if not isinstance(record, RetentionPolicyRecord):
+        return None
+    return record.canonical_bytes().decode("utf-8")
+
+
 def _outbox_record(entry: OutboxEntry) -> Record:
     record = parse_record(entry.kind, json.loads(entry.record))
     if record is None:  # pragma: no cover - only this library queues records, of kinds it knows
@@ -140,7 +153,8 @@ class Reconciler:
         ]
         txn.record_erasures(rows)
         for r, e in zip(records, entries, strict=True):
-            apply_hold_record(txn, r, e.seq)  # a hold, release or override: its rows follow
+            # a hold, release or override: its rows follow; a retention policy: recorded
+            apply_hold_record(txn, r, e.seq) or apply_policy_record(txn, r, e.seq)
         done = [
             (r.receipt_id, e.seq)
             for r, e in zip(records, entries, strict=True)
@@ -259,7 +273,9 @@ class Reconciler:
                 elif isinstance(record, CompletionRecord):
                     completions.append((record.receipt_id, entry.seq))
                 else:
-                    apply_hold_record(txn, record, entry.seq)
+                    apply_hold_record(txn, record, entry.seq) or apply_policy_record(
+                        txn, record, entry.seq
+                    )
             txn.record_erasures(rows)
             for receipt_id, seq in completions:
                 txn.record_completion(receipt_id, seq)
@@ -285,13 +301,14 @@ class Reconciler:
             except ValueError:
                 continue
         holds = index.hold_entries  # judged one by one: a tampered entry is the check's to name
+        policy = index.policy if self._policy_lost(index.policy) else None
         refs = list(by_ref)
         live: list[bytes] = []
         for i in range(0, len(refs), _BATCH):
             chunk = refs[i : i + _BATCH]
             found = self._store.subject_keys(chunk)
             live += [r for r in chunk if r not in found or found[r][0].state != State.SHREDDED]
-        if not live and not self._holds_lost(holds):
+        if not live and not self._holds_lost(holds) and policy is None:
             return Reconciliation()
         wanted = {by_ref[r] for r in live}
         receipts = (
@@ -317,9 +334,23 @@ class Reconciler:
                 record = entry.parsed()
                 if record is not None:
                     apply_hold_record(txn, record, entry.seq)
+            if policy is not None:  # the ledger's last policy, where the store lost it
+                record = policy.parsed()
+                if record is not None:
+                    apply_policy_record(txn, record, policy.seq)
             return Reconciliation(shredded=shredded)
 
         return self._store.journal_transaction(run, create=True)
+
+    def _policy_lost(self, entry: JournalEntry | None) -> bool:
+        """Whether the store does not hold the ledger's last retention policy (``entry``) as
+        its recorded one, with its seq: its rows were deleted, edited or put back piecemeal."""
+        if entry is None:
+            return False
+        raw = self._store.recorded_policy()
+        if raw is None or raw[1] != entry.seq:
+            return True
+        return policy_text(entry) != raw[0]
 
     def _holds_lost(self, entries: Sequence[JournalEntry]) -> bool:
         """Whether the store lacks a hold the ledger holds, or holds one as active that the

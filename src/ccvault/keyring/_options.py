@@ -44,6 +44,9 @@ class VaultOptions:
     ledger_check_interval: float = 60.0
     # the retention categories (None: no policy; retention= is refused)
     retention_policy: RetentionPolicy | None = None
+    # how long a recorded policy change that may expire data earlier (a shorter keep_for, a
+    # category dropped or back) waits before it takes effect (DESIGN.md, lifecycle rule 8)
+    policy_grace: timedelta = timedelta(days=7)
 
     def writable(self, what: str) -> None:
         """Raise :class:`ConfigurationError` when the vault was opened read-only."""

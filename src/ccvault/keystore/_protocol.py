@@ -136,6 +136,17 @@ class JournalTxn(Protocol):
         (when not None) and keeps the rest."""
         ...
 
+    def recorded_policy(self) -> tuple[str, int | None] | None:
+        """:meth:`KeyStore.recorded_policy`, its rows locked until the transaction ends (created
+        empty first when absent): another recording waits."""
+        ...
+
+    def record_policy(self, record: str, seq: int | None) -> None:
+        """Record ``record`` (a signed ``ccvault-retention-policy/v1`` record's JSON) as the
+        retention policy, ``seq`` the seq of its ledger entry (None: in no ledger), replacing
+        the one recorded."""
+        ...
+
     def release_holds(
         self,
         hold_ids: Sequence[str],
@@ -288,6 +299,11 @@ class KeyStore(Protocol):
 
     def latest_key(self, kind: str, label: str) -> KeyRecord | None: ...
 
+    def period_keys(self, category: str) -> list[KeyRecord]:
+        """Every period row (kind ``period``) of retention category ``category`` — label
+        ``<category>/<start date>`` — live or tombstoned, in label order (no locking)."""
+        ...
+
     def insert_key_if_absent(self, record: KeyRecord) -> KeyRecord:
         """Insert a labelled key unless (kind, label, version) exists; return the stored row.
         Raises :class:`EpochNotUsableError` (writing nothing) when the record's epoch is not
@@ -433,6 +449,12 @@ class KeyStore(Protocol):
     ) -> list[HoldRow]:
         """The legal holds of ``refs`` (None: every one), only those not released when
         ``unreleased``, in the order they were placed (read without locking, schema 5)."""
+        ...
+
+    def recorded_policy(self) -> tuple[str, int | None] | None:
+        """The retention policy recorded in the store (DESIGN.md, lifecycle rule 8): the signed
+        record's JSON and the seq of its ledger entry (None: in no ledger); None when none is
+        recorded. Rows that do not add up read as an empty text (read without locking)."""
         ...
 
     def queue_erasure(self, row: QueuedErasure) -> None:

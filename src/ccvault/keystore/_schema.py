@@ -9,6 +9,7 @@ __all__ = [
     "INVALIDATION_SEQ",
     "LEDGER_APPLIED",
     "PROPAGATION_BOUND",
+    "RETENTION_POLICY",
     "SCHEMA_VERSION",
     "build_metadata",
 ]
@@ -55,6 +56,15 @@ LEDGER_APPLIED = "ledger_applied_seq"
 ledger is configured and nothing is applied yet; absent: no ledger was ever configured. Every
 transaction that applies journal entries (a shred, a replay, a repair, an outbox flush) locks it
 first, so they are serialised and the ledger's sequence follows the store's."""
+
+
+RETENTION_POLICY = "retention_policy"
+"""``meta`` rows (no schema change: any schema from 3 on holds them): the retention policy
+recorded in the key store (DESIGN.md, lifecycle rule 8), the signed ``ccvault-retention-policy/v1``
+record's canonical JSON cut into rows ``retention_policy/0000``, ``/0001``… of at most 250
+characters, under the header row ``retention_policy`` = ``<rows> <SHA-256 hex of the JSON> <ledger
+seq, or - while it is in no ledger>`` (empty: nothing recorded). A writer locks the header row
+(after ``ledger_applied_seq``) and replaces the rows in its transaction."""
 
 
 def _bin(n: int) -> sa.types.TypeEngine[bytes]:

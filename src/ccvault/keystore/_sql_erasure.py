@@ -37,6 +37,7 @@ from ._sql_journal import (
     read_applied,
     read_holds,
     read_outbox,
+    read_policy,
     read_queue,
     read_shredded_receipts,
     write_erasures,
@@ -155,6 +156,10 @@ class SqlErasure(SqlSubjects):
     ) -> list[HoldRow]:
         with self._read() as conn:
             return read_holds(conn, self._jt, refs=refs, unreleased=unreleased)
+
+    def recorded_policy(self) -> tuple[str, int | None] | None:
+        with self._read() as conn:
+            return read_policy(conn, self._jt)
 
     def queue_erasure(self, row: QueuedErasure) -> None:
         self._write(functools.partial(queue_erasures, t=self._jt, rows=[row]))

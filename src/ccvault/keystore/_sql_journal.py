@@ -1,25 +1,29 @@
 """Owns the SQL key store's side of the erasure journal: the ``ledger_applied_seq`` lock, the
-outbox, the erasure rows, the queue of erasures awaiting completion and the legal holds, in one
-transaction (:class:`SqlJournalTxn`). Must not talk to the ledger nor judge records: the erasure
-package does, inside the transaction this opens.
+outbox, the erasure rows, the queue of erasures awaiting completion, the legal holds and the
+recorded retention policy (``meta`` rows), in one transaction (:class:`SqlJournalTxn`). Must
+not talk to the ledger nor judge records: the erasure package does, inside the transaction
+this opens.
 
-Lock order: ``ledger_applied_seq`` first, then hold rows, then subject heads, then the
-invalidation channel's counter row (a shred, a hold, a release and a replay take them in that
-order, so they never deadlock each other).
+Lock order: ``ledger_applied_seq`` first, then hold rows or the recorded retention policy's
+header row, then subject heads, then the invalidation channel's counter row (a shred, a hold, a
+release, a policy's recording and a replay take them in that order; where the
+``ledger_applied_seq`` row exists, every one of them holds it first, so they never deadlock each
+other).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._protocol import HeadSealer, ReceiptFactory, ShredJournal
 from ._records import ErasureRow, HoldRow, OutboxEntry, QueuedErasure, State
-from ._schema import LEDGER_APPLIED
+from ._schema import LEDGER_APPLIED, RETENTION_POLICY
 
 __all__ = [
     "JournalTables",
@@ -32,10 +36,12 @@ __all__ = [
     "read_applied",
     "read_holds",
     "read_outbox",
+    "read_policy",
     "read_queue",
     "read_shredded_receipts",
     "unqueue_erasures",
     "write_erasures",
+    "write_policy",
 ]
 
 ShredIn = Callable[
@@ -336,6 +342,63 @@ def release_holds(
             )
 
 
+_CHUNK: Final = 250  # characters of the policy record per meta row (meta.value is 255)
+
+
+def _chunk_name(i: int) -> str:
+    return f"{RETENTION_POLICY}/{i:04d}"
+
+
+def read_policy(
+    conn: Connection, t: JournalTables, *, lock: bool = False
+) -> tuple[str, int | None] | None:
+    """The recorded retention policy (the signed record's JSON, the seq of its ledger entry or
+    None), None when none is recorded. Rows that do not add up (a row missing, edited) read as
+    an empty text, which no record parses from. ``lock``: the header row is created empty if
+    absent and locked (``FOR UPDATE``) first, so that writers of the policy serialise."""
+    m = t.meta
+    if lock:
+        t.insert_ignore(conn, m, {"name": RETENTION_POLICY, "value": ""})
+        conn.execute(
+            sa.select(m.c.value).where(m.c.name == RETENTION_POLICY).with_for_update()
+        ).scalar()
+    rows = dict(
+        conn.execute(
+            sa.select(m.c.name, m.c.value).where(
+                m.c.name.startswith(RETENTION_POLICY, autoescape=True)
+            )
+        ).all()
+    )
+    header = rows.pop(RETENTION_POLICY, "")
+    if not header:
+        return None
+    parts = header.split(" ")
+    seq: int | None = None
+    if len(parts) == 3 and parts[0].isdigit():
+        count, digest, where = int(parts[0]), parts[1], parts[2]
+        seq = int(where) if where.isdigit() else None
+        chunks = [rows.get(_chunk_name(i)) for i in range(count)]
+        if all(c is not None for c in chunks):
+            text = "".join(c for c in chunks if c is not None)
+            if hashlib.sha256(text.encode("utf-8")).hexdigest() == digest:
+                return text, seq
+    return "", seq
+
+
+def write_policy(conn: Connection, t: JournalTables, record: str, seq: int | None) -> None:
+    """Record ``record`` (a signed policy record's JSON) as the retention policy, with ``seq``
+    (its ledger entry; None: in no ledger), replacing the one recorded. The caller holds the
+    header's lock (:func:`read_policy` with ``lock``)."""
+    m = t.meta
+    chunks = [record[i : i + _CHUNK] for i in range(0, len(record), _CHUNK)] or [""]
+    digest = hashlib.sha256(record.encode("utf-8")).hexdigest()
+    header = f"{len(chunks)} {digest} {'-' if seq is None else seq}"
+    conn.execute(sa.delete(m).where(m.c.name.startswith(f"{RETENTION_POLICY}/", autoescape=True)))
+    conn.execute(sa.insert(m), [{"name": _chunk_name(i), "value": c} for i, c in enumerate(chunks)])
+    if not t.insert_ignore(conn, m, {"name": RETENTION_POLICY, "value": header}):
+        conn.execute(sa.update(m).where(m.c.name == RETENTION_POLICY).values(value=header))
+
+
 class SqlJournalTxn:
     """:class:`~ccvault.keystore.JournalTxn` on one connection, its transaction already begun:
     the constructor locks ``ledger_applied_seq`` (creating it as -1 first when ``create``)."""
@@ -419,6 +482,13 @@ class SqlJournalTxn:
 
     def record_holds(self, rows: Sequence[HoldRow]) -> None:
         write_holds(self._conn, self._t, rows)
+
+    def recorded_policy(self) -> tuple[str, int | None] | None:
+        return read_policy(self._conn, self._t, lock=True)
+
+    def record_policy(self, record: str, seq: int | None) -> None:
+        read_policy(self._conn, self._t, lock=True)  # the header's lock, if not taken yet
+        write_policy(self._conn, self._t, record, seq)
 
     def release_holds(
         self,

@@ -1,8 +1,9 @@
 """Owns the SQL key store's key rows as read and written one key at a time: keys by
 (key id, version), each with its subject's head in one snapshot, the latest version of a
-long-lived key, inserting a key under a usable epoch, nonce-budget reservations and destroying
-a long-lived key's old versions. Must not create subject keys nor destroy them (``_sql_subjects``
-does, under the subject heads' locks) and never holds a key in clear.
+long-lived key, the period rows of a retention category, inserting a key under a usable
+epoch, nonce-budget reservations and destroying a long-lived key's old versions. Must not
+create subject keys nor destroy them (``_sql_subjects`` does, under the subject heads' locks)
+and never holds a key in clear.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import KeyStoreError
-from ._records import HeadRecord, KeyRecord, State
+from ._records import HeadRecord, KeyKind, KeyRecord, State
 from ._sql_base import BATCH
 from ._sql_epochs import SqlEpochs
 
@@ -81,6 +82,26 @@ class SqlKeys(SqlEpochs):
                 .limit(1)
             ).first()
         return self._key(row) if row is not None else None
+
+    def period_keys(self, category: str) -> list[KeyRecord]:
+        """Every period row of ``category`` (label ``<category>/…``), live or tombstoned, in
+        label order. A range on the label rather than LIKE (``_`` is a wildcard there), then
+        the exact prefix checked here: on MariaDB's case-insensitive collations the range also
+        holds another case's labels."""
+        k = self._keys
+        prefix = f"{category}/"
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(k)
+                .where(
+                    k.c.kind == KeyKind.PERIOD,
+                    k.c.label >= prefix,
+                    k.c.label < f"{category}0",  # "0" follows "/"
+                )
+                .order_by(k.c.label, k.c.version)
+            ).all()
+        records = [self._key(row) for row in rows]
+        return [r for r in records if r.label is not None and r.label.startswith(prefix)]
 
     def insert_key_if_absent(self, record: KeyRecord) -> KeyRecord:
         k = self._keys
