@@ -1,5 +1,6 @@
 """Owns bringing the key store and the ledger into agreement: replaying ledger entries into the
-store (receipts, completions, legal holds, their releases and overrides), re-adding the store's
+store (receipts, completions, legal holds, their releases and overrides, retention reports —
+these through the enforcer's applier, :data:`ReportApplier`), re-adding the store's
 receipts to a ledger behind it (after a signed repair entry),
 appending the outbox, and the read-only check of one against the other. Must not decide when:
 the ledger link does (at open, after a restore, before a shred, on request).
@@ -33,10 +34,21 @@ from ..keystore._records import (
 from ._check import check_store, index_ledger, store_receipts
 from ._hold_records import HOLD_FORMAT, RELEASE_FORMAT, apply_hold_record
 from ._journal import Journal, JournalMoved
-from ._records import CompletionRecord, JournalEntry, Record, parse_record
+from ._records import (
+    CompletionRecord,
+    JournalEntry,
+    Record,
+    RetentionReportRecord,
+    parse_record,
+)
 from ._status import ErasureCheck, Reconciliation, RepairRecord
 
-__all__ = ["CompletionDraft", "Reconciler", "receipt_row"]
+__all__ = ["CompletionDraft", "Reconciler", "ReportApplier", "receipt_row"]
+
+ReportApplier = Callable[[JournalTxn, RetentionReportRecord], None]
+"""Does to the key store what a retention report says, in a journal transaction (the replay of
+its entry): made by the retention enforcer, which holds the keys it needs (held keys are
+derived from the subject keys and the period secrets, and wrapped under the active epoch)."""
 
 _BATCH: Final = 500  # entries replayed per key-store transaction; store rows read per page
 _REPAIRED: Final = 499  # receipts after one repair entry (one sink write of 500)
@@ -115,6 +127,7 @@ class Reconciler:
         self._public = public_key
         self._seal = seal
         self._now = now
+        self.report_applier: ReportApplier | None = None  # set by the vault (its enforcer)
 
     # -- ledger first: appending with the outbox ---------------------------------------------------
 
@@ -258,6 +271,8 @@ class Reconciler:
                     dropped += queued.get(record.receipt_id, [])
                 elif isinstance(record, CompletionRecord):
                     completions.append((record.receipt_id, entry.seq))
+                elif isinstance(record, RetentionReportRecord):
+                    self._apply_report(txn, record, entry.seq)
                 else:
                     apply_hold_record(txn, record, entry.seq)
             txn.record_erasures(rows)
@@ -270,6 +285,14 @@ class Reconciler:
             return Reconciliation(replayed=replayed, shredded=shredded)
 
         return self._store.journal_transaction(run, create=True)
+
+    def _apply_report(self, txn: JournalTxn, record: RetentionReportRecord, seq: int) -> None:
+        if self.report_applier is None:
+            raise ConfigurationError(
+                f"the ledger's entry at seq {seq} is a retention report, and this reconciler "
+                "has no retention enforcer to replay it (open a Vault to replay the ledger)"
+            )
+        self.report_applier(txn, record)
 
     def reapply(self, journal: Journal) -> Reconciliation:
         """Shred again, with the ledger's receipt, every subject a ledger receipt names that the
