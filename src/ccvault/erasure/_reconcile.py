@@ -31,7 +31,7 @@ from ..keystore._records import (
     OutboxEntry,
     State,
 )
-from ._check import check_store, index_ledger, store_receipts
+from ._check import check_store, index_ledger, live_expired, store_receipts
 from ._hold_records import HOLD_FORMAT, RELEASE_FORMAT, apply_hold_record
 from ._journal import Journal, JournalMoved
 from ._records import (
@@ -297,9 +297,9 @@ class Reconciler:
     def reapply(self, journal: Journal) -> Reconciliation:
         """Shred again, with the ledger's receipt, every subject a ledger receipt names that the
         store does not hold as shredded although it applied the entry (its rows were put back
-        piecemeal: an insider, or a restore of single rows); and apply again every hold,
+        piecemeal: an insider, or a restore of single rows); apply again every hold,
         release and override entry when the store lacks a hold or holds a released one as
-        active."""
+        active; and apply again every retention report whose periods the store holds as live."""
         index = index_ledger(journal, self._id, self._public)
         by_ref: dict[bytes, str] = {}
         for rid, (_, ref_hex) in index.receipts.items():
@@ -314,7 +314,9 @@ class Reconciler:
             chunk = refs[i : i + _BATCH]
             found = self._store.subject_keys(chunk)
             live += [r for r in chunk if r not in found or found[r][0].state != State.SHREDDED]
-        if not live and not self._holds_lost(holds):
+        applied = self._store.ledger_applied()
+        expired = live_expired(self._store, index.reports, -1 if applied is None else applied)
+        if not live and not expired and not self._holds_lost(holds):
             return Reconciliation()
         wanted = {by_ref[r] for r in live}
         receipts = (
@@ -340,6 +342,10 @@ class Reconciler:
                 record = entry.parsed()
                 if record is not None:
                     apply_hold_record(txn, record, entry.seq)
+            for entry, _ in expired:  # retention reports: idempotent
+                report = entry.parsed()
+                if isinstance(report, RetentionReportRecord):
+                    self._apply_report(txn, report, entry.seq)
             return Reconciliation(shredded=shredded)
 
         return self._store.journal_transaction(run, create=True)

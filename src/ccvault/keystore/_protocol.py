@@ -486,6 +486,11 @@ class KeyStore(Protocol):
         caller's: a database collation may return a few rows of other categories)."""
         ...
 
+    def period_rows(self, *, labels: Sequence[str]) -> list[KeyRecord]:
+        """The period rows of ``labels``, live or tombstoned (read without locking: the check
+        of the store against the ledger's retention reports)."""
+        ...
+
     def period_labels_outside(self, categories: Sequence[str]) -> list[str]:
         """The labels of the live period rows whose category is none of ``categories`` (read
         without locking; informational: a case-insensitive collation may leave some out)."""

@@ -196,6 +196,10 @@ class SqlPeriods(SqlErasure):
         with self._read() as conn:
             return self._period_sql.live_periods(conn, category, through)
 
+    def period_rows(self, *, labels: Sequence[str]) -> list[KeyRecord]:
+        with self._read() as conn:
+            return self._period_sql.period_rows(conn, (), labels, lock=False)
+
     def period_labels_outside(self, categories: Sequence[str]) -> list[str]:
         with self._read() as conn:
             return self._period_sql.labels_outside(conn, categories)
