@@ -312,7 +312,7 @@ class Enforcer:
             for r in rows
             if r.state == State.LIVE and r.key_id in wanted and r.label == wanted[r.key_id].label
         ]
-        active = sorted({h.ref for h in txn.holds(None) if h.active(now)})
+        active = sorted(txn.active_hold_refs(now))
         released: list[bytes] = []
         if release:
             held = txn.held_keys_by_ref()
@@ -485,7 +485,7 @@ class Enforcer:
         return dict(sorted(counts.items()))
 
     def _active_refs(self, now: float) -> set[bytes]:
-        return {h.ref for h in self._store.holds(unreleased=True) if h.active(now)}
+        return self._store.active_hold_refs(now)
 
     def _released(self, now: float) -> dict[bytes, int]:
         """Held keys of subjects no longer held, by ref (read without locking)."""

@@ -265,7 +265,7 @@ class RetentionReportRecord(SignedRecord):
     the periods tombstoned). Subjects are named by their refs only, never in clear.
 
     ``clock`` is the vault clock's reading that decided what was due; ``policy_digest`` the
-    digest of the retention policy it applied (docs/format.md, "Policy digest");
+    digest of the retention policy it applied (docs/format.md, "7. Retention periods");
     ``erasure_horizon`` the date after which no key-store backup holds the destroyed secrets,
     as on receipts (None without per-epoch KMS roots)."""
 

@@ -128,6 +128,12 @@ class JournalTxn(Protocol):
         waits."""
         ...
 
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        """The refs of the subjects held at ``now``: with a hold not released whose ``until``
+        is NULL or later than ``now`` (read without row locks: a hold and a release change
+        them only under the ``ledger_applied_seq`` lock this transaction holds)."""
+        ...
+
     def hold_rows(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
         """The hold rows of ``hold_ids`` that exist, released or not, locked, by hold id."""
         ...
@@ -502,6 +508,10 @@ class KeyStore(Protocol):
 
     def held_keys_by_ref(self) -> dict[bytes, int]:
         """:meth:`JournalTxn.held_keys_by_ref` read without locking (a dry run)."""
+        ...
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        """:meth:`JournalTxn.active_hold_refs` read without locking (a dry run)."""
         ...
 
     def queue_erasure(self, row: QueuedErasure) -> None:

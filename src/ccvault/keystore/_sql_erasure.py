@@ -34,6 +34,7 @@ from ._sql_journal import (
     erasure_rows,
     journal_step,
     queue_erasures,
+    read_active_hold_refs,
     read_applied,
     read_holds,
     read_outbox,
@@ -155,6 +156,10 @@ class SqlErasure(SqlSubjects):
     ) -> list[HoldRow]:
         with self._read() as conn:
             return read_holds(conn, self._jt, refs=refs, unreleased=unreleased)
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        with self._read() as conn:
+            return read_active_hold_refs(conn, self._jt, now)
 
     def queue_erasure(self, row: QueuedErasure) -> None:
         self._write(functools.partial(queue_erasures, t=self._jt, rows=[row]))

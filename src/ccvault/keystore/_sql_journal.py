@@ -34,6 +34,7 @@ __all__ = [
     "erasure_rows",
     "journal_step",
     "queue_erasures",
+    "read_active_hold_refs",
     "read_applied",
     "read_holds",
     "read_outbox",
@@ -305,6 +306,20 @@ def read_holds(
     )
 
 
+def read_active_hold_refs(conn: Connection, t: JournalTables, now: float) -> set[bytes]:
+    """The refs with a hold not released whose ``held_until`` is NULL or after ``now``."""
+    ho = t.holds
+    query = (
+        sa.select(ho.c.ref)
+        .where(
+            ho.c.released_at.is_(None),
+            sa.or_(ho.c.held_until.is_(None), ho.c.held_until > now),
+        )
+        .distinct()
+    )
+    return {bytes(ref) for ref in conn.execute(query).scalars()}
+
+
 def write_holds(conn: Connection, t: JournalTables, rows: Sequence[HoldRow]) -> None:
     """Insert the hold rows absent; set ``ledger_seq`` where given on those present."""
     if not rows:
@@ -444,6 +459,9 @@ class SqlJournalTxn:
 
     def holds(self, refs: Sequence[bytes] | None) -> list[HoldRow]:
         return read_holds(self._conn, self._t, refs=refs, unreleased=True, lock=True)
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        return read_active_hold_refs(self._conn, self._t, now)
 
     def hold_rows(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
         rows = read_holds(self._conn, self._t, hold_ids=hold_ids, lock=True)
