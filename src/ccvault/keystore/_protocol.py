@@ -5,8 +5,10 @@ Key creation and shred both go through the subject head so that a creation racin
 leaves a live key; a shred also appends, in its transaction, a row to the invalidation channel
 that every process polls (DESIGN.md, lifecycle rule 5), and every transaction that applies the
 erasure journal (a shred with a ledger, a replay, a repair, an outbox flush, a legal hold or its
-release) runs under the lock of one row, ``ledger_applied_seq`` (rule 3: :class:`JournalTxn`),
-and a shred checks the subject's legal holds under it (a :data:`ShredGuard`). Each head carries
+release, a retention enforcement's batch) runs under the lock of one row,
+``ledger_applied_seq`` (rule 3: :class:`JournalTxn`); a shred checks the subject's legal holds
+under it (a :data:`ShredGuard`), and an enforcement preserves held subjects' keys and destroys
+period secrets under it (rules 7 and 8). Each head carries
 a MAC of its state that the vault computes (a :data:`HeadSealer` passed in) and verifies: the
 store holds no key and trusts no head.
 :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
