@@ -911,3 +911,49 @@ def test_the_command_prints_progress(
     captured = capsys.readouterr()
     assert "ccvault enforce-retention: 150/150 periods" in captured.err
     assert len(json.loads(captured.out)["ledger_seqs"]) == 2
+
+
+def test_a_period_secret_that_does_not_authenticate(tmp_path: Path) -> None:
+    """While customers are held, a period whose secret does not open is left alone (their keys
+    could not be preserved) and named in the report; with nobody held it is destroyed."""
+    s = Setup(tmp_path, f"sqlite:///{tmp_path / 'keys.db'}")
+    vault = s.vault
+    broken, other = s.period("chats"), s.period("transcripts")
+    customer = uuid.uuid4()
+    vault.encrypt(customer, b"call notes", context=CTX)
+    hold_id = vault.hold(customer, case="LIT-1", by="legal")
+    keys = sa.table("ccvault_keys", sa.column("key_id"), sa.column("commitment"))
+    run_sql(
+        s.url,
+        sa.update(keys).where(keys.c.key_id == broken.period_id).values(commitment=b"\0" * 32),
+    )
+    s.to(s.expiry("transcripts"))
+    report = vault.enforce_retention()
+    assert report.destroyed == {"transcripts": (other.label,)}
+    assert report.problem_count == 1
+    assert f"period {broken.label}: its secret does not authenticate" in report.problems[0]
+    assert {r.label: r.state for r in s.keys("period")}[broken.label] == "live"
+    vault.release(hold_id, by="legal")
+    report = vault.enforce_retention()
+    assert report.destroyed == {"chats": (broken.label,)}
+    assert report.ok
+    vault.close()
+
+
+def test_enforcement_logs_no_subject(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = Setup(tmp_path, f"sqlite:///{tmp_path / 'keys.db'}")
+    vault = s.vault
+    s.period("chats")
+    customer = uuid.uuid4()
+    vault.encrypt(customer, b"call notes", context=CTX)
+    hold_id = vault.hold(customer, case="LIT-1", by="legal")
+    s.to(s.expiry("chats"))
+    with caplog.at_level("DEBUG"):
+        vault.enforce_retention(dry_run=True)
+        vault.enforce_retention()
+        vault.release(hold_id, by="legal")
+        vault.enforce_retention()
+    assert "enforce_retention (run" in caplog.text
+    for secret in (str(customer), customer.hex, vault.subject_ref(customer).hex(), "call notes"):
+        assert secret not in caplog.text
+    vault.close()
