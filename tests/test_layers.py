@@ -60,7 +60,8 @@ KEYRING_ORDER = {
 
 # Inside the key store, the SQL store's parts build on each other one way: the plumbing <- epochs
 # (and the rotation's rows), the invalidation channel <- key rows <- subject heads and the shred's
-# body <- shreds with the journal <- SqlKeyStore, which composes them <- the package's re-exports.
+# body <- shreds with the journal <- retention rows <- SqlKeyStore, which composes them <- the
+# package's re-exports.
 KEYSTORE_ORDER = {
     "_records": 0,
     "_schema": 0,
@@ -74,8 +75,9 @@ KEYSTORE_ORDER = {
     "_sql_keys": 4,
     "_sql_subjects": 5,
     "_sql_erasure": 6,
-    "_sql": 7,
-    "__init__": 8,
+    "_sql_periods": 7,
+    "_sql": 8,
+    "__init__": 9,
 }
 
 
@@ -384,7 +386,7 @@ VAULT_PUBLIC = {
     "complete_erasures", "erasure_status", "ledger_unverified", "reconcile_erasures",
     "verify_erasures",
     # legal holds and retention (issue 14)
-    "hold", "holds", "release", "retention_policy", "purge_expired",
+    "enforce_retention", "hold", "holds", "release", "retention_policy", "purge_expired",
     # the retention policy recorded in the key store (issue 14 item 1; lifecycle rule 8)
     "policy_grace", "recorded_retention_policy", "set_retention_policy",
     # read-only properties

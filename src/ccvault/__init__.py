@@ -11,7 +11,7 @@
 from ._sentinels import EXPIRED, SHREDDED, Sentinel
 from ._settings import CcvaultSettings
 from .audit import DestroyedKey, ErasureReceipt
-from .erasure import Hold, ShredPreview, ShredResult
+from .erasure import Hold, RetentionReport, ShredPreview, ShredResult
 from .errors import (
     CcvaultError,
     ConfigurationError,
@@ -60,6 +60,7 @@ __all__ = [
     "LedgerIntegrityError",
     "LedgerUnavailableError",
     "RetentionExpiredError",
+    "RetentionReport",
     "RotationReport",
     "Sentinel",
     "ShredPreview",

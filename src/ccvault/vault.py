@@ -51,6 +51,7 @@ from .crypto._subject import SubjectType
 from .erasure import (
     Completer,
     CompletionReport,
+    Enforcer,
     Erasure,
     ErasureCheck,
     ErasureQueue,
@@ -63,6 +64,7 @@ from .erasure import (
     Reconciliation,
     RecordedPolicy,
     RetentionPolicies,
+    RetentionReport,
     ShredMany,
     ShredPreview,
     ShredResult,
@@ -338,6 +340,20 @@ class Vault:
             ident.propagation_bound,
             self._erasure.receipt_in,
         )
+        self._enforcer = Enforcer(
+            self._store,
+            self._epochs,
+            self._ring,
+            self._periods,
+            self._rotation,
+            ident,
+            self._options,
+            self._link,
+            # the policy in force at a time of the clock: the recorded one (grace-aware), or
+            # the vault's own while none is recorded
+            policy_at=self._policies.policy_at,
+        )
+        self._link.set_report_applier(self._enforcer.apply_report)  # the replay below uses it
         if not UPGRADING.get():  # a store being upgraded may have no channel to listen to yet
             try:
                 self._link.open()  # replays a restored store before the first read
@@ -841,6 +857,36 @@ class Vault:
         :attr:`ledger_unverified` when it reaches the ledger."""
         return self._link.reconcile()
 
+    # -- retention -------------------------------------------------------------------------------
+
+    def enforce_retention(
+        self, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> RetentionReport:
+        """Destroy every retention period secret whose time has come (admin operation, run it
+        daily: ``ccvault enforce-retention`` from cron), preserving the keys of the subjects
+        held then, and destroy the held keys of subjects no longer held (docs/retention.md,
+        "Enforcement"). Time is the vault's clock (``Vault(clock=...)``), never an argument: a
+        period is due when its category is in the retention policy and the clock has reached
+        its expiry (end + ``keep_for``); a category with periods and absent from the policy is
+        never expired (``report.skipped``).
+
+        In one key-store journal transaction per batch of periods (under the
+        ``ledger_applied_seq`` lock that :meth:`hold` takes, so a hold and a period's
+        preserve-then-destroy are serialised): the active holds are read, each held subject's
+        live key versions get a *held key* per period (its suite-2 value key, wrapped under the
+        active epoch), the period rows become tombstones, a signed
+        ``ccvault-retention-report/v1`` entry is appended to the erasure ledger before the
+        commit (``best-effort``: to the outbox when the ledger is unreachable), and an
+        ``expiry`` row goes to the invalidation channel. No data table is read or written.
+        Idempotent and safe from several hosts at once: a second run finds nothing to do.
+
+        Needs an erasure ledger (:class:`ConfigurationError` without one); refuses while the
+        ledger is unverified or the key store behind it, after trying to catch up
+        (:class:`LedgerUnavailableError`: a restore must not lose holds). ``dry_run=True``
+        reports what would be done and changes nothing (a read-only vault may run it; it needs
+        no ledger). ``progress(done, total)`` is called after each batch, in periods."""
+        return self._enforcer.run(dry_run=dry_run, progress=progress)
+
     # -- legal holds -----------------------------------------------------------------------------
 
     def hold(self, subject: object, *, case: str, by: str, until: datetime | None = None) -> str:
@@ -860,9 +906,10 @@ class Vault:
         the replay. Needs a ledger (:class:`ConfigurationError` without one, naming
         ``CCVAULT_LEDGER_URL``); an unreachable ledger raises :class:`LedgerUnavailableError`
         and places nothing, whatever the ``ledger_mode``. A read-only vault raises
-        :class:`ConfigurationError`. Retention periods expired before the hold are not brought
-        back: the report of them comes with retention enforcement (docs/erasure.md,
-        'Legal holds')."""
+        :class:`ConfigurationError`. A hold is not retroactive: retention periods expired before
+        it stay expired; those that expire while it is active keep the subject's keys
+        (:meth:`enforce_retention`), until the next enforcement after its release
+        (docs/erasure.md, 'Legal holds')."""
         return self._holds.hold(subject, case=case, by=by, until=until)
 
     def release(self, hold_id: str, *, by: str) -> None:

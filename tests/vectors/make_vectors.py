@@ -4,7 +4,7 @@ Vectors are frozen: once committed, a change of format must still open them. Re-
 script overwrites them and is only right when adding new vectors, never to "fix" a failing test.
 
     python tests/vectors/make_vectors.py values refs store heads journal periods holds records \
-        policy
+        policy retention
 
 ``store`` (tests/vectors/store_v1) was made by a library of key-store schema 1, ``store2``
 (tests/vectors/store_v2) by ccvault at commit 0a22d8e, of schema 2, run from that tree::
@@ -630,6 +630,81 @@ def policy() -> None:
     )
 
 
+def retention() -> None:
+    """Retention reports (docs/retention.md, "The retention report"): one transaction of an
+    enforcement that destroyed periods of two categories after preserving the keys of two held
+    subjects, with an erasure horizon; then one that destroyed only the held keys of a subject
+    no longer held. Appended by a Journal with the seed and clock of ``journal``, as the ledger
+    stores them, with the bytes each signature covers and each entry's hash."""
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+
+    from ccvault._secret import SecretKey
+    from ccvault.crypto._primitives import ed25519_public_key
+    from ccvault.erasure import Journal, JsonlLedger, RetentionReportRecord
+
+    seed = bytes(range(0x40, 0x60))
+    installation = "bc63ed65f5ba4740ab92e9a5acd0d5ba"
+    t0 = datetime(2025, 6, 1, 2, 0, 0, 125000, tzinfo=timezone.utc)
+    ticks = iter(t0 + timedelta(seconds=i) for i in range(20))
+    digest = "1f991e833127cd48dbce288aba3827c10666cc5ffe64deddbc9514bebb5bb28d"
+    first = RetentionReportRecord(
+        installation_id=installation,
+        run_id="5d41402abc4b2a76b9719d911017c592",
+        policy_digest=digest,
+        clock=t0,
+        periods={
+            "chats": ("chats/2025-05-26",),
+            "transcripts": ("transcripts/2025-03-01",),
+        },
+        held_refs=("46" * 32, "a7" * 32),
+        held_count=2,
+        held_keys=4,
+        released_refs=(),
+        released_keys=0,
+        propagation_bound_seconds=1.0,
+        erasure_horizon=datetime(2025, 8, 5, 0, 0, tzinfo=timezone.utc),
+    )
+    second = RetentionReportRecord(
+        installation_id=installation,
+        run_id="7d793037a0760186574b0282f2f435e7",
+        policy_digest=digest,
+        clock=t0 + timedelta(days=1),
+        periods={},
+        held_refs=(),
+        held_count=0,
+        held_keys=0,
+        released_refs=("a7" * 32,),
+        released_keys=2,
+        propagation_bound_seconds=1.0,
+        erasure_horizon=None,
+    )
+    records = [first, second]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/ledger.jsonl"
+        clock = lambda: next(ticks)  # noqa: E731
+        journal = Journal(JsonlLedger(path), installation, SecretKey(seed), clock=clock)
+        for record in records:
+            journal.append(record)
+        entries = list(journal.entries())
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    parsed = [e.parsed() for e in entries]
+    doc = {
+        "seed": seed.hex(),
+        "public_key": ed25519_public_key(seed).hex(),
+        "installation_id": installation,
+        "clock_start": t0.isoformat(),  # each reading of the journal's clock: one second later
+        "records": [
+            json.loads(r.model_dump_json(exclude={"signing_key", "signature"})) for r in records
+        ],
+        "entries": _entries_doc(entries, parsed, lines),
+    }
+    (HERE / "retention_reports_v1.json").write_text(
+        json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    )
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
         {
@@ -645,4 +720,5 @@ if __name__ == "__main__":
             "holds": holds,
             "records": records,
             "policy": policy,
+            "retention": retention,
         }[what]()

@@ -284,6 +284,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "key store. Read-only. Exit status 0; 3: a check failed; 1: the vault could not be "
         "opened. The vault is configured by CCVAULT_* variables.",
     )
+    enforce = sub.add_parser(
+        "enforce-retention",
+        help="destroy the retention period secrets whose time has come, preserving held "
+        "customers' keys (cron-safe, idempotent; admin)",
+        description="Destroy every retention period secret whose expiry (end of the period + "
+        "keep_for of its category in CCVAULT_RETENTION_POLICY) the clock has reached: the "
+        "period's values then read as expired, in the database and in its backups, with no "
+        "data table read or written. The keys of customers under an active legal hold are "
+        "preserved first; the preserved keys of customers no longer held are destroyed. Each "
+        "batch of periods is one key-store transaction with a signed retention report appended "
+        "to the erasure ledger before it commits (a ledger is needed; the command refuses "
+        "while the ledger is unverified). A category absent from the policy is never expired. "
+        "Progress on stderr; prints the report as JSON. Exit status 0; 3: period rows were "
+        "left alone (named on stderr); 1: an error. --dry-run opens the vault read-only and "
+        "prints what would be done. The vault is configured by CCVAULT_* variables.",
+    )
+    enforce.add_argument(
+        "--dry-run", action="store_true", help="print what would be destroyed, change nothing"
+    )
     args = parser.parse_args(argv)
     if args.command == "retention":
         from ._retention import run_set_policy, run_show_policy
@@ -298,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._retention import run_doctor
 
         return run_doctor()
+    if args.command == "enforce-retention":
+        from ._enforce import run_enforce
+
+        return run_enforce(dry_run=args.dry_run)
     if args.command in ("hold", "release", "holds"):
         from ._holds import run_hold, run_holds, run_release
 

@@ -10,6 +10,10 @@ refused or overridden inside its transaction) and reports them as :class:`Hold`;
 :class:`LedgerLink` ties the two (ledger first, replay after a restore, repair, the outbox of
 ``best-effort`` mode) and :class:`Reconciler` does the replaying, repairing and checking.
 
+:class:`Enforcer` enforces retention (period secrets destroyed when their time has come, held
+subjects' keys preserved first, a signed :class:`RetentionReportRecord` per transaction, a
+:class:`RetentionReport` returned) and replays its reports after a restore.
+
 :class:`ErasureQueue` keeps the subjects of erasures awaiting completion sealed, and
 :class:`Completer` completes them (phase 2, lifecycle rule 4 of the product contract: the
 second sweep and the signed completion record). The subject export reads tables, so it lives
@@ -19,6 +23,7 @@ from :meth:`Erasure.receipt`.
 
 from ._chain import LedgerProblem, LedgerReport
 from ._complete import Completer
+from ._enforce import Enforcer, PolicyAt, RetentionReport
 from ._hold_records import Hold, HoldOverrideRecord, HoldRecord, HoldReleaseRecord
 from ._holds import Holds
 from ._journal import Journal, read_entry, verify_ledger
@@ -42,6 +47,7 @@ from ._records import (
     CompletionRecord,
     GenesisRecord,
     JournalEntry,
+    RetentionReportRecord,
     SignedRecord,
     register_record_type,
 )
@@ -59,6 +65,7 @@ __all__ = [
     "Completer",
     "CompletionRecord",
     "CompletionReport",
+    "Enforcer",
     "EnginePreview",
     "Erasure",
     "ErasureCheck",
@@ -78,6 +85,7 @@ __all__ = [
     "LedgerProblem",
     "LedgerReport",
     "LedgerSink",
+    "PolicyAt",
     "PolicyChange",
     "PreviewColumn",
     "Reconciler",
@@ -86,6 +94,8 @@ __all__ = [
     "RepairRecord",
     "RetentionPolicies",
     "RetentionPolicyRecord",
+    "RetentionReport",
+    "RetentionReportRecord",
     "S3Ledger",
     "ShredMany",
     "ShredPreview",

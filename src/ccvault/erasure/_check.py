@@ -1,7 +1,7 @@
 """Owns reading the ledger and the key store side by side: every receipt, legal hold and
-recorded retention policy each holds (entries judged one by one, stored receipts verified) and
-the read-only check of one against the other (:class:`ErasureCheck`). Must not write: the
-reconciler repairs what this finds.
+recorded retention policy and retention reports each holds (entries judged one by one, stored
+receipts verified) and the read-only check of one against the other (:class:`ErasureCheck`).
+Must not write: the reconciler repairs what this finds.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from typing import Final
 
 from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
 from ..keystore._protocol import KeyStore
-from ..keystore._records import State
+from ..keystore._records import KeyRecord, State
 from ._chain import Fault, judge
 from ._hold_records import HOLD_FORMAT, HOLD_KINDS, OVERRIDE_FORMAT, RELEASE_FORMAT
 from ._journal import Journal
 from ._policy_records import POLICY_RECORD_FORMAT, RetentionPolicyRecord
-from ._records import JournalEntry
+from ._records import RETENTION_REPORT_FORMAT, JournalEntry, RetentionReportRecord
 from ._status import ErasureCheck, ErasureProblem
 
-__all__ = ["LedgerIndex", "check_store", "index_ledger", "store_receipts"]
+__all__ = ["LedgerIndex", "check_store", "index_ledger", "live_expired", "store_receipts"]
 
 _BATCH: Final = 500  # store rows read per page; subject heads per query
 _LISTED: Final = 1000  # problems an ErasureCheck lists of each kind (its counts count them all)
@@ -39,6 +39,7 @@ class LedgerIndex:
     released: dict[str, int] = field(default_factory=dict)  # hold id -> seq of its release
     hold_entries: list[JournalEntry] = field(default_factory=list)  # holds, releases, overrides
     policy: JournalEntry | None = None  # the last retention policy recorded
+    reports: list[JournalEntry] = field(default_factory=list)  # retention reports
 
 
 def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> LedgerIndex:
@@ -57,6 +58,8 @@ def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> L
             index.hold_entries.append(entry)
         if entry.kind == POLICY_RECORD_FORMAT:
             index.policy = entry
+        if entry.kind == RETENTION_REPORT_FORMAT:
+            index.reports.append(entry)
         if entry.kind == HOLD_FORMAT:
             hid = entry.record.get("hold_id")
             if isinstance(hid, str):
@@ -67,6 +70,28 @@ def index_ledger(journal: Journal, installation_id: str, public_key: bytes) -> L
                 if isinstance(hid, str):
                     index.released.setdefault(hid, entry.seq)
     return index
+
+
+def live_expired(
+    store: KeyStore, reports: list[JournalEntry], through: int
+) -> list[tuple[JournalEntry, list[KeyRecord]]]:
+    """The retention reports up to seq ``through`` (applied) whose periods the key store holds
+    as live all the same (rows put back piecemeal: an insider, a restore of single rows), each
+    with those period rows."""
+    wanted: dict[str, JournalEntry] = {}
+    for entry in reports:
+        record = entry.parsed()
+        if entry.seq <= through and isinstance(record, RetentionReportRecord):
+            for label in record.labels():
+                wanted.setdefault(label, entry)
+    found: dict[int, tuple[JournalEntry, list[KeyRecord]]] = {}
+    labels = sorted(wanted)
+    for i in range(0, len(labels), _BATCH):
+        for row in store.period_rows(labels=labels[i : i + _BATCH]):
+            if row.state == State.LIVE and row.label in wanted:
+                entry = wanted[row.label]
+                found.setdefault(entry.seq, (entry, []))[1].append(row)
+    return [found[seq] for seq in sorted(found)]
 
 
 def store_receipts(
@@ -210,6 +235,17 @@ def check_store(
     ]
     late += _policy_late(store, index, start)
     missing += _policy_missing(store, index, {o.kind for o in queued})
+    late += [
+        ErasureProblem(
+            receipt_id=None,
+            subject_ref=None,
+            seq=entry.seq,
+            detail=f"the key store holds retention period {row.label} as live (the retention "
+            "report of this seq destroyed it)",
+        )
+        for entry, rows in live_expired(store, index.reports, start)
+        for row in rows
+    ]
     late.sort(key=lambda p: -1 if p.seq is None else p.seq)
     return ErasureCheck(
         installation_id=installation_id,

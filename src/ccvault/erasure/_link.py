@@ -1,6 +1,7 @@
 """Owns the vault's link to its ledger: opening it, the ``strict`` and ``best-effort`` modes,
-the ledger-first step of every shred (with the override entry of a held subject's) and of every
-legal hold and release, catching the key store up (at open, after a restore, before a shred),
+the ledger-first step of every shred (with the override entry of a held subject's), of every
+legal hold and release and of every retention report, catching the key store up (at open, after
+a restore, before a shred),
 the periodic check that the store is not behind the ledger (the store probe the invalidation
 poll runs), ``ledger_unverified`` and the guard of the operations that need a verified ledger.
 Must not destroy keys itself (the key store's shred does), judge entries (the journal does) nor
@@ -41,8 +42,8 @@ from ._hold_records import HoldOverrideRecord, apply_hold_record
 from ._journal import Journal, JournalMoved
 from ._ledger import LedgerSink, ledger_from_url
 from ._ledger_sql import SqlLedger
-from ._reconcile import CompletionDraft, Reconciler, receipt_row
-from ._records import CompletionRecord, Record
+from ._reconcile import CompletionDraft, Reconciler, ReportApplier, receipt_row
+from ._records import CompletionRecord, Record, SignedRecord
 from ._status import ErasureCheck, ErasureStatus, Reconciliation
 
 __all__ = ["MODES", "LedgerLink", "LedgerMode", "check_new_installation"]
@@ -412,7 +413,7 @@ class LedgerLink:
 
     def require_verified_ledger(self, operation: str) -> None:
         """The one guard of the operations that must not run while the ledger is unverified
-        (``destroy_epochs``; ``complete_erasures`` and ``enforce_retention`` when they exist):
+        (``destroy_epochs``, ``complete_erasures``, ``enforce_retention``):
         it tries to catch up first, and raises :class:`LedgerUnavailableError` if it cannot."""
         if not self._unverified:
             return
@@ -524,6 +525,52 @@ class LedgerLink:
             return self._store.journal_transaction(lambda txn: step(txn, journal))
 
         return self.ledger_first(attempt)
+
+    def set_report_applier(self, apply: ReportApplier) -> None:
+        """How the replay applies a retention report (the vault's enforcer; before :meth:`open`,
+        which replays)."""
+        self._reconciler.report_applier = apply
+
+    def journal_run(self, step: Callable[[JournalTxn, Journal], T]) -> T:
+        """Run ``step`` in one key-store journal transaction (the ``ledger_applied_seq`` lock)
+        with the journal, caught up and retried when the ledger moved past the store (a
+        restore, another process's crash after its append): the retention enforcer's batches.
+        The caller has checked the ledger (:meth:`require_verified_ledger`)."""
+
+        def attempt() -> T:
+            journal = self._connect()
+            return self._store.journal_transaction(lambda txn: step(txn, journal))
+
+        return self.ledger_first(attempt)
+
+    def append_or_queue(
+        self, txn: JournalTxn, journal: Journal, records: Sequence[SignedRecord], what: str
+    ) -> int | None:
+        """Ledger first for records that destroy (a retention report): appended after the
+        outbox in ``txn``, before anything it destroys is committed; returns the seq of the last
+        one. An unreachable ledger raises :class:`LedgerUnavailableError` in ``strict`` mode
+        (the transaction rolls back, nothing is destroyed) and, in ``best-effort`` mode, queues
+        them signed in the key store's outbox (returns None; the next shred, open, reconcile or
+        enforcement appends them) and logs a WARNING naming ``what``."""
+        try:
+            self._reconciler.append(txn, journal, records)
+        except LedgerUnavailableError as exc:
+            if self._mode == "strict":
+                raise
+            now = self._options.now()
+            for record in records:
+                signed = record.sign(self._seed)
+                txn.enqueue(signed.format, None, signed.model_dump_json(), now)
+            self._unverified = True
+            log.warning(
+                "%s: its entry is not in the erasure ledger yet (ledger_mode='best-effort'; %s): "
+                "waiting in the key store's outbox until the next shred, open, reconcile or "
+                "enforcement appends it",
+                what,
+                " ".join(str(exc).split()),
+            )
+            return None
+        return txn.applied
 
     def append(self, txn: JournalTxn, journal: Journal, records: Sequence[Record]) -> None:
         """Append ``records`` after the outbox in ``txn`` (the step of :meth:`journal_entries`)

@@ -1,7 +1,8 @@
 """Owns bringing the key store and the ledger into agreement: replaying ledger entries into the
-store (receipts, completions, legal holds, their releases and overrides, retention policies),
-re-adding the store's receipts to a ledger behind it (after a signed repair entry), appending
-the outbox, and the read-only check of one against the other. Must not decide when:
+store (receipts, completions, legal holds, their releases and overrides, retention policies,
+retention reports — these through the enforcer's applier, :data:`ReportApplier`), re-adding the
+store's receipts to a ledger behind it (after a signed repair entry), appending the outbox, and
+the read-only check of one against the other. Must not decide when:
 the ledger link does (at open, after a restore, before a shred, on request).
 
 Every step that writes runs in one key-store :class:`~ccvault.keystore.JournalTxn` (the
@@ -30,14 +31,25 @@ from ..keystore._records import (
     OutboxEntry,
     State,
 )
-from ._check import check_store, index_ledger, store_receipts
+from ._check import check_store, index_ledger, live_expired, store_receipts
 from ._hold_records import HOLD_FORMAT, RELEASE_FORMAT, apply_hold_record
 from ._journal import Journal, JournalMoved
 from ._policy_records import RetentionPolicyRecord, apply_policy_record
-from ._records import CompletionRecord, JournalEntry, Record, parse_record
+from ._records import (
+    CompletionRecord,
+    JournalEntry,
+    Record,
+    RetentionReportRecord,
+    parse_record,
+)
 from ._status import ErasureCheck, Reconciliation, RepairRecord
 
-__all__ = ["CompletionDraft", "Reconciler", "policy_text", "receipt_row"]
+__all__ = ["CompletionDraft", "Reconciler", "ReportApplier", "policy_text", "receipt_row"]
+
+ReportApplier = Callable[[JournalTxn, RetentionReportRecord], None]
+"""Does to the key store what a retention report says, in a journal transaction (the replay of
+its entry): made by the retention enforcer, which holds the keys it needs (held keys are
+derived from the subject keys and the period secrets, and wrapped under the active epoch)."""
 
 _BATCH: Final = 500  # entries replayed per key-store transaction; store rows read per page
 _REPAIRED: Final = 499  # receipts after one repair entry (one sink write of 500)
@@ -128,6 +140,7 @@ class Reconciler:
         self._public = public_key
         self._seal = seal
         self._now = now
+        self.report_applier: ReportApplier | None = None  # set by the vault (its enforcer)
 
     # -- ledger first: appending with the outbox ---------------------------------------------------
 
@@ -272,6 +285,8 @@ class Reconciler:
                     dropped += queued.get(record.receipt_id, [])
                 elif isinstance(record, CompletionRecord):
                     completions.append((record.receipt_id, entry.seq))
+                elif isinstance(record, RetentionReportRecord):
+                    self._apply_report(txn, record, entry.seq)
                 else:
                     apply_hold_record(txn, record, entry.seq) or apply_policy_record(
                         txn, record, entry.seq
@@ -287,12 +302,20 @@ class Reconciler:
 
         return self._store.journal_transaction(run, create=True)
 
+    def _apply_report(self, txn: JournalTxn, record: RetentionReportRecord, seq: int) -> None:
+        if self.report_applier is None:
+            raise ConfigurationError(
+                f"the ledger's entry at seq {seq} is a retention report, and this reconciler "
+                "has no retention enforcer to replay it (open a Vault to replay the ledger)"
+            )
+        self.report_applier(txn, record)
+
     def reapply(self, journal: Journal) -> Reconciliation:
         """Shred again, with the ledger's receipt, every subject a ledger receipt names that the
         store does not hold as shredded although it applied the entry (its rows were put back
-        piecemeal: an insider, or a restore of single rows); and apply again every hold,
+        piecemeal: an insider, or a restore of single rows); apply again every hold,
         release and override entry when the store lacks a hold or holds a released one as
-        active."""
+        active; and apply again every retention report whose periods the store holds as live."""
         index = index_ledger(journal, self._id, self._public)
         by_ref: dict[bytes, str] = {}
         for rid, (_, ref_hex) in index.receipts.items():
@@ -308,7 +331,9 @@ class Reconciler:
             chunk = refs[i : i + _BATCH]
             found = self._store.subject_keys(chunk)
             live += [r for r in chunk if r not in found or found[r][0].state != State.SHREDDED]
-        if not live and not self._holds_lost(holds) and policy is None:
+        applied = self._store.ledger_applied()
+        expired = live_expired(self._store, index.reports, -1 if applied is None else applied)
+        if not live and not expired and not self._holds_lost(holds) and policy is None:
             return Reconciliation()
         wanted = {by_ref[r] for r in live}
         receipts = (
@@ -338,6 +363,10 @@ class Reconciler:
                 record = policy.parsed()
                 if record is not None:
                     apply_policy_record(txn, record, policy.seq)
+            for entry, _ in expired:  # retention reports: idempotent
+                report = entry.parsed()
+                if isinstance(report, RetentionReportRecord):
+                    self._apply_report(txn, report, entry.seq)
             return Reconciliation(shredded=shredded)
 
         return self._store.journal_transaction(run, create=True)

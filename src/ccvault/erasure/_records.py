@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .._secret import SecretKey
 from ..audit._receipt import RECEIPT_FORMAT, ErasureReceipt
@@ -29,12 +30,14 @@ __all__ = [
     "COMPLETION_FORMAT",
     "ENTRY_FORMAT",
     "GENESIS_FORMAT",
+    "RETENTION_REPORT_FORMAT",
     "SIG_DOMAIN",
     "ZERO_HASH",
     "CompletionRecord",
     "GenesisRecord",
     "JournalEntry",
     "Record",
+    "RetentionReportRecord",
     "SignedRecord",
     "canonical_json",
     "parse_record",
@@ -47,10 +50,13 @@ SIG_DOMAIN: Final = b"ccvault/sig/v1"
 GENESIS_FORMAT: Final = "ccvault-journal-genesis/v1"
 COMPLETION_FORMAT: Final = "ccvault-erasure-completion/v1"
 ENTRY_FORMAT: Final = "ccvault-journal-entry/v1"
+RETENTION_REPORT_FORMAT: Final = "ccvault-retention-report/v1"
 ZERO_HASH: Final = "0" * 64
 """The ``prev_hash`` of the genesis entry (seq 0)."""
 
+_HEX32 = r"^[0-9a-f]{32}$"
 _HEX64 = r"^[0-9a-f]{64}$"
+_LABEL_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 def canonical_json(data: object) -> bytes:
@@ -243,3 +249,61 @@ def parse_record(kind: str, data: Mapping[str, Any]) -> Record | None:
 def receipt_sha256(receipt: ErasureReceipt) -> str:
     """Hex SHA-256 of the receipt's signed bytes (what a completion record names)."""
     return hashlib.sha256(receipt.signed_bytes()).hexdigest()
+
+
+HexRef = Annotated[str, Field(pattern=_HEX64)]
+
+
+@register_record_type
+class RetentionReportRecord(SignedRecord):
+    """One transaction of a retention enforcement (DESIGN.md, lifecycle rules 3, 7 and 8;
+    docs/retention.md, "Enforcement"): the period secrets it destroyed, by category and label,
+    after preserving the keys of the subjects then held (held keys, one per held subject's live
+    key version and period), and the held keys of subjects no longer held that it destroyed.
+    Appended ledger first, in the transaction that destroys them; replayed into a key store
+    restored from a backup (held keys made again while the period secret is still there, then
+    the periods tombstoned). Subjects are named by their refs only, never in clear.
+
+    ``clock`` is the vault clock's reading that decided what was due; ``policy_digest`` the
+    digest of the retention policy it applied (docs/format.md, "7. Retention periods");
+    ``erasure_horizon`` the date after which no key-store backup holds the destroyed secrets,
+    as on receipts (None without per-epoch KMS roots)."""
+
+    FORMAT: ClassVar[str] = RETENTION_REPORT_FORMAT
+
+    format: Literal["ccvault-retention-report/v1"] = RETENTION_REPORT_FORMAT
+    installation_id: str = Field(min_length=1, max_length=64)
+    run_id: str = Field(pattern=_HEX32, description="one id for every entry of one run")
+    policy_digest: str = Field(pattern=_HEX64)
+    clock: UtcDatetime = Field(description="the vault clock's reading the run decided by")
+    periods: dict[str, tuple[str, ...]] = Field(
+        description="category -> labels of the periods destroyed (<category>/<start date>)"
+    )
+    held_refs: tuple[HexRef, ...] = Field(
+        description="hex refs of the held subjects whose keys were preserved"
+    )
+    held_count: int = Field(ge=0, description="how many subjects: len(held_refs)")
+    held_keys: int = Field(ge=0, description="held keys made (subject key versions x periods)")
+    released_refs: tuple[HexRef, ...] = Field(
+        description="hex refs of subjects no longer held whose held keys were destroyed"
+    )
+    released_keys: int = Field(ge=0, description="held keys destroyed")
+    propagation_bound_seconds: float = Field(ge=0, allow_inf_nan=False)
+    erasure_horizon: UtcDatetime | None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetentionReportRecord:
+        for category, labels in self.periods.items():
+            if not labels:
+                raise ValueError("a category of the report lists no period")
+            for label in labels:
+                name, _, day = label.rpartition("/")
+                if name != category or not _LABEL_DATE.match(day):
+                    raise ValueError("a period label is not <category>/<YYYY-MM-DD>")
+        if self.held_count != len(self.held_refs):
+            raise ValueError("held_count is not the number of held_refs")
+        return self
+
+    def labels(self) -> list[str]:
+        """Every period label the report lists."""
+        return sorted(label for labels in self.periods.values() for label in labels)

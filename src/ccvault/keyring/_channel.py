@@ -19,7 +19,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
 
 from ..errors import KeyStoreError
 from ..keystore._protocol import KeyStore, Listening
@@ -100,6 +100,7 @@ class Invalidations:
         evict_refs: Callable[[set[bytes]], None],
         evict_all: Callable[[], None],
         evict_periods: Callable[[set[bytes] | None], None] | None = None,
+        evict_derived: Callable[[set[bytes]], None] | None = None,
     ) -> None:
         self._store = store
         self._installation = installation
@@ -110,6 +111,7 @@ class Invalidations:
         self._evict_refs = evict_refs
         self._evict_all = evict_all
         self._evict_periods = evict_periods
+        self._evict_derived = evict_derived
         self._next = _NEVER  # the first use polls: it records where the channel stands
         self._seen: Invalidation | None = None
         self._started = False
@@ -224,13 +226,21 @@ class Invalidations:
             if shreds:
                 self._evict_refs({row.ref for row in shreds if row.ref is not None})
             if expiries:
-                # a period destroyed (or a held key of it): its keys and outcomes, in every
-                # subject's cache; a row naming no period (``*``): every period's
-                periods = {row.period for row in expiries}
-                if self._evict_periods is None:
+                # a period destroyed: its keys and outcomes, in every subject's cache; a held
+                # subject released (its ref, no period): that subject's period keys; a row
+                # naming neither (``*``): every period's
+                periods = {row.period for row in expiries if row.period is not None}
+                refs = {row.ref for row in expiries if row.period is None and row.ref is not None}
+                every = any(row.period is None and row.ref is None for row in expiries)
+                if self._evict_periods is None or self._evict_derived is None:
                     self._evict_all()
+                elif every:
+                    self._evict_periods(None)
                 else:
-                    self._evict_periods(None if None in periods else cast(set[bytes], periods))
+                    if periods:
+                        self._evict_periods(periods)
+                    if refs:
+                        self._evict_derived(refs)
         self._seen = new[-1]
 
     def _restored(self, seen: Invalidation, latest: Invalidation | None) -> None:

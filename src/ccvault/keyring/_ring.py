@@ -218,6 +218,7 @@ class KeyRing:
             evict_refs=self.evict_subjects,
             evict_all=self.evict_all,
             evict_periods=self.evict_periods,
+            evict_derived=self.evict_derived,
         )
         self._check = self.invalidations.check
 
@@ -639,6 +640,16 @@ class KeyRing:
         for header in self._derived.pop(ref, ()):
             self._read_keys.pop(header)
             self._period_keys.pop((ref, header[_PERIOD_AT:]))
+
+    def evict_derived(self, refs: set[bytes]) -> None:
+        """Drop the suite-2 keys and outcomes cached for ``refs`` (their held keys were
+        destroyed: a hold released), without fencing them: no shred."""
+        with self._cache_lock:
+            for ref in refs:
+                self._evict_derived(ref)
+            self._read_keys.discard_where(
+                lambda header, key: len(header) == fmt.SUITE2_HEADER_BYTES and key.ref in refs
+            )
 
     def evict_periods(self, period_ids: set[bytes] | None) -> None:
         """Drop every cached key and outcome of the retention periods ``period_ids`` (None:

@@ -5,8 +5,10 @@ Key creation and shred both go through the subject head so that a creation racin
 leaves a live key; a shred also appends, in its transaction, a row to the invalidation channel
 that every process polls (DESIGN.md, lifecycle rule 5), and every transaction that applies the
 erasure journal (a shred with a ledger, a replay, a repair, an outbox flush, a legal hold or its
-release) runs under the lock of one row, ``ledger_applied_seq`` (rule 3: :class:`JournalTxn`),
-and a shred checks the subject's legal holds under it (a :data:`ShredGuard`). Each head carries
+release, a retention enforcement's batch) runs under the lock of one row,
+``ledger_applied_seq`` (rule 3: :class:`JournalTxn`); a shred checks the subject's legal holds
+under it (a :data:`ShredGuard`), and an enforcement preserves held subjects' keys and destroys
+period secrets under it (rules 7 and 8). Each head carries
 a MAC of its state that the vault computes (a :data:`HeadSealer` passed in) and verifies: the
 store holds no key and trusts no head.
 :class:`~ccvault.keystore.SqlKeyStore` implements it on SQLAlchemy Core.
@@ -122,9 +124,16 @@ class JournalTxn(Protocol):
         """The state of ``ref``'s subject head, locked (None: it has none)."""
         ...
 
-    def holds(self, refs: Sequence[bytes]) -> list[HoldRow]:
-        """The hold rows of ``refs`` not released (their ``until`` is the caller's to judge),
-        locked until the transaction ends: a release or another shred waits."""
+    def holds(self, refs: Sequence[bytes] | None) -> list[HoldRow]:
+        """The hold rows of ``refs`` (None: of every subject) not released (their ``until`` is
+        the caller's to judge), locked until the transaction ends: a release or another shred
+        waits."""
+        ...
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        """The refs of the subjects held at ``now``: with a hold not released whose ``until``
+        is NULL or later than ``now`` (read without row locks: a hold and a release change
+        them only under the ``ledger_applied_seq`` lock this transaction holds)."""
         ...
 
     def hold_rows(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
@@ -159,6 +168,49 @@ class JournalTxn(Protocol):
         """Mark holds released at ``at`` by ``by`` — by the shred of ``override_receipt`` when
         given — unless already released, with ``seq`` the seq of the entry (None: not in the
         ledger yet); a hold released with no seq yet takes ``seq`` (an outbox flushed)."""
+        ...
+
+    # -- retention (DESIGN.md, lifecycle rules 7 and 8): enforcement and its replay ------------
+
+    def period_rows(
+        self, *, key_ids: Sequence[bytes] = (), labels: Sequence[str] = ()
+    ) -> list[KeyRecord]:
+        """The period rows (kind ``period``) of ``key_ids`` (period ids) and of ``labels``, live
+        or tombstoned, locked until the transaction ends (taken after ``ledger_applied_seq``
+        and the hold rows): a second enforcer re-reads them here and finds them destroyed."""
+        ...
+
+    def live_subject_keys(self, refs: Sequence[bytes]) -> dict[bytes, list[KeyRecord]]:
+        """The live subject key rows of ``refs`` (every version), by ref."""
+        ...
+
+    def held_keys_by_ref(self) -> dict[bytes, int]:
+        """How many live held keys (kind ``held``) each subject ref has (refs without any are
+        absent)."""
+        ...
+
+    def add_held_keys(self, records: Sequence[KeyRecord]) -> None:
+        """Insert held keys (kind ``held``) absent by (key id, version); a present one is kept.
+        Raises :class:`EpochNotUsableError` (writing nothing) when a record's epoch is not
+        active or retired, checked in this transaction (the epoch rows stay locked, shared)."""
+        ...
+
+    def expire_periods(self, period_ids: Sequence[bytes], now: float) -> None:
+        """Tombstone the live period rows of ``period_ids``: material, commitment and epoch
+        NULL, state ``destroyed``; label and ref stay (the row is kept for ever)."""
+        ...
+
+    def destroy_held_keys(self, refs: Sequence[bytes], now: float) -> int:
+        """Tombstone every live held key of ``refs``; returns how many."""
+        ...
+
+    def publish_expiry(
+        self, period_ids: Sequence[bytes], refs: Sequence[bytes], now: float
+    ) -> None:
+        """Append ``expiry`` rows to the invalidation channel, last in the transaction (its
+        counter's lock is the last lock taken): one per period of ``period_ids`` (ref NULL,
+        period = the id) and one per subject ref of ``refs`` whose held keys were destroyed
+        (ref = the subject ref, period NULL: every period)."""
         ...
 
 
@@ -455,6 +507,35 @@ class KeyStore(Protocol):
         """The retention policy recorded in the store (DESIGN.md, lifecycle rule 8): the signed
         record's JSON and the seq of its ledger entry (None: in no ledger); None when none is
         recorded. Rows that do not add up read as an empty text (read without locking)."""
+        ...
+
+    def live_periods(self, category: str, through: str) -> list[KeyRecord]:
+        """The live period rows of ``category`` whose label is at most ``through`` (a label of
+        that category: ``<category>/<YYYY-MM-DD>``), read through the index on (kind, label,
+        version) without locking: the candidates of an enforcement (exact filtering is the
+        caller's: a database collation may return a few rows of other categories)."""
+        ...
+
+    def period_rows(self, *, labels: Sequence[str]) -> list[KeyRecord]:
+        """The period rows of ``labels``, live or tombstoned (read without locking: the check
+        of the store against the ledger's retention reports)."""
+        ...
+
+    def period_labels_outside(self, categories: Sequence[str]) -> list[str]:
+        """The labels of the live period rows whose category is none of ``categories`` (read
+        without locking; informational: a case-insensitive collation may leave some out)."""
+        ...
+
+    def live_subject_keys(self, refs: Sequence[bytes]) -> dict[bytes, list[KeyRecord]]:
+        """:meth:`JournalTxn.live_subject_keys` read without locking (a dry run)."""
+        ...
+
+    def held_keys_by_ref(self) -> dict[bytes, int]:
+        """:meth:`JournalTxn.held_keys_by_ref` read without locking (a dry run)."""
+        ...
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        """:meth:`JournalTxn.active_hold_refs` read without locking (a dry run)."""
         ...
 
     def queue_erasure(self, row: QueuedErasure) -> None:

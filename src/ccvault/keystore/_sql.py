@@ -15,7 +15,8 @@ Races are settled by the database:
 one concern and a class the next builds on: ``_sql_base`` (engine, connections, transactions,
 retries) <- ``_sql_epochs`` (epochs, rotation's rows) <- ``_sql_keys`` (key rows) and
 ``_sql_channel`` (the invalidation channel) <- ``_sql_subjects`` (heads, fences, the shred's
-body) <- ``_sql_erasure`` (shreds with the journal, the journal's tables). This module owns the
+body) <- ``_sql_erasure`` (shreds with the journal, the journal's tables) <- ``_sql_periods``
+(retention: period rows, held keys, expiries). This module owns the
 installation record, the meta rows and the schema: creation, ``upgrade-store``'s upgrade and the
 schema version. Must not add statements of the parts here: a new concern gets its own module.
 """
@@ -34,7 +35,7 @@ from .._repr import safe_repr
 from ..errors import ConfigurationError, KeyStoreError
 from ._schema import SCHEMA_VERSION
 from ._sql_base import describe_driver_error, is_transient_error, mask_url, open_engine, safe_url
-from ._sql_erasure import SqlErasure
+from ._sql_periods import SqlPeriods
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class SqlKeyStore(SqlErasure):
+class SqlKeyStore(SqlPeriods):
     """Key store tables in any database SQLAlchemy reaches (an engine or a URL)."""
 
     def __init__(

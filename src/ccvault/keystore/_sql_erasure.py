@@ -34,6 +34,7 @@ from ._sql_journal import (
     erasure_rows,
     journal_step,
     queue_erasures,
+    read_active_hold_refs,
     read_applied,
     read_holds,
     read_outbox,
@@ -160,6 +161,10 @@ class SqlErasure(SqlSubjects):
     def recorded_policy(self) -> tuple[str, int | None] | None:
         with self._read() as conn:
             return read_policy(conn, self._jt)
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        with self._read() as conn:
+            return read_active_hold_refs(conn, self._jt, now)
 
     def queue_erasure(self, row: QueuedErasure) -> None:
         self._write(functools.partial(queue_erasures, t=self._jt, rows=[row]))

@@ -5,10 +5,12 @@ not talk to the ledger nor judge records: the erasure package does, inside the t
 this opens.
 
 Lock order: ``ledger_applied_seq`` first, then hold rows or the recorded retention policy's
-header row, then subject heads, then the invalidation channel's counter row (a shred, a hold, a
-release, a policy's recording and a replay take them in that order; where the
-``ledger_applied_seq`` row exists, every one of them holds it first, so they never deadlock each
-other).
+header row, then subject heads or period rows, then epoch rows (shared, by key inserts), then the
+invalidation channel's counter row (a shred, a hold, a release, a policy's recording, a
+retention enforcement and a replay take them in that order; where the ``ledger_applied_seq``
+row exists, every one of them holds it first, so they never deadlock each other). The period
+and held-key rows of a retention enforcement are written by the key store's retention part
+(``_sql_periods``), which this transaction calls through :class:`PeriodRows`.
 """
 
 from __future__ import annotations
@@ -16,23 +18,26 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..errors import KeyStoreError
 from ._protocol import HeadSealer, ReceiptFactory, ShredJournal
-from ._records import ErasureRow, HoldRow, OutboxEntry, QueuedErasure, State
+from ._records import ErasureRow, HoldRow, KeyRecord, OutboxEntry, QueuedErasure, State
 from ._schema import LEDGER_APPLIED, RETENTION_POLICY
 
 __all__ = [
     "JournalTables",
+    "PeriodRows",
     "ShredIn",
     "SqlJournalTxn",
     "erasure_row",
     "erasure_rows",
     "journal_step",
     "queue_erasures",
+    "read_active_hold_refs",
     "read_applied",
     "read_holds",
     "read_outbox",
@@ -52,6 +57,32 @@ ShredIn = Callable[
 invalidation row is written (the shred's journal step)."""
 
 
+class PeriodRows(Protocol):
+    """The key store's statements on period and held-key rows in a given connection's
+    transaction (implemented by ``_sql_periods``); see the retention methods of
+    :class:`~ccvault.keystore.JournalTxn`."""
+
+    def period_rows(
+        self, conn: Connection, key_ids: Sequence[bytes], labels: Sequence[str], *, lock: bool
+    ) -> list[KeyRecord]: ...
+
+    def live_subject_keys(
+        self, conn: Connection, refs: Sequence[bytes]
+    ) -> dict[bytes, list[KeyRecord]]: ...
+
+    def held_keys_by_ref(self, conn: Connection) -> dict[bytes, int]: ...
+
+    def add_held_keys(self, conn: Connection, records: Sequence[KeyRecord]) -> None: ...
+
+    def expire_periods(self, conn: Connection, period_ids: Sequence[bytes], now: float) -> None: ...
+
+    def destroy_held_keys(self, conn: Connection, refs: Sequence[bytes], now: float) -> int: ...
+
+    def publish_expiry(
+        self, conn: Connection, period_ids: Sequence[bytes], refs: Sequence[bytes], now: float
+    ) -> None: ...
+
+
 @dataclass(frozen=True)
 class JournalTables:
     meta: sa.Table
@@ -63,6 +94,7 @@ class JournalTables:
     insert_ignore: Callable[[Connection, sa.Table, dict[str, Any]], bool]
     insert_ignore_many: Callable[[Connection, sa.Table, list[dict[str, Any]]], None]
     shred_in: ShredIn
+    periods: PeriodRows | None = None  # the retention part's statements (SqlKeyStore has them)
 
 
 def _applied_value(value: object) -> int | None:
@@ -279,6 +311,20 @@ def read_holds(
     )
 
 
+def read_active_hold_refs(conn: Connection, t: JournalTables, now: float) -> set[bytes]:
+    """The refs with a hold not released whose ``held_until`` is NULL or after ``now``."""
+    ho = t.holds
+    query = (
+        sa.select(ho.c.ref)
+        .where(
+            ho.c.released_at.is_(None),
+            sa.or_(ho.c.held_until.is_(None), ho.c.held_until > now),
+        )
+        .distinct()
+    )
+    return {bytes(ref) for ref in conn.execute(query).scalars()}
+
+
 def write_holds(conn: Connection, t: JournalTables, rows: Sequence[HoldRow]) -> None:
     """Insert the hold rows absent; set ``ledger_seq`` where given on those present."""
     if not rows:
@@ -473,8 +519,11 @@ class SqlJournalTxn:
             sa.select(h.c.state).where(h.c.ref == ref).with_for_update()
         ).scalar()
 
-    def holds(self, refs: Sequence[bytes]) -> list[HoldRow]:
+    def holds(self, refs: Sequence[bytes] | None) -> list[HoldRow]:
         return read_holds(self._conn, self._t, refs=refs, unreleased=True, lock=True)
+
+    def active_hold_refs(self, now: float) -> set[bytes]:
+        return read_active_hold_refs(self._conn, self._t, now)
 
     def hold_rows(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
         rows = read_holds(self._conn, self._t, hold_ids=hold_ids, lock=True)
@@ -508,6 +557,39 @@ class SqlJournalTxn:
             seq=seq,
             override_receipt=override_receipt,
         )
+
+    # -- retention: the statements are the retention part's (PeriodRows) -----------------------
+
+    def _periods(self) -> PeriodRows:
+        rows = self._t.periods
+        if rows is None:
+            raise KeyStoreError("this key store has no retention part: it cannot enforce retention")
+        return rows
+
+    def period_rows(
+        self, *, key_ids: Sequence[bytes] = (), labels: Sequence[str] = ()
+    ) -> list[KeyRecord]:
+        return self._periods().period_rows(self._conn, key_ids, labels, lock=True)
+
+    def live_subject_keys(self, refs: Sequence[bytes]) -> dict[bytes, list[KeyRecord]]:
+        return self._periods().live_subject_keys(self._conn, refs)
+
+    def held_keys_by_ref(self) -> dict[bytes, int]:
+        return self._periods().held_keys_by_ref(self._conn)
+
+    def add_held_keys(self, records: Sequence[KeyRecord]) -> None:
+        self._periods().add_held_keys(self._conn, records)
+
+    def expire_periods(self, period_ids: Sequence[bytes], now: float) -> None:
+        self._periods().expire_periods(self._conn, period_ids, now)
+
+    def destroy_held_keys(self, refs: Sequence[bytes], now: float) -> int:
+        return self._periods().destroy_held_keys(self._conn, refs, now)
+
+    def publish_expiry(
+        self, period_ids: Sequence[bytes], refs: Sequence[bytes], now: float
+    ) -> None:
+        self._periods().publish_expiry(self._conn, period_ids, refs, now)
 
 
 def journal_step(txn: SqlJournalTxn, journal: ShredJournal) -> Callable[[str], None]:
