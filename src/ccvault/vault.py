@@ -57,6 +57,7 @@ from .erasure import (
     ErasureQueue,
     ErasureStatus,
     Hold,
+    HoldId,
     Holds,
     LedgerLink,
     LedgerSink,
@@ -889,8 +890,10 @@ class Vault:
 
     # -- legal holds -----------------------------------------------------------------------------
 
-    def hold(self, subject: object, *, case: str, by: str, until: datetime | None = None) -> str:
-        """Place a legal hold on ``subject`` and return its id (32 hex digits): from then on
+    def hold(self, subject: object, *, case: str, by: str, until: datetime | None = None) -> HoldId:
+        """Place a legal hold on ``subject`` and return its id (32 hex digits, a
+        :class:`~ccvault.erasure.HoldId`: a str whose ``expired`` names, per retention
+        category, the latest period already expired — holds are not retroactive): from then on
         :meth:`shred` of the subject raises :class:`SubjectHeldError` unless
         ``override_hold=True``, until the hold is released (:meth:`release`) or ``until`` (an
         aware datetime after now) passes. A subject may have several holds; it is held while

@@ -28,7 +28,8 @@ def _until(text: str | None) -> datetime | None:
 
 
 def run_hold(subject: str, *, case: str, by: str, until: str | None) -> int:
-    """Place a hold; print ``{"hold_id": …, "subject_ref": …}``. Exit status 0; 1 on an error
+    """Place a hold; print ``{"hold_id": …, "subject_ref": …, "expired": [labels]}`` (per
+    retention category, the latest period expired before the hold: not brought back). Exit status 0; 1 on an error
     (the subject is shredded, no ledger is configured, a bad ``--case``, ``--by`` or
     ``--until``...), nothing placed."""
     try:
@@ -47,7 +48,8 @@ def run_hold(subject: str, *, case: str, by: str, until: str | None) -> int:
             ref = vault.subject_ref(subject).hex()
     except CcvaultError as exc:
         return report_failure(exc, "hold")
-    print(json.dumps({"hold_id": hold_id, "subject_ref": ref}, indent=2))
+    shown = {"hold_id": str(hold_id), "subject_ref": ref, "expired": list(hold_id.expired)}
+    print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -25,7 +25,7 @@ from ._chain import LedgerProblem, LedgerReport
 from ._complete import Completer
 from ._enforce import Enforcer, PolicyAt, RetentionReport
 from ._hold_records import Hold, HoldOverrideRecord, HoldRecord, HoldReleaseRecord
-from ._holds import Holds
+from ._holds import HoldId, Holds
 from ._journal import Journal, read_entry, verify_ledger
 from ._ledger import LedgerSink, StoredEntry, TornWrite, ledger_from_url
 from ._ledger_file import JsonlLedger
@@ -74,6 +74,7 @@ __all__ = [
     "ErasureStatus",
     "GenesisRecord",
     "Hold",
+    "HoldId",
     "HoldOverrideRecord",
     "HoldRecord",
     "HoldReleaseRecord",

@@ -35,7 +35,7 @@ from ._hold_records import (
 from ._journal import Journal
 from ._link import LedgerLink
 
-__all__ = ["HeldGuard", "Holds"]
+__all__ = ["HeldGuard", "HoldId", "Holds"]
 
 _HOLD_ID_LEN: Final = 32
 
@@ -57,6 +57,24 @@ def _check_hold_id(hold_id: object) -> str:
     if len(hold_id) != _HOLD_ID_LEN or any(c not in "0123456789abcdef" for c in hold_id):
         raise ValueError("a hold id is 32 lowercase hex digits, as hold() returned it")
     return hold_id
+
+
+class HoldId(str):
+    """What :meth:`Vault.hold` returns: the hold's id (a str of 32 hex digits, what
+    :meth:`Vault.release` takes), with ``expired``: per retention category, the label of its
+    latest period already expired when the hold was placed (``"transcripts/2026-02-01"``).
+    Holds are not retroactive: the subject's values of that period and the ones before it are
+    gone; periods that expire while the hold is active keep the subject's keys."""
+
+    expired: tuple[str, ...]
+
+    def __new__(cls, hold_id: str, expired: tuple[str, ...] = ()) -> HoldId:
+        self = super().__new__(cls, hold_id)
+        self.expired = expired
+        return self
+
+    def __reduce__(self) -> tuple[type[HoldId], tuple[str, tuple[str, ...]]]:
+        return HoldId, (str(self), self.expired)
 
 
 @dataclass
@@ -123,7 +141,7 @@ class Holds:
 
     def hold(
         self, subject: object, *, case: object, by: object, until: datetime | None = None
-    ) -> str:
+    ) -> HoldId:
         """Place a hold on ``subject``; returns its id. See :meth:`Vault.hold`."""
         self._options.writable("hold")
         case_text, actor = check_text(case, "case"), check_text(by, "by")
@@ -140,9 +158,12 @@ class Holds:
             until=held_until,
         )
 
-        def step(txn: JournalTxn, journal: Journal) -> str:
+        def step(txn: JournalTxn, journal: Journal) -> HoldId:
+            # Under the ledger lock (which every enforcement takes first): the periods expired
+            # before this hold, which it cannot bring back.
+            expired = tuple(txn.last_expired().values())
             if txn.hold_rows([record.hold_id]):  # a retry: the entry went in and was replayed
-                return record.hold_id
+                return HoldId(record.hold_id, expired)
             # Under the ledger lock a shred of this subject has committed, or waits for us.
             if txn.head_state(ref) == State.SHREDDED:
                 raise SubjectShreddedError(
@@ -150,7 +171,7 @@ class Holds:
                     "was placed)"
                 )
             self._link.append(txn, journal, [record])
-            return record.hold_id
+            return HoldId(record.hold_id, expired)
 
         return self._link.journal_entries("hold", step)
 

@@ -180,6 +180,11 @@ class JournalTxn(Protocol):
         and the hold rows): a second enforcer re-reads them here and finds them destroyed."""
         ...
 
+    def last_expired(self) -> dict[str, str]:
+        """Per category, the label of its latest tombstoned (expired) period (every period of
+        the category up to it expired too: expiry never decreases), read in this transaction."""
+        ...
+
     def live_subject_keys(self, refs: Sequence[bytes]) -> dict[bytes, list[KeyRecord]]:
         """The live subject key rows of ``refs`` (every version), by ref."""
         ...

@@ -72,6 +72,8 @@ class PeriodRows(Protocol):
 
     def held_keys_by_ref(self, conn: Connection) -> dict[bytes, int]: ...
 
+    def last_expired(self, conn: Connection) -> dict[str, str]: ...
+
     def add_held_keys(self, conn: Connection, records: Sequence[KeyRecord]) -> None: ...
 
     def expire_periods(self, conn: Connection, period_ids: Sequence[bytes], now: float) -> None: ...
@@ -576,6 +578,9 @@ class SqlJournalTxn:
 
     def held_keys_by_ref(self) -> dict[bytes, int]:
         return self._periods().held_keys_by_ref(self._conn)
+
+    def last_expired(self) -> dict[str, str]:
+        return self._periods().last_expired(self._conn)
 
     def add_held_keys(self, records: Sequence[KeyRecord]) -> None:
         self._periods().add_held_keys(self._conn, records)

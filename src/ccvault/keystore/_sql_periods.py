@@ -110,6 +110,18 @@ class PeriodSql:
                 out.setdefault(rec.ref, []).append(rec)
         return out
 
+    def last_expired(self, conn: Connection) -> dict[str, str]:
+        k = self.keys
+        out: dict[str, str] = {}
+        rows = conn.execute(
+            sa.select(k.c.label).where(k.c.kind == KeyKind.PERIOD, k.c.state == State.DESTROYED)
+        ).scalars()
+        for label in rows:
+            category, _, day = (label or "").rpartition("/")
+            if category and day > out.get(category, ""):
+                out[category] = day
+        return {c: f"{c}/{day}" for c, day in sorted(out.items())}
+
     def held_keys_by_ref(self, conn: Connection) -> dict[bytes, int]:
         k = self.keys
         rows = conn.execute(
