@@ -13,7 +13,9 @@ script overwrites them and is only right when adding new vectors, never to "fix"
     PYTHONPATH=/tmp/ccvault-v2/src python tests/vectors/make_vectors.py store2
 
 ``store3`` (tests/vectors/store_v3) by ccvault at commit 0fbfd34, of schema 3, the same way;
-``store4`` (tests/vectors/store_v4) by ccvault at commit 1fca118, of schema 4, the same way.
+``store4`` (tests/vectors/store_v4) by ccvault at commit 1fca118, of schema 4, the same way;
+``store5`` (tests/vectors/store_v5, with retention: periods, a tombstone, a held key, a
+recorded policy, a JSONL ledger) by this script's ``store5`` at the commit that added it.
 """
 
 from __future__ import annotations
@@ -705,6 +707,84 @@ def retention() -> None:
     )
 
 
+def store5(name: str = "store_v5") -> None:
+    """A whole installation with retention (schema 5): a recorded policy, suite-2 values in
+    periods live, expired, and expired but held (a held key), a shredded customer's suite-2
+    value, suite-1 values beside them, an enforcement's report in its JSONL ledger. Made by a
+    FrozenClock so the periods are fixed; each value's expected outcome is in values.json."""
+    from datetime import datetime, timezone
+
+    from ccvault import NO_SUBJECT, Vault
+    from ccvault.kms import LocalKms
+    from ccvault.retention import load_policy
+    from ccvault.testing import FrozenClock
+
+    target = HERE / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    (target / "policy.toml").write_text(
+        "[categories.transcripts]\n"
+        'keep_for = "P90D"\ngranularity = "month"\ntz = "Europe/Paris"\n\n'
+        "[categories.chats]\n"
+        'keep_for = "P30D"\ngranularity = "day"\n'
+    )
+    policy = load_policy(target / "policy.toml")
+    kms = LocalKms.generate(target / "master.key")
+    t0 = datetime(2025, 1, 15, 10, 0, tzinfo=timezone.utc)
+    clock = FrozenClock(t0.timestamp())
+    ledger = f"file://{target / 'ledger.jsonl'}"
+    vault = Vault(
+        kms,
+        f"sqlite:///{target / 'keys.db'}",
+        subject_type="uuid",
+        clock=clock,
+        ledger=ledger,
+        create=True,
+        retention_policy=policy,
+        listen_url="off",
+    )
+    vault.set_retention_policy(policy, by="ops@example.com")
+    alice, bob, carol, dave = (uuid.UUID(int=n) for n in (0xA11CE, 0xB0B, 0xCA201, 0xDA7E))
+    rows: list[dict[str, Any]] = []
+
+    def put(subject: Any, context: str, text: str, outcome: str, **kw: Any) -> None:
+        blob = vault.encrypt(subject, text.encode(), context=context, **kw)
+        rows.append(
+            {
+                "subject": None if subject is NO_SUBJECT else str(subject),
+                "context": context,
+                "plaintext": text,
+                "outcome": outcome,
+                "ciphertext": blob.hex(),
+            }
+        )
+
+    # January 2025 transcripts: expire at 1 May 2025 (Paris); bob is held, carol shredded
+    put(alice, "calls.transcript", "alice in January", "EXPIRED", retention="transcripts")
+    put(bob, "calls.transcript", "bob in January", "plaintext", retention="transcripts")
+    put(carol, "calls.transcript", "carol in January", "SHREDDED", retention="transcripts")
+    put(alice, "customers.phone", "+1 555 0100", "plaintext")
+    put(NO_SUBJECT, "ivr.prompts", "welcome", "plaintext")
+    hold_id = vault.hold(bob, case="LIT-2025-7", by="legal@example.com")
+    vault.shred(carol)
+    clock.advance((datetime(2025, 5, 2, tzinfo=timezone.utc) - t0).total_seconds())
+    # May 2025: a live period, and a chat of 2 May (expires 2 June)
+    put(alice, "calls.transcript", "alice in May", "plaintext", retention="transcripts")
+    put(dave, "chats.body", "dave on 2 May", "plaintext", retention="chats")
+    report = vault.enforce_retention()
+    assert report.destroyed == {"transcripts": ("transcripts/2025-01-01",)}, report
+    vault.rotate_epoch()
+    vault.close()
+    doc = {
+        "clock": clock(),
+        "held": [str(bob)],
+        "hold_id": str(hold_id),
+        "shredded": [str(carol)],
+        "values": rows,
+    }
+    (target / "values.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     for what in sys.argv[1:]:
         {
@@ -714,6 +794,7 @@ if __name__ == "__main__":
             "store2": lambda: store("store_v2"),
             "store3": lambda: store("store_v3"),
             "store4": lambda: store("store_v4"),
+            "store5": store5,
             "heads": heads,
             "journal": journal,
             "periods": periods,
