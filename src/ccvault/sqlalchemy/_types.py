@@ -322,8 +322,8 @@ class Encrypted(TypeDecorator[Any]):
 SEARCHABLE_RETENTION = (
     "searchable= cannot be combined with retention=: a blind index is a keyed hash of the value "
     "under a key of the column, not of the period, so it would outlive the value's expiry and "
-    "still tell which rows held a given phone number or e-mail (docs/retention.md, 'Values and "
-    "columns')"
+    "still tell which rows held a given phone number or e-mail "
+    "(docs/retention.md, 'Values and columns')"
 )
 
 
