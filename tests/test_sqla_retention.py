@@ -1054,3 +1054,60 @@ def test_an_upsert_that_sets_retention_from_is_refused(rapp: sa.Engine, models: 
         stmt = stmt.on_duplicate_key_update(started_at=LATER_NY)
     with rapp.begin() as conn, pytest.raises(StatementRefused, match="upsert"):
         conn.execute(stmt)
+
+
+def test_a_client_side_default_of_retention_from_is_the_event_time(
+    kms: LocalKms, db_url: str, clock: FrozenClock, rvault: Vault
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Ticket(Base):
+        __tablename__ = "r_tickets"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+        customer_id: Mapped[uuid.UUID] = mapped_column()
+        opened_at: Mapped[dt.datetime] = mapped_column(
+            sa.DateTime(), default=lambda: dt.datetime(2026, 3, 4, 23, 30)
+        )
+        body: Mapped[str | None] = mapped_column(
+            Encrypted(
+                sa.Text,
+                subject="customer_id",
+                retention="chats",
+                retention_from="opened_at",
+                retention_tz="UTC",
+            ),
+            nullable=True,
+        )
+
+    engine = sa.create_engine(app_url(db_url))
+    try:
+        Base.metadata.create_all(engine)
+        rvault.attach(engine)
+        T = Ticket.__table__
+        customer = uuid.uuid4()
+        with engine.begin() as conn:  # executemany: rows with and without a body
+            conn.execute(
+                sa.insert(T),
+                [
+                    {"customer_id": customer, "body": "one"},
+                    {"customer_id": customer, "body": None},
+                    {"customer_id": customer, "body": "three"},
+                ],
+            )
+        with Session(engine) as s:
+            s.add(Ticket(customer_id=customer, body="orm"))
+            s.commit()
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(T.c.opened_at, sa.type_coerce(T.c.body, sa.LargeBinary()))
+            ).all()
+        assert len(rows) == 4
+        for opened_at, body in rows:
+            assert opened_at == dt.datetime(2026, 3, 4, 23, 30)
+            if body is not None:  # 23:30 UTC is 00:30 on 5 March in Paris
+                assert period_label(db_url, body) == "chats/2026-03-05"
+    finally:
+        rvault.detach(engine)
+        engine.dispose()
+        encrypted_tables.discard(Ticket.__table__)  # type: ignore[arg-type]

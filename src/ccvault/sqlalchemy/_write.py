@@ -242,6 +242,11 @@ def _insert(
                     d if plan.subject.key in d else {**d, plan.subject.key: plan.default()}
                     for d in multiparams
                 ]
+            retention = plan.retention
+            if retention is not None and retention.column is not None and retention.default:
+                # event times from the column default: every row gets one (one set of keys)
+                key, make = retention.column.key, retention.default
+                multiparams = [d if key in d else {**d, key: make()} for d in multiparams]
             try:
                 keys = ring.keys_for_write(
                     s for d in multiparams if (s := d.get(plan.subject.key)) is not None
