@@ -7,6 +7,12 @@ of plaintext. The caller's dicts are never mutated. A mapper ``before_update`` l
 the subject of each ORM-updated row (the ORM's UPDATE does not carry unchanged columns) and, when
 the subject itself changes, marks every encrypted attribute for re-encryption.
 
+Retention-bound columns (``Encrypted(..., retention=)``) are sealed under the period key of their
+row's event time: the value of its ``retention_from`` column in the statement (NULL or no such
+column: the vault clock's now), or for an UPDATE the value the mapper listener recorded or the
+WHERE clause names. The listener re-encrypts every retention-bound attribute when
+``retention_from`` changes; a Core UPDATE that cannot name it is refused.
+
 Statements that cannot be encrypted per row raise before anything is sent to the database.
 """
 
