@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 from .._sentinels import NO_SUBJECT, Sentinel, refusal
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError, ValueRejectedError
+from ..retention import period_of
 from ._codec import STR
 from ._limits import Rejected
 from ._plan import ColumnPlan, Retention, TablePlan, check_subject_type, plan_for
@@ -42,7 +43,7 @@ from ._types import IndexValue, Sealed, base_column
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing
-    from ..keyring._periods import Periods
+    from ..keyring._periods import Periods, PeriodSecret
 
 __all__ = ["before_execute", "before_update", "scoped_subject"]
 
@@ -205,6 +206,7 @@ def _insert(
     params: Any,
     periods: Periods | None = None,
 ) -> tuple[Any, Any, Any]:
+    found = _StatementPeriods(periods) if plan.retained else None
     if stmt._select_names:  # insert().from_select(...)
         raise StatementRefused(
             f"INSERT ... FROM SELECT into {plan.table.name!r} cannot encrypt row by row"
@@ -218,7 +220,7 @@ def _insert(
                     raise StatementRefused("multi-row VALUES with positional rows: use dicts")
                 rows.append(
                     _encrypt_row(
-                        ring, plan, _literal_row(plan, row), None, insert=True, periods=periods
+                        ring, plan, _literal_row(plan, row), None, insert=True, periods=found
                     )
                 )
         stmt = stmt._clone()
@@ -226,7 +228,7 @@ def _insert(
         stmt = stmt.values(rows)
     elif stmt._values:
         single = _encrypt_row(
-            ring, plan, _literal_row(plan, stmt._values), None, insert=True, periods=periods
+            ring, plan, _literal_row(plan, stmt._values), None, insert=True, periods=found
         )
         stmt = stmt.values(**single)
         # The subject (and retention_from) given in .values() is the subject of the execution
@@ -272,12 +274,12 @@ def _insert(
                 keys=keys,
                 nonces=nonces,
                 columns=columns,
-                periods=periods,
+                periods=found,
             )
             for d in multiparams
         ]
     elif params or not (stmt._values or stmt._multi_values):
-        params = _encrypt_row(ring, plan, params or {}, None, insert=True, periods=periods)
+        params = _encrypt_row(ring, plan, params or {}, None, insert=True, periods=found)
     return stmt, multiparams, params
 
 
@@ -356,6 +358,7 @@ def _update(
     if not touched and not subject_set:
         return stmt, multiparams, params
     retained_touched = any(plan.by_key[k].retention is not None for k in touched)
+    statement_periods = _StatementPeriods(periods) if retained_touched else None
     orm_rows = conn.info.get(_ORM_ROWS, {})
     pk_binds = [criterion.get(c) for c in plan.table.primary_key.columns]
 
@@ -416,7 +419,13 @@ def _update(
                 "`with vault.subject(x):`"
             )
         return _encrypt_row(
-            ring, plan, d, subject, insert=False, periods=periods, event=event_for(d, found)
+            ring,
+            plan,
+            d,
+            subject,
+            insert=False,
+            periods=statement_periods,
+            event=event_for(d, found),
         )
 
     if literal:
@@ -494,7 +503,7 @@ def _encrypt_row(
     keys: Mapping[object, Any] | None = None,
     nonces: NonceSource = fresh_nonce,
     columns: tuple[_Column, ...] | None = None,
-    periods: Periods | None = None,
+    periods: _StatementPeriods | None = None,
     event: object = _MISSING,
 ) -> dict[str, Any]:
     out = dict(row)
@@ -551,7 +560,9 @@ def _encrypt_row(
                 when = _event_time(plan, out, event, insert)
             vkey = period_keys.get(category)
             if vkey is None:
-                vkey = period_keys[category] = _period_key(ring, periods, col, target, when)
+                if periods is None:
+                    periods = _StatementPeriods(None)  # raises: no vault attached
+                vkey = period_keys[category] = periods.key(ring, col, target, when)
             nonce = nonces()
             out[name] = Sealed(
                 vkey.header
@@ -581,25 +592,62 @@ def _encrypt_row(
     raise AssertionError("unreachable: text UTF-8 cannot encode was encoded")
 
 
-def _period_key(
-    ring: KeyRing, periods: Periods | None, col: ColumnPlan, subject: object, when: Any
-) -> Any:
-    """The suite-2 key of ``subject``'s values of ``col``'s category in the period of ``when``
-    (None: the vault clock's now)."""
-    if periods is None:
-        raise ConfigurationError(
-            f"{col.label} is retention-bound: write it through an engine the vault is attached "
-            "to (vault.attach(engine))"
-        )
-    category = periods.category(col.retention)
-    try:
-        ring.subject_ref(subject)  # a wrong type before a period is created
-    except TypeError:
-        raise TypeError(
-            f"{col.label}: the row's subject is not of the installation's type"
-        ) from None
-    period = periods.for_write(category, when)
-    return ring.period_key_for_write(subject, period)
+class _StatementPeriods:
+    """The retention periods one statement met: :meth:`Periods.for_write` once a period (and
+    category), not once a row. An event time in the bounds of a period already found has that
+    period's outcome (its expiry and how far ahead it is are the period's); the write time
+    (None) is the statement's."""
+
+    __slots__ = ("found", "now", "periods")
+
+    def __init__(self, periods: Periods | None) -> None:
+        self.periods = periods
+        self.found: dict[str, list[tuple[dt.datetime, dt.datetime, PeriodSecret]]] = {}
+        self.now: dict[str, PeriodSecret] = {}
+
+    def key(self, ring: KeyRing, col: ColumnPlan, subject: object, when: Any) -> Any:
+        """The suite-2 key of ``subject``'s values of ``col``'s category in the period of
+        ``when`` (None: the vault clock's now)."""
+        name = col.retention
+        assert name is not None
+        secret = self.now.get(name) if when is None else None
+        if when is not None:
+            for start, end, candidate in self.found.get(name, ()):
+                if start <= when < end:
+                    secret = candidate
+                    break
+        if secret is None:
+            secret = self._resolve(ring, col, name, subject, when)
+        try:
+            return ring.period_key_for_write(subject, secret)
+        except TypeError:
+            raise TypeError(
+                f"{col.label}: the row's subject is not of the installation's type"
+            ) from None
+
+    def _resolve(
+        self, ring: KeyRing, col: ColumnPlan, name: str, subject: object, when: Any
+    ) -> PeriodSecret:
+        periods = self.periods
+        if periods is None:
+            raise ConfigurationError(
+                f"{col.label} is retention-bound: write it through an engine the vault is "
+                "attached to (vault.attach(engine))"
+            )
+        category = periods.category(name)
+        try:
+            ring.subject_ref(subject)  # a wrong type before a period is created
+        except TypeError:
+            raise TypeError(
+                f"{col.label}: the row's subject is not of the installation's type"
+            ) from None
+        secret = periods.for_write(category, when)
+        if when is None:
+            self.now[name] = secret
+        else:
+            period = period_of(category, when)
+            self.found.setdefault(name, []).append((period.start_utc, period.end_utc, secret))
+        return secret
 
 
 def _event_time(plan: TablePlan, row: Mapping[str, Any], event: object, insert: bool) -> Any:
