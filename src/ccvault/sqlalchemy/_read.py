@@ -58,6 +58,8 @@ _READ_AHEAD = 100
 _HEADER = fmt.SUITE1_HEADER_BYTES  # version, suite, key id, key version
 _HEADER2 = fmt.SUITE2_HEADER_BYTES  # ... and a retention period id (suite 2)
 _SUITE2 = bytes((fmt.SUITE_AES256GCM_PERIOD,))  # a value's second byte, sliced
+# In a batch's known keys, under the 22-byte prefix of a suite-2 header: look up the 38 bytes.
+_BY_PERIOD: Any = object()
 _STR_TAG = STR.tag
 # What a failed value raises inside the row loop (a wrong subject and an unknown key raise
 # DecryptionError; a shredded or expired value in strict mode SubjectShreddedError or
@@ -255,8 +257,14 @@ class Reader:
                             blob = bytes(blob)
                         header = blob[:_HEADER]
                         key: Any = known_get(header)
-                        if key is None and blob[1:2] == _SUITE2:
-                            # a retention period's value: by its 38-byte header (rule 7)
+                        if key is _BY_PERIOD:
+                            # a retention period's value (a key id met in a period before)
+                            header = blob[:_HEADER2]
+                            key = known_get(header)
+                        elif key is None and blob[1:2] == _SUITE2:
+                            # a retention period's value: by its 38-byte header (rule 7);
+                            # the key id's next values go there at once
+                            known[header] = _BY_PERIOD
                             header = blob[:_HEADER2]
                             key = known_get(header)
                         if key is None:
