@@ -263,8 +263,10 @@ class Reader:
                             key = known_get(header)
                         elif key is None and blob[1:2] == _SUITE2:
                             # a retention period's value: by its 38-byte header (rule 7);
-                            # the key id's next values go there at once
-                            known[header] = _BY_PERIOD
+                            # the key id's next values go there at once (a value no longer
+                            # than 22 bytes has no other header to go to)
+                            if len(blob) > _HEADER:
+                                known[header] = _BY_PERIOD
                             header = blob[:_HEADER2]
                             key = known_get(header)
                         if key is None:
