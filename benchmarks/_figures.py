@@ -312,6 +312,27 @@ EXTRA: tuple[Figure, ...] = (
     _f("orm_select_ms_sqlite", "ms", "orm", "ccvault ORM select (SQLite)"),
     _f("plaintext_lookup_us_sqlite", "µs", "orm", "baseline: plaintext lookup by phone (SQLite)"),
     _f("orm_lookup_us_sqlite", "µs", "orm", "ccvault blind-index lookup by phone (SQLite)"),
+    *(
+        _f(
+            f"orm_insert_retention_ratio_{db}",
+            "x",
+            "orm",
+            "ORM insert of all rows into 4 Encrypted(retention=) columns (suite 2, a period key "
+            f"a customer and month) vs the same columns without retention= ({label}); reported, "
+            "not gated",
+        )
+        for db, label in (("sqlite", "SQLite"), ("postgres", "PG"))
+    ),
+    *(
+        _f(
+            f"orm_insert_{kind}_ms_{db}",
+            "ms",
+            "orm",
+            f"ccvault ORM insert, 4 unsearchable columns{extra}, keys cached ({label})",
+        )
+        for db, label in (("sqlite", "SQLite"), ("postgres", "PG"))
+        for kind, extra in (("unsearchable", ""), ("retention", " with retention=calls"))
+    ),
     _f("plaintext_insert_ms_postgres", "ms", "orm", "baseline: plaintext ORM insert (PG)"),
     _f("orm_insert_ms_postgres", "ms", "orm", "ccvault ORM insert, keys cached (PG)"),
     _f("orm_first_write_ms_postgres", "ms", "orm", "ccvault ORM insert, new customers (PG)"),

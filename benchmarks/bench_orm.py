@@ -23,6 +23,13 @@ of the same repeat.
 these blind indexes must make for the same rows (see ``_Floor``) are timed too; the floor ratios
 are (plaintext + those calls) / plaintext, the least an encrypted ORM in this process could reach.
 
+*Retention* (reported, not gated): two more tables of the same four encrypted columns, none
+searchable (``searchable=`` does not combine with ``retention=``) and a plain ``started_at``:
+``unsearchable`` (suite 1) and ``retained`` (``retention="calls", retention_from="started_at"``,
+suite 2: each value sealed under its customer's key of the call's month). Each repeat inserts
+the same rows into both after ccvault's insert (keys existing and cached); their ratio is
+``orm_insert_retention_ratio_{db}``.
+
 After the repeats each table is grown to ``orm_lookup_population`` customers (100,000) and
 looked up by phone, one row at a time (*lookup*), in as many rounds as there were repeats.
 
@@ -32,6 +39,7 @@ server); if it cannot be reached its figures are null, with the error as the not
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import time
@@ -61,6 +69,7 @@ RATIOS = (
     ("peer_sqlalchemy_utils_insert_ratio_{db}", ("insert", "peer"), ("insert", "plain")),
     ("peer_sqlalchemy_utils_select_ratio_{db}", ("select", "peer"), ("select", "plain")),
     ("peer_sqlalchemy_utils_lookup_ratio_{db}", ("lookup", "peer"), ("lookup", "plain")),
+    ("orm_insert_retention_ratio_{db}", ("insert", "retained"), ("insert", "unsearchable")),
 )
 ABSOLUTE = (
     ("plaintext_insert_ms_{db}", "insert", "plain"),
@@ -72,7 +81,20 @@ ABSOLUTE = (
     ("orm_select_ms_{db}", "select", "ccvault"),
     ("peer_sqlalchemy_utils_insert_ms_{db}", "insert", "peer"),
     ("peer_sqlalchemy_utils_select_ms_{db}", "select", "peer"),
+    ("orm_insert_unsearchable_ms_{db}", "insert", "unsearchable"),
+    ("orm_insert_retention_ms_{db}", "insert", "retained"),
 )
+
+RETENTION_CATEGORY = "calls"
+
+
+def retention_policy() -> Any:
+    """The retention policy of the benchmarks' vaults: the ``retained`` table's category."""
+    from ccvault.retention import Category, RetentionPolicy
+
+    return RetentionPolicy(
+        categories=(Category(name=RETENTION_CATEGORY, keep_for="P90D", granularity="month"),)
+    )
 
 
 def _pg_url() -> str:
@@ -122,7 +144,56 @@ def _models(suffix: str, peer_key: str) -> tuple[dict[str, type[Any]], sa.MetaDa
         name: Mapped[str] = mapped_column(sealed(100))
         note: Mapped[str] = mapped_column(sealed(255))
 
-    return {"plain": Plain, "ccvault": Sealed, "peer": Peer}, Base.metadata
+    def unsearchable(n: int, **kw: Any) -> Any:
+        return mapped_column(Encrypted(sa.String(n), subject="id", **kw))
+
+    class Unsearchable(Base):
+        __tablename__ = f"bench_unsearchable_{suffix}"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+        started_at: Mapped[dt.datetime] = mapped_column(sa.DateTime())
+        phone: Mapped[str] = unsearchable(32)
+        email: Mapped[str] = unsearchable(254)
+        name: Mapped[str] = unsearchable(100)
+        note: Mapped[str] = unsearchable(255)
+
+    keep = {
+        "retention": RETENTION_CATEGORY,
+        "retention_from": "started_at",
+        "retention_tz": "UTC",
+    }
+
+    class Retained(Base):
+        __tablename__ = f"bench_retained_{suffix}"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+        started_at: Mapped[dt.datetime] = mapped_column(sa.DateTime())
+        phone: Mapped[str] = unsearchable(32, **keep)
+        email: Mapped[str] = unsearchable(254, **keep)
+        name: Mapped[str] = unsearchable(100, **keep)
+        note: Mapped[str] = unsearchable(255, **keep)
+
+    return {
+        "plain": Plain,
+        "ccvault": Sealed,
+        "peer": Peer,
+        "unsearchable": Unsearchable,
+        "retained": Retained,
+    }, Base.metadata
+
+
+def forget(metadata: sa.MetaData) -> None:
+    """Leave ``metadata``'s tables out of later ``attach()`` checks in this process (a vault
+    without the ``calls`` retention category refuses the ``retained`` table)."""
+    from ccvault.sqlalchemy._types import encrypted_tables
+
+    for table in metadata.tables.values():
+        encrypted_tables.discard(table)
+
+
+def timed_rows(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``data`` with a ``started_at`` (now, naive UTC) for the unsearchable and retained
+    tables."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return [{**d, "started_at": now} for d in data]
 
 
 def rows(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -267,7 +338,13 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
     keystore, drop_keystore = _keystore(label, cfg, url, f"bench_ccv_{suffix}_")
     # a cache as large as the keys the run creates: warm means warm, nothing evicted
     cache = cfg.orm_rows * (cfg.orm_repeats + 1) + cfg.orm_lookup_population
-    vault = Vault(LocalKms.ephemeral(), keystore, cache_ttl=86_400, cache_max_entries=cache)
+    vault = Vault(
+        LocalKms.ephemeral(),
+        keystore,
+        cache_ttl=86_400,
+        cache_max_entries=cache,
+        retention_policy=retention_policy(),
+    )
     vault.attach(engine)
     metadata.create_all(engine)
     times: dict[tuple[str, str], list[float]] = {}
@@ -285,6 +362,9 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
                 op = "first_write" if kind == "ccvault" else "insert"
                 record(op, kind, _insert(engine, models[kind], data))
             record("insert", "ccvault", _insert(engine, models["ccvault"], data))
+            timed = timed_rows(data)
+            for kind in ("unsearchable", "retained")[:: 1 if r % 2 else -1]:
+                record("insert", kind, _insert(engine, models[kind], timed))
             record("insert", "floor", times[("insert", "plain")][-1] + floor.insert())
             for kind in order:
                 record("select", kind, _select(engine, models[kind], data))
@@ -307,6 +387,7 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
         vault.close()
         engine.dispose()
         drop_keystore()
+        forget(metadata)
 
     for name, candidate, baseline in RATIOS:
         ratio = Summary.of([c / b for c, b in zip(times[candidate], times[baseline], strict=True)])

@@ -66,6 +66,7 @@ def test_the_map_lists_every_table_column_and_warning(registered: Vault) -> None
         "context": None,
         "searchable": None,
         "on_null_subject": None,
+        "retention": None,
     }
     assert customers["name"] == {
         "name": "name",
@@ -73,6 +74,7 @@ def test_the_map_lists_every_table_column_and_warning(registered: Vault) -> None
         "context": "dm_customers.name",
         "searchable": None,
         "on_null_subject": "error",
+        "retention": None,
     }
     assert customers["phone"]["searchable"] == {
         "normalizer": "phone:44",

@@ -362,8 +362,8 @@ def test_the_documented_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     import re
 
     page = (Path(__file__).parents[1] / "docs" / "retention.md").read_text()
-    page = page[page.index("\n## The policy file\n") :]  # that section alone
-    page = page[: page.index("\n## ", 1)]
+    page = page[page.index("\n## The policy file\n") :]
+    page = page[: page.index("\n## ", 1)]  # that section's examples
     blocks = {
         kind: re.findall(rf"^```{kind}\n(.*?)^```", page, re.M | re.S)
         for kind in ("toml", "yaml", "python")

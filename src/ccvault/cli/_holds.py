@@ -29,9 +29,9 @@ def _until(text: str | None) -> datetime | None:
 
 def run_hold(subject: str, *, case: str, by: str, until: str | None) -> int:
     """Place a hold; print ``{"hold_id": …, "subject_ref": …, "expired": [labels]}`` (per
-    retention category, the latest period expired before the hold: not brought back). Exit status 0; 1 on an error
-    (the subject is shredded, no ledger is configured, a bad ``--case``, ``--by`` or
-    ``--until``...), nothing placed."""
+    retention category, the latest period expired before the hold: not brought back). Exit
+    status 0; 1 on an error (the subject is shredded, no ledger is configured, a bad
+    ``--case``, ``--by`` or ``--until``...), nothing placed."""
     try:
         when = _until(until)
     except ValueError as exc:

@@ -118,6 +118,12 @@ def _zone_names() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) - {"localtime", "Factory"}
 
 
+def is_zone_name(name: object) -> bool:
+    """Whether ``name`` is an IANA zone name as :class:`Category` takes one (spelt as the tz
+    database does; not ``localtime`` nor ``Factory``)."""
+    return isinstance(name, str) and name in _zone_names()
+
+
 @functools.lru_cache(maxsize=256)
 def load_zone(name: str) -> zoneinfo.ZoneInfo:
     """The IANA zone ``name`` (as validated by :class:`Category`)."""

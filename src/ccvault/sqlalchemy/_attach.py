@@ -73,25 +73,38 @@ def _check_mapper(mapper: Mapper[Any], _class: type[Any]) -> None:
     warn_unindexed_subjects(mapper.tables)
 
 
-def check_tables() -> None:
+def check_tables(vault: Vault | None = None) -> None:
     """Raise ConfigurationError for any table with encrypted columns that cannot work: two
     columns with one context label, a subject column missing, encrypted, or filled in by the
-    database (autoincrement, identity, server default)."""
+    database (autoincrement, identity, server default), a retention_from column that is not a
+    client-set DateTime (or naive without retention_tz=), and with ``vault``, a retention
+    category its policy does not have."""
     for table in list(encrypted_tables):
-        plan_for(table)
+        plan = plan_for(table)
+        if plan is not None and plan.retained and vault is not None:
+            _write.check_categories(plan, vault._periods)
 
 
 class _Attachment:
     """What an attached engine's listeners use: the vault, its key ring (the read and write
     hooks' one interface to keys) and the attach options."""
 
-    __slots__ = ("collations_checked", "on_error", "ring", "shred_hook", "strict", "vault")
+    __slots__ = (
+        "collations_checked",
+        "on_error",
+        "periods",
+        "ring",
+        "shred_hook",
+        "strict",
+        "vault",
+    )
 
     def __init__(
         self, vault: Vault, ring: KeyRing, strict: bool, on_error: OnError, shred_hook: Any
     ) -> None:
         self.vault = vault
         self.ring = ring
+        self.periods = vault._periods  # retention periods for the write hook
         self.strict = strict
         self.on_error = on_error
         self.shred_hook = shred_hook
@@ -135,7 +148,7 @@ def attach(
                 "this engine is already attached with other options: detach it first"
             )
         return
-    check_tables()
+    check_tables(vault)
     warn_unindexed_subjects(list(searchable_tables))
     _install_orm_listeners()
     if not hasattr(sync, _ATTACHMENT):
@@ -194,7 +207,9 @@ def _before_execute(
     if current is None:
         # Detached: values of encrypted columns are refused by their bind step.
         return clause, multiparams, params
-    return _write.before_execute(current.ring, conn, clause, multiparams, params, options)
+    return _write.before_execute(
+        current.ring, conn, clause, multiparams, params, options, current.periods
+    )
 
 
 def _after_cursor_execute(

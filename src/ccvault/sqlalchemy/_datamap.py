@@ -34,6 +34,7 @@ __all__ = [
     "MapWarning",
     "MappedColumn",
     "MappedTable",
+    "RetentionForm",
     "SearchableForm",
     "data_map",
     "map_entries",
@@ -216,6 +217,18 @@ class SearchableForm(BaseModel):
     index_bytes: int
 
 
+class RetentionForm(BaseModel):
+    """How a retention-bound encrypted column's values expire: their retention category, and
+    the column whose value is their event time (None: the write time) with the zone its naive
+    values are read in (None: an aware column, or no column)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    category: str
+    retention_from: str | None = None
+    retention_tz: str | None = None
+
+
 class MappedColumn(BaseModel):
     """A column of a mapped table and what it holds."""
 
@@ -226,6 +239,7 @@ class MappedColumn(BaseModel):
     context: str | None = None  # the context label of an encrypted column (or its index's)
     searchable: SearchableForm | None = None
     on_null_subject: Literal["error", "vaultwide"] | None = None
+    retention: RetentionForm | None = None  # a retention-bound column's category
 
 
 class MappedTable(BaseModel):
@@ -288,8 +302,8 @@ class DataMap(BaseModel):
                 "",
                 f"Subject column: `{_md(t.subject_column)}` ({indexed}).",
                 "",
-                "| column | holds | context label | searchable | on NULL subject |",
-                "|---|---|---|---|---|",
+                "| column | holds | context label | searchable | on NULL subject | retention |",
+                "|---|---|---|---|---|---|",
             ]
             for c in t.columns:
                 form = ""
@@ -297,12 +311,23 @@ class DataMap(BaseModel):
                     s = c.searchable
                     form = f"`{_md(s.normalizer)}` in `{_md(s.blind_index_column)}`"
                     form += f" ({s.index_bytes} bytes)"
+                kept = ""
+                if c.retention is not None:
+                    r = c.retention
+                    kept = f"`{_md(r.category)}`"
+                    if r.retention_from is not None:
+                        kept += f" from `{_md(r.retention_from)}`"
+                        if r.retention_tz is not None:
+                            kept += f" ({_md(r.retention_tz)})"
+                    else:
+                        kept += " from the write time"
                 cells = [
                     f"`{_md(c.name)}`",
                     c.role.replace("_", " "),
                     f"`{_md(c.context)}`" if c.context else "",
                     form,
                     c.on_null_subject or "",
+                    kept,
                 ]
                 out.append("| " + " | ".join(cells) + " |")
         out += ["", "## Warnings", ""]
@@ -368,6 +393,14 @@ def _mapped(entry: MapEntry) -> MappedTable:
                     blind_index_column=entry.table.c[col.index_key].name,
                     index_bytes=col.index_bytes,
                 )
+            retention = None
+            if col.retention is not None and plan is not None and plan.retention is not None:
+                source = plan.retention.column
+                retention = RetentionForm(
+                    category=col.retention,
+                    retention_from=None if source is None else source.name,
+                    retention_tz=col.etype.retention_tz,
+                )
             columns.append(
                 MappedColumn(
                     name=column.name,
@@ -375,6 +408,7 @@ def _mapped(entry: MapEntry) -> MappedTable:
                     context=col.label,
                     searchable=searchable,
                     on_null_subject=col.etype.on_null_subject,
+                    retention=retention,
                 )
             )
         elif companion is not None:

@@ -25,10 +25,13 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Connection, Engine
 
+from .._sentinels import EXPIRED, SHREDDED, UNREADABLE, Sentinel
 from ..audit._receipt import ErasureReceipt
+from ..crypto import _format as fmt
 from ..errors import ConfigurationError
 from ._attach import attached_on_error, readable_columns
 from ._datamap import MapEntry, map_entries, unmapped_references
+from ._plan import TablePlan
 from ._read import Reader, Slot
 from ._scrub import tables_of
 from ._subjects import SubjectMatch, subject_match
@@ -45,6 +48,7 @@ __all__ = [
     "ExportScope",
     "ExportedTable",
     "NotSearched",
+    "RetentionState",
     "SubjectExport",
     "export_subject",
 ]
@@ -62,13 +66,23 @@ OUTSIDE: Final = (
 )
 NOT_BUILT_YET: Final = (
     "holds: legal holds are not built yet (holds is always [])",
-    "retention: retention periods are not built yet (retention is always null)",
+    "retention: a summary of the subject's retention periods is not built yet (retention is "
+    "always null); each retention-bound value's state is in its table's retention list",
 )
+
+RetentionState = Literal["live", "expired", "shredded", "unreadable", "no_period"]
+"""A value's retention state in the export: ``live`` (its period's key opens it: a live period,
+or a held subject's preserved key), ``expired`` (read as EXPIRED), ``shredded``, ``unreadable``
+(where ``on_error="sentinel"``), ``no_period`` (a suite-1 value of a column declared with
+``retention=``: written before the column gained it, in no period)."""
 
 
 class ExportedTable(BaseModel):
     """The subject's rows of one table: encrypted columns decrypted (``"[shredded]"`` for a
-    shredded value), the other columns as stored (bytes as base64, times in ISO 8601)."""
+    shredded value, ``"[expired]"`` for an expired one), the other columns as stored (bytes as
+    base64, times in ISO 8601). ``retention``: when the table has retention-bound values, one
+    entry per row (aligned with ``rows``) giving the :data:`RetentionState` of each of the row's
+    values that is in a retention period or in a retention-bound column; empty otherwise."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,6 +90,7 @@ class ExportedTable(BaseModel):
     kind: Literal["encrypted", "personal"]
     subject_column: str
     rows: tuple[dict[str, Any], ...]
+    retention: tuple[dict[str, RetentionState], ...] = ()
 
 
 class NotSearched(BaseModel):
@@ -206,6 +221,7 @@ def _export_table(
     stmt = sa.select(*selected).where(match.where(entry.subject)).order_by(*order)
     raw = [tuple(r) for r in conn.execute(stmt) if match.owns(r[subject_index])]
     rows: list[Any] = raw
+    states: list[dict[str, RetentionState]] = []
     if plan is not None and raw:
         primary_key = tuple((i, None) for i, c in enumerate(columns) if c.primary_key) or None
         slots = [
@@ -221,6 +237,7 @@ def _export_table(
             if c.key in plan.by_key
         ]
         rows = Reader(ring, slots, []).process(raw)
+        states = _retention_states(columns, [s.index for s in slots], plan, raw, rows)
     return ExportedTable(
         table=table.fullname,
         kind=entry.kind,
@@ -228,7 +245,47 @@ def _export_table(
         rows=tuple(
             {c.name: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows
         ),
+        retention=tuple(states),
     )
+
+
+_SUITE2 = fmt.SUITE_AES256GCM_PERIOD
+_STATES: dict[object, RetentionState] = {
+    EXPIRED: "expired",
+    SHREDDED: "shredded",
+    UNREADABLE: "unreadable",
+}
+
+
+def _retention_states(
+    columns: list[sa.Column[Any]],
+    indexes: list[int],
+    plan: TablePlan,
+    raw: list[tuple[Any, ...]],
+    rows: list[Any],
+) -> list[dict[str, RetentionState]]:
+    """Per row, the retention state of each value in a period (suite 2, whatever the column
+    declares now) or in a retention-bound column; [] when no row has any."""
+    out: list[dict[str, RetentionState]] = []
+    found = False
+    for stored, read in zip(raw, rows, strict=True):
+        states: dict[str, RetentionState] = {}
+        for i in indexes:
+            value = stored[i]
+            if not isinstance(value, bytes | bytearray | memoryview):
+                continue
+            column = columns[i]
+            suite2 = len(value) > 1 and value[1] == _SUITE2
+            if not suite2 and plan.by_key[column.key].retention is None:
+                continue
+            outcome = read[i]
+            if isinstance(outcome, Sentinel):
+                states[column.name] = _STATES.get(outcome, "unreadable")
+            else:
+                states[column.name] = "live" if suite2 else "no_period"
+        found = found or bool(states)
+        out.append(states)
+    return out if found else []
 
 
 def _jsonable(value: Any) -> Any:

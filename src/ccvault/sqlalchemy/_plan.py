@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from ..crypto._blind import Normalizer, normalizer
 from ..crypto._encoding import U32
 from ..crypto._subject import SubjectType
 from ..errors import ConfigurationError
+from ..retention._policy import load_zone
 from ._codec import STR, Codec
 from ._types import Encrypted
 
@@ -37,6 +39,27 @@ class ColumnPlan:
     is_str: bool  # the str codec (inlined on the read and write paths)
     max_chars: int  # the most characters of a str value (sys.maxsize when unbounded)
     check: Callable[[Any], Any] | None  # the declared type's limits (_limits.Limits.check)
+    retention: str | None = None  # the retention category (suite-2 values), None: suite 1
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """The event time of a table's retention-bound columns: the ``retention_from`` column (None:
+    the write time), the zone its naive values are read in (None: an aware column), and its
+    client-side default."""
+
+    column: sa.Column[Any] | None
+    zone: zoneinfo.ZoneInfo | None
+    default: Callable[[], Any] | None
+
+    @safe_repr
+    def __repr__(self) -> str:
+        name = None if self.column is None else self.column.key
+        return f"Retention(retention_from={name!r})"
+
+    def where(self) -> str:
+        assert self.column is not None
+        return f"{self.column.table.name}.{self.column.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +70,8 @@ class TablePlan:
     by_key: dict[str, ColumnPlan]
     default: Callable[[], Any] | None  # the subject column's client-side default
     on_null_subject: str
+    retained: tuple[ColumnPlan, ...] = ()  # the retention-bound columns
+    retention: Retention | None = None  # their event time (None: no retention-bound column)
 
     @safe_repr
     def __repr__(self) -> str:
@@ -125,9 +150,11 @@ def _build(table: sa.Table) -> TablePlan | None:
                 etype.codec is STR,
                 etype.limits.max_chars,
                 etype.limits.check,
+                etype.retention,
             )
         )
     null_modes = {c.etype.on_null_subject for c in columns}
+    retained = tuple(c for c in columns if c.retention is not None)
     return TablePlan(
         table,
         subject,
@@ -135,7 +162,72 @@ def _build(table: sa.Table) -> TablePlan | None:
         {c.key: c for c in columns},
         _client_default(subject),
         "vaultwide" if null_modes == {"vaultwide"} else "error",
+        retained,
+        _retention(table, retained) if retained else None,
     )
+
+
+def _retention(table: sa.Table, retained: tuple[ColumnPlan, ...]) -> Retention:
+    """The ``retention_from`` of ``table``'s retention-bound columns, checked: one column for all
+    of them, a client-set DateTime of the table that is not encrypted; a zone for a naive one."""
+    names = {(c.etype.retention_from, c.etype.retention_tz) for c in retained}
+    if len(names) != 1:
+        raise ConfigurationError(
+            f"table {table.name!r}: every retention-bound column must name the same "
+            "retention_from= and retention_tz= (one event time a row)"
+        )
+    ((name, tz),) = names
+    if name is None:
+        return Retention(None, None, None)
+    column = table.columns.get(name)
+    if column is None:
+        raise ConfigurationError(f"table {table.name!r} has no retention_from column {name!r}")
+    where = f"{table.name}.{column.name}"
+    if isinstance(column.type, Encrypted):
+        raise ConfigurationError(
+            f"{where}: a retention_from column is never encrypted (its value picks the period "
+            "before anything is decrypted)"
+        )
+    if not isinstance(column.type, sa.DateTime):
+        raise ConfigurationError(
+            f"{where} is {type(column.type).__name__}: retention_from names a DateTime column"
+        )
+    if (
+        column.server_default is not None
+        or column.server_onupdate is not None
+        or column.computed is not None
+    ):
+        raise ConfigurationError(
+            f"{where} gets its value from the database (server_default, server_onupdate, "
+            "Computed or FetchedValue): the event time of retention-bound columns must be known "
+            "before the statement runs (set it in the application, or a client-side default)"
+        )
+    if column.onupdate is not None:
+        raise ConfigurationError(
+            f"{where} has onupdate=: retention_from would change behind the write hook, leaving "
+            "the row's values in the period of its old value"
+        )
+    default = None
+    if column.default is not None:
+        try:
+            default = _client_default(column)
+        except ConfigurationError:
+            raise ConfigurationError(
+                f"{where}: only scalar or zero-argument callable defaults give retention_from a "
+                "value before the statement runs"
+            ) from None
+    aware = bool(getattr(column.type, "timezone", False))
+    if aware and tz is not None:
+        raise ConfigurationError(
+            f"{where} is DateTime(timezone=True): its values carry their zone, retention_tz= "
+            "is for a naive column only"
+        )
+    if not aware and tz is None:
+        raise ConfigurationError(
+            f"{where} is a DateTime without a time zone: give the Encrypted columns "
+            "retention_tz= (e.g. 'UTC'), the zone its naive values are in"
+        )
+    return Retention(column, None if tz is None else load_zone(tz), default)
 
 
 def _require_client_generated(table: sa.Table, subject: sa.Column[Any]) -> None:

@@ -117,8 +117,9 @@ def _processed(value: Any, process: Callable[[Any], Any] | None) -> Any:
 
 # What the row loop needs of one encrypted column, unpacked in one step: its index in the row,
 # u32(len(label)) || label, the codec's loads (None for str, decoded inline), strictness, and
-# what to do with a stored value that is no ciphertext (raise, or the legacy_plaintext reader).
-_Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool, Callable[[Any], Any]]
+# what to do with a stored value that is no ciphertext (raise, or the legacy_plaintext reader),
+# whether the column is retention-bound (its values looked up by their suite first).
+_Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool, Callable[[Any], Any], bool]
 # The encrypted columns whose subject is at one index of the row (None: not selected).
 _Group = tuple[int | None, tuple[_Column, ...]]
 
@@ -156,7 +157,7 @@ class Reader:
             loads = None if col.is_str else col.codec.loads
             unsealed = _legacy_reader(col) if col.etype.legacy_plaintext else _refuse
             by_subject.setdefault(slot.subject_index, []).append(
-                (slot.index, col.ctx_lp, loads, slot.strict, unsealed)
+                (slot.index, col.ctx_lp, loads, slot.strict, unsealed, col.retention is not None)
             )
         self.groups: tuple[_Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
 
@@ -244,7 +245,7 @@ class Reader:
                 for subject_index, columns in groups:
                     subject = None if subject_index is None else row[subject_index]
                     verified = None  # the last key found to belong to this row's subject
-                    for index, ctx_lp, loads, strict, unsealed in columns:
+                    for index, ctx_lp, loads, strict, unsealed, by_period in columns:
                         blob = row[index]
                         if blob is None:
                             continue
@@ -253,12 +254,18 @@ class Reader:
                                 new[index] = unsealed(blob)  # text, a number: no ciphertext
                                 continue
                             blob = bytes(blob)
-                        header = blob[:_HEADER]
-                        key: Any = known_get(header)
-                        if key is None and blob[1:2] == _SUITE2:
-                            # a retention period's value: by its 38-byte header (rule 7)
-                            header = blob[:_HEADER2]
+                        if by_period:
+                            # a retention-bound column: its values are mostly suite 2, looked
+                            # up by their 38-byte header (rule 7) at once
+                            header = blob[:_HEADER2] if blob[1:2] == _SUITE2 else blob[:_HEADER]
+                            key: Any = known_get(header)
+                        else:
+                            header = blob[:_HEADER]
                             key = known_get(header)
+                            if key is None and blob[1:2] == _SUITE2:
+                                # a retention period's value (the column lost retention=)
+                                header = blob[:_HEADER2]
+                                key = known_get(header)
                         if key is None:
                             key = cached(header)
                             if key is None and not batch_loaded:

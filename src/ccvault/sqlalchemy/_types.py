@@ -22,8 +22,9 @@ from .._sentinels import (
 )  # SHREDDED, Shredded: kept importable here
 from ..crypto._blind import BlindIndexer
 from ..crypto._blind import normalizer as _normalizer
-from ..crypto._format import OVERHEAD, SUITE_AES256GCM
+from ..crypto._format import OVERHEAD, SUITE_AES256GCM, SUITE_AES256GCM_PERIOD
 from ..errors import CcvaultError, ConfigurationError
+from ..retention._policy import is_zone_name
 from ._codec import Codec, codec_for
 from ._limits import Limits, limits_for
 
@@ -93,6 +94,15 @@ class Encrypted(TypeDecorator[Any]):
     that is not a ccvault ciphertext as it is, instead of raising DecryptionError. Writes always
     encrypt. Turn it off once every row is rewritten: while it is on, anyone who can write to
     the table can plant unauthenticated values in it.
+
+    ``retention="transcripts"`` (a category of the vault's retention policy) seals each value
+    under its period key (suite 2): it reads as :data:`EXPIRED` once the period's secret is
+    destroyed by ``enforce_retention()``. ``retention_from="started_at"`` names the column of
+    the same table (a ``DateTime`` the application sets) whose value is the event time that
+    picks the period; NULL or no ``retention_from``: the write time. A ``DateTime()`` without
+    a time zone needs ``retention_tz="UTC"`` (or another IANA zone) to read its naive values
+    in (docs/retention.md, "Values and columns"). Not with ``searchable=`` (a blind index
+    would outlive the value's expiry) nor ``on_null_subject="vaultwide"``.
     """
 
     impl = sa.LargeBinary
@@ -110,6 +120,9 @@ class Encrypted(TypeDecorator[Any]):
         index_bytes: int = 8,
         legacy_plaintext: bool = False,
         on_error: OnError | None = None,
+        retention: str | None = None,
+        retention_from: str | None = None,
+        retention_tz: str | None = None,
     ) -> None:
         wrapped = type_() if isinstance(type_, type) else type_
         if isinstance(wrapped, Encrypted):
@@ -134,6 +147,10 @@ class Encrypted(TypeDecorator[Any]):
                 raise ConfigurationError(str(exc)) from None
             if not 4 <= index_bytes <= 32:
                 raise ConfigurationError("index_bytes is between 4 and 32")
+        _check_retention(retention, retention_from, retention_tz, searchable, on_null_subject)
+        self.retention = retention
+        self.retention_from = retention_from
+        self.retention_tz = retention_tz
         self.searchable = searchable
         self.index_bytes = index_bytes
         self.subject = subject
@@ -159,6 +176,9 @@ class Encrypted(TypeDecorator[Any]):
             self.index_bytes,
             self.legacy_plaintext,
             self.on_error,
+            self.retention,
+            self.retention_from,
+            self.retention_tz,
         )
 
     @safe_repr
@@ -178,6 +198,12 @@ class Encrypted(TypeDecorator[Any]):
                 args.append(f"index_bytes={self.index_bytes}")
         if self.on_error is not None:
             args.append(f"on_error={self.on_error!r}")
+        if self.retention is not None:
+            args.append(f"retention={self.retention!r}")
+        if self.retention_from is not None:
+            args.append(f"retention_from={self.retention_from!r}")
+        if self.retention_tz is not None:
+            args.append(f"retention_tz={self.retention_tz!r}")
         return f"Encrypted({', '.join(args)})"
 
     @property
@@ -195,6 +221,9 @@ class Encrypted(TypeDecorator[Any]):
             index_bytes=self.index_bytes,
             legacy_plaintext=self.legacy_plaintext,
             on_error=self.on_error,
+            retention=self.retention,
+            retention_from=self.retention_from,
+            retention_tz=self.retention_tz,
         )
 
     # -- storage ---------------------------------------------------------------------------------
@@ -203,10 +232,12 @@ class Encrypted(TypeDecorator[Any]):
         """Bytes a stored value can take, or None when unbounded (Text, JSON, LargeBinary).
 
         Every value the write hook accepts fits: the codec tag, the format's overhead and the
-        most bytes the declared type's limits let through (4 UTF-8 bytes a character).
+        most bytes the declared type's limits let through (4 UTF-8 bytes a character). A
+        ``retention=`` column's values are suite 2, 16 bytes longer (their period id).
         """
         payload = self.limits.max_payload
-        return None if payload is None else 1 + OVERHEAD[SUITE_AES256GCM] + payload
+        suite = SUITE_AES256GCM if self.retention is None else SUITE_AES256GCM_PERIOD
+        return None if payload is None else 1 + OVERHEAD[suite] + payload
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
@@ -286,6 +317,51 @@ class Encrypted(TypeDecorator[Any]):
 
         def reverse_operate(self, op: OperatorType, other: Any, **kwargs: Any) -> Any:
             raise TypeError("cannot compare an encrypted column")
+
+
+SEARCHABLE_RETENTION = (
+    "searchable= cannot be combined with retention=: a blind index is a keyed hash of the value "
+    "under a key of the column, not of the period, so it would outlive the value's expiry and "
+    "still tell which rows held a given phone number or e-mail "
+    "(docs/retention.md, 'Values and columns')"
+)
+
+
+def _check_retention(
+    retention: object,
+    retention_from: object,
+    retention_tz: object,
+    searchable: object,
+    on_null_subject: object,
+) -> None:
+    """ConfigurationError for retention arguments no table could use (declaration time)."""
+    if retention is None:
+        if retention_from is not None or retention_tz is not None:
+            raise ConfigurationError(
+                "retention_from= and retention_tz= need retention= (a retention category)"
+            )
+        return
+    if not isinstance(retention, str) or not retention:
+        raise ConfigurationError("retention= names a category of the vault's retention policy")
+    if searchable is not None:
+        raise ConfigurationError(SEARCHABLE_RETENTION)
+    if on_null_subject != "error":
+        raise ConfigurationError(
+            "retention= cannot be combined with on_null_subject='vaultwide': vault-wide values "
+            "take no retention (their key is the vault's, not a subject's)"
+        )
+    if retention_from is not None and (not isinstance(retention_from, str) or not retention_from):
+        raise ConfigurationError("retention_from= names a DateTime column of the same table")
+    if retention_tz is not None:
+        if retention_from is None:
+            raise ConfigurationError(
+                "retention_tz= is the zone of a naive retention_from column: give retention_from="
+            )
+        if not is_zone_name(retention_tz):
+            raise ConfigurationError(
+                "retention_tz= must be an IANA time zone name spelt as the tz database does, "
+                "e.g. 'UTC' or 'Europe/Paris'"
+            )
 
 
 def column_name(col: Any) -> str:

@@ -7,6 +7,12 @@ of plaintext. The caller's dicts are never mutated. A mapper ``before_update`` l
 the subject of each ORM-updated row (the ORM's UPDATE does not carry unchanged columns) and, when
 the subject itself changes, marks every encrypted attribute for re-encryption.
 
+Retention-bound columns (``Encrypted(..., retention=)``) are sealed under the period key of their
+row's event time: the value of its ``retention_from`` column in the statement (NULL or no such
+column: the vault clock's now), or for an UPDATE the value the mapper listener recorded or the
+WHERE clause names. The listener re-encrypts every retention-bound attribute when
+``retention_from`` changes; a Core UPDATE that cannot name it is refused.
+
 Statements that cannot be encrypted per row raise before anything is sent to the database.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -28,19 +35,23 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 from .._sentinels import NO_SUBJECT, Sentinel, refusal
 from ..crypto._format import NonceSource, fresh_nonce, nonce_batch
 from ..errors import ConfigurationError, ValueRejectedError
+from ..retention import period_of
 from ._codec import STR
 from ._limits import Rejected
-from ._plan import ColumnPlan, TablePlan, check_subject_type, plan_for
-from ._types import IndexValue, Sealed
+from ._plan import ColumnPlan, Retention, TablePlan, check_subject_type, plan_for
+from ._types import IndexValue, Sealed, base_column
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing
+    from ..keyring._periods import Periods, PeriodSecret
 
 __all__ = ["before_execute", "before_update", "scoped_subject"]
 
 _MISSING = object()
 _STR_TAG = bytes((STR.tag,))
-_ORM_ROWS = "ccvault.orm_rows"  # conn.info key: (table, pk tuple) -> (subject, subject_changed)
+# conn.info key: (table, pk tuple) -> (subject, subject changed, retention_from value or
+# _MISSING, retention_from changed)
+_ORM_ROWS = "ccvault.orm_rows"
 _scope: contextvars.ContextVar[tuple[int, object] | None] = contextvars.ContextVar(
     "ccvault_subject", default=None
 )
@@ -69,17 +80,18 @@ def before_execute(
     multiparams: Any,
     params: Any,
     execution_options: Any,
+    periods: Periods | None = None,
 ) -> tuple[Any, Any, Any]:
     if not isinstance(clause, sa.Insert | sa.Update):
         return clause, multiparams, params
     plan = plan_for(clause.table)
     if plan is None:
         return clause, multiparams, params
-    _checked(ring, plan)
+    _checked(ring, plan, periods)
     clause, multiparams, params = _parametrised(plan, clause, multiparams, params)
     if isinstance(clause, sa.Insert):
-        return _insert(ring, plan, clause, multiparams, params)
-    return _update(ring, conn, plan, clause, multiparams, params)
+        return _insert(ring, plan, clause, multiparams, params, periods)
+    return _update(ring, conn, plan, clause, multiparams, params, periods)
 
 
 def _parametrised(
@@ -94,7 +106,7 @@ def _parametrised(
     moves: dict[Any, tuple[str, BindParameter[Any]]] = {}
     for k, v in entries:
         key = _column_key(k)
-        if isinstance(v, BindParameter) and (key in plan.by_key or key == plan.subject.key):
+        if isinstance(v, BindParameter) and _needs_value(plan, key):
             moves[k] = (key, v)
     if not moves:  # the common case: no parameter set is looked at
         return stmt, multiparams, params
@@ -138,6 +150,15 @@ def _parametrised(
     return stmt, multiparams, out[0]
 
 
+def _needs_value(plan: TablePlan, key: str) -> bool:
+    """Whether the write hook needs the Python value of column ``key``: an encrypted column, its
+    subject, the retention_from of retention-bound columns."""
+    if key in plan.by_key or key == plan.subject.key:
+        return True
+    retention = plan.retention
+    return retention is not None and retention.column is not None and key == retention.column.key
+
+
 def _column_key(k: Any) -> str:
     """The column key of a ``.values()`` entry (a string or a Column)."""
     return k if isinstance(k, str) else getattr(k, "key", str(k))
@@ -155,19 +176,37 @@ def _where_bind_names(stmt: Any) -> set[str]:
 _checked_plans: set[tuple[int, int]] = set()
 
 
-def _checked(ring: KeyRing, plan: TablePlan) -> None:
+def _checked(ring: KeyRing, plan: TablePlan, periods: Periods | None) -> None:
     key = (id(ring), id(plan))
     if key not in _checked_plans:
         check_subject_type(plan, ring.subject_type)
+        if periods is not None:
+            check_categories(plan, periods)
         _checked_plans.add(key)
+
+
+def check_categories(plan: TablePlan, periods: Periods) -> None:
+    """ConfigurationError naming the column for a retention category the vault's policy does
+    not have (``attach()`` checks every table; a table mapped later, at its first write)."""
+    for col in plan.retained:
+        try:
+            periods.category(col.retention)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{plan.table.name}.{col.column.name}: {exc}") from None
 
 
 # -- INSERT ------------------------------------------------------------------------------------
 
 
 def _insert(
-    ring: KeyRing, plan: TablePlan, stmt: sa.Insert, multiparams: Any, params: Any
+    ring: KeyRing,
+    plan: TablePlan,
+    stmt: sa.Insert,
+    multiparams: Any,
+    params: Any,
+    periods: Periods | None = None,
 ) -> tuple[Any, Any, Any]:
+    found = _StatementPeriods(periods) if plan.retained else None
     if stmt._select_names:  # insert().from_select(...)
         raise StatementRefused(
             f"INSERT ... FROM SELECT into {plan.table.name!r} cannot encrypt row by row"
@@ -179,21 +218,30 @@ def _insert(
             for row in values:
                 if not isinstance(row, Mapping):
                     raise StatementRefused("multi-row VALUES with positional rows: use dicts")
-                rows.append(_encrypt_row(ring, plan, _literal_row(plan, row), None, insert=True))
+                rows.append(
+                    _encrypt_row(
+                        ring, plan, _literal_row(plan, row), None, insert=True, periods=found
+                    )
+                )
         stmt = stmt._clone()
         stmt._multi_values = ()
         stmt = stmt.values(rows)
     elif stmt._values:
-        single = _encrypt_row(ring, plan, _literal_row(plan, stmt._values), None, insert=True)
+        single = _encrypt_row(
+            ring, plan, _literal_row(plan, stmt._values), None, insert=True, periods=found
+        )
         stmt = stmt.values(**single)
-        # The subject given in .values() is the subject of the execution parameters' values too
-        # (a column default would otherwise make one up for them).
-        subject = single.get(plan.subject.key, _MISSING)
-        if subject is not _MISSING:
+        # The subject (and retention_from) given in .values() is the subject of the execution
+        # parameters' values too (a column default would otherwise make one up for them).
+        shared = {plan.subject.key: single.get(plan.subject.key, _MISSING)}
+        if plan.retention is not None and plan.retention.column is not None:
+            shared[plan.retention.column.key] = single.get(plan.retention.column.key, _MISSING)
+        shared = {k: v for k, v in shared.items() if v is not _MISSING}
+        if shared:
             if multiparams:
-                multiparams = [{plan.subject.key: subject, **d} for d in multiparams]
+                multiparams = [{**shared, **d} for d in multiparams]
             elif params:
-                params = {plan.subject.key: subject, **params}
+                params = {**shared, **params}
     if multiparams:
         keys = None
         if len(multiparams) > 1:  # every row's key, created or loaded in batches, up front
@@ -202,6 +250,11 @@ def _insert(
                     d if plan.subject.key in d else {**d, plan.subject.key: plan.default()}
                     for d in multiparams
                 ]
+            retention = plan.retention
+            if retention is not None and retention.column is not None and retention.default:
+                # event times from the column default: every row gets one (one set of keys)
+                key, make = retention.column.key, retention.default
+                multiparams = [d if key in d else {**d, key: make()} for d in multiparams]
             try:
                 keys = ring.keys_for_write(
                     s for d in multiparams if (s := d.get(plan.subject.key)) is not None
@@ -213,12 +266,20 @@ def _insert(
         columns = _columns(ring, plan)
         multiparams = [
             _encrypt_row(
-                ring, plan, d, None, insert=True, keys=keys, nonces=nonces, columns=columns
+                ring,
+                plan,
+                d,
+                None,
+                insert=True,
+                keys=keys,
+                nonces=nonces,
+                columns=columns,
+                periods=found,
             )
             for d in multiparams
         ]
     elif params or not (stmt._values or stmt._multi_values):
-        params = _encrypt_row(ring, plan, params or {}, None, insert=True)
+        params = _encrypt_row(ring, plan, params or {}, None, insert=True, periods=found)
     return stmt, multiparams, params
 
 
@@ -234,7 +295,7 @@ def _refuse_upsert(plan: TablePlan, stmt: sa.Insert) -> None:
         return  # DO NOTHING
     items = sets.items() if isinstance(sets, Mapping) else sets
     names = {k if isinstance(k, str) else getattr(k, "key", None) for k, _ in items}
-    if names & set(plan.by_key) or plan.subject.key in names:
+    if any(name is not None and _needs_value(plan, name) for name in names):
         raise StatementRefused(
             f"an upsert that sets encrypted columns of {plan.table.name!r} cannot encrypt "
             "them per row; insert, then update through the ORM"
@@ -246,16 +307,16 @@ def _literal_row(plan: TablePlan, values: Mapping[Any, Any]) -> dict[str, Any]:
     for k, v in values.items():
         key = _column_key(k)
         if isinstance(v, BindParameter):
-            if v.required and (key in plan.by_key or key == plan.subject.key):
+            if v.required and _needs_value(plan, key):
                 raise StatementRefused(
                     f"{plan.table.name}.{key} is set from the bind parameter {v.key!r}, which no "
                     "parameter set gives a value: pass it to execute()"
                 )
             v = v.effective_value
-        elif isinstance(v, sa.ClauseElement) and (key in plan.by_key or key == plan.subject.key):
+        elif isinstance(v, sa.ClauseElement) and _needs_value(plan, key):
             raise StatementRefused(
-                f"{plan.table.name}.{key} is set from an SQL expression; encrypted columns and "
-                "their subject need Python values"
+                f"{plan.table.name}.{key} is set from an SQL expression; encrypted columns, "
+                "their subject and retention_from need Python values"
             )
         row[key] = v
     return row
@@ -271,6 +332,7 @@ def _update(
     stmt: sa.Update,
     multiparams: Any,
     params: Any,
+    periods: Periods | None = None,
 ) -> tuple[Any, Any, Any]:
     criterion = _criterion_binds(stmt)
     literal = _literal_row(plan, stmt._values) if stmt._values else {}
@@ -284,17 +346,32 @@ def _update(
         sets |= {k for k in d if k not in where_names}
     touched = sets & set(plan.by_key)
     subject_set = plan.subject.key in sets
+    retention = plan.retention
+    from_column = retention.column if retention is not None else None
+    from_set = from_column is not None and from_column.key in sets
+    if from_set and {c.key for c in plan.retained} - touched:
+        raise StatementRefused(
+            f"this statement changes {plan.table.name}.{from_column.key}, the retention_from "  # type: ignore[union-attr]
+            "of retention-bound columns, without re-encrypting them into the new period: set "
+            "every retention-bound column in the same UPDATE, or update through the ORM"
+        )
     if not touched and not subject_set:
         return stmt, multiparams, params
+    retained_touched = any(plan.by_key[k].retention is not None for k in touched)
+    statement_periods = _StatementPeriods(periods) if retained_touched else None
     orm_rows = conn.info.get(_ORM_ROWS, {})
     pk_binds = [criterion.get(c) for c in plan.table.primary_key.columns]
 
-    def subject_for(d: Mapping[str, Any]) -> tuple[object, bool]:
+    def recorded(d: Mapping[str, Any]) -> tuple[object, bool, object, bool] | None:
         if all(b is not None for b in pk_binds):
             pk = tuple(_bound(d, b) for b in pk_binds)  # type: ignore[arg-type]
-            found: tuple[object, bool] | None = orm_rows.pop((plan.table, pk), None)
-            if found is not None:
-                return found
+            found: tuple[object, bool, object, bool] | None = orm_rows.pop((plan.table, pk), None)
+            return found
+        return None
+
+    def subject_for(d: Mapping[str, Any], found: Any) -> tuple[object, bool]:
+        if found is not None:
+            return found[0], found[1]
         if subject_set:
             return _MISSING, True
         bind = criterion.get(plan.subject)
@@ -305,8 +382,28 @@ def _update(
             return scoped[1], False
         return _MISSING, False
 
+    def event_for(d: Mapping[str, Any], found: Any) -> object:
+        """The retention_from value of the row: set by the statement, recorded by the ORM, or
+        named by the WHERE clause; else the refusal to raise once a value needs it."""
+        if not retained_touched or from_column is None:
+            return None  # the write time (or no retention-bound value)
+        if from_set:
+            return {**literal, **d}.get(from_column.key)
+        if found is not None and found[2] is not _MISSING:
+            return found[2]
+        bind = criterion.get(from_column)
+        if bind is not None:
+            return _bound(d, bind)
+        name = from_column.key
+        return StatementRefused(
+            f"UPDATE of retention-bound columns of table {plan.table.name!r} that cannot name "
+            f"their retention_from ({name}), whose value picks the period the new values go "
+            f"into: give {name} in the statement, filter on {name} ==, or update through the ORM"
+        )
+
     def encrypt(d: Mapping[str, Any]) -> dict[str, Any]:
-        subject, changed = subject_for(d)
+        found = recorded(d)
+        subject, changed = subject_for(d, found)
         if subject_set and not changed:
             raise StatementRefused(
                 f"this statement changes {plan.table.name}.{plan.subject.key}, the subject of "
@@ -321,7 +418,15 @@ def _update(
                 f"filter on {plan.subject.key} ==, update through the ORM, or use "
                 "`with vault.subject(x):`"
             )
-        return _encrypt_row(ring, plan, d, subject, insert=False)
+        return _encrypt_row(
+            ring,
+            plan,
+            d,
+            subject,
+            insert=False,
+            periods=statement_periods,
+            event=event_for(d, found),
+        )
 
     if literal:
         stmt = stmt.values(**encrypt(literal))
@@ -349,7 +454,15 @@ def _criterion_binds(stmt: sa.Update) -> dict[Any, BindParameter[Any]]:
 
     for crit in stmt._where_criteria:
         visit(crit)
-    return {k: v for k, v in out.items() if getattr(k, "table", None) is stmt.table}
+    # by the table's own columns (an ORM statement's are annotated copies of them)
+    table = getattr(stmt.table, "__clause_element__", lambda: stmt.table)()
+    table = getattr(table, "_deannotate", lambda: table)()
+    found: dict[Any, BindParameter[Any]] = {}
+    for k, v in out.items():
+        column = base_column(k)
+        if column is not None and column.table is table:
+            found[column] = v
+    return found
 
 
 def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
@@ -363,8 +476,9 @@ def _bound(d: Mapping[str, Any], bind: BindParameter[Any]) -> Any:
 
 # What the row loop needs of one encrypted column, unpacked in one step: its key in the
 # parameters, u32(len(label)) || label, its blind-index column's key and indexer ("" and None
-# when not searchable), whether it takes str, the most characters of a str, its plan.
-_Column = tuple[str, bytes, str, Callable[[str], bytes] | None, bool, int, ColumnPlan]
+# when not searchable), whether it takes str, the most characters of a str, its retention
+# category (None: suite 1), its plan.
+_Column = tuple[str, bytes, str, Callable[[str], bytes] | None, bool, int, str | None, ColumnPlan]
 
 
 def _columns(ring: KeyRing, plan: TablePlan) -> tuple[_Column, ...]:
@@ -375,7 +489,7 @@ def _columns(ring: KeyRing, plan: TablePlan) -> tuple[_Column, ...]:
         if c.index_key is not None and c.normalizer is not None:
             index_key = c.index_key
             index = ring.blind_indexer(c.label, c.normalizer, c.index_bytes).index
-        out.append((c.key, c.ctx_lp, index_key, index, c.is_str, c.max_chars, c))
+        out.append((c.key, c.ctx_lp, index_key, index, c.is_str, c.max_chars, c.retention, c))
     return tuple(out)
 
 
@@ -389,6 +503,8 @@ def _encrypt_row(
     keys: Mapping[object, Any] | None = None,
     nonces: NonceSource = fresh_nonce,
     columns: tuple[_Column, ...] | None = None,
+    periods: _StatementPeriods | None = None,
+    event: object = _MISSING,
 ) -> dict[str, Any]:
     out = dict(row)
     if subject is None and insert:
@@ -415,7 +531,9 @@ def _encrypt_row(
         columns = _columns(ring, plan)
     # the row's key, looked up once for all its columns (vault-wide keys are per column)
     key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
-    for name, ctx_lp, index_key, index, is_str, max_chars, col in columns:
+    period_keys: dict[str, Any] | None = None  # retention-bound columns' keys, by category
+    when: Any = None  # their event time, found at the first of them
+    for name, ctx_lp, index_key, index, is_str, max_chars, category, col in columns:
         value = out.get(name, _MISSING)
         if value is _MISSING or type(value) is Sealed:
             continue
@@ -434,6 +552,24 @@ def _encrypt_row(
             if value is None:
                 continue
             data = _dumps(col, value)
+        if category is not None:
+            # a retention-bound column: sealed under its subject's key of the period its row's
+            # event time falls in (suite 2)
+            if period_keys is None:
+                period_keys = {}
+                when = _event_time(plan, out, event, insert)
+            vkey = period_keys.get(category)
+            if vkey is None:
+                if periods is None:
+                    periods = _StatementPeriods(None)  # raises: no vault attached
+                vkey = period_keys[category] = periods.key(ring, col, target, when)
+            nonce = nonces()
+            out[name] = Sealed(
+                vkey.header
+                + nonce
+                + vkey.aead.seal(nonce, data, vkey.ads.get(ctx_lp) or vkey.associated_data(ctx_lp))
+            )
+            continue
         if key is None or target is NO_SUBJECT:
             try:
                 key = ring.key_for_write(target, col.label)
@@ -454,6 +590,118 @@ def _encrypt_row(
     # is chained to no UnicodeEncodeError (which holds the text)
     _dumps(col, value)
     raise AssertionError("unreachable: text UTF-8 cannot encode was encoded")
+
+
+class _StatementPeriods:
+    """The retention periods one statement met: :meth:`Periods.for_write` once a period (and
+    category), not once a row. An event time in the bounds of a period already found has that
+    period's outcome (its expiry and how far ahead it is are the period's); the write time
+    (None) is the statement's."""
+
+    __slots__ = ("found", "now", "periods")
+
+    def __init__(self, periods: Periods | None) -> None:
+        self.periods = periods
+        self.found: dict[str, list[tuple[dt.datetime, dt.datetime, PeriodSecret]]] = {}
+        self.now: dict[str, PeriodSecret] = {}
+
+    def key(self, ring: KeyRing, col: ColumnPlan, subject: object, when: Any) -> Any:
+        """The suite-2 key of ``subject``'s values of ``col``'s category in the period of
+        ``when`` (None: the vault clock's now)."""
+        name = col.retention
+        assert name is not None
+        secret = self.now.get(name) if when is None else None
+        if when is not None:
+            for start, end, candidate in self.found.get(name, ()):
+                if start <= when < end:
+                    secret = candidate
+                    break
+        if secret is None:
+            secret = self._resolve(ring, col, name, subject, when)
+        try:
+            return ring.period_key_for_write(subject, secret)
+        except TypeError:
+            raise TypeError(
+                f"{col.label}: the row's subject is not of the installation's type"
+            ) from None
+
+    def _resolve(
+        self, ring: KeyRing, col: ColumnPlan, name: str, subject: object, when: Any
+    ) -> PeriodSecret:
+        periods = self.periods
+        if periods is None:
+            raise ConfigurationError(
+                f"{col.label} is retention-bound: write it through an engine the vault is "
+                "attached to (vault.attach(engine))"
+            )
+        category = periods.category(name)
+        try:
+            ring.subject_ref(subject)  # a wrong type before a period is created
+        except TypeError:
+            raise TypeError(
+                f"{col.label}: the row's subject is not of the installation's type"
+            ) from None
+        secret = periods.for_write(category, when)
+        if when is None:
+            self.now[name] = secret
+        else:
+            period = period_of(category, when)
+            self.found.setdefault(name, []).append((period.start_utc, period.end_utc, secret))
+        return secret
+
+
+def _event_time(plan: TablePlan, row: Mapping[str, Any], event: object, insert: bool) -> Any:
+    """The event time of a row's retention-bound values, aware, or None for the write time:
+    ``event`` (what an UPDATE names; a StatementRefused to raise when it names nothing), else
+    the row's retention_from value (an INSERT: its client-side default when the row has none).
+    """
+    retention = plan.retention
+    if retention is None or retention.column is None:
+        return None
+    if isinstance(event, StatementRefused):
+        raise event
+    value = event
+    if value is _MISSING:
+        key = retention.column.key
+        value = row.get(key, _MISSING)
+        if value is _MISSING:
+            value = None
+            if insert and retention.default is not None:
+                value = retention.default()
+                row[key] = value  # type: ignore[index]  # the row is the hook's own copy
+    return checked_event_time(retention, value)
+
+
+def checked_event_time(retention: Retention, value: object) -> dt.datetime | None:
+    """``value`` of the retention_from column as an aware datetime (a naive column's read in its
+    ``retention_tz``), None for NULL; TypeError for another type, ValueError for a naive value
+    of an aware column or an aware value of a naive one."""
+    if value is None:
+        return None
+    where = retention.where()
+    if not isinstance(value, dt.datetime):
+        raise TypeError(
+            f"{where} (the retention_from of retention-bound columns) takes datetime values, not "
+            f"{type(value).__name__}"
+        )
+    aware = value.tzinfo is not None and value.utcoffset() is not None
+    zone = retention.zone
+    if zone is None:
+        if not aware:
+            raise ValueError(
+                f"{where} is DateTime(timezone=True) but holds a naive datetime: give it a time "
+                "zone (datetime.now(timezone.utc)), its retention period depends on it. On "
+                "databases whose DATETIME keeps no zone (SQLite, MariaDB) declare DateTime() "
+                "with retention_tz= instead"
+            )
+        return value
+    if aware:
+        raise ValueError(
+            f"{where} is a DateTime without a time zone, read in {zone.key}: pass a naive "
+            f"datetime in {zone.key} (value.astimezone(ZoneInfo({zone.key!r})).replace("
+            "tzinfo=None)), or declare the column DateTime(timezone=True)"
+        )
+    return value.replace(tzinfo=zone)
 
 
 def _dumps(col: ColumnPlan, value: Any) -> bytes:
@@ -484,27 +732,56 @@ def _dumps(col: ColumnPlan, value: Any) -> bytes:
 
 
 def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
-    """Record each ORM-updated row's subject; re-encrypt everything when the subject changes."""
+    """Record each ORM-updated row's subject and retention_from; re-encrypt everything when the
+    subject changes, and every retention-bound column when retention_from changes."""
     state = attributes.instance_state(target)
     for table in mapper.tables:
         plan = plan_for(table)
         if plan is None or state.key is None:
             continue
-        subject_prop = mapper.get_property_by_column(plan.subject)
-        hist = state.attrs[subject_prop.key].history
-        changed = bool(hist.added) and list(hist.added) != list(hist.deleted)
+        changed = _changed(mapper, state, plan.subject)
         if changed:
-            for col in plan.columns:
-                prop = mapper.get_property_by_column(col.column)
-                if isinstance(getattr(target, prop.key), Sentinel):  # (loads it if deferred)
-                    raise StatementRefused(
-                        f"{plan.table.name}.{col.column.name} holds a read sentinel, not data: "
-                        "the row cannot move to another subject"
-                    )
-                attributes.flag_modified(target, prop.key)
+            _reencrypt(mapper, target, plan, plan.columns, "move to another subject")
+        event: object = _MISSING
+        moved = False
+        retention = plan.retention
+        if retention is not None and retention.column is not None:
+            moved = _changed(mapper, state, retention.column)
+            if moved:
+                _reencrypt(mapper, target, plan, plan.retained, "move to another period")
+            modified = state.committed_state
+            if (
+                changed
+                or moved
+                or any(
+                    mapper.get_property_by_column(c.column).key in modified for c in plan.retained
+                )
+            ):  # a retention-bound value is sealed: its row's event time (loaded if expired)
+                event = getattr(target, mapper.get_property_by_column(retention.column).key)
         pk = tuple(state.key[1])  # the identity: the primary key the UPDATE's WHERE names
         rows = connection.info.setdefault(_ORM_ROWS, {})
-        rows[(table, pk)] = (getattr(target, subject_prop.key), changed)
+        subject = getattr(target, mapper.get_property_by_column(plan.subject).key)
+        rows[(table, pk)] = (subject, changed, event, moved)
+
+
+def _changed(mapper: Mapper[Any], state: Any, column: sa.Column[Any]) -> bool:
+    hist = state.attrs[mapper.get_property_by_column(column).key].history
+    return bool(hist.added) and list(hist.added) != list(hist.deleted)
+
+
+def _reencrypt(
+    mapper: Mapper[Any], target: Any, plan: TablePlan, columns: tuple[ColumnPlan, ...], why: str
+) -> None:
+    """Mark ``columns`` of ``target`` modified, so that the UPDATE seals them again; a column
+    holding a read sentinel (no data) refuses the move."""
+    for col in columns:
+        prop = mapper.get_property_by_column(col.column)
+        if isinstance(getattr(target, prop.key), Sentinel):  # (loads it if deferred)
+            raise StatementRefused(
+                f"{plan.table.name}.{col.column.name} holds a read sentinel, not data: "
+                f"the row cannot {why}"
+            )
+        attributes.flag_modified(target, prop.key)
 
 
 def after_flush(session: Any, _flush_context: Any) -> None:
