@@ -387,6 +387,7 @@ VAULT_PUBLIC = {
     "verify_erasures",
     # legal holds and retention (issue 14)
     "enforce_retention", "hold", "holds", "release", "retention_policy", "purge_expired",
+    "move_into_periods",
     # the retention policy recorded in the key store (issue 14 item 1; lifecycle rule 8)
     "policy_grace", "recorded_retention_policy", "set_retention_policy",
     # read-only properties

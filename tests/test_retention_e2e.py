@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from ccvault import EXPIRED, KmsKeyNotFoundError, RetentionExpiredError
 from ccvault.retention import Category, RetentionPolicy, expires_at, period_label, period_of
@@ -97,6 +98,9 @@ def test_a_value_reads_until_the_enforcement_at_its_expiry_and_is_expired_after(
     assert isinstance(late, str)
     assert len(late) == 32
     assert vault.decrypt_many([(blob, CTX, customer)]) == [EXPIRED]
+    # the subject export lists the holds (cases are opaque references)
+    exported = vault.export_subject(held, sa.create_engine("sqlite://")).as_dict()
+    assert [(h["case"], h["active"]) for h in exported["holds"]] == [("LIT-9", True)]
     # releasing the held subject: its values expire at the next run
     (hold,) = [h for h in vault.holds() if h.subject_ref == vault.subject_ref(held).hex()]
     vault.release(hold.hold_id, by="legal")

@@ -110,6 +110,7 @@ if TYPE_CHECKING:
     from .sqlalchemy._datamap import DataMap
     from .sqlalchemy._export import SubjectExport
     from .sqlalchemy._purge import PurgeReport
+    from .sqlalchemy._reencrypt import MoveReport
     from .sqlalchemy._scrub import ScrubReport
 
 __all__ = [
@@ -1088,6 +1089,43 @@ class Vault:
             self._options.writable("purge rows")
         return purge_expired(
             self._ring, bind, models, batch=batch, dry_run=dry_run, progress=progress
+        )
+
+    def move_into_periods(
+        self,
+        bind: Any,
+        models: Any,
+        *,
+        batch: int = 500,
+        expire_stale: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> list[MoveReport]:
+        """Move the suite-1 values of the retention-bound columns of ``models`` (written before
+        the column gained ``retention=``) into the period of their row's ``retention_from``
+        (NULL: now), through ``bind`` (a Session, Engine or Connection of the application
+        database); one :class:`~ccvault.sqlalchemy.MoveReport` per table.
+
+        ``batch`` rows per transaction, selected ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and
+        MariaDB (several workers share a table); resumable (a moved value is suite 2 and not
+        selected again). A value whose period has already expired is never re-encrypted under
+        a new secret: counted ``stale`` and left, or set NULL with ``expire_stale=True``.
+        Shredded and unreadable values are counted and left; a row rewritten meanwhile is left
+        for the next run (``changed``). ``dry_run`` writes nothing (docs/retention.md,
+        "Existing data")."""
+        from .sqlalchemy._reencrypt import move_into_periods
+
+        if not dry_run:
+            self._options.writable("move values into retention periods")
+        return move_into_periods(
+            self._ring,
+            self._values,
+            bind,
+            models,
+            batch=batch,
+            expire_stale=expire_stale,
+            dry_run=dry_run,
+            progress=progress,
         )
 
     def register_personal_table(self, table: Any, subject_column: Any) -> None:

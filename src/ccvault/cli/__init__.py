@@ -274,6 +274,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "categories in force now, the changes still waiting for the policy grace, and whether "
         "this process's policy (CCVAULT_RETENTION_POLICY) is the recorded one. Read-only.",
     )
+    move = policy_sub.add_parser(
+        "move",
+        help="move existing values of retention-bound columns into their periods (resumable)",
+        description="Re-encrypt the suite-1 values of the models' retention-bound columns "
+        "(written before the column gained retention=) under the period of their row's "
+        "retention_from (NULL: now), in batches selected FOR UPDATE SKIP LOCKED on PostgreSQL "
+        "and MariaDB (several workers may share a table). Resumable. A value whose period has "
+        "already expired is never re-encrypted: counted stale, or set NULL with "
+        "--expire-stale. Progress on stderr; prints a JSON report per table. Exit status 0; 1: "
+        "an error. The vault is configured by CCVAULT_* variables.",
+    )
+    purge = policy_sub.add_parser(
+        "purge",
+        help="delete rows whose encrypted values are all expired, shredded or NULL",
+        description="Delete the rows of the models whose encrypted values are each NULL, "
+        "EXPIRED or SHREDDED (one at least not NULL), decided from headers and key states "
+        "without decrypting, in batches; rows with a live or held value are counted and kept. "
+        "Progress on stderr; prints a JSON report per table. Exit status 0; 1: an error.",
+    )
+    for job in (move, purge):
+        _models_option(job)
+        job.add_argument(
+            "--database-url", required=True, help="SQLAlchemy URL of the application database"
+        )
+        job.add_argument("--batch", type=int, default=500, help="rows per transaction (500)")
+        job.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    move.add_argument(
+        "--expire-stale",
+        action="store_true",
+        help="set NULL the values of periods already expired (never re-encrypted)",
+    )
     sub.add_parser(
         "doctor",
         help="check this process's configuration against its installation (read-only)",
@@ -311,6 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_set_policy(args.file, by=args.by, dry_run=args.dry_run, output=args.format)
         if args.retention_command == "show":
             return run_show_policy()
+        if args.retention_command in ("move", "purge"):
+            from ._housekeeping import run_move, run_purge
+
+            if args.retention_command == "move":
+                return run_move(
+                    args.models,
+                    args.database_url,
+                    batch=args.batch,
+                    expire_stale=args.expire_stale,
+                    dry_run=args.dry_run,
+                )
+            return run_purge(args.models, args.database_url, batch=args.batch, dry_run=args.dry_run)
         retention.print_help(sys.stderr)
         return 2
     if args.command == "doctor":

@@ -21,6 +21,7 @@ __all__ = [
     "app_engine",
     "app_inputs",
     "import_models",
+    "progress_lines",
     "report_failure",
     "run_scrub",
 ]
@@ -31,7 +32,7 @@ FOUND_UNREADABLE = 3
 _PROGRESS_EVERY = 1.0  # seconds between progress lines of one table
 
 
-def _progress() -> Callable[[str, int, int], None]:
+def progress_lines(command: str = "scrub") -> Callable[[str, int, int], None]:
     """Progress lines on stderr: at most one a second per table, and its last batch."""
     printed: dict[str, float] = {}
 
@@ -40,7 +41,7 @@ def _progress() -> Callable[[str, int, int], None]:
         if done < total and now - printed.get(table, -_PROGRESS_EVERY) < _PROGRESS_EVERY:
             return
         printed[table] = now
-        print(f"ccvault scrub: {table}: {done:,}/{total:,} rows", file=sys.stderr, flush=True)
+        print(f"ccvault {command}: {table}: {done:,}/{total:,} rows", file=sys.stderr, flush=True)
 
     return report
 
@@ -103,7 +104,7 @@ def run_scrub(models: Sequence[str], database_url: str, batch: int) -> int:
     if inputs is None:
         return 1
     modules, engine = inputs
-    progress = _progress()
+    progress = progress_lines()
     try:
         with Vault.from_settings(readonly=True) as vault:  # scrub writes nothing
             report = vault.scrub(engine, modules, batch=batch, progress=progress)

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from hmac import compare_digest
-from typing import Final
+from typing import Final, overload
 
 from .._repr import safe_repr
 from .._secret import SecretKey
@@ -88,11 +88,21 @@ class Periods:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._options.now(), _UTC)
 
-    def for_write(self, category: Category, event_time: datetime | None) -> PeriodSecret:
+    @overload
+    def for_write(self, category: Category, event_time: datetime | None) -> PeriodSecret: ...
+
+    @overload
+    def for_write(
+        self, category: Category, event_time: datetime | None, *, create: bool
+    ) -> PeriodSecret | None: ...
+
+    def for_write(
+        self, category: Category, event_time: datetime | None, *, create: bool = True
+    ) -> PeriodSecret | None:
         """The live period of ``event_time`` (None: the vault clock's now), created on first
-        use. ValueError for a naive time or one more than one period in the future;
-        :class:`RetentionExpiredError` for a period already expired (decided from time) or
-        tombstoned."""
+        use (``create=False``: None when it has no row yet — a dry run). ValueError for a naive
+        time or one more than one period in the future; :class:`RetentionExpiredError` for a
+        period already expired (decided from time) or tombstoned."""
         now = self.now()
         if event_time is None:
             event_time = now
@@ -117,6 +127,8 @@ class Periods:
             return cached
         ref = compute_period_ref(period)
         rec = self._store.latest_key(KeyKind.PERIOD, label)
+        if rec is None and not create:
+            return None
         if rec is None:
             self._options.writable("create retention periods")
             rec = self._epochs.with_fresh_epoch(

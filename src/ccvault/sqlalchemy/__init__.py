@@ -20,6 +20,7 @@ from .._sentinels import SHREDDED, UNREADABLE, Sentinel, Shredded, Unreadable
 from ._datamap import DataMap, MappedColumn, MappedTable, MapWarning, SearchableForm
 from ._export import ErasureState, ExportedTable, ExportScope, NotSearched, SubjectExport
 from ._purge import PurgeReport
+from ._reencrypt import MoveReport
 from ._scrub import ColumnCounts, ScrubReport, UnreadableValue
 from ._types import BlindIndex, Encrypted
 from ._write import StatementRefused
@@ -37,6 +38,7 @@ __all__ = [
     "MapWarning",
     "MappedColumn",
     "MappedTable",
+    "MoveReport",
     "NotSearched",
     "PurgeReport",
     "ScrubReport",

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from .._sentinels import EXPIRED, SHREDDED, UNREADABLE, Sentinel
 from ..audit._receipt import ErasureReceipt
 from ..crypto import _format as fmt
+from ..erasure import Hold
 from ..errors import ConfigurationError
 from ._attach import attached_on_error, readable_columns
 from ._datamap import MapEntry, map_entries, unmapped_references
@@ -65,7 +66,6 @@ OUTSIDE: Final = (
     "other systems: recordings and files, caches, search engines, analytics and third-party copies",
 )
 NOT_BUILT_YET: Final = (
-    "holds: legal holds are not built yet (holds is always [])",
     "retention: a summary of the subject's retention periods is not built yet (retention is "
     "always null); each retention-bound value's state is in its table's retention list",
 )
@@ -138,7 +138,8 @@ class SubjectExport(BaseModel):
     scope: ExportScope
     tables: tuple[ExportedTable, ...]
     erasure: ErasureState
-    holds: tuple[Any, ...] = ()  # not built yet
+    # the subject's legal holds, released ones included (Vault.holds(subject, active_only=False))
+    holds: tuple[Hold, ...] = ()
     retention: None = None  # not built yet
 
     def as_dict(self) -> dict[str, Any]:
@@ -190,6 +191,7 @@ def export_subject(
         erasure=ErasureState(
             shredded=receipt is not None or ring.is_shredded(subject), receipt=receipt
         ),
+        holds=tuple(vault.holds(subject, active_only=False)),
     )
 
 
