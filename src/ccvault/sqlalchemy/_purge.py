@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
 
 from ..errors import ConfigurationError, DecryptionError
-from ._plan import TablePlan, plan_for
-from ._scrub import keyset_after, read_rows, tables_of
+from ._jobs import in_transaction, job_inputs
+from ._plan import TablePlan
+from ._scrub import keyset_after, read_rows
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing
@@ -79,18 +79,7 @@ def purge_expired(
     progress: Progress | None = None,
 ) -> list[PurgeReport]:
     """:meth:`ccvault.Vault.purge_expired`: one report per table of ``model``."""
-    if isinstance(bind, Session):
-        bind = bind.get_bind()
-    if not isinstance(bind, Engine | Connection):
-        raise ConfigurationError(
-            "purge_expired() works through a Session, or a synchronous Engine or Connection, of "
-            "the application database"
-        )
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigurationError("purge_expired(batch=) is a positive number of rows")
-    plans = [plan for table in tables_of(model) if (plan := plan_for(table)) is not None]
-    if not plans:
-        raise ConfigurationError("purge_expired() found no table with encrypted columns")
+    bind, plans = job_inputs("purge_expired", bind, batch, model)
     return [_purge_table(ring, bind, plan, batch, dry_run, progress) for plan in plans]
 
 
@@ -241,10 +230,4 @@ def _delete(
                 deleted += max(int(result.rowcount), 0)
         return deleted
 
-    if isinstance(bind, Connection):
-        if bind.in_transaction():
-            return run(bind)
-        with bind.begin():
-            return run(bind)
-    with bind.begin() as conn:
-        return run(conn)
+    return in_transaction(bind, run)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
 
 from ..errors import (
     ConfigurationError,
@@ -36,8 +35,9 @@ from ..errors import (
     RetentionExpiredError,
     SubjectShreddedError,
 )
-from ._plan import ColumnPlan, TablePlan, plan_for
-from ._scrub import keyset_after, read_rows, tables_of
+from ._jobs import in_transaction, job_inputs
+from ._plan import ColumnPlan, TablePlan
+from ._scrub import keyset_after, read_rows
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing, Values
@@ -104,24 +104,7 @@ def move_into_periods(
     progress: Progress | None = None,
 ) -> list[MoveReport]:
     """See :meth:`ccvault.Vault.move_into_periods`."""
-    if isinstance(bind, Session):
-        bind = bind.get_bind()
-    if not isinstance(bind, Engine | Connection):
-        raise ConfigurationError(
-            "move_into_periods() works through a Session, or a synchronous Engine or "
-            "Connection, of the application database"
-        )
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigurationError("move_into_periods(batch=) is a positive number of rows")
-    plans = [
-        plan
-        for table in tables_of(models)
-        if (plan := plan_for(table)) is not None and plan.retained
-    ]
-    if not plans:
-        raise ConfigurationError(
-            "move_into_periods() found no table with retention-bound columns (retention=)"
-        )
+    bind, plans = job_inputs("move_into_periods", bind, batch, models, retained=True)
     for plan in plans:  # every category known before anything is written
         for col in plan.retained:
             ring.periods.category(col.retention)
@@ -188,7 +171,7 @@ def _move_table(
                        when is not None, zone, expire_stale, dry_run, counts)  # fmt: skip
             return rows
 
-        rows = _in_transaction(bind, run)
+        rows = in_transaction(bind, run)
         if not rows:
             break
         counts.rows += len(rows)
@@ -291,13 +274,3 @@ def _move_rows(
             counts.changed += 1
             counts.moved -= sum(1 for v in updates.values() if v is not None)
             counts.nulled -= sum(1 for v in updates.values() if v is None)
-
-
-def _in_transaction(bind: Engine | Connection, run: Callable[[Connection], Any]) -> Any:
-    if isinstance(bind, Connection):
-        if bind.in_transaction():
-            return run(bind)
-        with bind.begin():
-            return run(bind)
-    with bind.begin() as conn:
-        return run(conn)
