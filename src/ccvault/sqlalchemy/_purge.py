@@ -15,7 +15,7 @@ It never decrypts, creates no key and touches no other table.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -57,16 +57,7 @@ class PurgeReport:
     dry_run: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "rows": self.rows,
-            "deleted": self.deleted,
-            "live": self.live,
-            "empty": self.empty,
-            "unreadable": self.unreadable,
-            "changed": self.changed,
-            "dry_run": self.dry_run,
-        }
+        return asdict(self)
 
 
 def purge_expired(

@@ -22,7 +22,7 @@ does not open is counted ``unreadable`` (``vault.scrub`` names it) and left.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -71,17 +71,7 @@ class MoveReport:
     dry_run: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "rows": self.rows,
-            "moved": self.moved,
-            "stale": self.stale,
-            "nulled": self.nulled,
-            "shredded": self.shredded,
-            "unreadable": self.unreadable,
-            "changed": self.changed,
-            "dry_run": self.dry_run,
-        }
+        return asdict(self)
 
 
 class _Counts:
