@@ -979,12 +979,32 @@ def test_two_retention_from_columns_in_one_table_are_refused(
         vault.close()
 
 
-def test_a_vault_without_a_policy_refuses_retention_bound_columns(
-    models: Models, svault: Vault
+def test_a_vault_without_a_policy_reads_but_refuses_to_write_retention_bound_columns(
+    models: Models, svault: Vault, tmp_path: Path
 ) -> None:
-    with pytest.raises(ConfigurationError, match="needs a retention policy") as refused:
-        svault.attach(sa.create_engine("sqlite://"))
-    assert "r_" in str(refused.value)
+    """A reading service needs no policy (reads never consult one): it attaches; a write of a
+    retention-bound column is refused, naming the column."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    models.Base.metadata.create_all(engine)
+    svault.attach(engine)
+    try:
+        with engine.begin() as conn:  # a row another service wrote (its value NULL here)
+            conn.execute(
+                sa.text("INSERT INTO r_memos (id, customer_id) VALUES (:i, :c)"),
+                {"i": uuid.uuid4().hex, "c": uuid.uuid4().hex},
+            )
+        with Session(engine) as s:
+            assert [m.body for m in s.scalars(sa.select(models.Memo))] == [None]
+        with (
+            pytest.raises(ConfigurationError, match="needs a retention policy") as refused,
+            Session(engine) as s,
+            s.begin(),
+        ):
+            s.add(models.Memo(customer_id=uuid.uuid4(), body="said"))
+        assert "r_memos.body" in str(refused.value)
+    finally:
+        svault.detach(engine)
+        engine.dispose()
 
 
 def test_a_model_mapped_after_attach_is_checked_at_its_first_write(

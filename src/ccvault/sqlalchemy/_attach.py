@@ -77,11 +77,15 @@ def check_tables(vault: Vault | None = None) -> None:
     """Raise ConfigurationError for any table with encrypted columns that cannot work: two
     columns with one context label, a subject column missing, encrypted, or filled in by the
     database (autoincrement, identity, server default), a retention_from column that is not a
-    client-set DateTime (or naive without retention_tz=), and with ``vault``, a retention
-    category its policy does not have."""
+    client-set DateTime (or naive without retention_tz=), and with ``vault`` and its retention
+    policy, a retention category that policy does not have. A vault without a policy attaches
+    (it reads retention-bound columns, which needs no policy) and refuses their writes, naming
+    the column, at the write."""
+    checked = vault is not None and vault.retention_policy is not None
     for table in list(encrypted_tables):
         plan = plan_for(table)
-        if plan is not None and plan.retained and vault is not None:
+        if plan is not None and plan.retained and checked:
+            assert vault is not None
             _write.check_categories(plan, vault._periods)
 
 
