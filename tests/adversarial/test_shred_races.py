@@ -42,6 +42,9 @@ from conftest import _server_db
 
 CTX = "customers.phone"
 ROUND_SECONDS = 0.25  # how long encrypters and decrypters keep going in one round
+# ... and at most this much longer, until their vault refuses the round's subject (more than the
+# cached vaults' propagation bound of 1 s)
+SHRED_WAIT = 2.0
 BARRIER_TIMEOUT = 60.0
 UNCACHED = 1e-6  # a vault whose caches expire at once: every call reads the key store
 SPAWN = mp.get_context("spawn")
@@ -106,20 +109,26 @@ def _worker_rounds(
     seed: int,
 ) -> None:
     """Encrypt for and decrypt the round's subject (and the control customer) until the round
-    ends; the round's value is ``blob``."""
+    ends — and on, up to ``SHRED_WAIT`` more, until this vault has refused the subject once, so
+    that every round exercises operations after its shred however slow the shred was (on a
+    busy machine a shred can outlast the round); the round's value is ``blob``."""
     rng = random.Random(seed)
     for subject, blob in rounds:
         if not _started(barrier, record, who, vkind, subject):
             return
         deadline = time.time() + ROUND_SECONDS
+        hard_stop = deadline + SHRED_WAIT
         u = uuid.UUID(subject)
-        while time.time() < deadline:
+        refused = False
+        while time.time() < deadline or (not refused and time.time() < hard_stop):
             if rng.random() < 0.5:
                 op = functools.partial(vault.encrypt, u, b"x", context=CTX)
-                record(_call(who, vkind, "encrypt", subject, op))
+                done = _call(who, vkind, "encrypt", subject, op)
             else:
                 op = functools.partial(vault.decrypt, blob, context=CTX, subject=u)
-                record(_call(who, vkind, "decrypt", subject, op))
+                done = _call(who, vkind, "decrypt", subject, op)
+            record(done)
+            refused = refused or done.outcome == "shredded"
             if rng.random() < 0.1:
                 op = functools.partial(vault.encrypt, uuid.UUID(control), b"c", context=CTX)
                 record(_call(who, vkind, "encrypt", control, op))
