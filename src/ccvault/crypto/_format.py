@@ -63,6 +63,7 @@ __all__ = [
     "parse",
     "seal_value",
     "value_associated_data",
+    "value_header",
 ]
 
 FORMAT_VERSION = 1
@@ -186,7 +187,14 @@ def suite1_key_ref(header: bytes) -> tuple[bytes, int] | None:
 
 SUITE2_HEADER_BYTES = _HEAD.size + PERIOD_ID_BYTES  # ... and the period id
 _SUITE2_PREFIX = bytes((FORMAT_VERSION, SUITE_AES256GCM_PERIOD))
+_SUITE2_SUITE = bytes((SUITE_AES256GCM_PERIOD,))
 _SUITE2_REF = struct.Struct(">2x16sI16s").unpack
+
+
+def value_header(blob: bytes) -> bytes:
+    """The header a value's keys are looked up by: 38 bytes for suite 2, else 22 (the first
+    bytes of anything else, which names no key)."""
+    return blob[:SUITE2_HEADER_BYTES] if blob[1:2] == _SUITE2_SUITE else blob[:SUITE1_HEADER_BYTES]
 
 
 def suite2_key_ref(header: bytes) -> tuple[bytes, int, bytes] | None:

@@ -449,7 +449,7 @@ class Enforcer:
         released = [bytes.fromhex(h) for h in record.released_refs]
         gone = txn.destroy_held_keys(released, now) if released else 0
         txn.publish_expiry(ids, released if gone else [], now)
-        self._periods.forget(set(ids))
+        self._ring.evict_periods(set(ids))
 
     # -- what is due -------------------------------------------------------------------------------
 

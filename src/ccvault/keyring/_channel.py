@@ -99,8 +99,8 @@ class Invalidations:
         *,
         evict_refs: Callable[[set[bytes]], None],
         evict_all: Callable[[], None],
-        evict_periods: Callable[[set[bytes] | None], None] | None = None,
-        evict_derived: Callable[[set[bytes]], None] | None = None,
+        evict_periods: Callable[[set[bytes] | None], None],
+        evict_derived: Callable[[set[bytes]], None],
     ) -> None:
         self._store = store
         self._installation = installation
@@ -232,9 +232,7 @@ class Invalidations:
                 periods = {row.period for row in expiries if row.period is not None}
                 refs = {row.ref for row in expiries if row.period is None and row.ref is not None}
                 every = any(row.period is None and row.ref is None for row in expiries)
-                if self._evict_periods is None or self._evict_derived is None:
-                    self._evict_all()
-                elif every:
+                if every:
                     self._evict_periods(None)
                 else:
                     if periods:

@@ -394,7 +394,13 @@ class KeyRing:
 
     def _derived_key(self, rec: KeyRecord, secret: SecretKey, period_id: bytes) -> fmt.ValueKey:
         """The suite-2 value key of subject key row ``rec`` in period ``period_id``."""
-        material = self._epochs.unwrap_record(rec)
+        return self._derive(rec, self._epochs.unwrap_record(rec), secret, period_id)
+
+    @staticmethod
+    def _derive(
+        rec: KeyRecord, material: SecretKey, secret: SecretKey, period_id: bytes
+    ) -> fmt.ValueKey:
+        """The suite-2 value key of subject key ``material`` (row ``rec``) in ``period_id``."""
         derived = fmt.derive_period_key(
             material.reveal(), secret.reveal(), rec.key_id, rec.version, period_id
         )
@@ -497,6 +503,7 @@ class KeyRing:
             wanted.add((fmt.held_key_id(key_id, version, pid), version))
         rows = self._store.value_keys(list(wanted))
         secrets: dict[bytes, SecretKey | None] = {}
+        opened: dict[tuple[bytes, int], SecretKey | None] = {}  # subject keys, once each
         out: dict[bytes, fmt.ValueKey | Tombstone] = {}
         for header, (key_id, version, pid) in named:
             found = rows.get((key_id, version))
@@ -540,10 +547,15 @@ class KeyRing:
                 secret = secrets[pid]
                 if secret is None:
                     continue
-                try:
-                    key = self._derived_key(rec, secret, pid)
-                except DecryptionError:
+                if (key_id, version) not in opened:
+                    try:
+                        opened[(key_id, version)] = self._epochs.unwrap_record(rec)
+                    except DecryptionError:
+                        opened[(key_id, version)] = None
+                subject_key = opened[(key_id, version)]
+                if subject_key is None:
                     continue
+                key = self._derive(rec, subject_key, secret, pid)
             self._cache_read_key(header, key, generation)
             out[header] = key
         return out

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..crypto import _format as fmt
 from ..errors import ConfigurationError, DecryptionError
 from ._jobs import in_transaction, job_inputs
 from ._plan import TablePlan
@@ -33,8 +34,6 @@ __all__ = ["PurgeReport", "purge_expired"]
 
 Progress = Callable[[str, int, int], None]
 """``progress(table, rows_read, rows_total)`` after each batch."""
-
-_HEADER1, _HEADER2 = 22, 38  # suite-1 and suite-2 value headers (docs/format.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +140,7 @@ def _dead_rows(
         for value in row[width + 1 :]:
             if isinstance(value, bytes | bytearray | memoryview):
                 value = bytes(value)
-                headers.add(value[:_HEADER2] if value[1:2] == b"\x02" else value[:_HEADER1])
+                headers.add(fmt.value_header(value))
     keys = ring.keys(headers) if headers else {}
     dead = []
     for row in rows:
@@ -154,7 +153,7 @@ def _dead_rows(
                 verdict = "live"  # legacy plaintext
                 break
             value = bytes(value)
-            found = keys.get(value[:_HEADER2] if value[1:2] == b"\x02" else value[:_HEADER1])
+            found = keys.get(fmt.value_header(value))
             if found is None or not _owned(ring, found.ref, subject):
                 verdict = "unreadable"
                 break

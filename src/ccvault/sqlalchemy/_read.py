@@ -198,7 +198,7 @@ class Reader:
                     if not isinstance(v, bytearray | memoryview):
                         continue
                     v = bytes(v)
-                add(v[:_HEADER2] if v[1:2] == _SUITE2 else v[:_HEADER])
+                add(fmt.value_header(v))
         return headers
 
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
