@@ -379,3 +379,23 @@ def test_another_process_sees_an_expiry_at_its_next_poll_and_nothing_else_is_dro
         assert not other.is_shredded(customer)
         assert other.decrypt(plain, context="calls.summary") == b"plain"
         assert other._ring.lookup()(plain[:22]) is not None
+
+
+def test_the_retention_value_path_logs_no_plaintext_subject_or_key_at_debug(
+    rvault: Vault, kms: LocalKms, db_url: str, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+):
+    import logging
+
+    customer = uuid.UUID("0badc0de-0000-4000-8000-00000000beef")
+    caplog.set_level(logging.DEBUG)
+    blob = rvault.encrypt(customer, b"pin 4711", context="calls.transcript", retention="chats")
+    period = rvault._ring.periods.for_write(CHATS, None)
+    assert rvault.decrypt(blob, context="calls.transcript", subject=customer) == b"pin 4711"
+    tombstone_period(db_url, period.period_id)
+    with reopen(kms, db_url, clock) as other:
+        assert other.decrypt_many([(blob, "calls.transcript", customer)]) == [EXPIRED]
+        with pytest.raises(RetentionExpiredError):
+            other.decrypt(blob, context="calls.transcript", subject=customer)
+    text = caplog.text
+    for secret in ("pin 4711", str(customer), customer.hex, period.secret.reveal().hex()):
+        assert secret not in text
