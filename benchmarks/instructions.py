@@ -12,6 +12,11 @@ loop is measured on the same rows in four unsearchable columns (``read-suite2``:
 each value under its customer's key of the month), beside the same columns without it
 (``read-suite1``); the target is suite 2 within +10 % of suite 1.
 
+``read-first`` is the read loop on rows read for the first time after they were written: their
+customers' keys were created by the write hook (not by ``warm``), and the driver returns each
+row's subject as SQLite does (a UUID as 32 hex digits). Every run writes 3,000 such rows and
+reads 1 or 3 batches of 1,000 of them once each, so the difference is first reads only.
+
 Each path runs in a child process under callgrind once with 1 batch and once with 3; the
 difference divided by 2,000 rows is the cost of a row, start-up excluded. Not part of
 ``python -m benchmarks`` (valgrind makes it slow) and not a timing: an instruction is not a
@@ -27,12 +32,48 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROWS = 1_000
 
 
+def _field(op: str, batches: int) -> None:
+    """``field``: ``vault.encrypt`` + ``vault.decrypt(..., subject=)`` of a 100-byte value, the
+    key cached (the field round trip's figure); ``field-aesgcm``: its baseline, ``AESGCM``
+    encrypt + decrypt with a fresh ``os.urandom(12)`` nonce, the key object reused."""
+    import os
+
+    from ccvault import Vault
+    from ccvault.kms import LocalKms
+
+    value = b"x" * 100
+    if op == "field-aesgcm":
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        aead = AESGCM(os.urandom(32))
+        for _ in range(batches * ROWS):
+            nonce = os.urandom(12)
+            aead.decrypt(nonce, aead.encrypt(nonce, value, None), None)
+        return
+    keys = Path(tempfile.mkdtemp()) / "keys.db"
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{keys}", cache_ttl=86_400)
+    subject = uuid.uuid4()
+    vault.decrypt(
+        vault.encrypt(subject, value, context="customers.phone"),
+        context="customers.phone",
+        subject=subject,
+    )
+    for _ in range(batches * ROWS):
+        blob = vault.encrypt(subject, value, context="customers.phone")
+        vault.decrypt(blob, context="customers.phone", subject=subject)
+
+
 def _child(op: str, batches: int) -> None:
     import sqlalchemy as sa
+
+    if op.startswith("field"):
+        _field(op, batches)
+        return
 
     from benchmarks.bench_orm import _models, retention_policy, rows, timed_rows
     from ccvault import Vault
@@ -52,11 +93,14 @@ def _child(op: str, batches: int) -> None:
         cache_ttl=86_400,
         retention_policy=retention_policy(),
     )
-    data = rows(ROWS) if kind == "ccvault" else timed_rows(rows(ROWS))
-    vault.warm(d["id"] for d in data)
     ring = vault._ring  # the key ring the column types use (vault.attach hands it to them)
     insert = sa.insert(table)
     periods = vault._periods
+    if op == "read-first":
+        _first_reads(vault, table, md, batches)
+        return
+    data = rows(ROWS) if kind == "ccvault" else timed_rows(rows(ROWS))
+    vault.warm(d["id"] for d in data)
     _write._insert(ring, plan, insert, data, None, periods)  # warm: blind-index keys, code paths
     if op == "write":
         for _ in range(batches):
@@ -77,6 +121,29 @@ def _child(op: str, batches: int) -> None:
     reader.process(raw)
     for _ in range(batches):
         reader.process(raw)
+
+
+def _first_reads(vault: Any, table: Any, md: Any, batches: int) -> None:
+    """Write 3 batches of rows for new customers through the column types, then read
+    ``batches`` of them once each."""
+    import sqlalchemy as sa
+
+    from benchmarks.bench_orm import rows
+    from ccvault.sqlalchemy import _read
+
+    engine = sa.create_engine("sqlite://")
+    vault.attach(engine)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(table), rows(3 * ROWS))
+    reader = _read._build_reader(vault._ring, sa.select(table).compile(engine), False)
+    assert reader is not None
+    names = ", ".join(c.name for c in table.columns)
+    with engine.connect() as conn:
+        raw = [tuple(r) for r in conn.exec_driver_sql(f"SELECT {names} FROM {table.name}")]
+    assert type(raw[0][0]) is str  # SQLite's spelling of a UUID
+    for i in range(batches):
+        reader.process(raw[i * ROWS : (i + 1) * ROWS])
 
 
 def _count(op: str, batches: int) -> int:
@@ -110,11 +177,25 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt install valgrind)")
     found = {}
-    for op in ("write", "read", "read-suite1", "read-suite2"):
+    ops = sys.argv[1:] or [
+        "write",
+        "read",
+        "read-first",
+        "read-suite1",
+        "read-suite2",
+        "field",
+        "field-aesgcm",
+    ]
+    for op in ops:
         per_row = found[op] = (_count(op, 3) - _count(op, 1)) / (2 * ROWS)
-        print(f"{op}: {per_row:,.0f} instructions a row", flush=True)
-    ratio = found["read-suite2"] / found["read-suite1"]
-    print(f"read, suite 2 / suite 1: {ratio:.3f} (target within 1.10)", flush=True)
+        unit = "a round trip" if op.startswith("field") else "a row"
+        print(f"{op}: {per_row:,.0f} instructions {unit}", flush=True)
+    if "field" in found and "field-aesgcm" in found:
+        ratio = found["field"] / found["field-aesgcm"]
+        print(f"field round trip / raw AES-GCM: {ratio:.2f} (target within 3)", flush=True)
+    if "read-suite1" in found and "read-suite2" in found:
+        ratio = found["read-suite2"] / found["read-suite1"]
+        print(f"read, suite 2 / suite 1: {ratio:.3f} (target within 1.10)", flush=True)
 
 
 if __name__ == "__main__":

@@ -268,6 +268,8 @@ THIRD_PARTY_PRIVATES = {
     "_fields": "Row._fields (public API despite the underscore): logged rows are masked by key",
     "_expanded_parameters": "the parameters of an expanded IN (...) blind-index search",
     "_rowbuffer": "the rows a buffered fetch strategy holds, decrypted as they are fetched",
+    # Mapping: a companion column added automatically is given to the mapper deferred
+    "_init_properties": "the properties a Mapper is given, read as it maps the table's columns",
     # The standard library
     "_exit": "os._exit (public API despite the underscore): the crash tests' failpoints",
 }

@@ -45,7 +45,6 @@ from ._install import (
 from ._repr import safe_repr
 from ._sentinels import NO_SUBJECT, Sentinel
 from .audit._receipt import ErasureReceipt
-from .crypto import _format as fmt
 from .crypto._blind import BlindIndexer, Normalizer
 from .crypto._subject import SubjectType
 from .erasure import (
@@ -79,6 +78,7 @@ from .errors import (
     LedgerUnavailableError,
 )
 from .keyring import (
+    CONTEXT_LPS,
     FENCE_BREAKS,
     UNCHECKED,
     VAULTWIDE_NO_RETENTION,
@@ -94,7 +94,7 @@ from .keyring import (
     StoreUpgrade,
     Values,
     VaultOptions,
-    context_bytes,
+    context_lp,
 )
 from .keyring import Item as DecryptItem
 from .keystore._protocol import KeyStore
@@ -644,9 +644,13 @@ class Vault:
         Raises :class:`SubjectShreddedError` if the subject was shredded (the shred fence) and
         :class:`TypeError` if the subject is not of the installation's subject type.
         """
-        if not isinstance(plaintext, bytes | bytearray | memoryview):
-            raise TypeError("plaintext must be bytes")
-        ctx = context_bytes(context)
+        if type(plaintext) is not bytes:
+            if not isinstance(plaintext, bytes | bytearray | memoryview):
+                raise TypeError("plaintext must be bytes")
+            plaintext = bytes(plaintext)
+        ctx_lp = CONTEXT_LPS.get(context) if type(context) is str else None
+        if ctx_lp is None:
+            ctx_lp = context_lp(context)
         if retention is None:
             if retention_from is not None:
                 raise TypeError("retention_from needs retention= (a category name)")
@@ -658,7 +662,7 @@ class Vault:
             self._ring.subject_ref(subject)  # a wrong type before a period is created
             period = self._periods.for_write(category, retention_from)
             key = self._ring.period_key_for_write(subject, period)
-        return key.seal(bytes(plaintext), fmt.context_lp(ctx))
+        return key.seal(plaintext, ctx_lp)
 
     def decrypt(self, blob: bytes, *, context: str, subject: object = UNCHECKED) -> bytes:
         """Open a ciphertext made by :meth:`encrypt` with the same context label.

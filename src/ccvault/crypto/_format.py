@@ -287,7 +287,7 @@ class ValueKey:
     def seal(self, plaintext: bytes, context_lp: bytes, nonces: NonceSource = fresh_nonce) -> bytes:
         """``context_lp`` is ``u32(len(context)) || context``; ``nonces`` gives the nonce."""
         nonce = nonces()
-        ad = self.associated_data(context_lp)
+        ad = self.ads.get(context_lp) or self.associated_data(context_lp)
         return self.header + nonce + self.aead.seal(nonce, plaintext, ad)
 
     def open(self, blob: bytes, context_lp: bytes) -> bytes:

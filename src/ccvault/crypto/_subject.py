@@ -92,6 +92,18 @@ class SubjectType:
             raise TypeError(f"subject must be a {len(self._parts)}-tuple ({self.spec})")
         return tuple(_coerce_scalar(p, v) for p, v in zip(self._parts, value, strict=True))
 
+    def spellings(self, canonical: bytes) -> tuple[object, ...]:
+        """The forms in which databases return the subject whose canonical bytes are
+        ``canonical``, each of which this type coerces back to it: for ``uuid`` the
+        :class:`uuid.UUID` (PostgreSQL), its 32 hex digits (SQLAlchemy's ``Uuid`` on SQLite and
+        MariaDB, as the driver returns it) and its hyphenated text; nothing for other types
+        (a driver returns those as the value itself). A reader that meets a spelling then finds
+        its ref cached instead of computing it."""
+        if self._parts != ("uuid",) or len(canonical) != 17:
+            return ()
+        value = uuid.UUID(bytes=canonical[1:])
+        return (value, value.hex, str(value))
+
     def canonical(self, value: object) -> bytes:
         """The canonical bytes of ``value`` coerced to this type."""
         coerced = self.coerce(value)

@@ -21,9 +21,10 @@ from ._ring import (
     Tombstone,
 )
 from ._rotation import EpochInfo, Rotation, RotationReport
-from ._values import UNCHECKED, Item, Outcome, Values, context_bytes
+from ._values import CONTEXT_LPS, UNCHECKED, Item, Outcome, Values, context_bytes, context_lp
 
 __all__ = [
+    "CONTEXT_LPS",
     "FENCE_BREAKS",
     "NO_REF",
     "PERIOD_VERSION",
@@ -53,4 +54,5 @@ __all__ = [
     "Values",
     "VaultOptions",
     "context_bytes",
+    "context_lp",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Final, cast
+from typing import Final
 
 from .._secret import SecretKey
 from .._sentinels import EXPIRED, NO_SUBJECT, SHREDDED, Sentinel
@@ -246,10 +246,7 @@ class KeyRing:
             ref = self._refs.get(cache_key)
             if ref is not None:
                 return ref
-        ref = self._ref_mac(self._subject_type.canonical(subject))
-        if cache_key is not None:
-            self._refs.put(cache_key, ref)
-        return ref
+        return self._new_ref(subject, cache_key)
 
     def subject_refs(self, subjects: Iterable[object]) -> list[bytes]:
         """:meth:`subject_ref` of each subject, in order, through one pass over the cache."""
@@ -258,12 +255,36 @@ class KeyRing:
         cached = self._refs.get_many([_UNCACHEABLE if k is None else k for k in cache_keys])
         out: list[bytes] = []
         for subject, cache_key, ref in zip(subjects, cache_keys, cached, strict=True):
-            if ref is None:
-                ref = self._ref_mac(self._subject_type.canonical(subject))
-                if cache_key is not None:
-                    self._refs.put(cache_key, ref)
-            out.append(ref)
+            out.append(self._new_ref(subject, cache_key) if ref is None else ref)
         return out
+
+    def ref_getter(self) -> Callable[[object], bytes]:
+        """:meth:`subject_ref` for one batch of rows: one clock reading for the cache."""
+        lookup = self._refs.getter()
+        new_ref = self._new_ref
+
+        def ref_of(subject: object) -> bytes:
+            cache_key = _ref_cache_key(subject)
+            ref = None if cache_key is None else lookup(cache_key)
+            return new_ref(subject, cache_key) if ref is None else ref
+
+        return ref_of
+
+    def _new_ref(self, subject: object, cache_key: Hashable | None) -> bytes:
+        """The ref of a subject not in the cache, cached under ``cache_key`` and under every
+        spelling a database returns the subject in (a UUID written as a ``uuid.UUID`` reads
+        back from SQLite as 32 hex digits): the first read of rows just written finds the ref
+        of each row's subject cached instead of computing an HMAC per row."""
+        canonical = self._subject_type.canonical(subject)
+        ref = self._ref_mac(canonical)
+        put = self._refs.put
+        if cache_key is not None:
+            put(cache_key, ref)
+        for spelling in self._subject_type.spellings(canonical):
+            spelling_key = _ref_cache_key(spelling)
+            if spelling_key is not None and spelling_key != cache_key:
+                put(spelling_key, ref)
+        return ref
 
     # -- keys for writing ------------------------------------------------------------------------
 
@@ -274,7 +295,11 @@ class KeyRing:
         self._check()
         if subject is NO_SUBJECT:
             return self._vaultwide.key(context)
-        return self._subject_write_key(self.subject_ref(subject))
+        ref = self.subject_ref(subject)
+        key = self._write_keys.get(ref) or self._subject_write_key(ref)
+        if key.checked is not subject:
+            key.checked = subject  # found by this subject's ref: its readers need not HMAC
+        return key
 
     def keys_for_write(self, subjects: Iterable[object]) -> dict[object, fmt.ValueKey]:
         """Write keys of many subjects (creating missing ones in batches), by subject value.
@@ -297,6 +322,10 @@ class KeyRing:
             for ref, key in self._load_or_create(cold[i : i + _BATCH]).items():
                 for subject in by_ref[ref]:
                     out[subject] = key
+        for subject, key in out.items():
+            # Each key was found by its subject's ref: the first read of the rows it seals
+            # compares the row's subject with this one instead of computing its ref.
+            key.checked = subject
         return out
 
     def warm(self, subjects: Iterable[object]) -> int:
@@ -424,6 +453,11 @@ class KeyRing:
         return key
 
     # -- keys for reading ------------------------------------------------------------------------
+
+    def cached_key(self, header: bytes) -> fmt.ValueKey | Tombstone | None:
+        """The cached key of one value header (:meth:`lookup` for a single value)."""
+        self._check()
+        return self._read_keys.get(header)
 
     def lookup(self) -> Callable[[bytes], fmt.ValueKey | Tombstone | None]:
         """Cached keys by a value's full header, for one batch of rows (one clock reading for the
@@ -719,7 +753,7 @@ def _ref_cache_key(subject: object) -> Hashable | None:
     never compare equal (and only exact types: a subclass takes the tuple)."""
     kind = type(subject)
     if kind is uuid.UUID:
-        return cast(uuid.UUID, subject).int
+        return subject.int  # type: ignore[attr-defined,no-any-return]  # no cast() call: hot
     if kind is str:
         return subject
     if subject is None or subject is NO_SUBJECT:

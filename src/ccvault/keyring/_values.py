@@ -14,6 +14,7 @@ column and primary key, which a value alone does not have.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from hmac import compare_digest
 from typing import Final, Literal
@@ -24,7 +25,7 @@ from ..errors import DecryptionError
 from ._epochs import NO_REF
 from ._ring import Expired, KeyRing, Tombstone
 
-__all__ = ["UNCHECKED", "Item", "Outcome", "Values", "context_bytes"]
+__all__ = ["CONTEXT_LPS", "UNCHECKED", "Item", "Outcome", "Values", "context_bytes", "context_lp"]
 
 _Key = fmt.ValueKey | Tombstone
 
@@ -64,6 +65,40 @@ def context_bytes(context: object) -> bytes:
     return context.encode("utf-8")
 
 
+CONTEXT_LPS: dict[str, bytes] = {}
+"""``context_lp`` of the labels met so far (read it inline before calling ``context_lp``)."""
+_MAXCONTEXT_LPS: Final = 4096  # labels are a schema's few column names, never data
+
+
+def context_lp(context: object) -> bytes:
+    """``u32(len(label)) || label`` of a context label (:func:`context_bytes`), kept for the
+    labels met so far (the single-value API's per-call encoding, done once a label)."""
+    if type(context) is str:
+        found = CONTEXT_LPS.get(context)
+        if found is not None:
+            return found
+    lp = fmt.context_lp(context_bytes(context))
+    if type(context) is str and len(CONTEXT_LPS) < _MAXCONTEXT_LPS:
+        CONTEXT_LPS[context] = lp
+    return lp
+
+
+# Subject types whose equality is exact (no subclass can override it): a value key's
+# ``checked`` subject equal to one of these, of the same type, is the same subject.
+_EXACT: Final = frozenset((str, int, uuid.UUID))
+
+
+def same_subject(checked: object, subject: object) -> bool:
+    """Is ``subject`` the subject ``checked`` that a key was found to belong to? Identity, or
+    equality of the same exact str, int or UUID type (``1 == True == 1.0`` in Python; only one
+    of them is a subject of an ``int`` installation)."""
+    if checked is None:  # nothing remembered (None is never a subject)
+        return False
+    return checked is subject or (
+        type(checked) is type(subject) and type(subject) in _EXACT and checked == subject
+    )
+
+
 class Values:
     """Opens values by their context label and, when given, their subject (:meth:`read`)."""
 
@@ -78,17 +113,60 @@ class Values:
         }
 
     def decrypt(self, blob: object, context: object, subject: object) -> bytes:
-        """``vault.decrypt``: :meth:`read` of one item; a sentinel is raised as its error, a
-        failure as the bare DecryptionError (no index: there is one value)."""
-        out = self.read(((blob, context, subject),), stop=True, single=True)
-        if isinstance(out, int):
-            raise DecryptionError
-        value = out[0]
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, Sentinel):
-            raise self._errors[type(value)]
-        raise value  # never: a failure stopped the read
+        """``vault.decrypt``: :meth:`read` of one item, the same checks in the same order
+        without the batch's lists; a sentinel is raised as its error, a failure as the bare
+        DecryptionError (no index: there is one value).
+
+        A warm key whose ``checked`` subject is this one (:func:`same_subject`: the key was found
+        to belong to it, by a write or an earlier read) skips the subject's ref; any other
+        subject is checked by its ref, as :meth:`read` checks it."""
+        if type(blob) is not bytes:
+            if not isinstance(blob, bytes | bytearray | memoryview):
+                raise TypeError(f"blob must be bytes from encrypt(), not {type(blob).__name__}")
+            blob = bytes(blob)
+        ctx_lp = CONTEXT_LPS.get(context) if type(context) is str else None
+        if ctx_lp is None:
+            ctx_lp = context_lp(context)
+        ring = self._ring
+        header: bytes | None = None
+        if len(blob) >= _SUITE1_MIN and blob[:2] == _SUITE1:
+            header = blob[:_HEADER]
+        elif len(blob) >= _SUITE2_MIN and blob[:2] == _SUITE2:
+            header = blob[:_HEADER2]
+        key = ring.cached_key(header) if header is not None else None
+        expected: bytes | None = None
+        if subject is NO_SUBJECT:
+            expected = NO_REF
+        elif subject is not UNCHECKED:
+            checked = None if key is None else key.checked
+            if checked is None or (  # same_subject(), inline
+                checked is not subject
+                and not (
+                    type(checked) is type(subject)
+                    and type(subject) in _EXACT
+                    and checked == subject
+                )
+            ):
+                expected = ring.subject_ref(subject)  # None too: TypeError, never a silent skip
+        if key is None and header is not None:
+            key = ring.keys((header,)).get(header)
+        if key is None or (expected is not None and not compare_digest(expected, key.ref)):
+            raise DecryptionError  # an unknown key, a malformed value, another subject's value
+        if expected is not None and expected:
+            key.checked = subject
+        if isinstance(key, Tombstone):
+            raise self._errors[type(key.sentinel)]
+        try:
+            plaintext: bytes | None = key.decrypt(
+                blob[key.nonce_at],
+                blob[key.body_at],
+                key.ads.get(ctx_lp) or key.associated_data(ctx_lp),
+            )
+        except fmt.InvalidTag:  # a wrong context, or tampering
+            plaintext = None
+        if plaintext is None:
+            raise DecryptionError  # outside the handler: no __context__ to carry
+        return plaintext
 
     def decrypt_many(
         self, items: Iterable[object], errors: Literal["raise", "return"]

@@ -238,7 +238,7 @@ def _export_table(
             for i, c in enumerate(columns)
             if c.key in plan.by_key
         ]
-        rows = Reader(ring, slots, []).process(raw)
+        rows = Reader(ring, slots, [], len(columns)).process(raw)
         states = _retention_states(columns, [s.index for s in slots], plan, raw, rows)
     return ExportedTable(
         table=table.fullname,

@@ -44,6 +44,7 @@ from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, RetentionExpiredError, SubjectShreddedError
 from ._codec import STR, CodecError
+from ._loop import compile_loop
 from ._plan import ColumnPlan, plan_for
 from ._types import BlindIndex, Encrypted, OnError, base_column
 
@@ -141,12 +142,17 @@ _NO_FILTERS: Filters = []  # never mutated
 
 
 class Reader:
-    """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement."""
+    """Decrypts the encrypted columns of raw DBAPI rows of one compiled statement: each batch
+    through the loop generated for its columns (``_loop``), rows it does not handle and the
+    batches of other widths through the generic loop (``_run``)."""
 
-    __slots__ = ("by_index", "groups", "positions", "ring", "slots", "terms")
+    __slots__ = ("by_index", "groups", "loop", "positions", "ring", "slots", "terms", "width")
 
-    def __init__(self, ring: KeyRing, slots: list[Slot], terms: list[_IndexTerm]) -> None:
+    def __init__(
+        self, ring: KeyRing, slots: list[Slot], terms: list[_IndexTerm], width: int
+    ) -> None:
         self.ring = ring
+        self.width = width
         self.slots = slots
         self.terms = terms
         self.positions = tuple(slot.index for slot in slots)
@@ -160,6 +166,7 @@ class Reader:
                 (slot.index, col.ctx_lp, loads, slot.strict, unsealed, col.retention is not None)
             )
         self.groups: tuple[_Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
+        self.loop = compile_loop(self.groups, width, bool(terms))
 
     def filters(self, context: Any) -> Filters:
         """The search arguments of this execution, normalised, for the post-filter."""
@@ -205,9 +212,18 @@ class Reader:
         if not rows:
             return []
         known: dict[bytes, Any] = {}  # the keys this batch has met, by header
+        load = self._loader(rows, known)
         try:
             try:
-                return self._run(rows, filters, self.groups, known, False)
+                if len(rows[0]) != self.width:  # a driver's row of another shape: generic
+                    return self._run(rows, filters, self.groups, known, load)
+                groups, run, cached = self.groups, self._run, self.ring.lookup()
+                check = self._checker()
+
+                def slow(row: Sequence[Any]) -> list[Any]:
+                    return run((row,), filters, groups, known, load, cached, check)
+
+                return self.loop(rows, filters, known, cached, load, slow, _matches, check)
             except _FAILURES:
                 pass  # dropped: the slow path finds the value (its traceback holds the loop)
             out = self._retry(rows, filters, known)
@@ -222,21 +238,42 @@ class Reader:
         filters = None
         raise out
 
+    def _loader(self, rows: Sequence[Any], known: dict[bytes, Any]) -> Callable[[], bool]:
+        """``load()``: resolve every key of the batch ``rows`` into ``known`` together (one
+        key-store query per 500 cold ones, not one per key), at the first cold key met; True
+        when this call loaded them, False when an earlier one did."""
+        loaded = False
+
+        def load() -> bool:
+            nonlocal loaded
+            if loaded:
+                return False
+            loaded = True
+            known.update(self.ring.keys(self._headers(rows) - known.keys()))
+            return True
+
+        return load
+
     def _run(
         self,
         rows: Sequence[Any],
         filters: Filters | None,
         groups: tuple[_Group, ...],
         known: dict[bytes, Any],
-        batch_loaded: bool,
+        load: Callable[[], bool],
+        cached: Callable[[bytes], Any] | None = None,
+        check: Callable[[Any, Any], None] | None = None,
     ) -> list[Any]:
-        """The row loop: decrypt ``groups`` of ``rows``. Raises one of ``_FAILURES`` at the first
-        value that cannot be read, with no location (``_retry`` finds it). Whatever it raises,
-        its frame is left holding nothing it decrypted."""
+        """The generic row loop: decrypt ``groups`` of ``rows``. Raises one of ``_FAILURES`` at
+        the first value that cannot be read, with no location (``_retry`` finds it). Whatever it
+        raises, its frame is left holding nothing it decrypted. ``load()`` resolves the keys of
+        the whole batch at the first cold key."""
         ring = self.ring
-        cached = ring.lookup()  # warm keys by header
+        if cached is None:
+            cached = ring.lookup()  # warm keys by header
+        if check is None:
+            check = self._checker()
         known_get = known.get
-        subject_ref = ring.subject_ref
         out: list[tuple[Any, ...]] = []
         append = out.append
         try:
@@ -268,11 +305,7 @@ class Reader:
                                 key = known_get(header)
                         if key is None:
                             key = cached(header)
-                            if key is None and not batch_loaded:
-                                # A cold key: resolve every key of the batch together (one
-                                # key-store query per 500 cold ones), not one query per key.
-                                known.update(ring.keys(self._headers(rows)))
-                                batch_loaded = True
+                            if key is None and load():  # a cold key: the whole batch's
                                 key = known_get(header)
                             if key is None:  # an unknown key, version or suite
                                 new[index] = unsealed(blob)
@@ -280,22 +313,15 @@ class Reader:
                             known[header] = key
                         if key is not verified and subject_index is not None:
                             # Each value must belong to the row's subject (checked before the
-                            # shred state: a moved value is no erasure).
-                            if subject is None:
-                                if key.ref:
-                                    raise DecryptionError
-                            else:
-                                checked = key.checked
-                                if checked is None or checked != subject:
-                                    try:
-                                        ref = subject_ref(subject)
-                                    except TypeError:
-                                        # A subject the installation's type refuses ('' for
-                                        # str): no key was ever made for it.
-                                        raise DecryptionError from None
-                                    if ref != key.ref:
-                                        raise DecryptionError  # another customer's value
-                                    key.checked = subject
+                            # shred state: a moved value is no erasure); a key remembers the
+                            # subject it was found to belong to (equal and of the same type:
+                            # 1 == 1.0 == True in Python, and one of them is the subject).
+                            checked = key.checked
+                            if checked is None or (
+                                checked is not subject
+                                and (type(checked) is not type(subject) or checked != subject)
+                            ):
+                                check(key, subject)
                             verified = key
                         if key.aead is None:  # a shredded or expired tombstone
                             if strict:
@@ -328,6 +354,30 @@ class Reader:
             raise
         return out
 
+    def _checker(self) -> Callable[[Any, Any], None]:
+        """The subject check of the row loops for one batch of rows: ``check(key, subject)``
+        raises DecryptionError unless ``key`` belongs to ``subject``, a row's subject value as
+        the driver returns it (None: only a vault-wide key, which has no subject); a key found
+        to belong to it remembers it (``key.checked``: equality instead of a ref lookup next
+        time)."""
+        ref_of = self.ring.ref_getter()
+
+        def check(key: Any, subject: Any) -> None:
+            if subject is None:
+                if key.ref:
+                    raise DecryptionError
+                return
+            try:
+                ref = ref_of(subject)
+            except TypeError:
+                # A subject the installation's type refuses ('' for str): no key was made for it.
+                raise DecryptionError from None
+            if ref != key.ref:
+                raise DecryptionError  # another customer's value
+            key.checked = subject
+
+        return check
+
     def _retry(
         self, rows: Sequence[Any], filters: Filters | None, known: dict[bytes, Any]
     ) -> list[Any] | BaseException:
@@ -342,7 +392,7 @@ class Reader:
         try:
             for row in rows:
                 try:
-                    (new,) = self._run((row,), None, self.groups, known, True)
+                    (new,) = self._run((row,), None, self.groups, known, _LOADED)
                 except _FAILURES:
                     new = self._salvage(row, known)
                     if isinstance(new, BaseException):
@@ -367,7 +417,9 @@ class Reader:
                 for column in columns:
                     index = column[0]
                     try:
-                        (one,) = self._run((row,), None, ((subject_index, (column,)),), known, True)
+                        (one,) = self._run(
+                            (row,), None, ((subject_index, (column,)),), known, _LOADED
+                        )
                     except _FAILURES as exc:
                         value = self._failed(row, self.by_index[index], exc)
                         if isinstance(value, BaseException):
@@ -395,6 +447,10 @@ class Reader:
             return error
         log.warning("%s; read as UNREADABLE", error, extra=where)
         return UNREADABLE
+
+
+def _LOADED() -> bool:
+    return False
 
 
 def _refuse(value: Any) -> Any:
@@ -536,7 +592,7 @@ def _build_reader(
                 tuple(primary_key) if primary_key else None,
             )
         )
-    return Reader(ring, slots, _index_terms(compiled, bases, slots))
+    return Reader(ring, slots, _index_terms(compiled, bases, slots), len(entries))
 
 
 def _position(

@@ -116,8 +116,8 @@ class _Collector(Reader):
 
     __slots__ = ("found",)
 
-    def __init__(self, ring: KeyRing, slots: list[Slot]) -> None:
-        super().__init__(ring, slots, [])
+    def __init__(self, ring: KeyRing, slots: list[Slot], width: int) -> None:
+        super().__init__(ring, slots, [], width)
         self.found: list[UnreadableValue] = []
 
     def _failed(self, row: Sequence[Any], slot: Slot, exc: BaseException) -> Any:
@@ -176,7 +176,7 @@ def _scrub_table(
         slots.append(Slot(len(selected), col, subject_index, False, "sentinel", primary_key))
         # the stored bytes as they are: no attached engine's read hook, no result processor
         selected.append(sa.type_coerce(col.column, sa.LargeBinary()))
-    reader = _Collector(ring, slots)
+    reader = _Collector(ring, slots, len(selected))
     counts = [ColumnCounts(table.fullname, col.column.name) for col in plan.columns]
     base = sa.select(*selected).order_by(*key).limit(batch)
     total = read_rows(bind, sa.select(sa.func.count()).select_from(table))[0][0]

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import Mapper, column_property
 from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
@@ -513,3 +514,22 @@ def _explicit_companion_wins(column: sa.Column[Any], table: Any) -> None:
     for index in [ix for ix in table.indexes if existing in ix.columns.values()]:
         table.indexes.discard(index)
     table._columns.remove(existing)
+
+
+@sa.event.listens_for(Mapper, "instrument_class")
+def _defer_companions(mapper: Mapper[Any], _class: type[Any]) -> None:
+    """A companion column added automatically is mapped deferred: an entity select does not
+    load it (nothing reads it: a search compares it in SQL, the post-filter compares the
+    decrypted value), and accessing the attribute loads it. A companion the model maps itself
+    is left as the model maps it.
+
+    Runs as the mapper is constructed, before it maps the table's columns: the deferred
+    property is one of the properties it is given (``Mapper._init_properties``), the way
+    ``__mapper_args__ = {"properties": ...}`` gives it, so nothing is remapped."""
+    table = mapper.local_table
+    properties = getattr(mapper, "_init_properties", None)
+    if table not in searchable_tables or not isinstance(properties, dict):
+        return
+    for column in table.columns:
+        if column.info.get(_AUTO) and column.key not in properties:
+            properties[column.key] = column_property(column, deferred=True)

@@ -1,0 +1,171 @@
+"""The read loop of one compiled statement, generated for its columns.
+
+A statement's encrypted columns are fixed when it is compiled: where each sits in the row,
+where its subject sits, its context and codec. :func:`compile_loop` writes the row loop for
+exactly those columns — one block per column, the indexes and the codec of each written into
+the code — so that no row pays for the branching of a loop that must handle every statement.
+
+The generated loop handles the common value only: a ``bytes`` value (a buffer is copied) whose
+key is live and (where the row holds the subject) already known to belong to the row's subject.
+A row with any other value — no key or an unknown one, a shredded or expired tombstone, a
+subject not yet checked against the key's, text in a legacy column — is handed whole to the
+generic loop (``slow``), which decides it exactly as before. A value that fails (a wrong tag, a
+bad codec byte) raises one of the reader's failures, like the generic loop, and the reader's
+slow path locates it. Whatever leaves the loop, it clears what it decrypted first.
+
+The code is generated from the column layout only: integers (row indexes and entry offsets)
+and the names of constants bound in its namespace; no value, label or key reaches the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..crypto import _format as fmt
+from ._codec import STR, CodecError
+
+__all__ = ["Slow", "compile_loop"]
+
+
+# A row the generated loop leaves to the generic one (never leaves the loop).
+class Slow(Exception):
+    __slots__ = ()
+
+
+_H1 = slice(0, fmt.SUITE1_HEADER_BYTES)
+_H2 = slice(0, fmt.SUITE2_HEADER_BYTES)
+_SUITE_AT = slice(1, 2)
+_SUITE2 = bytes((fmt.SUITE_AES256GCM_PERIOD,))
+_STR = bytes((STR.tag,))
+
+# (row index, u32(len(label)) || label, the codec's loads or None for str, strict, unsealed,
+# retention-bound): the generic loop's column layout (``_read._Column``)
+Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool, Callable[[Any], Any], bool]
+Group = tuple[int | None, tuple[Column, ...]]
+Loop = Callable[..., list[tuple[Any, ...]]]
+
+
+def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop:
+    """The row loop of a statement whose rows are ``width`` values long and whose encrypted
+    columns are ``groups`` (by subject index). ``post_filter``: the statement has blind-index
+    terms whose decrypted values must match (``matches(row, filters)``).
+
+    The loop is called as ``loop(rows, filters, known, cached, load, slow, matches, check)``:
+    ``known`` the batch's keys by header, ``cached`` the ring's lookup, ``load()`` loads every
+    key of the batch into ``known`` once (True when it did), ``slow(row)`` the generic loop of
+    one row (a list of zero or one row), ``check(key, subject)`` raises DecryptionError unless
+    ``key`` belongs to ``subject`` (and remembers the subject on the key when it does)."""
+    contexts: list[bytes] = []
+    for _, columns in groups:
+        for column in columns:
+            if column[1] not in contexts:
+                contexts.append(column[1])
+    namespace: dict[str, Any] = {
+        "Slow": Slow,
+        "CodecError": CodecError,
+        "H1": _H1,
+        "H2": _H2,
+        "SUITE_AT": _SUITE_AT,
+        "SUITE2": _SUITE2,
+        "STRB": _STR,
+        "BUFFERS": (bytearray, memoryview),
+    }
+    code: list[str] = []
+    emit = code.append
+    emit("def loop(rows, filters, known, cached, load, slow, matches, check):")
+    emit(" entries = {}")
+    emit(" get = entries.get")
+    emit(" known_get = known.get")
+    emit(" out = []")
+    emit(" append = out.append")
+    emit(" def resolve(b):")
+    emit("  header = b[H2] if b[SUITE_AT] == SUITE2 else b[H1]")
+    emit("  key = known_get(header)")
+    emit("  if key is None:")
+    emit("   key = cached(header)")
+    emit("   if key is None and load():")
+    emit("    key = known_get(header)")
+    emit("   if key is None:")
+    emit("    raise Slow")
+    emit("   known[header] = key")
+    emit("  if key.aead is None:")  # a tombstone: the generic loop reads its sentinel or raises
+    emit("   raise Slow")
+    emit("  entries[header] = key")
+    emit("  return key")
+    emit(" values = ()")
+    emit(" p = b''")
+    emit(" try:")
+    emit("  for row in rows:")
+    emit("   try:")
+    computed: dict[int, str] = {}
+    for g, (subject_index, columns) in enumerate(groups):
+        if subject_index is not None:
+            emit(f"    s = row[{subject_index}]")
+            emit("    verified = None")
+        for index, ctx_lp, loads, _strict, _unsealed, by_period in columns:
+            name = f"v{index}"
+            computed[index] = name
+            emit(f"    b = row[{index}]")
+            emit("    if b is None:")
+            emit(f"     {name} = None")
+            emit("    else:")
+            emit("     if type(b) is not bytes:")
+            emit("      if not isinstance(b, BUFFERS):")
+            emit("       raise Slow")
+            emit("      b = bytes(b)")
+            if by_period:
+                emit("     h = b[H2] if b[SUITE_AT] == SUITE2 else b[H1]")
+            else:
+                emit("     h = b[H1]")
+            emit("     key = get(h)")
+            emit("     if key is None:")
+            # warm: the ring's cache has the live key; anything else resolves through the batch
+            emit("      key = cached(h)")
+            emit("      if key is None or key.aead is None:")
+            emit("       key = resolve(b)")
+            emit("      else:")
+            emit("       entries[h] = key")
+            if subject_index is not None:
+                emit("     if key is not verified:")
+                emit("      c = key.checked")
+                # equal and of the same type (1 == 1.0 == True in Python: one is the subject)
+                emit("      if c is None or (c is not s and (type(c) is not type(s) or c != s)):")
+                emit("       check(key, s)")
+                emit("      verified = key")
+            ctx = f"CTX{contexts.index(ctx_lp)}"
+            namespace[ctx] = ctx_lp
+            emit("     p = key.decrypt(b[key.nonce_at], b[key.body_at],")
+            emit(f"      key.ads.get({ctx}) or key.associated_data({ctx}))")
+            if loads is None:
+                emit("     if p[:1] != STRB:")
+                emit("      raise CodecError")
+                emit(f"     {name} = p.decode()[1:]")
+            else:
+                namespace[f"loads{index}"] = loads
+                emit(f"     {name} = loads{index}(p)")
+        del g
+    parts = [computed.get(i, f"row[{i}]") for i in range(width)]
+    emit(f"    values = ({', '.join(parts)},)")
+    emit("   except Slow:")
+    emit("    for values in slow(row):")
+    emit("     append(values)")
+    emit("    continue")
+    if post_filter:
+        emit("   if filters and not matches(values, filters):")
+        emit("    continue")
+    emit("   append(values)")
+    emit(" except BaseException:")
+    # nothing decrypted stays in this frame (a traceback keeps it): the rows, the row, the
+    # plaintext, each column's value, the search's arguments
+    emit("  out.clear()")
+    emit("  values = ()")
+    emit("  p = b''")
+    for name in computed.values():
+        emit(f"  {name} = None")
+    emit("  filters = None")
+    emit("  raise")
+    emit(" return out")
+    exec(compile("\n".join(code), "<ccvault read loop>", "exec"), namespace)  # noqa: S102
+    loop: Loop = namespace["loop"]
+    return loop
