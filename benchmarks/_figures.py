@@ -367,6 +367,22 @@ EXTRA: tuple[Figure, ...] = (
         "steady state, PostgreSQL binary result format on both sides (psycopg cursors with "
         "format BINARY: bytea as raw bytes): ccvault select vs plaintext select",
     ),
+    *(
+        _f(
+            f"orm_select_steady_{floor}_ratio_{db}",
+            "x",
+            "orm",
+            f"{floor.replace('_', ' ')} of the steady-state select: plaintext select (steady "
+            f"state) plus the same calls as orm_select_{floor}_ratio_sqlite{fmt}, vs plaintext "
+            f"({label})",
+        )
+        for db, label, fmt in (
+            ("sqlite", "SQLite", ""),
+            ("postgres", "PostgreSQL", ""),
+            ("postgres_binary", "PostgreSQL", ", both in the binary result format"),
+        )
+        for floor in ("floor", "scattered_floor")
+    ),
     _f(
         "orm_select_steady_added_vs_floor_postgres_binary",
         "x",

@@ -126,6 +126,12 @@ KIND_COLORS = (  # (legend label, color), in the order the bars of a group are d
 )
 
 
+ADDED_COLORS = (
+    ("against the floor (keys in row order)", "#1f6f8b"),
+    ("against the scattered floor", "#7fb3c8"),
+)
+
+
 def _kind(name: str) -> int:
     """Index into :data:`KIND_COLORS` of a charted figure."""
     if name.startswith("peer_"):
@@ -193,7 +199,10 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
             low, high = results.get(f"{n}_spread") or (v, v)
             lows.append(max(v - low, 0.0))
             highs.append(max(high - v, 0.0))
-        colors = [KIND_COLORS[_kind(n)][1] for n in names]
+        colors = [
+            ADDED_COLORS[1][1] if "_added_vs_scattered" in n else KIND_COLORS[_kind(n)][1]
+            for n in names
+        ]
         y = list(range(len(names)))
         # Bars start at 0.5 (a log axis has no 0); the error bar sits at left + width = value.
         left = min(0.5, min(values) / 2) if min(values) > 0 else 0.5
@@ -208,6 +217,12 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
             ax.text(max(top, left) * 1.15, i, _label(v), va="center", fontsize=7)
         ax.set_xlim(left, max(tops) * 4)
         ax.set_title(title, fontsize=9, loc="left")
+        if "added time" in title:
+            ax.legend(
+                handles=[Patch(color=color, label=label) for label, color in ADDED_COLORS],
+                fontsize=7,
+                loc="lower right",
+            )
     axes[-1, 0].set_xlabel("ratio (log scale; 1 = the baseline)")
     axes[0, 0].legend(
         handles=[Patch(color=color, label=label) for label, color in KIND_COLORS],

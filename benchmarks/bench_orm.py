@@ -83,6 +83,12 @@ RATIOS = (
         ("select_first", "scattered"),
         ("select_first", "plain"),
     ),
+    ("orm_select_steady_floor_ratio_{db}", ("select_steady", "floor"), ("select_steady", "plain")),
+    (
+        "orm_select_steady_scattered_floor_ratio_{db}",
+        ("select_steady", "scattered"),
+        ("select_steady", "plain"),
+    ),
     ("blind_index_lookup_ratio{sfx}", ("lookup", "ccvault"), ("lookup", "plain")),
     ("peer_sqlalchemy_utils_insert_ratio_{db}", ("insert", "peer"), ("insert", "plain")),
     (
@@ -99,6 +105,16 @@ RATIOS = (
     ("orm_insert_retention_ratio_{db}", ("insert", "retained"), ("insert", "unsearchable")),
 )
 BINARY_RATIOS = (  # PostgreSQL only, both sides read with the binary result format
+    (
+        "orm_select_steady_floor_ratio_postgres_binary",
+        ("select_binary", "floor"),
+        ("select_binary", "plain"),
+    ),
+    (
+        "orm_select_steady_scattered_floor_ratio_postgres_binary",
+        ("select_binary", "scattered"),
+        ("select_binary", "plain"),
+    ),
     (
         "orm_select_steady_ratio_postgres_binary",
         ("select_binary", "ccvault"),
@@ -533,9 +549,9 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
             if binary is not None:  # both sides, steady state, the binary result format
                 for kind in ("plain", "ccvault")[:: 1 if r % 2 else -1]:
                     record("select_binary", kind, _select(binary, models[kind], data))
-                record(
-                    "select_binary", "floor", times[("select_binary", "plain")][-1] + floor.select()
-                )
+                plain = times[("select_binary", "plain")][-1]
+                record("select_binary", "floor", plain + floor.select())
+                record("select_binary", "scattered", plain + floor.scattered_select())
         # Lookups among a larger population: the last repeat's rows plus new customers.
         cfg.log(f"orm: {label}, growing each table to {cfg.orm_lookup_population} customers")
         more = rows(cfg.orm_lookup_population - cfg.orm_rows, start=cfg.orm_rows)
