@@ -236,7 +236,7 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
         f"{results.get('mode')}, {results.get('started_at')}",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
