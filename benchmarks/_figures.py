@@ -68,13 +68,22 @@ REQUIRED: tuple[Figure, ...] = (
         "x",
         "orm",
         "ORM insert of all rows (orm_rows) into ccvault Encrypted columns, customers' keys "
-        "existing and cached, vs the plaintext table (SQLite)",
+        "existing and cached (warm), vs the plaintext table (SQLite)",
     ),
     _f(
-        "orm_select_ratio_sqlite",
+        "orm_select_first_ratio_sqlite",
         "x",
         "orm",
-        "ORM select of all rows, decrypted, vs the plaintext table (SQLite)",
+        "first read: ORM select of all rows with a fresh session, every attribute read, the "
+        "first read of rows whose keys the same repeat created (keys warm in the cache, never "
+        "read before), vs the plaintext table's first read (SQLite)",
+    ),
+    _f(
+        "orm_select_steady_ratio_sqlite",
+        "x",
+        "orm",
+        "steady state: the same select again right after the first read (fresh session, keys "
+        "warm and already read once), vs the plaintext table's second read (SQLite)",
     ),
     _f(
         "orm_first_write_ratio_sqlite",
@@ -84,13 +93,40 @@ REQUIRED: tuple[Figure, ...] = (
         "plaintext insert (SQLite)",
     ),
     _f("orm_insert_ratio_postgres", "x", "orm", "as orm_insert_ratio_sqlite, on PostgreSQL"),
-    _f("orm_select_ratio_postgres", "x", "orm", "as orm_select_ratio_sqlite, on PostgreSQL"),
+    _f(
+        "orm_select_first_ratio_postgres",
+        "x",
+        "orm",
+        "as orm_select_first_ratio_sqlite, on PostgreSQL (text result format: bytea as hex)",
+    ),
+    _f(
+        "orm_select_steady_ratio_postgres",
+        "x",
+        "orm",
+        "as orm_select_steady_ratio_sqlite, on PostgreSQL (text result format: bytea as hex)",
+    ),
+    *(
+        _f(
+            f"orm_{op}_added_vs_floor_{db}",
+            "x",
+            "orm",
+            f"{what}: ccvault's added time over plaintext divided by the floor's, (ccvault - "
+            f"plaintext) / (floor - plaintext), per repeat ({label})",
+        )
+        for db, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL"))
+        for op, what in (
+            ("insert", "insert, keys warm"),
+            ("select_first", "select, first read"),
+            ("select_steady", "select, steady state"),
+        )
+    ),
     _f(
         "peer_sqlalchemy_utils_select_ratio_postgres",
         "x",
         "orm",
-        "ORM select of all rows (orm_rows), 4 sqlalchemy-utils encrypted columns, vs the "
-        "same table in plaintext (PostgreSQL)",
+        "first read: ORM select of all rows (orm_rows), 4 sqlalchemy-utils encrypted columns, "
+        "vs the same table in plaintext, in the same pass as orm_select_first_ratio_postgres "
+        "(PostgreSQL)",
     ),
     _f(
         "kms_calls_cold_10k_rows",
@@ -116,21 +152,23 @@ REQUIRED: tuple[Figure, ...] = (
         "shred_ms_p50_1m",
         "ms",
         "shred",
-        "median vault.shred latency on a SQLite key store of 1,000,000 subjects "
-        "(see shred_ms_p50_1m_population)",
+        "median vault.shred latency by a fresh vault (cold caches) on a SQLite key store of "
+        "1,000,000 subjects (see shred_ms_p50_1m_population)",
     ),
     _f(
         "shred_ms_p50_10k",
         "ms",
         "shred",
-        "median vault.shred latency on a SQLite key store of 10,000 subjects",
+        "median vault.shred latency by a fresh vault (cold caches) on a SQLite key store of "
+        "10,000 subjects",
     ),
     _f(
         "shred_ms_p50_10k_postgres_ledger",
         "ms",
         "shred",
-        "median vault.shred latency on a PostgreSQL key store of 10,000 subjects (each with its "
-        "customer row), with the SQL erasure ledger on the same server (target <= 20 ms)",
+        "median vault.shred latency by a fresh vault (cold caches) on a PostgreSQL key store of "
+        "10,000 subjects (each with its customer row), with the SQL erasure ledger on the same "
+        "server (target <= 20 ms)",
     ),
     _f(
         "shred_ms_p50_large_postgres_ledger",
@@ -152,7 +190,7 @@ REQUIRED: tuple[Figure, ...] = (
         "x",
         "orm",
         "ORM lookup of one row by phone among orm_lookup_population customers through the "
-        "blind index (decrypted), vs the plaintext indexed column (SQLite)",
+        "blind index (decrypted, every key warm), vs the plaintext indexed column (SQLite)",
     ),
     *(
         _f(
@@ -273,7 +311,7 @@ EXTRA: tuple[Figure, ...] = (
         "peer_sqlalchemy_utils_select_ratio_sqlite",
         "x",
         "orm",
-        "ORM select of all rows, sqlalchemy-utils columns vs plaintext (SQLite)",
+        "first read: ORM select of all rows, sqlalchemy-utils columns vs plaintext (SQLite)",
     ),
     _f(
         "peer_sqlalchemy_utils_insert_ratio_sqlite",
@@ -283,37 +321,104 @@ EXTRA: tuple[Figure, ...] = (
     ),
     *(
         _f(
-            f"orm_{op}_floor_ratio_{db}",
+            f"peer_sqlalchemy_utils_select_steady_ratio_{db}",
             "x",
             "orm",
-            f"floor: plaintext {op} plus the bare AES-GCM {calls} (a key per customer), vs "
-            f"plaintext: the least any per-value design adds ({label})",
+            f"steady state: the same select again, sqlalchemy-utils columns vs plaintext ({label})",
         )
         for db, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL"))
-        for op, calls in (
-            ("insert", "encrypts and blind-index HMACs of its values"),
-            ("select", "decrypts of its values"),
+    ),
+    *(
+        _f(
+            f"orm_{op}_{floor}_ratio_{db}",
+            "x",
+            "orm",
+            f"{floor.replace('_', ' ')}: plaintext {op}{when} plus the bare AES-GCM {calls} (a key "
+            f"per customer{how}), vs plaintext: the least any per-value design adds ({label})",
+        )
+        for db, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL"))
+        for op, when, calls in (
+            ("insert", "", "encrypts and blind-index HMACs of its values"),
+            ("select", " (first read)", "decrypts of its values"),
+        )
+        for floor, how in (
+            ("floor", ", key objects made in row order, reused in that order, inputs prepared"),
+            (
+                "scattered_floor",
+                ", key objects scattered in memory in a dict, looked up once a row; values "
+                "sliced on select",
+            ),
         )
     ),
     *(
         _f(
-            f"orm_floor_{op}_ms_{db}",
+            f"orm_{op}_added_vs_scattered_floor_{db}",
+            "x",
+            "orm",
+            f"as orm_{op}_added_vs_floor_{db}, against the scattered floor",
+        )
+        for db in ("sqlite", "postgres")
+        for op in ("insert", "select_first", "select_steady")
+    ),
+    _f(
+        "orm_select_steady_ratio_postgres_binary",
+        "x",
+        "orm",
+        "steady state, PostgreSQL binary result format on both sides (psycopg cursors with "
+        "format BINARY: bytea as raw bytes): ccvault select vs plaintext select",
+    ),
+    *(
+        _f(
+            f"orm_select_steady_{floor}_ratio_{db}",
+            "x",
+            "orm",
+            f"{floor.replace('_', ' ')} of the steady-state select: plaintext select (steady "
+            f"state) plus the same calls as orm_select_{floor}_ratio_sqlite{fmt}, vs plaintext "
+            f"({label})",
+        )
+        for db, label, fmt in (
+            ("sqlite", "SQLite", ""),
+            ("postgres", "PostgreSQL", ""),
+            ("postgres_binary", "PostgreSQL", ", both in the binary result format"),
+        )
+        for floor in ("floor", "scattered_floor")
+    ),
+    _f(
+        "orm_select_steady_added_vs_floor_postgres_binary",
+        "x",
+        "orm",
+        "as orm_select_steady_added_vs_floor_postgres, both reads in the binary result format",
+    ),
+    Figure(  # text vs binary of the same table: not an overhead of ccvault
+        "plaintext_select_binary_vs_text_ratio_postgres",
+        "x",
+        "orm",
+        "plaintext select, binary result format divided by text format (steady state)",
+    ),
+    Figure(
+        "orm_select_binary_vs_text_ratio_postgres",
+        "x",
+        "orm",
+        "ccvault select, binary result format divided by text format (steady state)",
+    ),
+    *(
+        _f(
+            f"orm_{floor}_{op}_ms_{db}",
             "ms",
             "orm",
-            f"plaintext {op} + the bare crypto calls ({label})",
+            f"plaintext {op}{when} + the bare crypto calls, {what} ({label})",
         )
         for db, label in (("sqlite", "SQLite"), ("postgres", "PG"))
-        for op in ("insert", "select")
+        for op, when in (("insert", ""), ("select", " (first read)"))
+        for floor, what in (("floor", "keys in row order"), ("scattered_floor", "keys scattered"))
     ),
     _f("plaintext_insert_ms_sqlite", "ms", "orm", "baseline: plaintext ORM insert (SQLite)"),
     _f("orm_insert_ms_sqlite", "ms", "orm", "ccvault ORM insert, keys cached (SQLite)"),
     _f("orm_first_write_ms_sqlite", "ms", "orm", "ccvault ORM insert, new customers (SQLite)"),
-    _f("plaintext_select_ms_sqlite", "ms", "orm", "baseline: plaintext ORM select (SQLite)"),
-    _f("orm_select_ms_sqlite", "ms", "orm", "ccvault ORM select (SQLite)"),
     _f("plaintext_lookup_us_sqlite", "µs", "orm", "baseline: plaintext lookup by phone (SQLite)"),
     _f("orm_lookup_us_sqlite", "µs", "orm", "ccvault blind-index lookup by phone (SQLite)"),
     *(
-        _f(
+        Figure(  # against ccvault's own columns, not plaintext: not on the chart
             f"orm_insert_retention_ratio_{db}",
             "x",
             "orm",
@@ -336,8 +441,30 @@ EXTRA: tuple[Figure, ...] = (
     _f("plaintext_insert_ms_postgres", "ms", "orm", "baseline: plaintext ORM insert (PG)"),
     _f("orm_insert_ms_postgres", "ms", "orm", "ccvault ORM insert, keys cached (PG)"),
     _f("orm_first_write_ms_postgres", "ms", "orm", "ccvault ORM insert, new customers (PG)"),
-    _f("plaintext_select_ms_postgres", "ms", "orm", "baseline: plaintext ORM select (PG)"),
-    _f("orm_select_ms_postgres", "ms", "orm", "ccvault ORM select (PG)"),
+    *(
+        _f(name.format(db=db), "ms", "orm", f"{meaning} ({label})")
+        for db, label in (("sqlite", "SQLite"), ("postgres", "PG"))
+        for name, meaning in (
+            ("plaintext_select_ms_{db}", "baseline: plaintext ORM select, first read"),
+            ("plaintext_select_steady_ms_{db}", "baseline: plaintext ORM select, steady state"),
+            ("orm_select_first_ms_{db}", "ccvault ORM select, first read"),
+            ("orm_select_steady_ms_{db}", "ccvault ORM select, steady state"),
+            ("peer_sqlalchemy_utils_insert_ms_{db}", "sqlalchemy-utils ORM insert"),
+            ("peer_sqlalchemy_utils_select_ms_{db}", "sqlalchemy-utils ORM select, first read"),
+        )
+    ),
+    _f(
+        "plaintext_select_ms_postgres_binary",
+        "ms",
+        "orm",
+        "baseline: plaintext ORM select, steady state, binary result format (PG)",
+    ),
+    _f(
+        "orm_select_ms_postgres_binary",
+        "ms",
+        "orm",
+        "ccvault ORM select, steady state, binary result format (PG)",
+    ),
     _f("plaintext_lookup_us_postgres", "µs", "orm", "baseline: plaintext lookup by phone (PG)"),
     _f("orm_lookup_us_postgres", "µs", "orm", "ccvault blind-index lookup by phone (PG)"),
     _f(

@@ -118,11 +118,40 @@ def _label(v: float) -> str:
     return f"{v:,.0f}x" if v >= 100 else f"{v:.3g}x"
 
 
-def _chart_order(fig: Figure) -> tuple[int, int, int]:
-    """ORM bars grouped by operation, then database, ccvault before its peer."""
-    ops = ("first_write", "insert", "select", "lookup")
-    op = next((i for i, o in enumerate(ops) if o in fig.name), len(ops))
-    return (op, "postgres" in fig.name, fig.name.startswith("peer_"))
+KIND_COLORS = (  # (legend label, color), in the order the bars of a group are drawn
+    ("ccvault", "#1f6f8b"),
+    ("floor: keys in row order", "#5aa05a"),
+    ("floor: keys scattered", "#a8d5a2"),
+    ("peer", "#b0b0b0"),
+)
+
+
+ADDED_COLORS = (
+    ("against the floor (keys in row order)", "#1f6f8b"),
+    ("against the scattered floor", "#7fb3c8"),
+)
+
+
+def _kind(name: str) -> int:
+    """Index into :data:`KIND_COLORS` of a charted figure."""
+    if name.startswith("peer_"):
+        return 3
+    if "scattered_floor" in name and "_added_" not in name:
+        return 2
+    if "floor" in name and "_added_" not in name:
+        return 1
+    return 0
+
+
+def _chart_order(fig: Figure) -> tuple[int, int, int, int]:
+    """ORM bars grouped by operation (first read before steady state), then database, then
+    ccvault, its floors and its peer side by side."""
+    name = fig.name
+    ops = ("first_write", "insert", "select_steady", "select", "lookup")
+    op = next((i for i, o in enumerate(ops) if o in name), len(ops))
+    op = {2: 3, 3: 2}.get(op, op)  # "select" (first read) before "select_steady"
+    db = 2 if name.endswith("_binary") else int("postgres" in name)
+    return (op, db, _kind(name), "scattered" in name)
 
 
 def write_chart(path: Path, results: dict[str, Any]) -> str | None:
@@ -132,17 +161,23 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError as exc:
         return f"matplotlib is not installed ({exc})"
     measured = [f for f in ALL if f.ratio and isinstance(results.get(f.name), int | float)]
+    added = [f for f in measured if "_added_vs_" in f.name]
     panels = [
         (
             "field round trip, 100-byte value: ratio to raw AES-GCM",
             [f for f in measured if f.bench == "field"],
         ),
         (
-            "ORM workload: ratio to the same table in plaintext",
-            [f for f in measured if f.bench != "field"],
+            "ORM workload: ratio to the same table in plaintext (same repeat, same read)",
+            [f for f in measured if f.bench != "field" and f not in added],
+        ),
+        (
+            "ORM: ccvault's added time over plaintext / the floor's added time",
+            added,
         ),
     ]
     panels = [(title, sorted(figs, key=_chart_order)) for title, figs in panels if figs]
@@ -152,7 +187,7 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
     fig, axes = plt.subplots(
         len(panels),
         1,
-        figsize=(9, 0.42 * sum(heights) + 1.4 * len(panels) + 0.6),
+        figsize=(10, 0.36 * sum(heights) + 1.4 * len(panels) + 0.8),
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
     )
@@ -164,29 +199,44 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
             low, high = results.get(f"{n}_spread") or (v, v)
             lows.append(max(v - low, 0.0))
             highs.append(max(high - v, 0.0))
-        colors = ["#b0b0b0" if n.startswith("peer_") else "#1f6f8b" for n in names]
+        colors = [
+            ADDED_COLORS[1][1] if "_added_vs_scattered" in n else KIND_COLORS[_kind(n)][1]
+            for n in names
+        ]
         y = list(range(len(names)))
         # Bars start at 0.5 (a log axis has no 0); the error bar sits at left + width = value.
-        widths = [v - 0.5 for v in values]
-        ax.barh(y, widths, xerr=[lows, highs], color=colors, capsize=3, left=0.5)
-        ax.set_yticks(y, names, fontsize=8)
+        left = min(0.5, min(values) / 2) if min(values) > 0 else 0.5
+        widths = [max(v, left) - left for v in values]
+        ax.barh(y, widths, xerr=[lows, highs], color=colors, capsize=3, left=left)
+        ax.set_yticks(y, names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.axvline(1.0, color="black", linewidth=0.8)
         tops = [v + h for v, h in zip(values, highs, strict=True)]
         for i, (v, top) in enumerate(zip(values, tops, strict=True)):
-            ax.text(top * 1.15, i, _label(v), va="center", fontsize=8)
-        ax.set_xlim(0.5, max(tops) * 4)
+            ax.text(max(top, left) * 1.15, i, _label(v), va="center", fontsize=7)
+        ax.set_xlim(left, max(tops) * 4)
         ax.set_title(title, fontsize=9, loc="left")
+        if "added time" in title:
+            ax.legend(
+                handles=[Patch(color=color, label=label) for label, color in ADDED_COLORS],
+                fontsize=7,
+                loc="lower right",
+            )
     axes[-1, 0].set_xlabel("ratio (log scale; 1 = the baseline)")
+    axes[0, 0].legend(
+        handles=[Patch(color=color, label=label) for label, color in KIND_COLORS],
+        fontsize=7,
+        loc="lower right",
+    )
     fig.suptitle(
-        f"ccvault (blue) and peers (grey): median of the repeats (field "
+        f"ccvault, its floors and peers: median of the repeats (field "
         f"{results.get('field_repeats', '-')}, ORM {results.get('orm_repeats', '-')}), bars from "
         f"lowest to highest repeat\n{results.get('machine')}, mode "
         f"{results.get('mode')}, {results.get('started_at')}",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None

@@ -16,12 +16,18 @@ Each repeat inserts all rows with new customer ids through an ORM session (``add
 ``commit``) into each emptied table: for ccvault this is the *first write*, which creates a key
 per customer. ccvault's table is then emptied and the same rows inserted again, their keys now
 existing and cached: the *insert* figure. Then every table is read back whole with a fresh
-session, every attribute of every row read (*select*). Ratios are taken to the plaintext table
-of the same repeat.
+session, every attribute of every row read: the *first read* (``select_first``: for ccvault the
+first read of keys created in this repeat, warm in the cache but never read), then the same
+select again, another fresh session: *steady state* (``select_steady``). On PostgreSQL the
+plaintext and ccvault tables are then read a third time through an engine whose psycopg cursors
+ask for the binary result format (``select_binary``, steady state). Ratios are taken to the
+plaintext table of the same repeat and the same read.
 
-*Floor*: in each repeat, the bare ``cryptography`` calls that any per-value AES-GCM design with
-these blind indexes must make for the same rows (see ``_Floor``) are timed too; the floor ratios
-are (plaintext + those calls) / plaintext, the least an encrypted ORM in this process could reach.
+*Floors*: in each repeat, the bare ``cryptography`` calls that any per-value AES-GCM design with
+these blind indexes must make for the same rows (see ``_Floor``) are timed too, twice: with the
+key objects made in row order and reused in that order (*floor*), and scattered in memory in a
+dict, looked up once a row (*scattered floor*). The floor ratios are (plaintext + those calls) /
+plaintext; the *added-time* ratios are (ccvault - plaintext) / (floor - plaintext), per repeat.
 
 *Retention* (reported, not gated): two more tables of the same four encrypted columns, none
 searchable (``searchable=`` does not combine with ``retention=``) and a plain ``started_at``:
@@ -56,33 +62,128 @@ from benchmarks._measure import Summary, no_gc
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 KINDS = ("plain", "ccvault", "peer")
+COLUMNS = ("phone", "email", "name", "note")
 
 # (figure, (operation, candidate), (operation, baseline)); "{db}" is sqlite or postgres, "{sfx}" is
 # "" for SQLite and "_postgres" for PostgreSQL (issue 5 names the SQLite lookup figure alone).
+# Operations: "first_write", "insert", "select_first" (the first read of the rows the repeat
+# wrote, fresh session), "select_steady" (the same select again, fresh session), "lookup"; on
+# PostgreSQL also "select_binary" (a steady-state read with psycopg's binary result format).
+# Kinds: "plain", "ccvault", "peer", "floor", "scattered" (the floors: plaintext + bare calls).
 RATIOS = (
     ("orm_insert_ratio_{db}", ("insert", "ccvault"), ("insert", "plain")),
-    ("orm_select_ratio_{db}", ("select", "ccvault"), ("select", "plain")),
+    ("orm_select_first_ratio_{db}", ("select_first", "ccvault"), ("select_first", "plain")),
+    ("orm_select_steady_ratio_{db}", ("select_steady", "ccvault"), ("select_steady", "plain")),
     ("orm_first_write_ratio_{db}", ("first_write", "ccvault"), ("insert", "plain")),
     ("orm_insert_floor_ratio_{db}", ("insert", "floor"), ("insert", "plain")),
-    ("orm_select_floor_ratio_{db}", ("select", "floor"), ("select", "plain")),
+    ("orm_insert_scattered_floor_ratio_{db}", ("insert", "scattered"), ("insert", "plain")),
+    ("orm_select_floor_ratio_{db}", ("select_first", "floor"), ("select_first", "plain")),
+    (
+        "orm_select_scattered_floor_ratio_{db}",
+        ("select_first", "scattered"),
+        ("select_first", "plain"),
+    ),
+    ("orm_select_steady_floor_ratio_{db}", ("select_steady", "floor"), ("select_steady", "plain")),
+    (
+        "orm_select_steady_scattered_floor_ratio_{db}",
+        ("select_steady", "scattered"),
+        ("select_steady", "plain"),
+    ),
     ("blind_index_lookup_ratio{sfx}", ("lookup", "ccvault"), ("lookup", "plain")),
     ("peer_sqlalchemy_utils_insert_ratio_{db}", ("insert", "peer"), ("insert", "plain")),
-    ("peer_sqlalchemy_utils_select_ratio_{db}", ("select", "peer"), ("select", "plain")),
+    (
+        "peer_sqlalchemy_utils_select_ratio_{db}",
+        ("select_first", "peer"),
+        ("select_first", "plain"),
+    ),
+    (
+        "peer_sqlalchemy_utils_select_steady_ratio_{db}",
+        ("select_steady", "peer"),
+        ("select_steady", "plain"),
+    ),
     ("peer_sqlalchemy_utils_lookup_ratio_{db}", ("lookup", "peer"), ("lookup", "plain")),
     ("orm_insert_retention_ratio_{db}", ("insert", "retained"), ("insert", "unsearchable")),
 )
+BINARY_RATIOS = (  # PostgreSQL only, both sides read with the binary result format
+    (
+        "orm_select_steady_floor_ratio_postgres_binary",
+        ("select_binary", "floor"),
+        ("select_binary", "plain"),
+    ),
+    (
+        "orm_select_steady_scattered_floor_ratio_postgres_binary",
+        ("select_binary", "scattered"),
+        ("select_binary", "plain"),
+    ),
+    (
+        "orm_select_steady_ratio_postgres_binary",
+        ("select_binary", "ccvault"),
+        ("select_binary", "plain"),
+    ),
+    (
+        "plaintext_select_binary_vs_text_ratio_postgres",
+        ("select_binary", "plain"),
+        ("select_steady", "plain"),
+    ),
+    (
+        "orm_select_binary_vs_text_ratio_postgres",
+        ("select_binary", "ccvault"),
+        ("select_steady", "ccvault"),
+    ),
+)
+# (figure, candidate, floor): ccvault's added time over plaintext divided by the floor's,
+# (candidate - plaintext) / (floor - plaintext), per repeat; the plaintext of the same operation.
+ADDED = (
+    ("orm_insert_added_vs_floor_{db}", ("insert", "ccvault"), ("insert", "floor")),
+    ("orm_insert_added_vs_scattered_floor_{db}", ("insert", "ccvault"), ("insert", "scattered")),
+    (
+        "orm_select_first_added_vs_floor_{db}",
+        ("select_first", "ccvault"),
+        ("select_first", "floor"),
+    ),
+    (
+        "orm_select_first_added_vs_scattered_floor_{db}",
+        ("select_first", "ccvault"),
+        ("select_first", "scattered"),
+    ),
+    (
+        "orm_select_steady_added_vs_floor_{db}",
+        ("select_steady", "ccvault"),
+        ("select_steady", "floor"),
+    ),
+    (
+        "orm_select_steady_added_vs_scattered_floor_{db}",
+        ("select_steady", "ccvault"),
+        ("select_steady", "scattered"),
+    ),
+)
+BINARY_ADDED = (
+    (
+        "orm_select_steady_added_vs_floor_postgres_binary",
+        ("select_binary", "ccvault"),
+        ("select_binary", "floor"),
+    ),
+)
 ABSOLUTE = (
     ("plaintext_insert_ms_{db}", "insert", "plain"),
-    ("plaintext_select_ms_{db}", "select", "plain"),
+    ("plaintext_select_ms_{db}", "select_first", "plain"),
+    ("plaintext_select_steady_ms_{db}", "select_steady", "plain"),
     ("orm_insert_ms_{db}", "insert", "ccvault"),
     ("orm_first_write_ms_{db}", "first_write", "ccvault"),
     ("orm_floor_insert_ms_{db}", "insert", "floor"),
-    ("orm_floor_select_ms_{db}", "select", "floor"),
-    ("orm_select_ms_{db}", "select", "ccvault"),
+    ("orm_scattered_floor_insert_ms_{db}", "insert", "scattered"),
+    ("orm_floor_select_ms_{db}", "select_first", "floor"),
+    ("orm_scattered_floor_select_ms_{db}", "select_first", "scattered"),
+    ("orm_select_first_ms_{db}", "select_first", "ccvault"),
+    ("orm_select_steady_ms_{db}", "select_steady", "ccvault"),
     ("peer_sqlalchemy_utils_insert_ms_{db}", "insert", "peer"),
-    ("peer_sqlalchemy_utils_select_ms_{db}", "select", "peer"),
+    ("peer_sqlalchemy_utils_select_ms_{db}", "select_first", "peer"),
     ("orm_insert_unsearchable_ms_{db}", "insert", "unsearchable"),
     ("orm_insert_retention_ms_{db}", "insert", "retained"),
+)
+BINARY_ABSOLUTE = (
+    ("plaintext_select_ms_postgres_binary", "select_binary", "plain"),
+    ("orm_select_ms_postgres_binary", "select_binary", "ccvault"),
 )
 
 RETENTION_CATEGORY = "calls"
@@ -236,7 +337,8 @@ def _insert(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> 
 
 
 def _select(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> float:
-    """Select every row and read every attribute (what the issue's figure times)."""
+    """Select every row with a fresh session and read every attribute (what the issue's figure
+    times); then, untimed, check every value of every row against ``data``."""
     found: list[Any] = []
 
     def run() -> None:
@@ -246,7 +348,9 @@ def _select(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> 
                 r.id, r.phone, r.email, r.name, r.note  # noqa: B018
 
     elapsed = _timed(run)
-    if len(found) != len(data) or {r.note for r in found[:50]} - {d["note"] for d in data}:
+    expected = {d["id"]: tuple(d[c] for c in COLUMNS) for d in data}
+    got = {r.id: (r.phone, r.email, r.name, r.note) for r in found}
+    if len(found) != len(data) or got != expected:
         raise RuntimeError(f"{model.__tablename__}: select did not return the rows")
     return elapsed
 
@@ -270,9 +374,19 @@ class _Floor:
     """The least any per-value AES-GCM design with blind indexes adds to this workload in
     Python: the bare ``cryptography`` calls, inputs prepared, no framing, no key lookups, no
     codec. One AES-256-GCM key per customer (as ccvault has), 4 values a row, associated data
-    of ccvault's length, and one HMAC-SHA256 (key state precomputed) per searchable value."""
+    of ccvault's length, and one HMAC-SHA256 (key state precomputed) per searchable value.
 
-    def __init__(self, data: list[dict[str, Any]]) -> None:
+    ``scattered``: the same calls with the keys held as a cache holds them. One ``AESGCM``
+    object per customer, created in a shuffled order between other allocations of random sizes
+    (so that the keys of consecutive rows lie apart in memory, as the vault's cache entries do,
+    made among the ORM's objects), held in a dict; each row looks its key up once, by the
+    customer id on insert and by the first value's 22-byte header on select, and the select
+    slices nonce and ciphertext out of each stored value (header + nonce + ciphertext and tag).
+    No subject check, codec, decode or row building."""
+
+    HEADER = 22
+
+    def __init__(self, data: list[dict[str, Any]], rng: random.Random) -> None:
         import hashlib
         import hmac
 
@@ -283,14 +397,37 @@ class _Floor:
         self.seal: list[tuple[Any, bytes, bytes, bytes]] = []
         self.open: list[tuple[Any, bytes, bytes, bytes]] = []
         self.index: list[tuple[Any, bytes]] = []
-        for row in data:
-            aead = AESGCM(os.urandom(32))
-            for column in ("phone", "email", "name", "note"):
+        secrets = [os.urandom(32) for _ in data]
+        headers = [os.urandom(self.HEADER) for _ in data]
+        for row, secret in zip(data, secrets, strict=True):
+            aead = AESGCM(secret)
+            for column in COLUMNS:
                 nonce, value = os.urandom(12), b"\x01" + row[column].encode()
                 self.seal.append((aead.encrypt, nonce, value, ad))
                 self.open.append((aead.decrypt, nonce, aead.encrypt(nonce, value, ad), ad))
             for column in ("phone", "email"):
                 self.index.append((mac.copy, row[column].encode()))
+        # The scattered keys: made in a shuffled order, each between allocations kept alive.
+        self._ballast: list[bytes] = []
+        by_id: dict[Any, Any] = {}
+        by_header: dict[bytes, Any] = {}
+        for i in rng.sample(range(len(data)), len(data)):
+            self._ballast.append(os.urandom(rng.randrange(64, 2048)))
+            aead = AESGCM(secrets[i])
+            by_id[data[i]["id"]] = by_header[headers[i]] = aead
+        self.ad = ad
+        self.by_id = by_id
+        self.by_header = by_header
+        self.scattered_seal: list[tuple[Any, list[tuple[bytes, bytes]]]] = []
+        self.scattered_open: list[list[bytes]] = []
+        it = iter(self.seal)
+        for row, header in zip(data, headers, strict=True):
+            values = [(nonce, value) for _, nonce, value, _ in (next(it) for _ in COLUMNS)]
+            self.scattered_seal.append((row["id"], values))
+            aead = by_header[header]
+            self.scattered_open.append(
+                [header + nonce + aead.encrypt(nonce, value, ad) for nonce, value in values]
+            )
 
     def insert(self) -> float:
         def run() -> None:
@@ -307,6 +444,33 @@ class _Floor:
         def run() -> None:
             for decrypt, nonce, blob, ad in self.open:
                 decrypt(nonce, blob, ad)
+
+        return _timed(run)
+
+    def scattered_insert(self) -> float:
+        keys, ad = self.by_id, self.ad
+
+        def run() -> None:
+            for subject, values in self.scattered_seal:
+                encrypt = keys[subject].encrypt
+                for nonce, value in values:
+                    encrypt(nonce, value, ad)
+            for copy, value in self.index:
+                h = copy()
+                h.update(value)
+                h.digest()
+
+        return _timed(run)
+
+    def scattered_select(self) -> float:
+        keys, ad, h = self.by_header, self.ad, self.HEADER
+        n = h + 12
+
+        def run() -> None:
+            for blobs in self.scattered_open:
+                decrypt = keys[blobs[0][:h]].decrypt
+                for blob in blobs:
+                    decrypt(blob[h:n], blob[n:], ad)
 
         return _timed(run)
 
@@ -353,10 +517,16 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
         times.setdefault((op, kind), []).append(seconds)
 
     rng = random.Random(5)
+    binary = _binary_engine(url) if label == "postgres" else None
+    if binary is not None:
+        vault.attach(binary)
+    elif label == "postgres":
+        for name, *_ in BINARY_RATIOS + BINARY_ADDED:
+            missing(out, name, "the binary result format is measured with psycopg (3) only")
     try:
         for r in range(cfg.orm_repeats):
             data = rows(cfg.orm_rows)
-            floor = _Floor(data)
+            floor = _Floor(data, rng)
             order = KINDS[r % 3 :] + KINDS[: r % 3]
             for kind in order:
                 op = "first_write" if kind == "ccvault" else "insert"
@@ -365,10 +535,23 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
             timed = timed_rows(data)
             for kind in ("unsearchable", "retained")[:: 1 if r % 2 else -1]:
                 record("insert", kind, _insert(engine, models[kind], timed))
-            record("insert", "floor", times[("insert", "plain")][-1] + floor.insert())
-            for kind in order:
-                record("select", kind, _select(engine, models[kind], data))
-            record("select", "floor", times[("select", "plain")][-1] + floor.select())
+            plain_insert = times[("insert", "plain")][-1]
+            record("insert", "floor", plain_insert + floor.insert())
+            record("insert", "scattered", plain_insert + floor.scattered_insert())
+            # The first read of the rows this repeat wrote (their keys new in this repeat), then
+            # the same select again: steady state. A fresh session each time.
+            for op in ("select_first", "select_steady"):
+                for kind in order:
+                    record(op, kind, _select(engine, models[kind], data))
+                plain = times[(op, "plain")][-1]
+                record(op, "floor", plain + floor.select())
+                record(op, "scattered", plain + floor.scattered_select())
+            if binary is not None:  # both sides, steady state, the binary result format
+                for kind in ("plain", "ccvault")[:: 1 if r % 2 else -1]:
+                    record("select_binary", kind, _select(binary, models[kind], data))
+                plain = times[("select_binary", "plain")][-1]
+                record("select_binary", "floor", plain + floor.select())
+                record("select_binary", "scattered", plain + floor.scattered_select())
         # Lookups among a larger population: the last repeat's rows plus new customers.
         cfg.log(f"orm: {label}, growing each table to {cfg.orm_lookup_population} customers")
         more = rows(cfg.orm_lookup_population - cfg.orm_rows, start=cfg.orm_rows)
@@ -386,13 +569,29 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
         metadata.drop_all(engine)
         vault.close()
         engine.dispose()
+        if binary is not None:
+            binary.dispose()
         drop_keystore()
         forget(metadata)
 
-    for name, candidate, baseline in RATIOS:
+    ratios, added, absolute = RATIOS, ADDED, ABSOLUTE
+    if binary is not None:
+        ratios, added, absolute = (
+            RATIOS + BINARY_RATIOS,
+            ADDED + BINARY_ADDED,
+            ABSOLUTE + BINARY_ABSOLUTE,
+        )
+    for name, candidate, baseline in ratios:
         ratio = Summary.of([c / b for c, b in zip(times[candidate], times[baseline], strict=True)])
         put(out, _name(name, label), ratio)
-    for name, op, kind in ABSOLUTE:
+    for name, candidate, floor_of in added:
+        plain = times[(candidate[0], "plain")]
+        put(
+            out,
+            _name(name, label),
+            Summary.of(added_ratios(times[candidate], times[floor_of], plain)),
+        )
+    for name, op, kind in absolute:
         put(out, name.format(db=label), Summary.of(times[(op, kind)]).scaled(1e3))
     put(out, f"orm_lookup_us_{label}", Summary.of(times[("lookup", "ccvault")]).scaled(1e6))
     put(out, f"plaintext_lookup_us_{label}", Summary.of(times[("lookup", "plain")]).scaled(1e6))
@@ -400,6 +599,29 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
     driver = engine.dialect.driver
     out[f"orm_{label}_driver"] = f"{engine.dialect.name}+{driver} ({_driver_version(driver)})"
     out[f"orm_{label}_server_version"] = version
+
+
+def added_ratios(candidate: list[float], floor: list[float], plain: list[float]) -> list[float]:
+    """Per repeat, the candidate's time over plaintext divided by the floor's:
+    ``(candidate - plain) / (floor - plain)``."""
+    return [(c - p) / (f - p) for c, f, p in zip(candidate, floor, plain, strict=True)]
+
+
+def _binary_engine(url: str) -> sa.Engine | None:
+    """An engine on ``url`` whose psycopg (3) cursors ask for results in the binary format
+    (``cursor.format = BINARY``, as ``connection.cursor(binary=True)`` sets it): bytea arrives
+    as raw bytes instead of hex text. None for another driver."""
+    if sa.make_url(url).get_driver_name() != "psycopg":
+        return None
+    import psycopg
+    from psycopg import pq
+
+    class BinaryCursor(psycopg.Cursor[Any]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.format = pq.Format.BINARY
+
+    return sa.create_engine(url, connect_args={"cursor_factory": BinaryCursor})
 
 
 def _driver_version(driver: str) -> str:
@@ -415,7 +637,10 @@ def _name(template: str, label: str) -> str:
 
 
 def _figures(label: str) -> list[str]:
-    return [_name(name, label) for name, *_ in RATIOS]
+    names = [_name(name, label) for name, *_ in RATIOS + ADDED]
+    if label == "postgres":
+        names += [name for name, *_ in BINARY_RATIOS + BINARY_ADDED]
+    return names
 
 
 def run(cfg: Config) -> Results:
