@@ -334,14 +334,21 @@ class KeyRing:
             if usable is not None:
                 records[ref] = usable
         missing = [ref for ref in refs if ref not in found]
+        # The keys this call created, by key id: a key that won its subject's head is used as
+        # it was made, never unwrapped again from the row just written.
+        made: dict[bytes, tuple[KeyRecord, bytes]] = {}
         if missing:
             self._options.writable("create keys for new subjects")
-            new_record, now = self._epochs.new_record, self._options.now
+            now = self._options.now
 
             def create() -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
-                candidates = [
-                    new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0] for ref in missing
-                ]
+                made.clear()  # a retry under a fresh epoch wraps new keys
+                fresh = self._epochs.new_records(
+                    KeyKind.SUBJECT, [(random_bytes(16), 1, ref) for ref in missing]
+                )
+                made.update((rec.key_id, (rec, material)) for rec, material in fresh)
+                candidates = [rec for rec, _ in fresh]
+                del fresh
                 return self._store.create_subject_keys(candidates, now(), self.heads.seal)
 
             created = self._epochs.with_fresh_epoch(create)
@@ -353,14 +360,28 @@ class KeyRing:
                 if usable is not None:
                     records[ref] = usable
         out = {}
-        for ref, rec in records.items():
-            key = self.value_key(rec, generation)
-            with self._cache_lock:
-                if self._fenced.get(ref) is None and generation == self._generation:
-                    self._write_keys.put(ref, key)
-                    self._write_recs.put(ref, rec)
-            out[ref] = key
+        try:
+            for ref, rec in records.items():
+                ours = made.get(rec.key_id)
+                if ours is not None and ours[0] == rec:
+                    key = self._made_value_key(rec, ours[1], generation)
+                else:
+                    key = self.value_key(rec, generation)
+                with self._cache_lock:
+                    if self._fenced.get(ref) is None and generation == self._generation:
+                        self._write_keys.put(ref, key)
+                        self._write_recs.put(ref, rec)
+                out[ref] = key
+        finally:
+            made.clear()  # no key material left in this frame
         return out
+
+    def _made_value_key(self, rec: KeyRecord, material: bytes, generation: int) -> fmt.ValueKey:
+        """The value key of a subject key this process just made and stored (``rec`` is the row
+        as written): cached by its header as :meth:`value_key` caches an unwrapped one."""
+        key = fmt.ValueKey(Aead(material), rec.key_id, rec.version, rec.ref or NO_REF)
+        self._cache_read_key(key.header, key, generation)
+        return key
 
     # -- suite-2 keys (retention periods) --------------------------------------------------------
 

@@ -192,6 +192,13 @@ class SqlStoreBase:
     def _insert_ignore_many(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
     ) -> None:
+        self._insert_ignore_counted(conn, table, rows)
+
+    def _insert_ignore_counted(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> int | None:
+        """Insert each row unless a unique key exists (one executemany); how many rows were
+        inserted, or None where the driver does not count the rows of an executemany."""
         stmt: Any
         if self._dialect == "postgresql":
             stmt = pg_insert(table).on_conflict_do_nothing()
@@ -200,10 +207,15 @@ class SqlStoreBase:
         elif self._dialect in ("mysql", "mariadb"):
             stmt = sa.insert(table).prefix_with("IGNORE")
         else:
-            for row in rows:
-                self._insert_ignore(conn, table, row)
-            return
-        conn.execute(stmt, rows)
+            return sum(self._insert_ignore(conn, table, row) for row in rows)
+        result = conn.execute(stmt, rows, execution_options={"preserve_rowcount": True})
+        dialect = self.engine.dialect
+        counted = (
+            dialect.supports_sane_multi_rowcount
+            if len(rows) > 1
+            else dialect.supports_sane_rowcount
+        )
+        return int(result.rowcount) if counted and result.rowcount >= 0 else None
 
     # -- rows as records --------------------------------------------------------------------
 
