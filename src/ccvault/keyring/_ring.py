@@ -285,18 +285,27 @@ class KeyRing:
         # must reach the type check instead of sharing 1's key.
         unique = list({(type(s), s): s for s in subjects}.values())
         refs = self.subject_refs(unique)
-        out: dict[object, fmt.ValueKey] = {}
-        by_ref: dict[bytes, list[object]] = {}
-        for subject, ref, key in zip(unique, refs, self._write_keys.get_many(refs), strict=True):
+        keys = self._write_keys_of(refs)
+        pairs = zip(unique, refs, strict=True)
+        return {subject: keys[ref] for subject, ref in pairs if ref in keys}
+
+    def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
+        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 500
+        per key-store transaction; shredded subjects are left out (``encrypt_many``)."""
+        self._check()
+        return self._write_keys_of(refs)
+
+    def _write_keys_of(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
+        unique = list(dict.fromkeys(refs))
+        out: dict[bytes, fmt.ValueKey] = {}
+        cold = []
+        for ref, key in zip(unique, self._write_keys.get_many(unique), strict=True):
             if key is not None:
-                out[subject] = key
+                out[ref] = key
             else:
-                by_ref.setdefault(ref, []).append(subject)
-        cold = list(by_ref)
+                cold.append(ref)
         for i in range(0, len(cold), _BATCH):
-            for ref, key in self._load_or_create(cold[i : i + _BATCH]).items():
-                for subject in by_ref[ref]:
-                    out[subject] = key
+            out.update(self._load_or_create(cold[i : i + _BATCH]))
         return out
 
     def warm(self, subjects: Iterable[object]) -> int:
