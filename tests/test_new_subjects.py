@@ -84,7 +84,8 @@ def test_new_heads_and_keys_are_returned_as_the_store_holds_them(
         )
     new = [_candidate(epoch) for _ in range(1_200)]
     again = _candidate(epoch, ref=existing.ref)  # loses: the subject has a key already
-    out = s.create_subject_keys([*new, again, _candidate(epoch, ref=fenced)], 2.25, _mac)
+    now = 1_765_000_000.123456789  # a clock reading: every digit must come back
+    out = s.create_subject_keys([*new, again, _candidate(epoch, ref=fenced)], now, _mac)
 
     assert fenced not in out  # a fenced ref never gets a head
     assert set(out) == {c.ref for c in new} | {existing.ref}
@@ -95,7 +96,7 @@ def test_new_heads_and_keys_are_returned_as_the_store_holds_them(
         assert key == c
         assert head.key_id == c.key_id
         assert head.state == State.ACTIVE
-        assert head.created_at == 2.25
+        assert head.created_at == now
         assert head.mac == _mac(c.ref or b"", c.key_id, "active", 1)
     assert out[existing.ref or b""][1] == existing
     assert s.subject_head(fenced) is None

@@ -217,6 +217,55 @@ class SqlStoreBase:
         )
         return int(result.rowcount) if counted and result.rowcount >= 0 else None
 
+    def _insert_new_rows(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool
+    ) -> int | None:
+        """Insert many new rows in ``conn``'s transaction; with ``ignore``, rows whose unique
+        key exists are skipped (:meth:`_insert_ignore_counted`). Returns how many rows were
+        inserted, or None where the driver does not say.
+
+        On PostgreSQL through psycopg 3 the rows go in one ``COPY`` (a third of an executemany's
+        time per row, client and server); with ``ignore`` inside a savepoint: a row whose key
+        exists fails the whole COPY, rolled back to the savepoint, and the rows are inserted
+        again by an insert-ignore (another writer got there first: rare)."""
+        if not rows:
+            return 0
+        if self._copies():
+            try:
+                if not ignore:
+                    self._copy(conn, table, rows)
+                    return len(rows)
+                with conn.begin_nested():
+                    self._copy(conn, table, rows)
+                return len(rows)
+            except self.engine.dialect.loaded_dbapi.IntegrityError:
+                if not ignore:
+                    raise
+        elif not ignore:
+            conn.execute(sa.insert(table), rows)
+            return len(rows)
+        return self._insert_ignore_counted(conn, table, rows)
+
+    def _copies(self) -> bool:
+        """Whether new rows go in by ``COPY`` (PostgreSQL through psycopg 3, not its asyncio
+        form, whose connection SQLAlchemy wraps)."""
+        dialect = self.engine.dialect
+        return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+    def _copy(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        columns = list(rows[0])
+        prep = self.engine.dialect.identifier_preparer
+        names = ", ".join(prep.quote(name) for name in columns)
+        statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN"
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(statement) as copy:
+                write = copy.write_row
+                for row in rows:
+                    write([row[name] for name in columns])
+        finally:
+            cursor.close()
+
     # -- rows as records --------------------------------------------------------------------
 
     @staticmethod

@@ -281,7 +281,7 @@ class SqlSubjects(SqlChannel, SqlKeys):
                 }
                 for hd in new
             ]
-            inserted = self._insert_ignore_counted(conn, h, rows) if rows else 0
+            inserted = self._insert_new_rows(conn, h, rows, ignore=True)
             if fenced or inserted is None or inserted != len(rows):
                 # Read again: the key rows of a ref fenced above may be those of a writer that
                 # created its head after our first read (READ COMMITTED), and a head another
@@ -296,8 +296,8 @@ class SqlSubjects(SqlChannel, SqlKeys):
                 for c in missing
                 if c.ref is not None and c.ref in heads and heads[c.ref].key_id == c.key_id
             }
-            if won:
-                conn.execute(sa.insert(k), [self._key_values(c) for c in won.values()])
+            new_keys = [self._key_values(c) for c in won.values()]
+            self._insert_new_rows(conn, k, new_keys, ignore=False)
         else:
             won = {}
         # The key rows just inserted are the candidates themselves: only the other active heads'
