@@ -504,7 +504,7 @@ EXTRA += tuple(
             "import_200k_encrypt_many_s_{db}",
             "s",
             "200,000 new customers (5,000 with --quick), one value each, sealed by one "
-            "vault.encrypt_many call: keys created 500 per key-store transaction",
+            "vault.encrypt_many call: keys created 2,000 per key-store transaction",
         ),
         (
             "import_200k_warm_encrypt_s_{db}",

@@ -2,7 +2,7 @@
 who have no key yet, one 16-byte phone value each, sealed three ways on the same key store, each
 way with customers of its own (every customer's key is created by the way timed):
 
-* ``encrypt_many``: one ``vault.encrypt_many`` call of every customer's value (keys created 500
+* ``encrypt_many``: one ``vault.encrypt_many`` call of every customer's value (keys created 2,000
   per key-store transaction);
 * ``warm_encrypt``: the documented ``warm`` batching: per 5,000 customers, ``vault.warm`` of
   their ids then ``vault.encrypt`` of each value (5,000 keeps the keys inside the vault's key

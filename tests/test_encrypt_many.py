@@ -75,25 +75,31 @@ def test_items_are_sealed_in_order_as_encrypt_seals_them(
             assert fresh.decrypt(blob, context=ctx, subject=owner) == plain
 
 
-def test_new_subjects_take_one_key_store_transaction_per_500(
-    vault: Vault, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """1,201 new customers: 3 key-creation transactions (2 inserts each), where encrypt of
-    each would take 1,201; rounds of SEAL_CHUNK items change nothing for the values."""
+def test_new_subjects_are_created_in_batches(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,201 new customers in rounds of 700: one key-creation transaction per round (up to
+    2,000 new subjects each, statements of 500 rows), where encrypt of each would take 1,201;
+    the rounds change nothing for the values."""
     monkeypatch.setattr(values_module, "SEAL_CHUNK", 700)  # two rounds: 700 + 501
     store = vault._store  # type: ignore[attr-defined]  # SqlKeyStore
     batches: list[int] = []
-    create_batch = store._create_batch
+    transactions: list[int] = []
+    create_batch, create_group = store._create_batch, store._create_group
 
-    def counted(conn: Any, *, batch: Any, **kw: Any) -> Any:
+    def batch_counted(conn: Any, *, batch: Any, **kw: Any) -> Any:
         batches.append(len(batch))
         return create_batch(conn, batch=batch, **kw)
 
-    monkeypatch.setattr(store, "_create_batch", counted)  # one per key-creation transaction
+    def group_counted(conn: Any, *, group: Any, **kw: Any) -> Any:
+        transactions.append(len(group))
+        return create_group(conn, group=group, **kw)
+
+    monkeypatch.setattr(store, "_create_batch", batch_counted)  # statements of up to 500 rows
+    monkeypatch.setattr(store, "_create_group", group_counted)  # one per transaction
     subjects = [uuid.uuid4() for _ in range(1_201)]
     with statements(vault) as seen:
         blobs = vault.encrypt_many([(s, s.bytes) for s in subjects], context=CTX)
-    assert batches == [500, 200, 500, 1]  # ceil(700 / 500) + ceil(501 / 500) transactions
+    assert batches == [500, 200, 500, 1]  # ceil(700 / 500) + ceil(501 / 500)
+    assert transactions == [700, 501]  # up to 2,000 new subjects per transaction
     # (PostgreSQL's COPY goes by the driver's cursor: no SQLAlchemy event sees it)
     assert seen["INSERT"] == (0 if store._copies() else 2 * 4)
     assert sum(seen.values()) <= 4 * 8, seen

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 _BATCH = 500
+_LOAD = 2_000  # subjects per load-or-create: one read, one creation transaction (statements of 500)
 _FENCE_SECONDS = 86_400.0
 VAULTWIDE_NO_RETENTION: Final = (
     "vault-wide values (NO_SUBJECT) take no retention: a retention period's key is derived from "
@@ -290,7 +291,7 @@ class KeyRing:
         return {subject: keys[ref] for subject, ref in pairs if ref in keys}
 
     def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
-        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 500
+        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 2,000
         per key-store transaction; shredded subjects are left out (``encrypt_many``)."""
         self._check()
         return self._write_keys_of(refs)
@@ -304,8 +305,8 @@ class KeyRing:
                 out[ref] = key
             else:
                 cold.append(ref)
-        for i in range(0, len(cold), _BATCH):
-            out.update(self._load_or_create(cold[i : i + _BATCH]))
+        for i in range(0, len(cold), _LOAD):
+            out.update(self._load_or_create(cold[i : i + _LOAD]))
         return out
 
     def warm(self, subjects: Iterable[object]) -> int:
@@ -320,8 +321,8 @@ class KeyRing:
                 ready += 1
             else:
                 todo.append(ref)
-        for i in range(0, len(todo), _BATCH):
-            ready += len(self._load_or_create(todo[i : i + _BATCH]))
+        for i in range(0, len(todo), _LOAD):
+            ready += len(self._load_or_create(todo[i : i + _LOAD]))
         return ready
 
     def _subject_write_key(self, ref: bytes) -> fmt.ValueKey:
