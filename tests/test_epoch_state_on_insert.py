@@ -131,13 +131,18 @@ def test_destroy_epoch_and_an_insert_under_it_never_interleave(db_url: str) -> N
         admin_clock.advance(36 * DAY)
         paused, release = threading.Event(), threading.Event()
 
-        def pause_at_key_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            insert = statement.lstrip().lower().startswith("insert into ccvault_keys")
-            if insert and not paused.is_set():
+        # Paused where the insert of the new key rows starts (an executemany, or on PostgreSQL
+        # through psycopg a COPY, which no SQLAlchemy cursor event sees), the epoch row held.
+        store = late._store  # type: ignore[attr-defined]  # SqlKeyStore
+        insert_new_rows = store._insert_new_rows
+
+        def pause_at_key_insert(conn: Any, table: sa.Table, rows: Any, **kw: Any) -> Any:
+            if table.name == "ccvault_keys" and not paused.is_set():
                 paused.set()
                 release.wait(30)
+            return insert_new_rows(conn, table, rows, **kw)
 
-        sa.event.listen(late._store.engine, "before_cursor_execute", pause_at_key_insert)  # type: ignore[attr-defined]
+        store._insert_new_rows = pause_at_key_insert
         customer, out, destroyed = uuid.uuid4(), [], []
         writer = threading.Thread(
             target=lambda: out.append(late.encrypt(customer, b"paused", context=CTX))

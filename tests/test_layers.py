@@ -382,8 +382,8 @@ VAULT_PUBLIC = {
     "subject", "subject_ref", "subject_refs", "upgrade_store", "verify_heads", "warm",
     # the data map and subject export (issue 13), and the stored receipt read without a shred
     "data_map", "erasure_receipt", "export_subject", "register_personal_table",
-    # batched single-value reads (issue 13)
-    "decrypt_many",
+    # batched single-value reads (issue 13) and writes (issue 15, item 5)
+    "decrypt_many", "encrypt_many",
     # the erasure ledger wired in (issue 13): status, check, reconciliation
     "complete_erasures", "erasure_status", "ledger_unverified", "reconcile_erasures",
     "verify_erasures",

@@ -664,6 +664,40 @@ class Vault:
             key = self._ring.period_key_for_write(subject, period)
         return key.seal(plaintext, ctx_lp)
 
+    def encrypt_many(
+        self,
+        items: Iterable[tuple[object, bytes] | tuple[object, bytes, str]],
+        *,
+        context: str | None = None,
+        retention: object = None,
+        retention_from: object = None,
+    ) -> list[bytes]:
+        """Seal many values at once: a list of blobs aligned with ``items``, each
+        ``(subject, plaintext)`` sealed under ``context`` or ``(subject, plaintext, context)``
+        under its own, as :meth:`encrypt` seals one (``subject`` may be ``NO_SUBJECT``).
+
+        The keys of the batch's subjects are loaded together and those of new subjects created
+        together: one key-store transaction per 2,000 new subjects (statements of 500 rows),
+        instead of one per new subject with :meth:`encrypt` (an import of many new customers).
+        A wrong *type* (an item's shape, a subject of another type or None, a plaintext that is
+        not bytes, a context that is not a non-empty str) is a :class:`TypeError` naming the
+        item, raised before any key is loaded or created. A shredded subject raises
+        :class:`SubjectShreddedError` naming its item (``exc.index``), and no blob of the batch
+        is returned: every value or none. Keys created meanwhile for the batch's other new
+        subjects stay, as :meth:`warm` creates them.
+
+        Values in a retention category are sealed one by one: ``encrypt(..., retention=...)``
+        (after :meth:`warm` for many new subjects); ``encrypt_many`` takes no ``retention=``.
+        """
+        if retention is not None or retention_from is not None:
+            raise TypeError(
+                "encrypt_many takes no retention=/retention_from=: seal values of a retention "
+                "category with vault.encrypt(subject, plaintext, context=..., retention=..., "
+                "retention_from=...), after vault.warm(subjects) to create many new subjects' "
+                "keys in batches"
+            )
+        return self._values.encrypt_many(items, context)
+
     def decrypt(self, blob: bytes, *, context: str, subject: object = UNCHECKED) -> bytes:
         """Open a ciphertext made by :meth:`encrypt` with the same context label.
 

@@ -16,12 +16,24 @@ Wrapped form: nonce (12) || ciphertext (32) || tag (16).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._encoding import lp, u32
-from ._primitives import KEY_BYTES, NONCE_BYTES, Aead, AeadFailure, hmac_sha256, random_bytes
+from ._primitives import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    Aead,
+    AeadFailure,
+    hmac_sha256,
+    nonce_batch,
+    random_bytes,
+)
 
-__all__ = ["KeyBinding", "UnwrapError", "commitment", "unwrap_key", "wrap_key"]
+__all__ = ["KeyBinding", "UnwrapError", "commitment", "unwrap_key", "wrap_key", "wrap_keys"]
+
+_WRAP_LABEL = b"ccvault/wrap/v1"
+_COMMIT_LABEL = b"ccvault/commit/v1"
 
 WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16
 
@@ -43,7 +55,7 @@ class KeyBinding:
 
     def associated_data(self) -> bytes:
         return lp(
-            b"ccvault/wrap/v1",
+            _WRAP_LABEL,
             self.installation_id,
             self.kind.encode("ascii"),
             self.key_id,
@@ -54,7 +66,7 @@ class KeyBinding:
 
 
 def commitment(key: bytes, kind: str, key_id: bytes, version: int) -> bytes:
-    return hmac_sha256(key, lp(b"ccvault/commit/v1", kind.encode("ascii"), key_id, u32(version)))
+    return hmac_sha256(key, lp(_COMMIT_LABEL, kind.encode("ascii"), key_id, u32(version)))
 
 
 def wrap_key(epoch: Aead, key: bytes, binding: KeyBinding) -> tuple[bytes, bytes]:
@@ -62,6 +74,32 @@ def wrap_key(epoch: Aead, key: bytes, binding: KeyBinding) -> tuple[bytes, bytes
     nonce = random_bytes(NONCE_BYTES)
     wrapped = nonce + epoch.seal(nonce, key, binding.associated_data())
     return wrapped, commitment(key, binding.kind, binding.key_id, binding.version)
+
+
+def wrap_keys(
+    epoch: Aead,
+    installation_id: bytes,
+    kind: str,
+    epoch_id: bytes,
+    keys: Sequence[tuple[bytes, bytes, int, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """:func:`wrap_key` of many keys of one kind under one epoch: (wrapped, commitment) of each
+    ``(key, key id, version, subject ref)``, in order. The same bytes as :func:`wrap_key` with
+    the binding of each (``lp`` concatenates, so the parts every key of the batch shares are
+    encoded once), and one CSPRNG call for the batch's nonces."""
+    kind_bytes = kind.encode("ascii")
+    ad_head = lp(_WRAP_LABEL, installation_id, kind_bytes)
+    ad_epoch = lp(epoch_id)
+    commit_head = lp(_COMMIT_LABEL, kind_bytes)
+    nonces = nonce_batch(len(keys))
+    seal = epoch.seal
+    out = []
+    for key, key_id, version, ref in keys:
+        named = lp(key_id, u32(version))
+        nonce = nonces()
+        wrapped = nonce + seal(nonce, key, ad_head + named + ad_epoch + lp(ref))
+        out.append((wrapped, hmac_sha256(key, commit_head + named)))
+    return out
 
 
 def unwrap_key(epoch: Aead, wrapped: bytes, stored_commitment: bytes, binding: KeyBinding) -> bytes:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from .._secret import SecretKey
 from ..crypto._primitives import KEY_BYTES, Aead, random_bytes
-from ..crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key
+from ..crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key, wrap_keys
 from ..errors import (
     ConfigurationError,
     DecryptionError,
@@ -255,6 +255,50 @@ class Epochs:
             created_at=self._options.now(),
         )
         return rec, key
+
+    def new_records(
+        self, kind: str, named: Sequence[tuple[bytes, int, bytes | None]]
+    ) -> list[tuple[KeyRecord, bytes]]:
+        """:meth:`new_record` of many new random keys of one kind, each ``(key id, version,
+        subject ref)``: the active epoch and its key are looked up once for the batch, and the
+        wraps share their encoding work (:func:`wrap_keys`)."""
+        if not named:
+            return []
+        epoch = self.active()
+        aead = self.aead(epoch)  # first: a KMS failure here finds no key in this frame
+        epoch_id = epoch.epoch_id
+        keys = [random_bytes(KEY_BYTES) for _ in named]
+        wraps = wrap_keys(
+            aead,
+            self._installation.raw,
+            kind,
+            epoch_id,
+            [
+                (key, key_id, version, ref or NO_REF)
+                for key, (key_id, version, ref) in zip(keys, named, strict=True)
+            ],
+        )
+        now = self._options.now()
+        return [
+            (
+                KeyRecord(
+                    key_id=key_id,
+                    version=version,
+                    kind=kind,
+                    label=None,
+                    ref=ref,
+                    epoch_id=epoch_id,
+                    wrapped=wrapped,
+                    commitment=commit,
+                    state=State.LIVE,
+                    created_at=now,
+                ),
+                key,
+            )
+            for key, (key_id, version, ref), (wrapped, commit) in zip(
+                keys, named, wraps, strict=True
+            )
+        ]
 
     def with_fresh_epoch(self, store_new_keys: Callable[[], T]) -> T:
         """Run ``store_new_keys`` (it wraps new keys under the cached active epoch and stores

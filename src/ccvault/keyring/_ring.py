@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 _BATCH = 500
+_LOAD = 2_000  # subjects per load-or-create: one read, one creation transaction (statements of 500)
 _FENCE_SECONDS = 86_400.0
 VAULTWIDE_NO_RETENTION: Final = (
     "vault-wide values (NO_SUBJECT) take no retention: a retention period's key is derived from "
@@ -310,22 +311,34 @@ class KeyRing:
         # must reach the type check instead of sharing 1's key.
         unique = list({(type(s), s): s for s in subjects}.values())
         refs = self.subject_refs(unique)
+        keys = self._write_keys_of(refs)
         out: dict[object, fmt.ValueKey] = {}
-        by_ref: dict[bytes, list[object]] = {}
-        for subject, ref, key in zip(unique, refs, self._write_keys.get_many(refs), strict=True):
+        for subject, ref in zip(unique, refs, strict=True):
+            key = keys.get(ref)
             if key is not None:
+                # found by this subject's ref: the first read of the rows it seals compares the
+                # row's subject with this one instead of computing its ref
+                key.checked = subject
                 out[subject] = key
+        return out
+
+    def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
+        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 2,000
+        per key-store transaction; shredded subjects are left out (``encrypt_many``)."""
+        self._check()
+        return self._write_keys_of(refs)
+
+    def _write_keys_of(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
+        unique = list(dict.fromkeys(refs))
+        out: dict[bytes, fmt.ValueKey] = {}
+        cold = []
+        for ref, key in zip(unique, self._write_keys.get_many(unique), strict=True):
+            if key is not None:
+                out[ref] = key
             else:
-                by_ref.setdefault(ref, []).append(subject)
-        cold = list(by_ref)
-        for i in range(0, len(cold), _BATCH):
-            for ref, key in self._load_or_create(cold[i : i + _BATCH]).items():
-                for subject in by_ref[ref]:
-                    out[subject] = key
-        for subject, key in out.items():
-            # Each key was found by its subject's ref: the first read of the rows it seals
-            # compares the row's subject with this one instead of computing its ref.
-            key.checked = subject
+                cold.append(ref)
+        for i in range(0, len(cold), _LOAD):
+            out.update(self._load_or_create(cold[i : i + _LOAD]))
         return out
 
     def warm(self, subjects: Iterable[object]) -> int:
@@ -340,8 +353,8 @@ class KeyRing:
                 ready += 1
             else:
                 todo.append(ref)
-        for i in range(0, len(todo), _BATCH):
-            ready += len(self._load_or_create(todo[i : i + _BATCH]))
+        for i in range(0, len(todo), _LOAD):
+            ready += len(self._load_or_create(todo[i : i + _LOAD]))
         return ready
 
     def _subject_write_key(self, ref: bytes) -> fmt.ValueKey:
@@ -363,14 +376,21 @@ class KeyRing:
             if usable is not None:
                 records[ref] = usable
         missing = [ref for ref in refs if ref not in found]
+        # The keys this call created, by key id: a key that won its subject's head is used as
+        # it was made, never unwrapped again from the row just written.
+        made: dict[bytes, tuple[KeyRecord, bytes]] = {}
         if missing:
             self._options.writable("create keys for new subjects")
-            new_record, now = self._epochs.new_record, self._options.now
+            now = self._options.now
 
             def create() -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
-                candidates = [
-                    new_record(KeyKind.SUBJECT, random_bytes(16), 1, ref=ref)[0] for ref in missing
-                ]
+                made.clear()  # a retry under a fresh epoch wraps new keys
+                fresh = self._epochs.new_records(
+                    KeyKind.SUBJECT, [(random_bytes(16), 1, ref) for ref in missing]
+                )
+                made.update((rec.key_id, (rec, material)) for rec, material in fresh)
+                candidates = [rec for rec, _ in fresh]
+                del fresh
                 return self._store.create_subject_keys(candidates, now(), self.heads.seal)
 
             created = self._epochs.with_fresh_epoch(create)
@@ -382,14 +402,28 @@ class KeyRing:
                 if usable is not None:
                     records[ref] = usable
         out = {}
-        for ref, rec in records.items():
-            key = self.value_key(rec, generation)
-            with self._cache_lock:
-                if self._fenced.get(ref) is None and generation == self._generation:
-                    self._write_keys.put(ref, key)
-                    self._write_recs.put(ref, rec)
-            out[ref] = key
+        try:
+            for ref, rec in records.items():
+                ours = made.get(rec.key_id)
+                if ours is not None and ours[0] == rec:
+                    key = self._made_value_key(rec, ours[1], generation)
+                else:
+                    key = self.value_key(rec, generation)
+                with self._cache_lock:
+                    if self._fenced.get(ref) is None and generation == self._generation:
+                        self._write_keys.put(ref, key)
+                        self._write_recs.put(ref, rec)
+                out[ref] = key
+        finally:
+            made.clear()  # no key material left in this frame
         return out
+
+    def _made_value_key(self, rec: KeyRecord, material: bytes, generation: int) -> fmt.ValueKey:
+        """The value key of a subject key this process just made and stored (``rec`` is the row
+        as written): cached by its header as :meth:`value_key` caches an unwrapped one."""
+        key = fmt.ValueKey(Aead(material), rec.key_id, rec.version, rec.ref or NO_REF)
+        self._cache_read_key(key.header, key, generation)
+        return key
 
     # -- suite-2 keys (retention periods) --------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Owns opening values one by one or in batches (vault.decrypt, decrypt_many) and what each returns.
-Must not load, cache or create keys (the key ring does, through KeyRing.keys) nor know of columns.
+"""Owns opening values one by one or in batches (vault.decrypt, decrypt_many) and what each returns,
+and sealing values in batches (vault.encrypt_many). Must not load, cache or create keys (the key
+ring does, through KeyRing.keys and KeyRing.write_keys) nor know of columns.
 
 One implementation, :meth:`Values.read`, serves both: ``decrypt`` is a batch of one item that
 raises. A batch is read in three passes: the arguments of every item are checked first (a
@@ -17,15 +18,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from hmac import compare_digest
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from .._sentinels import NO_SUBJECT, Sentinel
 from ..crypto import _format as fmt
-from ..errors import DecryptionError
+from ..crypto._primitives import nonce_batch
+from ..errors import DecryptionError, SubjectShreddedError
 from ._epochs import NO_REF
 from ._ring import Expired, KeyRing, Tombstone
 
-__all__ = ["CONTEXT_LPS", "UNCHECKED", "Item", "Outcome", "Values", "context_bytes", "context_lp"]
+__all__ = [
+    "CONTEXT_LPS",
+    "SEAL_CHUNK",
+    "UNCHECKED",
+    "Item",
+    "Outcome",
+    "SealItem",
+    "Values",
+    "context_bytes",
+    "context_lp",
+]
 
 _Key = fmt.ValueKey | Tombstone
 
@@ -55,6 +67,16 @@ Outcome = bytes | Sentinel | DecryptionError
 ``errors="return"``) the item's DecryptionError."""
 
 _SHAPE = "an item is (blob, context) or (blob, context, subject)"
+
+SealItem = tuple[object, bytes] | tuple[object, bytes, str]
+"""An item of ``encrypt_many``: ``(subject, plaintext)`` (under ``context=``) or ``(subject,
+plaintext, context)``."""
+
+_SEAL_SHAPE = "an item is (subject, plaintext) or (subject, plaintext, context)"
+
+SEAL_CHUNK: Final = 5_000
+"""Items ``encrypt_many`` seals per round: their subjects' keys are loaded (or created, 2,000 per
+key-store transaction) together, and no more than this many keys are held beyond the caches."""
 
 
 def context_bytes(context: object) -> bytes:
@@ -180,6 +202,68 @@ class Values:
             # Raised here, from a frame that holds no plaintext (read() cleared its results)
             # and outside any handler (no __context__ leads back to the failure).
             raise DecryptionError(index=out)
+        return out
+
+    def encrypt_many(self, items: Iterable[object], context: object) -> list[bytes]:
+        """``vault.encrypt_many``: each item sealed as ``vault.encrypt`` seals it, in order.
+
+        Every item is checked first (shape, subject type, plaintext, context: a TypeError names
+        the item, and no key is loaded or created); then, ``SEAL_CHUNK`` items at a time, the
+        keys of their subjects are loaded or created together and the values sealed. A shredded
+        subject raises SubjectShreddedError naming its item, and no blob is returned at all
+        (keys already created for the batch's other new subjects stay, as ``warm`` leaves
+        them)."""
+        batch = items if isinstance(items, list | tuple) else list(items)
+        ring = self._ring
+        subject_ref = ring.subject_ref
+        context_lps: dict[object, bytes] = {}
+        # (subject ref, or None for NO_SUBJECT; the subject; plaintext; context;
+        # u32(len(context)) || context)
+        prepared: list[tuple[bytes | None, object, bytes, str, bytes]] = []
+        index = 0
+        try:
+            for index, item in enumerate(batch):  # noqa: B007 - read by the handler
+                if not isinstance(item, tuple | list) or not 2 <= len(item) <= 3:
+                    raise TypeError(_SEAL_SHAPE)
+                subject, plaintext = item[0], item[1]
+                label = item[2] if len(item) == 3 else context
+                if label is None:
+                    raise TypeError(
+                        "an item (subject, plaintext) needs context= (or give each item its "
+                        "own: (subject, plaintext, context))"
+                    )
+                if type(plaintext) is not bytes:
+                    if not isinstance(plaintext, bytes | bytearray | memoryview):
+                        raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
+                    plaintext = bytes(plaintext)
+                ctx_lp = context_lps.get(label) if type(label) is str else None
+                if ctx_lp is None:
+                    ctx_lp = context_lps[label] = fmt.context_lp(context_bytes(label))
+                # None is a TypeError here (NO_SUBJECT names vault-wide data), never a skip
+                ref = None if subject is NO_SUBJECT else subject_ref(subject)
+                prepared.append((ref, subject, plaintext, cast(str, label), ctx_lp))
+        except TypeError as exc:
+            raise TypeError(f"items[{index}]: {exc}") from None
+        out: list[bytes] = []
+        try:
+            for start in range(0, len(prepared), SEAL_CHUNK):
+                chunk = prepared[start : start + SEAL_CHUNK]
+                keys = ring.write_keys(ref for ref, *_ in chunk if ref is not None)
+                nonces = nonce_batch(len(chunk))
+                for offset, (ref, subject, plaintext, label, ctx_lp) in enumerate(chunk):
+                    if ref is None:
+                        key = ring.key_for_write(NO_SUBJECT, label)  # one use of its budget
+                    else:
+                        found = keys.get(ref)
+                        if found is None:
+                            raise SubjectShreddedError(index=start + offset)
+                        if found.checked is not subject:
+                            found.checked = subject  # its readers compare instead of an HMAC
+                        key = found
+                    out.append(key.seal(plaintext, ctx_lp, nonces))
+        except BaseException:
+            out.clear()  # no half batch: every blob or none
+            raise
         return out
 
     def read(

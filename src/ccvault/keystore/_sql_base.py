@@ -192,6 +192,13 @@ class SqlStoreBase:
     def _insert_ignore_many(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
     ) -> None:
+        self._insert_ignore_counted(conn, table, rows)
+
+    def _insert_ignore_counted(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> int | None:
+        """Insert each row unless a unique key exists (one executemany); how many rows were
+        inserted, or None where the driver does not count the rows of an executemany."""
         stmt: Any
         if self._dialect == "postgresql":
             stmt = pg_insert(table).on_conflict_do_nothing()
@@ -200,10 +207,64 @@ class SqlStoreBase:
         elif self._dialect in ("mysql", "mariadb"):
             stmt = sa.insert(table).prefix_with("IGNORE")
         else:
-            for row in rows:
-                self._insert_ignore(conn, table, row)
-            return
-        conn.execute(stmt, rows)
+            return sum(self._insert_ignore(conn, table, row) for row in rows)
+        result = conn.execute(stmt, rows, execution_options={"preserve_rowcount": True})
+        dialect = self.engine.dialect
+        counted = (
+            dialect.supports_sane_multi_rowcount
+            if len(rows) > 1
+            else dialect.supports_sane_rowcount
+        )
+        return int(result.rowcount) if counted and result.rowcount >= 0 else None
+
+    def _insert_new_rows(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool
+    ) -> int | None:
+        """Insert many new rows in ``conn``'s transaction; with ``ignore``, rows whose unique
+        key exists are skipped (:meth:`_insert_ignore_counted`). Returns how many rows were
+        inserted, or None where the driver does not say.
+
+        On PostgreSQL through psycopg 3 the rows go in one ``COPY`` (a third of an executemany's
+        time per row, client and server); with ``ignore`` inside a savepoint: a row whose key
+        exists fails the whole COPY, rolled back to the savepoint, and the rows are inserted
+        again by an insert-ignore (another writer got there first: rare)."""
+        if not rows:
+            return 0
+        if self._copies():
+            try:
+                if not ignore:
+                    self._copy(conn, table, rows)
+                    return len(rows)
+                with conn.begin_nested():
+                    self._copy(conn, table, rows)
+                return len(rows)
+            except self.engine.dialect.loaded_dbapi.IntegrityError:
+                if not ignore:
+                    raise
+        elif not ignore:
+            conn.execute(sa.insert(table), rows)
+            return len(rows)
+        return self._insert_ignore_counted(conn, table, rows)
+
+    def _copies(self) -> bool:
+        """Whether new rows go in by ``COPY`` (PostgreSQL through psycopg 3, not its asyncio
+        form, whose connection SQLAlchemy wraps)."""
+        dialect = self.engine.dialect
+        return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+    def _copy(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        columns = list(rows[0])
+        prep = self.engine.dialect.identifier_preparer
+        names = ", ".join(prep.quote(name) for name in columns)
+        statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN"
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(statement) as copy:
+                write = copy.write_row
+                for row in rows:
+                    write([row[name] for name in columns])
+        finally:
+            cursor.close()
 
     # -- rows as records --------------------------------------------------------------------
 
