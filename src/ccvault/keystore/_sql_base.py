@@ -250,7 +250,11 @@ class SqlStoreBase:
         """Whether new rows go in by ``COPY`` (PostgreSQL through psycopg 3, not its asyncio
         form, whose connection SQLAlchemy wraps)."""
         dialect = self.engine.dialect
-        return dialect.name == "postgresql" and dialect.driver == "psycopg"
+        return (
+            dialect.name == "postgresql"
+            and dialect.driver == "psycopg"
+            and not getattr(dialect, "is_async", False)  # psycopg's async dialect is "psycopg" too
+        )
 
     def _copy(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         columns = list(rows[0])
