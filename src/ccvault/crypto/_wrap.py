@@ -19,23 +19,33 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._encoding import lp, u32
+from ._encoding import U32, lp, u32
 from ._primitives import (
     KEY_BYTES,
     NONCE_BYTES,
     Aead,
     AeadFailure,
+    InvalidTag,
     hmac_sha256,
     nonce_batch,
     random_bytes,
 )
 
-__all__ = ["KeyBinding", "UnwrapError", "commitment", "unwrap_key", "wrap_key", "wrap_keys"]
+__all__ = [
+    "KeyBinding",
+    "UnwrapError",
+    "commitment",
+    "unwrap_key",
+    "unwrap_keys",
+    "wrap_key",
+    "wrap_keys",
+]
 
 _WRAP_LABEL = b"ccvault/wrap/v1"
 _COMMIT_LABEL = b"ccvault/commit/v1"
 
 WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16
+_VERSION_LEN = U32.pack(4)  # lp's length prefix of a u32
 
 
 class UnwrapError(Exception):
@@ -94,10 +104,11 @@ def wrap_keys(
     nonces = nonce_batch(len(keys))
     seal = epoch.seal
     out = []
+    pack = U32.pack
     for key, key_id, version, ref in keys:
-        named = lp(key_id, u32(version))
+        named = pack(len(key_id)) + key_id + _VERSION_LEN + pack(version)  # lp(id, u32(version))
         nonce = nonces()
-        wrapped = nonce + seal(nonce, key, ad_head + named + ad_epoch + lp(ref))
+        wrapped = nonce + seal(nonce, key, ad_head + named + ad_epoch + pack(len(ref)) + ref)
         out.append((wrapped, hmac_sha256(key, commit_head + named)))
     return out
 
@@ -118,3 +129,45 @@ def unwrap_key(epoch: Aead, wrapped: bytes, stored_commitment: bytes, binding: K
     # error's traceback (kept as the caller's __context__, suppressed or not) holds.
     del key
     raise UnwrapError
+
+
+def unwrap_keys(
+    epoch: Aead,
+    installation_id: bytes,
+    kind: str,
+    epoch_id: bytes,
+    rows: Sequence[tuple[bytes, bytes, bytes, int, bytes]],
+) -> list[bytes | None]:
+    """:func:`unwrap_key` of many stored keys of one kind wrapped under one epoch: the key of
+    each ``(wrapped, commitment, key id, version, subject ref)``, in order, or None for one that
+    fails its associated data or its commitment. The same checks as :func:`unwrap_key` with the
+    binding of each; the parts every key of the batch shares are encoded once."""
+    if not kind.isascii():
+        return [None] * len(rows)
+    kind_bytes = kind.encode("ascii")
+    ad_head = lp(_WRAP_LABEL, installation_id, kind_bytes)
+    ad_epoch = lp(epoch_id)
+    commit_head = lp(_COMMIT_LABEL, kind_bytes)
+    decrypt = epoch.open_raw
+    compare = hmac.compare_digest
+    pack = U32.pack
+    out: list[bytes | None] = []
+    for wrapped, stored_commitment, key_id, version, ref in rows:
+        if len(wrapped) != WRAPPED_BYTES:
+            out.append(None)
+            continue
+        named = pack(len(key_id)) + key_id + _VERSION_LEN + pack(version)
+        try:
+            key = decrypt(
+                wrapped[:NONCE_BYTES],
+                wrapped[NONCE_BYTES:],
+                ad_head + named + ad_epoch + pack(len(ref)) + ref,
+            )
+        except InvalidTag:
+            out.append(None)
+            continue
+        if compare(hmac_sha256(key, commit_head + named), stored_commitment):
+            out.append(key)
+        else:
+            out.append(None)  # opened, but not the key committed to: not kept
+    return out

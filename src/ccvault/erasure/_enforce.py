@@ -378,14 +378,14 @@ class Enforcer:
         keys = txn.live_subject_keys(refs)
         if not keys:
             return [], set()
-        opened: dict[tuple[bytes, int], SecretKey] = {}
-        broken = 0
-        for recs in keys.values():
-            for rec in recs:
-                try:
-                    opened[(rec.key_id, rec.version)] = self._epochs.unwrap_record(rec)
-                except DecryptionError:
-                    broken += 1
+        recs = [rec for recs in keys.values() for rec in recs]
+        # One batched unwrap: None for a row that does not authenticate.
+        subjects = [
+            (rec, key)
+            for rec, key in zip(recs, self._epochs.unwrap_records(recs), strict=True)
+            if key is not None
+        ]
+        broken = len(recs) - len(subjects)
         if broken:
             log.warning(
                 "enforce_retention: %d key row(s) of held subjects do not authenticate: no held "
@@ -400,31 +400,36 @@ class Enforcer:
             except DecryptionError:
                 unopened.add(period.key_id)
 
+        # Each held key: the subject key's suite-2 value key in the period (derived once, even
+        # if the wraps are made again under a fresh epoch).
+        named: list[tuple[bytes, int, bytes | None]] = []
+        materials: list[bytes] = []
+        for period_id, secret in secrets.items():
+            period_secret = secret.reveal()
+            for rec, key in subjects:
+                materials.append(
+                    derive_period_key(
+                        key.reveal(), period_secret, rec.key_id, rec.version, period_id
+                    )
+                )
+                held_id = held_key_id(rec.key_id, rec.version, period_id)
+                named.append((held_id, rec.version, rec.ref))
+        del subjects, secrets
+
         def build() -> list[KeyRecord]:
-            made: list[KeyRecord] = []
-            for period_id, secret in secrets.items():
-                for ref, recs in keys.items():
-                    for rec in recs:
-                        key = opened.get((rec.key_id, rec.version))
-                        if key is None:
-                            continue
-                        material = derive_period_key(
-                            key.reveal(), secret.reveal(), rec.key_id, rec.version, period_id
-                        )
-                        made.append(
-                            self._epochs.new_record(
-                                KeyKind.HELD,
-                                held_key_id(rec.key_id, rec.version, period_id),
-                                rec.version,
-                                ref=ref,
-                                material=material,
-                            )[0]
-                        )
+            # wrapped under the active epoch in one batch, inserted in one statement (COPY on
+            # PostgreSQL)
+            made = [
+                rec for rec, _ in self._epochs.new_records(KeyKind.HELD, named, materials=materials)
+            ]
             txn.add_held_keys(made)
             return made
 
-        # A destroyed active epoch (this process had not seen a rotation): wrap them again.
-        return self._epochs.with_fresh_epoch(build), unopened
+        try:
+            # A destroyed active epoch (this process had not seen a rotation): wrap them again.
+            return self._epochs.with_fresh_epoch(build), unopened
+        finally:
+            materials.clear()  # no key material left in this frame
 
     # -- the replay of a report (a key store restored from a backup) ------------------------------
 

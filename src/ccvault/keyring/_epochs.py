@@ -13,7 +13,15 @@ from typing import Final, TypeVar
 
 from .._secret import SecretKey
 from ..crypto._primitives import KEY_BYTES, Aead, random_bytes
-from ..crypto._wrap import KeyBinding, UnwrapError, commitment, unwrap_key, wrap_key, wrap_keys
+from ..crypto._wrap import (
+    KeyBinding,
+    UnwrapError,
+    commitment,
+    unwrap_key,
+    unwrap_keys,
+    wrap_key,
+    wrap_keys,
+)
 from ..errors import (
     ConfigurationError,
     DecryptionError,
@@ -224,6 +232,34 @@ class Epochs:
             pass
         raise DecryptionError  # outside the handler: no __context__ leads back to the unwrap
 
+    def unwrap_records(self, recs: Sequence[KeyRecord]) -> list[SecretKey | None]:
+        """:meth:`unwrap_record` of many key rows, in order: None where it would raise
+        :class:`DecryptionError` (a row that is not live or does not authenticate, an epoch
+        that is not in the key store). Each epoch's key is looked up once, and the unwraps of
+        the rows of one kind and epoch share their encoding work (:func:`unwrap_keys`)."""
+        out: list[SecretKey | None] = [None] * len(recs)
+        groups: dict[tuple[bytes, str], list[tuple[int, tuple[bytes, bytes, bytes, int, bytes]]]]
+        groups = {}
+        for i, rec in enumerate(recs):
+            wrapped, commit, epoch_id = rec.wrapped, rec.commitment, rec.epoch_id
+            if wrapped is None or commit is None or epoch_id is None or rec.state != State.LIVE:
+                continue  # quarantined rows stay unreadable too (unwrap_record)
+            row = (wrapped, commit, rec.key_id, rec.version, rec.ref or NO_REF)
+            groups.setdefault((epoch_id, rec.kind), []).append((i, row))
+        for (epoch_id, kind), members in groups.items():
+            try:
+                aead = self.aead(epoch_id)
+            except DecryptionError:
+                continue  # no such epoch: these rows do not authenticate
+            keys = unwrap_keys(
+                aead, self._installation.raw, kind, epoch_id, [row for _, row in members]
+            )
+            for (i, _), key in zip(members, keys, strict=True):
+                if key is not None:
+                    out[i] = SecretKey(key)
+            del keys
+        return out
+
     def new_record(
         self,
         kind: str,
@@ -257,17 +293,26 @@ class Epochs:
         return rec, key
 
     def new_records(
-        self, kind: str, named: Sequence[tuple[bytes, int, bytes | None]]
+        self,
+        kind: str,
+        named: Sequence[tuple[bytes, int, bytes | None]],
+        *,
+        materials: Sequence[bytes] | None = None,
     ) -> list[tuple[KeyRecord, bytes]]:
-        """:meth:`new_record` of many new random keys of one kind, each ``(key id, version,
-        subject ref)``: the active epoch and its key are looked up once for the batch, and the
-        wraps share their encoding work (:func:`wrap_keys`)."""
+        """:meth:`new_record` of many new keys of one kind, each ``(key id, version, subject
+        ref)``: random keys, or with ``materials`` the keys given (one per name, in order: held
+        keys derive theirs). The active epoch and its key are looked up once for the batch, and
+        the wraps share their encoding work (:func:`wrap_keys`)."""
         if not named:
             return []
+        if materials is not None and len(materials) != len(named):
+            raise ValueError("new_records needs one key material per name")
         epoch = self.active()
         aead = self.aead(epoch)  # first: a KMS failure here finds no key in this frame
         epoch_id = epoch.epoch_id
-        keys = [random_bytes(KEY_BYTES) for _ in named]
+        keys = (
+            list(materials) if materials is not None else [random_bytes(KEY_BYTES) for _ in named]
+        )
         wraps = wrap_keys(
             aead,
             self._installation.raw,

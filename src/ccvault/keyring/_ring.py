@@ -14,8 +14,9 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
+from .._repr import safe_repr
 from .._secret import SecretKey
 from .._sentinels import EXPIRED, NO_SUBJECT, SHREDDED, Sentinel
 from ..crypto import _format as fmt
@@ -188,8 +189,11 @@ class KeyRing:
         self._write_keys: TtlCache[bytes, fmt.ValueKey] = TtlCache(size, ttl, monotonic)
         # value keys (and tombstones) by value header: what a reader slices off a value
         self._read_keys: TtlCache[bytes, fmt.ValueKey | Tombstone] = TtlCache(size, ttl, monotonic)
-        # the subject key rows behind the write keys (wrapped: a period key is derived from them)
-        self._write_recs: TtlCache[bytes, KeyRecord] = TtlCache(size, ttl, monotonic)
+        # the subject key rows behind the write keys, with (in a vault with a retention policy)
+        # their key material once it was in hand: a period key is derived from it without
+        # unwrapping the row again; dropped wherever the write keys are (fence, evictions, TTL)
+        self._write_recs: TtlCache[bytes, _WriteRecord] = TtlCache(size, ttl, monotonic)
+        self._keep_material = options.retention_policy is not None
         # suite-2 write keys by (subject ref, period id)
         self._period_keys: TtlCache[tuple[bytes, bytes], fmt.ValueKey] = TtlCache(
             size, ttl, monotonic
@@ -402,20 +406,27 @@ class KeyRing:
                 if usable is not None:
                     records[ref] = usable
         out = {}
+        material: SecretKey | None = None
         try:
             for ref, rec in records.items():
                 ours = made.get(rec.key_id)
+                material = None
                 if ours is not None and ours[0] == rec:
                     key = self._made_value_key(rec, ours[1], generation)
+                    if self._keep_material:
+                        material = SecretKey(ours[1])
                 else:
-                    key = self.value_key(rec, generation)
+                    key, material = self._value_key(rec, generation)
                 with self._cache_lock:
                     if self._fenced.get(ref) is None and generation == self._generation:
                         self._write_keys.put(ref, key)
-                        self._write_recs.put(ref, rec)
+                        self._write_recs.put(
+                            ref, _WriteRecord(rec, material if self._keep_material else None)
+                        )
                 out[ref] = key
         finally:
             made.clear()  # no key material left in this frame
+            material = None
         return out
 
     def _made_value_key(self, rec: KeyRecord, material: bytes, generation: int) -> fmt.ValueKey:
@@ -441,23 +452,32 @@ class KeyRing:
         if key is not None:
             return key
         generation = self._generation
-        rec = self._write_recs.get(ref)
-        if rec is None or self._write_keys.get(ref) is None:
+        entry = self._write_recs.get(ref)
+        if entry is None or self._write_keys.get(ref) is None:
             if ref not in self._load_or_create([ref]):
                 raise SubjectShreddedError
-            rec = self._write_recs.get(ref)
-            if rec is None:  # fenced meanwhile: a shred is under way
+            entry = self._write_recs.get(ref)
+            if entry is None:  # fenced meanwhile: a shred is under way
                 raise SubjectShreddedError
-        key = self._derived_key(rec, period.secret, pid)
+        rec, material = entry.rec, entry.material
+        if material is None:
+            # Not in hand when the write key was loaded (its value key was cached already):
+            # unwrapped once, and kept with the write key from now on.
+            material = self._epochs.unwrap_record(rec)
+            with self._cache_lock:
+                if (
+                    self._keep_material
+                    and self._fenced.get(ref) is None
+                    and generation == self._generation
+                ):
+                    entry.material = material
+        key = self._derive(rec, material, period.secret, pid)
+        del material
         with self._cache_lock:
             if self._fenced.get(ref) is None and generation == self._generation:
                 self._period_keys.put((ref, pid), key)
                 self._track(ref, key.header)
         return key
-
-    def _derived_key(self, rec: KeyRecord, secret: SecretKey, period_id: bytes) -> fmt.ValueKey:
-        """The suite-2 value key of subject key row ``rec`` in period ``period_id``."""
-        return self._derive(rec, self._epochs.unwrap_record(rec), secret, period_id)
 
     @staticmethod
     def _derive(
@@ -474,6 +494,13 @@ class KeyRing:
         its header (unless every key was dropped since ``generation``, when the caller read the
         row); DecryptionError for a row no value header can name or that does not
         authenticate."""
+        return self._value_key(rec, generation)[0]
+
+    def _value_key(
+        self, rec: KeyRecord, generation: int | None
+    ) -> tuple[fmt.ValueKey, SecretKey | None]:
+        """:meth:`value_key`, and the row's key material when this call unwrapped it (None
+        when the value key was cached)."""
         if generation is None:
             generation = self._generation
         if not _names_value_key(rec.key_id, rec.version):
@@ -481,10 +508,11 @@ class KeyRing:
         header = fmt.build_header(fmt.SUITE_AES256GCM, rec.key_id, rec.version)
         cached = self._read_keys.get(header)
         if isinstance(cached, fmt.ValueKey):
-            return cached
-        key = self._unwrapped(rec)
+            return cached, None
+        material = self._epochs.unwrap_record(rec)
+        key = fmt.ValueKey(Aead(material.reveal()), rec.key_id, rec.version, rec.ref or NO_REF)
         self._cache_read_key(header, key, generation)
-        return key
+        return key, material
 
     # -- keys for reading ------------------------------------------------------------------------
 
@@ -774,6 +802,26 @@ class KeyRing:
 
 _UNCACHEABLE: Final = object()
 """Looked up in place of a subject that has no cache key: never in the cache."""
+
+
+class _WriteRecord:
+    """The subject key row behind a cached write key and, when it was in hand, the row's key
+    material (a suite-2 period key is derived from it). Cached, fenced and evicted with the
+    write key; its repr names neither the key nor its material."""
+
+    __slots__ = ("material", "rec")
+
+    def __init__(self, rec: KeyRecord, material: SecretKey | None) -> None:
+        self.rec = rec
+        self.material = material
+
+    @safe_repr
+    def __repr__(self) -> str:
+        kept = "kept" if self.material is not None else "not kept"
+        return f"<write record v{self.rec.version}, material {kept}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a write record cannot be pickled")
 
 
 def _ref_cache_key(subject: object) -> Hashable | None:

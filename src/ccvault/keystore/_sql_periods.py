@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from ._records import InvalidationKind, KeyKind, KeyRecord, State
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
 __all__ = ["PeriodSql", "SqlPeriods"]
+
+_BYTEA_ARRAY = postgresql.ARRAY(sa.LargeBinary)
 
 _REFS_PER_ROW_LIMIT = 100
 """Above this many subjects whose held keys a transaction destroys, it publishes one ``expiry``
@@ -43,9 +46,27 @@ class PeriodSql:
     keys: sa.Table
     check_epochs: Callable[[Connection, Sequence[KeyRecord]], None]
     invalidate_many: Callable[..., int]
-    insert_ignore_many: Callable[[Connection, sa.Table, list[dict[str, Any]]], None]
+    insert_new_rows: Callable[..., int | None]
     key_of: Callable[[Any], KeyRecord]
     values_of: Callable[[KeyRecord], dict[str, Any]]
+    dialect: str
+
+    def _ref_in(self, refs: list[bytes]) -> sa.ColumnElement[bool]:
+        """``ref IN (refs)``; on PostgreSQL ``ref = ANY(:refs)``, one array parameter."""
+        column = self.keys.c.ref
+        if self.dialect == "postgresql":
+            return column == sa.any_(sa.bindparam("refs", refs, type_=_BYTEA_ARRAY))
+        return column.in_(refs)
+
+    def _kind_is(self, kind: str) -> sa.ColumnElement[bool]:
+        """``kind = <kind>`` for a statement that selects its rows by ``ref``. On SQLite the
+        column is wrapped in an expression no index has (``kind || ''``): given ``kind = ?``
+        its planner (without ANALYZE statistics) picks the (kind, label, version) index and
+        scans every key of that kind instead of probing the ref index."""
+        column = self.keys.c.kind
+        if self.dialect == "sqlite":
+            return (column + "") == kind
+        return column == kind
 
     def period_rows(
         self, conn: Connection, key_ids: Sequence[bytes], labels: Sequence[str], *, lock: bool
@@ -94,12 +115,15 @@ class PeriodSql:
         k = self.keys
         wanted = sorted(set(refs))
         out: dict[bytes, list[KeyRecord]] = {}
-        for i in range(0, len(wanted), BATCH):
+        # PostgreSQL: one statement, the refs as one array parameter (``ref = ANY(...)``), not
+        # a statement of 500 parameters per 500 refs: a third of the client's time per ref.
+        step = max(len(wanted), 1) if self.dialect == "postgresql" else BATCH
+        for i in range(0, len(wanted), step):
             rows = conn.execute(
                 sa.select(k)
                 .where(
-                    k.c.ref.in_(wanted[i : i + BATCH]),
-                    k.c.kind == KeyKind.SUBJECT,
+                    self._ref_in(wanted[i : i + step]),
+                    self._kind_is(KeyKind.SUBJECT),
                     k.c.state == State.LIVE,
                 )
                 .order_by(k.c.ref, k.c.version)
@@ -137,10 +161,8 @@ class PeriodSql:
         if any(r.kind != KeyKind.HELD or r.ref is None for r in records):
             raise ValueError("not a held key")
         self.check_epochs(conn, records)
-        for i in range(0, len(records), BATCH):
-            self.insert_ignore_many(
-                conn, self.keys, [self.values_of(r) for r in records[i : i + BATCH]]
-            )
+        # One statement (COPY on PostgreSQL); a held key already there (a replay) is skipped.
+        self.insert_new_rows(conn, self.keys, [self.values_of(r) for r in records], ignore=True)
 
     def expire_periods(self, conn: Connection, period_ids: Sequence[bytes], now: float) -> None:
         k = self.keys
@@ -165,7 +187,7 @@ class PeriodSql:
                 sa.update(k)
                 .where(
                     k.c.ref.in_(wanted[i : i + BATCH]),
-                    k.c.kind == KeyKind.HELD,
+                    self._kind_is(KeyKind.HELD),
                     k.c.state == State.LIVE,
                 )
                 .values(destroyed_values(now)),
@@ -198,9 +220,10 @@ class SqlPeriods(SqlErasure):
             keys=self._keys,
             check_epochs=self._check_epochs,
             invalidate_many=self._invalidate_many,
-            insert_ignore_many=self._insert_ignore_many,
+            insert_new_rows=self._insert_new_rows,
             key_of=self._key,
             values_of=self._key_values,
+            dialect=self._dialect,
         )
         self._jt = dataclasses.replace(self._jt, periods=self._period_sql)
 
