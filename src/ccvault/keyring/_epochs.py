@@ -19,7 +19,6 @@ from ..crypto._wrap import (
     commitment,
     unwrap_key,
     unwrap_keys,
-    wrap_key,
     wrap_keys,
 )
 from ..errors import (
@@ -271,26 +270,8 @@ class Epochs:
         material: bytes | None = None,
     ) -> tuple[KeyRecord, bytes]:
         """A new key row wrapped under the active epoch, and its key (random unless given)."""
-        epoch = self.active()
-        aead = self.aead(epoch)  # first: a KMS failure here finds no key in this frame
-        key = material if material is not None else random_bytes(KEY_BYTES)
-        binding = KeyBinding(
-            self._installation.raw, kind, key_id, version, epoch.epoch_id, ref or NO_REF
-        )
-        wrapped, commit = wrap_key(aead, key, binding)
-        rec = KeyRecord(
-            key_id=key_id,
-            version=version,
-            kind=kind,
-            label=label,
-            ref=ref,
-            epoch_id=epoch.epoch_id,
-            wrapped=wrapped,
-            commitment=commit,
-            state=State.LIVE,
-            created_at=self._options.now(),
-        )
-        return rec, key
+        materials = None if material is None else [material]
+        return self.new_records(kind, [(key_id, version, ref)], materials=materials, label=label)[0]
 
     def new_records(
         self,
@@ -298,11 +279,12 @@ class Epochs:
         named: Sequence[tuple[bytes, int, bytes | None]],
         *,
         materials: Sequence[bytes] | None = None,
+        label: str | None = None,
     ) -> list[tuple[KeyRecord, bytes]]:
         """:meth:`new_record` of many new keys of one kind, each ``(key id, version, subject
         ref)``: random keys, or with ``materials`` the keys given (one per name, in order: held
         keys derive theirs). The active epoch and its key are looked up once for the batch, and
-        the wraps share their encoding work (:func:`wrap_keys`)."""
+        the wraps share their encoding work (:func:`wrap_keys`); every row gets ``label``."""
         if not named:
             return []
         if materials is not None and len(materials) != len(named):
@@ -330,7 +312,7 @@ class Epochs:
                     key_id=key_id,
                     version=version,
                     kind=kind,
-                    label=None,
+                    label=label,
                     ref=ref,
                     epoch_id=epoch_id,
                     wrapped=wrapped,
