@@ -6,7 +6,7 @@ import threading
 import weakref
 import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,6 +72,8 @@ class TablePlan:
     on_null_subject: str
     retained: tuple[ColumnPlan, ...] = ()  # the retention-bound columns
     retention: Retention | None = None  # their event time (None: no retention-bound column)
+    # code generated for this plan, made at its first use (``_write._write_loop``)
+    generated: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @safe_repr
     def __repr__(self) -> str:

@@ -40,6 +40,7 @@ from ._codec import STR
 from ._limits import Rejected
 from ._plan import ColumnPlan, Retention, TablePlan, check_subject_type, plan_for
 from ._types import IndexValue, Sealed, base_column
+from ._write_loop import WriteLoop, compile_write_loop
 
 if TYPE_CHECKING:
     from ..keyring import KeyRing
@@ -264,8 +265,9 @@ def _insert(
         # one CSPRNG call for the nonces of the whole statement
         nonces = nonce_batch(len(multiparams) * len(plan.columns))
         columns = _columns(ring, plan)
-        multiparams = [
-            _encrypt_row(
+
+        def slow(d: Mapping[str, Any]) -> dict[str, Any]:
+            return _encrypt_row(
                 ring,
                 plan,
                 d,
@@ -276,11 +278,23 @@ def _insert(
                 columns=columns,
                 periods=found,
             )
-            for d in multiparams
-        ]
+
+        if keys is None:
+            multiparams = [slow(d) for d in multiparams]
+        else:  # the loop generated for the plan's columns; rows it does not handle: slow()
+            indexers = tuple(c[3] for c in columns)
+            multiparams = _write_loop(plan)(multiparams, keys, nonces, indexers, slow)
     elif params or not (stmt._values or stmt._multi_values):
         params = _encrypt_row(ring, plan, params or {}, None, insert=True, periods=found)
     return stmt, multiparams, params
+
+
+def _write_loop(plan: TablePlan) -> WriteLoop:
+    """The INSERT row loop generated for ``plan`` (``_write_loop``), once a plan."""
+    loop: WriteLoop | None = plan.generated.get("insert")
+    if loop is None:
+        loop = plan.generated["insert"] = compile_write_loop(plan, _dumps)
+    return loop
 
 
 def _refuse_upsert(plan: TablePlan, stmt: sa.Insert) -> None:

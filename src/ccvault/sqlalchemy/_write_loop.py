@@ -1,0 +1,146 @@
+"""The write loop of one table plan, generated for its encrypted columns.
+
+A table's encrypted columns are fixed by its plan: their keys in the parameters, their contexts,
+which take str, which have a blind index, their most characters. :func:`compile_write_loop`
+writes the INSERT row loop for exactly those columns — one block per column, each column's
+constants bound in the loop's namespace — so that no row pays for the branching of the generic
+row function (``_write._encrypt_row``), which must handle every table and every value.
+
+The generated loop handles the common row only: its subject is set (not NULL) and its key is in
+the statement's ``keys``; each encrypted column is missing, None, a ``str`` of a str column
+(within its most characters, UTF-8 encodable), or a value of a non-str column (encoded by the
+same ``dumps`` as the generic function, which raises the same errors). A row with anything else
+— no subject or a NULL one, a key not loaded, a ``Sealed`` value, a too-long string, a lone
+surrogate, a value of a retention-bound column, a non-``str`` value of a searchable column — is
+handed whole to the generic function (``slow``), which decides it exactly as before. Every check
+of a row runs before anything of it is sealed: a row handed over has drawn no nonce and its
+output is built by the generic function alone. The hand-over happens outside any exception
+handler, so its errors are chained to nothing that holds a value. Whatever leaves the loop
+raised, it clears the plaintext it encoded first.
+
+The code is generated from the column layout only: integers (column positions) and the names of
+constants bound in its namespace; no value, label, column key or key material reaches the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._codec import STR
+from ._plan import TablePlan
+from ._types import IndexValue, Sealed
+
+__all__ = ["WriteLoop", "compile_write_loop"]
+
+_STR = bytes((STR.tag,))
+
+# loop(rows, keys, nonces, indexers, slow) -> the encrypted copies of ``rows``
+WriteLoop = Callable[..., list[dict[str, Any]]]
+
+
+def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> WriteLoop:
+    """The INSERT row loop of ``plan``'s table; ``dumps(col, value)`` is the generic function's
+    encoder of a value that is not the common ``str`` (``_write._dumps``).
+
+    The loop is called as ``loop(rows, keys, nonces, indexers, slow)``: ``keys`` the statement's
+    write keys by subject, ``nonces`` its nonce source, ``indexers`` the statement's blind
+    indexer of each column of ``plan.columns`` (None when not searchable), ``slow(row)`` the
+    generic row function (the encrypted copy of one row, or its error)."""
+    namespace: dict[str, Any] = {
+        "MISSING": object(),
+        "FAILED": object(),
+        "STRB": _STR,
+        "Sealed": Sealed,
+        "IndexValue": IndexValue,
+        "DUMPS": dumps,
+        "SUBJECT": plan.subject.key,
+        "UnicodeEncodeError": UnicodeEncodeError,
+    }
+    code: list[str] = []
+    emit = code.append
+    searchable = [i for i, c in enumerate(plan.columns) if c.index_key is not None]
+    emit("def loop(rows, keys, nonces, indexers, slow):")
+    for i in searchable:
+        emit(f" ix{i} = indexers[{i}]")
+    emit(" keys_get = keys.get")
+    emit(" out = []")
+    emit(" append = out.append")
+    names = [f"{kind}{i}" for kind in "pvx" for i in range(len(plan.columns))]
+    emit(f" {' = '.join(names)} = None")
+    emit(" try:")
+    emit("  for d in rows:")
+    # keys has no key of None (nor of MISSING): a row without a subject, or with a NULL one
+    emit("   key = keys_get(d.get(SUBJECT))")
+    emit("   if key is None:")
+    emit("    append(slow(d))")
+    emit("    continue")
+    # checks and encodings, column by column: ``p{i}`` the plaintext to seal, or None (a NULL:
+    # its index is NULL too) or MISSING (nothing written: the parameter is left as it is)
+    for i, col in enumerate(plan.columns):
+        namespace[f"K{i}"] = col.key
+        namespace[f"C{i}"] = col
+        v, p = f"v{i}", f"p{i}"
+        emit("   try:")
+        emit(f"    {v} = d[K{i}]")
+        emit("   except KeyError:")
+        emit(f"    {v} = MISSING")
+        if col.is_str and col.retention is None:
+            namespace[f"MAX{i}"] = col.max_chars
+            emit(f"   if type({v}) is str:")
+            emit(f"    if len({v}) > MAX{i}:")
+            emit("     append(slow(d))")
+            emit("     continue")
+            emit("    try:")
+            emit(f"     {p} = STRB + {v}.encode()")
+            emit("    except UnicodeEncodeError:")  # handed over outside the handler
+            emit(f"     {p} = FAILED")
+            emit(f"    if {p} is FAILED:")
+            emit("     append(slow(d))")
+            emit("     continue")
+            if col.index_key is not None:  # where the generic function computes it
+                emit(f"    x{i} = IndexValue(ix{i}({v}))")
+            emit(f"   elif {v} is None or {v} is MISSING:")
+        else:
+            emit(f"   if {v} is None or {v} is MISSING:")
+        emit(f"    {p} = {v}")
+        emit(f"   elif type({v}) is Sealed:")
+        emit(f"    {p} = MISSING")
+        if col.retention is not None or col.index_key is not None:
+            # a value of a retention-bound column (its period's key), or a value of a searchable
+            # column that is not the common str (its index is NULL): the generic function's
+            emit("   else:")
+            emit("    append(slow(d))")
+            emit("    continue")
+        else:
+            emit("   else:")
+            emit(f"    {p} = DUMPS(C{i}, {v})")
+    # every check passed: the row's copy, its indexes and its ciphertexts (in the generic
+    # function's order: a column's index, then its value)
+    emit("   o = dict(d)")
+    emit("   h = key.header")
+    emit("   seal = key.aead.seal")
+    emit("   ads_get = key.ads.get")
+    for i, col in enumerate(plan.columns):
+        p = f"p{i}"
+        if col.index_key is not None:
+            namespace[f"IK{i}"] = col.index_key
+            emit(f"   if {p} is None:")
+            emit(f"    o[IK{i}] = None")
+            emit(f"   elif {p} is not MISSING:")
+            emit(f"    o[IK{i}] = x{i}")
+        else:
+            emit(f"   if {p} is not None and {p} is not MISSING:")
+        namespace[f"CTX{i}"] = col.ctx_lp
+        emit("    n = nonces()")
+        emit(f"    ad = ads_get(CTX{i}) or key.associated_data(CTX{i})")
+        emit(f"    o[K{i}] = Sealed(h + n + seal(n, {p}, ad))")
+    emit("   append(o)")
+    emit(" except BaseException:")
+    # no plaintext this loop encoded stays in its frame (a traceback keeps it)
+    emit(f"  {' = '.join(names)} = None")
+    emit("  raise")
+    emit(" return out")
+    exec(compile("\n".join(code), "<ccvault write loop>", "exec"), namespace)  # noqa: S102
+    loop: WriteLoop = namespace["loop"]
+    return loop
