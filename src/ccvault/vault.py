@@ -731,9 +731,11 @@ class Vault:
     def warm(self, subjects: Iterable[object]) -> int:
         """Load the keys of many subjects in batches, creating missing ones, and cache them.
 
-        One key-store round trip per 500 subjects instead of one per subject: call it before
-        writing or reading many customers at once. Shredded subjects are skipped (encrypting for
-        them still raises). Returns how many subjects have a usable key.
+        One key-store read per 2,000 subjects (statements of 500) and one transaction per 2,000
+        new ones, instead of one each per subject: call it before writing or reading many
+        customers at once (a few thousand at a time: more than the key cache holds evicts keys
+        before they are used). Shredded subjects are skipped (encrypting for them still raises).
+        Returns how many subjects have a usable key.
         """
         return self._ring.warm(subjects)
 
