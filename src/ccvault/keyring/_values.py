@@ -89,7 +89,7 @@ def context_bytes(context: object) -> bytes:
 
 CONTEXT_LPS: dict[str, bytes] = {}
 """``context_lp`` of the labels met so far (read it inline before calling ``context_lp``)."""
-_MAXCONTEXT_LPS: Final = 4096  # labels are a schema's few column names, never data
+_MAX_CONTEXT_LPS: Final = 4096  # labels are a schema's few column names, never data
 
 
 def context_lp(context: object) -> bytes:
@@ -100,25 +100,15 @@ def context_lp(context: object) -> bytes:
         if found is not None:
             return found
     lp = fmt.context_lp(context_bytes(context))
-    if type(context) is str and len(CONTEXT_LPS) < _MAXCONTEXT_LPS:
+    if type(context) is str and len(CONTEXT_LPS) < _MAX_CONTEXT_LPS:
         CONTEXT_LPS[context] = lp
     return lp
 
 
 # Subject types whose equality is exact (no subclass can override it): a value key's
-# ``checked`` subject equal to one of these, of the same type, is the same subject.
+# ``checked`` subject equal to one of these, of the same type, is the same subject. (The row
+# loops of the column types compare by type alone: their subjects are the driver's values.)
 _EXACT: Final = frozenset((str, int, uuid.UUID))
-
-
-def same_subject(checked: object, subject: object) -> bool:
-    """Is ``subject`` the subject ``checked`` that a key was found to belong to? Identity, or
-    equality of the same exact str, int or UUID type (``1 == True == 1.0`` in Python; only one
-    of them is a subject of an ``int`` installation)."""
-    if checked is None:  # nothing remembered (None is never a subject)
-        return False
-    return checked is subject or (
-        type(checked) is type(subject) and type(subject) in _EXACT and checked == subject
-    )
 
 
 class Values:
@@ -139,8 +129,9 @@ class Values:
         without the batch's lists; a sentinel is raised as its error, a failure as the bare
         DecryptionError (no index: there is one value).
 
-        A warm key whose ``checked`` subject is this one (:func:`same_subject`: the key was found
-        to belong to it, by a write or an earlier read) skips the subject's ref; any other
+        A warm key whose ``checked`` subject is this one (the key was found to belong to it, by a
+        write or an earlier read: identity, or equality of the same exact str, int or UUID type,
+        ``1 == True == 1.0`` being different subjects) skips the subject's ref; any other
         subject is checked by its ref, as :meth:`read` checks it."""
         if type(blob) is not bytes:
             if not isinstance(blob, bytes | bytearray | memoryview):
@@ -161,7 +152,7 @@ class Values:
             expected = NO_REF
         elif subject is not UNCHECKED:
             checked = None if key is None else key.checked
-            if checked is None or (  # same_subject(), inline
+            if checked is None or (
                 checked is not subject
                 and not (
                     type(checked) is type(subject)
@@ -216,7 +207,6 @@ class Values:
         batch = items if isinstance(items, list | tuple) else list(items)
         ring = self._ring
         subject_ref = ring.subject_ref
-        context_lps: dict[object, bytes] = {}
         # (subject ref, or None for NO_SUBJECT; the subject; plaintext; context;
         # u32(len(context)) || context)
         prepared: list[tuple[bytes | None, object, bytes, str, bytes]] = []
@@ -236,9 +226,7 @@ class Values:
                     if not isinstance(plaintext, bytes | bytearray | memoryview):
                         raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
                     plaintext = bytes(plaintext)
-                ctx_lp = context_lps.get(label) if type(label) is str else None
-                if ctx_lp is None:
-                    ctx_lp = context_lps[label] = fmt.context_lp(context_bytes(label))
+                ctx_lp = context_lp(label)
                 # None is a TypeError here (NO_SUBJECT names vault-wide data), never a skip
                 ref = None if subject is NO_SUBJECT else subject_ref(subject)
                 prepared.append((ref, subject, plaintext, cast(str, label), ctx_lp))
@@ -293,7 +281,6 @@ class Values:
         ring = self._ring
         cached = ring.lookup()  # warm keys by header, one clock reading for the batch
         subject_ref = ring.subject_ref
-        context_lps: dict[object, bytes] = {}
         cold: set[bytes] = set()
         # (blob, u32(len(context)) || context, expected ref or None, header or None, warm key)
         prepared: list[tuple[bytes, bytes, bytes | None, bytes | None, _Key | None]] = []
@@ -310,9 +297,7 @@ class Values:
                             f"blob must be bytes from encrypt(), not {type(blob).__name__}"
                         )
                     blob = bytes(blob)
-                ctx_lp = context_lps.get(context) if type(context) is str else None
-                if ctx_lp is None:
-                    ctx_lp = context_lps[context] = fmt.context_lp(context_bytes(context))
+                ctx_lp = context_lp(context)
                 if subject is UNCHECKED:
                     expected = None
                 elif subject is NO_SUBJECT:

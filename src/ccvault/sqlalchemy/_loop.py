@@ -25,7 +25,7 @@ from typing import Any
 from ..crypto import _format as fmt
 from ._codec import STR, CodecError
 
-__all__ = ["Slow", "compile_loop"]
+__all__ = ["Column", "Group", "Loop", "Slow", "compile_loop"]
 
 
 # A row the generated loop leaves to the generic one (never leaves the loop).
@@ -39,9 +39,13 @@ _SUITE_AT = slice(1, 2)
 _SUITE2 = bytes((fmt.SUITE_AES256GCM_PERIOD,))
 _STR = bytes((STR.tag,))
 
-# (row index, u32(len(label)) || label, the codec's loads or None for str, strict, unsealed,
-# retention-bound): the generic loop's column layout (``_read._Column``)
+# What the row loops (this one and the reader's generic one) need of one encrypted column,
+# unpacked in one step: its index in the row, u32(len(label)) || label, the codec's loads (None
+# for str, decoded inline), strictness, what to do with a stored value that is no ciphertext
+# (raise, or the legacy_plaintext reader), whether the column is retention-bound (its values
+# looked up by their suite first).
 Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool, Callable[[Any], Any], bool]
+# The encrypted columns whose subject is at one index of the row (None: not selected).
 Group = tuple[int | None, tuple[Column, ...]]
 Loop = Callable[..., list[tuple[Any, ...]]]
 

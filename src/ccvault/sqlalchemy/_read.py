@@ -44,7 +44,7 @@ from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, RetentionExpiredError, SubjectShreddedError
 from ._codec import STR, CodecError
-from ._loop import compile_loop
+from ._loop import Column, Group, compile_loop
 from ._plan import ColumnPlan, plan_for
 from ._types import BlindIndex, Encrypted, OnError, base_column
 
@@ -116,15 +116,6 @@ def _processed(value: Any, process: Callable[[Any], Any] | None) -> Any:
         return value
 
 
-# What the row loop needs of one encrypted column, unpacked in one step: its index in the row,
-# u32(len(label)) || label, the codec's loads (None for str, decoded inline), strictness, and
-# what to do with a stored value that is no ciphertext (raise, or the legacy_plaintext reader),
-# whether the column is retention-bound (its values looked up by their suite first).
-_Column = tuple[int, bytes, Callable[[bytes], Any] | None, bool, Callable[[Any], Any], bool]
-# The encrypted columns whose subject is at one index of the row (None: not selected).
-_Group = tuple[int | None, tuple[_Column, ...]]
-
-
 class _IndexTerm:
     """``companion == :x`` / ``companion IN (...)`` in the WHERE clause of an entity select."""
 
@@ -157,7 +148,7 @@ class Reader:
         self.terms = terms
         self.positions = tuple(slot.index for slot in slots)
         self.by_index = {slot.index: slot for slot in slots}
-        by_subject: dict[int | None, list[_Column]] = {}
+        by_subject: dict[int | None, list[Column]] = {}
         for slot in slots:
             col = slot.col
             loads = None if col.is_str else col.codec.loads
@@ -165,7 +156,7 @@ class Reader:
             by_subject.setdefault(slot.subject_index, []).append(
                 (slot.index, col.ctx_lp, loads, slot.strict, unsealed, col.retention is not None)
             )
-        self.groups: tuple[_Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
+        self.groups: tuple[Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
         self.loop = compile_loop(self.groups, width, bool(terms))
 
     def filters(self, context: Any) -> Filters:
@@ -258,7 +249,7 @@ class Reader:
         self,
         rows: Sequence[Any],
         filters: Filters | None,
-        groups: tuple[_Group, ...],
+        groups: tuple[Group, ...],
         known: dict[bytes, Any],
         load: Callable[[], bool],
         cached: Callable[[bytes], Any] | None = None,
