@@ -441,3 +441,38 @@ def test_the_settings_reach_the_vault(
     monkeypatch.setenv("CCVAULT_PROPAGATION_INTERVAL_SECONDS", "0.75")
     with pytest.raises(ConfigurationError, match=r"0\.75 s, longer than .* 0\.5 s"):
         Vault.from_settings()
+
+
+class _Counting:
+    """The real store, counting reads of subject keys."""
+
+    def __init__(self, inner: SqlKeyStore) -> None:
+        self._inner = inner
+        self.reads = 0
+
+    def subject_keys(self, *args: Any) -> Any:
+        self.reads += 1
+        return self._inner.subject_keys(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_write_key_remembered_by_subject_expires_with_cache_ttl(
+    kms: LocalKms, sqlite_url: str, clock: Clock
+) -> None:
+    """``encrypt`` finds a warm subject's write key by the subject itself, but no longer than the
+    write-key cache keeps it: past ``cache_ttl`` the key store is read again."""
+    store = _Counting(SqlKeyStore(sqlite_url))
+    with Vault(kms, store, clock=clock, cache_ttl=10, listen_url="off") as vault:  # type: ignore[arg-type]
+        customer = uuid.uuid4()
+        vault.encrypt(customer, b"x", context=CTX)
+        reads = store.reads
+        for _ in range(int(9.9 / STEP)):
+            clock.t += STEP
+            vault.encrypt(customer, b"x", context=CTX)
+        assert store.reads == reads
+        clock.t += 10
+        vault.encrypt(customer, b"x", context=CTX)
+        assert store.reads == reads + 1
+    store._inner.close()

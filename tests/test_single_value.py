@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccvault import NO_SUBJECT, SHREDDED, DecryptionError, SubjectShreddedError, Vault
+from ccvault.keystore._cache import TtlCache
 from ccvault.kms import LocalKms
 from raw_values import tampered
 
@@ -126,4 +127,83 @@ def test_an_int_installation_never_takes_true_for_one(tmp_path: Path) -> None:
         vault.decrypt(blob, context=CTX, subject=True)  # 1 == True in Python
     with pytest.raises(TypeError):
         vault.decrypt(blob, context=CTX, subject=1.0)
+    vault.close()
+
+
+# -- vault.encrypt's write key by subject ---------------------------------------------------------
+
+
+def test_an_int_installation_never_writes_true_or_one_point_oh_under_one(tmp_path: Path) -> None:
+    """The write key remembered for the int 1 is found by exact type and value: True and 1.0
+    (equal to 1, hashing alike) reach the subject type's check."""
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{tmp_path / 'k.db'}", subject_type="int")
+    vault.encrypt(1, b"one", context=CTX)
+    vault.encrypt(1, b"one", context=CTX)  # remembered by subject now
+    for other in (True, 1.0):
+        with pytest.raises(TypeError):
+            vault.encrypt(other, b"x", context=CTX)
+    vault.close()
+
+
+def test_spellings_of_one_subject_write_under_its_one_key(
+    sealed: tuple[Vault, dict[str, bytes]],
+) -> None:
+    vault, _ = sealed
+    s = uuid.uuid4()
+    blobs = [vault.encrypt(x, b"v", context=CTX) for x in (s, s, str(s), s.hex, str(s).upper())]
+    assert len({b[:22] for b in blobs}) == 1
+    assert all(vault.decrypt(b, context=CTX, subject=s) == b"v" for b in blobs)
+    with pytest.raises(DecryptionError):
+        vault.decrypt(blobs[-1], context=CTX, subject=uuid.uuid4())
+
+
+def test_a_shred_while_a_write_key_is_being_found_is_not_undone(tmp_path: Path) -> None:
+    """A shred that lands between ``encrypt`` finding a subject's write key and remembering it by
+    subject: the next ``encrypt`` raises, as it does after any shred (the fill is dropped)."""
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{tmp_path / 'k.db'}")
+    s = uuid.uuid4()
+    ring = vault._ring
+    armed = [True]
+
+    class ShredAfterPeek(TtlCache[bytes, Any]):
+        def peek(self, key: bytes) -> Any:
+            found = super().peek(key)
+            if armed:
+                armed.clear()
+                vault.shred(s)  # after the lookup, before the fill takes the cache lock
+            return found
+
+    old = ring._write_keys
+    ring._write_keys = ShredAfterPeek(old.max_entries, old.max_age, vault._options.monotonic)
+    vault.encrypt(s, b"in flight", context=CTX)  # sealed before the shred: unreadable after it
+    assert not armed
+    with pytest.raises(SubjectShreddedError):
+        vault.encrypt(s, b"after", context=CTX)
+    with pytest.raises(SubjectShreddedError):
+        vault.encrypt(str(s), b"after", context=CTX)
+    vault.close()
+
+
+def test_a_shred_in_this_process_stops_writes_remembered_by_subject(tmp_path: Path) -> None:
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{tmp_path / 'k.db'}")
+    s, kept = uuid.uuid4(), uuid.uuid4()
+    for _ in range(2):
+        vault.encrypt(s, b"x", context=CTX)
+        vault.encrypt(kept, b"x", context=CTX)
+    vault.shred(s)
+    for spelling in (s, str(s), s.hex):
+        with pytest.raises(SubjectShreddedError):
+            vault.encrypt(spelling, b"x", context=CTX)
+    blob = vault.encrypt(kept, b"still", context=CTX)
+    assert vault.decrypt(blob, context=CTX, subject=kept) == b"still"
+    vault.close()
+
+
+def test_write_keys_remembered_by_subject_stay_within_the_cache_bound(tmp_path: Path) -> None:
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{tmp_path / 'k.db'}", cache_max_entries=3)
+    subjects = [uuid.uuid4() for _ in range(10)]
+    for s in subjects * 2:
+        blob = vault.encrypt(s, b"x", context=CTX)
+        assert vault.decrypt(blob, context=CTX, subject=s) == b"x"
+        assert len(vault._ring._by_subject) <= 3
     vault.close()

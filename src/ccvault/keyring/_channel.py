@@ -112,7 +112,10 @@ class Invalidations:
         self._evict_all = evict_all
         self._evict_periods = evict_periods
         self._evict_derived = evict_derived
-        self._next = _NEVER  # the first use polls: it records where the channel stands
+        # The clock reading from which check() polls (_NEVER: the next check). Public for the
+        # single-value paths, which compare their own clock reading with it and call check()
+        # only when it is due: one call fewer on every use of a cached key.
+        self.next_poll = _NEVER  # the first use polls: it records where the channel stands
         self._seen: Invalidation | None = None
         self._started = False
         self._failing = False
@@ -129,14 +132,18 @@ class Invalidations:
         """The seq of the last row this process has seen (0: none)."""
         return 0 if self._seen is None else self._seen.seq
 
-    def check(self) -> None:
-        """Poll if one is due (the key ring calls this before it uses a cached key)."""
-        if self._monotonic() >= self._next:
+    def check(self) -> float:
+        """Poll if one is due (the key ring calls this before it uses a cached key); returns
+        the clock's reading after it (the caller's "now" for cache deadlines)."""
+        now = self._monotonic()
+        if now >= self.next_poll:
             self.poll()
+            return self._monotonic()
+        return now
 
     def due(self) -> None:
         """Make the next :meth:`check` poll, whatever the time (a notification arrived)."""
-        self._next = _NEVER
+        self.next_poll = _NEVER
 
     def poll(self, *, force: bool = False) -> None:
         """Read the channel from the last row seen and act on what changed; then run the store
@@ -153,7 +160,7 @@ class Invalidations:
         start = self._monotonic()
         if self._restore_pending:
             self.on_store_restored()
-        if not force and start < self._next:
+        if not force and start < self.next_poll:
             return False
         try:
             if self._started:
@@ -167,7 +174,7 @@ class Invalidations:
                 self._started = True
                 self._probe_next = start + self._probe_period
         except KeyStoreError as exc:
-            self._next = start + self._period
+            self.next_poll = start + self._period
             if not self._failing:
                 self._failing = True
                 log.warning(
@@ -177,7 +184,7 @@ class Invalidations:
                     exc,
                 )
             return False
-        self._next = start + self._period
+        self.next_poll = start + self._period
         self.polls += 1
         if self._failing:
             self._failing = False
@@ -261,11 +268,11 @@ class Invalidations:
         all succeed. Called with the poll's lock held."""
         # Meanwhile every check polls, so waits on the lock; a hook that raises leaves it so:
         # the next check runs the hooks again.
-        next_poll, self._next = self._next, _NEVER
+        next_poll, self.next_poll = self.next_poll, _NEVER
         for hook in self.store_restored:
             hook()
         self._restore_pending = False
-        self._next = next_poll
+        self.next_poll = next_poll
         # The hooks brought the store up to date: the next probe is one interval away.
         self._probe_next = self._monotonic() + self._probe_period
 

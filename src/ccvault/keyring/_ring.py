@@ -29,7 +29,7 @@ from ..errors import (
     RetentionExpiredError,
     SubjectShreddedError,
 )
-from ..keystore._cache import TtlCache
+from ..keystore._cache import Clock, TtlCache
 from ..keystore._protocol import KeyStore
 from ..keystore._records import HeadRecord, KeyKind, KeyRecord, State
 from ._blind import BlindIndexes
@@ -207,6 +207,12 @@ class KeyRing:
         # still cannot re-cache a key shredded meanwhile.
         self._fenced: TtlCache[bytes, bool] = TtlCache(size, max(ttl, _FENCE_SECONDS), monotonic)
         self._cache_lock = threading.Lock()
+        # Write keys by subject (its ref-cache key: exact type and value) with the expiry of
+        # their write-key cache entry: key_for_write's one lookup instead of the ref and
+        # write-key caches. Emptied by every eviction and fence, under the cache lock; a fill
+        # stores nothing if _by_subject_fill moved since it began (an eviction in between).
+        self._by_subject: dict[Hashable, tuple[float, fmt.ValueKey]] = {}
+        self._by_subject_fill = 0
         # Bumped by evict_all: a load that started before it does not cache what it read.
         self._generation = 0
         self._ref_mac = HmacSha256(ref_key.reveal())
@@ -226,6 +232,7 @@ class KeyRing:
             evict_derived=self.evict_derived,
         )
         self._check = self.invalidations.check
+        self._monotonic = options.monotonic
 
     @property
     def store_restored(self) -> StoreRestoredHooks:
@@ -297,14 +304,50 @@ class KeyRing:
         """The key that seals ``subject``'s values (for integrations that seal many columns of a
         row: look the key up once, then ``key.seal(data, context_lp)`` per column);
         SubjectShreddedError for a shredded subject."""
-        self._check()
+        now = self._monotonic()
+        if now >= self.invalidations.next_poll:  # check() inlined: a poll is due
+            now = self._check()
         if subject is NO_SUBJECT:
             return self._vaultwide.key(context)
+        kind = type(subject)
+        cache_key = (
+            subject.int  # type: ignore[attr-defined]  # inline _ref_cache_key: the hot path
+            if kind is uuid.UUID
+            else subject
+            if kind is str
+            else _ref_cache_key(subject)
+        )
+        found = self._by_subject.get(cache_key)
+        if found is not None and now < found[0]:
+            return found[1]
+        return self._subject_key_for_write(subject, cache_key, now)
+
+    def _subject_key_for_write(
+        self, subject: object, cache_key: Hashable | None, now: float
+    ) -> fmt.ValueKey:
+        """:meth:`key_for_write` past ``_by_subject``: through the ref and write-key caches
+        (loading or creating the key), then remembered by subject until the write-key cache
+        entry's own expiry, unless an eviction or fence came in between."""
+        fill = self._by_subject_fill
         ref = self.subject_ref(subject)
         key = self._write_keys.get(ref) or self._subject_write_key(ref)
         if key.checked is not subject:
             key.checked = subject  # found by this subject's ref: its readers need not HMAC
+        entry = self._write_keys.peek(ref)
+        if cache_key is not None and entry is not None and entry[1] is key:
+            with self._cache_lock:
+                by_subject = self._by_subject
+                if fill == self._by_subject_fill and self._fenced.get(ref) is None:
+                    if len(by_subject) >= self._options.cache_max_entries:
+                        by_subject.clear()
+                    by_subject[cache_key] = (now - entry[0] + self._write_keys.max_age, key)
         return key
+
+    def _forget_by_subject(self) -> None:
+        """Empty ``_by_subject`` (an eviction or fence); the caller holds the cache lock. A
+        fill that began before this does not store what it found."""
+        self._by_subject_fill += 1
+        self._by_subject.clear()
 
     def keys_for_write(self, subjects: Iterable[object]) -> dict[object, fmt.ValueKey]:
         """Write keys of many subjects (creating missing ones in batches), by subject value.
@@ -516,10 +559,12 @@ class KeyRing:
 
     # -- keys for reading ------------------------------------------------------------------------
 
-    def cached_key(self, header: bytes) -> fmt.ValueKey | Tombstone | None:
-        """The cached key of one value header (:meth:`lookup` for a single value)."""
-        self._check()
-        return self._read_keys.get(header)
+    def single_lookup(self) -> tuple[Invalidations, Clock, _CachedAt]:
+        """(invalidations, clock, cached) for single values, bound once: with ``now`` the clock's
+        reading, and ``now = invalidations.check()`` when ``now >= invalidations.next_poll``,
+        ``cached(header, now)`` is the cached key of one value header (:meth:`lookup` for one
+        value, with no call between the clock and the cache)."""
+        return self.invalidations, self._monotonic, self._read_keys.get
 
     def lookup(self) -> Callable[[bytes], fmt.ValueKey | Tombstone | None]:
         """Cached keys by a value's full header, for one batch of rows (one clock reading for the
@@ -696,12 +741,14 @@ class KeyRing:
         about to destroy them: a read in flight must not cache them again)."""
         with self._cache_lock:
             self._fenced.put(ref, True)
+            self._forget_by_subject()
 
     def evict_subject(self, ref: bytes, keys: Sequence[tuple[bytes, int]] | None = None) -> None:
         """Evict a subject's keys: its write key, and the value keys ``keys`` names as
         (key id, version) pairs (a receipt lists them: no cache scan), or with ``keys=None``
         every value key of the subject, found by scanning the cache."""
         with self._cache_lock:
+            self._forget_by_subject()
             self._write_keys.pop(ref)
             self._write_recs.pop(ref)
             self._evict_derived(ref)
@@ -717,6 +764,7 @@ class KeyRing:
         what the invalidation poll does with subjects shredded elsewhere, and ``shred_many`` with
         a batch whose outcome it does not know."""
         with self._cache_lock:
+            self._forget_by_subject()
             for ref in refs:
                 self._fenced.put(ref, True)
                 self._write_keys.pop(ref)
@@ -780,6 +828,7 @@ class KeyRing:
         under way does not cache what it read."""
         with self._cache_lock:
             self._generation += 1
+            self._forget_by_subject()
         self._vaultwide.clear()
         self.periods.forget(None)
         for cache in (self._refs, self._write_keys, self._read_keys):
@@ -822,6 +871,10 @@ class _WriteRecord:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a write record cannot be pickled")
+
+
+# A cache's get with the caller's clock reading: (header, now) -> the cached key or None.
+_CachedAt = Callable[[bytes, float], "fmt.ValueKey | Tombstone | None"]
 
 
 def _ref_cache_key(subject: object) -> Hashable | None:

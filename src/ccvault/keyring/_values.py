@@ -114,10 +114,11 @@ _EXACT: Final = frozenset((str, int, uuid.UUID))
 class Values:
     """Opens values by their context label and, when given, their subject (:meth:`read`)."""
 
-    __slots__ = ("_errors", "_ring")
+    __slots__ = ("_cached", "_clock", "_errors", "_invalidations", "_ring")
 
     def __init__(self, ring: KeyRing) -> None:
         self._ring = ring
+        self._invalidations, self._clock, self._cached = ring.single_lookup()
         # The error ``decrypt`` raises for each sentinel a value can read as (the access issue
         # adds DENIED -> AccessDeniedError).
         self._errors: dict[type[Sentinel], type[Exception]] = {
@@ -146,7 +147,12 @@ class Values:
             header = blob[:_HEADER]
         elif len(blob) >= _SUITE2_MIN and blob[:2] == _SUITE2:
             header = blob[:_HEADER2]
-        key = ring.cached_key(header) if header is not None else None
+        key = None
+        if header is not None:
+            now = self._clock()
+            if now >= self._invalidations.next_poll:  # Invalidations.check() inlined
+                now = self._invalidations.check()
+            key = self._cached(header, now)
         expected: bytes | None = None
         if subject is NO_SUBJECT:
             expected = NO_REF
