@@ -251,7 +251,9 @@ class SqlSubjects(SqlChannel, SqlKeys):
     ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
         """The batches of 500 of ``group`` (in ref order) in one transaction: one commit (one
         fsync) for up to CREATE_PER_TRANSACTION new subjects, the heads still locked in one
-        order, ascending refs."""
+        order, ascending refs. The epochs of the whole group are checked (and locked, shared,
+        until the commit) first, once."""
+        self._check_epochs(conn, group)
         out: dict[bytes, tuple[HeadRecord, KeyRecord | None]] = {}
         for i in range(0, len(group), BATCH):
             out.update(
@@ -262,9 +264,9 @@ class SqlSubjects(SqlChannel, SqlKeys):
     def _create_batch(
         self, conn: Connection, *, batch: Sequence[KeyRecord], now: float, seal_head: HeadSealer
     ) -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
+        """One statement's worth of :meth:`_create_group` (its epochs checked already)."""
         h, k = self._heads, self._keys
         refs = [c.ref for c in batch]
-        self._check_epochs(conn, batch)
 
         def locked_heads() -> dict[bytes, HeadRecord]:
             rows = conn.execute(
@@ -277,31 +279,25 @@ class SqlSubjects(SqlChannel, SqlKeys):
         if missing:
             fenced = self._keyed(conn, [c.ref for c in missing if c.ref is not None])
             missing = [c for c in missing if c.ref not in fenced]
+            active = State.ACTIVE
             new = [
                 HeadRecord(
                     ref=c.ref or b"",
                     key_id=c.key_id,
-                    state=State.ACTIVE,
+                    state=active,
                     current_version=c.version,
                     created_at=now,
                     shredded_at=None,
                     receipt=None,
-                    mac=seal_head(c.ref or b"", c.key_id, State.ACTIVE, c.version),
+                    mac=seal_head(c.ref or b"", c.key_id, active, c.version),
                 )
                 for c in missing
             ]
             rows = [
-                {
-                    "ref": hd.ref,
-                    "key_id": hd.key_id,
-                    "state": hd.state,
-                    "current_version": hd.current_version,
-                    "created_at": hd.created_at,
-                    "mac": hd.mac,
-                }
+                (hd.ref, hd.key_id, hd.state, hd.current_version, hd.created_at, hd.mac)
                 for hd in new
             ]
-            inserted = self._insert_new_rows(conn, h, rows, ignore=True)
+            inserted = self._insert_new_rows(conn, h, rows, ignore=True, columns=_HEAD_COLUMNS)
             if fenced or inserted is None or inserted != len(rows):
                 # Read again: the key rows of a ref fenced above may be those of a writer that
                 # created its head after our first read (READ COMMITTED), and a head another
@@ -316,8 +312,22 @@ class SqlSubjects(SqlChannel, SqlKeys):
                 for c in missing
                 if c.ref is not None and c.ref in heads and heads[c.ref].key_id == c.key_id
             }
-            new_keys = [self._key_values(c) for c in won.values()]
-            self._insert_new_rows(conn, k, new_keys, ignore=False)
+            new_keys = [
+                (
+                    c.key_id,
+                    c.version,
+                    c.kind,
+                    c.label,
+                    c.ref,
+                    c.epoch_id,
+                    c.wrapped,
+                    c.commitment,
+                    c.state,
+                    c.created_at,
+                )
+                for c in won.values()
+            ]
+            self._insert_new_rows(conn, k, new_keys, ignore=False, columns=_KEY_COLUMNS)
         else:
             won = {}
         # The key rows just inserted are the candidates themselves: only the other active heads'
@@ -458,6 +468,25 @@ class SqlSubjects(SqlChannel, SqlKeys):
             elif state == State.DESTROYED or out.get(bytes(ref)) != "headless":
                 out[bytes(ref)] = "headless" if state == State.DESTROYED else "orphan"
         return out
+
+
+_HEAD_COLUMNS = ("ref", "key_id", "state", "current_version", "created_at", "mac")
+"""The columns of a new subject head row, in the order :meth:`SqlSubjects._create_batch` gives
+their values."""
+
+_KEY_COLUMNS = (
+    "key_id",
+    "version",
+    "kind",
+    "label",
+    "ref",
+    "epoch_id",
+    "wrapped",
+    "commitment",
+    "state",
+    "created_at",
+)
+"""The columns of a new key row (those of ``SqlStoreBase._key_values``), in that order."""
 
 
 def _fence_tombstone(key_id: bytes, ref: bytes, now: float) -> dict[str, Any]:
