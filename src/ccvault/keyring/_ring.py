@@ -21,7 +21,7 @@ from .._secret import SecretKey
 from .._sentinels import EXPIRED, NO_SUBJECT, SHREDDED, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import BlindIndexer, Normalizer
-from ..crypto._primitives import Aead, HmacSha256, random_bytes
+from ..crypto._primitives import Aead, HmacSha256, random_chunks
 from ..crypto._subject import SubjectType
 from ..errors import (
     DecryptionError,
@@ -386,55 +386,67 @@ class KeyRing:
         if missing:
             self._options.writable("create keys for new subjects")
             now = self._options.now
+            # the heads this call sealed: read back as written, they are not MACed again
+            sealed: dict[bytes, tuple[bytes, str, int, bytes]] = {}
+            seal = self.heads.recording_sealer(sealed)
 
             def create() -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
                 made.clear()  # a retry under a fresh epoch wraps new keys
-                fresh = self._epochs.new_records(
-                    KeyKind.SUBJECT, [(random_bytes(16), 1, ref) for ref in missing]
-                )
+                sealed.clear()
+                key_ids = random_chunks(16, len(missing))
+                named = [(kid, 1, ref) for kid, ref in zip(key_ids, missing, strict=True)]
+                fresh = self._epochs.new_records(KeyKind.SUBJECT, named)
                 made.update((rec.key_id, (rec, material)) for rec, material in fresh)
                 candidates = [rec for rec, _ in fresh]
                 del fresh
-                return self._store.create_subject_keys(candidates, now(), self.heads.seal)
+                return self._store.create_subject_keys(candidates, now(), seal)
 
             created = self._epochs.with_fresh_epoch(create)
+            usable_key = self.heads.usable_key
             for ref in missing:
                 if ref not in created:  # refused: key rows without a head
                     self.heads.report(ref, HEADLESS)
                     continue
-                usable = self.heads.usable_key(ref, *created[ref])
+                head, rec = created[ref]
+                usable = usable_key(ref, head, rec, sealed)
                 if usable is not None:
                     records[ref] = usable
-        out = {}
+        out: dict[bytes, fmt.ValueKey] = {}
+        # (ref, key, row, material kept) of each key to cache, cached together below
+        entries: list[tuple[bytes, fmt.ValueKey, KeyRecord, SecretKey | None]] = []
+        new_read_keys: list[tuple[bytes, fmt.ValueKey]] = []  # keys this call made, by header
+        keep = self._keep_material
         material: SecretKey | None = None
         try:
             for ref, rec in records.items():
                 ours = made.get(rec.key_id)
                 material = None
-                if ours is not None and ours[0] == rec:
-                    key = self._made_value_key(rec, ours[1], generation)
-                    if self._keep_material:
+                if ours is not None and (ours[0] is rec or ours[0] == rec):
+                    key = fmt.ValueKey(Aead(ours[1]), rec.key_id, rec.version, ref)
+                    new_read_keys.append((key.header, key))
+                    if keep:
                         material = SecretKey(ours[1])
                 else:
                     key, material = self._value_key(rec, generation)
-                with self._cache_lock:
-                    if self._fenced.get(ref) is None and generation == self._generation:
-                        self._write_keys.put(ref, key)
-                        self._write_recs.put(
-                            ref, _WriteRecord(rec, material if self._keep_material else None)
-                        )
+                entries.append((ref, key, rec, material if keep else None))
                 out[ref] = key
+            with self._cache_lock:
+                if generation == self._generation:  # else every key was dropped meanwhile
+                    fenced = self._fenced.get
+                    if new_read_keys:
+                        self._read_keys.put_many(
+                            (h, key) for h, key in new_read_keys if fenced(key.ref) is None
+                        )
+                    kept = [e for e in entries if fenced(e[0]) is None]
+                    self._write_keys.put_many((ref, key) for ref, key, _, _ in kept)
+                    self._write_recs.put_many(
+                        (ref, _WriteRecord(rec, material)) for ref, _, rec, material in kept
+                    )
         finally:
             made.clear()  # no key material left in this frame
+            entries.clear()
             material = None
         return out
-
-    def _made_value_key(self, rec: KeyRecord, material: bytes, generation: int) -> fmt.ValueKey:
-        """The value key of a subject key this process just made and stored (``rec`` is the row
-        as written): cached by its header as :meth:`value_key` caches an unwrapped one."""
-        key = fmt.ValueKey(Aead(material), rec.key_id, rec.version, rec.ref or NO_REF)
-        self._cache_read_key(key.header, key, generation)
-        return key
 
     # -- suite-2 keys (retention periods) --------------------------------------------------------
 
