@@ -259,8 +259,18 @@ class KeyRing:
         cache_keys = [_ref_cache_key(s) for s in subjects]
         cached = self._refs.get_many([_UNCACHEABLE if k is None else k for k in cache_keys])
         out: list[bytes] = []
+        entries: list[tuple[Hashable, bytes]] = []  # the refs computed here, cached at the end
+        made: dict[Hashable, bytes] = {}  # ... and by cache key, for a subject given twice
         for subject, cache_key, ref in zip(subjects, cache_keys, cached, strict=True):
-            out.append(self._new_ref(subject, cache_key) if ref is None else ref)
+            if ref is None:
+                ref = made.get(cache_key) if cache_key is not None else None
+                if ref is None:
+                    ref = self._ref_entries(subject, cache_key, entries)
+                    if cache_key is not None:
+                        made[cache_key] = ref
+            out.append(ref)
+        if entries:
+            self._refs.put_many(entries)
         return out
 
     def ref_getter(self) -> Callable[[object], bytes]:
@@ -280,15 +290,24 @@ class KeyRing:
         spelling a database returns the subject in (a UUID written as a ``uuid.UUID`` reads
         back from SQLite as 32 hex digits): the first read of rows just written finds the ref
         of each row's subject cached instead of computing an HMAC per row."""
+        entries: list[tuple[Hashable, bytes]] = []
+        ref = self._ref_entries(subject, cache_key, entries)
+        self._refs.put_many(entries)
+        return ref
+
+    def _ref_entries(
+        self, subject: object, cache_key: Hashable | None, entries: list[tuple[Hashable, bytes]]
+    ) -> bytes:
+        """The ref of ``subject`` (its HMAC), with the ref cache's entries for it appended to
+        ``entries``: under ``cache_key`` and every spelling of the subject (:meth:`_new_ref`)."""
         canonical = self._subject_type.canonical(subject)
         ref = self._ref_mac(canonical)
-        put = self._refs.put
         if cache_key is not None:
-            put(cache_key, ref)
+            entries.append((cache_key, ref))
         for spelling in self._subject_type.spellings(canonical):
             spelling_key = _ref_cache_key(spelling)
             if spelling_key is not None and spelling_key != cache_key:
-                put(spelling_key, ref)
+                entries.append((spelling_key, ref))
         return ref
 
     # -- keys for writing ------------------------------------------------------------------------
