@@ -306,3 +306,45 @@ def test_a_new_subjects_head_is_macd_once_and_a_head_read_back_altered_is_refuse
             victim = uuid.uuid4()
             assert vault.warm([victim]) == 0, field  # treated as shredded
             assert len(calls) == 2, field  # sealed, then verified by its MAC (which fails)
+
+
+def test_postgresql_tables_never_analyzed_are_analyzed_once_after_the_first_creation(
+    pg_url: str,
+) -> None:
+    """Without statistics (autovacuum off or not yet run) PostgreSQL's planner scans the whole
+    heads and keys tables for each ``ref IN (...)`` of a creation: the first creation of a
+    process analyzes them when they have none, and no process does it again once they have."""
+    analyzed: list[str] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        if statement.startswith("ANALYZE"):
+            analyzed.append(statement)
+
+    def stats(s: SqlKeyStore) -> set[str]:
+        with s.engine.connect() as conn:
+            return {
+                r[0]
+                for r in conn.execute(
+                    sa.text("SELECT tablename FROM pg_stats WHERE attname = 'ref'")
+                )
+            }
+
+    s = SqlKeyStore(pg_url)
+    epoch = os.urandom(16)
+    s.add_epoch(epoch, 1, os.urandom(32), [WrappedKey("k", "r", b"w")], 0.0)
+    sa.event.listen(s.engine, "before_cursor_execute", capture)
+    try:
+        assert stats(s) == set()
+        s.create_subject_keys([_candidate(epoch) for _ in range(30)], 1.0, _mac)
+        s.create_subject_keys([_candidate(epoch) for _ in range(30)], 2.0, _mac)
+        assert len(analyzed) == 1  # once a process
+        assert {"ccvault_subject_heads", "ccvault_keys"} <= stats(s)
+    finally:
+        s.close()
+    again = SqlKeyStore(pg_url)
+    sa.event.listen(again.engine, "before_cursor_execute", capture)
+    try:
+        again.create_subject_keys([_candidate(epoch)], 3.0, _mac)
+        assert len(analyzed) == 1  # statistics there: not analyzed again
+    finally:
+        again.close()

@@ -79,6 +79,9 @@ class SqlStoreBase:
         self._keys = t[f"{prefix}keys"]
         self._heads = t[f"{prefix}subject_heads"]
         self._invalidations = t[f"{prefix}invalidations"]
+        # PostgreSQL: whether this process has looked for the planner statistics of the heads
+        # and keys tables (SqlSubjects.create_subject_keys, once)
+        self._statistics_checked = False
 
     def _ddl(self, verb: str, run: Callable[[], None]) -> None:
         """Run DDL, retried. Processes creating the tables at once: a loser waits a little and
