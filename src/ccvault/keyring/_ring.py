@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _BATCH = 500
-_LOAD = 2_000  # subjects per load-or-create: one read, one creation transaction (statements of 500)
+_LOAD = 10_000  # subjects per load-or-create: one read, one creation transaction (of 500s)
 _FENCE_SECONDS = 86_400.0
 VAULTWIDE_NO_RETENTION: Final = (
     "vault-wide values (NO_SUBJECT) take no retention: a retention period's key is derived from "
@@ -346,7 +346,7 @@ class KeyRing:
         return out
 
     def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
-        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 2,000
+        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 10,000
         per key-store transaction; shredded subjects are left out (``encrypt_many``)."""
         self._check()
         return self._write_keys_of(refs)

@@ -29,11 +29,14 @@ __all__ = ["CREATE_PER_TRANSACTION", "SqlSubjects"]
 
 log = logging.getLogger("ccvault")
 
-CREATE_PER_TRANSACTION = 4 * BATCH
+CREATE_PER_TRANSACTION = 20 * BATCH
 """New subjects whose heads and keys one key-store transaction creates (statements of 500 rows):
-each commit is an fsync (SQLite ``synchronous=FULL``, PostgreSQL's WAL flush), and a commit per
-2,000 new subjects instead of one per 500 saves most of it; the heads stay locked (on SQLite, the
-database's write lock held) for the few tens of milliseconds the transaction lasts."""
+each commit is an fsync (SQLite ``synchronous=FULL``, PostgreSQL's WAL flush) and, on SQLite, a
+write of every page the transaction dirtied, to the WAL and then back to the database by the
+checkpoint. The new subjects' refs are random, so their head and key rows land all over the
+indexes: at 100,000 subjects 2,000 new ones dirty most index pages, and 10,000 barely more, for
+one commit instead of five. The heads stay locked (on SQLite, the database's write lock held:
+other writers wait, readers do not) for the few hundred milliseconds the transaction lasts."""
 
 
 class SqlSubjects(SqlChannel, SqlKeys):
