@@ -304,7 +304,7 @@ class KeyRing:
         ref = self._ref_mac(canonical)
         if cache_key is not None:
             entries.append((cache_key, ref))
-        for spelling in self._subject_type.spellings(canonical):
+        for spelling in self._subject_type.spellings_of(subject, canonical):
             spelling_key = _ref_cache_key(spelling)
             if spelling_key is not None and spelling_key != cache_key:
                 entries.append((spelling_key, ref))
