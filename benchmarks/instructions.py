@@ -17,6 +17,14 @@ customers' keys were created by the write hook (not by ``warm``), and the driver
 row's subject as SQLite does (a UUID as 32 hex digits). Every run writes 3,000 such rows and
 reads 1 or 3 batches of 1,000 of them once each, so the difference is first reads only.
 
+``first-write`` is the write hook on rows of new customers: each batch of 1,000 rows names
+customers the key store has never seen, so the hook creates a key per row (the subject ref's
+HMAC, one read of the key store, the key wrapped under the epoch key, the head MACed, the head
+and key rows inserted and committed, the keys cached) before it seals the row. The key store
+is a SQLite file; a first batch (untimed) creates the installation's keys. Compared with
+``write`` (the same rows, keys cached), it is the cost of a new customer in instructions; the
+key store's fsyncs and page writes are system time and do not show.
+
 Each path runs in a child process under callgrind once with 1 batch and once with 3; the
 difference divided by 2,000 rows is the cost of a row, start-up excluded. Not part of
 ``python -m benchmarks`` (valgrind makes it slow) and not a timing: an instruction is not a
@@ -104,6 +112,12 @@ def _child(op: str, batches: int) -> None:
     if op == "read-first":
         _first_reads(vault, table, md, batches)
         return
+    if op == "first-write":
+        fresh = [rows(ROWS) for _ in range(4)]  # always 4: the runs differ in writes only
+        _write._insert(ring, plan, insert, fresh[0], None, periods)  # warm: installation keys
+        for batch in fresh[1 : 1 + batches]:
+            _write._insert(ring, plan, insert, batch, None, periods)  # new customers
+        return
     data = rows(ROWS) if kind == "ccvault" else timed_rows(rows(ROWS))
     vault.warm(d["id"] for d in data)
     _write._insert(ring, plan, insert, data, None, periods)  # warm: blind-index keys, code paths
@@ -184,6 +198,7 @@ def main() -> None:
     found = {}
     ops = sys.argv[1:] or [
         "write",
+        "first-write",
         "read",
         "read-first",
         "read-suite1",

@@ -278,9 +278,10 @@ def test_cold_read_of_10k_values_of_2k_customers_costs_at_most_10_statements(
 
 
 def _key_recorder(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every 32-byte value ``random_bytes`` hands the vault from now on (new keys)."""
+    """Every 32-byte value ``random_bytes`` or ``random_chunks`` hands the epochs from now on
+    (new keys: one at a time, or a batch's with one CSPRNG call)."""
     keys: list[bytes] = []
-    real = epochs_module.random_bytes
+    real, real_chunks = epochs_module.random_bytes, epochs_module.random_chunks
 
     def recording(n: int) -> bytes:
         out = real(n)
@@ -288,7 +289,14 @@ def _key_recorder(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
             keys.append(out)
         return out
 
+    def recording_chunks(size: int, count: int) -> list[bytes]:
+        out = real_chunks(size, count)
+        if size == 32:
+            keys.extend(out)
+        return out
+
     monkeypatch.setattr(epochs_module, "random_bytes", recording)
+    monkeypatch.setattr(epochs_module, "random_chunks", recording_chunks)
     return keys
 
 

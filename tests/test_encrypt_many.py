@@ -77,7 +77,7 @@ def test_items_are_sealed_in_order_as_encrypt_seals_them(
 
 def test_new_subjects_are_created_in_batches(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
     """1,201 new customers in rounds of 700: one key-creation transaction per round (up to
-    2,000 new subjects each, statements of 500 rows), where encrypt of each would take 1,201;
+    10,000 new subjects each, statements of 500 rows), where encrypt of each would take 1,201;
     the rounds change nothing for the values."""
     monkeypatch.setattr(values_module, "SEAL_CHUNK", 700)  # two rounds: 700 + 501
     store = vault._store  # type: ignore[attr-defined]  # SqlKeyStore
@@ -99,7 +99,7 @@ def test_new_subjects_are_created_in_batches(vault: Vault, monkeypatch: pytest.M
     with statements(vault) as seen:
         blobs = vault.encrypt_many([(s, s.bytes) for s in subjects], context=CTX)
     assert batches == [500, 200, 500, 1]  # ceil(700 / 500) + ceil(501 / 500)
-    assert transactions == [700, 501]  # up to 2,000 new subjects per transaction
+    assert transactions == [700, 501]  # up to 10,000 new subjects per transaction
     # (PostgreSQL's COPY goes by the driver's cursor: no SQLAlchemy event sees it)
     assert seen["INSERT"] == (0 if store._copies() else 2 * 4)
     assert sum(seen.values()) <= 4 * 8, seen

@@ -159,6 +159,19 @@ def test_nonce_batch_hands_out_each_nonce_once() -> None:
     assert len({fmt.nonce_batch(1)() for _ in range(100)}) == 100  # no pool shared by batches
 
 
+def test_random_chunks_draws_independent_values_of_the_size_asked() -> None:
+    """New key ids and keys of a batch: one CSPRNG call, each value its own bytes."""
+    from ccvault.crypto._primitives import random_chunks
+
+    keys = random_chunks(32, 1_000)
+    assert len(keys) == 1_000
+    assert all(type(k) is bytes and len(k) == 32 for k in keys)
+    assert len(set(keys)) == 1_000
+    assert [len(i) for i in random_chunks(16, 3)] == [16, 16, 16]
+    assert random_chunks(16, 0) == []
+    assert random_chunks(32, 1)[0] != random_chunks(32, 1)[0]  # nothing pooled across calls
+
+
 def test_value_key_seals_with_a_nonce_batch_and_opens_inline() -> None:
     key = fmt.ValueKey(Aead(bytes(range(32))), bytes(16), 1, b"r" * 32)
     ctx = fmt.context_lp(CTX.encode())

@@ -222,11 +222,12 @@ def test_an_epoch_key_failing_its_commitment_leaves_no_key(sqlite_url: str, mult
 
 
 class _Recorded:
-    """Records every 32-byte value ``random_bytes`` hands the vault (new keys)."""
+    """Records every 32-byte value ``random_bytes`` or ``random_chunks`` hands the epochs (new
+    keys: one at a time, or a batch's with one CSPRNG call)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.keys: list[bytes] = []
-        real = epochs_module.random_bytes
+        real, real_chunks = epochs_module.random_bytes, epochs_module.random_chunks
 
         def recording(n: int) -> bytes:
             out = real(n)
@@ -234,7 +235,14 @@ class _Recorded:
                 self.keys.append(out)
             return out
 
+        def recording_chunks(size: int, count: int) -> list[bytes]:
+            out = real_chunks(size, count)
+            if size == 32:
+                self.keys.extend(out)
+            return out
+
         monkeypatch.setattr(epochs_module, "random_bytes", recording)
+        monkeypatch.setattr(epochs_module, "random_chunks", recording_chunks)
 
 
 def test_a_new_subject_key_is_not_made_before_the_kms_answers(

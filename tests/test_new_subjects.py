@@ -10,6 +10,7 @@ made (never unwrapped from the row just written) against what a second process r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -220,3 +221,130 @@ def test_keys_made_in_a_batch_open_in_another_process(tmp_path: Any) -> None:
     with Vault(kms, url) as reader:
         items = [(b, CTX, s) for b, s in zip(blobs, subjects, strict=True)]
         assert reader.decrypt_many(items) == [s.bytes for s in subjects]
+
+
+# -- the cost of a new subject: nothing done twice, nothing weakened ------------------------------
+
+
+def test_new_rows_given_as_tuples_skip_existing_ones_and_count_what_they_insert(
+    store: tuple[SqlKeyStore, bytes],
+) -> None:
+    """The key store's insert of new head rows as tuples (SQLite: the driver's executemany;
+    PostgreSQL: COPY, falling back to an insert-ignore): a row whose ref exists is skipped and
+    not counted, on every backend; without ``ignore`` such a row is an error."""
+    s, _epoch = store
+    columns = ("ref", "key_id", "state", "current_version", "created_at", "mac")
+
+    def row(ref: bytes) -> tuple[Any, ...]:
+        return (ref, os.urandom(16), State.ACTIVE, 1, 3.25, os.urandom(32))
+
+    first = [row(os.urandom(32)) for _ in range(3)]
+    with s.engine.begin() as conn:
+        assert s._insert_new_rows(conn, s._heads, first, ignore=True, columns=columns) == 3
+    again = [row(first[1][0]), row(os.urandom(32))]
+    with s.engine.begin() as conn:
+        assert s._insert_new_rows(conn, s._heads, again, ignore=True, columns=columns) in (1, None)
+    with s.engine.connect() as conn:
+        stored = {bytes(r.ref): bytes(r.key_id) for r in conn.execute(sa.select(s._heads))}
+    assert len(stored) == 4
+    assert stored[first[1][0]] == first[1][1]  # the existing row is kept as it was
+    # (COPY's error is the driver's own: no SQLAlchemy statement ran)
+    refused = (sa.exc.IntegrityError, s.engine.dialect.loaded_dbapi.IntegrityError)
+    with pytest.raises(refused), s.engine.begin() as conn:
+        s._insert_new_rows(conn, s._heads, [row(first[0][0])], ignore=False, columns=columns)
+
+
+def test_a_new_subjects_head_is_macd_once_and_a_head_read_back_altered_is_refused(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new subject's head is MACed once (sealed; not verified again by a second MAC when
+    it comes back exactly as sealed). A head that comes back from the store with any of its
+    fields or its MAC altered is verified by its MAC, fails, and the subject is treated as
+    shredded (no key)."""
+    from ccvault.keyring import _heads as heads_module
+
+    kms = LocalKms.ephemeral()
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    with Vault(kms, url) as vault:
+        vault.warm([uuid.uuid4()])  # the installation's keys
+        calls: list[bytes] = []
+        real = heads_module.head_mac_message
+
+        def counting(*args: Any) -> bytes:
+            calls.append(args[1])
+            return real(*args)
+
+        monkeypatch.setattr(heads_module, "head_mac_message", counting)
+        subjects = [uuid.uuid4() for _ in range(25)]
+        assert vault.warm(subjects) == 25
+        assert len(calls) == 25 == len(set(calls))  # one MAC per new subject
+
+        store = vault._store  # type: ignore[attr-defined]
+        create = store.create_subject_keys
+        altered: dict[str, Any] = {}
+
+        def altering(candidates: Any, now: float, seal: Any) -> Any:
+            out = create(candidates, now, seal)
+            (field, value) = next(iter(altered.items()))
+            ref = candidates[0].ref
+            head, rec = out[ref]
+            if field == "mac":
+                value = bytes([head.mac[0] ^ 1]) + head.mac[1:]
+            out[ref] = (dataclasses.replace(head, **{field: value}), rec)
+            return out
+
+        monkeypatch.setattr(store, "create_subject_keys", altering)
+        for field, value in [
+            ("mac", None),
+            ("state", State.SHREDDED),
+            ("current_version", 2),
+            ("key_id", os.urandom(16)),
+        ]:
+            altered.clear()
+            altered[field] = value
+            calls.clear()
+            victim = uuid.uuid4()
+            assert vault.warm([victim]) == 0, field  # treated as shredded
+            assert len(calls) == 2, field  # sealed, then verified by its MAC (which fails)
+
+
+def test_postgresql_tables_never_analyzed_are_analyzed_once_after_the_first_creation(
+    pg_url: str,
+) -> None:
+    """Without statistics (autovacuum off or not yet run) PostgreSQL's planner scans the whole
+    heads and keys tables for each ``ref IN (...)`` of a creation: the first creation of a
+    process analyzes them when they have none, and no process does it again once they have."""
+    analyzed: list[str] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        if statement.startswith("ANALYZE"):
+            analyzed.append(statement)
+
+    def stats(s: SqlKeyStore) -> set[str]:
+        with s.engine.connect() as conn:
+            return {
+                r[0]
+                for r in conn.execute(
+                    sa.text("SELECT tablename FROM pg_stats WHERE attname = 'ref'")
+                )
+            }
+
+    s = SqlKeyStore(pg_url)
+    epoch = os.urandom(16)
+    s.add_epoch(epoch, 1, os.urandom(32), [WrappedKey("k", "r", b"w")], 0.0)
+    sa.event.listen(s.engine, "before_cursor_execute", capture)
+    try:
+        assert stats(s) == set()
+        s.create_subject_keys([_candidate(epoch) for _ in range(30)], 1.0, _mac)
+        s.create_subject_keys([_candidate(epoch) for _ in range(30)], 2.0, _mac)
+        assert len(analyzed) == 1  # once a process
+        assert {"ccvault_subject_heads", "ccvault_keys"} <= stats(s)
+    finally:
+        s.close()
+    again = SqlKeyStore(pg_url)
+    sa.event.listen(again.engine, "before_cursor_execute", capture)
+    try:
+        again.create_subject_keys([_candidate(epoch)], 3.0, _mac)
+        assert len(analyzed) == 1  # statistics there: not analyzed again
+    finally:
+        again.close()

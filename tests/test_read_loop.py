@@ -95,6 +95,12 @@ def test_subject_spellings_are_the_same_subject() -> None:
     for declared, value in (("str", "abc"), ("int", 7), ("tuple[uuid,str]", (u, "x"))):
         other = SubjectType.parse(declared)
         assert other.spellings(other.canonical(value)) == ()
+        assert other.spellings_of(value, other.canonical(value)) == ()
+    # spellings_of: the same forms, a UUID given reused rather than built again
+    assert uuid_type.spellings_of(u, canonical) == spellings
+    assert uuid_type.spellings_of(u, canonical)[0] is u
+    assert uuid_type.spellings_of(u.hex, canonical) == spellings
+    assert uuid_type.spellings_of(str(u), canonical) == spellings
 
 
 def test_a_hex_spelling_shares_the_uuid_ref(svault: Vault) -> None:

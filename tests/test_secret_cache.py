@@ -91,3 +91,27 @@ def test_cache_is_bounded_lru() -> None:
         TtlCache(0, 1)
     with pytest.raises(ValueError, match="max_age"):
         TtlCache(1, 0)
+
+
+def test_put_many_leaves_what_one_put_after_another_leaves() -> None:
+    """``put_many`` (one lock, one clock reading): the same entries, in the same LRU order and
+    with the same evictions past ``max_entries``, as a put of each in turn; an existing key is
+    refreshed and moved to the end; the entries take the one clock reading as their age."""
+    clock = FrozenClock(1000.0)
+    items = [("b", 20), ("x", 1), ("y", 2), ("b", 21), ("z", 3)]
+    one, many = TtlCache[str, int](4, 60, clock), TtlCache[str, int](4, 60, clock)
+    for cache in (one, many):
+        cache.put("a", 0)
+        cache.put("b", 10)
+    for key, value in items:
+        one.put(key, value)
+    many.put_many(iter(items))
+    assert list(many._data.items()) == list(one._data.items())
+    assert list(many._data) == ["x", "y", "b", "z"]  # "a" evicted; "b" refreshed, moved
+    assert many.get("b") == 21
+    clock.advance(59.9)
+    assert many.get("z") == 3
+    clock.advance(0.1)
+    assert many.get("z") is None  # aged from the one clock reading of the call
+    many.put_many([])
+    assert len(many) == 3

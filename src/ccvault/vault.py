@@ -677,7 +677,7 @@ class Vault:
         under its own, as :meth:`encrypt` seals one (``subject`` may be ``NO_SUBJECT``).
 
         The keys of the batch's subjects are loaded together and those of new subjects created
-        together: one key-store transaction per 2,000 new subjects (statements of 500 rows),
+        together: one key-store transaction per round of 5,000 items (statements of 500 rows),
         instead of one per new subject with :meth:`encrypt` (an import of many new customers).
         A wrong *type* (an item's shape, a subject of another type or None, a plaintext that is
         not bytes, a context that is not a non-empty str) is a :class:`TypeError` naming the
@@ -731,7 +731,7 @@ class Vault:
     def warm(self, subjects: Iterable[object]) -> int:
         """Load the keys of many subjects in batches, creating missing ones, and cache them.
 
-        One key-store read per 2,000 subjects (statements of 500) and one transaction per 2,000
+        One key-store read per 10,000 subjects (statements of 500) and one transaction per 10,000
         new ones, instead of one each per subject: call it before writing or reading many
         customers at once (a few thousand at a time: more than the key cache holds evicts keys
         before they are used). Shredded subjects are skipped (encrypting for them still raises).

@@ -38,6 +38,7 @@ __all__ = [
     "hmac_sha256",
     "nonce_batch",
     "random_bytes",
+    "random_chunks",
 ]
 
 KEY_BYTES = 32
@@ -52,6 +53,13 @@ class AeadFailure(Exception):
 def random_bytes(n: int) -> bytes:
     """Bytes from the operating system's CSPRNG (fork-safe: nothing is pooled)."""
     return os.urandom(n)
+
+
+def random_chunks(size: int, count: int) -> list[bytes]:
+    """``count`` random byte strings of ``size`` bytes each (new key ids, new keys), drawn from
+    the operating system's CSPRNG with one call for all of them; nothing is pooled beyond it."""
+    pool = os.urandom(size * count)
+    return [pool[i : i + size] for i in range(0, size * count, size)]
 
 
 NonceSource = Callable[[], bytes]

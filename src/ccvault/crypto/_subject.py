@@ -104,6 +104,14 @@ class SubjectType:
         value = uuid.UUID(bytes=canonical[1:])
         return (value, value.hex, str(value))
 
+    def spellings_of(self, subject: object, canonical: bytes) -> tuple[object, ...]:
+        """:meth:`spellings` of ``subject``, whose canonical bytes are ``canonical``: a
+        :class:`uuid.UUID` of a ``uuid`` type is its own first spelling (not built again from
+        the bytes)."""
+        if type(subject) is uuid.UUID and self._parts == ("uuid",):
+            return (subject, subject.hex, str(subject))
+        return self.spellings(canonical)
+
     def canonical(self, value: object) -> bytes:
         """The canonical bytes of ``value`` coerced to this type."""
         coerced = self.coerce(value)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from .._secret import SecretKey
-from ..crypto._primitives import KEY_BYTES, Aead, random_bytes
+from ..crypto._primitives import KEY_BYTES, Aead, random_bytes, random_chunks
 from ..crypto._wrap import (
     KeyBinding,
     UnwrapError,
@@ -292,9 +292,7 @@ class Epochs:
         epoch = self.active()
         aead = self.aead(epoch)  # first: a KMS failure here finds no key in this frame
         epoch_id = epoch.epoch_id
-        keys = (
-            list(materials) if materials is not None else [random_bytes(KEY_BYTES) for _ in named]
-        )
+        keys = list(materials) if materials is not None else random_chunks(KEY_BYTES, len(named))
         wraps = wrap_keys(
             aead,
             self._installation.raw,

@@ -17,7 +17,7 @@ from ..crypto._heads import head_mac_message
 from ..crypto._primitives import HmacSha256
 from ..errors import KeyStoreError
 from ..keystore._cache import TtlCache
-from ..keystore._protocol import KeyStore
+from ..keystore._protocol import HeadSealer, KeyStore
 from ..keystore._records import HeadRecord, KeyKind, KeyRecord, State
 from ..keystore._schema import SCHEMA_VERSION
 from ._epochs import NO_REF
@@ -110,6 +110,19 @@ class Heads:
         """The MAC of a subject head's fence state (the key store's ``HeadSealer``)."""
         return self._mac(head_mac_message(self._installation, ref, key_id, state, current_version))
 
+    def recording_sealer(self, sealed: dict[bytes, tuple[bytes, str, int, bytes]]) -> HeadSealer:
+        """:meth:`seal` that also notes, by ref, each head it sealed (key id, state, version,
+        MAC): :meth:`usable_key` given ``sealed`` then authenticates a head that is exactly one
+        of those without computing its MAC again (the same inputs give the same MAC)."""
+        seal = self.seal
+
+        def recording(ref: bytes, key_id: bytes, state: str, current_version: int) -> bytes:
+            mac = seal(ref, key_id, state, current_version)
+            sealed[ref] = (key_id, state, current_version, mac)
+            return mac
+
+        return recording
+
     def _mac_of(self, head: HeadRecord) -> bytes:
         return self.seal(head.ref, head.key_id, head.state, head.current_version)
 
@@ -122,14 +135,25 @@ class Heads:
             return False
         return hmac.compare_digest(head.mac, expected)
 
-    def usable_key(self, ref: bytes, head: HeadRecord, rec: KeyRecord | None) -> KeyRecord | None:
+    def usable_key(
+        self,
+        ref: bytes,
+        head: HeadRecord,
+        rec: KeyRecord | None,
+        sealed: Mapping[bytes, tuple[bytes, str, int, bytes]] | None = None,
+    ) -> KeyRecord | None:
         """The key a subject's head names, if the head authenticates, says active and names
         this subject's live key; None when the subject is shredded or treated as shredded (a
         head that fails authentication, or that says active but names a destroyed key: both
-        reported). A head whose key row is missing or broken is a KeyStoreError."""
+        reported). A head whose key row is missing or broken is a KeyStoreError. ``sealed``:
+        the heads this process just sealed (:meth:`recording_sealer`); a head equal to its
+        entry there authenticates without a second MAC."""
         if ref in self._ledger_shredded:
             return None
-        if not self.authentic(head):
+        ours = sealed.get(ref) if sealed is not None else None
+        if ours is not None and _is_sealed(head, ours):
+            pass  # the MAC we computed over exactly these fields a moment ago
+        elif not self.authentic(head):
             self.report(ref, "its subject head fails authentication (MAC)")
             return None
         if head.state != State.ACTIVE:
@@ -245,3 +269,16 @@ class Heads:
             extra={"schema_from": before, "schema_to": SCHEMA_VERSION, "heads": sealed},
         )
         return StoreUpgrade(before, SCHEMA_VERSION, sealed, tombstones)
+
+
+def _is_sealed(head: HeadRecord, sealed: tuple[bytes, str, int, bytes]) -> bool:
+    """Whether ``head`` holds exactly the fields and the MAC of a head this process sealed."""
+    key_id, state, version, mac = sealed
+    return (
+        head.mac is not None
+        and head.key_id == key_id
+        and head.state == state
+        and type(head.current_version) is int
+        and head.current_version == version
+        and hmac.compare_digest(head.mac, mac)
+    )

@@ -21,7 +21,7 @@ from .._secret import SecretKey
 from .._sentinels import EXPIRED, NO_SUBJECT, SHREDDED, Sentinel
 from ..crypto import _format as fmt
 from ..crypto._blind import BlindIndexer, Normalizer
-from ..crypto._primitives import Aead, HmacSha256, random_bytes
+from ..crypto._primitives import Aead, HmacSha256, random_chunks
 from ..crypto._subject import SubjectType
 from ..errors import (
     DecryptionError,
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _BATCH = 500
-_LOAD = 2_000  # subjects per load-or-create: one read, one creation transaction (statements of 500)
+_LOAD = 10_000  # subjects per load-or-create: one read, one creation transaction (of 500s)
 _FENCE_SECONDS = 86_400.0
 VAULTWIDE_NO_RETENTION: Final = (
     "vault-wide values (NO_SUBJECT) take no retention: a retention period's key is derived from "
@@ -266,8 +266,18 @@ class KeyRing:
         cache_keys = [_ref_cache_key(s) for s in subjects]
         cached = self._refs.get_many([_UNCACHEABLE if k is None else k for k in cache_keys])
         out: list[bytes] = []
+        entries: list[tuple[Hashable, bytes]] = []  # the refs computed here, cached at the end
+        made: dict[Hashable, bytes] = {}  # ... and by cache key, for a subject given twice
         for subject, cache_key, ref in zip(subjects, cache_keys, cached, strict=True):
-            out.append(self._new_ref(subject, cache_key) if ref is None else ref)
+            if ref is None:
+                ref = made.get(cache_key) if cache_key is not None else None
+                if ref is None:
+                    ref = self._ref_entries(subject, cache_key, entries)
+                    if cache_key is not None:
+                        made[cache_key] = ref
+            out.append(ref)
+        if entries:
+            self._refs.put_many(entries)
         return out
 
     def ref_getter(self) -> Callable[[object], bytes]:
@@ -287,15 +297,24 @@ class KeyRing:
         spelling a database returns the subject in (a UUID written as a ``uuid.UUID`` reads
         back from SQLite as 32 hex digits): the first read of rows just written finds the ref
         of each row's subject cached instead of computing an HMAC per row."""
+        entries: list[tuple[Hashable, bytes]] = []
+        ref = self._ref_entries(subject, cache_key, entries)
+        self._refs.put_many(entries)
+        return ref
+
+    def _ref_entries(
+        self, subject: object, cache_key: Hashable | None, entries: list[tuple[Hashable, bytes]]
+    ) -> bytes:
+        """The ref of ``subject`` (its HMAC), with the ref cache's entries for it appended to
+        ``entries``: under ``cache_key`` and every spelling of the subject (:meth:`_new_ref`)."""
         canonical = self._subject_type.canonical(subject)
         ref = self._ref_mac(canonical)
-        put = self._refs.put
         if cache_key is not None:
-            put(cache_key, ref)
-        for spelling in self._subject_type.spellings(canonical):
+            entries.append((cache_key, ref))
+        for spelling in self._subject_type.spellings_of(subject, canonical):
             spelling_key = _ref_cache_key(spelling)
             if spelling_key is not None and spelling_key != cache_key:
-                put(spelling_key, ref)
+                entries.append((spelling_key, ref))
         return ref
 
     # -- keys for writing ------------------------------------------------------------------------
@@ -370,7 +389,7 @@ class KeyRing:
         return out
 
     def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
-        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 2,000
+        """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 10,000
         per key-store transaction; shredded subjects are left out (``encrypt_many``)."""
         self._check()
         return self._write_keys_of(refs)
@@ -429,55 +448,67 @@ class KeyRing:
         if missing:
             self._options.writable("create keys for new subjects")
             now = self._options.now
+            # the heads this call sealed: read back as written, they are not MACed again
+            sealed: dict[bytes, tuple[bytes, str, int, bytes]] = {}
+            seal = self.heads.recording_sealer(sealed)
 
             def create() -> dict[bytes, tuple[HeadRecord, KeyRecord | None]]:
                 made.clear()  # a retry under a fresh epoch wraps new keys
-                fresh = self._epochs.new_records(
-                    KeyKind.SUBJECT, [(random_bytes(16), 1, ref) for ref in missing]
-                )
+                sealed.clear()
+                key_ids = random_chunks(16, len(missing))
+                named = [(kid, 1, ref) for kid, ref in zip(key_ids, missing, strict=True)]
+                fresh = self._epochs.new_records(KeyKind.SUBJECT, named)
                 made.update((rec.key_id, (rec, material)) for rec, material in fresh)
                 candidates = [rec for rec, _ in fresh]
                 del fresh
-                return self._store.create_subject_keys(candidates, now(), self.heads.seal)
+                return self._store.create_subject_keys(candidates, now(), seal)
 
             created = self._epochs.with_fresh_epoch(create)
+            usable_key = self.heads.usable_key
             for ref in missing:
                 if ref not in created:  # refused: key rows without a head
                     self.heads.report(ref, HEADLESS)
                     continue
-                usable = self.heads.usable_key(ref, *created[ref])
+                head, rec = created[ref]
+                usable = usable_key(ref, head, rec, sealed)
                 if usable is not None:
                     records[ref] = usable
-        out = {}
+        out: dict[bytes, fmt.ValueKey] = {}
+        # (ref, key, row, material kept) of each key to cache, cached together below
+        entries: list[tuple[bytes, fmt.ValueKey, KeyRecord, SecretKey | None]] = []
+        new_read_keys: list[tuple[bytes, fmt.ValueKey]] = []  # keys this call made, by header
+        keep = self._keep_material
         material: SecretKey | None = None
         try:
             for ref, rec in records.items():
                 ours = made.get(rec.key_id)
                 material = None
-                if ours is not None and ours[0] == rec:
-                    key = self._made_value_key(rec, ours[1], generation)
-                    if self._keep_material:
+                if ours is not None and (ours[0] is rec or ours[0] == rec):
+                    key = fmt.ValueKey(Aead(ours[1]), rec.key_id, rec.version, ref)
+                    new_read_keys.append((key.header, key))
+                    if keep:
                         material = SecretKey(ours[1])
                 else:
                     key, material = self._value_key(rec, generation)
-                with self._cache_lock:
-                    if self._fenced.get(ref) is None and generation == self._generation:
-                        self._write_keys.put(ref, key)
-                        self._write_recs.put(
-                            ref, _WriteRecord(rec, material if self._keep_material else None)
-                        )
+                entries.append((ref, key, rec, material if keep else None))
                 out[ref] = key
+            with self._cache_lock:
+                if generation == self._generation:  # else every key was dropped meanwhile
+                    fenced = self._fenced.get
+                    if new_read_keys:
+                        self._read_keys.put_many(
+                            (h, key) for h, key in new_read_keys if fenced(key.ref) is None
+                        )
+                    kept = [e for e in entries if fenced(e[0]) is None]
+                    self._write_keys.put_many((ref, key) for ref, key, _, _ in kept)
+                    self._write_recs.put_many(
+                        (ref, _WriteRecord(rec, material)) for ref, _, rec, material in kept
+                    )
         finally:
             made.clear()  # no key material left in this frame
+            entries.clear()
             material = None
         return out
-
-    def _made_value_key(self, rec: KeyRecord, material: bytes, generation: int) -> fmt.ValueKey:
-        """The value key of a subject key this process just made and stored (``rec`` is the row
-        as written): cached by its header as :meth:`value_key` caches an unwrapped one."""
-        key = fmt.ValueKey(Aead(material), rec.key_id, rec.version, rec.ref or NO_REF)
-        self._cache_read_key(key.header, key, generation)
-        return key
 
     # -- suite-2 keys (retention periods) --------------------------------------------------------
 

@@ -119,6 +119,20 @@ class TtlCache(Generic[K, V]):
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
 
+    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
+        """:meth:`put` of each (key, value), in order, with one lock and one clock reading;
+        the least recently used entries past ``max_entries`` are dropped once, at the end (the
+        same entries as one put after another would leave)."""
+        with self._lock:
+            data = self._data
+            now = self._clock()
+            move_to_end = data.move_to_end
+            for key, value in items:
+                data[key] = (now, value)
+                move_to_end(key)
+            while len(data) > self.max_entries:
+                data.popitem(last=False)
+
     def pop(self, key: K) -> None:
         with self._lock:
             self._data.pop(key, None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, quote_plus
 
@@ -79,6 +79,9 @@ class SqlStoreBase:
         self._keys = t[f"{prefix}keys"]
         self._heads = t[f"{prefix}subject_heads"]
         self._invalidations = t[f"{prefix}invalidations"]
+        # PostgreSQL: whether this process has looked for the planner statistics of the heads
+        # and keys tables (SqlSubjects.create_subject_keys, once)
+        self._statistics_checked = False
 
     def _ddl(self, verb: str, run: Callable[[], None]) -> None:
         """Run DDL, retried. Processes creating the tables at once: a loser waits a little and
@@ -218,33 +221,74 @@ class SqlStoreBase:
         return int(result.rowcount) if counted and result.rowcount >= 0 else None
 
     def _insert_new_rows(
-        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *, ignore: bool
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: Sequence[Any],
+        *,
+        ignore: bool,
+        columns: Sequence[str] | None = None,
     ) -> int | None:
         """Insert many new rows in ``conn``'s transaction; with ``ignore``, rows whose unique
         key exists are skipped (:meth:`_insert_ignore_counted`). Returns how many rows were
-        inserted, or None where the driver does not say.
+        inserted, or None where the driver does not say. ``rows`` are dicts by column name, or
+        with ``columns`` tuples of those columns' values, in that order.
 
         On PostgreSQL through psycopg 3 the rows go in one ``COPY`` (a third of an executemany's
         time per row, client and server); with ``ignore`` inside a savepoint: a row whose key
         exists fails the whole COPY, rolled back to the savepoint, and the rows are inserted
-        again by an insert-ignore (another writer got there first: rare)."""
+        again by an insert-ignore (another writer got there first: rare). On SQLite the tuples
+        go to the driver's executemany as they are, none of SQLAlchemy's work per row and per
+        value (every column here is a type the driver stores as given)."""
         if not rows:
             return 0
+        if columns is None:
+            columns = list(rows[0])
+            tuples: Sequence[Sequence[Any]] = [[row[name] for name in columns] for row in rows]
+        else:
+            tuples = rows
         if self._copies():
             try:
                 if not ignore:
-                    self._copy(conn, table, rows)
-                    return len(rows)
+                    self._copy(conn, table, columns, tuples)
+                    return len(tuples)
                 with conn.begin_nested():
-                    self._copy(conn, table, rows)
-                return len(rows)
+                    self._copy(conn, table, columns, tuples)
+                return len(tuples)
             except self.engine.dialect.loaded_dbapi.IntegrityError:
                 if not ignore:
                     raise
-        elif not ignore:
-            conn.execute(sa.insert(table), rows)
-            return len(rows)
-        return self._insert_ignore_counted(conn, table, rows)
+        elif self._dialect == "sqlite":
+            return self._sqlite_insert(conn, table, columns, tuples, ignore=ignore)
+        dicts = [dict(zip(columns, row, strict=True)) for row in tuples]
+        if not ignore:
+            conn.execute(sa.insert(table), dicts)
+            return len(dicts)
+        return self._insert_ignore_counted(conn, table, dicts)
+
+    def _sqlite_insert(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        ignore: bool,
+    ) -> int:
+        """One executemany of ``rows`` (tuples of ``columns``) on SQLite, skipping rows whose
+        unique key exists with ``ignore``; how many rows were inserted (SQLite counts the rows
+        of an executemany, a skipped one as none)."""
+        prep = self.engine.dialect.identifier_preparer
+        names = ", ".join(prep.quote(name) for name in columns)
+        marks = ", ".join("?" * len(columns))
+        conflict = " ON CONFLICT DO NOTHING" if ignore else ""
+        # identifiers of ccvault's own schema, quoted by the dialect; every value bound
+        table_name = prep.format_table(table)
+        statement = f"INSERT INTO {table_name} ({names}) VALUES ({marks}){conflict}"  # noqa: S608
+        result = conn.exec_driver_sql(
+            statement, list(rows), execution_options={"preserve_rowcount": True}
+        )
+        return len(rows) if not ignore else int(result.rowcount)
 
     def _copies(self) -> bool:
         """Whether new rows go in by ``COPY`` (PostgreSQL through psycopg 3, not its asyncio
@@ -256,8 +300,13 @@ class SqlStoreBase:
             and not getattr(dialect, "is_async", False)  # psycopg's async dialect is "psycopg" too
         )
 
-    def _copy(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        columns = list(rows[0])
+    def _copy(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
         prep = self.engine.dialect.identifier_preparer
         names = ", ".join(prep.quote(name) for name in columns)
         statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN"
@@ -266,7 +315,7 @@ class SqlStoreBase:
             with cursor.copy(statement) as copy:
                 write = copy.write_row
                 for row in rows:
-                    write([row[name] for name in columns])
+                    write(row)
         finally:
             cursor.close()
 
