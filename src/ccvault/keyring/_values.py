@@ -75,7 +75,7 @@ plaintext, context)``."""
 _SEAL_SHAPE = "an item is (subject, plaintext) or (subject, plaintext, context)"
 
 SEAL_CHUNK: Final = 5_000
-"""Items ``encrypt_many`` seals per round: their subjects' keys are loaded (or created, 2,000 per
+"""Items ``encrypt_many`` seals per round: their subjects' keys are loaded (or created, in one
 key-store transaction) together, and no more than this many keys are held beyond the caches."""
 
 
