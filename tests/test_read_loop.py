@@ -236,6 +236,23 @@ def test_a_batch_of_another_width_takes_the_generic_loop(
     assert reader.process(longer) == [(*r, "extra") for r in expected]
 
 
+@pytest.mark.parametrize("key", [12345, uuid.UUID(int=7), b"\x01" * 16])
+def test_a_primary_key_the_dialect_cannot_process_is_named_as_it_is(
+    cards: tuple[Vault, list[tuple[Any, ...]], list[uuid.UUID]], key: Any
+) -> None:
+    """SQLite's UUID processor parses text: a key of another type in the row (its subject here,
+    read with another customer's value) is named as the driver returned it, and the error
+    raised is the read's, not the processor's."""
+    vault, raw, _ = cards
+    compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
+    reader = _read._build_reader(vault._ring, compiled, False)
+    assert reader is not None
+    with pytest.raises(DecryptionError) as err:
+        reader.process([(key, *raw[0][1:])])
+    assert err.value.table == CARDS.name
+    assert err.value.primary_key == (key,)
+
+
 # -- companions deferred (item 4) ---------------------------------------------------------------
 
 

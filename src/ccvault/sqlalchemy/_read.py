@@ -107,12 +107,14 @@ class Slot:
 
 
 def _processed(value: Any, process: Callable[[Any], Any] | None) -> Any:
-    """A raw primary key value as SQLAlchemy returns it (a UUID from SQLite's hex text)."""
+    """A raw primary key value as SQLAlchemy returns it (a UUID from SQLite's hex text); a value
+    the dialect's processor cannot take (a driver's value of another type) as it is: the error
+    it locates is raised, not the processor's."""
     if process is None or value is None:
         return value
     try:
         return process(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         return value
 
 
