@@ -116,6 +116,40 @@ def test_a_hex_spelling_shares_the_uuid_ref(svault: Vault) -> None:
         svault._ring.ref_getter()(None)
 
 
+def _counting_ref_lookups(vault: Vault) -> list[object]:
+    """Record each subject the readers' ``check`` looks up by its ref (the per-batch getter)."""
+    seen: list[object] = []
+    real = vault._ring.ref_getter
+
+    def ref_getter() -> Any:
+        ref_of = real()
+
+        def counted(subject: object) -> bytes:
+            seen.append(subject)
+            return ref_of(subject)
+
+        return counted
+
+    vault._ring.ref_getter = ref_getter  # type: ignore[method-assign]
+    return seen
+
+
+def test_the_first_read_of_rows_just_written_looks_up_no_subject_ref(
+    vault: Vault, app: sa.Engine
+) -> None:
+    """The write remembers each customer's ``uuid.UUID`` on its key; the first read meets the
+    subject as the database returns it (32 hex digits on SQLite and MariaDB, a new UUID on
+    PostgreSQL) and compares it with that, as the steady state compares: no ref lookup."""
+    written = [(uuid.uuid4(), f"name {i}", f"+44 20 7946 {i:04d}", None) for i in range(30)]
+    with Session(app) as s:
+        s.add_all([Customer(id=i, name=n, phone=p, email=e) for i, n, p, e in written])
+        s.commit()
+    lookups = _counting_ref_lookups(vault)
+    assert sorted(_read_all(app)) == sorted(written)
+    assert sorted(_read_all(app)) == sorted(written)
+    assert lookups == []
+
+
 # -- the generated loop reads as the generic loop does (item 4) ---------------------------------
 
 
@@ -203,28 +237,49 @@ def _outcome(reader: Any, rows: list[tuple[Any, ...]]) -> Any:
         st.tuples(st.integers(0, 5), st.sampled_from([2, 3, 4]), st.sampled_from(_MUTATIONS)),
         max_size=4,
     ),
-    drop_subject=st.booleans(),
+    respell=st.sampled_from(["keep", "none", "uuid", "hyphens", "upper", "other"]),
+    fast_first=st.booleans(),
 )
 def test_the_generated_loop_reads_as_the_generic_loop(
     cards: tuple[Vault, list[tuple[Any, ...]], list[uuid.UUID]],
     on_error: str,
     strict: bool,
     plan: list[tuple[int, int, str]],
-    drop_subject: bool,
+    respell: str,
+    fast_first: bool,
 ) -> None:
+    """Row 0's subject as another spelling of it (or None, or row 1's) too; the first read
+    starts from the keys as the write left them (each remembering its customer's UUID)."""
     vault, raw, ids = cards
     rows = _mutate(raw, plan)
-    if drop_subject:
-        rows = [(None, *r[1:]) if r[0] == ids[0].hex else r for r in rows]
+    spelled = {
+        "keep": ids[0].hex,
+        "none": None,
+        "uuid": ids[0],
+        "hyphens": str(ids[0]),
+        "upper": ids[0].hex.upper(),
+        "other": ids[1].hex,
+    }[respell]
+    rows = [(spelled, *r[1:]) if r[0] == ids[0].hex else r for r in rows]
     compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
     fast = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
     generic = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
     assert fast is not None
     assert generic is not None
     generic.width = -1  # no row is that long: every batch takes the generic loop
-    for _ in range(2):  # cold (keys and refs as the write left them), then warm
-        expected = _outcome(generic, rows)
-        assert _outcome(fast, rows) == expected
+
+    def as_written() -> None:
+        for i in ids[:-1]:  # (the last is shredded)
+            vault._ring.key_for_write(i, "loop_cards.text")
+
+    for cold in (True, False):  # keys and refs as the write left them, then warm
+        first, second = (fast, generic) if fast_first else (generic, fast)
+        if cold:
+            as_written()
+        expected = _outcome(first, rows)
+        if cold:
+            as_written()
+        assert _outcome(second, rows) == expected
     if isinstance(expected, list):
         shredded = [r for r in expected if r[0] == ids[-1].hex]
         assert all(v in (SHREDDED, None, UNREADABLE) for r in shredded for v in r[2:])
@@ -240,6 +295,268 @@ def test_a_batch_of_another_width_takes_the_generic_loop(
     expected = reader.process(raw)
     longer = [(*r, "extra") for r in raw]
     assert reader.process(longer) == [(*r, "extra") for r in expected]
+
+
+# -- a row's subject against the subject its key remembers --------------------------------------
+#
+# Oracle: a value reads in a row exactly when the row's subject has its key's ref (a subject
+# the installation's type refuses has none) — whatever the key remembers (``key.checked``: the
+# subject the write found it for, or the row a read found it for), in both loops, strict or
+# not, raising or reading UNREADABLE. A key only ever remembers a subject with its ref.
+
+A = uuid.UUID("00c0ffee-1234-4abc-8def-0123456789ab")  # leading zeros: "0x..." parses as A
+B = uuid.UUID("00c0ffee-1234-4abc-8def-0123456789ac")  # A's hex digits but the last
+
+
+class _LiarStr(str):
+    """Text that says it equals everything."""
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+
+class _OtherUuid(uuid.UUID):
+    pass
+
+
+_UUID_SPELLINGS: list[Any] = [
+    A,
+    uuid.UUID(str(A)),
+    A.hex,
+    A.hex.upper(),
+    str(A),
+    str(A).upper(),
+    "-".join(A.hex[i : i + 8] for i in range(0, 32, 8)) + "-",  # 36: 4 hyphens elsewhere
+    "--" + A.hex + "--",
+    str(A)[:-1],
+    f"{{{A}}}",
+    A.urn,
+    "0x" + A.hex[2:],
+    " " + A.hex[1:],
+    A.hex[:31],
+    A.hex + "0",
+    A.hex[:-1] + "g",
+    B,
+    B.hex,
+    str(B),
+    _LiarStr(B.hex),
+    _LiarStr(A.hex),
+    _OtherUuid(int=A.int),
+    _OtherUuid(int=B.int),
+    None,
+    "",
+    A.int,
+    A.bytes,
+    (A,),
+]
+# None: a key a reader loaded, which remembers no subject yet
+_REMEMBERED = [A, uuid.UUID(str(A)), A.hex, str(A), A.hex.upper(), None]
+_UUID_CTX = "loop_cards.text"
+
+
+@pytest.fixture(scope="module")
+def spelled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Vault, tuple[Any, ...]]]:
+    """A's card written through the column types; its stored row as SQLite returns it."""
+    path = tmp_path_factory.mktemp("spelled")
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{path / 'keys.db'}", subject_type="uuid")
+    engine = sa.create_engine(f"sqlite:///{path / 'app.db'}")
+    _Base.metadata.create_all(engine)
+    vault.attach(engine)
+    with Session(engine) as s:
+        s.add_all(
+            [
+                Card(id=A, label="a", text="text a", data={"n": 1}, blob=b"aaa"),
+                Card(id=B, label="b", text="text b", data={"n": 2}, blob=b"bbb"),
+            ]
+        )
+        s.commit()
+    names = ", ".join(c.name for c in CARDS.columns)
+    with engine.connect() as conn:
+        raw = conn.exec_driver_sql(f"SELECT {names} FROM {CARDS.name} WHERE label = 'a'").one()
+    engine.dispose()
+    yield vault, tuple(raw)
+    vault.close()
+
+
+def _ref(vault: Vault, subject: Any) -> bytes | None:
+    try:
+        return vault._ring.subject_ref(subject)
+    except TypeError:
+        return None
+
+
+def _read_as(
+    vault: Vault,
+    table: sa.Table,
+    row: tuple[Any, ...],
+    owner: Any,
+    context: str,
+    remembered: Any,
+    subject: Any,
+    generic: bool,
+    on_error: str,
+) -> None:
+    """Read ``row`` with ``subject`` in its subject column (index 0) by a key that remembers
+    ``remembered``, and hold the outcome to the oracle."""
+    compiled = sa.select(table).compile(dialect=sa.dialects.sqlite.dialect())
+    reader = _read._build_reader(vault._ring, compiled, False, on_error)  # type: ignore[arg-type]
+    assert reader is not None
+    if generic:
+        reader.width = -1
+    key = vault._ring.key_for_write(owner, context)
+    expected = reader.process([row])
+    key.checked = remembered
+    ok = _ref(vault, subject) == vault._ring.subject_ref(owner)
+    if remembered is not None:  # a state a key can be in
+        assert _ref(vault, remembered) == vault._ring.subject_ref(owner)
+    moved = (subject, *row[1:])
+    try:
+        out = reader.process([moved])
+    except DecryptionError:
+        assert not ok
+        assert on_error == "raise"
+        assert key.checked is remembered
+        return
+    if ok:
+        assert out == [(subject, *expected[0][1:])]
+        # the key remembers the row's subject, or one equal to it of its type
+        assert key.checked is subject or key.checked is remembered is not None
+        assert type(key.checked) is type(subject) or key.checked is remembered is not None
+        assert _ref(vault, key.checked) == vault._ring.subject_ref(owner)
+    else:
+        assert on_error == "sentinel"
+        encrypted = [i for i, c in enumerate(table.columns) if isinstance(c.type, Encrypted)]
+        assert encrypted
+        assert all(out[0][i] is UNREADABLE for i in encrypted)
+        assert key.checked is remembered
+
+
+@pytest.mark.parametrize("on_error", ["raise", "sentinel"])
+@pytest.mark.parametrize("generic", [False, True])
+@pytest.mark.parametrize("remembered", _REMEMBERED, ids=repr)
+@pytest.mark.parametrize("subject", _UUID_SPELLINGS, ids=repr)
+def test_a_row_reads_exactly_when_its_subject_has_the_keys_ref(
+    spelled: tuple[Vault, tuple[Any, ...]],
+    subject: Any,
+    remembered: Any,
+    generic: bool,
+    on_error: str,
+) -> None:
+    vault, row = spelled
+    _read_as(vault, CARDS, row, A, _UUID_CTX, remembered, subject, generic, on_error)
+
+
+def test_a_uuids_hex_digits_read_without_a_ref_lookup(
+    spelled: tuple[Vault, tuple[Any, ...]],
+) -> None:
+    """The spelling SQLite and MariaDB return is compared with the remembered UUID (no ref
+    lookup) and remembered in its place; other spellings are checked by their ref."""
+    vault, row = spelled
+    lookups = _counting_ref_lookups(vault)
+    try:
+        for generic in (False, True):
+            _read_as(vault, CARDS, row, A, _UUID_CTX, A, A.hex, generic, "raise")
+            assert lookups == []
+            _read_as(vault, CARDS, row, A, _UUID_CTX, A, uuid.UUID(str(A)), generic, "raise")
+            assert lookups == []
+            _read_as(vault, CARDS, row, A, _UUID_CTX, A, A.hex.upper(), generic, "raise")
+            assert lookups == [A.hex.upper()]
+            lookups.clear()
+            _read_as(vault, CARDS, row, A, _UUID_CTX, A, B.hex, generic, "raise")
+            assert lookups  # checked by its ref (again, where the slow path locates it)
+            assert all(looked == B.hex for looked in lookups)
+            lookups.clear()
+    finally:
+        del vault._ring.ref_getter  # type: ignore[attr-defined]
+
+
+_HEX_EDITS = st.tuples(st.integers(0, 31), st.sampled_from("0123456789abcdefABCDEF-{}x_ g"))
+
+
+@pytest.mark.parametrize("generic", [False, True])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    subject=st.one_of(
+        _HEX_EDITS.map(lambda e: A.hex[: e[0]] + e[1] + A.hex[e[0] + 1 :]),
+        _HEX_EDITS.map(lambda e: A.hex[: e[0]] + e[1] + A.hex[e[0] :]),
+        _HEX_EDITS.map(lambda e: A.hex[: e[0]] + A.hex[e[0] + 1 :]),
+        st.text(alphabet="0123456789abcdef-", min_size=30, max_size=40),
+        st.uuids(),
+    ),
+    remembered=st.sampled_from(_REMEMBERED),
+    on_error=st.sampled_from(["raise", "sentinel"]),
+)
+def test_any_spelling_reads_exactly_when_it_has_the_keys_ref(
+    spelled: tuple[Vault, tuple[Any, ...]],
+    generic: bool,
+    subject: Any,
+    remembered: Any,
+    on_error: str,
+) -> None:
+    vault, row = spelled
+    _read_as(vault, CARDS, row, A, _UUID_CTX, remembered, subject, generic, on_error)
+
+
+class _IntBase(DeclarativeBase):
+    pass
+
+
+class Account(_IntBase):
+    __tablename__ = "loop_accounts"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str | None] = mapped_column(Encrypted(sa.String(100), subject="id"))
+
+
+@pytest.mark.parametrize("on_error", ["raise", "sentinel"])
+@pytest.mark.parametrize("generic", [False, True])
+@pytest.mark.parametrize("remembered", [1, "1", None], ids=repr)
+@pytest.mark.parametrize("subject", [1, True, 1.0, "1", "01", " 1", 2, -1, None], ids=repr)
+def test_an_int_subject_is_not_a_bool_nor_a_float(
+    tmp_path: Any, subject: Any, remembered: Any, generic: bool, on_error: str
+) -> None:
+    """1, True and 1.0 are equal in Python, and only 1 (or its text) is the subject 1."""
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{tmp_path / 'keys.db'}", subject_type="int")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    _IntBase.metadata.create_all(engine)
+    vault.attach(engine)
+    with Session(engine) as s:
+        s.add(Account(id=1, text="one"))
+        s.commit()
+    with engine.connect() as conn:
+        (row,) = conn.exec_driver_sql("SELECT id, text FROM loop_accounts").all()
+    engine.dispose()
+    table = Account.__table__
+    context = "loop_accounts.text"
+    try:
+        _read_as(vault, table, tuple(row), 1, context, remembered, subject, generic, on_error)
+    finally:
+        vault.close()
+
+
+@pytest.mark.parametrize("key", [12345, uuid.UUID(int=7), b"\x01" * 16])
+def test_a_primary_key_the_dialect_cannot_process_is_named_as_it_is(
+    cards: tuple[Vault, list[tuple[Any, ...]], list[uuid.UUID]], key: Any
+) -> None:
+    """SQLite's UUID processor parses text: a key of another type in the row (its subject here,
+    read with another customer's value) is named as the driver returned it, and the error
+    raised is the read's, not the processor's."""
+    vault, raw, _ = cards
+    compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
+    reader = _read._build_reader(vault._ring, compiled, False)
+    assert reader is not None
+    with pytest.raises(DecryptionError) as err:
+        reader.process([(key, *raw[0][1:])])
+    assert err.value.table == CARDS.name
+    assert err.value.primary_key == (key,)
 
 
 # -- companions deferred (item 4) ---------------------------------------------------------------

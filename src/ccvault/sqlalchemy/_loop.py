@@ -6,12 +6,14 @@ exactly those columns — one block per column, the indexes and the codec of eac
 the code — so that no row pays for the branching of a loop that must handle every statement.
 
 The generated loop handles the common value only: a ``bytes`` value (a buffer is copied) whose
-key is live and (where the row holds the subject) already known to belong to the row's subject.
-A row with any other value — no key or an unknown one, a shredded or expired tombstone, a
-subject not yet checked against the key's, text in a legacy column — is handed whole to the
-generic loop (``slow``), which decides it exactly as before. A value that fails (a wrong tag, a
-bad codec byte) raises one of the reader's failures, like the generic loop, and the reader's
-slow path locates it. Whatever leaves the loop, it clears what it decrypted first.
+key is live. Where the row holds the subject, the key must belong to it: the row's subject is
+the one the key remembers (``key.checked``: equal and of the same type, or the text of a
+remembered UUID, ``UUID_HEX``), or else ``check()`` compares their refs (DecryptionError for
+a value of another subject). A row with any other value — no key or an unknown one, a shredded
+or expired tombstone, text in a legacy column — is handed whole to the generic loop (``slow``),
+which decides it exactly as before. A value that fails (a wrong tag, a bad codec byte) raises
+one of the reader's failures, like the generic loop, and the reader's slow path locates it.
+Whatever leaves the loop, it clears what it decrypted first.
 
 The code is generated from the column layout only: integers (row indexes and entry offsets)
 and the names of constants bound in its namespace; no value, label or key reaches the source.
@@ -19,13 +21,14 @@ and the names of constants bound in its namespace; no value, label or key reache
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..crypto import _format as fmt
 from ._codec import STR, CodecError
 
-__all__ = ["Column", "Group", "Loop", "Slow", "compile_loop"]
+__all__ = ["UUID_HEX", "Column", "Group", "Loop", "Slow", "compile_loop"]
 
 
 # A row the generated loop leaves to the generic one (never leaves the loop).
@@ -38,6 +41,17 @@ _H2 = slice(0, fmt.SUITE2_HEADER_BYTES)
 _SUITE_AT = slice(1, 2)
 _SUITE2 = bytes((fmt.SUITE_AES256GCM_PERIOD,))
 _STR = bytes((STR.tag,))
+
+# A UUID subject as a database returns it in text: SQLite (SQLAlchemy's ``Uuid`` as CHAR(32))
+# its 32 hex digits, ``UUID_HEX % u.int`` (``u.hex`` without the property's Python frame);
+# MariaDB's UUID type the same digits with 4 hyphens (``str(u)``). A key remembers the subject it
+# was written or read for (``key.checked``); a row's subject that is a ``str`` of those 32 digits
+# of a remembered ``uuid.UUID``, or of 36 characters that are those digits once its hyphens are
+# removed, is that subject, with no ref lookup: only a ``uuid`` installation gives a UUID a ref
+# (``str``, ``int`` and tuple types refuse one), and it reads such text back as the same UUID
+# (``uuid.UUID`` drops every hyphen: the same 128-bit value, the same canonical bytes, the same
+# ref). Any other text (upper case, braces, another UUID's digits) is checked by its ref.
+UUID_HEX: Final = "%032x"
 
 # What the row loops (this one and the reader's generic one) need of one encrypted column,
 # unpacked in one step: its index in the row, u32(len(label)) || label, the codec's loads (None
@@ -74,6 +88,8 @@ def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop
         "SUITE2": _SUITE2,
         "STRB": _STR,
         "BUFFERS": (bytearray, memoryview),
+        "UUID": uuid.UUID,
+        "HEX": UUID_HEX,
     }
     code: list[str] = []
     emit = code.append
@@ -134,7 +150,23 @@ def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop
                 emit("     if key is not verified:")
                 emit("      c = key.checked")
                 # equal and of the same type (1 == 1.0 == True in Python: one is the subject)
-                emit("      if c is None or (c is not s and (type(c) is not type(s) or c != s)):")
+                emit("      if c is not s:")
+                emit("       t = type(s)")
+                emit("       if type(c) is not t:")
+                # the hex digits SQLite and MariaDB return for the UUID the key remembers
+                # (UUID_HEX): remembered from now on, as check() would remember them
+                emit("        if t is str and type(c) is UUID and (")
+                emit("          s == (h := HEX % c.int)")
+                emit("          or (len(s) == 36 and s.replace('-', '') == h)):")
+                emit("         key.checked = s")
+                emit("        else:")
+                emit("         check(key, s)")
+                emit("       elif t is UUID:")  # UUID.__eq__ compares .int, in a Python frame
+                emit("        if c.int != s.int:")
+                emit("         check(key, s)")
+                emit("       elif c != s:")
+                emit("        check(key, s)")
+                emit("      elif c is None:")  # no subject remembered, none in the row
                 emit("       check(key, s)")
                 emit("      verified = key")
             ctx = f"CTX{contexts.index(ctx_lp)}"

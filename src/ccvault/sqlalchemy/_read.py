@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -44,7 +45,7 @@ from ..crypto import _format as fmt
 from ..crypto._blind import Normalizer
 from ..errors import DecryptionError, RetentionExpiredError, SubjectShreddedError
 from ._codec import STR, CodecError
-from ._loop import Column, Group, compile_loop
+from ._loop import UUID_HEX, Column, Group, compile_loop
 from ._plan import ColumnPlan, plan_for
 from ._types import BlindIndex, Encrypted, OnError, base_column
 
@@ -107,12 +108,14 @@ class Slot:
 
 
 def _processed(value: Any, process: Callable[[Any], Any] | None) -> Any:
-    """A raw primary key value as SQLAlchemy returns it (a UUID from SQLite's hex text)."""
+    """A raw primary key value as SQLAlchemy returns it (a UUID from SQLite's hex text); a value
+    the dialect's processor cannot take (a driver's value of another type) as it is: the error
+    it locates is raised, not the processor's."""
     if process is None or value is None:
         return value
     try:
         return process(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         return value
 
 
@@ -271,7 +274,7 @@ class Reader:
             for row in rows:
                 new = list(row)
                 for subject_index, columns in groups:
-                    subject = None if subject_index is None else row[subject_index]
+                    subject: Any = None if subject_index is None else row[subject_index]
                     verified = None  # the last key found to belong to this row's subject
                     for index, ctx_lp, loads, strict, unsealed, by_period in columns:
                         blob = row[index]
@@ -306,12 +309,32 @@ class Reader:
                             # Each value must belong to the row's subject (checked before the
                             # shred state: a moved value is no erasure); a key remembers the
                             # subject it was found to belong to (equal and of the same type:
-                            # 1 == 1.0 == True in Python, and one of them is the subject).
+                            # 1 == 1.0 == True in Python, and one of them is the subject; or the
+                            # text of a remembered UUID, UUID_HEX), as in the generated loop.
                             checked = key.checked
-                            if checked is None or (
-                                checked is not subject
-                                and (type(checked) is not type(subject) or checked != subject)
-                            ):
+                            if checked is not subject:
+                                kind = type(subject)
+                                if type(checked) is not kind:
+                                    if (
+                                        kind is str
+                                        and type(checked) is uuid.UUID
+                                        and (
+                                            subject == (digits := UUID_HEX % checked.int)
+                                            or (
+                                                len(subject) == 36
+                                                and subject.replace("-", "") == digits
+                                            )
+                                        )
+                                    ):
+                                        key.checked = subject
+                                    else:
+                                        check(key, subject)
+                                elif kind is uuid.UUID:
+                                    if checked.int != subject.int:
+                                        check(key, subject)
+                                elif checked != subject:
+                                    check(key, subject)
+                            elif checked is None:
                                 check(key, subject)
                             verified = key
                         if key.aead is None:  # a shredded or expired tombstone
