@@ -338,7 +338,10 @@ class KeyRing:
         )
         found = self._by_subject.get(cache_key)
         if found is not None and now < found[0]:
-            return found[1]
+            key = found[1]
+            if key.checked is not subject:
+                key.checked = subject  # this subject's, as below: its readers need not HMAC
+            return key
         return self._subject_key_for_write(subject, cache_key, now)
 
     def _subject_key_for_write(
