@@ -75,8 +75,9 @@ def _leaks(output: str, secret_values: Iterable[bytes]) -> list[str]:
 
 
 def _record_keys(monkeypatch: pytest.MonkeyPatch, *modules: str) -> list[bytes]:
-    """Every KEY_BYTES-long draw of ``random_bytes`` in ``modules``: epoch, subject, blind-index
-    and root keys (16-byte ids are not secrets and are not recorded)."""
+    """Every KEY_BYTES-long draw of ``random_bytes`` in ``modules``, and each KEY_BYTES-long
+    chunk of ``random_chunks`` where a module draws a batch's keys at once: epoch, subject,
+    blind-index and root keys (16-byte ids are not secrets and are not recorded)."""
     import importlib
 
     drawn: list[bytes] = []
@@ -91,6 +92,18 @@ def _record_keys(monkeypatch: pytest.MonkeyPatch, *modules: str) -> list[bytes]:
             return value
 
         monkeypatch.setattr(module, "random_bytes", recording)
+        chunks: Callable[[int, int], list[bytes]] | None = getattr(module, "random_chunks", None)
+        if chunks is not None:
+
+            def recording_chunks(
+                size: int, count: int, chunks: Callable[[int, int], list[bytes]] = chunks
+            ) -> list[bytes]:
+                values = chunks(size, count)
+                if size == KEY_BYTES:
+                    drawn.extend(values)
+                return values
+
+            monkeypatch.setattr(module, "random_chunks", recording_chunks)
     return drawn
 
 

@@ -244,7 +244,8 @@ class SqlStoreBase:
             return 0
         if columns is None:
             columns = list(rows[0])
-            tuples: Sequence[Sequence[Any]] = [[row[name] for name in columns] for row in rows]
+            # tuples: the sqlite3 module's executemany takes no lists
+            tuples: Sequence[Sequence[Any]] = [tuple(row[name] for name in columns) for row in rows]
         else:
             tuples = rows
         if self._copies():
