@@ -13,7 +13,7 @@ import hmac
 import itertools
 import os
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,6 +39,8 @@ __all__ = [
     "nonce_batch",
     "random_bytes",
 ]
+
+T = TypeVar("T")
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -130,20 +132,40 @@ class HmacSha256:
     def __call__(self, message: bytes) -> bytes:
         return self._mac(message)
 
-    def function(self, length: int = 32) -> Callable[[bytes], bytes]:
+    @overload
+    def function(self, length: int = 32) -> Callable[[bytes], bytes]: ...
+
+    @overload
+    def function(self, length: int, prepare: Callable[[T], bytes]) -> Callable[[T], bytes]: ...
+
+    def function(
+        self, length: int = 32, prepare: Callable[[Any], bytes] | None = None
+    ) -> Callable[[Any], bytes]:
         """This MAC truncated to ``length`` bytes as a plain function: no method lookups per
-        call (blind indexes compute one per searchable value written or searched)."""
+        call (blind indexes compute one per searchable value written or searched). With
+        ``prepare``, the MAC of ``prepare(value)``, in the same call (one Python frame less)."""
         inner_copy = self._inner.copy
         outer_copy = self._outer.copy
 
-        def mac(message: bytes) -> bytes:
+        if prepare is None:
+
+            def mac(message: bytes) -> bytes:
+                inner = inner_copy()
+                inner.update(message)
+                outer = outer_copy()
+                outer.update(inner.digest())
+                return outer.digest()[:length]
+
+            return mac
+
+        def mac_of(value: Any) -> bytes:
             inner = inner_copy()
-            inner.update(message)
+            inner.update(prepare(value))
             outer = outer_copy()
             outer.update(inner.digest())
             return outer.digest()[:length]
 
-        return mac
+        return mac_of
 
 
 def hkdf_sha256(key: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
