@@ -304,3 +304,20 @@ def test_a_mac_function_with_prepare_is_the_mac_of_what_it_prepares() -> None:
     for length in (4, 8, 32):
         mac_of = key.function(length, lambda s: s.encode() * 2)
         assert mac_of("ab") == key.function(length)(b"abab") == key(b"abab")[:length]
+
+
+@pytest.mark.parametrize("key_bytes", [0, 1, 32, 63, 64, 65, 100])
+def test_hmac_sha256_is_rfc_2104(key_bytes: int) -> None:
+    """The keyed state copied per MAC gives the standard HMAC-SHA256, whatever the key's length
+    (a key of more than a block is hashed first) or the message's."""
+    import hashlib
+    import hmac
+
+    key = bytes(range(key_bytes))
+    mac = HmacSha256(key)
+    for n in (0, 1, 13, 55, 56, 64, 65, 200):
+        message = bytes([n]) * n
+        expected = hmac.digest(key, message, hashlib.sha256)
+        assert mac(message) == expected
+        assert mac.function(8)(message) == expected[:8]
+        assert mac(message) == expected  # the keyed state is copied, never consumed

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
@@ -109,18 +110,16 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 class HmacSha256:
-    """HMAC-SHA256 (RFC 2104) under one fixed key, with the keyed inner and outer SHA-256 states
-    computed once: each MAC then costs two hash-state copies instead of a full HMAC setup (about
-    half the time for the short messages blind indexes and subject refs hash)."""
+    """HMAC-SHA256 (RFC 2104) under one fixed key, set up once (its keyed inner and outer
+    SHA-256 states): each MAC copies that state and hashes the message, instead of a full HMAC
+    setup (about half the time for the short messages blind indexes and subject refs hash). The
+    state is OpenSSL's HMAC context (``cryptography``'s ``HMAC.copy``): one copy and one
+    finalisation a MAC, where two ``hashlib`` states took four copies."""
 
-    __slots__ = ("_inner", "_mac", "_outer")
+    __slots__ = ("_hmac", "_mac")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        block = key.ljust(64, b"\x00")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._hmac = HMAC(key, hashes.SHA256())
         self._mac = self.function()
 
     def __repr__(self) -> str:
@@ -144,26 +143,21 @@ class HmacSha256:
         """This MAC truncated to ``length`` bytes as a plain function: no method lookups per
         call (blind indexes compute one per searchable value written or searched). With
         ``prepare``, the MAC of ``prepare(value)``, in the same call (one Python frame less)."""
-        inner_copy = self._inner.copy
-        outer_copy = self._outer.copy
+        keyed = self._hmac.copy
 
         if prepare is None:
 
             def mac(message: bytes) -> bytes:
-                inner = inner_copy()
-                inner.update(message)
-                outer = outer_copy()
-                outer.update(inner.digest())
-                return outer.digest()[:length]
+                h = keyed()
+                h.update(message)
+                return h.finalize()[:length]
 
             return mac
 
         def mac_of(value: Any) -> bytes:
-            inner = inner_copy()
-            inner.update(prepare(value))
-            outer = outer_copy()
-            outer.update(inner.digest())
-            return outer.digest()[:length]
+            h = keyed()
+            h.update(prepare(value))
+            return h.finalize()[:length]
 
         return mac_of
 
