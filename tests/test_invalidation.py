@@ -142,6 +142,7 @@ ENTRY_POINTS: dict[str, Callable[[Vault, uuid.UUID, bytes], bool]] = {
     "keys": lambda v, s, blob: isinstance(v._ring.keys([blob[:22]])[blob[:22]], Tombstone),
     "key_for_write": lambda v, s, blob: _raises(lambda: v._ring.key_for_write(s, CTX)),
     "keys_for_write": lambda v, s, blob: v._ring.keys_for_write([s]) == {},
+    "keys_for_rows": lambda v, s, blob: v._ring.keys_for_rows([s]) == [None],
     "warm": lambda v, s, blob: v.warm([s]) == 0,
 }
 

@@ -365,6 +365,38 @@ def test_batched_write_keys_never_let_an_equal_value_of_another_type_through(
             vault._ring.keys_for_write([1, True])  # True == 1, but True is not an int subject
         with pytest.raises(TypeError):
             vault._ring.keys_for_write([True])
+        with pytest.raises(TypeError):
+            vault._ring.keys_for_rows([1, True])
+        with pytest.raises(TypeError):
+            vault._ring.keys_for_rows([None, True])
+
+
+def test_keys_for_rows_are_keys_for_write_in_row_order(kms: LocalKms, sqlite_url: str) -> None:
+    """The write key of each row's subject, in row order: None for a None or shredded subject,
+    the same key for repeats and other spellings of a subject; keys created for new subjects;
+    each key's ``checked`` set as keys_for_write sets it."""
+    with Vault(kms, sqlite_url) as vault:
+        ring = vault._ring
+        a, b, gone, new = (uuid.uuid4() for _ in range(4))
+        vault.warm([a, b, gone])
+        vault.shred(gone)
+        rows = [a, None, b, a, gone, str(b), new, None]
+        got = ring.keys_for_rows(rows)
+        assert len(got) == len(rows)
+        by_write = ring.keys_for_write([a, b, new])
+        assert got[0] is got[3] is by_write[a]
+        assert got[2] is got[5] is by_write[b]
+        assert got[6] is by_write[new]
+        assert got[1] is got[4] is got[7] is None
+        assert ring.keys_for_rows([]) == []
+        assert ring.keys_for_rows([None]) == [None]
+        ring.keys_for_rows([b])
+        assert by_write[b].checked is b
+        ring.keys_for_rows([str(b)])
+        assert by_write[b].checked == str(b)
+        for bad in (5, "nope", NO_SUBJECT):
+            with pytest.raises(TypeError):
+                ring.keys_for_rows([a, bad])
 
 
 # -- read-only open (DESIGN.md, lifecycle rule 2) ----------------------------------------------

@@ -142,8 +142,11 @@ def _fixed_nonces(count: int) -> Callable[[], bytes]:
 
 
 def _generic(plan: Any) -> Any:
-    """A stand-in for the generated loop that hands every row to the generic function."""
-    return lambda rows, keys, nonces, indexers, slow: [slow(d) for d in rows]
+    """A stand-in for the generated loop that hands every row to the generic function, with the
+    key the statement found for it."""
+    return lambda rows, keys, nonces, indexers, slow: [
+        slow(d, key) for d, key in zip(rows, keys, strict=True)
+    ]
 
 
 def _row(

@@ -52,6 +52,11 @@ class Normalizer:
         """The normalisation as a plain function of a str (the caller checks the type)."""
         return _function(self.id, self.params)
 
+    def utf8(self) -> Callable[[str], bytes]:
+        """``function()(value).encode("utf-8")`` as one plain function (what a blind index
+        hashes), faster on ASCII text: the same bytes, the same errors."""
+        return _utf8(self.id, self.params)
+
 
 @functools.cache
 def _function(kind: str, params: str) -> Callable[[str], str]:
@@ -96,6 +101,65 @@ def _phone(value: str, country_code: str = "") -> str:
     return "+" + digits if plus else digits
 
 
+# The ASCII characters an ASCII phone number loses: those str.split() splits on (\s of a str
+# pattern is the same set on ASCII: \t\n\v\f\r, \x1c-\x1f and the space) and the junk.
+_PHONE_DELETE = bytes(c for c in range(128) if chr(c).isspace() or chr(c) in "().-/")
+_NOT_DIGIT_BYTES = re.compile(rb"[^0-9]")
+
+
+@functools.cache
+def _utf8(kind: str, params: str) -> Callable[[str], bytes]:
+    """The UTF-8 of the normalised value (:meth:`Normalizer.utf8`). ASCII input is normalised
+    as the str functions normalise it, in fewer calls (a phone number as bytes: one translate
+    instead of a split, a join and a scan per junk character); other text goes through the str
+    function."""
+    if kind == "exact":
+
+        def exact(value: str) -> bytes:
+            if value.isascii():
+                return value.encode()
+            return unicodedata.normalize("NFC", value).encode("utf-8")
+
+        return exact
+    if kind == "email":
+
+        def email(value: str) -> bytes:
+            if value.isascii():  # str.strip(), not bytes.strip(): it also strips \x1c-\x1f
+                return value.strip().lower().encode()
+            return _email(value).encode("utf-8")
+
+        return email
+    code = params.encode()
+    delete = _PHONE_DELETE
+    not_digit = _NOT_DIGIT_BYTES.sub
+
+    def phone(value: str) -> bytes:
+        """_phone(value, params) in UTF-8: each step of its ASCII path, on bytes."""
+        if not value.isascii():
+            return _phone(value, params).encode("utf-8")
+        v = value.encode().translate(None, delete)
+        # the common forms first, with the result the steps below give them: digits only ...
+        if v.isdigit():
+            if v.startswith(b"00"):
+                return b"+" + v[2:]
+            if code:
+                return b"+" + code + (v[1:] if v.startswith(b"0") else v)
+            return v
+        # ... and "+" and digits (none of the steps below changes them)
+        if v[:1] == b"+" and v[1:].isdigit():
+            return v
+        if v.startswith(b"00"):
+            v = b"+" + v[2:]
+        if code and not v.startswith(b"+"):
+            v = b"+" + code + (v[1:] if v.startswith(b"0") else v)
+        if v.startswith(b"+"):
+            digits = v[1:]
+            return v if digits.isdigit() else b"+" + not_digit(b"", digits)
+        return v if v.isdigit() else not_digit(b"", v)
+
+    return phone
+
+
 def normalizer(spec: str) -> Normalizer:
     """``"phone"`` (no default country code), ``"phone:44"``, ``"email"`` or ``"exact"``."""
     name, _, params = spec.partition(":")
@@ -129,13 +193,8 @@ class BlindIndexer:
     def __init__(self, key: HmacSha256, normalizer: Normalizer, length: int) -> None:
         self._normalizer = normalizer
         self.length = length
-        mac = key.function(length)
-        normalize = normalizer.function()
-
-        def index(value: str) -> bytes:
-            return mac(normalize(value).encode("utf-8"))
-
-        self.index: Callable[[str], bytes] = index
+        # the MAC of the normalised value's UTF-8, one Python call a value
+        self.index: Callable[[str], bytes] = key.function(length, normalizer.utf8())
 
     @safe_repr
     def __repr__(self) -> str:

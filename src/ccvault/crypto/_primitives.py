@@ -13,12 +13,13 @@ import hmac
 import itertools
 import os
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "random_bytes",
     "random_chunks",
 ]
+
+T = TypeVar("T")
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -115,18 +118,16 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 class HmacSha256:
-    """HMAC-SHA256 (RFC 2104) under one fixed key, with the keyed inner and outer SHA-256 states
-    computed once: each MAC then costs two hash-state copies instead of a full HMAC setup (about
-    half the time for the short messages blind indexes and subject refs hash)."""
+    """HMAC-SHA256 (RFC 2104) under one fixed key, set up once (its keyed inner and outer
+    SHA-256 states): each MAC copies that state and hashes the message, instead of a full HMAC
+    setup (about half the time for the short messages blind indexes and subject refs hash). The
+    state is OpenSSL's HMAC context (``cryptography``'s ``HMAC.copy``): one copy and one
+    finalisation a MAC, where two ``hashlib`` states took four copies."""
 
-    __slots__ = ("_inner", "_mac", "_outer")
+    __slots__ = ("_hmac", "_mac")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        block = key.ljust(64, b"\x00")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._hmac = HMAC(key, hashes.SHA256())
         self._mac = self.function()
 
     def __repr__(self) -> str:
@@ -138,20 +139,35 @@ class HmacSha256:
     def __call__(self, message: bytes) -> bytes:
         return self._mac(message)
 
-    def function(self, length: int = 32) -> Callable[[bytes], bytes]:
+    @overload
+    def function(self, length: int = 32) -> Callable[[bytes], bytes]: ...
+
+    @overload
+    def function(self, length: int, prepare: Callable[[T], bytes]) -> Callable[[T], bytes]: ...
+
+    def function(
+        self, length: int = 32, prepare: Callable[[Any], bytes] | None = None
+    ) -> Callable[[Any], bytes]:
         """This MAC truncated to ``length`` bytes as a plain function: no method lookups per
-        call (blind indexes compute one per searchable value written or searched)."""
-        inner_copy = self._inner.copy
-        outer_copy = self._outer.copy
+        call (blind indexes compute one per searchable value written or searched). With
+        ``prepare``, the MAC of ``prepare(value)``, in the same call (one Python frame less)."""
+        keyed = self._hmac.copy
 
-        def mac(message: bytes) -> bytes:
-            inner = inner_copy()
-            inner.update(message)
-            outer = outer_copy()
-            outer.update(inner.digest())
-            return outer.digest()[:length]
+        if prepare is None:
 
-        return mac
+            def mac(message: bytes) -> bytes:
+                h = keyed()
+                h.update(message)
+                return h.finalize()[:length]
+
+            return mac
+
+        def mac_of(value: Any) -> bytes:
+            h = keyed()
+            h.update(prepare(value))
+            return h.finalize()[:length]
+
+        return mac_of
 
 
 def hkdf_sha256(key: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:

@@ -391,6 +391,27 @@ class KeyRing:
                 out[subject] = key
         return out
 
+    def keys_for_rows(self, subjects: Sequence[object]) -> list[fmt.ValueKey | None]:
+        """:meth:`keys_for_write` for a statement's rows: the write key of each row's subject, in
+        row order; None for a row whose subject is None or shredded; wrong subject types raise
+        TypeError. No subject value is hashed (a UUID hashes in Python, once per dict it enters):
+        refs are found by their cache keys, keys by ref, each ref's key loaded once."""
+        self._check()
+        refs = self.subject_refs([s for s in subjects if s is not None])
+        keys = self._write_keys_of(refs)
+        out: list[fmt.ValueKey | None] = []
+        append = out.append
+        next_ref = iter(refs).__next__
+        for subject in subjects:
+            if subject is None:
+                append(None)
+                continue
+            key = keys.get(next_ref())
+            if key is not None:
+                key.checked = subject  # as keys_for_write: its readers need not HMAC
+            append(key)
+        return out
+
     def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
         """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 10,000
         per key-store transaction; shredded subjects are left out (``encrypt_many``)."""

@@ -256,24 +256,23 @@ def _insert(
                 # event times from the column default: every row gets one (one set of keys)
                 key, make = retention.column.key, retention.default
                 multiparams = [d if key in d else {**d, key: make()} for d in multiparams]
-            try:
-                keys = ring.keys_for_write(
-                    s for d in multiparams if (s := d.get(plan.subject.key)) is not None
-                )
+            subject_key = plan.subject.key
+            try:  # each row's key, in row order (None: no subject, or shredded)
+                keys = ring.keys_for_rows([d.get(subject_key) for d in multiparams])
             except TypeError:
                 keys = None  # a wrong subject type: let the row loop name the column
         # one CSPRNG call for the nonces of the whole statement
         nonces = nonce_batch(len(multiparams) * len(plan.columns))
         columns = _columns(ring, plan)
 
-        def slow(d: Mapping[str, Any]) -> dict[str, Any]:
+        def slow(d: Mapping[str, Any], key: Any = None) -> dict[str, Any]:
             return _encrypt_row(
                 ring,
                 plan,
                 d,
                 None,
                 insert=True,
-                keys=keys,
+                row_key=key,
                 nonces=nonces,
                 columns=columns,
                 periods=found,
@@ -514,7 +513,7 @@ def _encrypt_row(
     subject: object,
     *,
     insert: bool,
-    keys: Mapping[object, Any] | None = None,
+    row_key: Any = None,
     nonces: NonceSource = fresh_nonce,
     columns: tuple[_Column, ...] | None = None,
     periods: _StatementPeriods | None = None,
@@ -543,8 +542,9 @@ def _encrypt_row(
         target = NO_SUBJECT
     if columns is None:
         columns = _columns(ring, plan)
-    # the row's key, looked up once for all its columns (vault-wide keys are per column)
-    key: Any = keys.get(target) if keys is not None and target is not NO_SUBJECT else None
+    # the row's key (``row_key``: its statement's keys_for_rows, None: not looked up yet), once
+    # for all its columns (vault-wide keys are per column)
+    key: Any = row_key if target is not NO_SUBJECT else None
     period_keys: dict[str, Any] | None = None  # retention-bound columns' keys, by category
     when: Any = None  # their event time, found at the first of them
     for name, ctx_lp, index_key, index, is_str, max_chars, category, col in columns:

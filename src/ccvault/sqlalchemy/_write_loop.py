@@ -6,10 +6,10 @@ writes the INSERT row loop for exactly those columns — one block per column, e
 constants bound in the loop's namespace — so that no row pays for the branching of the generic
 row function (``_write._encrypt_row``), which must handle every table and every value.
 
-The generated loop handles the common row only: its subject is set (not NULL) and its key is in
-the statement's ``keys``; each encrypted column is missing, None, a ``str`` of a str column
-(within its most characters, UTF-8 encodable), or a value of a non-str column (encoded by the
-same ``dumps`` as the generic function, which raises the same errors). A row with anything else
+The generated loop handles the common row only: its subject is set (not NULL) and the statement
+found its key (``keys``, one a row); each encrypted column is missing, None, a ``str`` of a str
+column (within its most characters, UTF-8 encodable), or a value of a non-str column (encoded by
+the same ``dumps`` as the generic function, which raises the same errors). A row with anything else
 — no subject or a NULL one, a key not loaded, a ``Sealed`` value, a too-long string, a lone
 surrogate, a value of a retention-bound column, a non-``str`` value of a searchable column — is
 handed whole to the generic function (``slow``), which decides it exactly as before. Every check
@@ -35,7 +35,7 @@ __all__ = ["WriteLoop", "compile_write_loop"]
 
 _STR = bytes((STR.tag,))
 
-# loop(rows, keys, nonces, indexers, slow) -> the encrypted copies of ``rows``
+# loop(rows, keys, nonces, indexers, slow) -> the encrypted copies of ``rows``; ``keys`` one a row
 WriteLoop = Callable[..., list[dict[str, Any]]]
 
 
@@ -43,10 +43,11 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
     """The INSERT row loop of ``plan``'s table; ``dumps(col, value)`` is the generic function's
     encoder of a value that is not the common ``str`` (``_write._dumps``).
 
-    The loop is called as ``loop(rows, keys, nonces, indexers, slow)``: ``keys`` the statement's
-    write keys by subject, ``nonces`` its nonce source, ``indexers`` the statement's blind
-    indexer of each column of ``plan.columns`` (None when not searchable), ``slow(row)`` the
-    generic row function (the encrypted copy of one row, or its error)."""
+    The loop is called as ``loop(rows, keys, nonces, indexers, slow)``: ``keys`` the write key
+    of each row's subject in row order (``KeyRing.keys_for_rows``: None for a row without one),
+    ``nonces`` the statement's nonce source, ``indexers`` its blind indexer of each column of
+    ``plan.columns`` (None when not searchable), ``slow(row, key)`` the generic row function
+    (the encrypted copy of one row, or its error)."""
     namespace: dict[str, Any] = {
         "MISSING": object(),
         "FAILED": object(),
@@ -54,7 +55,6 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
         "Sealed": Sealed,
         "IndexValue": IndexValue,
         "DUMPS": dumps,
-        "SUBJECT": plan.subject.key,
         "UnicodeEncodeError": UnicodeEncodeError,
     }
     code: list[str] = []
@@ -63,17 +63,15 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
     emit("def loop(rows, keys, nonces, indexers, slow):")
     for i in searchable:
         emit(f" ix{i} = indexers[{i}]")
-    emit(" keys_get = keys.get")
     emit(" out = []")
     emit(" append = out.append")
     names = [f"{kind}{i}" for kind in "pvx" for i in range(len(plan.columns))]
     emit(f" {' = '.join(names)} = None")
     emit(" try:")
-    emit("  for d in rows:")
-    # keys has no key of None (nor of MISSING): a row without a subject, or with a NULL one
-    emit("   key = keys_get(d.get(SUBJECT))")
+    emit("  for d, key in zip(rows, keys, strict=True):")
+    # None: a row without a subject, with a NULL one, or a shredded one
     emit("   if key is None:")
-    emit("    append(slow(d))")
+    emit("    append(slow(d, None))")
     emit("    continue")
     # checks and encodings, column by column: ``p{i}`` the plaintext to seal, or None (a NULL:
     # its index is NULL too) or MISSING (nothing written: the parameter is left as it is)
@@ -89,14 +87,14 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
             namespace[f"MAX{i}"] = col.max_chars
             emit(f"   if type({v}) is str:")
             emit(f"    if len({v}) > MAX{i}:")
-            emit("     append(slow(d))")
+            emit("     append(slow(d, key))")
             emit("     continue")
             emit("    try:")
             emit(f"     {p} = STRB + {v}.encode()")
             emit("    except UnicodeEncodeError:")  # handed over outside the handler
             emit(f"     {p} = FAILED")
             emit(f"    if {p} is FAILED:")
-            emit("     append(slow(d))")
+            emit("     append(slow(d, key))")
             emit("     continue")
             if col.index_key is not None:  # where the generic function computes it
                 emit(f"    x{i} = IndexValue(ix{i}({v}))")
@@ -110,7 +108,7 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
             # a value of a retention-bound column (its period's key), or a value of a searchable
             # column that is not the common str (its index is NULL): the generic function's
             emit("   else:")
-            emit("    append(slow(d))")
+            emit("    append(slow(d, key))")
             emit("    continue")
         else:
             emit("   else:")
