@@ -5,7 +5,7 @@ do not. This counts the instructions of the write hook (``_write._insert`` on a 
 rows with four encrypted columns, two searchable, keys cached) and of the read loop
 (``Reader.process`` on the same rows as the driver returns them), for the tree this file is in::
 
-    python -m benchmarks.instructions          # needs valgrind; about 8 minutes
+    python -m benchmarks.instructions          # needs valgrind; about 10 minutes
 
 Retention (issue 14): ``searchable=`` does not combine with ``retention=``, so the suite-2 read
 loop is measured on the same rows in four unsearchable columns (``read-suite2``: ``retention=``,
