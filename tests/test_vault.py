@@ -369,6 +369,10 @@ def test_batched_write_keys_never_let_an_equal_value_of_another_type_through(
             vault._ring.keys_for_rows([1, True])
         with pytest.raises(TypeError):
             vault._ring.keys_for_rows([None, True])
+        # a row may lack a subject (keys_for_rows: None in its place); a subject list may not
+        assert vault._ring.keys_for_rows([None, 1])[0] is None
+        with pytest.raises(TypeError, match="a subject is required"):
+            vault._ring.keys_for_write([1, None])
 
 
 def test_keys_for_rows_are_keys_for_write_in_row_order(kms: LocalKms, sqlite_url: str) -> None:

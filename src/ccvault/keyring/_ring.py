@@ -352,7 +352,7 @@ class KeyRing:
         entry's own expiry, unless an eviction or fence came in between."""
         fill = self._by_subject_fill
         ref = self.subject_ref(subject)
-        key = self._write_keys.get(ref) or self._subject_write_key(ref)
+        key = self._subject_write_key(ref)  # the write-key cache first, then the store
         if key.checked is not subject:
             key.checked = subject  # found by this subject's ref: its readers need not HMAC
         entry = self._write_keys.peek(ref)
@@ -372,24 +372,17 @@ class KeyRing:
         self._by_subject.clear()
 
     def keys_for_write(self, subjects: Iterable[object]) -> dict[object, fmt.ValueKey]:
-        """Write keys of many subjects (creating missing ones in batches), by subject value.
+        """Write keys of many subjects (creating missing ones in batches), by subject value:
+        :meth:`keys_for_rows` of the distinct subjects.
 
-        Shredded subjects are left out; wrong subject types raise TypeError."""
-        self._check()
+        Shredded subjects are left out; wrong subject types (None too) raise TypeError."""
         # Deduplicated by type and value: True == 1 in Python, yet True is no int subject and
         # must reach the type check instead of sharing 1's key.
         unique = list({(type(s), s): s for s in subjects}.values())
-        refs = self.subject_refs(unique)
-        keys = self._write_keys_of(refs)
-        out: dict[object, fmt.ValueKey] = {}
-        for subject, ref in zip(unique, refs, strict=True):
-            key = keys.get(ref)
-            if key is not None:
-                # found by this subject's ref: the first read of the rows it seals compares the
-                # row's subject with this one instead of computing its ref
-                key.checked = subject
-                out[subject] = key
-        return out
+        if any(s is None for s in unique):
+            _ref_cache_key(None)  # the TypeError every subject lookup raises for None
+        keys = self.keys_for_rows(unique)
+        return {s: key for s, key in zip(unique, keys, strict=True) if key is not None}
 
     def keys_for_rows(self, subjects: Sequence[object]) -> list[fmt.ValueKey | None]:
         """:meth:`keys_for_write` for a statement's rows: the write key of each row's subject, in
