@@ -165,16 +165,16 @@ def test_a_shred_while_a_write_key_is_being_found_is_not_undone(tmp_path: Path) 
     ring = vault._ring
     armed = [True]
 
-    class ShredAfterPeek(TtlCache[bytes, Any]):
-        def peek(self, key: bytes) -> Any:
-            found = super().peek(key)
+    class ShredAfterExpiries(TtlCache[bytes, Any]):
+        def expiries(self, keys: Any) -> Any:
+            found = super().expiries(keys)
             if armed:
                 armed.clear()
                 vault.shred(s)  # after the lookup, before the fill takes the cache lock
             return found
 
     old = ring._write_keys
-    ring._write_keys = ShredAfterPeek(old.max_entries, old.max_age, vault._options.monotonic)
+    ring._write_keys = ShredAfterExpiries(old.max_entries, old.max_age, vault._options.monotonic)
     vault.encrypt(s, b"in flight", context=CTX)  # sealed before the shred: unreadable after it
     assert not armed
     with pytest.raises(SubjectShreddedError):

@@ -342,11 +342,9 @@ class KeyRing:
             if key.checked is not subject:
                 key.checked = subject  # this subject's, as below: its readers need not HMAC
             return key
-        return self._subject_key_for_write(subject, cache_key, now)
+        return self._subject_key_for_write(subject, cache_key)
 
-    def _subject_key_for_write(
-        self, subject: object, cache_key: Hashable | None, now: float
-    ) -> fmt.ValueKey:
+    def _subject_key_for_write(self, subject: object, cache_key: Hashable | None) -> fmt.ValueKey:
         """:meth:`key_for_write` past ``_by_subject``: through the ref and write-key caches
         (loading or creating the key), then remembered by subject until the write-key cache
         entry's own expiry, unless an eviction or fence came in between."""
@@ -355,14 +353,8 @@ class KeyRing:
         key = self._subject_write_key(ref)  # the write-key cache first, then the store
         if key.checked is not subject:
             key.checked = subject  # found by this subject's ref: its readers need not HMAC
-        entry = self._write_keys.peek(ref)
-        if cache_key is not None and entry is not None and entry[1] is key:
-            with self._cache_lock:
-                by_subject = self._by_subject
-                if fill == self._by_subject_fill and self._fenced.get(ref) is None:
-                    if len(by_subject) >= self._options.cache_max_entries:
-                        by_subject.clear()
-                    by_subject[cache_key] = (now - entry[0] + self._write_keys.max_age, key)
+        if cache_key is not None:
+            self._remember_by_subject([(cache_key, ref, key)], fill)
         return key
 
     def _forget_by_subject(self) -> None:
@@ -387,23 +379,74 @@ class KeyRing:
     def keys_for_rows(self, subjects: Sequence[object]) -> list[fmt.ValueKey | None]:
         """:meth:`keys_for_write` for a statement's rows: the write key of each row's subject, in
         row order; None for a row whose subject is None or shredded; wrong subject types raise
-        TypeError. No subject value is hashed (a UUID hashes in Python, once per dict it enters):
-        refs are found by their cache keys, keys by ref, each ref's key loaded once."""
-        self._check()
-        refs = self.subject_refs([s for s in subjects if s is not None])
-        keys = self._write_keys_of(refs)
+        TypeError. A UUID or str subject whose write key is remembered by subject (as
+        :meth:`key_for_write` remembers it) costs one dict lookup; the others go through the ref
+        and write-key caches, each ref's key loaded once, and are remembered for the next
+        statement. No subject value is hashed (a UUID hashes in Python, once per dict it
+        enters): refs are found by their cache keys, keys by ref."""
+        now = self._check()
+        by_subject = self._by_subject
         out: list[fmt.ValueKey | None] = []
         append = out.append
-        next_ref = iter(refs).__next__
+        missed: list[int] = []
         for subject in subjects:
-            if subject is None:
+            kind = type(subject)
+            if kind is uuid.UUID:
+                found = by_subject.get(subject.int)  # type: ignore[attr-defined]
+            elif kind is str:
+                found = by_subject.get(subject)
+            else:  # None, other types (and wrong ones): below
+                found = None
+            if found is not None and now < found[0]:
+                key = found[1]
+                if key.checked is not subject:
+                    key.checked = subject  # as keys_for_write: its readers need not HMAC
+                append(key)
+            else:
+                if subject is not None:
+                    missed.append(len(out))
                 append(None)
-                continue
-            key = keys.get(next_ref())
-            if key is not None:
-                key.checked = subject  # as keys_for_write: its readers need not HMAC
-            append(key)
+        if missed:
+            fill = self._by_subject_fill
+            rest = [subjects[i] for i in missed]
+            refs = self.subject_refs(rest)
+            keys = self._write_keys_of(refs)
+            remember: list[tuple[Hashable, bytes, fmt.ValueKey]] = []
+            for i, subject, ref in zip(missed, rest, refs, strict=True):
+                written = keys.get(ref)
+                if written is not None:
+                    written.checked = subject  # found by this subject's ref: no HMAC to read
+                    out[i] = written
+                    kind = type(subject)
+                    if kind is uuid.UUID or kind is str:
+                        remember.append((_ref_cache_key(subject), ref, written))
+            if remember:
+                self._remember_by_subject(remember, fill)
         return out
+
+    def _remember_by_subject(
+        self, found: list[tuple[Hashable, bytes, fmt.ValueKey]], fill: int
+    ) -> None:
+        """Remember write keys found through the caches by subject (cache key, ref, key), each
+        until its write-key cache entry's expiry, within the cache bound; nothing if an eviction
+        or fence came since ``fill`` was read."""
+        expiries = self._write_keys.expiries([ref for _, ref, _ in found])
+        entries = [
+            (cache_key, ref, entry[0], key)
+            for (cache_key, ref, key), entry in zip(found, expiries, strict=True)
+            if entry is not None and entry[1] is key
+        ]
+        room = self._options.cache_max_entries
+        with self._cache_lock:
+            if fill != self._by_subject_fill:
+                return
+            by_subject = self._by_subject
+            if len(by_subject) + len(entries) > room:
+                by_subject.clear()
+            fenced = self._fenced.get
+            for cache_key, ref, deadline, key in entries[:room]:
+                if fenced(ref) is None:
+                    by_subject[cache_key] = (deadline, key)
 
     def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
         """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 10,000

@@ -112,6 +112,23 @@ class TtlCache(Generic[K, V]):
             return None
         return age, item[1]
 
+    def expiries(self, keys: Iterable[K]) -> list[tuple[float, V] | None]:
+        """(expiry, value) of each key's unexpired entry, or None, with one clock reading: when
+        the entry expires on this cache's clock (for a map kept beside the cache that must not
+        outlive its entries). Nothing is refreshed or dropped."""
+        get = self._data.get
+        now = self._clock()
+        max_age = self.max_age
+        out: list[tuple[float, V] | None] = []
+        append = out.append
+        for key in keys:
+            item = get(key)
+            if item is None or now - item[0] >= max_age:
+                append(None)
+            else:
+                append((item[0] + max_age, item[1]))
+        return out
+
     def put(self, key: K, value: V) -> None:
         with self._lock:
             self._data[key] = (self._clock(), value)
