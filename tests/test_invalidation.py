@@ -28,20 +28,13 @@ from ccvault.keystore._sql import SqlKeyStore
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import SHREDDED
 from conftest import run_sql
+from keyring_doubles import Clock, CountingStore
 from sqla_models import Base, Customer
 
 CTX = "customers.phone"
 INV = build_metadata().tables["ccvault_invalidations"]
 META = build_metadata().tables["ccvault_meta"]
 STEP = POLL_SHARE * 1.0  # the reader's poll period at the default interval
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -444,27 +437,12 @@ def test_the_settings_reach_the_vault(
         Vault.from_settings()
 
 
-class _Counting:
-    """The real store, counting reads of subject keys."""
-
-    def __init__(self, inner: SqlKeyStore) -> None:
-        self._inner = inner
-        self.reads = 0
-
-    def subject_keys(self, *args: Any) -> Any:
-        self.reads += 1
-        return self._inner.subject_keys(*args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def test_a_write_key_remembered_by_subject_expires_with_cache_ttl(
     kms: LocalKms, sqlite_url: str, clock: Clock
 ) -> None:
     """``encrypt`` finds a warm subject's write key by the subject itself, but no longer than the
     write-key cache keeps it: past ``cache_ttl`` the key store is read again."""
-    store = _Counting(SqlKeyStore(sqlite_url))
+    store = CountingStore(SqlKeyStore(sqlite_url))
     with Vault(kms, store, clock=clock, cache_ttl=10, listen_url="off") as vault:  # type: ignore[arg-type]
         customer = uuid.uuid4()
         vault.encrypt(customer, b"x", context=CTX)

@@ -17,31 +17,9 @@ from ccvault.keystore import SqlKeyStore
 from ccvault.keystore._cache import TtlCache
 from ccvault.kms import LocalKms
 from ccvault.sqlalchemy import Encrypted
+from keyring_doubles import Clock, CountingStore, shred_during_fill
 
 CTX = "customers.phone"
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 1_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class _Counting:
-    """The real store, counting reads of subject keys."""
-
-    def __init__(self, inner: SqlKeyStore) -> None:
-        self._inner = inner
-        self.reads = 0
-
-    def subject_keys(self, *args: Any) -> Any:
-        self.reads += 1
-        return self._inner.subject_keys(*args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def _vault(tmp_path: Path, **options: Any) -> Vault:
@@ -109,20 +87,7 @@ def test_a_shred_while_rows_keys_are_being_found_is_not_undone(tmp_path: Path) -
     with _vault(tmp_path) as vault:
         s, other = uuid.uuid4(), uuid.uuid4()
         ring = vault._ring
-        armed = [True]
-
-        class ShredAfterExpiries(TtlCache[bytes, Any]):
-            def expiries(self, keys: Any) -> Any:
-                found = super().expiries(keys)
-                if armed:
-                    armed.clear()
-                    vault.shred(s)
-                return found
-
-        old = ring._write_keys
-        ring._write_keys = ShredAfterExpiries(
-            old.max_entries, old.max_age, vault._options.monotonic
-        )
+        armed = shred_during_fill(ring, lambda: vault.shred(s))
         assert all(ring.keys_for_rows([s, other]))  # found before the shred
         assert not armed
         assert ring._by_subject == {}
@@ -145,8 +110,8 @@ def test_rows_remembered_by_subject_stay_within_the_cache_bound(tmp_path: Path) 
 
 
 def test_rows_remembered_by_subject_expire_with_cache_ttl(tmp_path: Path) -> None:
-    clock = _Clock()
-    store = _Counting(SqlKeyStore(f"sqlite:///{tmp_path / 'k.db'}"))
+    clock = Clock(1_000.0)
+    store = CountingStore(SqlKeyStore(f"sqlite:///{tmp_path / 'k.db'}"))
     with Vault(
         LocalKms.ephemeral(),
         store,  # type: ignore[arg-type]
@@ -204,7 +169,7 @@ def test_inserts_through_the_hook_read_back_after_a_shred_between_statements(
 
 
 def test_expiries_give_each_entrys_expiry_without_refreshing_it() -> None:
-    clock = _Clock()
+    clock = Clock(1_000.0)
     cache: TtlCache[str, int] = TtlCache(10, 5.0, clock)
     cache.put("a", 1)
     clock.t += 2

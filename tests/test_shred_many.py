@@ -34,6 +34,7 @@ from ccvault.erasure import SqlLedger
 from ccvault.erasure._many import BATCH
 from ccvault.keystore import SqlKeyStore
 from ccvault.kms import LocalKms
+from keyring_doubles import Clock
 from sqla_models import Base, Customer
 from test_shred_sweep import NFC, NFD, _Blocker, _indexed, _short_wait_engine, people, str_app
 from vault_ledgers import Blockable, blockable, but_new_queue_keys, dump_store, entries
@@ -43,14 +44,6 @@ __all__ = ["blockable", "str_app"]  # fixtures, for pytest
 BOUND = 1.0
 CTX = "customers.phone"
 RECEIPT = "ccvault-erasure-receipt/v1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class CountingLedger(SqlLedger):
@@ -74,7 +67,7 @@ class App:
 
     def __init__(self, tmp_path: Path, db_url: str) -> None:
         self.kms = LocalKms.ephemeral()
-        self.clock = Clock()
+        self.clock = Clock(1_800_000_000.0)
         self.url = db_url
         self.ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
         self.ledger = CountingLedger(self.ledger_url)

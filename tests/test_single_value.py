@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccvault import NO_SUBJECT, SHREDDED, DecryptionError, SubjectShreddedError, Vault
-from ccvault.keystore._cache import TtlCache
 from ccvault.kms import LocalKms
+from keyring_doubles import shred_during_fill
 from raw_values import tampered
 
 A, B, GONE = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -163,18 +163,7 @@ def test_a_shred_while_a_write_key_is_being_found_is_not_undone(tmp_path: Path) 
     vault = Vault(LocalKms.ephemeral(), f"sqlite:///{tmp_path / 'k.db'}")
     s = uuid.uuid4()
     ring = vault._ring
-    armed = [True]
-
-    class ShredAfterExpiries(TtlCache[bytes, Any]):
-        def expiries(self, keys: Any) -> Any:
-            found = super().expiries(keys)
-            if armed:
-                armed.clear()
-                vault.shred(s)  # after the lookup, before the fill takes the cache lock
-            return found
-
-    old = ring._write_keys
-    ring._write_keys = ShredAfterExpiries(old.max_entries, old.max_age, vault._options.monotonic)
+    armed = shred_during_fill(ring, lambda: vault.shred(s))
     vault.encrypt(s, b"in flight", context=CTX)  # sealed before the shred: unreadable after it
     assert not armed
     with pytest.raises(SubjectShreddedError):
