@@ -388,15 +388,16 @@ class KeyRing:
         by_subject = self._by_subject
         out: list[fmt.ValueKey | None] = []
         append = out.append
-        missed: list[int] = []
+        missed: list[tuple[int, Hashable | None]] = []  # (row, cache key: UUID and str only)
         for subject in subjects:
             kind = type(subject)
             if kind is uuid.UUID:
-                found = by_subject.get(subject.int)  # type: ignore[attr-defined]
+                cache_key: Hashable | None = subject.int  # type: ignore[attr-defined]
             elif kind is str:
-                found = by_subject.get(subject)
-            else:  # None, other types (and wrong ones): below
-                found = None
+                cache_key = subject
+            else:  # None, other types (and wrong ones): below, not remembered
+                cache_key = None
+            found = None if cache_key is None else by_subject.get(cache_key)
             if found is not None and now < found[0]:
                 key = found[1]
                 if key.checked is not subject:
@@ -404,22 +405,21 @@ class KeyRing:
                 append(key)
             else:
                 if subject is not None:
-                    missed.append(len(out))
+                    missed.append((len(out), cache_key))
                 append(None)
         if missed:
             fill = self._by_subject_fill
-            rest = [subjects[i] for i in missed]
+            rest = [subjects[i] for i, _ in missed]
             refs = self.subject_refs(rest)
             keys = self._write_keys_of(refs)
             remember: list[tuple[Hashable, bytes, fmt.ValueKey]] = []
-            for i, subject, ref in zip(missed, rest, refs, strict=True):
+            for (i, cache_key), subject, ref in zip(missed, rest, refs, strict=True):
                 written = keys.get(ref)
                 if written is not None:
                     written.checked = subject  # found by this subject's ref: no HMAC to read
                     out[i] = written
-                    kind = type(subject)
-                    if kind is uuid.UUID or kind is str:
-                        remember.append((_ref_cache_key(subject), ref, written))
+                    if cache_key is not None:
+                        remember.append((cache_key, ref, written))
             if remember:
                 self._remember_by_subject(remember, fill)
         return out
@@ -440,13 +440,14 @@ class KeyRing:
         with self._cache_lock:
             if fill != self._by_subject_fill:
                 return
+            if len(self._fenced):  # no per-entry lookup while nothing is fenced
+                fenced = self._fenced.get
+                entries = [e for e in entries if fenced(e[1]) is None]
             by_subject = self._by_subject
             if len(by_subject) + len(entries) > room:
                 by_subject.clear()
-            fenced = self._fenced.get
-            for cache_key, ref, deadline, key in entries[:room]:
-                if fenced(ref) is None:
-                    by_subject[cache_key] = (deadline, key)
+            for cache_key, _, deadline, key in entries[:room]:
+                by_subject[cache_key] = (deadline, key)
 
     def write_keys(self, refs: Iterable[bytes]) -> dict[bytes, fmt.ValueKey]:
         """Write keys of many subjects by ref (:meth:`subject_refs`), creating missing ones 10,000
