@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ccvault import SHREDDED, Vault
 from ccvault.errors import ValueRejectedError
@@ -25,7 +26,7 @@ from ccvault.kms import LocalKms
 from ccvault.retention import Category, RetentionPolicy
 from ccvault.sqlalchemy import Encrypted, _write
 from ccvault.sqlalchemy._plan import plan_for
-from ccvault.sqlalchemy._types import Sealed
+from ccvault.sqlalchemy._types import VAULT, Prepared, Sealed
 from leaks import chain_text
 
 _DEFAULTS = [itertools.count(1_000)]  # reset before each statement: the same subjects each way
@@ -174,24 +175,64 @@ def _row(
     for name, shape in shapes.items():
         if name not in table.c:
             continue
-        value = _VALUES[shape](i)
+        value = "Someone@Example.com" if name == "email_bidx" else _VALUES[shape](i)
         if value is not _MISSING:
             row[name] = value
     return row
 
 
-def _outcome(vault: Vault, table: sa.Table, rows: list[dict[str, Any]]) -> Any:
+def _written(vault: Vault, table: sa.Table, rows: list[dict[str, Any]], dialect: Any = None) -> Any:
+    """The statement and rows the hook makes of ``rows`` (with ``dialect``: the statement it
+    prepares for that dialect), or its error."""
     plan = plan_for(table)
     assert plan is not None
     _DEFAULTS[0] = itertools.count(1_000)
     try:
-        _, out, _ = _write._insert(
-            vault._ring, plan, sa.insert(table), [dict(r) for r in rows], None, vault._periods
+        stmt, out, _ = _write._insert(
+            vault._ring,
+            plan,
+            sa.insert(table),
+            [dict(r) for r in rows],
+            None,
+            vault._periods,
+            dialect,
         )
     except Exception as exc:
         return (type(exc), str(exc), getattr(exc, "column", None))
+    return stmt, out
+
+
+def _outcome(vault: Vault, table: sa.Table, rows: list[dict[str, Any]]) -> Any:
+    written = _written(vault, table, rows)
+    if len(written) == 3:
+        return written
     # the types too: Sealed, IndexValue, str, None
-    return [{k: (type(v), v) for k, v in d.items()} for d in out]
+    return [{k: (type(v), v) for k, v in d.items()} for d in written[1]]
+
+
+def _bound_columns(table: sa.Table) -> list[str]:
+    return [k for c in table.c if isinstance(c.type, Encrypted) for k in (c.key, f"{c.key}_bidx")]
+
+
+def _as_sent(table: sa.Table, written: Any, dialect: Any) -> Any:
+    """What reaches the driver: each row's values of the columns the statement binds (those of
+    its first row), through the bind step of each unless the statement binds it through
+    ``Prepared``; the other values of the encrypted columns and their indexes are not sent."""
+    if len(written) == 3:
+        return written
+    stmt, out = written
+    columns = [k for k in _bound_columns(table) if k in table.c and k in out[0]]
+    prepared = {c.key for c, v in (stmt._values or {}).items() if isinstance(v.type, Prepared)}
+    sent = []
+    for d in out:
+        row = {}
+        for k, v in d.items():
+            if k in columns and k not in prepared:
+                v = table.c[k].type.bind_processor(dialect)(v)
+            if k in columns or k not in _bound_columns(table):
+                row[k] = (type(v), v)
+        sent.append(row)
+    return sorted(prepared), sent
 
 
 # The values each column takes; a row is made of these, and an odd row has one column (or its
@@ -209,7 +250,9 @@ _odd = st.one_of(
     st.tuples(st.sampled_from(COLUMNS), st.sampled_from(sorted(_VALUES))),
     st.tuples(st.just("subject"), st.sampled_from(_SUBJECTS)),
     st.tuples(st.just("event"), st.just("aware")),
+    st.tuples(st.just("email_bidx"), st.just("str")),  # an index given: its bind step's
 )
+_DIALECTS = {"sqlite": sqlite.pysqlite.dialect(), "postgresql": postgresql.psycopg.dialect()}
 
 
 @pytest.mark.parametrize("which", ["strict", "vaultwide", "retained"])
@@ -238,7 +281,9 @@ def test_the_generated_loop_writes_as_the_generic_function(
     made = [[subject, event, dict(shapes)] for subject, event, shapes in rows]
     for at, (what, how) in odds:
         row = made[at % len(made)]
-        if what == "subject":
+        if what == "email_bidx":
+            row[2]["email_bidx"] = how  # type: ignore[index]
+        elif what == "subject":
             row[0] = how
         elif what == "event":
             row[1] = how
@@ -248,9 +293,23 @@ def test_the_generated_loop_writes_as_the_generic_function(
     with monkeypatch.context() as m:
         m.setattr(_write, "nonce_batch", _fixed_nonces)
         fast = _outcome(vault, table, params)
+        marked = _written(vault, table, params)
+        prepared = {name: _written(vault, table, params, d) for name, d in _DIALECTS.items()}
         m.setattr(_write, "_write_loop", _generic)
         generic = _outcome(vault, table, params)
     assert fast == generic
+    # prepared for a dialect: the driver is sent the same bytes, of the same type, or the
+    # statement raises the same error
+    for name, dialect in _DIALECTS.items():
+        setattr(dialect, VAULT, vault)  # the blind-index bind step hashes a str given as index
+        once, before = _as_sent(table, prepared[name], dialect), _as_sent(table, marked, dialect)
+        if len(before) == 3:  # an error
+            assert once == before, name
+            continue
+        assert once[1] == before[1], name
+        assert before[0] == []  # without a dialect: every column through its bind step
+        # with one: every such column the statement binds, through Prepared
+        assert once[0] == sorted(k for k in _bound_columns(table) if k in once[1][0])
 
 
 def test_common_rows_never_reach_the_generic_function(

@@ -73,7 +73,7 @@ class TablePlan:
     retained: tuple[ColumnPlan, ...] = ()  # the retention-bound columns
     retention: Retention | None = None  # their event time (None: no retention-bound column)
     # code generated for this plan, made at its first use (``_write._write_loop``)
-    generated: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    generated: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @safe_repr
     def __repr__(self) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "Encrypted",
     "IndexValue",
     "OnError",
+    "Prepared",
     "Sealed",
     "Sentinel",
     "Shredded",
@@ -77,6 +78,19 @@ class Sealed(bytes):
         return f"<ciphertext {len(self)} bytes>"
 
 
+class Prepared(TypeDecorator[bytes]):
+    """The bind type the write hook gives an encrypted or blind-index column in an INSERT whose
+    every row it prepared itself (``_write._prepared``): the rows hold the driver's own bytes
+    of ciphertexts and indexes, or None, so there is nothing left to check or convert per value.
+    Never a column's type, and never in a statement the hook did not rewrite."""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
 # Drivers whose parameters go to the sqlite3 module: it adapts every parameter that is not an
 # exact int, float, str or bytearray (a registry look-up and a failed attribute look-up on its
 # protocol type: about 3,000 instructions a value, as much as the bind step and the copy
@@ -89,14 +103,19 @@ _SQLITE3_DRIVERS = frozenset({"pysqlite", "aiosqlite"})
 _EXACT_BYTES: Callable[[bytes], bytes] = operator.itemgetter(slice(None))
 
 
-def driver_bytes(dialect: Dialect) -> Callable[[bytes], bytes | bytearray]:
-    """The bind step's copy of a ciphertext or blind index, of an exact type the driver binds
-    as binary: a ``bytearray`` for the sqlite3 module (bound without adaptation), else
-    ``bytes``. Never the ``Sealed`` or ``IndexValue`` itself: drivers look encoders up by exact
-    type, and a subclass could reach one that is not binary's."""
+def driver_type(dialect: Dialect) -> type[bytes] | type[bytearray]:
+    """The exact type the driver binds as binary fastest: ``bytearray`` for the sqlite3 module
+    (bound without adaptation), else ``bytes``."""
     if dialect.name == "sqlite" and dialect.driver in _SQLITE3_DRIVERS:
         return bytearray
-    return _EXACT_BYTES
+    return bytes
+
+
+def driver_bytes(dialect: Dialect) -> Callable[[bytes], bytes | bytearray]:
+    """The bind step's copy of a ciphertext or blind index, of the driver's exact type
+    (:func:`driver_type`). Never the ``Sealed`` or ``IndexValue`` itself: drivers look encoders
+    up by exact type, and a subclass could reach one that is not binary's."""
+    return bytearray if driver_type(dialect) is bytearray else _EXACT_BYTES
 
 
 _ALLOWED_OPS = frozenset({"is_", "is_not", "isnot"})

@@ -3,9 +3,11 @@
 An engine-level ``before_execute(retval=True)`` hook sees every statement with its parameter
 sets — ORM flushes, ORM bulk inserts, Core executemany and ``.values()`` — reads each row's
 subject from the same parameter dict, and returns copies with ciphertexts (``Sealed``) in place
-of plaintext. The caller's dicts are never mutated. A mapper ``before_update`` listener records
-the subject of each ORM-updated row (the ORM's UPDATE does not carry unchanged columns) and, when
-the subject itself changes, marks every encrypted attribute for re-encryption.
+of plaintext; for an INSERT of many rows on an attached engine, copies with the driver's bytes
+and a copy of the statement that binds them as they are (``_prepared``). The caller's dicts are
+never mutated. A mapper ``before_update`` listener records the subject of each ORM-updated row
+(the ORM's UPDATE does not carry unchanged columns) and, when the subject itself changes, marks
+every encrypted attribute for re-encryption.
 
 Retention-bound columns (``Encrypted(..., retention=)``) are sealed under the period key of their
 row's event time: the value of its ``retention_from`` column in the statement (NULL or no such
@@ -21,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import util
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
@@ -39,7 +42,7 @@ from ..retention import period_of
 from ._codec import STR
 from ._limits import Rejected
 from ._plan import ColumnPlan, Retention, TablePlan, check_subject_type, plan_for
-from ._types import IndexValue, Sealed, base_column
+from ._types import IndexValue, Prepared, Sealed, base_column, driver_type
 from ._write_loop import WriteLoop, compile_write_loop
 
 if TYPE_CHECKING:
@@ -91,7 +94,7 @@ def before_execute(
     _checked(ring, plan, periods)
     clause, multiparams, params = _parametrised(plan, clause, multiparams, params)
     if isinstance(clause, sa.Insert):
-        return _insert(ring, plan, clause, multiparams, params, periods)
+        return _insert(ring, plan, clause, multiparams, params, periods, conn.dialect)
     return _update(ring, conn, plan, clause, multiparams, params, periods)
 
 
@@ -206,8 +209,13 @@ def _insert(
     multiparams: Any,
     params: Any,
     periods: Periods | None = None,
+    dialect: Dialect | None = None,
 ) -> tuple[Any, Any, Any]:
+    """The INSERT with its rows encrypted. With the ``dialect`` it runs on, a statement of many
+    rows the generated loop encrypts binds its encrypted and blind-index columns without a bind
+    step (``_prepared``)."""
     found = _StatementPeriods(periods) if plan.retained else None
+    literal = bool(stmt._values or stmt._multi_values)
     if stmt._select_names:  # insert().from_select(...)
         raise StatementRefused(
             f"INSERT ... FROM SELECT into {plan.table.name!r} cannot encrypt row by row"
@@ -278,22 +286,88 @@ def _insert(
                 periods=found,
             )
 
+        indexers = tuple(c[3] for c in columns)
         if keys is None:
             multiparams = [slow(d) for d in multiparams]
-        else:  # the loop generated for the plan's columns; rows it does not handle: slow()
-            indexers = tuple(c[3] for c in columns)
+        elif dialect is None or literal:  # the loop generated for the plan; other rows: slow()
             multiparams = _write_loop(plan)(multiparams, keys, nonces, indexers, slow)
+        else:  # the same, writing the driver's bytes; other rows: slow(), then the bind step
+            finish = _bind_steps(plan, dialect)
+            multiparams = _write_loop(plan, driver_type(dialect))(
+                multiparams, keys, nonces, indexers, lambda d, key: finish(slow(d, key))
+            )
+            stmt = _prepared(plan, stmt, multiparams[0])
     elif params or not (stmt._values or stmt._multi_values):
         params = _encrypt_row(ring, plan, params or {}, None, insert=True, periods=found)
     return stmt, multiparams, params
 
 
-def _write_loop(plan: TablePlan) -> WriteLoop:
-    """The INSERT row loop generated for ``plan`` (``_write_loop``), once a plan."""
-    loop: WriteLoop | None = plan.generated.get("insert")
+def _write_loop(plan: TablePlan, driver: type[bytes] | type[bytearray] | None = None) -> WriteLoop:
+    """The INSERT row loop generated for ``plan`` (``_write_loop``), once a plan and driver
+    type (None: the loop that marks its values for the bind step)."""
+    loop: WriteLoop | None = plan.generated.get(("insert", driver))
     if loop is None:
-        loop = plan.generated["insert"] = compile_write_loop(plan, _dumps)
+        loop = plan.generated[("insert", driver)] = compile_write_loop(plan, _dumps, driver)
     return loop
+
+
+# an INSERT as executed -> {the keys of the columns it binds through Prepared: the statement}
+_PREPARED: weakref.WeakKeyDictionary[sa.Insert, dict[tuple[str, ...], sa.Insert]] = (
+    weakref.WeakKeyDictionary()
+)
+_PREPARED_TYPE = Prepared()
+
+
+def _prepared(plan: TablePlan, stmt: sa.Insert, first: Mapping[str, Any]) -> sa.Insert:
+    """``stmt`` binding its encrypted and blind-index columns through ``Prepared`` (no bind
+    step), for rows the generated loop wrote with the driver's type (``compile_write_loop``'s
+    ``driver``) and passed through ``_bind_steps`` where it handed them over: every value of
+    those columns in them is the driver's bytes of a ciphertext or index, or None.
+
+    The columns are those of ``first``, the first row as written (an executemany's statement
+    has the columns of its first parameter set). Made once a statement object and column set;
+    a statement the hook did not rewrite never binds these columns through ``Prepared``."""
+    keys = tuple(k for k in _bound_keys(plan) if k in first)
+    if not keys:
+        return stmt
+    memo = _PREPARED.get(stmt)
+    if memo is None:
+        memo = _PREPARED.setdefault(stmt, {})
+    found = memo.get(keys)
+    if found is None:
+        columns = [plan.table.c[k] for k in keys]
+        found = memo[keys] = stmt.values(
+            {c: sa.bindparam(c.key, type_=_PREPARED_TYPE) for c in columns}
+        )
+    return found
+
+
+def _bind_steps(plan: TablePlan, dialect: Dialect) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``row`` with the bind step of each encrypted and blind-index column (the column type's
+    own, for ``dialect``) applied to its value: what the statement would have done to the
+    row, had it not bound those columns through ``Prepared``. For the rows the generated loop
+    hands to the generic function."""
+    steps: list[tuple[str, Any]] = []
+
+    def finish(row: dict[str, Any]) -> dict[str, Any]:
+        if not steps:  # made at the first row handed over (most statements have none)
+            steps.extend(
+                (k, plan.table.c[k].type.bind_processor(dialect)) for k in _bound_keys(plan)
+            )
+        for key, step in steps:
+            if key in row:
+                row[key] = step(row[key])
+        return row
+
+    return finish
+
+
+def _bound_keys(plan: TablePlan) -> Iterator[str]:
+    """The keys of ``plan``'s encrypted columns and their blind-index columns."""
+    for c in plan.columns:
+        yield c.key
+        if c.index_key is not None:
+            yield c.index_key
 
 
 def _refuse_upsert(plan: TablePlan, stmt: sa.Insert) -> None:

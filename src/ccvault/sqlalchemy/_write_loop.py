@@ -39,9 +39,21 @@ _STR = bytes((STR.tag,))
 WriteLoop = Callable[..., list[dict[str, Any]]]
 
 
-def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> WriteLoop:
+def compile_write_loop(
+    plan: TablePlan,
+    dumps: Callable[[Any, Any], bytes],
+    driver: type[bytes] | type[bytearray] | None = None,
+) -> WriteLoop:
     """The INSERT row loop of ``plan``'s table; ``dumps(col, value)`` is the generic function's
     encoder of a value that is not the common ``str`` (``_write._dumps``).
+
+    ``driver`` None: the loop marks what it writes (``Sealed`` ciphertexts, ``IndexValue``
+    indexes) for the columns' bind step, which checks and copies each. ``bytes`` or
+    ``bytearray``: the loop writes the driver's own type, for a statement whose encrypted and
+    blind-index columns bind without a bind step (``_write._prepared``); then every value it
+    does not write itself — a ``Sealed`` value given in a row, a blind index given without its
+    column's value — is the generic function's (whose output the caller passes through the
+    columns' bind step), so no value of those columns leaves the loop unwritten by it.
 
     The loop is called as ``loop(rows, keys, nonces, indexers, slow)``: ``keys`` the write key
     of each row's subject in row order (``KeyRing.keys_for_rows``: None for a row without one),
@@ -53,12 +65,17 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
         "FAILED": object(),
         "STRB": _STR,
         "Sealed": Sealed,
-        "IndexValue": IndexValue,
+        "SEAL": Sealed if driver is None else driver,
+        "INDEX": IndexValue if driver is None else driver,
         "DUMPS": dumps,
         "UnicodeEncodeError": UnicodeEncodeError,
     }
     code: list[str] = []
     emit = code.append
+
+    def wrapped(kind: str, expr: str) -> str:  # a ciphertext or index as the loop writes it
+        return expr if driver is bytes else f"{kind}({expr})"
+
     searchable = [i for i, c in enumerate(plan.columns) if c.index_key is not None]
     emit("def loop(rows, keys, nonces, indexers, slow):")
     for i in searchable:
@@ -97,13 +114,24 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
             emit("     append(slow(d, key))")
             emit("     continue")
             if col.index_key is not None:  # where the generic function computes it
-                emit(f"    x{i} = IndexValue(ix{i}({v}))")
-            emit(f"   elif {v} is None or {v} is MISSING:")
+                emit(f"    x{i} = {wrapped('INDEX', f'ix{i}({v})')}")
+            branch = "elif"
         else:
-            emit(f"   if {v} is None or {v} is MISSING:")
-        emit(f"    {p} = {v}")
-        emit(f"   elif type({v}) is Sealed:")
-        emit(f"    {p} = MISSING")
+            branch = "if"
+        if driver is not None and col.index_key is not None:
+            # a blind index given without its column's value: the generic function's
+            namespace[f"IK{i}"] = col.index_key
+            emit(f"   {branch} {v} is None or ({v} is MISSING and IK{i} not in d):")
+            emit(f"    {p} = {v}")
+        else:
+            emit(f"   {branch} {v} is None or {v} is MISSING:")
+            emit(f"    {p} = {v}")
+            emit(f"   elif type({v}) is Sealed:")
+            if driver is None:  # left as it is, for its bind step
+                emit(f"    {p} = MISSING")
+            else:  # its bind step's, through the generic function
+                emit("    append(slow(d, key))")
+                emit("    continue")
         if col.retention is not None or col.index_key is not None:
             # a value of a retention-bound column (its period's key), or a value of a searchable
             # column that is not the common str (its index is NULL): the generic function's
@@ -132,7 +160,7 @@ def compile_write_loop(plan: TablePlan, dumps: Callable[[Any, Any], bytes]) -> W
         namespace[f"CTX{i}"] = col.ctx_lp
         emit("    n = nonces()")
         emit(f"    ad = ads_get(CTX{i}) or key.associated_data(CTX{i})")
-        emit(f"    o[K{i}] = Sealed(h + n + seal(n, {p}, ad))")
+        emit(f"    o[K{i}] = {wrapped('SEAL', f'h + n + seal(n, {p}, ad)')}")
     emit("   append(o)")
     emit(" except BaseException:")
     # no plaintext this loop encoded stays in its frame (a traceback keeps it)
