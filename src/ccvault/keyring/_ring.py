@@ -555,12 +555,13 @@ class KeyRing:
                 out[ref] = key
             with self._cache_lock:
                 if generation == self._generation:  # else every key was dropped meanwhile
-                    fenced = self._fenced.get
+                    kept = entries
+                    if len(self._fenced):  # no per-key lookup while nothing is fenced
+                        fenced = self._fenced.get
+                        new_read_keys = [e for e in new_read_keys if fenced(e[1].ref) is None]
+                        kept = [e for e in entries if fenced(e[0]) is None]
                     if new_read_keys:
-                        self._read_keys.put_many(
-                            (h, key) for h, key in new_read_keys if fenced(key.ref) is None
-                        )
-                    kept = [e for e in entries if fenced(e[0]) is None]
+                        self._read_keys.put_many(new_read_keys)
                     self._write_keys.put_many((ref, key) for ref, key, _, _ in kept)
                     self._write_recs.put_many(
                         (ref, _WriteRecord(rec, material)) for ref, _, rec, material in kept
