@@ -65,8 +65,10 @@ def compile_write_loop(
         "FAILED": object(),
         "STRB": _STR,
         "Sealed": Sealed,
-        "SEAL": Sealed if driver is None else driver,
+        "SEAL": Sealed,
         "INDEX": IndexValue if driver is None else driver,
+        # header, nonce and sealed bytes joined into one bytearray: one copy, not two
+        "JOIN": bytearray().join,
         "DUMPS": dumps,
         "UnicodeEncodeError": UnicodeEncodeError,
     }
@@ -160,7 +162,10 @@ def compile_write_loop(
         namespace[f"CTX{i}"] = col.ctx_lp
         emit("    n = nonces()")
         emit(f"    ad = ads_get(CTX{i}) or key.associated_data(CTX{i})")
-        emit(f"    o[K{i}] = {wrapped('SEAL', f'h + n + seal(n, {p}, ad)')}")
+        if driver is bytearray:
+            emit(f"    o[K{i}] = JOIN((h, n, seal(n, {p}, ad)))")
+        else:
+            emit(f"    o[K{i}] = {wrapped('SEAL', f'h + n + seal(n, {p}, ad)')}")
     emit("   append(o)")
     emit(" except BaseException:")
     # no plaintext this loop encoded stays in its frame (a traceback keeps it)
