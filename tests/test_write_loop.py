@@ -308,8 +308,12 @@ def test_the_generated_loop_writes_as_the_generic_function(
             continue
         assert once[1] == before[1], name
         assert before[0] == []  # without a dialect: every column through its bind step
-        # with one: every such column the statement binds, through Prepared
-        assert once[0] == sorted(k for k in _bound_columns(table) if k in once[1][0])
+        # with one: every such column the statement binds, through Prepared; but a statement
+        # with a subject of a wrong type finds no keys up front, and every row is the generic
+        # function's, through the bind steps
+        wrong = any(r.get("owner") == "not a uuid" for r in params)
+        bound = sorted(k for k in _bound_columns(table) if k in once[1][0])
+        assert once[0] == ([] if wrong else bound)
 
 
 def test_common_rows_never_reach_the_generic_function(
