@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH",
     "SqlStoreBase",
+    "among",
     "describe_driver_error",
     "is_transient_error",
     "mask_url",
@@ -41,6 +43,34 @@ __all__ = [
 
 T = TypeVar("T")
 BATCH = 500  # rows per statement where a statement takes a list of keys
+
+
+class _Bytes(sa.types.TypeDecorator[bytes]):
+    """Binary values bound as they are: the driver's own bytea dumper, in binary format. (Through
+    ``LargeBinary``'s bind step each element is wrapped in the DBAPI's ``Binary``, and psycopg
+    dumps an array of those as text, escaping every element.)"""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
+_BYTEA_ARRAY = postgresql.ARRAY(_Bytes())
+
+
+def among(column: Any, values: Sequence[bytes | None], dialect: str) -> sa.ColumnElement[bool]:
+    """``column IN (values)`` for a binary column; on PostgreSQL ``column = ANY(:values)``, one
+    array parameter instead of one per value: the statement's text is the same for any number
+    of values, so neither SQLAlchemy nor the driver renders and parses hundreds of placeholders
+    each time (psycopg parses a long statement anew at every execution), and the server plans
+    it as the same index probes."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=_BYTEA_ARRAY))  # type: ignore[no-any-return]
+    return column.in_(values)  # type: ignore[no-any-return]
+
+
 _RETRIES = 12
 
 

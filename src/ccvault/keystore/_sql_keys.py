@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import KeyStoreError
 from ._records import HeadRecord, KeyKind, KeyRecord, State
-from ._sql_base import BATCH
+from ._sql_base import BATCH, among
 from ._sql_epochs import SqlEpochs
 
 __all__ = ["SqlKeys", "destroyed_values"]
@@ -44,7 +44,9 @@ class SqlKeys(SqlEpochs):
             for i in range(0, len(wanted), BATCH):
                 chunk = wanted[i : i + BATCH]
                 ids = list({kid for kid, _ in chunk})
-                for row in conn.execute(sa.select(k).where(k.c.key_id.in_(ids))).all():
+                for row in conn.execute(
+                    sa.select(k).where(among(k.c.key_id, ids, self._dialect))
+                ).all():
                     rec = self._key(row)
                     out[(rec.key_id, rec.version)] = rec
         return {ref: out[ref] for ref in wanted if ref in out}
@@ -64,7 +66,7 @@ class SqlKeys(SqlEpochs):
                 rows = conn.execute(
                     sa.select(k, *head_cols)
                     .outerjoin(h, h.c.ref == k.c.ref)
-                    .where(k.c.key_id.in_(ids))
+                    .where(among(k.c.key_id, ids, self._dialect))
                 ).all()
                 for row in rows:
                     rec = self._key(row)

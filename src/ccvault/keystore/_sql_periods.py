@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from ._records import InvalidationKind, KeyKind, KeyRecord, State
-from ._sql_base import BATCH
+from ._sql_base import BATCH, among
 from ._sql_erasure import SqlErasure
 from ._sql_keys import destroyed_values
 
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine  # needs greenlet: the asyncio extra
 
 __all__ = ["PeriodSql", "SqlPeriods"]
-
-_BYTEA_ARRAY = postgresql.ARRAY(sa.LargeBinary)
 
 _REFS_PER_ROW_LIMIT = 100
 """Above this many subjects whose held keys a transaction destroys, it publishes one ``expiry``
@@ -53,10 +50,7 @@ class PeriodSql:
 
     def _ref_in(self, refs: list[bytes]) -> sa.ColumnElement[bool]:
         """``ref IN (refs)``; on PostgreSQL ``ref = ANY(:refs)``, one array parameter."""
-        column = self.keys.c.ref
-        if self.dialect == "postgresql":
-            return column == sa.any_(sa.bindparam("refs", refs, type_=_BYTEA_ARRAY))
-        return column.in_(refs)
+        return among(self.keys.c.ref, refs, self.dialect)
 
     def _kind_is(self, kind: str) -> sa.ColumnElement[bool]:
         """``kind = <kind>`` for a statement that selects its rows by ``ref``. On SQLite the

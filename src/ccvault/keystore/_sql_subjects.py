@@ -21,7 +21,7 @@ from ..crypto._primitives import random_bytes
 from ..errors import KeyStoreError
 from ._protocol import HeadSealer, ReceiptFactory, RefReceiptFactory
 from ._records import HeadRecord, InvalidationKind, KeyKind, KeyRecord, State
-from ._sql_base import BATCH
+from ._sql_base import BATCH, among
 from ._sql_channel import SqlChannel
 from ._sql_keys import SqlKeys, destroyed_values
 
@@ -64,7 +64,7 @@ class SqlSubjects(SqlChannel, SqlKeys):
         for i in range(0, len(ordered), BATCH):
             rows = conn.execute(
                 sa.select(h)
-                .where(h.c.ref.in_(ordered[i : i + BATCH]))
+                .where(among(h.c.ref, ordered[i : i + BATCH], self._dialect))
                 .order_by(h.c.ref)
                 .with_for_update()
             ).all()
@@ -164,9 +164,15 @@ class SqlSubjects(SqlChannel, SqlKeys):
             keys: dict[bytes, list[KeyRecord]] = {ref: [] for ref in todo}
             for i in range(0, len(todo), BATCH):
                 chunk = todo[i : i + BATCH]
-                for row in conn.execute(sa.select(k).where(k.c.ref.in_(chunk))).all():
+                for row in conn.execute(
+                    sa.select(k).where(among(k.c.ref, chunk, self._dialect))
+                ).all():
                     keys[bytes(row.ref)].append(self._key(row))
-                conn.execute(sa.update(k).where(k.c.ref.in_(chunk)).values(destroyed_values(now)))
+                conn.execute(
+                    sa.update(k)
+                    .where(among(k.c.ref, chunk, self._dialect))
+                    .values(destroyed_values(now))
+                )
             updates = []
             for ref in todo:
                 head = heads[ref]
@@ -203,7 +209,9 @@ class SqlSubjects(SqlChannel, SqlKeys):
             for i in range(0, len(refs), BATCH):
                 heads = [
                     self._head(r)
-                    for r in conn.execute(sa.select(h).where(h.c.ref.in_(refs[i : i + BATCH])))
+                    for r in conn.execute(
+                        sa.select(h).where(among(h.c.ref, refs[i : i + BATCH], self._dialect))
+                    )
                 ]
                 keys = self._current_keys(conn, heads)
                 for head in heads:
@@ -217,7 +225,9 @@ class SqlSubjects(SqlChannel, SqlKeys):
         wanted = {(hd.key_id, hd.current_version): hd.ref for hd in heads if hd.current_version}
         if not wanted:
             return {}
-        rows = conn.execute(sa.select(k).where(k.c.key_id.in_([kid for kid, _ in wanted])))
+        rows = conn.execute(
+            sa.select(k).where(among(k.c.key_id, [kid for kid, _ in wanted], self._dialect))
+        )
         out = {}
         for row in rows:
             rec = self._key(row)
@@ -312,7 +322,10 @@ class SqlSubjects(SqlChannel, SqlKeys):
 
         def locked_heads() -> dict[bytes, HeadRecord]:
             rows = conn.execute(
-                sa.select(h).where(h.c.ref.in_(refs)).order_by(h.c.ref).with_for_update()
+                sa.select(h)
+                .where(among(h.c.ref, refs, self._dialect))
+                .order_by(h.c.ref)
+                .with_for_update()
             )
             return {hd.ref: hd for hd in map(self._head, rows)}
 
@@ -387,7 +400,7 @@ class SqlSubjects(SqlChannel, SqlKeys):
         # The kind is filtered here, not in SQL: given ``kind = ?`` SQLite's planner (without
         # ANALYZE statistics) picks the (kind, label, version) index and scans every subject
         # key of the store instead of probing the ref index.
-        rows = conn.execute(sa.select(k.c.ref, k.c.kind).where(k.c.ref.in_(refs)))
+        rows = conn.execute(sa.select(k.c.ref, k.c.kind).where(among(k.c.ref, refs, self._dialect)))
         return {bytes(ref) for ref, kind in rows if kind == KeyKind.SUBJECT}
 
     def keyed_refs(self, refs: Sequence[bytes]) -> set[bytes]:
@@ -415,10 +428,10 @@ class SqlSubjects(SqlChannel, SqlKeys):
                 chunk = unique[i : i + BATCH]
                 heads = {
                     bytes(r.ref): self._head(r)
-                    for r in conn.execute(sa.select(h).where(h.c.ref.in_(chunk)))
+                    for r in conn.execute(sa.select(h).where(among(h.c.ref, chunk, self._dialect)))
                 }
                 keys: dict[bytes, list[KeyRecord]] = {}
-                for r in conn.execute(sa.select(k).where(k.c.ref.in_(chunk))):
+                for r in conn.execute(sa.select(k).where(among(k.c.ref, chunk, self._dialect))):
                     keys.setdefault(bytes(r.ref), []).append(self._key(r))
                 for ref in chunk:
                     out[ref] = (heads.get(ref), keys.get(ref, []))
@@ -472,7 +485,7 @@ class SqlSubjects(SqlChannel, SqlKeys):
                 with_keys = {
                     bytes(r)
                     for r in conn.execute(
-                        sa.select(k.c.ref).where(k.c.ref.in_(shredded)).distinct()
+                        sa.select(k.c.ref).where(among(k.c.ref, shredded, self._dialect)).distinct()
                     ).scalars()
                 }
                 for hd, _ in updates:
