@@ -10,6 +10,7 @@ journal: the store's parts (``_sql_epochs``, ``_sql_keys``, ``_sql_subjects``, `
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -57,7 +58,36 @@ class _Bytes(sa.types.TypeDecorator[bytes]):
         return None
 
 
-_BYTEA_ARRAY = postgresql.ARRAY(_Bytes())
+class _Values(list[Any]):
+    """The values of one :func:`among`: psycopg dumps them as a binary array (registered by
+    :func:`_binary_arrays`; a plain list it dumps as text, escaping every element). Any other
+    driver takes it as the list it is."""
+
+    __slots__ = ()
+
+
+class _ByteaArray(sa.types.TypeDecorator[list[Any]]):
+    impl = postgresql.ARRAY(_Bytes())
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Callable[[Any], Any]:
+        return _Values
+
+
+_BYTEA_ARRAY = _ByteaArray()
+
+
+@functools.cache
+def _binary_arrays() -> None:
+    """psycopg (3) dumps :class:`_Values` in the binary format (this type only: nothing else
+    psycopg dumps changes). Connections opened before this keep the text format (the same
+    values, escaped): a connection copies psycopg's adapters when it opens."""
+    try:
+        import psycopg
+        from psycopg.types.array import ListBinaryDumper
+    except ImportError:  # pragma: no cover - another driver
+        return
+    psycopg.adapters.register_dumper(_Values, ListBinaryDumper)
 
 
 def among(column: Any, values: Sequence[bytes | None], dialect: str) -> sa.ColumnElement[bool]:
@@ -96,6 +126,9 @@ class SqlStoreBase:
                 raise ConfigurationError(
                     "an in-memory SQLite key store would be lost with its connection: use a file"
                 )
+        backend = parse_url(bind).get_backend_name() if isinstance(bind, str) else bind.dialect.name
+        if backend == "postgresql":  # before any connection: each copies psycopg's adapters
+            _binary_arrays()
         self.engine = _make_engine(bind) if isinstance(bind, str) else bind
         self._owns_engine = isinstance(bind, str)
         self._dialect = self.engine.dialect.name
