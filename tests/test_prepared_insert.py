@@ -215,3 +215,55 @@ def test_an_insert_returning_the_keys_it_made(app: sa.Engine, calls: sa.Table) -
     with app.connect() as conn:
         got = dict(conn.execute(sa.select(calls.c.id, calls.c.note)).all())
     assert [got[m.id] for m in made] == [r["note"] for r in rows]
+
+
+def test_a_prepared_statement_cannot_run_again(app: sa.Engine, vault: Vault, tmp_path: Any) -> None:
+    """The copy the hook prepared for one execution reaches the application through the
+    result's context (and ``after_execute`` listeners): run again — on the same engine, on it
+    detached, or on an engine that never had the vault — it is refused and stores nothing."""
+    secret = "SECRET-4111-1111"
+    with app.begin() as conn:
+        result = conn.execute(sa.insert(CUSTOMERS), _rows(2))
+        prepared = result.context.invoked_statement
+    assert any(getattr(v, "type", None) is not None for v in (prepared._values or {}).values())
+    rows = [{**r, "name": secret, "phone_bidx": secret, "email_bidx": secret} for r in _rows(2)]
+    with app.begin() as conn, pytest.raises(ConfigurationError, match="cannot run again"):
+        conn.execute(prepared, rows)
+    bare = sa.create_engine(f"sqlite:///{tmp_path / 'bare.db'}")
+    CUSTOMERS.create(bare)
+    with bare.begin() as conn, pytest.raises(ConfigurationError, match="without the vault"):
+        conn.execute(prepared, rows)
+    with bare.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(CUSTOMERS)).scalar() == 0
+    bare.dispose()
+    vault.detach(app)
+    try:
+        with app.begin() as conn, pytest.raises(ConfigurationError, match="cannot run again"):
+            conn.execute(prepared, rows)
+    finally:
+        vault.attach(app)
+    with app.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(CUSTOMERS)).scalar() == 2
+
+
+class _Disagreeing(dict):  # type: ignore[type-arg]
+    """A mapping whose lookup of ``name`` says None while its items hold a value."""
+
+    def __getitem__(self, key: str) -> Any:
+        return None if key == "name" else super().__getitem__(key)
+
+
+def test_what_the_statement_sends_is_what_the_loop_read(app: sa.Engine) -> None:
+    secret = "SECRET-4111-1111"
+    rows = [_Disagreeing({**r, "name": secret}) for r in _rows(3)]
+    with app.begin() as conn:
+        conn.execute(sa.insert(CUSTOMERS), rows)
+        stored = (
+            conn.execute(sa.select(sa.type_coerce(CUSTOMERS.c.name, sa.LargeBinary)))
+            .scalars()
+            .all()
+        )
+    assert len(stored) == 3
+    assert all(secret.encode() not in bytes(v) for v in stored)
+    with Session(app) as s:
+        assert {c.name for c in s.scalars(sa.select(Customer))} == {secret}

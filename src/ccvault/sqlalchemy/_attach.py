@@ -209,7 +209,9 @@ def _before_execute(
 ) -> tuple[Any, Any, Any]:
     current: _Attachment | None = getattr(sync, _ATTACHMENT)
     if current is None:
-        # Detached: values of encrypted columns are refused by their bind step.
+        # Detached: values of encrypted columns are refused by their bind step, and a statement
+        # the hook prepared (which has none) is refused here.
+        _write.refuse_prepared(clause)
         return clause, multiparams, params
     return _write.before_execute(
         current.ring, conn, clause, multiparams, params, options, current.periods

@@ -87,8 +87,21 @@ class Prepared(TypeDecorator[bytes]):
     impl = sa.LargeBinary
     cache_ok = True
 
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if getattr(dialect, ATTACHED, False):
+            # The hook runs on this engine: it refuses a prepared statement run again (a copy
+            # reached through a result's context), attached or detached (_write.refuse_prepared)
+            return None
+
+        def refuse(value: Any) -> Any:
+            if value is None:
+                return None
+            raise ConfigurationError(
+                "a statement ccvault prepared for one execution ran on an engine without the "
+                "vault: execute your own statement, not the one a result or event handed you"
+            )
+
+        return refuse
 
 
 # Drivers whose parameters go to the sqlite3 module: it adapts every parameter that is not an

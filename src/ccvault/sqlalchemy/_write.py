@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ..keyring import KeyRing
     from ..keyring._periods import Periods, PeriodSecret
 
-__all__ = ["before_execute", "before_update", "scoped_subject"]
+__all__ = ["before_execute", "before_update", "refuse_prepared", "scoped_subject"]
 
 _MISSING = object()
 _STR_TAG = bytes((STR.tag,))
@@ -92,6 +92,7 @@ def before_execute(
     if plan is None:
         return clause, multiparams, params
     _checked(ring, plan, periods)
+    refuse_prepared(clause)
     clause, multiparams, params = _parametrised(plan, clause, multiparams, params)
     if isinstance(clause, sa.Insert):
         return _insert(ring, plan, clause, multiparams, params, periods, conn.dialect)
@@ -340,6 +341,18 @@ def _prepared(plan: TablePlan, stmt: sa.Insert, first: Mapping[str, Any]) -> sa.
             {c: sa.bindparam(c.key, type_=_PREPARED_TYPE) for c in columns}
         )
     return found
+
+
+def refuse_prepared(stmt: Any) -> None:
+    """StatementRefused for a statement ``_prepared`` made, executed again: its encrypted and
+    blind-index columns bind without a bind step, for the rows of the execution it was made for
+    only. (A result's context and ``after_execute`` listeners hand it out.)"""
+    values = getattr(stmt, "_values", None)
+    if values and any(getattr(v, "type", None) is _PREPARED_TYPE for v in values.values()):
+        raise StatementRefused(
+            "a statement ccvault prepared for one execution cannot run again: execute your own "
+            "statement, not the one a result or event handed you"
+        )
 
 
 def _bind_steps(plan: TablePlan, dialect: Dialect) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -88,6 +88,12 @@ def compile_write_loop(
     emit(f" {' = '.join(names)} = None")
     emit(" try:")
     emit("  for d, key in zip(rows, keys, strict=True):")
+    # With the driver's type the values are read from the copy the statement sends (a mapping
+    # whose lookups disagree with its items cannot slip one past the loop); marked, from the row
+    # (the bind step checks what the copy holds), copied once the row is the loop's.
+    src = "d" if driver is None else "o"
+    if driver is not None:
+        emit("   o = dict(d)")
     # None: a row without a subject, with a NULL one, or a shredded one
     emit("   if key is None:")
     emit("    append(slow(d, None))")
@@ -99,7 +105,7 @@ def compile_write_loop(
         namespace[f"C{i}"] = col
         v, p = f"v{i}", f"p{i}"
         emit("   try:")
-        emit(f"    {v} = d[K{i}]")
+        emit(f"    {v} = {src}[K{i}]")
         emit("   except KeyError:")
         emit(f"    {v} = MISSING")
         if col.is_str and col.retention is None:
@@ -123,7 +129,7 @@ def compile_write_loop(
         if driver is not None and col.index_key is not None:
             # a blind index given without its column's value: the generic function's
             namespace[f"IK{i}"] = col.index_key
-            emit(f"   {branch} {v} is None or ({v} is MISSING and IK{i} not in d):")
+            emit(f"   {branch} {v} is None or ({v} is MISSING and IK{i} not in o):")
             emit(f"    {p} = {v}")
         else:
             emit(f"   {branch} {v} is None or {v} is MISSING:")
@@ -145,7 +151,8 @@ def compile_write_loop(
             emit(f"    {p} = DUMPS(C{i}, {v})")
     # every check passed: the row's copy, its indexes and its ciphertexts (in the generic
     # function's order: a column's index, then its value)
-    emit("   o = dict(d)")
+    if driver is None:
+        emit("   o = dict(d)")
     emit("   h = key.header")
     emit("   seal = key.aead.seal")
     emit("   ads_get = key.ads.get")
