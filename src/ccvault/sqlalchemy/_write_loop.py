@@ -176,7 +176,7 @@ def compile_write_loop(
     emit("   append(o)")
     emit(" except BaseException:")
     # no plaintext this loop encoded stays in its frame (a traceback keeps it)
-    emit(f"  {' = '.join(names)} = None")
+    emit(f"  {' = '.join(names)} = o = None")  # and the copy of the row being written
     emit("  raise")
     emit(" return out")
     exec(compile("\n".join(code), "<ccvault write loop>", "exec"), namespace)  # noqa: S102
