@@ -325,7 +325,10 @@ def test_postgresql_tables_never_analyzed_are_analyzed_once_after_the_first_crea
             return {
                 r[0]
                 for r in conn.execute(
-                    sa.text("SELECT tablename FROM pg_stats WHERE attname = 'ref'")
+                    sa.text(
+                        "SELECT tablename FROM pg_stats WHERE attname = 'ref' "
+                        "AND schemaname = current_schema()"
+                    )
                 )
             }
 
