@@ -267,3 +267,24 @@ def test_what_the_statement_sends_is_what_the_loop_read(app: sa.Engine) -> None:
     assert all(secret.encode() not in bytes(v) for v in stored)
     with Session(app) as s:
         assert {c.name for c in s.scalars(sa.select(Customer))} == {secret}
+
+
+def test_an_upsert_keeps_the_bind_step(app: sa.Engine) -> None:
+    """An upsert's SET clause may hold bind parameters named like encrypted columns: the
+    statement is not prepared (its columns keep their bind steps), and works as before."""
+    if app.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert_insert
+    elif app.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert_insert  # type: ignore[assignment]
+    else:
+        pytest.skip("ON DUPLICATE KEY UPDATE needs a column to set, and customers has none plain")
+    binds = _Binds(app, "customers")
+    stmt = upsert_insert(CUSTOMERS).on_conflict_do_nothing()
+    rows = _rows(3)
+    with app.begin() as conn:
+        conn.execute(stmt, rows)
+        conn.execute(stmt, rows)  # the same rows again: ignored
+    assert len(binds.seen) == 2
+    assert all(Prepared not in types.values() for types, _ in binds.seen)
+    with Session(app) as s:
+        assert {c.name for c in s.scalars(sa.select(Customer))} == {r["name"] for r in rows}

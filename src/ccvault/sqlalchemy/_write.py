@@ -216,7 +216,11 @@ def _insert(
     rows the generated loop encrypts binds its encrypted and blind-index columns without a bind
     step (``_prepared``)."""
     found = _StatementPeriods(periods) if plan.retained else None
-    literal = bool(stmt._values or stmt._multi_values)
+    # values in the statement, or an upsert's SET clause (whose bind parameters may share the
+    # names of encrypted columns): the bind step stays
+    literal = bool(stmt._values or stmt._multi_values) or (
+        getattr(stmt, "_post_values_clause", None) is not None
+    )
     if stmt._select_names:  # insert().from_select(...)
         raise StatementRefused(
             f"INSERT ... FROM SELECT into {plan.table.name!r} cannot encrypt row by row"
