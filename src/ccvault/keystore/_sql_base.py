@@ -122,11 +122,13 @@ class SqlStoreBase:
             bind = bind.url.render_as_string(hide_password=False)
         if isinstance(bind, str):
             url = parse_url(bind)
-            if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            backend = url.get_backend_name()
+            if backend == "sqlite" and url.database in (None, "", ":memory:"):
                 raise ConfigurationError(
                     "an in-memory SQLite key store would be lost with its connection: use a file"
                 )
-        backend = parse_url(bind).get_backend_name() if isinstance(bind, str) else bind.dialect.name
+        else:
+            backend = bind.dialect.name
         if backend == "postgresql":  # before any connection: each copies psycopg's adapters
             _binary_arrays()
         self.engine = _make_engine(bind) if isinstance(bind, str) else bind
