@@ -527,6 +527,31 @@ def _make_engine(url: str, what: str = "key store") -> Engine:
     )
 
 
+SQLITE_BUSY_MS = 30000
+"""How long a SQLite connection waits for another's lock, and for the switch to WAL."""
+
+
+def _to_wal(cur: Any) -> None:
+    """Switch the database to WAL, waiting up to ``SQLITE_BUSY_MS`` for others' locks.
+
+    The switch takes an exclusive lock. When another connection holds a write lock, or is
+    switching too (two processes opening a new database), SQLite answers "database is locked"
+    at once instead of calling the busy handler, which could deadlock there. Retried until the
+    busy timeout; a database already in WAL answers without a lock."""
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.fetchall()
+            return
+        except Exception as exc:  # sqlite3's or aiosqlite's OperationalError
+            if "database is locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311
+        pause = min(pause * 2, 0.1)
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for write transactions on SQLite."""
     if engine.dialect.name != "sqlite" or getattr(engine, "_ccvault_hooked", False):
@@ -536,9 +561,9 @@ def _install_sqlite_hooks(engine: Engine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
         if engine.url.database not in (None, "", ":memory:"):
-            cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+            _to_wal(cur)
         cur.execute("PRAGMA synchronous=FULL")  # a committed shred survives a power cut
         cur.close()
 
