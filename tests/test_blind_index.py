@@ -163,6 +163,15 @@ def test_collisions_are_post_filtered(app: sa.Engine) -> None:
         target = first.phone
         hits = s.scalars(select(Customer).where(Customer.phone == target)).all()
         assert [c.phone for c in hits] == [target]  # 4 colliding rows dropped
+
+        class Text(str):
+            pass
+
+        # the same number spelled otherwise, and given as a str subclass: normalised, the same
+        spaced = " ".join(target)
+        for spelling in (spaced, Text(target), Text(spaced)):
+            hits = s.scalars(select(Customer).where(Customer.phone == spelling)).all()
+            assert [c.phone for c in hits] == [target]
         # Where no post-filter can apply, the index alone decides (documented).
         assert s.scalars(select(func.count()).where(Customer.phone == target)).one() == 5
 

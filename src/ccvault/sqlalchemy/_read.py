@@ -122,16 +122,18 @@ def _processed(value: Any, process: Callable[[Any], Any] | None) -> Any:
 class _IndexTerm:
     """``companion == :x`` / ``companion IN (...)`` in the WHERE clause of an entity select."""
 
-    __slots__ = ("bind_name", "index", "normalizer")
+    __slots__ = ("bind_name", "index", "norm")
 
     def __init__(self, index: int, normalizer: Normalizer, bind_name: str) -> None:
         self.index = index
-        self.normalizer = normalizer
+        self.norm = normalizer.utf8()  # what the blind index hashes, in UTF-8
         self.bind_name = bind_name
 
 
-# (row index of the encrypted column, its normalisation of a str, the normalised arguments)
-Filters = list[tuple[int, Callable[[str], str], frozenset[str]]]
+# (row index of the encrypted column, its normalisation of a str in UTF-8 (what the blind index
+# hashes: the ASCII fast path of the index's own normaliser), the normalised arguments, the
+# arguments as given: a value equal to one of them matches without being normalised)
+Filters = list[tuple[int, Callable[[str], bytes], set[bytes], set[str]]]
 _NO_FILTERS: Filters = []  # never mutated
 
 
@@ -171,7 +173,7 @@ class Reader:
         expanded = getattr(context, "_expanded_parameters", None)
         out: Filters = []
         for term in self.terms:
-            norm = term.normalizer.function()
+            norm = term.norm
             names = expanded.get(term.bind_name) if expanded else None
             if names is None:  # one bound value (``==``), or a list for a non-expanded IN
                 value = params.get(term.bind_name)
@@ -181,10 +183,14 @@ class Reader:
                 for name in names:
                     v = params.get(name)
                     values.extend(v if isinstance(v, list | tuple) else (v,))
-            allowed = frozenset(
-                [norm(v) for v in values if isinstance(v, str) and not isinstance(v, Sentinel)]
-            )
-            out.append((term.index, norm, allowed))
+            allowed: set[bytes] = set()
+            given: set[str] = set()
+            for v in values:
+                if isinstance(v, str) and not isinstance(v, Sentinel):
+                    allowed.add(norm(v))
+                    if type(v) is str:  # exact str: a subclass's __eq__ decides nothing here
+                        given.add(v)
+            out.append((term.index, norm, allowed, given))
         return out
 
     def _headers(self, rows: Sequence[Any]) -> set[bytes]:
@@ -373,14 +379,19 @@ class Reader:
         raises DecryptionError unless ``key`` belongs to ``subject``, a row's subject value as
         the driver returns it (None: only a vault-wide key, which has no subject); a key found
         to belong to it remembers it (``key.checked``: equality instead of a ref lookup next
-        time)."""
-        ref_of = self.ring.ref_getter()
+        time). The ring's ref lookup is bound at the first check: a batch of rows whose keys
+        remember their subjects (steady state, a lookup by one customer) never makes one."""
+        ring = self.ring
+        ref_of: Callable[[Any], bytes] | None = None
 
         def check(key: Any, subject: Any) -> None:
+            nonlocal ref_of
             if subject is None:
                 if key.ref:
                     raise DecryptionError
                 return
+            if ref_of is None:
+                ref_of = ring.ref_getter()
             try:
                 ref = ref_of(subject)
             except TypeError:
@@ -525,10 +536,12 @@ def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
 
 
 def _matches(row: Sequence[Any], filters: Filters) -> bool:
-    for index, norm, allowed in filters:
+    for index, norm, allowed, given in filters:
         value = row[index]
         # an exact str: a sentinel (a str subclass) never matches, nor reaches the normaliser
-        if type(value) is not str or norm(value) not in allowed:
+        if type(value) is not str:
+            return False
+        if value not in given and norm(value) not in allowed:
             return False
     return True
 
@@ -753,13 +766,13 @@ class _DecryptingFetch(_cursor.CursorFetchStrategy):
     def fetchall(self, result: Any, dbapi_cursor: Any) -> Any:
         # The rest is decrypted before the read-ahead rows are taken: a bad value raises from
         # here with no decrypted row in this frame.
-        rest = []
+        rows = []
         if not self._exhausted:
             raw = self._inner.fetchall(result, dbapi_cursor)
-            rest = self._reader.process(raw, self._filters)
-        rows = list(self._buffer)
-        self._buffer.clear()
-        rows.extend(rest)
+            rows = self._reader.process(raw, self._filters)
+        if self._buffer:
+            rows[:0] = self._buffer
+            self._buffer.clear()
         result._soft_close()
         result.cursor_strategy = _cursor._NO_CURSOR_DQL
         return rows

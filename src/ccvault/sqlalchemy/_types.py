@@ -23,7 +23,6 @@ from .._sentinels import (
     Shredded,
     refusal,
 )  # SHREDDED, Shredded: kept importable here
-from ..crypto._blind import BlindIndexer
 from ..crypto._blind import normalizer as _normalizer
 from ..crypto._format import OVERHEAD, SUITE_AES256GCM, SUITE_AES256GCM_PERIOD
 from ..errors import CcvaultError, ConfigurationError
@@ -345,17 +344,20 @@ class Encrypted(TypeDecorator[Any]):
     class comparator_factory(TypeDecorator.Comparator[Any]):
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
             name = getattr(op, "__name__", "")
-            if name in ("eq", "ne") and _is_null(other[0]):
-                # == None / != None: IS NULL / IS NOT NULL on the value column, as everywhere
-                # in SQLAlchemy, searchable or not. Never on the blind index: a shred sets it
-                # to NULL while the (unreadable) value stays.
-                return super().operate(op, *other, **kwargs)
-            if name in ("eq", "ne") and _same_column(self.expr, other[0]):
-                # SQLAlchemy itself compares a column with its own copies: a Core statement run
-                # again from the compiled cache merges its columns into the cached result map, a
-                # dict, whose key lookup calls ``==`` (the expression's truth value compares
-                # identities). Never a comparison of values, so nothing to refuse.
-                return super().operate(op, *other, **kwargs)
+            if name in ("eq", "ne"):
+                o = other[0]
+                if o is None or isinstance(o, Null):
+                    # == None / != None: IS NULL / IS NOT NULL on the value column, as
+                    # everywhere in SQLAlchemy, searchable or not. Never on the blind index: a
+                    # shred sets it to NULL while the (unreadable) value stays.
+                    return super().operate(op, *other, **kwargs)
+                if isinstance(o, sa.ColumnElement) and _same_column(self.expr, o):
+                    # SQLAlchemy itself compares a column with its own copies: a Core statement
+                    # run again from the compiled cache merges its columns into the cached
+                    # result map, a dict, whose key lookup calls ``==`` (the expression's truth
+                    # value compares identities). Never a comparison of values: nothing to
+                    # refuse.
+                    return super().operate(op, *other, **kwargs)
             etype = self.type
             if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
                 index = _companion(self.expr)
@@ -441,16 +443,10 @@ def base_column(col: Any) -> sa.Column[Any] | None:
     return None
 
 
-def _same_column(expr: Any, other: Any) -> bool:
+def _same_column(expr: Any, other: sa.ColumnElement[Any]) -> bool:
     """``other`` is ``expr`` itself or an (annotated) copy of the same table column."""
-    if not isinstance(other, sa.ColumnElement):
-        return False
     mine = base_column(expr)
     return mine is not None and base_column(other) is mine
-
-
-def _is_null(other: Any) -> bool:
-    return other is None or isinstance(other, Null)
 
 
 def _companion(expr: Any) -> Any:
@@ -501,8 +497,9 @@ class BlindIndex(TypeDecorator[bytes]):
     def bind_processor(self, dialect: Dialect) -> Any:
         norm, label, length = self.norm, self.context, self.length
         to_driver = driver_bytes(dialect)
-        # (vault, its blind indexer of this column), replaced as one tuple: thread-safe
-        resolved: list[tuple[Any, BlindIndexer] | None] = [None]
+        # (vault, its blind index of this column as a function of a str), replaced as one
+        # tuple: thread-safe
+        resolved: list[tuple[Any, Callable[[str], bytes]] | None] = [None]
 
         def process(value: Any) -> Any:
             if type(value) is IndexValue:  # first: every value written
@@ -518,8 +515,8 @@ class BlindIndex(TypeDecorator[bytes]):
                 raise ConfigurationError("blind-index search needs vault.attach(engine)")
             pair = resolved[0]
             if pair is None or pair[0] is not vault:
-                pair = resolved[0] = (vault, vault.blind_indexer(label, norm, length))
-            return to_driver(pair[1](value))
+                pair = resolved[0] = (vault, vault.blind_indexer(label, norm, length).index)
+            return to_driver(pair[1](value))  # .index: the str check is above
 
         return process
 
