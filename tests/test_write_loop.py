@@ -391,3 +391,37 @@ def test_rows_written_through_the_generated_loop_read_back(
         found = conn.execute(sa.select(table.c.owner).where(table.c.email == "c3@example.com"))
         assert found.scalar_one() == owners[3]
     engine.dispose()
+
+
+def test_a_first_row_without_subject_or_values_keeps_the_later_rows_indexes(
+    wvault: tuple[Vault, list[uuid.UUID]], tables: dict[str, Any], tmp_path: Any
+) -> None:
+    """An executemany takes its columns from its first row. A first row with a NULL subject and
+    only NULL values (nothing to encrypt, so allowed) must still name the blind-index column:
+    before, it did not, and the later rows' indexes were silently not written (search missed
+    them)."""
+    vault, _ = wvault
+    table = tables["strict"]
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    tables["meta"].create_all(engine)
+    vault.attach(engine)
+    owners = [uuid.uuid4() for _ in range(3)]
+    written = [{"pk": 1, "owner": None, "email": None}] + [
+        {"pk": 2 + i, "owner": o, "email": f"late{i}@example.com"} for i, o in enumerate(owners)
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(table), written)
+    with engine.connect() as conn:
+        for i, o in enumerate(owners):
+            found = conn.execute(
+                sa.select(table.c.owner).where(table.c.email == f"LATE{i}@example.com")
+            )
+            assert found.scalar_one() == o
+        indexes = conn.execute(sa.select(table.c.pk, table.c.email_bidx).order_by(table.c.pk))
+        assert [(pk, b is None) for pk, b in indexes] == [
+            (1, True),
+            (2, False),
+            (3, False),
+            (4, False),
+        ]
+    engine.dispose()

@@ -625,6 +625,12 @@ def _encrypt_row(
     if subject is None:
         if plan.on_null_subject != "vaultwide":
             if not any(out.get(c.key) is not None for c in plan.columns):
+                # nothing to encrypt; a NULL value's blind index is NULL, as with a subject
+                # (an executemany takes its columns from the first row: without the key, later
+                # rows' indexes would not be written)
+                for c in plan.columns:
+                    if c.index_key is not None and c.key in out:
+                        out[c.index_key] = None
                 return out
             raise StatementRefused(
                 f"{plan.table.name}.{plan.subject.key} is NULL; set on_null_subject='vaultwide' "
