@@ -217,6 +217,39 @@ def test_an_insert_returning_the_keys_it_made(app: sa.Engine, calls: sa.Table) -
     assert [got[m.id] for m in made] == [r["note"] for r in rows]
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_insert_of_many_rows_returns_its_encrypted_columns_decrypted(
+    app: sa.Engine, calls: sa.Table, caplog: pytest.LogCaptureFixture, ordered: bool
+) -> None:
+    """RETURNING of an encrypted column from an INSERT of many rows (SQLAlchemy's
+    insertmanyvalues, in batches: a page of 7 rows here) gives the values as written, as a
+    single row's RETURNING and a select do; before, it gave their ciphertexts. SQLAlchemy's DEBUG
+    log shows no plaintext of them."""
+    owners = [uuid.uuid4() for _ in range(25)]
+    rows = [{"owner": o, "note": f"returned note {i}"} for i, o in enumerate(owners)]
+    stmt = sa.insert(calls).returning(
+        calls.c.id, calls.c.owner, calls.c.note, sort_by_parameter_order=ordered
+    )
+    with caplog.at_level(logging.DEBUG, logger="sqlalchemy.engine"), app.begin() as conn:
+        made = conn.execution_options(insertmanyvalues_page_size=7).execute(stmt, rows).all()
+    got = [(m.owner, m.note) for m in made]
+    expected = [(r["owner"], r["note"]) for r in rows]
+    assert got == expected if ordered else sorted(got) == sorted(expected)
+    assert "returned note" not in caplog.text
+    with app.connect() as conn:
+        stored = dict(conn.execute(sa.select(calls.c.id, calls.c.note)).all())
+    assert {m.id: m.note for m in made} == stored
+
+
+def test_an_orm_bulk_insert_returning_entities_decrypts_them(app: sa.Engine) -> None:
+    rows = _rows(9, "bulk")
+    with Session(app) as s:
+        made = s.scalars(sa.insert(Customer).returning(Customer), rows).all()
+        assert sorted((c.name, c.phone, c.email) for c in made) == sorted(
+            (r["name"], r["phone"], r["email"]) for r in rows
+        )
+
+
 def test_a_prepared_statement_cannot_run_again(app: sa.Engine, vault: Vault, tmp_path: Any) -> None:
     """The copy the hook prepared for one execution reaches the application through the
     result's context (and ``after_execute`` listeners): run again — on the same engine, on it

@@ -29,7 +29,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from ccvault import Vault
 from ccvault.sqlalchemy import SHREDDED, Encrypted, StatementRefused
-from sqla_models import Customer, Everything
+from sqla_models import Customer, Everything, Interaction
 
 T = Customer.__table__
 E = Everything.__table__
@@ -277,6 +277,18 @@ REFUSED: list[tuple[str, str, Build, Build]] = [
         lambda: select(Customer.id).where(
             Customer.phone_bidx == select(Customer.name).limit(1).scalar_subquery()
         ),
+    ),
+    (
+        "the operator eq",  # two columns: built (SQLAlchemy compares columns itself), refused here
+        "customers.name",
+        lambda: select(T.c.id).where(T.c.name == T.c.phone),
+        lambda: select(Customer).join(Interaction, T.c.name == Interaction.__table__.c.transcript),
+    ),
+    (
+        "the operator ne",  # a searchable column against another: never its blind index
+        "customers.phone",
+        lambda: select(T.c.id).where(T.c.phone != T.c.email),
+        lambda: select(Customer).where(T.c.phone != T.c.email),
     ),
     (
         "CAST",

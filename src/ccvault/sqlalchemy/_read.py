@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import cursor as _cursor
+from sqlalchemy.engine.interfaces import ExecuteStyle
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import (
     BinaryExpression,
@@ -799,12 +800,30 @@ def after_cursor_execute(
         _log_rows(conn, compiled if reader is not None else None)
     if reader is None:
         return
+    if context.execute_style is ExecuteStyle.INSERTMANYVALUES:
+        _decrypt_returning(context, reader)
+        return
     inner = context.cursor_fetch_strategy
     if inner is _cursor._DEFAULT_FETCH and (
         context._is_server_side or context.execution_options.get("stream_results", False)
     ):
         inner = _cursor.BufferedRowCursorFetchStrategy(cursor, context.execution_options)
     context.cursor_fetch_strategy = _DecryptingFetch(inner, reader, reader.filters(context))
+
+
+def _decrypt_returning(context: Any, reader: Reader) -> None:
+    """An INSERT of many rows with RETURNING (SQLAlchemy's "insertmanyvalues"): SQLAlchemy
+    gathers the rows of each batch itself (``context.fetchall_for_returning``, right after this
+    hook) and reads the result from a buffer of its own, made after the last batch, which no
+    fetch strategy set here reaches. Each batch's rows are decrypted as they are gathered."""
+    if "fetchall_for_returning" in vars(context):  # wrapped at the first batch
+        return
+    fetch = context.fetchall_for_returning
+
+    def fetchall_for_returning(cursor: Any, **kw: Any) -> Any:
+        return reader.process(fetch(cursor, **kw))
+
+    context.fetchall_for_returning = fetchall_for_returning
 
 
 # -- result rows in SQLAlchemy's DEBUG log ------------------------------------------------------

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Mapper, column_property
-from sqlalchemy.sql.elements import Null
+from sqlalchemy.sql.elements import ColumnClause, Null
 from sqlalchemy.sql.operators import OperatorType
 from sqlalchemy.types import TypeDecorator
 
@@ -351,12 +351,16 @@ class Encrypted(TypeDecorator[Any]):
                     # everywhere in SQLAlchemy, searchable or not. Never on the blind index: a
                     # shred sets it to NULL while the (unreadable) value stays.
                     return super().operate(op, *other, **kwargs)
-                if isinstance(o, sa.ColumnElement) and _same_column(self.expr, o):
-                    # SQLAlchemy itself compares a column with its own copies: a Core statement
-                    # run again from the compiled cache merges its columns into the cached
-                    # result map, a dict, whose key lookup calls ``==`` (the expression's truth
-                    # value compares identities). Never a comparison of values: nothing to
-                    # refuse.
+                if isinstance(o, ColumnClause) or (
+                    isinstance(o, sa.ColumnElement) and _same_column(self.expr, o)
+                ):
+                    # SQLAlchemy itself compares columns with columns, and a column with its own
+                    # copies: a Core statement run again from the compiled cache merges its
+                    # columns into the cached result map, a dict, whose key lookup calls ``==``;
+                    # an INSERT's compiler tests whether a column is in its RETURNING list. The
+                    # truth value of such an expression compares identities. In a statement, a
+                    # comparison that reaches an encrypted column is refused before it runs
+                    # (``_inspect``), naming the column.
                     return super().operate(op, *other, **kwargs)
             etype = self.type
             if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
