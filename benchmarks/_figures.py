@@ -284,6 +284,21 @@ EXTRA: tuple[Figure, ...] = (
         "as orm_first_write_ratio_sqlite, on PostgreSQL",
     ),
     _f(
+        "orm_first_write_ratio_gc_sqlite",
+        "x",
+        "orm",
+        "as orm_first_write_ratio_sqlite with Python's cyclic GC on during both inserts, as in an "
+        "application (every other timing keeps it off, as timeit does): the collections new "
+        "objects set off, each full one visiting every object the process keeps, the vault's "
+        "cached keys among them (SQLite)",
+    ),
+    _f(
+        "orm_first_write_ratio_gc_postgres",
+        "x",
+        "orm",
+        "as orm_first_write_ratio_gc_sqlite, on PostgreSQL",
+    ),
+    _f(
         "blind_index_lookup_ratio_postgres",
         "x",
         "orm",

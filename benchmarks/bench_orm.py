@@ -46,6 +46,7 @@ server); if it cannot be reached its figures are null, with the error as the not
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import random
 import time
@@ -66,7 +67,9 @@ COLUMNS = ("phone", "email", "name", "note")
 
 # (figure, (operation, candidate), (operation, baseline)); "{db}" is sqlite or postgres, "{sfx}" is
 # "" for SQLite and "_postgres" for PostgreSQL (issue 5 names the SQLite lookup figure alone).
-# Operations: "first_write", "insert", "select_first" (the first read of the rows the repeat
+# Operations: "first_write", "insert", "first_write_gc" / "insert_gc" (the same with Python's
+# cyclic GC on, as in an application: every other figure keeps it out of the timed part, as
+# timeit does), "select_first" (the first read of the rows the repeat
 # wrote, fresh session), "select_steady" (the same select again, fresh session), "lookup"; on
 # PostgreSQL also "select_binary" (a steady-state read with psycopg's binary result format).
 # Kinds: "plain", "ccvault", "peer", "floor", "scattered" (the floors: plaintext + bare calls).
@@ -75,6 +78,7 @@ RATIOS = (
     ("orm_select_first_ratio_{db}", ("select_first", "ccvault"), ("select_first", "plain")),
     ("orm_select_steady_ratio_{db}", ("select_steady", "ccvault"), ("select_steady", "plain")),
     ("orm_first_write_ratio_{db}", ("first_write", "ccvault"), ("insert", "plain")),
+    ("orm_first_write_ratio_gc_{db}", ("first_write_gc", "ccvault"), ("insert_gc", "plain")),
     ("orm_insert_floor_ratio_{db}", ("insert", "floor"), ("insert", "plain")),
     ("orm_insert_scattered_floor_ratio_{db}", ("insert", "scattered"), ("insert", "plain")),
     ("orm_select_floor_ratio_{db}", ("select_first", "floor"), ("select_first", "plain")),
@@ -336,6 +340,23 @@ def _insert(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> 
     return _timed(lambda: _add(engine, model, data))
 
 
+def _insert_gc(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> float:
+    """:func:`_insert` with the cyclic GC on during the insert (collected before it), as it is
+    in an application: the collections the insert's new objects set off are in its time, and
+    each full one visits every object the process keeps (the vault's cached keys among them)."""
+    _empty(engine, model)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        t0 = time.perf_counter()
+        _add(engine, model, data)
+        return time.perf_counter() - t0
+    finally:
+        if not was_enabled:
+            gc.disable()
+
+
 def _select(engine: sa.Engine, model: type[Any], data: list[dict[str, Any]]) -> float:
     """Select every row with a fresh session and read every attribute (what the issue's figure
     times); then, untimed, check every value of every row against ``data``."""
@@ -504,7 +525,7 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
     engine = sa.create_engine(url)
     keystore, drop_keystore = _keystore(label, cfg, url, f"bench_ccv_{suffix}_")
     # a cache as large as the keys the run creates: warm means warm, nothing evicted
-    cache = cfg.orm_rows * (cfg.orm_repeats + 1) + cfg.orm_lookup_population
+    cache = cfg.orm_rows * (2 * cfg.orm_repeats + 1) + cfg.orm_lookup_population
     vault = Vault(
         LocalKms.ephemeral(),
         keystore,
@@ -555,6 +576,12 @@ def _backend(cfg: Config, out: Results, label: str, url: str) -> None:
                 plain = times[("select_binary", "plain")][-1]
                 record("select_binary", "floor", plain + floor.select())
                 record("select_binary", "scattered", plain + floor.scattered_select())
+            # Last (nothing of this repeat reads the tables after it): new customers again, with
+            # the cyclic GC on; their keys are new (other ids, the same values).
+            fresh = [{**row, "id": uuid.uuid4()} for row in data]
+            for kind in ("plain", "ccvault")[:: 1 if r % 2 else -1]:
+                op = "first_write_gc" if kind == "ccvault" else "insert_gc"
+                record(op, kind, _insert_gc(engine, models[kind], fresh))
         # Lookups among a larger population: the last repeat's rows plus new customers.
         cfg.log(f"orm: {label}, growing each table to {cfg.orm_lookup_population} customers")
         more = rows(cfg.orm_lookup_population - cfg.orm_rows, start=cfg.orm_rows)

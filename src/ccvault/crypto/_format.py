@@ -208,6 +208,17 @@ def suite2_key_ref(header: bytes) -> tuple[bytes, int, bytes] | None:
 _MAX_ADS = 64  # context labels whose associated data a ValueKey keeps
 
 
+# By suite: where a value keeps its nonce and its ciphertext || tag, and the associated data's
+# fixed start (the prefix and the header's length).
+_VALUE_SLICES: dict[int, tuple[slice, slice]] = {
+    suite: (slice(n, n + NONCE_BYTES), slice(n + NONCE_BYTES, None))
+    for suite, n in _HEADER_LEN.items()
+}
+_AD_PREFIXES: dict[int, bytes] = {
+    suite: _AD_PREFIX + U32.pack(n) for suite, n in _HEADER_LEN.items()
+}
+
+
 class ValueKey:
     """A value key ready to seal and open values, with its header and the fixed parts of the
     associated data computed once (they depend only on the key and its subject ref): a data key
@@ -254,11 +265,11 @@ class ValueKey:
         self.period_id = period_id
         suite = SUITE_AES256GCM if period_id is None else SUITE_AES256GCM_PERIOD
         self.header = build_header(suite, key_id, version, period_id)
-        # where a value under this key keeps its nonce and its ciphertext || tag
-        self.nonce_at = slice(len(self.header), len(self.header) + NONCE_BYTES)
-        self.body_at = slice(len(self.header) + NONCE_BYTES, None)
+        # where a value under this key keeps its nonce and its ciphertext || tag (the slices
+        # of its suite, shared: no two objects more per cached key for the cyclic GC to visit)
+        self.nonce_at, self.body_at = _VALUE_SLICES[suite]
         # associated data = ad_prefix || u32(len(context)) || context || ad_suffix
-        self.ad_prefix = _AD_PREFIX + U32.pack(len(self.header)) + self.header
+        self.ad_prefix = _AD_PREFIXES[suite] + self.header
         self.ad_suffix = U32.pack(len(ref)) + ref
         # whole associated data by context_lp, for the few labels a key is used with
         self.ads: dict[bytes, bytes] = {}
