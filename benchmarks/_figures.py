@@ -290,7 +290,8 @@ EXTRA: tuple[Figure, ...] = (
         "as orm_first_write_ratio_sqlite with Python's cyclic GC on during both inserts, as in an "
         "application (every other timing keeps it off, as timeit does): the collections new "
         "objects set off, each full one visiting every object the process keeps, the vault's "
-        "cached keys among them (SQLite)",
+        "cached keys among them; measured last, after the lookups, with the keys of every "
+        "customer before it cached (SQLite)",
     ),
     _f(
         "orm_first_write_ratio_gc_postgres",
