@@ -366,14 +366,23 @@ def test_a_lone_surrogate_in_the_generated_loop_is_chained_to_nothing(
     assert "lone surrogate" in str(err.value)
 
 
-def test_rows_written_through_the_generated_loop_read_back(
+@pytest.fixture
+def strict_app(
     wvault: tuple[Vault, list[uuid.UUID]], tables: dict[str, Any], tmp_path: Any
-) -> None:
+) -> Iterator[tuple[Any, sa.Engine]]:
+    """The strict table on a SQLite file of its own, the test vault attached."""
     vault, _ = wvault
-    table = tables["strict"]
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     tables["meta"].create_all(engine)
     vault.attach(engine)
+    yield tables["strict"], engine
+    engine.dispose()
+
+
+def test_rows_written_through_the_generated_loop_read_back(
+    strict_app: tuple[Any, sa.Engine],
+) -> None:
+    table, engine = strict_app
     owners = [uuid.uuid4() for _ in range(5)]
     written = [
         {"owner": o, "email": f"c{i}@example.com", "note": f"n{i}", "data": {"i": i}, "count": i}
@@ -390,21 +399,16 @@ def test_rows_written_through_the_generated_loop_read_back(
         )
         found = conn.execute(sa.select(table.c.owner).where(table.c.email == "c3@example.com"))
         assert found.scalar_one() == owners[3]
-    engine.dispose()
 
 
 def test_a_first_row_without_subject_or_values_keeps_the_later_rows_indexes(
-    wvault: tuple[Vault, list[uuid.UUID]], tables: dict[str, Any], tmp_path: Any
+    strict_app: tuple[Any, sa.Engine],
 ) -> None:
     """An executemany takes its columns from its first row. A first row with a NULL subject and
     only NULL values (nothing to encrypt, so allowed) must still name the blind-index column:
     before, it did not, and the later rows' indexes were silently not written (search missed
     them)."""
-    vault, _ = wvault
-    table = tables["strict"]
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
-    tables["meta"].create_all(engine)
-    vault.attach(engine)
+    table, engine = strict_app
     owners = [uuid.uuid4() for _ in range(3)]
     written = [{"pk": 1, "owner": None, "email": None}] + [
         {"pk": 2 + i, "owner": o, "email": f"late{i}@example.com"} for i, o in enumerate(owners)
@@ -424,4 +428,3 @@ def test_a_first_row_without_subject_or_values_keeps_the_later_rows_indexes(
             (3, False),
             (4, False),
         ]
-    engine.dispose()
