@@ -96,8 +96,8 @@ def among(column: Any, values: Sequence[bytes | None], dialect: str) -> sa.Colum
     of values, so neither SQLAlchemy nor the driver renders and parses hundreds of placeholders
     each time (psycopg parses a long statement anew at every execution), and the server plans
     it as the same index probes."""
-    if dialect == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(values), type_=_BYTEA_ARRAY))  # type: ignore[no-any-return]
+    if dialect == "postgresql":  # the array type's bind step makes the one copy (_Values)
+        return column == sa.any_(sa.bindparam(None, values, type_=_BYTEA_ARRAY))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
 
 
