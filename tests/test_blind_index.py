@@ -176,6 +176,27 @@ def test_collisions_are_post_filtered(app: sa.Engine) -> None:
         assert s.scalars(select(func.count()).where(Customer.phone == target)).one() == 5
 
 
+def test_the_post_filter_normalises_only_for_a_value_not_searched_for() -> None:
+    """A row holding the very value searched for matches with no normalisation (a lookup);
+    the arguments are normalised once, at the first other value, for every value after it."""
+    from ccvault.sqlalchemy._read import Search, _matches
+
+    calls: list[str] = []
+
+    def norm(value: str) -> bytes:
+        calls.append(value)
+        return value.replace(" ", "").encode()
+
+    search = Search(0, norm, ["+1555", "+1666"], {"+1555", "+1666"})
+    assert _matches(["+1555"], [search])
+    assert _matches(["+1666"], [search])
+    assert calls == []
+    assert _matches(["+1 555"], [search])  # another spelling: normalised, matched
+    assert sorted(calls) == ["+1 555", "+1555", "+1666"]
+    assert not _matches(["+1777"], [search])  # a collision's value: dropped
+    assert calls[3:] == ["+1777"]  # the arguments are not normalised again
+
+
 def test_shred_clears_the_customer_s_blind_indexes(app: sa.Engine, vault: Vault) -> None:
     with Session(app) as s:
         a, b = _add(s, 2, email="x@example.com")

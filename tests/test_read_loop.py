@@ -110,32 +110,27 @@ def test_a_hex_spelling_shares_the_uuid_ref(svault: Vault) -> None:
     svault._ring._ref_mac = counting  # type: ignore[assignment]
     assert svault._ring.subject_ref(u.hex) == ref
     assert svault._ring.subject_ref(str(u)) == ref
-    assert svault._ring.ref_getter()(u.hex) == ref
     assert counting.calls == 0
     with pytest.raises(TypeError):
-        svault._ring.ref_getter()(None)
+        svault._ring.subject_ref(None)
 
 
-def _counting_ref_lookups(vault: Vault) -> list[object]:
-    """Record each subject the readers' ``check`` looks up by its ref (the per-batch getter)."""
+def _counting_ref_lookups(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record each subject the readers look up by its ref (``Reader.check``: the row loops
+    call it for a key that does not remember the row's subject)."""
     seen: list[object] = []
-    real = vault._ring.ref_getter
+    real = _read.Reader.check
 
-    def ref_getter() -> Any:
-        ref_of = real()
+    def counted(self: _read.Reader, key: Any, subject: object) -> None:
+        seen.append(subject)
+        real(self, key, subject)
 
-        def counted(subject: object) -> bytes:
-            seen.append(subject)
-            return ref_of(subject)
-
-        return counted
-
-    vault._ring.ref_getter = ref_getter  # type: ignore[method-assign]
+    monkeypatch.setattr(_read.Reader, "check", counted)
     return seen
 
 
 def test_the_first_read_of_rows_just_written_looks_up_no_subject_ref(
-    vault: Vault, app: sa.Engine
+    vault: Vault, app: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The write remembers each customer's ``uuid.UUID`` on its key; the first read meets the
     subject as the database returns it (32 hex digits on SQLite and MariaDB, a new UUID on
@@ -144,7 +139,7 @@ def test_the_first_read_of_rows_just_written_looks_up_no_subject_ref(
     with Session(app) as s:
         s.add_all([Customer(id=i, name=n, phone=p, email=e) for i, n, p, e in written])
         s.commit()
-    lookups = _counting_ref_lookups(vault)
+    lookups = _counting_ref_lookups(monkeypatch)
     assert sorted(_read_all(app)) == sorted(written)
     assert sorted(_read_all(app)) == sorted(written)
     assert lookups == []
@@ -452,27 +447,24 @@ def test_a_row_reads_exactly_when_its_subject_has_the_keys_ref(
 
 
 def test_a_uuids_hex_digits_read_without_a_ref_lookup(
-    spelled: tuple[Vault, tuple[Any, ...]],
+    spelled: tuple[Vault, tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The spelling SQLite and MariaDB return is compared with the remembered UUID (no ref
     lookup) and remembered in its place; other spellings are checked by their ref."""
     vault, row = spelled
-    lookups = _counting_ref_lookups(vault)
-    try:
-        for generic in (False, True):
-            _read_as(vault, CARDS, row, A, _UUID_CTX, A, A.hex, generic, "raise")
-            assert lookups == []
-            _read_as(vault, CARDS, row, A, _UUID_CTX, A, uuid.UUID(str(A)), generic, "raise")
-            assert lookups == []
-            _read_as(vault, CARDS, row, A, _UUID_CTX, A, A.hex.upper(), generic, "raise")
-            assert lookups == [A.hex.upper()]
-            lookups.clear()
-            _read_as(vault, CARDS, row, A, _UUID_CTX, A, B.hex, generic, "raise")
-            assert lookups  # checked by its ref (again, where the slow path locates it)
-            assert all(looked == B.hex for looked in lookups)
-            lookups.clear()
-    finally:
-        del vault._ring.ref_getter  # type: ignore[attr-defined]
+    lookups = _counting_ref_lookups(monkeypatch)
+    for generic in (False, True):
+        _read_as(vault, CARDS, row, A, _UUID_CTX, A, A.hex, generic, "raise")
+        assert lookups == []
+        _read_as(vault, CARDS, row, A, _UUID_CTX, A, uuid.UUID(str(A)), generic, "raise")
+        assert lookups == []
+        _read_as(vault, CARDS, row, A, _UUID_CTX, A, A.hex.upper(), generic, "raise")
+        assert lookups == [A.hex.upper()]
+        lookups.clear()
+        _read_as(vault, CARDS, row, A, _UUID_CTX, A, B.hex, generic, "raise")
+        assert lookups  # checked by its ref (again, where the slow path locates it)
+        assert all(looked == B.hex for looked in lookups)
+        lookups.clear()
 
 
 _HEX_EDITS = st.tuples(st.integers(0, 31), st.sampled_from("0123456789abcdefABCDEF-{}x_ g"))

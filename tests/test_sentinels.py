@@ -24,7 +24,7 @@ from ccvault.sqlalchemy import (
     StatementRefused,
     Unreadable,
 )
-from ccvault.sqlalchemy._read import _matches
+from ccvault.sqlalchemy._read import Search, _matches
 from ccvault.sqlalchemy._types import Sealed
 from raw_values import get_raw, set_raw
 from sqla_models import Customer, Interaction, Migrating
@@ -196,15 +196,15 @@ def test_the_post_filter_never_matches_a_sentinel(app: sa.Engine, vault: Vault) 
 
     # neither through the normaliser nor as equal to an argument given as such
     text = str(SHREDDED)
-    assert not _matches([SHREDDED], [(0, norm, frozenset([norm(text)]), frozenset([text]))])
-    assert _matches([text], [(0, norm, frozenset([norm(text)]), frozenset([text]))])
+    assert not _matches([SHREDDED], [Search(0, norm, [text], {text})])
+    assert _matches([text], [Search(0, norm, [text], {text})])
+    assert _matches([text.upper()], [Search(0, norm, [text], {text})])  # normalised
 
     def exploding(value: str) -> bytes:
         raise AssertionError("a sentinel reached the normaliser")
 
     for value in SENTINELS:
-        given = frozenset([str(value)])
-        assert not _matches([value], [(0, exploding, frozenset([str(value).encode()]), given)])
+        assert not _matches([value], [Search(0, exploding, [str(value)], {str(value)})])
 
 
 def test_legacy_plaintext_that_reads_like_a_sentinel_is_data(app: sa.Engine) -> None:

@@ -280,18 +280,6 @@ class KeyRing:
             self._refs.put_many(entries)
         return out
 
-    def ref_getter(self) -> Callable[[object], bytes]:
-        """:meth:`subject_ref` for one batch of rows: one clock reading for the cache."""
-        lookup = self._refs.getter()
-        new_ref = self._new_ref
-
-        def ref_of(subject: object) -> bytes:
-            cache_key = _ref_cache_key(subject)
-            ref = None if cache_key is None else lookup(cache_key)
-            return new_ref(subject, cache_key) if ref is None else ref
-
-        return ref_of
-
     def _new_ref(self, subject: object, cache_key: Hashable | None) -> bytes:
         """The ref of a subject not in the cache, cached under ``cache_key`` and under every
         spelling a database returns the subject in (a UUID written as a ``uuid.UUID`` reads

@@ -64,16 +64,22 @@ Group = tuple[int | None, tuple[Column, ...]]
 Loop = Callable[..., list[tuple[Any, ...]]]
 
 
-def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop:
+def compile_loop(
+    groups: Sequence[Group],
+    width: int,
+    matches: Callable[[Sequence[Any], Any], bool] | None,
+) -> Loop:
     """The row loop of a statement whose rows are ``width`` values long and whose encrypted
-    columns are ``groups`` (by subject index). ``post_filter``: the statement has blind-index
-    terms whose decrypted values must match (``matches(row, filters)``).
+    columns are ``groups`` (by subject index). ``matches``: the statement has blind-index
+    terms whose decrypted values must match (``matches(row, filters)``), else None.
 
-    The loop is called as ``loop(rows, filters, known, cached, load, slow, matches, check)``:
-    ``known`` the batch's keys by header, ``cached`` the ring's lookup, ``load()`` loads every
-    key of the batch into ``known`` once (True when it did), ``slow(row)`` the generic loop of
-    one row (a list of zero or one row), ``check(key, subject)`` raises DecryptionError unless
-    ``key`` belongs to ``subject`` (and remembers the subject on the key when it does)."""
+    The loop is called as ``loop(rows, filters, known, cached, reader)``: ``known`` the
+    batch's keys by header (a dict), ``cached`` the ring's lookup, and of ``reader``, on rare
+    paths only (no call on a row whose keys are cached and remember its subject):
+    ``reader.load(rows, known)`` loads every key of the batch into ``known`` once (True when
+    it did), ``reader.slow(row, rows, filters, known)`` the generic loop of one row (a list of
+    zero or one row), ``reader.check(key, subject)`` raises DecryptionError unless ``key``
+    belongs to ``subject`` (and remembers the subject on the key when it does)."""
     contexts: list[bytes] = []
     for _, columns in groups:
         for column in columns:
@@ -90,29 +96,31 @@ def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop
         "BUFFERS": (bytearray, memoryview),
         "UUID": uuid.UUID,
         "HEX": UUID_HEX,
+        "matches": matches,
     }
     code: list[str] = []
     emit = code.append
-    emit("def loop(rows, filters, known, cached, load, slow, matches, check):")
+    # a value whose key is not cached live: through the batch's keys (one key-store query for
+    # all of the batch's cold keys), or the generic loop
+    emit("def resolve(b, rows, known, cached, reader, entries):")
+    emit(" header = b[H2] if b[SUITE_AT] == SUITE2 else b[H1]")
+    emit(" key = known.get(header)")
+    emit(" if key is None:")
+    emit("  key = cached(header)")
+    emit("  if key is None and reader.load(rows, known):")
+    emit("   key = known.get(header)")
+    emit("  if key is None:")
+    emit("   raise Slow")
+    emit("  known[header] = key")
+    emit(" if key.aead is None:")  # a tombstone: the generic loop reads its sentinel or raises
+    emit("  raise Slow")
+    emit(" entries[header] = key")
+    emit(" return key")
+    emit("def loop(rows, filters, known, cached, reader):")
     emit(" entries = {}")
     emit(" get = entries.get")
-    emit(" known_get = known.get")
     emit(" out = []")
     emit(" append = out.append")
-    emit(" def resolve(b):")
-    emit("  header = b[H2] if b[SUITE_AT] == SUITE2 else b[H1]")
-    emit("  key = known_get(header)")
-    emit("  if key is None:")
-    emit("   key = cached(header)")
-    emit("   if key is None and load():")
-    emit("    key = known_get(header)")
-    emit("   if key is None:")
-    emit("    raise Slow")
-    emit("   known[header] = key")
-    emit("  if key.aead is None:")  # a tombstone: the generic loop reads its sentinel or raises
-    emit("   raise Slow")
-    emit("  entries[header] = key")
-    emit("  return key")
     emit(" values = ()")
     emit(" p = b''")
     emit(" try:")
@@ -143,7 +151,7 @@ def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop
             # warm: the ring's cache has the live key; anything else resolves through the batch
             emit("      key = cached(h)")
             emit("      if key is None or key.aead is None:")
-            emit("       key = resolve(b)")
+            emit("       key = resolve(b, rows, known, cached, reader, entries)")
             emit("      else:")
             emit("       entries[h] = key")
             if subject_index is not None:
@@ -160,14 +168,14 @@ def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop
                 emit("          or (len(s) == 36 and s.replace('-', '') == h)):")
                 emit("         key.checked = s")
                 emit("        else:")
-                emit("         check(key, s)")
+                emit("         reader.check(key, s)")
                 emit("       elif t is UUID:")  # UUID.__eq__ compares .int, in a Python frame
                 emit("        if c.int != s.int:")
-                emit("         check(key, s)")
+                emit("         reader.check(key, s)")
                 emit("       elif c != s:")
-                emit("        check(key, s)")
+                emit("        reader.check(key, s)")
                 emit("      elif c is None:")  # no subject remembered, none in the row
-                emit("       check(key, s)")
+                emit("       reader.check(key, s)")
                 emit("      verified = key")
             ctx = f"CTX{contexts.index(ctx_lp)}"
             namespace[ctx] = ctx_lp
@@ -184,10 +192,10 @@ def compile_loop(groups: Sequence[Group], width: int, post_filter: bool) -> Loop
     parts = [computed.get(i, f"row[{i}]") for i in range(width)]
     emit(f"    values = ({', '.join(parts)},)")
     emit("   except Slow:")
-    emit("    for values in slow(row):")
+    emit("    for values in reader.slow(row, rows, filters, known):")
     emit("     append(values)")
     emit("    continue")
-    if post_filter:
+    if matches is not None:
         emit("   if filters and not matches(values, filters):")
         emit("    continue")
     emit("   append(values)")

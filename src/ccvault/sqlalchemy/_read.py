@@ -25,7 +25,6 @@ import collections
 import json
 import logging
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -131,11 +130,42 @@ class _IndexTerm:
         self.bind_name = bind_name
 
 
-# (row index of the encrypted column, its normalisation of a str in UTF-8 (what the blind index
-# hashes: the ASCII fast path of the index's own normaliser), the normalised arguments, the
-# arguments as given: a value equal to one of them matches without being normalised)
-Filters = list[tuple[int, Callable[[str], bytes], set[bytes], set[str]]]
+class Search:
+    """The arguments of one blind-index term of an execution, for the post-filter: a decrypted
+    value matches when it is one of the arguments as given (an exact ``str``), or else when its
+    normalisation is one of theirs. The arguments are normalised at the first value that is
+    not one of them (a truncated-index collision, or another spelling of the same number):
+    a lookup whose row holds the value searched for normalises nothing."""
+
+    __slots__ = ("_allowed", "given", "index", "norm", "values")
+
+    def __init__(
+        self, index: int, norm: Callable[[str], bytes], values: list[str], given: set[str]
+    ) -> None:
+        self.index = index  # the encrypted column's index in the row
+        self.norm = norm  # what the blind index hashes, in UTF-8 (its own fast normaliser)
+        self.values = values  # the arguments that are data (str, no sentinel)
+        self.given = given  # those of exactly type str (a subclass's __eq__ decides nothing)
+        self._allowed: set[bytes] | None = None
+
+    def admits(self, value: str) -> bool:
+        """``value`` (an exact str) normalises as one of the arguments."""
+        allowed = self._allowed
+        if allowed is None:
+            allowed = self._allowed = {self.norm(v) for v in self.values}
+        return self.norm(value) in allowed
+
+
+Filters = list[Search]
+_SEQUENCES = (list, tuple)  # a list of search arguments bound as one parameter
 _NO_FILTERS: Filters = []  # never mutated
+
+
+class Known(dict[bytes, Any]):
+    """The keys a batch of rows has met, by value header. ``loaded``: the keys of every value
+    of the batch were resolved together (the key store asked once for the cold ones)."""
+
+    loaded = False
 
 
 class Reader:
@@ -163,10 +193,10 @@ class Reader:
                 (slot.index, col.ctx_lp, loads, slot.strict, unsealed, col.retention is not None)
             )
         self.groups: tuple[Group, ...] = tuple((k, tuple(v)) for k, v in by_subject.items())
-        self.loop = compile_loop(self.groups, width, bool(terms))
+        self.loop = compile_loop(self.groups, width, _matches if terms else None)
 
     def filters(self, context: Any) -> Filters:
-        """The search arguments of this execution, normalised, for the post-filter."""
+        """The search arguments of this execution, for the post-filter."""
         if not self.terms:
             return _NO_FILTERS
         compiled_parameters = context.compiled_parameters
@@ -174,24 +204,27 @@ class Reader:
         expanded = getattr(context, "_expanded_parameters", None)
         out: Filters = []
         for term in self.terms:
-            norm = term.norm
             names = expanded.get(term.bind_name) if expanded else None
             if names is None:  # one bound value (``==``), or a list for a non-expanded IN
                 value = params.get(term.bind_name)
-                values = value if isinstance(value, list | tuple) else (value,)
+                if type(value) is str:  # ``==`` a str: the lookup
+                    out.append(Search(term.index, term.norm, [value], {value}))
+                    continue
+                values = value if isinstance(value, _SEQUENCES) else (value,)
             else:  # an expanding IN: one bound parameter per value
                 values = []
                 for name in names:
                     v = params.get(name)
-                    values.extend(v if isinstance(v, list | tuple) else (v,))
-            allowed: set[bytes] = set()
+                    values.extend(v if isinstance(v, _SEQUENCES) else (v,))
+            data: list[str] = []
             given: set[str] = set()
             for v in values:
-                if isinstance(v, str) and not isinstance(v, Sentinel):
-                    allowed.add(norm(v))
-                    if type(v) is str:  # exact str: a subclass's __eq__ decides nothing here
-                        given.add(v)
-            out.append((term.index, norm, allowed, given))
+                if type(v) is str:
+                    data.append(v)
+                    given.add(v)
+                elif isinstance(v, str) and not isinstance(v, Sentinel):
+                    data.append(v)  # a str subclass: matched by its normalisation only
+            out.append(Search(term.index, term.norm, data, given))
         return out
 
     def _headers(self, rows: Sequence[Any]) -> set[bytes]:
@@ -212,19 +245,12 @@ class Reader:
     def process(self, rows: Any, filters: Filters | None = None) -> list[Any]:
         if not rows:
             return []
-        known: dict[bytes, Any] = {}  # the keys this batch has met, by header
-        load = self._loader(rows, known)
+        known = Known()
         try:
             try:
                 if len(rows[0]) != self.width:  # a driver's row of another shape: generic
-                    return self._run(rows, filters, self.groups, known, load)
-                groups, run, cached = self.groups, self._run, self.ring.lookup()
-                check = self._checker()
-
-                def slow(row: Sequence[Any]) -> list[Any]:
-                    return run((row,), filters, groups, known, load, cached, check)
-
-                return self.loop(rows, filters, known, cached, load, slow, _matches, check)
+                    return self._run(rows, filters, self.groups, known, rows)
+                return self.loop(rows, filters, known, self.ring.lookup(), self)
             except _FAILURES:
                 pass  # dropped: the slow path finds the value (its traceback holds the loop)
             out = self._retry(rows, filters, known)
@@ -239,41 +265,59 @@ class Reader:
         filters = None
         raise out
 
-    def _loader(self, rows: Sequence[Any], known: dict[bytes, Any]) -> Callable[[], bool]:
-        """``load()``: resolve every key of the batch ``rows`` into ``known`` together (one
-        key-store query per 500 cold ones, not one per key), at the first cold key met; True
-        when this call loaded them, False when an earlier one did."""
-        loaded = False
+    # What the generated loop calls on its rare paths (a cold key, a row it leaves to the
+    # generic loop, a key that does not remember the row's subject): methods of the reader,
+    # bound once, so that a batch of one row (a lookup) makes no closure for them.
 
-        def load() -> bool:
-            nonlocal loaded
-            if loaded:
-                return False
-            loaded = True
-            known.update(self.ring.keys(self._headers(rows) - known.keys()))
-            return True
+    def load(self, rows: Sequence[Any], known: Known) -> bool:
+        """Resolve every key of the batch ``rows`` into ``known`` together (one key-store
+        query per 500 cold ones, not one per key), at the first cold key met; True when this
+        call loaded them, False when an earlier one did."""
+        if known.loaded:
+            return False
+        known.loaded = True
+        known.update(self.ring.keys(self._headers(rows) - known.keys()))
+        return True
 
-        return load
+    def slow(
+        self, row: Sequence[Any], rows: Sequence[Any], filters: Filters | None, known: Known
+    ) -> list[Any]:
+        """The generic loop of one ``row`` of the batch ``rows``: a list of zero or one row."""
+        return self._run((row,), filters, self.groups, known, rows)
+
+    def check(self, key: Any, subject: Any) -> None:
+        """The subject check of the row loops: raises DecryptionError unless ``key`` belongs to
+        ``subject``, a row's subject value as the driver returns it (None: only a vault-wide
+        key, which has no subject); a key found to belong to it remembers it (``key.checked``:
+        equality instead of a ref lookup next time). Rows whose keys remember their subjects
+        (steady state, a lookup by one customer) never call it."""
+        if subject is None:
+            if key.ref:
+                raise DecryptionError
+            return
+        try:
+            ref = self.ring.subject_ref(subject)
+        except TypeError:
+            # A subject the installation's type refuses ('' for str): no key was made for it.
+            raise DecryptionError from None
+        if ref != key.ref:
+            raise DecryptionError  # another customer's value
+        key.checked = subject
 
     def _run(
         self,
         rows: Sequence[Any],
         filters: Filters | None,
         groups: tuple[Group, ...],
-        known: dict[bytes, Any],
-        load: Callable[[], bool],
-        cached: Callable[[bytes], Any] | None = None,
-        check: Callable[[Any, Any], None] | None = None,
+        known: Known,
+        batch: Sequence[Any],
     ) -> list[Any]:
-        """The generic row loop: decrypt ``groups`` of ``rows``. Raises one of ``_FAILURES`` at
-        the first value that cannot be read, with no location (``_retry`` finds it). Whatever it
-        raises, its frame is left holding nothing it decrypted. ``load()`` resolves the keys of
-        the whole batch at the first cold key."""
-        ring = self.ring
-        if cached is None:
-            cached = ring.lookup()  # warm keys by header
-        if check is None:
-            check = self._checker()
+        """The generic row loop: decrypt ``groups`` of ``rows`` (of the batch ``batch``).
+        Raises one of ``_FAILURES`` at the first value that cannot be read, with no location
+        (``_retry`` finds it). Whatever it raises, its frame is left holding nothing it
+        decrypted. The keys of the whole batch are resolved at the first cold key."""
+        cached = self.ring.lookup()  # warm keys by header
+        check, load = self.check, self.load
         known_get = known.get
         out: list[tuple[Any, ...]] = []
         append = out.append
@@ -306,7 +350,7 @@ class Reader:
                                 key = known_get(header)
                         if key is None:
                             key = cached(header)
-                            if key is None and load():  # a cold key: the whole batch's
+                            if key is None and load(batch, known):  # cold: the whole batch's
                                 key = known_get(header)
                             if key is None:  # an unknown key, version or suite
                                 new[index] = unsealed(blob)
@@ -375,37 +419,8 @@ class Reader:
             raise
         return out
 
-    def _checker(self) -> Callable[[Any, Any], None]:
-        """The subject check of the row loops for one batch of rows: ``check(key, subject)``
-        raises DecryptionError unless ``key`` belongs to ``subject``, a row's subject value as
-        the driver returns it (None: only a vault-wide key, which has no subject); a key found
-        to belong to it remembers it (``key.checked``: equality instead of a ref lookup next
-        time). The ring's ref lookup is bound at the first check: a batch of rows whose keys
-        remember their subjects (steady state, a lookup by one customer) never makes one."""
-        ring = self.ring
-        ref_of: Callable[[Any], bytes] | None = None
-
-        def check(key: Any, subject: Any) -> None:
-            nonlocal ref_of
-            if subject is None:
-                if key.ref:
-                    raise DecryptionError
-                return
-            if ref_of is None:
-                ref_of = ring.ref_getter()
-            try:
-                ref = ref_of(subject)
-            except TypeError:
-                # A subject the installation's type refuses ('' for str): no key was made for it.
-                raise DecryptionError from None
-            if ref != key.ref:
-                raise DecryptionError  # another customer's value
-            key.checked = subject
-
-        return check
-
     def _retry(
-        self, rows: Sequence[Any], filters: Filters | None, known: dict[bytes, Any]
+        self, rows: Sequence[Any], filters: Filters | None, known: Known
     ) -> list[Any] | BaseException:
         """The slow path of a batch in which a value failed: each row again, and each value of a
         row that fails alone (``_salvage``), so the failure is named or replaced and the rest
@@ -414,11 +429,12 @@ class Reader:
         cold = self._headers(rows) - known.keys()  # the fast path resolved the others
         if cold:
             known.update(self.ring.keys(cold))
+        known.loaded = True
         out: list[tuple[Any, ...]] = []
         try:
             for row in rows:
                 try:
-                    (new,) = self._run((row,), None, self.groups, known, _LOADED)
+                    (new,) = self._run((row,), None, self.groups, known, rows)
                 except _FAILURES:
                     new = self._salvage(row, known)
                     if isinstance(new, BaseException):
@@ -434,7 +450,7 @@ class Reader:
             raise
         return out
 
-    def _salvage(self, row: Sequence[Any], known: dict[bytes, Any]) -> Any:
+    def _salvage(self, row: Sequence[Any], known: Known) -> Any:
         """A row with a bad value, read value by value: the row with each bad value replaced
         (UNREADABLE), or the located error of the first bad value that must raise."""
         values = list(row)
@@ -443,9 +459,7 @@ class Reader:
                 for column in columns:
                     index = column[0]
                     try:
-                        (one,) = self._run(
-                            (row,), None, ((subject_index, (column,)),), known, _LOADED
-                        )
+                        (one,) = self._run((row,), None, ((subject_index, (column,)),), known, ())
                     except _FAILURES as exc:
                         value = self._failed(row, self.by_index[index], exc)
                         if isinstance(value, BaseException):
@@ -473,10 +487,6 @@ class Reader:
             return error
         log.warning("%s; read as UNREADABLE", error, extra=where)
         return UNREADABLE
-
-
-def _LOADED() -> bool:
-    return False
 
 
 def _refuse(value: Any) -> Any:
@@ -537,30 +547,29 @@ def _legacy_reader(col: ColumnPlan) -> Callable[[Any], Any]:
 
 
 def _matches(row: Sequence[Any], filters: Filters) -> bool:
-    for index, norm, allowed, given in filters:
-        value = row[index]
+    for search in filters:
+        value = row[search.index]
         # an exact str: a sentinel (a str subclass) never matches, nor reaches the normaliser
         if type(value) is not str:
             return False
-        if value not in given and norm(value) not in allowed:
+        if value not in search.given and not search.admits(value):
             return False
     return True
 
 
 # -- building a reader for a compiled statement ------------------------------------------------
 
-_readers: weakref.WeakKeyDictionary[Any, tuple[tuple[int, bool, str], Reader | None]] = (
-    weakref.WeakKeyDictionary()
-)
+# The reader of a compiled statement, kept on it (as long as SQLAlchemy keeps the statement in
+# its compiled cache) with the options it was built for: (ring, strict, on_error, reader).
+_READER = "_ccvault_reader"
 
 
 def _reader_for(ring: KeyRing, compiled: Any, strict: bool, on_error: OnError) -> Reader | None:
-    options = (id(ring), strict, on_error)
-    cached = _readers.get(compiled)
-    if cached is not None and cached[0] == options:
-        return cached[1]
+    cached = compiled.__dict__.get(_READER)
+    if cached is not None and cached[0] is ring and cached[1] == strict and cached[2] == on_error:
+        return cast("Reader | None", cached[3])
     reader = _build_reader(ring, compiled, strict, on_error)
-    _readers[compiled] = (options, reader)
+    setattr(compiled, _READER, (ring, strict, on_error, reader))
     return reader
 
 

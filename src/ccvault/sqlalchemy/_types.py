@@ -342,7 +342,17 @@ class Encrypted(TypeDecorator[Any]):
     # -- comparisons -----------------------------------------------------------------------------
 
     class comparator_factory(TypeDecorator.Comparator[Any]):
+        # The blind-index column this comparator's column searches through, found at the first
+        # search (SQLAlchemy keeps one comparator per column, ORM attribute and alias).
+        _index: Any = None
+
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
+            if op is operator.eq and type(other[0]) is str:  # a lookup by value: first
+                index = self._index
+                if index is None and getattr(self.type, "searchable", None) is not None:
+                    index = self._index = _companion(self.expr)
+                if index is not None:
+                    return index.comparator.operate(op, other[0])
             name = getattr(op, "__name__", "")
             if name in ("eq", "ne"):
                 o = other[0]
@@ -364,7 +374,9 @@ class Encrypted(TypeDecorator[Any]):
                     return super().operate(op, *other, **kwargs)
             etype = self.type
             if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
-                index = _companion(self.expr)
+                index = self._index
+                if index is None:
+                    index = self._index = _companion(self.expr)
                 if name == "eq":
                     return index == other[0]
                 return index.in_(other[0])
