@@ -261,6 +261,36 @@ def test_on_error_in_repr_copy_and_cache_key() -> None:
     assert len(keys) == 3
 
 
+def test_the_cache_key_is_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLAlchemy asks a column type for its cache key at each Core statement it runs: the key
+    is made once per type (its wrapped type's repr costs microseconds), and stays the key of
+    the type's arguments."""
+    made: list[Encrypted] = []
+    real = Encrypted._cache_key_of
+
+    def counted(self: Encrypted) -> tuple[object, ...]:
+        made.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Encrypted, "_cache_key_of", counted)
+    md = sa.MetaData()
+    table = sa.Table(
+        "cache_key_once",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("a", Encrypted(String(5), subject="id")),
+        sa.Column("b", Encrypted(String(9), subject="id", searchable="phone")),
+    )
+    columns = (table.c.id, table.c.a, table.c.b)  # (a select of the table names the table)
+    keys = [
+        sa.select(*columns).where(table.c.b == f"+4420{i}")._generate_cache_key() for i in range(5)
+    ]
+    assert all(key == keys[0] for key in keys)
+    assert sorted(made, key=id) == sorted([table.c.a.type, table.c.b.type], key=id)
+    assert table.c.a.type._static_cache_key == Encrypted(String(5), subject="id")._static_cache_key
+    assert table.c.a.type._static_cache_key != table.c.b.type._static_cache_key
+
+
 def test_unlocated_errors_are_unchanged(svault: Vault) -> None:
     plain = DecryptionError()
     assert str(plain) == DecryptionError.MESSAGE
