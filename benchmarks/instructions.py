@@ -34,13 +34,16 @@ nanosecond (cache misses of 20,000 keys do not show), but fewer is less work.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +59,6 @@ def _field(op: str, batches: int) -> None:
     """``field``: ``vault.encrypt`` + ``vault.decrypt(..., subject=)`` of a 100-byte value, the
     key cached (the field round trip's figure); ``field-aesgcm``: its baseline, ``AESGCM``
     encrypt + decrypt with a fresh ``os.urandom(12)`` nonce, the key object reused."""
-    import os
-
     from ccvault import Vault
     from ccvault.kms import LocalKms
 
@@ -91,10 +92,22 @@ def _reproducible_randomness() -> None:
     hence the B-tree a lookup walks and the order of the keys in the vault's dicts, differed
     from run to run, and so did the counts (``orm-lookup`` by about 2 %). Counting only: no
     other code path of the project replaces ``os.urandom``."""
-    import os
-
     source = random.Random(20261206)
     os.urandom = source.randbytes
+
+
+# Objects the child keeps before it starts, in layout n: n * LAYOUT_STEP of them.
+LAYOUT_STEP = 97
+_layout: list[object] = []
+
+
+def _shift_layout(n: int) -> None:
+    """Move every object the child makes after this by ``n`` steps in memory. Where an object
+    lies decides the hash of one that hashes by identity, hence the order of the sets and
+    dicts of such objects (SQLAlchemy has many) and how often their lookups collide: the same
+    code, run from another directory or with another environment, counted ``orm-lookup`` up
+    to 3 % apart (786,252 to 814,286 a lookup). ``--layouts N`` counts each OP in N layouts."""
+    _layout.extend(object() for _ in range(n * LAYOUT_STEP))
 
 
 def _child(op: str, batches: int) -> None:
@@ -284,7 +297,7 @@ def _first_reads(vault: Any, table: Any, md: Any, batches: int) -> None:
         reader.process(raw[i * ROWS : (i + 1) * ROWS])
 
 
-def _count(op: str, batches: int) -> int:
+def _count(op: str, batches: int, layout: int = 0) -> int:
     out = subprocess.run(
         [
             "valgrind",
@@ -296,6 +309,7 @@ def _count(op: str, batches: int) -> int:
             "--child",
             op,
             str(batches),
+            str(layout),
         ],
         capture_output=True,
         text=True,
@@ -309,13 +323,20 @@ def _count(op: str, batches: int) -> int:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        _shift_layout(int(sys.argv[4]))
         _child(sys.argv[2], int(sys.argv[3]))
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt install valgrind)")
+    args = sys.argv[1:]
+    layouts = 1
+    if "--layouts" in args:
+        at = args.index("--layouts")
+        layouts = int(args[at + 1])
+        del args[at : at + 2]
     found = {}
-    ops = sys.argv[1:] or [
+    ops = args or [
         "write",
         "first-write",
         "read",
@@ -333,16 +354,33 @@ def main() -> None:
         "orm-lookup",
         "orm-lookup-plain",
     ]
-    for op in ops:
-        per_row = found[op] = (_count(op, 3) - _count(op, 1)) / (2 * ROWS)
-        unit = (
-            "a round trip"
-            if op.startswith("field")
-            else "a lookup"
-            if op.startswith("orm-lookup")
-            else "a row"
-        )
-        print(f"{op}: {per_row:,.0f} instructions {unit}", flush=True)
+    # every count at once, as many at a time as there are CPUs (each valgrind runs on one;
+    # the counts do not depend on what else runs)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = {
+            (op, batches, layout): pool.submit(_count, op, batches, layout)
+            for op in ops
+            for layout in range(layouts)
+            for batches in (1, 3)
+        }
+        for op in ops:
+            per_layout = sorted(
+                (counts[op, 3, n].result() - counts[op, 1, n].result()) / (2 * ROWS)
+                for n in range(layouts)
+            )
+            per_row = found[op] = statistics.median(per_layout)
+            unit = (
+                "a round trip"
+                if op.startswith("field")
+                else "a lookup"
+                if op.startswith("orm-lookup")
+                else "a row"
+            )
+            spread = ""
+            if layouts > 1:
+                low, high = per_layout[0], per_layout[-1]
+                spread = f" (median of {layouts} layouts, {low:,.0f} to {high:,.0f})"
+            print(f"{op}: {per_row:,.0f} instructions {unit}{spread}", flush=True)
     if "field" in found and "field-aesgcm" in found:
         ratio = found["field"] / found["field-aesgcm"]
         print(f"field round trip / raw AES-GCM: {ratio:.2f} (target within 3)", flush=True)
