@@ -96,18 +96,25 @@ def _reproducible_randomness() -> None:
     os.urandom = source.randbytes
 
 
-# Objects the child keeps before it starts, in layout n: n * LAYOUT_STEP of them.
+# What the child keeps before it starts, in layout n > 0: objects and byte strings of sizes drawn
+# from a generator seeded with n, about n * LAYOUT_STEP of each.
 LAYOUT_STEP = 97
 _layout: list[object] = []
 
 
 def _shift_layout(n: int) -> None:
-    """Move every object the child makes after this by ``n`` steps in memory. Where an object
-    lies decides the hash of one that hashes by identity, hence the order of the sets and
-    dicts of such objects (SQLAlchemy has many) and how often their lookups collide: the same
-    code, run from another directory or with another environment, counted ``orm-lookup`` up
-    to 3 % apart (786,252 to 814,286 a lookup). ``--layouts N`` counts each OP in N layouts."""
-    _layout.extend(object() for _ in range(n * LAYOUT_STEP))
+    """Move the objects the child makes after this in memory (layout 0: as it starts). Where an
+    object lies decides the hash of one that hashes by identity, hence the order of the sets
+    and dicts of such objects (SQLAlchemy has many, its statement cache keys among them) and how
+    often their lookups collide: the same code, run from another directory or with another
+    environment, counted ``orm-lookup`` up to 7 % apart (786,252 to 845,415 a lookup).
+    ``--layouts N`` counts each OP in layouts 0 to N - 1 and reports their median and range."""
+    if n <= 0:
+        return
+    sizes = random.Random(n)
+    for _ in range(n * LAYOUT_STEP):
+        _layout.append(object())
+        _layout.append(bytes(sizes.randrange(1, 700)))
 
 
 def _child(op: str, batches: int) -> None:
