@@ -145,6 +145,32 @@ def test_the_first_read_of_rows_just_written_looks_up_no_subject_ref(
     assert lookups == []
 
 
+def test_rows_left_to_the_generic_loop_share_their_batchs_key_lookup(
+    vault: Vault, app: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of a shredded customer go to the generic loop one by one (their tombstone reads as
+    SHREDDED); they use the batch's lookup of warm keys, made once for the batch."""
+    gone = uuid.uuid4()
+    kept = [(uuid.uuid4(), f"name {i}", f"+44 20 7946 {i:04d}", None) for i in range(5)]
+    with Session(app) as s:
+        s.add_all([Customer(id=i, name=n, phone=p, email=e) for i, n, p, e in kept])
+        s.add(Customer(id=gone, name="gone", phone="+44 20 7946 9999"))
+        s.commit()
+    vault.shred(gone)
+    lookups: list[int] = []
+    real = vault._ring.lookup
+
+    def counted() -> Any:
+        lookups.append(1)
+        return real()
+
+    monkeypatch.setattr(vault._ring, "lookup", counted)
+    read = _read_all(app)
+    assert sorted(r for r in read if r[0] != gone) == sorted(kept)
+    assert [r[1:3] for r in read if r[0] == gone] == [(SHREDDED, SHREDDED)]
+    assert len(lookups) == 1
+
+
 # -- the generated loop reads as the generic loop does (item 4) ---------------------------------
 
 

@@ -77,9 +77,9 @@ def compile_loop(
     batch's keys by header (a dict), ``cached`` the ring's lookup, and of ``reader``, on rare
     paths only (no call on a row whose keys are cached and remember its subject):
     ``reader.load(rows, known)`` loads every key of the batch into ``known`` once (True when
-    it did), ``reader.slow(row, rows, filters, known)`` the generic loop of one row (a list of
-    zero or one row), ``reader.check(key, subject)`` raises DecryptionError unless ``key``
-    belongs to ``subject`` (and remembers the subject on the key when it does)."""
+    it did), ``reader.slow(row, rows, filters, known, cached)`` the generic loop of one row
+    (a list of zero or one row), ``reader.check(key, subject)`` raises DecryptionError unless
+    ``key`` belongs to ``subject`` (and remembers the subject on the key when it does)."""
     contexts: list[bytes] = []
     for _, columns in groups:
         for column in columns:
@@ -192,7 +192,7 @@ def compile_loop(
     parts = [computed.get(i, f"row[{i}]") for i in range(width)]
     emit(f"    values = ({', '.join(parts)},)")
     emit("   except Slow:")
-    emit("    for values in reader.slow(row, rows, filters, known):")
+    emit("    for values in reader.slow(row, rows, filters, known, cached):")
     emit("     append(values)")
     emit("    continue")
     if matches is not None:

@@ -280,10 +280,16 @@ class Reader:
         return True
 
     def slow(
-        self, row: Sequence[Any], rows: Sequence[Any], filters: Filters | None, known: Known
+        self,
+        row: Sequence[Any],
+        rows: Sequence[Any],
+        filters: Filters | None,
+        known: Known,
+        cached: Callable[[bytes], Any],
     ) -> list[Any]:
-        """The generic loop of one ``row`` of the batch ``rows``: a list of zero or one row."""
-        return self._run((row,), filters, self.groups, known, rows)
+        """The generic loop of one ``row`` of the batch ``rows`` (``cached``: the batch's
+        lookup of warm keys): a list of zero or one row."""
+        return self._run((row,), filters, self.groups, known, rows, cached)
 
     def check(self, key: Any, subject: Any) -> None:
         """The subject check of the row loops: raises DecryptionError unless ``key`` belongs to
@@ -311,12 +317,14 @@ class Reader:
         groups: tuple[Group, ...],
         known: Known,
         batch: Sequence[Any],
+        cached: Callable[[bytes], Any] | None = None,
     ) -> list[Any]:
         """The generic row loop: decrypt ``groups`` of ``rows`` (of the batch ``batch``).
         Raises one of ``_FAILURES`` at the first value that cannot be read, with no location
         (``_retry`` finds it). Whatever it raises, its frame is left holding nothing it
         decrypted. The keys of the whole batch are resolved at the first cold key."""
-        cached = self.ring.lookup()  # warm keys by header
+        if cached is None:
+            cached = self.ring.lookup()  # warm keys by header
         check, load = self.check, self.load
         known_get = known.get
         out: list[tuple[Any, ...]] = []
