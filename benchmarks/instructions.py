@@ -340,7 +340,10 @@ def main() -> None:
     layouts = 1
     if "--layouts" in args:
         at = args.index("--layouts")
-        layouts = int(args[at + 1])
+        given = args[at + 1] if at + 1 < len(args) else ""
+        if not given.isdigit() or int(given) < 1:
+            sys.exit(f"--layouts takes a number of layouts, 1 or more (got {given!r})")
+        layouts = int(given)
         del args[at : at + 2]
     found = {}
     ops = args or [

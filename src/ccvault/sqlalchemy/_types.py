@@ -355,11 +355,16 @@ class Encrypted(TypeDecorator[Any]):
         # search (SQLAlchemy keeps one comparator per column, ORM attribute and alias).
         _index: Any = None
 
+        def _search_index(self) -> Any:
+            """The blind-index column of a searchable column (None for another column)."""
+            index = self._index
+            if index is None and getattr(self.type, "searchable", None) is not None:
+                index = self._index = _companion(self.expr)
+            return index
+
         def operate(self, op: OperatorType, *other: Any, **kwargs: Any) -> Any:
             if op is operator.eq and type(other[0]) is str:  # a lookup by value: first
-                index = self._index
-                if index is None and getattr(self.type, "searchable", None) is not None:
-                    index = self._index = _companion(self.expr)
+                index = self._search_index()
                 if index is not None:
                     return index.comparator.operate(op, other[0])
             name = getattr(op, "__name__", "")
@@ -382,10 +387,7 @@ class Encrypted(TypeDecorator[Any]):
                     # (``_inspect``), naming the column.
                     return super().operate(op, *other, **kwargs)
             etype = self.type
-            if name in ("eq", "in_op") and getattr(etype, "searchable", None) is not None:
-                index = self._index
-                if index is None:
-                    index = self._index = _companion(self.expr)
+            if name in ("eq", "in_op") and (index := self._search_index()) is not None:
                 if name == "eq":
                     return index == other[0]
                 return index.in_(other[0])
