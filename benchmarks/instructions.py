@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def _reproducible_randomness() -> None:
 # from a generator seeded with n, about n * LAYOUT_STEP of each.
 LAYOUT_STEP = 97
 _layout: list[object] = []
+_layout_number = 0
 
 
 def _shift_layout(n: int) -> None:
@@ -109,6 +111,8 @@ def _shift_layout(n: int) -> None:
     often their lookups collide: the same code, run from another directory or with another
     environment, counted ``orm-lookup`` up to 7 % apart (786,252 to 845,415 a lookup).
     ``--layouts N`` counts each OP in layouts 0 to N - 1 and reports their median and range."""
+    global _layout_number
+    _layout_number = n
     if n <= 0:
         return
     sizes = random.Random(n)
@@ -198,23 +202,49 @@ def _orm(op: str, batches: int) -> None:
     ``orm-insert`` / ``orm-insert-plain`` is the issue's ``orm_insert_ratio_sqlite`` in
     instructions, and (``orm-insert`` - ``orm-insert-plain``) / ``orm-insert-floor`` its
     added-time ratio. As in ``bench_orm``, the cyclic GC is kept out of the measured part
-    (collected, then disabled)."""
+    (collected, then disabled).
+
+    ``orm-select-pg`` / ``orm-select-pg-plain``: the select on PostgreSQL (``bench_orm``'s
+    database URL), the instructions of this process only: psycopg's decoding of the hex text
+    bytea arrives in is counted, the server's encoding and the transfer are not (the timed
+    ``orm_select_*_postgres`` figures include them). Its floor is ``orm-select-floor``."""
+    import sqlalchemy as sa
+
+    from benchmarks.bench_orm import _models, _pg_url
+    from ccvault import Vault
+    from ccvault.kms import LocalKms
+
+    postgres = op.startswith("orm-select-pg")
+    # Tables of their own for each child (they run at once, on one PostgreSQL database), named
+    # alike in every run of the same count (a uuid4 is seeded here: the same in every child).
+    suffix = f"{zlib.crc32(op.encode()):08x}{batches}{_layout_number}"
+    models, md = _models(suffix, "00" * 32)
+    if postgres:
+        op = op.replace("-pg", "")
+        md.drop_all(engine := sa.create_engine(_pg_url()))  # what a killed count left
+        engine.dispose()
+    model = models["ccvault" if op in ("orm-insert", "orm-select", "orm-lookup") else "plain"]
+    work = Path(tempfile.mkdtemp())
+    engine = sa.create_engine(_pg_url() if postgres else f"sqlite:///{work / 'app.db'}")
+    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{work / 'keys.db'}", **QUIET)
+    vault.attach(engine)
+    md.create_all(engine)
+    try:
+        _orm_run(op, batches, engine, model, vault)
+    finally:
+        if postgres:
+            md.drop_all(engine)
+            engine.dispose()
+
+
+def _orm_run(op: str, batches: int, engine: Any, model: Any, vault: Any) -> None:
     import gc
 
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
-    from benchmarks.bench_orm import COLUMNS, _Floor, _models, rows
-    from ccvault import Vault
-    from ccvault.kms import LocalKms
+    from benchmarks.bench_orm import COLUMNS, _Floor, rows
 
-    models, md = _models(uuid.uuid4().hex[:8], "00" * 32)
-    model = models["ccvault" if op in ("orm-insert", "orm-select", "orm-lookup") else "plain"]
-    work = Path(tempfile.mkdtemp())
-    engine = sa.create_engine(f"sqlite:///{work / 'app.db'}")
-    vault = Vault(LocalKms.ephemeral(), f"sqlite:///{work / 'keys.db'}", **QUIET)
-    vault.attach(engine)
-    md.create_all(engine)
     # always 4: the runs differ in the measured part only (a lookup's table holds all 4, each
     # customer its own phone number)
     data = [rows(ROWS, start=i * ROWS if op.startswith("orm-lookup") else 0) for i in range(4)]
@@ -363,6 +393,8 @@ def main() -> None:
         "orm-select-floor",
         "orm-lookup",
         "orm-lookup-plain",
+        "orm-select-pg",
+        "orm-select-pg-plain",
     ]
     # every count at once, as many at a time as there are CPUs (each valgrind runs on one;
     # the counts do not depend on what else runs)
@@ -394,8 +426,15 @@ def main() -> None:
     if "field" in found and "field-aesgcm" in found:
         ratio = found["field"] / found["field-aesgcm"]
         print(f"field round trip / raw AES-GCM: {ratio:.2f} (target within 3)", flush=True)
-    for orm, target in (("orm-insert", 1.4), ("orm-select", None), ("orm-lookup", 1.2)):
-        plain, floor = found.get(f"{orm}-plain"), found.get(f"{orm}-floor")
+    for orm, target in (
+        ("orm-insert", 1.4),
+        ("orm-select", None),
+        ("orm-lookup", 1.2),
+        ("orm-select-pg", None),
+    ):
+        # the floor's calls need no database: PostgreSQL's select has SQLite's floor
+        plain = found.get(f"{orm}-plain")
+        floor = found.get(f"{orm.replace('-pg', '')}-floor")
         if orm in found and plain:
             ratio = found[orm] / plain
             goal = "" if target is None else f" (target within {target})"

@@ -214,14 +214,34 @@ def cards(tmp_path: Any) -> Iterator[tuple[Vault, list[tuple[Any, ...]], list[uu
     vault.close()
 
 
-_MUTATIONS = ("keep", "none", "memoryview", "bytearray", "moved", "tampered", "text", "unknown")
+_MUTATIONS = (
+    "keep",
+    "none",
+    "memoryview",
+    "bytearray",
+    "moved",
+    "tampered",
+    "text",
+    "unknown",
+    "empty",
+    "codec",
+)
 
 
-def _mutate(rows: list[tuple[Any, ...]], plan: list[tuple[int, int, str]]) -> list[tuple[Any, ...]]:
+def _mutate(
+    rows: list[tuple[Any, ...]],
+    plan: list[tuple[int, int, str]],
+    seal: Any = None,
+) -> list[tuple[Any, ...]]:
+    """``seal(row, column, plaintext)``: a value of the row's own key and the column's context
+    whose plaintext is no value of the column's codec (empty, or another codec's tag)."""
     out = [list(r) for r in rows]
     for row, column, how in plan:
         value = rows[row][column]
-        if how == "none":
+        if how in ("empty", "codec"):
+            if seal is not None:
+                value = seal(rows[row], column, b"" if how == "empty" else b"\xee{}")
+        elif how == "none":
             value = None
         elif how == "memoryview":
             value = memoryview(value)
@@ -272,7 +292,18 @@ def test_the_generated_loop_reads_as_the_generic_loop(
     """Row 0's subject as another spelling of it (or None, or row 1's) too; the first read
     starts from the keys as the write left them (each remembering its customer's UUID)."""
     vault, raw, ids = cards
-    rows = _mutate(raw, plan)
+    compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
+    plain_reader = _read._build_reader(vault._ring, compiled, False)
+    assert plain_reader is not None
+    contexts = {slot.index: slot.col for slot in plain_reader.slots}
+
+    def seal(row: tuple[Any, ...], column: int, plaintext: bytes) -> Any:
+        if row[0] == ids[-1].hex:  # shredded: no key to seal with
+            return row[column]
+        key = vault._ring.key_for_write(uuid.UUID(row[0]), contexts[column].label)
+        return key.seal(plaintext, contexts[column].ctx_lp)
+
+    rows = _mutate(raw, plan, seal)
     spelled = {
         "keep": ids[0].hex,
         "none": None,
@@ -282,7 +313,6 @@ def test_the_generated_loop_reads_as_the_generic_loop(
         "other": ids[1].hex,
     }[respell]
     rows = [(spelled, *r[1:]) if r[0] == ids[0].hex else r for r in rows]
-    compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
     fast = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
     generic = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
     assert fast is not None
@@ -304,6 +334,31 @@ def test_the_generated_loop_reads_as_the_generic_loop(
     if isinstance(expected, list):
         shredded = [r for r in expected if r[0] == ids[-1].hex]
         assert all(v in (SHREDDED, None, UNREADABLE) for r in shredded for v in r[2:])
+
+
+@pytest.mark.parametrize("plaintext", [b"", b"\xee{}", b"\x02\x00"])
+def test_a_value_of_the_rows_own_key_that_is_no_str_value_is_refused(
+    cards: tuple[Vault, list[tuple[Any, ...]], list[uuid.UUID]], plaintext: bytes
+) -> None:
+    """Sealed under the customer's key and the column's context, so that it opens: its
+    plaintext is empty, or of another codec. The generated loop refuses it as the generic one
+    does, located."""
+    vault, raw, ids = cards
+    compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
+    for width in (None, -1):  # the generated loop, then the generic one
+        reader = _read._build_reader(vault._ring, compiled, False)
+        assert reader is not None
+        if width is not None:
+            reader.width = width
+        col = reader.by_index[2].col  # text: a str column
+        key = vault._ring.key_for_write(ids[0], col.label)
+        rows = [
+            (r[0], r[1], key.seal(plaintext, col.ctx_lp), *r[3:]) if r[0] == ids[0].hex else r
+            for r in raw
+        ]
+        with pytest.raises(DecryptionError) as err:
+            reader.process(rows)
+        assert (err.value.column, err.value.primary_key) == ("text", (ids[0],))
 
 
 def test_a_batch_of_another_width_takes_the_generic_loop(

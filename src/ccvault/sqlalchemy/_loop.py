@@ -40,7 +40,6 @@ _H1 = slice(0, fmt.SUITE1_HEADER_BYTES)
 _H2 = slice(0, fmt.SUITE2_HEADER_BYTES)
 _SUITE_AT = slice(1, 2)
 _SUITE2 = bytes((fmt.SUITE_AES256GCM_PERIOD,))
-_STR = bytes((STR.tag,))
 
 # A UUID subject as a database returns it in text: SQLite (SQLAlchemy's ``Uuid`` as CHAR(32))
 # its 32 hex digits, ``UUID_HEX % u.int`` (``u.hex`` without the property's Python frame);
@@ -92,7 +91,6 @@ def compile_loop(
         "H2": _H2,
         "SUITE_AT": _SUITE_AT,
         "SUITE2": _SUITE2,
-        "STRB": _STR,
         "BUFFERS": (bytearray, memoryview),
         "UUID": uuid.UUID,
         "HEX": UUID_HEX,
@@ -182,7 +180,7 @@ def compile_loop(
             emit("     p = key.decrypt(b[key.nonce_at], b[key.body_at],")
             emit(f"      key.ads.get({ctx}) or key.associated_data({ctx}))")
             if loads is None:
-                emit("     if p[:1] != STRB:")
+                emit(f"     if not p or p[0] != {STR.tag}:")
                 emit("      raise CodecError")
                 emit(f"     {name} = p.decode()[1:]")
             else:
