@@ -228,10 +228,17 @@ _MUTATIONS = (
 )
 
 
+def _sealed(vault: Vault, reader: Any, subject: uuid.UUID, column: int, plaintext: bytes) -> bytes:
+    """``plaintext`` sealed as the value of ``column`` (a row index of ``reader``'s statement)
+    for ``subject``: under its key and the column's context, so that it opens."""
+    col = reader.by_index[column].col
+    return bytes(vault._ring.key_for_write(subject, col.label).seal(plaintext, col.ctx_lp))
+
+
 def _mutate(
     rows: list[tuple[Any, ...]],
     plan: list[tuple[int, int, str]],
-    seal: Any = None,
+    seal: Any,
 ) -> list[tuple[Any, ...]]:
     """``seal(row, column, plaintext)``: a value of the row's own key and the column's context
     whose plaintext is no value of the column's codec (empty, or another codec's tag)."""
@@ -239,8 +246,7 @@ def _mutate(
     for row, column, how in plan:
         value = rows[row][column]
         if how in ("empty", "codec"):
-            if seal is not None:
-                value = seal(rows[row], column, b"" if how == "empty" else b"\xee{}")
+            value = seal(rows[row], column, b"" if how == "empty" else b"\xee{}")
         elif how == "none":
             value = None
         elif how == "memoryview":
@@ -293,15 +299,15 @@ def test_the_generated_loop_reads_as_the_generic_loop(
     starts from the keys as the write left them (each remembering its customer's UUID)."""
     vault, raw, ids = cards
     compiled = sa.select(CARDS).compile(dialect=sa.dialects.sqlite.dialect())
-    plain_reader = _read._build_reader(vault._ring, compiled, False)
-    assert plain_reader is not None
-    contexts = {slot.index: slot.col for slot in plain_reader.slots}
+    fast = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
+    generic = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
+    assert fast is not None
+    assert generic is not None
 
     def seal(row: tuple[Any, ...], column: int, plaintext: bytes) -> Any:
         if row[0] == ids[-1].hex:  # shredded: no key to seal with
             return row[column]
-        key = vault._ring.key_for_write(uuid.UUID(row[0]), contexts[column].label)
-        return key.seal(plaintext, contexts[column].ctx_lp)
+        return _sealed(vault, fast, uuid.UUID(row[0]), column, plaintext)
 
     rows = _mutate(raw, plan, seal)
     spelled = {
@@ -313,10 +319,6 @@ def test_the_generated_loop_reads_as_the_generic_loop(
         "other": ids[1].hex,
     }[respell]
     rows = [(spelled, *r[1:]) if r[0] == ids[0].hex else r for r in rows]
-    fast = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
-    generic = _read._build_reader(vault._ring, compiled, strict, on_error)  # type: ignore[arg-type]
-    assert fast is not None
-    assert generic is not None
     generic.width = -1  # no row is that long: every batch takes the generic loop
 
     def as_written() -> None:
@@ -350,12 +352,8 @@ def test_a_value_of_the_rows_own_key_that_is_no_str_value_is_refused(
         assert reader is not None
         if width is not None:
             reader.width = width
-        col = reader.by_index[2].col  # text: a str column
-        key = vault._ring.key_for_write(ids[0], col.label)
-        rows = [
-            (r[0], r[1], key.seal(plaintext, col.ctx_lp), *r[3:]) if r[0] == ids[0].hex else r
-            for r in raw
-        ]
+        value = _sealed(vault, reader, ids[0], 2, plaintext)  # text: a str column
+        rows = [(r[0], r[1], value, *r[3:]) if r[0] == ids[0].hex else r for r in raw]
         with pytest.raises(DecryptionError) as err:
             reader.process(rows)
         assert (err.value.column, err.value.primary_key) == ("text", (ids[0],))
